@@ -1,0 +1,154 @@
+//! The xdpwall XDP ingress filter.
+//!
+//! Per packet: parse Ethernet, up to two VLAN tags, IPv4 or IPv6 (walking IPv6 extension
+//! headers to the L4 header); pass allowlisted sources, drop blocklisted ones (or count them as
+//! "would drop" in monitor mode), and count every verdict per interface and every block hit per
+//! rule. A frame too short for the headers it claims is `malformed` and passed unless the
+//! controller asked for malformed frames to be dropped. Every read is bounds-checked against
+//! `data_end`; there is no other way to get past the verifier and none is attempted.
+#![no_std]
+#![no_main]
+
+mod parse;
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, xdp_action},
+    macros::{map, xdp},
+    maps::{Array, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    programs::XdpContext,
+};
+use xdpwall_shared::{
+    ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, DatapathConfig, RULE_STATS_MAX_ENTRIES, RuleCounters,
+    VERDICT_ENTRIES, map_names, verdict, verdict_slot,
+};
+
+use crate::parse::{Parsed, SourceAddr};
+
+// Map names must match `xdpwall_shared::map_names`; the `#[map]` attribute only takes a
+// literal, so the equality is checked at compile time below.
+#[map(name = "XW_ALLOW_V4")]
+static ALLOW_V4: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(ALLOW_MAX_ENTRIES, 0);
+#[map(name = "XW_ALLOW_V6")]
+static ALLOW_V6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(ALLOW_MAX_ENTRIES, 0);
+#[map(name = "XW_BLOCK_V4")]
+static BLOCK_V4: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(BLOCK_MAX_ENTRIES, 0);
+#[map(name = "XW_BLOCK_V6")]
+static BLOCK_V6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(BLOCK_MAX_ENTRIES, 0);
+#[map(name = "XW_RULE_STATS")]
+static RULE_STATS: PerCpuHashMap<u32, RuleCounters> =
+    PerCpuHashMap::pinned(RULE_STATS_MAX_ENTRIES, 0);
+#[map(name = "XW_VERDICTS")]
+static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(VERDICT_ENTRIES, 0);
+#[map(name = "XW_CONFIG")]
+static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+const _: () = assert!(same(map_names::ALLOW_V4, "XW_ALLOW_V4"));
+const _: () = assert!(same(map_names::ALLOW_V6, "XW_ALLOW_V6"));
+const _: () = assert!(same(map_names::BLOCK_V4, "XW_BLOCK_V4"));
+const _: () = assert!(same(map_names::BLOCK_V6, "XW_BLOCK_V6"));
+const _: () = assert!(same(map_names::RULE_STATS, "XW_RULE_STATS"));
+const _: () = assert!(same(map_names::VERDICTS, "XW_VERDICTS"));
+const _: () = assert!(same(map_names::CONFIG, "XW_CONFIG"));
+
+#[xdp]
+pub fn xdpwall_ingress(ctx: XdpContext) -> u32 {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let config = CONFIG.get(0).copied().unwrap_or_default();
+    let (verdict, action) = decide(&ctx, &config);
+    count_verdict(ifindex, verdict);
+    action
+}
+
+#[inline(always)]
+fn decide(ctx: &XdpContext, config: &DatapathConfig) -> (u32, u32) {
+    let source = match parse::parse(ctx) {
+        Parsed::NonIp => return (verdict::NON_IP, xdp_action::XDP_PASS),
+        Parsed::Malformed => {
+            let action = if config.drop_malformed != 0 {
+                xdp_action::XDP_DROP
+            } else {
+                xdp_action::XDP_PASS
+            };
+            return (verdict::MALFORMED, action);
+        }
+        Parsed::Ip(source) => source,
+    };
+
+    // Allow first: an allowlisted source is never dropped, whatever the block set says.
+    let blocking_rule = match source {
+        SourceAddr::V4(addr) => {
+            let key = Key::new(32, addr);
+            if ALLOW_V4.get(&key).is_some() {
+                return (verdict::ALLOWED, xdp_action::XDP_PASS);
+            }
+            BLOCK_V4.get(&key).copied()
+        }
+        SourceAddr::V6(addr) => {
+            let key = Key::new(128, addr);
+            if ALLOW_V6.get(&key).is_some() {
+                return (verdict::ALLOWED, xdp_action::XDP_PASS);
+            }
+            BLOCK_V6.get(&key).copied()
+        }
+    };
+
+    match blocking_rule {
+        None => (verdict::PASS, xdp_action::XDP_PASS),
+        Some(rule_id) => {
+            count_rule(rule_id, (ctx.data_end() - ctx.data()) as u64);
+            if config.monitor != 0 {
+                (verdict::WOULD_DROP, xdp_action::XDP_PASS)
+            } else {
+                (verdict::DROPPED, xdp_action::XDP_DROP)
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn count_verdict(ifindex: u32, verdict: u32) {
+    if let Some(counter) = VERDICTS.get_ptr_mut(verdict_slot(ifindex, verdict)) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+fn count_rule(rule_id: u32, bytes: u64) {
+    match RULE_STATS.get_ptr_mut(rule_id) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        Some(counters) => unsafe {
+            (*counters).packets += 1;
+            (*counters).bytes += bytes;
+        },
+        None => {
+            // First hit of this rule on any CPU; BPF_NOEXIST so a racing CPU's insert is kept.
+            let first = RuleCounters { packets: 1, bytes };
+            let _ = RULE_STATS.insert(rule_id, first, BPF_NOEXIST as u64);
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
