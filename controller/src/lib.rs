@@ -1,2 +1,20 @@
-//! xdpwall controller library: everything the `xdpwall` binary does, in modules with one job each.
+//! xdpwall controller library: everything the `xdpwall` binary does, one job per module.
+//!
+//! - [`config`]: the TOML file, environment overrides, validation
+//! - [`rules`]: the rule model, trie contents and diffs, the reference matcher
+//! - [`loader`]: load, attach, pin, reuse, detach
+//! - [`datapath`]: reads and writes the kernel maps
+//! - [`engine`]: the one owner of the rule set and the maps
+//! - [`api`]: the HTTP API
+//! - [`daemon`]: `xdpwall run`
+//! - [`client`]: the CLI's HTTP client
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod datapath;
 pub mod ebpf_object;
+pub mod engine;
+pub mod loader;
+pub mod pins;
+pub mod rules;

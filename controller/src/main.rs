@@ -1,1 +1,292 @@
-fn main() {}
+//! The `xdpwall` command line: the daemon and its clients.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+use xdpwall::{
+    client::ApiClient,
+    config::{Config, DEFAULT_CONFIG_PATH, XdpAttachMode},
+    daemon::{self, StateLock},
+    loader,
+    pins::PinLayout,
+};
+
+/// eBPF network-defense firewall: drops blocklisted sources in the NIC driver (XDP).
+///
+/// Start the daemon with `xdpwall run`; the other subcommands talk to it over its API
+/// (default http://127.0.0.1:9180) or, for `check-config` and `detach`, work locally.
+#[derive(Parser)]
+#[command(name = "xdpwall", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// Daemon API base URL.
+    #[arg(long, env = "XDPWALL_API", default_value = "http://127.0.0.1:9180")]
+    api: String,
+    /// Bearer token for the API.
+    #[arg(long, env = "XDPWALL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output format: a table for people, JSON for scripts.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: attach the XDP filter, apply the rules, serve the API.
+    ///
+    /// Stopping the daemon (SIGINT/SIGTERM, or even SIGKILL) leaves the filter attached and
+    /// enforcing the last applied rules; `xdpwall detach` removes it.
+    Run {
+        /// Config file (TOML). Without it, /etc/xdpwall/xdpwall.toml if present, else defaults.
+        #[arg(long, short, env = "XDPWALL_CONFIG")]
+        config: Option<PathBuf>,
+        /// Interface to protect (repeatable); replaces `interfaces` from the config.
+        #[arg(long = "iface")]
+        ifaces: Vec<String>,
+        /// API listen address (default 127.0.0.1:9180, loopback only).
+        #[arg(long)]
+        api: Option<SocketAddr>,
+        /// State directory (lock file, rule store).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// bpffs directory for pinned maps and links.
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+        /// XDP attach mode: auto (native, else generic), native or generic.
+        #[arg(long)]
+        xdp_mode: Option<XdpAttachMode>,
+        /// Monitor mode: count would-drop hits but pass every packet.
+        #[arg(long)]
+        monitor: bool,
+    },
+    /// Validate a config file without touching the kernel.
+    CheckConfig {
+        #[arg(long, short, env = "XDPWALL_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Remove the XDP filter: its links, then (when none remain) its pinned maps.
+    ///
+    /// Refuses while a daemon owns the state directory: stop it first.
+    Detach {
+        /// Interface to detach from (repeatable); all when omitted.
+        #[arg(long = "iface")]
+        ifaces: Vec<String>,
+        /// Config file, for pin_dir and state_dir.
+        #[arg(long, short, env = "XDPWALL_CONFIG")]
+        config: Option<PathBuf>,
+        /// bpffs directory of the pins (overrides the config).
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+    },
+    /// Packet counters by interface and verdict, and per rule.
+    Stats {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Daemon status: version, readiness, interfaces and attach modes.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("XDPWALL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads the config from `path`, or the default file if it exists, or built-in defaults.
+fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, String)> {
+    match path {
+        Some(path) => Ok((Config::load(path)?, path.display().to_string())),
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => Ok((
+            Config::load(Path::new(DEFAULT_CONFIG_PATH))?,
+            DEFAULT_CONFIG_PATH.to_string(),
+        )),
+        None => {
+            let mut config = Config::default();
+            config.apply_env(|k| std::env::var(k).ok(), "built-in defaults")?;
+            Ok((config, "built-in defaults".to_string()))
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run {
+            config,
+            ifaces,
+            api,
+            state_dir,
+            pin_dir,
+            xdp_mode,
+            monitor,
+        } => {
+            let (mut config, origin) = load_config(config.as_deref())?;
+            if !ifaces.is_empty() {
+                config.interfaces = ifaces;
+            }
+            if let Some(api) = api {
+                config.api.listen = api;
+            }
+            if let Some(dir) = state_dir {
+                config.state_dir = dir;
+            }
+            if let Some(dir) = pin_dir {
+                config.pin_dir = dir;
+            }
+            if let Some(mode) = xdp_mode {
+                config.xdp_mode = mode;
+            }
+            config.monitor |= monitor;
+            daemon::run(config, &origin).await
+        }
+        Command::CheckConfig { config: path } => {
+            let config = Config::load(&path)?;
+            let validated = config.validate(&path.display().to_string())?;
+            println!(
+                "{}: ok ({} interfaces, {} management addresses, {} rules, api on {})",
+                path.display(),
+                config.interfaces.len(),
+                validated.management.len(),
+                validated.rules.len(),
+                config.api.listen
+            );
+            Ok(())
+        }
+        Command::Detach {
+            ifaces,
+            config,
+            pin_dir,
+        } => {
+            let (config, _) = load_config(config.as_deref())?;
+            if StateLock::is_held(&config.state_dir) {
+                anyhow::bail!(
+                    "a running xdpwall daemon owns {}: stop it first (it would keep the filter loaded)",
+                    config.state_dir.display()
+                );
+            }
+            let pins = PinLayout::new(pin_dir.unwrap_or(config.pin_dir));
+            let detached = loader::detach(&pins, &ifaces)?;
+            if detached.links.is_empty() {
+                println!("nothing attached under {}", pins.root().display());
+            }
+            for iface in &detached.links {
+                println!("detached XDP filter from {iface}");
+            }
+            if detached.maps_removed {
+                println!("removed pinned maps under {}", pins.root().display());
+            }
+            Ok(())
+        }
+        Command::Stats { client } => {
+            let api = ApiClient::new(&client.api, client.token)?;
+            let stats = api.get_json("/v1/stats").await?;
+            if client.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+                return Ok(());
+            }
+            print_stats(&stats);
+            Ok(())
+        }
+        Command::Status { client } => {
+            let api = ApiClient::new(&client.api, client.token)?;
+            let status = api.get_json("/v1/status").await?;
+            if client.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+                return Ok(());
+            }
+            println!("version   {}", status["version"].as_str().unwrap_or("?"));
+            println!("ready     {}", status["ready"]);
+            println!("monitor   {}", status["monitor"]);
+            println!("rules     {}", status["rules"]);
+            println!("entries   {}", status["map_entries"]);
+            for iface in status["interfaces"].as_array().into_iter().flatten() {
+                println!(
+                    "iface     {} (ifindex {}, {})",
+                    iface["iface"].as_str().unwrap_or("?"),
+                    iface["ifindex"],
+                    iface["mode"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_stats(stats: &Value) {
+    const VERDICTS: [&str; 6] = [
+        "pass",
+        "allowed",
+        "dropped",
+        "would_drop",
+        "malformed",
+        "non_ip",
+    ];
+    print!("{:<16}", "INTERFACE");
+    for v in VERDICTS {
+        print!("{v:>12}");
+    }
+    println!();
+    for iface in stats["interfaces"].as_array().into_iter().flatten() {
+        print!("{:<16}", iface["iface"].as_str().unwrap_or("?"));
+        for v in VERDICTS {
+            print!("{:>12}", iface["packets"][v].as_u64().unwrap_or(0));
+        }
+        println!();
+    }
+    let rules = stats["rules"].as_array().cloned().unwrap_or_default();
+    if !rules.is_empty() {
+        println!();
+        println!("{:<8}{:>12}{:>14}", "RULE", "PACKETS", "BYTES");
+        for rule in rules {
+            println!(
+                "{:<8}{:>12}{:>14}",
+                rule["rule"],
+                rule["packets"].as_u64().unwrap_or(0),
+                rule["bytes"].as_u64().unwrap_or(0)
+            );
+        }
+    }
+}

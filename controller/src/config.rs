@@ -1,0 +1,381 @@
+//! The TOML configuration file and its environment overrides.
+//!
+//! `Config::load` reads the file, applies `XDPWALL_*` environment overrides and validates the
+//! result without touching the kernel, so `xdpwall check-config` and `xdpwall run` share one
+//! path. Every error names the file, the key and what is wrong.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::rules::{Action, normalize_cidr};
+
+/// Default location of the configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/xdpwall/xdpwall.toml";
+/// Default API listen address: loopback only.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:9180";
+/// Default state directory (SQLite store, lock file).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/xdpwall";
+/// Default bpffs directory for pinned maps and links.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xdpwall";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config {origin}: key `{key}`: {message}")]
+    Invalid {
+        origin: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpAttachMode {
+    /// Native (driver) mode, falling back to generic with a warning if the driver refuses.
+    #[default]
+    Auto,
+    /// Native (driver) mode only; fail if the driver has no XDP support.
+    Native,
+    /// Generic (skb) mode: works on every interface, slower.
+    Generic,
+}
+
+impl FromStr for XdpAttachMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "native" => Ok(Self::Native),
+            "generic" => Ok(Self::Generic),
+            other => Err(format!(
+                "unknown xdp_mode {other:?}: use auto, native or generic"
+            )),
+        }
+    }
+}
+
+/// What to do with frames too short for their own headers.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MalformedPolicy {
+    /// Count and pass: the kernel stack drops what it cannot parse anyway.
+    #[default]
+    Pass,
+    /// Count and drop at the driver.
+    Drop,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Interfaces the XDP filter is attached to.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    #[serde(default)]
+    pub xdp_mode: XdpAttachMode,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// bpffs directory where maps and links are pinned.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// Count would-drop hits and pass everything.
+    #[serde(default)]
+    pub monitor: bool,
+    #[serde(default)]
+    pub malformed: MalformedPolicy,
+    /// Addresses that are always allowed and never blockable (lock-out guard).
+    #[serde(default)]
+    pub management: Vec<String>,
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// Static rules, source "config".
+    #[serde(default)]
+    pub rules: Vec<StaticRule>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_api_listen(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticRule {
+    pub cidr: String,
+    #[serde(default = "default_action")]
+    pub action: Action,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default = "default_config_list")]
+    pub list: String,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_PIN_DIR)
+}
+fn default_api_listen() -> SocketAddr {
+    DEFAULT_API_LISTEN.parse().expect("valid default address")
+}
+fn default_action() -> Action {
+    Action::Block
+}
+fn default_config_list() -> String {
+    "config".to_string()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        toml::from_str("").expect("empty config is valid")
+    }
+}
+
+/// The validated, normalised form of the management and static rule entries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidatedRules {
+    pub management: Vec<IpNet>,
+    pub rules: Vec<(IpNet, StaticRule)>,
+}
+
+impl Config {
+    /// Reads `path`, applies environment overrides and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text, path)?;
+        config.apply_env(|key| std::env::var(key).ok(), &path.display().to_string())?;
+        config.validate(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: path.to_owned(),
+            message: err.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Applies `XDPWALL_<KEY>` overrides read through `lookup`.
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+        origin: &str,
+    ) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            origin: format!("{origin} (environment)"),
+            key: key.to_string(),
+            message,
+        };
+        if let Some(v) = lookup("XDPWALL_INTERFACES") {
+            self.interfaces = split_list(&v);
+        }
+        if let Some(v) = lookup("XDPWALL_XDP_MODE") {
+            self.xdp_mode = v.parse().map_err(|m| invalid("XDPWALL_XDP_MODE", m))?;
+        }
+        if let Some(v) = lookup("XDPWALL_STATE_DIR") {
+            self.state_dir = PathBuf::from(v);
+        }
+        if let Some(v) = lookup("XDPWALL_PIN_DIR") {
+            self.pin_dir = PathBuf::from(v);
+        }
+        if let Some(v) = lookup("XDPWALL_MONITOR") {
+            self.monitor = parse_bool(&v).map_err(|m| invalid("XDPWALL_MONITOR", m))?;
+        }
+        if let Some(v) = lookup("XDPWALL_MANAGEMENT") {
+            self.management = split_list(&v);
+        }
+        if let Some(v) = lookup("XDPWALL_API_LISTEN") {
+            self.api.listen = v.parse().map_err(|e| {
+                invalid(
+                    "XDPWALL_API_LISTEN",
+                    format!("{v:?} is not an address:port ({e})"),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Checks everything that can be checked without the kernel.
+    pub fn validate(&self, origin: &str) -> Result<ValidatedRules, ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key,
+            message,
+        };
+        for (i, name) in self.interfaces.iter().enumerate() {
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+                return Err(invalid(
+                    format!("interfaces[{i}]"),
+                    format!(
+                        "{name:?} is not a valid interface name (1-15 characters, no '/' or spaces)"
+                    ),
+                ));
+            }
+        }
+        if !self.pin_dir.is_absolute() {
+            return Err(invalid(
+                "pin_dir".into(),
+                format!(
+                    "{} must be an absolute path on a bpffs mount",
+                    self.pin_dir.display()
+                ),
+            ));
+        }
+        let mut management = Vec::new();
+        for (i, cidr) in self.management.iter().enumerate() {
+            let net = normalize_cidr(cidr)
+                .map_err(|e| invalid(format!("management[{i}]"), e.to_string()))?;
+            management.push(net);
+        }
+        let mut rules = Vec::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let net = normalize_cidr(&rule.cidr)
+                .map_err(|e| invalid(format!("rules[{i}].cidr"), e.to_string()))?;
+            if rule.list.is_empty() {
+                return Err(invalid(
+                    format!("rules[{i}].list"),
+                    "must not be empty".into(),
+                ));
+            }
+            if rule.action == Action::Block {
+                if let Some(m) = management
+                    .iter()
+                    .find(|m| m.contains(&net) || net.contains(*m))
+                {
+                    return Err(invalid(
+                        format!("rules[{i}].cidr"),
+                        format!(
+                            "block {net} overlaps management address {m}: operators would be locked out"
+                        ),
+                    ));
+                }
+            }
+            rules.push((net, rule.clone()));
+        }
+        Ok(ValidatedRules { management, rules })
+    }
+}
+
+fn split_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("{v:?} is not a boolean: use true or false")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback() {
+        let config = parse("").unwrap();
+        assert_eq!(config.api.listen, "127.0.0.1:9180".parse().unwrap());
+        assert_eq!(config.xdp_mode, XdpAttachMode::Auto);
+        assert!(!config.monitor);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("interfacez = [\"eth0\"]").unwrap_err().to_string();
+        assert!(err.contains("test.toml"), "{err}");
+        assert!(err.contains("interfacez"), "{err}");
+    }
+
+    #[test]
+    fn bad_mode_is_rejected() {
+        let err = parse("xdp_mode = \"turbo\"").unwrap_err().to_string();
+        assert!(err.contains("xdp_mode") || err.contains("turbo"), "{err}");
+    }
+
+    #[test]
+    fn bad_cidr_names_the_rule() {
+        let config = parse("[[rules]]\ncidr = \"10.0.0.0/33\"\n").unwrap();
+        let err = config.validate("test.toml").unwrap_err().to_string();
+        assert!(err.contains("rules[0].cidr"), "{err}");
+        assert!(err.contains("test.toml"), "{err}");
+    }
+
+    #[test]
+    fn block_over_management_is_refused() {
+        let config = parse(
+            "management = [\"192.0.2.10/32\"]\n[[rules]]\ncidr = \"192.0.2.0/24\"\naction = \"block\"\n",
+        )
+        .unwrap();
+        let err = config.validate("t").unwrap_err().to_string();
+        assert!(err.contains("management"), "{err}");
+    }
+
+    #[test]
+    fn rules_are_normalised() {
+        let config = parse("[[rules]]\ncidr = \"198.51.100.77/24\"\n").unwrap();
+        let v = config.validate("t").unwrap();
+        assert_eq!(v.rules[0].0.to_string(), "198.51.100.0/24");
+    }
+
+    #[test]
+    fn env_overrides_apply() {
+        let mut config = parse("").unwrap();
+        config
+            .apply_env(
+                |k| match k {
+                    "XDPWALL_API_LISTEN" => Some("127.0.0.1:9999".into()),
+                    "XDPWALL_INTERFACES" => Some("a, b".into()),
+                    "XDPWALL_MONITOR" => Some("true".into()),
+                    _ => None,
+                },
+                "t",
+            )
+            .unwrap();
+        assert_eq!(config.api.listen.port(), 9999);
+        assert_eq!(config.interfaces, vec!["a", "b"]);
+        assert!(config.monitor);
+        let err = config
+            .apply_env(|k| (k == "XDPWALL_MONITOR").then(|| "maybe".into()), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("XDPWALL_MONITOR"), "{err}");
+    }
+}

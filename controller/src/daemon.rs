@@ -1,0 +1,173 @@
+//! `xdpwall run`: owns the state directory, attaches the filter, applies the rules and serves
+//! the API until SIGINT or SIGTERM. Stopping the daemon leaves the filter attached and enforcing
+//! (pinned); only `xdpwall detach` removes it.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::Write as _,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    sync::atomic::Ordering,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use tracing::{error, info};
+use xdpwall_shared::DatapathConfig;
+
+use crate::{
+    api::{self, AppState},
+    config::{Config, MalformedPolicy},
+    engine::{Engine, static_rules},
+    loader,
+    pins::PinLayout,
+};
+
+/// An exclusive lock on `<state_dir>/xdpwall.lock`, held for the daemon's lifetime, so two
+/// daemons never own the same maps.
+pub struct StateLock {
+    _file: File,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "another xdpwall daemon ({holder}) already owns {path}: stop it first, or give this one its own state_dir"
+    )]
+    Held { path: PathBuf, holder: String },
+    #[error("cannot use state directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StateLock {
+    pub fn acquire(state_dir: &Path) -> Result<Self, LockError> {
+        let path = state_dir.join("xdpwall.lock");
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(state_dir).map_err(io)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        // SAFETY: flock on an fd we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let holder = fs::read_to_string(&path)
+                .ok()
+                .map(|pid| format!("pid {}", pid.trim()))
+                .unwrap_or_else(|| "unknown pid".into());
+            return Err(LockError::Held { path, holder });
+        }
+        file.set_len(0).map_err(io)?;
+        writeln!(file, "{}", std::process::id()).map_err(io)?;
+        Ok(Self { _file: file, path })
+    }
+
+    /// Whether a daemon currently holds the lock of `state_dir`.
+    pub fn is_held(state_dir: &Path) -> bool {
+        let path = state_dir.join("xdpwall.lock");
+        let Ok(file) = File::open(&path) else {
+            return false;
+        };
+        // SAFETY: flock on an fd we own; released when `file` drops.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        rc != 0
+    }
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Runs the daemon until a shutdown signal.
+pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
+    let validated = config.validate(origin)?;
+    if config.interfaces.is_empty() {
+        anyhow::bail!("no interfaces to protect: set `interfaces` in {origin} or pass --iface IF");
+    }
+    let _lock = StateLock::acquire(&config.state_dir)?;
+    let pins = PinLayout::new(&config.pin_dir);
+    // Checked before the API binds, so a missing interface or privilege fails fast and clearly.
+    loader::preflight(&pins, &config.interfaces)?;
+
+    let state = AppState::new();
+    let listener = api::bind(config.api.listen).await?;
+    info!(listen = %config.api.listen, "API listening");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = {
+        let state = state.clone();
+        let mut stop_rx = stop_rx.clone();
+        tokio::spawn(async move {
+            api::serve(listener, state, async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            })
+            .await
+        })
+    };
+
+    let engine = {
+        let pins = pins.clone();
+        let ifaces = config.interfaces.clone();
+        let mode = config.xdp_mode;
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Engine> {
+            let loaded = loader::load_and_attach(&pins, &ifaces, mode)?;
+            Ok(Engine::new(loaded.datapath, loaded.attachments)?)
+        })
+        .await
+        .context("loader task panicked")??
+    };
+    let mut engine = engine;
+    // Keep the eBPF object alive for the daemon's lifetime via the engine's datapath handles;
+    // the program itself stays attached through the pinned links.
+    engine.set_datapath_config(DatapathConfig {
+        monitor: u32::from(config.monitor),
+        drop_malformed: u32::from(config.malformed == MalformedPolicy::Drop),
+    })?;
+    let rules = static_rules(&validated.management, &validated.rules, unix_now());
+    let report = engine
+        .replace_rules(rules)
+        .context("applying the config rules to the kernel maps")?;
+    info!(
+        inserted = report.inserted,
+        removed = report.removed,
+        monitor = config.monitor,
+        "rules applied"
+    );
+    *state.engine.lock().await = Some(engine);
+    state.ready.store(true, Ordering::Release);
+    info!("ready");
+
+    wait_for_shutdown_signal().await;
+    info!("shutting down; the XDP filter stays attached (run `xdpwall detach` to remove it)");
+    let _ = stop_tx.send(true);
+    match server.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            error!(error = %e, "API server failed");
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn wait_for_shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}

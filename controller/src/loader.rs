@@ -1,0 +1,439 @@
+//! Loads the embedded eBPF object, attaches the XDP filter and pins maps and links.
+//!
+//! On start every map is opened from its pin if one exists (so counters and rules survive a
+//! restart) and created and pinned otherwise. An interface whose XDP link is still pinned keeps
+//! that link: the new program replaces the old one atomically through the link (`bpf_link_update`)
+//! instead of a second attach, so there is no moment without a filter. Links are removed only by
+//! `xdpwall detach`.
+
+use std::{
+    ffi::CString,
+    fs, io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use tracing::{info, warn};
+use xdpwall_shared::{IFACE_SLOTS, XDP_PROGRAM};
+
+use crate::{
+    config::XdpAttachMode,
+    datapath::{Datapath, DatapathError},
+    ebpf_object::EBPF_OBJECT,
+    pins::PinLayout,
+};
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error(
+        "missing privileges: xdpwall needs CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN; run it as \
+         root or grant them (see deploy/systemd)"
+    )]
+    MissingPrivileges,
+    #[error(
+        "{0} is not on a bpffs mount, so maps and links cannot be pinned: run `mount -t bpf bpf \
+         /sys/fs/bpf` (cargo xtask setup does this) or set pin_dir to a directory on bpffs"
+    )]
+    NoBpffs(PathBuf),
+    #[error(
+        "interface {0:?} does not exist here (check `ip link show`; in a namespace, run xdpwall inside it)"
+    )]
+    UnknownInterface(String),
+    #[error(
+        "interfaces {0:?} and {1:?} share verdict counter slot {2} (ifindex modulo {IFACE_SLOTS}); \
+         attach them from separate xdpwall instances"
+    )]
+    SlotCollision(String, String, u32),
+    #[error(
+        "this xdpwall binary was built without its eBPF programs (AYA_BUILD_SKIP): rebuild it with `cargo build` after `cargo xtask setup`"
+    )]
+    NoObject,
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("the kernel verifier or loader refused the XDP program: {0}")]
+    Program(#[source] aya::programs::ProgramError),
+    #[error("attaching XDP to {iface} in {mode} mode failed: {source}; {hint}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        hint: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("pinning {path}: {message}")]
+    Pin { path: PathBuf, message: String },
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// How the program ended up attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachedMode {
+    Native,
+    Generic,
+    /// The pinned link from an earlier run was kept and its program replaced.
+    Reused,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Attachment {
+    pub iface: String,
+    pub ifindex: u32,
+    pub mode: AttachedMode,
+}
+
+/// The loaded programs, open map handles and the interfaces the filter is attached to.
+pub struct Loaded {
+    pub datapath: Datapath,
+    pub attachments: Vec<Attachment>,
+    // Keeps the program fd open while the daemon runs; the pinned links keep it attached after.
+    _ebpf: Ebpf,
+}
+
+/// Checks what can be checked before touching the kernel: privileges, bpffs, interfaces.
+pub fn preflight(pins: &PinLayout, ifaces: &[String]) -> Result<Vec<(String, u32)>, LoaderError> {
+    if !has_capability(CAP_NET_ADMIN) || !(has_capability(CAP_BPF) || has_capability(CAP_SYS_ADMIN))
+    {
+        return Err(LoaderError::MissingPrivileges);
+    }
+    ensure_bpffs(pins.root())?;
+    let mut resolved: Vec<(String, u32)> = Vec::new();
+    for iface in ifaces {
+        let ifindex =
+            if_index(iface).ok_or_else(|| LoaderError::UnknownInterface(iface.clone()))?;
+        let slot = ifindex % IFACE_SLOTS;
+        if let Some((other, _)) = resolved.iter().find(|(_, i)| i % IFACE_SLOTS == slot) {
+            return Err(LoaderError::SlotCollision(
+                other.clone(),
+                iface.clone(),
+                slot,
+            ));
+        }
+        resolved.push((iface.clone(), ifindex));
+    }
+    Ok(resolved)
+}
+
+/// Loads the object (maps from pins where present) and attaches to every interface.
+pub fn load_and_attach(
+    pins: &PinLayout,
+    ifaces: &[String],
+    mode: XdpAttachMode,
+) -> Result<Loaded, LoaderError> {
+    let resolved = preflight(pins, ifaces)?;
+    if EBPF_OBJECT.is_empty() {
+        return Err(LoaderError::NoObject);
+    }
+    for dir in [pins.maps_dir(), pins.links_dir()] {
+        fs::create_dir_all(&dir).map_err(|source| LoaderError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pins.maps_dir())
+        .load(EBPF_OBJECT)
+        .map_err(LoaderError::Load)?;
+    let datapath = Datapath::from_ebpf(&mut ebpf)?;
+    let program: &mut Xdp = ebpf
+        .program_mut(XDP_PROGRAM)
+        .ok_or(LoaderError::NoObject)?
+        .try_into()
+        .map_err(LoaderError::Program)?;
+    program.load().map_err(LoaderError::Program)?;
+
+    let mut attachments = Vec::new();
+    for (iface, ifindex) in resolved {
+        let link_pin = pins.xdp_link(&iface);
+        let mode = match reuse_link(program, &link_pin, ifindex)? {
+            true => AttachedMode::Reused,
+            false => attach_new(program, &iface, ifindex, mode, &link_pin)?,
+        };
+        info!(iface, ifindex, ?mode, "XDP filter attached");
+        attachments.push(Attachment {
+            iface,
+            ifindex,
+            mode,
+        });
+    }
+    Ok(Loaded {
+        datapath,
+        attachments,
+        _ebpf: ebpf,
+    })
+}
+
+/// Replaces the program behind a still-valid pinned link. Returns false if there is no usable
+/// pin (none, or left over from an interface that no longer exists), after removing a stale one.
+fn reuse_link(program: &mut Xdp, link_pin: &Path, ifindex: u32) -> Result<bool, LoaderError> {
+    if !link_pin.exists() {
+        return Ok(false);
+    }
+    match pinned_xdp_link_ifindex(link_pin) {
+        Ok(Some(pinned_ifindex)) if pinned_ifindex == ifindex => {}
+        other => {
+            warn!(pin = %link_pin.display(), ?other, "removing stale XDP link pin (interface gone or replaced)");
+            fs::remove_file(link_pin).map_err(|source| LoaderError::Io {
+                path: link_pin.into(),
+                source,
+            })?;
+            return Ok(false);
+        }
+    }
+    let pinned = PinnedLink::from_pin(link_pin).map_err(|e| LoaderError::Pin {
+        path: link_pin.into(),
+        message: e.to_string(),
+    })?;
+    // FdLink::from keeps the pin file, so the link stays pinned throughout.
+    let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| LoaderError::Pin {
+        path: link_pin.into(),
+        message: format!("not an XDP link: {e}"),
+    })?;
+    let link_id = program.attach_to_link(link).map_err(LoaderError::Program)?;
+    // Hand the fd back: the pin holds the link, and dropping the fd must not detach it.
+    let link = program.take_link(link_id).map_err(LoaderError::Program)?;
+    drop(FdLink::try_from(link).ok());
+    Ok(true)
+}
+
+fn attach_new(
+    program: &mut Xdp,
+    iface: &str,
+    ifindex: u32,
+    mode: XdpAttachMode,
+    link_pin: &Path,
+) -> Result<AttachedMode, LoaderError> {
+    let hint_busy = "if another XDP program is attached, remove it (`ip link set dev IF xdp off`) or run `xdpwall detach`";
+    let (link_id, attached) = match mode {
+        XdpAttachMode::Generic => (
+            program.attach_to_if_index(ifindex, XdpMode::Skb).map_err(|source| LoaderError::Attach {
+                iface: iface.into(),
+                mode: "generic",
+                hint: hint_busy,
+                source,
+            })?,
+            AttachedMode::Generic,
+        ),
+        XdpAttachMode::Native => (
+            program.attach_to_if_index(ifindex, XdpMode::Driver).map_err(|source| LoaderError::Attach {
+                iface: iface.into(),
+                mode: "native",
+                hint: "the driver may lack native XDP support: use xdp_mode = \"auto\" or \"generic\"",
+                source,
+            })?,
+            AttachedMode::Native,
+        ),
+        XdpAttachMode::Auto => match program.attach_to_if_index(ifindex, XdpMode::Driver) {
+            Ok(id) => (id, AttachedMode::Native),
+            Err(native_err) => {
+                warn!(
+                    iface,
+                    error = %native_err,
+                    "native XDP refused by the driver; falling back to generic (skb) mode, which filters later and slower"
+                );
+                (
+                    program.attach_to_if_index(ifindex, XdpMode::Skb).map_err(|source| LoaderError::Attach {
+                        iface: iface.into(),
+                        mode: "generic",
+                        hint: hint_busy,
+                        source,
+                    })?,
+                    AttachedMode::Generic,
+                )
+            }
+        },
+    };
+    let link = program.take_link(link_id).map_err(LoaderError::Program)?;
+    let fd_link = FdLink::try_from(link).map_err(|e| LoaderError::Pin {
+        path: link_pin.into(),
+        message: format!(
+            "kernel attached XDP without a bpf_link ({e}); xdpwall needs Linux >= 5.9"
+        ),
+    })?;
+    fd_link.pin(link_pin).map_err(|e| LoaderError::Pin {
+        path: link_pin.into(),
+        message: e.to_string(),
+    })?;
+    Ok(attached)
+}
+
+/// What `detach` removed.
+#[derive(Debug, Default)]
+pub struct Detached {
+    pub links: Vec<String>,
+    pub maps_removed: bool,
+}
+
+/// Removes the pinned XDP links of `ifaces` (all when empty); when all are gone, also the map
+/// pins and the pin directory. Removing the last reference detaches the program.
+pub fn detach(pins: &PinLayout, ifaces: &[String]) -> Result<Detached, LoaderError> {
+    let mut detached = Detached::default();
+    let links_dir = pins.links_dir();
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| LoaderError::Io { path, source }
+    };
+    if links_dir.is_dir() {
+        for entry in fs::read_dir(&links_dir).map_err(io_err(&links_dir))? {
+            let entry = entry.map_err(io_err(&links_dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(iface) = PinLayout::iface_of_xdp_link(&name) else {
+                continue;
+            };
+            if ifaces.is_empty() || ifaces.iter().any(|i| i == iface) {
+                fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+                detached.links.push(iface.to_string());
+            }
+        }
+    }
+    let remaining = links_dir.is_dir()
+        && fs::read_dir(&links_dir)
+            .map_err(io_err(&links_dir))?
+            .next()
+            .is_some();
+    if !remaining && pins.root().exists() {
+        let maps_dir = pins.maps_dir();
+        if maps_dir.is_dir() {
+            for entry in fs::read_dir(&maps_dir).map_err(io_err(&maps_dir))? {
+                let entry = entry.map_err(io_err(&maps_dir))?;
+                fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+            }
+            fs::remove_dir(&maps_dir).map_err(io_err(&maps_dir))?;
+        }
+        if links_dir.is_dir() {
+            fs::remove_dir(&links_dir).map_err(io_err(&links_dir))?;
+        }
+        fs::remove_dir(pins.root()).map_err(io_err(pins.root()))?;
+        detached.maps_removed = true;
+    }
+    Ok(detached)
+}
+
+fn if_index(name: &str) -> Option<u32> {
+    let c_name = CString::new(name).ok()?;
+    // SAFETY: c_name is a valid NUL-terminated string for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// Whether the effective capability set holds `cap` (read from /proc/self/status).
+fn has_capability(cap: u32) -> bool {
+    let Ok(status) = fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1u64 << cap) != 0)
+}
+
+/// Fails unless `dir` (or its nearest existing ancestor) is on bpffs.
+fn ensure_bpffs(dir: &Path) -> Result<(), LoaderError> {
+    let mut probe = dir;
+    while !probe.exists() {
+        probe = probe.parent().unwrap_or(Path::new("/"));
+    }
+    let c_path = CString::new(probe.as_os_str().as_encoded_bytes())
+        .map_err(|_| LoaderError::NoBpffs(dir.into()))?;
+    // SAFETY: statfs writes into the zeroed struct; c_path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
+    if rc != 0 || st.f_type as i64 != BPF_FS_MAGIC {
+        return Err(LoaderError::NoBpffs(dir.into()));
+    }
+    Ok(())
+}
+
+/// The ifindex a pinned XDP link is attached to; `None` if its interface is gone (the kernel
+/// reports ifindex 0 for a defunct link).
+fn pinned_xdp_link_ifindex(path: &Path) -> io::Result<Option<u32>> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_TYPE_XDP: u32 = 6;
+
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    #[repr(C)]
+    struct ObjGetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    let attr = ObjGetAttr {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    // SAFETY: attr is a valid bpf_attr prefix for BPF_OBJ_GET and lives across the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &attr as *const _,
+            size_of::<ObjGetAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a new fd that we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+
+    // struct bpf_link_info: type, id, prog_id, then a union aligned to 8; xdp.ifindex is first.
+    let mut info = [0u64; 16];
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: attr points at a writable, zeroed buffer of info_len bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr as *const _,
+            size_of::<InfoAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let link_type = info[0] as u32;
+    if link_type != BPF_LINK_TYPE_XDP {
+        return Err(io::Error::other(format!(
+            "pinned link has type {link_type}, not XDP"
+        )));
+    }
+    let ifindex = info[2] as u32;
+    Ok((ifindex != 0).then_some(ifindex))
+}

@@ -1,0 +1,464 @@
+//! The rule model and what the kernel maps must hold for a set of rules.
+//!
+//! A rule is (id, cidr, action, list, reason, source, created, expires). This module turns a set
+//! of rules into the exact contents of the allow and block tries ([`MapContents`]), computes the
+//! difference against what the kernel holds ([`MapDiff`]) and answers "which rule decides this
+//! address" with a plain reference matcher ([`decide`]) that the datapath is tested against.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+/// Identifier of a rule; also the value stored in the tries and the key of the rule counters.
+pub type RuleId = u32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Drop packets from these sources at ingress.
+    Block,
+    /// Always pass packets from these sources; wins over every block.
+    Allow,
+    /// Flag outbound flows to these destinations (egress watchlist).
+    Watch,
+}
+
+impl Action {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Block => "block",
+            Self::Allow => "allow",
+            Self::Watch => "watch",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Action {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "block" => Ok(Self::Block),
+            "allow" => Ok(Self::Allow),
+            "watch" => Ok(Self::Watch),
+            other => Err(format!(
+                "unknown action {other:?}: use block, allow or watch"
+            )),
+        }
+    }
+}
+
+/// Where a rule came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleSource {
+    Api,
+    Config,
+    Feed,
+}
+
+impl RuleSource {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Config => "config",
+            Self::Feed => "feed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub id: RuleId,
+    pub cidr: IpNet,
+    pub action: Action,
+    pub list: String,
+    pub reason: String,
+    pub source: RuleSource,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; `None` never expires.
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CidrError {
+    #[error(
+        "{input:?} is not an IP address or CIDR (expected e.g. 198.51.100.0/24 or 2001:db8::/32)"
+    )]
+    Syntax { input: String },
+    #[error("{input:?}: prefix length /{len} is longer than the address (max /{max})")]
+    PrefixTooLong { input: String, len: u8, max: u8 },
+}
+
+/// Parses an address or CIDR, clears host bits and maps IPv4-mapped IPv6 (`::ffff:a.b.c.d/n`,
+/// n >= 96) to IPv4, so every rule has one canonical spelling.
+pub fn normalize_cidr(input: &str) -> Result<IpNet, CidrError> {
+    let trimmed = input.trim();
+    let syntax = || CidrError::Syntax {
+        input: input.to_string(),
+    };
+    let net = match trimmed.split_once('/') {
+        None => IpNet::from(trimmed.parse::<IpAddr>().map_err(|_| syntax())?),
+        Some((addr, len)) => {
+            let addr: IpAddr = addr.parse().map_err(|_| syntax())?;
+            if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) || len.len() > 3 {
+                return Err(syntax());
+            }
+            let len: u8 = len.parse().map_err(|_| syntax())?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            if len > max {
+                return Err(CidrError::PrefixTooLong {
+                    input: input.to_string(),
+                    len,
+                    max,
+                });
+            }
+            IpNet::new(addr, len).map_err(|_| syntax())?
+        }
+    };
+    Ok(canonical(net.trunc()))
+}
+
+fn canonical(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net {
+        if let Some(v4) = v6.addr().to_ipv4_mapped() {
+            if v6.prefix_len() >= 96 {
+                let net = Ipv4Net::new(v4, v6.prefix_len() - 96).expect("length <= 32");
+                return IpNet::V4(net.trunc());
+            }
+        }
+    }
+    net
+}
+
+/// Maps an address to its canonical family (IPv4-mapped IPv6 becomes IPv4).
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Contents of one LPM trie: (prefix length, network bytes) -> rule id.
+pub type TrieContents<const N: usize> = BTreeMap<(u32, [u8; N]), RuleId>;
+
+/// What the ingress tries must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapContents {
+    pub allow_v4: TrieContents<4>,
+    pub allow_v6: TrieContents<16>,
+    pub block_v4: TrieContents<4>,
+    pub block_v6: TrieContents<16>,
+}
+
+impl MapContents {
+    /// The trie contents for `rules`. Where several rules name the same prefix with the same
+    /// action, the lowest id owns the entry (stable across restarts).
+    pub fn from_rules<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> Self {
+        let mut contents = Self::default();
+        for rule in rules {
+            contents.insert(rule.cidr, rule.action, rule.id);
+        }
+        contents
+    }
+
+    pub fn insert(&mut self, cidr: IpNet, action: Action, id: RuleId) {
+        fn keep_lowest<K: Ord>(map: &mut BTreeMap<K, RuleId>, key: K, id: RuleId) {
+            map.entry(key)
+                .and_modify(|existing| *existing = (*existing).min(id))
+                .or_insert(id);
+        }
+        match (canonical(cidr), action) {
+            (IpNet::V4(n), Action::Allow) => keep_lowest(&mut self.allow_v4, key_v4(n), id),
+            (IpNet::V6(n), Action::Allow) => keep_lowest(&mut self.allow_v6, key_v6(n), id),
+            (IpNet::V4(n), Action::Block) => keep_lowest(&mut self.block_v4, key_v4(n), id),
+            (IpNet::V6(n), Action::Block) => keep_lowest(&mut self.block_v6, key_v6(n), id),
+            // Watch rules live on the egress side.
+            (_, Action::Watch) => {}
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.allow_v4.len() + self.allow_v6.len() + self.block_v4.len() + self.block_v6.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub fn key_v4(net: Ipv4Net) -> (u32, [u8; 4]) {
+    (u32::from(net.prefix_len()), net.network().octets())
+}
+
+pub fn key_v6(net: Ipv6Net) -> (u32, [u8; 16]) {
+    (u32::from(net.prefix_len()), net.network().octets())
+}
+
+/// Changes that turn one trie's contents into another's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrieDiff<const N: usize> {
+    /// Entries to insert or overwrite (new prefix, or a different owning rule).
+    pub upserts: Vec<((u32, [u8; N]), RuleId)>,
+    /// Entries to delete.
+    pub removes: Vec<(u32, [u8; N])>,
+}
+
+impl<const N: usize> TrieDiff<N> {
+    pub fn between(current: &TrieContents<N>, desired: &TrieContents<N>) -> Self {
+        let upserts = desired
+            .iter()
+            .filter(|(k, v)| current.get(*k) != Some(*v))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        let removes = current
+            .keys()
+            .filter(|k| !desired.contains_key(*k))
+            .copied()
+            .collect();
+        Self { upserts, removes }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.removes.is_empty()
+    }
+}
+
+/// Changes for all four ingress tries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapDiff {
+    pub allow_v4: TrieDiff<4>,
+    pub allow_v6: TrieDiff<16>,
+    pub block_v4: TrieDiff<4>,
+    pub block_v6: TrieDiff<16>,
+}
+
+impl MapDiff {
+    pub fn between(current: &MapContents, desired: &MapContents) -> Self {
+        Self {
+            allow_v4: TrieDiff::between(&current.allow_v4, &desired.allow_v4),
+            allow_v6: TrieDiff::between(&current.allow_v6, &desired.allow_v6),
+            block_v4: TrieDiff::between(&current.block_v4, &desired.block_v4),
+            block_v6: TrieDiff::between(&current.block_v6, &desired.block_v6),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.allow_v4.is_empty()
+            && self.allow_v6.is_empty()
+            && self.block_v4.is_empty()
+            && self.block_v6.is_empty()
+    }
+
+    /// Number of entries the diff inserts (new or changed owner).
+    pub fn upserts(&self) -> usize {
+        self.allow_v4.upserts.len()
+            + self.allow_v6.upserts.len()
+            + self.block_v4.upserts.len()
+            + self.block_v6.upserts.len()
+    }
+
+    /// Number of entries the diff removes.
+    pub fn removes(&self) -> usize {
+        self.allow_v4.removes.len()
+            + self.allow_v6.removes.len()
+            + self.block_v4.removes.len()
+            + self.block_v6.removes.len()
+    }
+}
+
+/// The ingress verdict for a source address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Block,
+    Allow,
+    Pass,
+}
+
+/// Reference matcher: what the XDP program must decide for `ip` given `rules`. The longest
+/// matching allow rule wins over every block; otherwise the longest matching block rule; at
+/// equal length the lowest id (as in [`MapContents::insert`]).
+pub fn decide<'a>(
+    rules: impl IntoIterator<Item = &'a Rule>,
+    ip: IpAddr,
+) -> (Verdict, Option<&'a Rule>) {
+    let ip = canonical_ip(ip);
+    let mut best_allow: Option<&Rule> = None;
+    let mut best_block: Option<&Rule> = None;
+    let better = |candidate: &Rule, current: Option<&Rule>| match current {
+        None => true,
+        Some(c) => {
+            (candidate.cidr.prefix_len(), std::cmp::Reverse(candidate.id))
+                > (c.cidr.prefix_len(), std::cmp::Reverse(c.id))
+        }
+    };
+    for rule in rules {
+        if !rule.cidr.contains(&ip) {
+            continue;
+        }
+        match rule.action {
+            Action::Allow if better(rule, best_allow) => best_allow = Some(rule),
+            Action::Block if better(rule, best_block) => best_block = Some(rule),
+            _ => {}
+        }
+    }
+    match (best_allow, best_block) {
+        (Some(rule), _) => (Verdict::Allow, Some(rule)),
+        (None, Some(rule)) => (Verdict::Block, Some(rule)),
+        (None, None) => (Verdict::Pass, None),
+    }
+}
+
+/// Convenience for tests and the CLI: an IPv4 or IPv6 address from bytes.
+pub fn ip_from_v4(bytes: [u8; 4]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(bytes))
+}
+
+/// See [`ip_from_v4`].
+pub fn ip_from_v6(bytes: [u8; 16]) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::from(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(id: RuleId, cidr: &str, action: Action) -> Rule {
+        Rule {
+            id,
+            cidr: normalize_cidr(cidr).unwrap(),
+            action,
+            list: "t".into(),
+            reason: String::new(),
+            source: RuleSource::Config,
+            created_at: 0,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn normalises_host_bits_and_bare_addresses() {
+        assert_eq!(
+            normalize_cidr("198.51.100.77/24").unwrap().to_string(),
+            "198.51.100.0/24"
+        );
+        assert_eq!(
+            normalize_cidr("198.51.100.77").unwrap().to_string(),
+            "198.51.100.77/32"
+        );
+        assert_eq!(
+            normalize_cidr("2001:db8::1/32").unwrap().to_string(),
+            "2001:db8::/32"
+        );
+        assert_eq!(
+            normalize_cidr(" 2001:db8::1 ").unwrap().to_string(),
+            "2001:db8::1/128"
+        );
+    }
+
+    #[test]
+    fn maps_v4_mapped_v6_to_v4() {
+        assert_eq!(
+            normalize_cidr("::ffff:198.51.100.7/120")
+                .unwrap()
+                .to_string(),
+            "198.51.100.0/24"
+        );
+        assert_eq!(
+            normalize_cidr("::ffff:198.51.100.7").unwrap().to_string(),
+            "198.51.100.7/32"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_cidrs_with_reason() {
+        for bad in [
+            "",
+            "10.0.0.0/",
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "x",
+            "2001:db8::/129",
+            "1.2.3.4/+8",
+            "1.2.3.4/08x",
+        ] {
+            assert!(normalize_cidr(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(matches!(
+            normalize_cidr("10.0.0.0/33"),
+            Err(CidrError::PrefixTooLong {
+                len: 33,
+                max: 32,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn allow_wins_over_more_specific_block() {
+        let rules = [
+            rule(1, "203.0.113.0/24", Action::Allow),
+            rule(2, "203.0.113.64/26", Action::Block),
+        ];
+        let (verdict, by) = decide(&rules, "203.0.113.70".parse().unwrap());
+        assert_eq!(verdict, Verdict::Allow);
+        assert_eq!(by.unwrap().id, 1);
+    }
+
+    #[test]
+    fn longest_block_decides() {
+        let rules = [
+            rule(1, "203.0.113.0/24", Action::Block),
+            rule(2, "203.0.113.64/26", Action::Block),
+        ];
+        assert_eq!(
+            decide(&rules, "203.0.113.70".parse().unwrap())
+                .1
+                .unwrap()
+                .id,
+            2
+        );
+        assert_eq!(
+            decide(&rules, "203.0.113.7".parse().unwrap()).1.unwrap().id,
+            1
+        );
+        assert_eq!(
+            decide(&rules, "192.0.2.1".parse().unwrap()).0,
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn contents_keep_lowest_id_and_diff_is_minimal() {
+        let old = MapContents::from_rules(&[
+            rule(5, "198.51.100.0/24", Action::Block),
+            rule(6, "2001:db8::/32", Action::Allow),
+        ]);
+        assert_eq!(old.block_v4.values().copied().collect::<Vec<_>>(), vec![5]);
+        let new = MapContents::from_rules(&[
+            rule(7, "198.51.100.0/24", Action::Block),
+            rule(5, "198.51.100.0/24", Action::Block),
+            rule(8, "192.0.2.0/25", Action::Block),
+        ]);
+        let diff = MapDiff::between(&old, &new);
+        assert_eq!(diff.block_v4.upserts, vec![((25, [192, 0, 2, 0]), 8)]);
+        assert!(diff.block_v4.removes.is_empty());
+        assert_eq!(diff.allow_v6.removes.len(), 1);
+        assert_eq!(diff.upserts(), 1);
+        assert_eq!(diff.removes(), 1);
+        assert!(MapDiff::between(&new, &new).is_empty());
+    }
+}
