@@ -94,6 +94,12 @@ impl Engine {
             .collect()
     }
 
+    /// Verdict counters of any ifindex (also ones the engine did not attach to, e.g. the
+    /// loopback device BPF_PROG_TEST_RUN reports).
+    pub fn datapath_verdict_counts(&self, ifindex: u32) -> Result<VerdictCounts, DatapathError> {
+        self.datapath.verdict_counts(ifindex)
+    }
+
     pub fn rule_counters(&self) -> Result<BTreeMap<RuleId, RuleCounters>, DatapathError> {
         self.datapath.rule_counters()
     }

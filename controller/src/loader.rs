@@ -134,16 +134,26 @@ pub fn preflight(pins: &PinLayout, ifaces: &[String]) -> Result<Vec<(String, u32
     Ok(resolved)
 }
 
-/// Loads the object (maps from pins where present) and attaches to every interface.
-pub fn load_and_attach(
-    pins: &PinLayout,
-    ifaces: &[String],
-    mode: XdpAttachMode,
-) -> Result<Loaded, LoaderError> {
-    let resolved = preflight(pins, ifaces)?;
+/// The eBPF object loaded into the kernel, program verified, maps open (not attached anywhere).
+pub struct LoadedObject {
+    pub ebpf: Ebpf,
+    pub datapath: Datapath,
+}
+
+/// The XDP ingress program of an object returned by [`load_object`].
+pub fn xdp_program(ebpf: &Ebpf) -> &Xdp {
+    ebpf.program(XDP_PROGRAM)
+        .and_then(|p| <&Xdp>::try_from(p).ok())
+        .expect("program checked by load_object")
+}
+
+/// Loads the embedded object with its maps opened from (or pinned under) `pins`, and loads the
+/// XDP program into the kernel (the verifier runs here).
+pub fn load_object(pins: &PinLayout) -> Result<LoadedObject, LoaderError> {
     if EBPF_OBJECT.is_empty() {
         return Err(LoaderError::NoObject);
     }
+    ensure_bpffs(pins.root())?;
     for dir in [pins.maps_dir(), pins.links_dir()] {
         fs::create_dir_all(&dir).map_err(|source| LoaderError::Io {
             path: dir.clone(),
@@ -161,6 +171,22 @@ pub fn load_and_attach(
         .try_into()
         .map_err(LoaderError::Program)?;
     program.load().map_err(LoaderError::Program)?;
+    Ok(LoadedObject { ebpf, datapath })
+}
+
+/// Loads the object (maps from pins where present) and attaches to every interface.
+pub fn load_and_attach(
+    pins: &PinLayout,
+    ifaces: &[String],
+    mode: XdpAttachMode,
+) -> Result<Loaded, LoaderError> {
+    let resolved = preflight(pins, ifaces)?;
+    let LoadedObject { mut ebpf, datapath } = load_object(pins)?;
+    let program: &mut Xdp = ebpf
+        .program_mut(XDP_PROGRAM)
+        .ok_or(LoaderError::NoObject)?
+        .try_into()
+        .map_err(LoaderError::Program)?;
 
     let mut attachments = Vec::new();
     for (iface, ifindex) in resolved {

@@ -1,0 +1,238 @@
+//! The real `xdpwall` binary running in a lab's firewall namespace.
+//!
+//! The daemon is started with only the network namespace entered (`nsenter --net=`), so its
+//! pins land on the host's bpffs and survive it, as in production. Each daemon gets its own pin
+//! directory and state directory; dropping the guard kills it and runs `xdpwall detach`.
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::lab::Lab;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Port the daemon listens on inside its namespace (each namespace has its own loopback).
+pub const API_PORT: u16 = 9180;
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub netns_path: String,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+}
+
+/// The xdpwall binary under test: `$XDPWALL_BIN`, else `target/debug/xdpwall` of this workspace.
+pub fn binary() -> anyhow::Result<PathBuf> {
+    let path = match std::env::var_os("XDPWALL_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/xdpwall"),
+    };
+    if !path.exists() {
+        bail!(
+            "{} not found: build it first (`cargo build -p xdpwall`; `cargo xtask test` does it)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+impl Daemon {
+    /// Unique pin and state directories for one daemon (kept across restarts of it).
+    pub fn dirs(tag: &str) -> (PathBuf, PathBuf) {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{}-{n}", tag, std::process::id());
+        (
+            PathBuf::from(format!("/sys/fs/bpf/xdpwall-test-{id}")),
+            std::env::temp_dir().join(format!("xdpwall-test-{id}")),
+        )
+    }
+
+    /// Writes a config (`extra` is appended to the generated header) and starts the daemon;
+    /// returns once /readyz answers 200.
+    pub fn start(lab: &Lab, tag: &str, extra: &str) -> anyhow::Result<Self> {
+        let (pin_dir, state_dir) = Self::dirs(tag);
+        Self::start_with_dirs(lab, pin_dir, state_dir, extra)
+    }
+
+    pub fn start_with_dirs(
+        lab: &Lab,
+        pin_dir: PathBuf,
+        state_dir: PathBuf,
+        extra: &str,
+    ) -> anyhow::Result<Self> {
+        fs::create_dir_all(&state_dir)?;
+        let config_path = state_dir.join("xdpwall.toml");
+        let config = format!(
+            "interfaces = [\"{}\"]\nstate_dir = \"{}\"\npin_dir = \"{}\"\n{extra}\n",
+            lab.fw_if,
+            state_dir.display(),
+            pin_dir.display()
+        );
+        fs::write(&config_path, config)?;
+        let mut daemon = Self {
+            child: None,
+            netns_path: lab.fw_netns_path(),
+            pin_dir,
+            state_dir: state_dir.clone(),
+            config_path,
+            log_path: state_dir.join("daemon.log"),
+        };
+        daemon.spawn()?;
+        Ok(daemon)
+    }
+
+    /// (Re)starts the process with the same config and directories.
+    pub fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns_path))
+            .arg(binary()?)
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("XDPWALL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning nsenter xdpwall run")?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(30))
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.child = None;
+                    bail!("daemon exited with {status} before ready:\n{}", self.log());
+                }
+            }
+            if let Ok((200, _)) = self.http("GET", "/readyz", None) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("daemon not ready after {timeout:?}:\n{}", self.log())
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGKILL, no cleanup: what a crash looks like.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().ok().and_then(|s| s.code())
+    }
+
+    /// One HTTP/1.0 request to the daemon's API inside its namespace: (status, body).
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, String)> {
+        let request = match body {
+            Some(b) => format!(
+                "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            ),
+            None => format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n\r\n"),
+        };
+        let raw = in_netns(&self.netns_path, move || -> anyhow::Result<String> {
+            let mut stream = TcpStream::connect(("127.0.0.1", API_PORT))?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            stream.write_all(request.as_bytes())?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        })??;
+        let status = raw
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("malformed HTTP response")?;
+        let body = raw
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// GET a JSON document from the API.
+    pub fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let (status, body) = self.http("GET", path, None)?;
+        if status != 200 {
+            bail!("GET {path}: {status} {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Runs the xdpwall CLI in the firewall namespace.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Ok(Command::new("nsenter")
+            .arg(format!("--net={}", self.netns_path))
+            .arg(binary()?)
+            .args(args)
+            .output()?)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        if let Ok(bin) = binary() {
+            let _ = Command::new(bin)
+                .args(["detach", "--config"])
+                .arg(&self.config_path)
+                .output();
+        }
+        let _ = fs::remove_dir_all(&self.pin_dir);
+        let _ = fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+/// Runs `f` on a thread that has entered the network namespace at `netns_path` (setns only
+/// affects the calling thread, so the test's own threads stay where they are).
+pub fn in_netns<T: Send + 'static>(
+    netns_path: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let path = netns_path.to_string();
+    std::thread::spawn(move || -> anyhow::Result<T> {
+        let ns = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        // SAFETY: setns on a valid namespace fd, affecting only this thread.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns({path}): {}", std::io::Error::last_os_error());
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+}
