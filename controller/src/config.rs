@@ -266,18 +266,17 @@ impl Config {
                     "must not be empty".into(),
                 ));
             }
-            if rule.action == Action::Block {
-                if let Some(m) = management
+            if rule.action == Action::Block
+                && let Some(m) = management
                     .iter()
                     .find(|m| m.contains(&net) || net.contains(*m))
-                {
-                    return Err(invalid(
-                        format!("rules[{i}].cidr"),
-                        format!(
-                            "block {net} overlaps management address {m}: operators would be locked out"
-                        ),
-                    ));
-                }
+            {
+                return Err(invalid(
+                    format!("rules[{i}].cidr"),
+                    format!(
+                        "block {net} overlaps management address {m}: operators would be locked out"
+                    ),
+                ));
             }
             rules.push((net, rule.clone()));
         }

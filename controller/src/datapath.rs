@@ -189,12 +189,15 @@ impl Datapath {
     }
 }
 
+/// Previous owner of each entry an apply overwrote (`None`: the entry was new).
+type UndoLog<const N: usize> = Vec<((u32, [u8; N]), Option<RuleId>)>;
+
 #[derive(Default)]
 struct Undo {
-    allow_v4: Vec<((u32, [u8; 4]), Option<RuleId>)>,
-    allow_v6: Vec<((u32, [u8; 16]), Option<RuleId>)>,
-    block_v4: Vec<((u32, [u8; 4]), Option<RuleId>)>,
-    block_v6: Vec<((u32, [u8; 16]), Option<RuleId>)>,
+    allow_v4: UndoLog<4>,
+    allow_v6: UndoLog<16>,
+    block_v4: UndoLog<4>,
+    block_v6: UndoLog<16>,
 }
 
 fn read_trie<const N: usize>(
@@ -217,7 +220,7 @@ fn upsert<const N: usize>(
     diff: &TrieDiff<N>,
     before: &TrieContents<N>,
     name: &'static str,
-    undo: &mut Vec<((u32, [u8; N]), Option<RuleId>)>,
+    undo: &mut UndoLog<N>,
 ) -> Result<(), DatapathError>
 where
     [u8; N]: aya::Pod,
@@ -240,10 +243,8 @@ where
     Ok(())
 }
 
-fn rollback<const N: usize>(
-    trie: &mut LpmTrie<MapData, [u8; N], u32>,
-    undo: Vec<((u32, [u8; N]), Option<RuleId>)>,
-) where
+fn rollback<const N: usize>(trie: &mut LpmTrie<MapData, [u8; N], u32>, undo: UndoLog<N>)
+where
     [u8; N]: aya::Pod,
 {
     for ((len, data), previous) in undo.into_iter().rev() {

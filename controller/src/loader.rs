@@ -62,16 +62,16 @@ pub enum LoaderError {
     )]
     NoObject,
     #[error("loading the eBPF object failed: {0}")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("the kernel verifier or loader refused the XDP program: {0}")]
-    Program(#[source] aya::programs::ProgramError),
+    Program(#[source] Box<aya::programs::ProgramError>),
     #[error("attaching XDP to {iface} in {mode} mode failed: {source}; {hint}")]
     Attach {
         iface: String,
         mode: &'static str,
         hint: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("pinning {path}: {message}")]
     Pin { path: PathBuf, message: String },
@@ -163,14 +163,16 @@ pub fn load_object(pins: &PinLayout) -> Result<LoadedObject, LoaderError> {
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pins.maps_dir())
         .load(EBPF_OBJECT)
-        .map_err(LoaderError::Load)?;
+        .map_err(|e| LoaderError::Load(Box::new(e)))?;
     let datapath = Datapath::from_ebpf(&mut ebpf)?;
     let program: &mut Xdp = ebpf
         .program_mut(XDP_PROGRAM)
         .ok_or(LoaderError::NoObject)?
         .try_into()
-        .map_err(LoaderError::Program)?;
-    program.load().map_err(LoaderError::Program)?;
+        .map_err(|e| LoaderError::Program(Box::new(e)))?;
+    program
+        .load()
+        .map_err(|e| LoaderError::Program(Box::new(e)))?;
     Ok(LoadedObject { ebpf, datapath })
 }
 
@@ -186,7 +188,7 @@ pub fn load_and_attach(
         .program_mut(XDP_PROGRAM)
         .ok_or(LoaderError::NoObject)?
         .try_into()
-        .map_err(LoaderError::Program)?;
+        .map_err(|e| LoaderError::Program(Box::new(e)))?;
 
     let mut attachments = Vec::new();
     for (iface, ifindex) in resolved {
@@ -235,9 +237,13 @@ fn reuse_link(program: &mut Xdp, link_pin: &Path, ifindex: u32) -> Result<bool, 
         path: link_pin.into(),
         message: format!("not an XDP link: {e}"),
     })?;
-    let link_id = program.attach_to_link(link).map_err(LoaderError::Program)?;
+    let link_id = program
+        .attach_to_link(link)
+        .map_err(|e| LoaderError::Program(Box::new(e)))?;
     // Hand the fd back: the pin holds the link, and dropping the fd must not detach it.
-    let link = program.take_link(link_id).map_err(LoaderError::Program)?;
+    let link = program
+        .take_link(link_id)
+        .map_err(|e| LoaderError::Program(Box::new(e)))?;
     drop(FdLink::try_from(link).ok());
     Ok(true)
 }
@@ -256,7 +262,7 @@ fn attach_new(
                 iface: iface.into(),
                 mode: "generic",
                 hint: hint_busy,
-                source,
+                source: Box::new(source),
             })?,
             AttachedMode::Generic,
         ),
@@ -265,7 +271,7 @@ fn attach_new(
                 iface: iface.into(),
                 mode: "native",
                 hint: "the driver may lack native XDP support: use xdp_mode = \"auto\" or \"generic\"",
-                source,
+                source: Box::new(source),
             })?,
             AttachedMode::Native,
         ),
@@ -282,14 +288,16 @@ fn attach_new(
                         iface: iface.into(),
                         mode: "generic",
                         hint: hint_busy,
-                        source,
+                        source: Box::new(source),
                     })?,
                     AttachedMode::Generic,
                 )
             }
         },
     };
-    let link = program.take_link(link_id).map_err(LoaderError::Program)?;
+    let link = program
+        .take_link(link_id)
+        .map_err(|e| LoaderError::Program(Box::new(e)))?;
     let fd_link = FdLink::try_from(link).map_err(|e| LoaderError::Pin {
         path: link_pin.into(),
         message: format!(

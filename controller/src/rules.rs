@@ -132,13 +132,12 @@ pub fn normalize_cidr(input: &str) -> Result<IpNet, CidrError> {
 }
 
 fn canonical(net: IpNet) -> IpNet {
-    if let IpNet::V6(v6) = net {
-        if let Some(v4) = v6.addr().to_ipv4_mapped() {
-            if v6.prefix_len() >= 96 {
-                let net = Ipv4Net::new(v4, v6.prefix_len() - 96).expect("length <= 32");
-                return IpNet::V4(net.trunc());
-            }
-        }
+    if let IpNet::V6(v6) = net
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && v6.prefix_len() >= 96
+    {
+        let net = Ipv4Net::new(v4, v6.prefix_len() - 96).expect("length <= 32");
+        return IpNet::V4(net.trunc());
     }
     net
 }

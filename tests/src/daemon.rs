@@ -117,11 +117,11 @@ impl Daemon {
     fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    self.child = None;
-                    bail!("daemon exited with {status} before ready:\n{}", self.log());
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                bail!("daemon exited with {status} before ready:\n{}", self.log());
             }
             if let Ok((200, _)) = self.http("GET", "/readyz", None) {
                 return Ok(());

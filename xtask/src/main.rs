@@ -1,1 +1,142 @@
-fn main() {}
+//! `cargo xtask <task>`: everything a developer or CI runs, in one place.
+//!
+//! - `setup`: install what a fresh machine lacks (idempotent, seconds when all is there)
+//! - `demo`:  the README's first command: a veth lab, xdpwall blocking a lab prefix, pings
+//! - `test`:  the README's second command: unit and privileged integration tests
+//! - `bench`: the benchmark harness in bench/
+//! - `lint`:  cargo fmt --check and clippy -D warnings
+
+mod demo;
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install prerequisites: apt packages (LLVM 22, iproute2, bpftool, ...), rust-src for the
+    /// nightly toolchain, bpf-linker 0.13.0; mount bpffs at /sys/fs/bpf.
+    Setup,
+    /// Run the demo lab: two namespaces and a veth pair, xdpwall blocking a lab prefix (v4 and
+    /// v6), pings from blocked and unlisted sources, the verdict counters; then clean up.
+    Demo,
+    /// Run every test: unit tests, BPF_PROG_TEST_RUN verdict tests, veth lab tests.
+    Test {
+        /// Extra arguments for the test binaries (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run the benchmark harness and write bench/results/.
+    Bench {
+        /// Arguments for the harness (see `cargo xtask bench -- --help`).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// cargo fmt --check and cargo clippy --all-targets -D warnings.
+    Lint,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Demo => setup::run().and_then(|()| demo::run()),
+        Task::Test { args } => setup::run().and_then(|()| test(&args)),
+        Task::Bench { args } => setup::run().and_then(|()| bench(&args)),
+        Task::Lint => lint(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a command inheriting stdio; fails if it fails.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    // The integration tests run the real binary.
+    run(cargo().args(["build", "-p", "xdpwall"]))?;
+    // Unit tests in parallel; integration tests one at a time (they share the kernel).
+    run(cargo()
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "xdp-ebpf",
+            "--lib",
+            "--bins",
+        ])
+        .arg("--")
+        .args(args))?;
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "-p",
+        "xdpwall-tests",
+        "--tests",
+        "--",
+        "--test-threads=1",
+        "--nocapture",
+    ])
+    .args(args)
+    .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().context("running the integration tests")?;
+    // Echo stderr while counting the tests that skipped (they print "SKIP <test>: <why>").
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut skipped = 0usize;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+        let line = line?;
+        if line.starts_with("SKIP ") {
+            skipped += 1;
+        }
+        eprintln!("{line}");
+    }
+    let status = child.wait()?;
+    println!("integration tests skipped: {skipped}");
+    if !status.success() {
+        bail!("integration tests failed");
+    }
+    Ok(())
+}
+
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    run(cargo()
+        .args(["run", "--release", "-p", "xdpwall-bench", "--"])
+        .args(args))
+}
+
+fn lint() -> anyhow::Result<()> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "xdp-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}

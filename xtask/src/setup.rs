@@ -1,0 +1,124 @@
+//! `cargo xtask setup`: installs what a fresh machine lacks, checks first so a second run takes
+//! seconds. Needs root (apt-get, mount), as CI and the lab do anyway.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::run as run_cmd;
+
+/// Debian packages: LLVM 22 for bpf-linker, and the tools the tests, demo and benchmarks use.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "iproute2",
+    "iputils-ping",
+    "bpftool",
+    "util-linux",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn run() -> anyhow::Result<()> {
+    apt_packages(APT_PACKAGES)?;
+    rust_src()?;
+    bpf_linker()?;
+    bpffs()?;
+    println!("setup: all prerequisites present");
+    Ok(())
+}
+
+fn is_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Installs the packages that are missing (apt-get update only when something is).
+pub fn apt_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !is_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("setup: installing {}", missing.join(" "));
+    run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .context("running rustup (the eBPF crate needs the nightly toolchain)")?;
+    if !installed.status.success() {
+        bail!(
+            "the nightly toolchain is missing ({}); it builds the eBPF programs",
+            String::from_utf8_lossy(&installed.stderr).trim()
+        );
+    }
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        return Ok(());
+    }
+    println!("setup: adding rust-src to the nightly toolchain");
+    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let current = Command::new("bpf-linker").arg("--version").output();
+    if let Ok(out) = &current
+        && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION)
+    {
+        return Ok(());
+    }
+    println!("setup: installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 2 minutes)");
+    let path = format!(
+        "{LLVM_PREFIX}/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    run_cmd(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--force",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            // Without LLVM_PREFIX the build fails with "-lLLVM not found".
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("PATH", path),
+    )
+}
+
+fn bpffs() -> anyhow::Result<()> {
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    if mounts.lines().any(|l| {
+        l.split_whitespace().nth(1) == Some("/sys/fs/bpf")
+            && l.split_whitespace().nth(2) == Some("bpf")
+    }) {
+        return Ok(());
+    }
+    if !Path::new("/sys/fs/bpf").exists() {
+        std::fs::create_dir_all("/sys/fs/bpf").context("creating /sys/fs/bpf")?;
+    }
+    println!("setup: mounting bpffs at /sys/fs/bpf");
+    run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
