@@ -1,4 +1,8 @@
-//! The eBPF object built by `build.rs`, embedded in the binary.
+//! The eBPF objects built by `build.rs`, embedded in the binary.
 
-/// Bytes of the compiled `xdp-ebpf` object, aligned for the ELF parser.
+/// Bytes of the compiled `xdp-ebpf` object (the XDP ingress filter), aligned for the ELF parser.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-ebpf"));
+
+/// Baseline programs for the benchmarks (XDP_PASS, XDP_DROP, a stock LPM filter).
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-bench"));
