@@ -25,7 +25,8 @@ use xdpwall::{
     engine::Engine,
     loader::{self, LoadedObject},
     pins::PinLayout,
-    rules::{Action, Rule, RuleSource},
+    rules::{Action, RuleSource},
+    store::{NewRule, Store},
 };
 
 #[derive(Parser, Debug, Clone)]
@@ -99,7 +100,7 @@ pub fn run(args: &Args, pin_dir: &std::path::Path) -> anyhow::Result<String> {
         datapath,
     } = loader::load_object(&PinLayout::new(pin_dir))
         .context("loading the xdpwall object (run as root)")?;
-    let mut engine = Engine::new(datapath, Vec::new())?;
+    let (mut engine, _) = Engine::open(Box::new(datapath), Store::in_memory()?, Vec::new())?;
     let mut bench_obj = Ebpf::load(BENCH_OBJECT).context("loading the baseline object")?;
     for name in ["bench_pass", "bench_stock_lpm"] {
         let program: &mut Xdp = bench_obj.program_mut(name).context(name)?.try_into()?;
@@ -110,22 +111,19 @@ pub fn run(args: &Args, pin_dir: &std::path::Path) -> anyhow::Result<String> {
     for &size in &args.sizes {
         eprintln!("bench: {size} prefixes");
         let prefixes = prefixes::random_v4(&mut rng, size);
-        let rules: Vec<Rule> = prefixes
+        let rules: Vec<NewRule> = prefixes
             .iter()
-            .enumerate()
-            .map(|(i, net)| Rule {
-                id: i as u32 + 1,
+            .map(|net| NewRule {
                 cidr: (*net).into(),
                 action: Action::Block,
                 list: "bench".into(),
                 reason: String::new(),
                 source: RuleSource::Config,
-                created_at: 0,
                 expires_at: None,
             })
             .collect();
         let started = Instant::now();
-        engine.replace_rules(rules)?;
+        engine.replace_all(rules, "bench", 0)?;
         let load_time = started.elapsed();
         {
             let mut stock: LpmTrie<_, [u8; 4], u32> =
@@ -200,7 +198,7 @@ fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 0 {
+    if sorted.len().is_multiple_of(2) {
         (sorted[mid - 1] + sorted[mid]) / 2.0
     } else {
         sorted[mid]
@@ -245,7 +243,7 @@ fn report(args: &Args, results: &[SizeResult]) -> String {
     }
     let _ = writeln!(
         out,
-        "\nLoad time of the whole list through the xdpwall rules engine (diff + per-entry map updates):\n"
+        "\nLoad time of the whole list through the xdpwall rules engine (store transaction in memory, diff, per-entry map updates):\n"
     );
     let _ = writeln!(out, "| prefixes | load time |");
     let _ = writeln!(out, "|---:|---:|");

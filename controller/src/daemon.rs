@@ -18,9 +18,10 @@ use xdpwall_shared::DatapathConfig;
 use crate::{
     api::{self, AppState},
     config::{Config, MalformedPolicy},
-    engine::{Engine, static_rules},
+    engine::{Engine, config_rules},
     loader,
     pins::PinLayout,
+    store::Store,
 };
 
 /// An exclusive lock on `<state_dir>/xdpwall.lock`, held for the daemon's lifetime, so two
@@ -117,33 +118,46 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         })
     };
 
+    let store_path = config.state_dir.join("rules.sqlite");
+    let store = Store::open(&store_path)?;
     let engine = {
         let pins = pins.clone();
         let ifaces = config.interfaces.clone();
         let mode = config.xdp_mode;
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Engine> {
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(Engine, _)> {
             let loaded = loader::load_and_attach(&pins, &ifaces, mode)?;
-            Ok(Engine::new(loaded.datapath, loaded.attachments)?)
+            Ok(Engine::open(
+                Box::new(loaded.datapath),
+                store,
+                loaded.attachments,
+            )?)
         })
         .await
         .context("loader task panicked")??
     };
-    let mut engine = engine;
-    // Keep the eBPF object alive for the daemon's lifetime via the engine's datapath handles;
-    // the program itself stays attached through the pinned links.
+    let (mut engine, reconciled) = engine;
+    info!(
+        inserted = reconciled.inserted,
+        removed = reconciled.removed,
+        store = %store_path.display(),
+        "kernel maps reconciled with the rule store"
+    );
     engine.set_datapath_config(DatapathConfig {
         monitor: u32::from(config.monitor),
         drop_malformed: u32::from(config.malformed == MalformedPolicy::Drop),
     })?;
-    let rules = static_rules(&validated.management, &validated.rules, unix_now());
     let report = engine
-        .replace_rules(rules)
-        .context("applying the config rules to the kernel maps")?;
+        .sync_config(
+            validated.management.clone(),
+            config_rules(&validated.management, &validated.rules),
+            unix_now(),
+        )
+        .context("applying the config rules")?;
     info!(
         inserted = report.inserted,
         removed = report.removed,
         monitor = config.monitor,
-        "rules applied"
+        "config rules applied"
     );
     *state.engine.lock().await = Some(engine);
     state.ready.store(true, Ordering::Release);

@@ -1,18 +1,74 @@
-//! The rules engine: the one owner of the rule set and the writer of the kernel maps.
+//! The rules engine: the one owner of the rule set, the store and the kernel maps.
 //!
-//! Handlers and the daemon ask the engine for changes; it computes what the maps must hold,
-//! diffs that against what the kernel holds and applies only the difference.
+//! Every change follows the same order: validate → write to a store transaction → apply the
+//! resulting trie diff to the kernel → commit. If the kernel refuses (e.g. a full map), the
+//! transaction is dropped and the maps are rolled back; if the commit fails, the kernel change is
+//! reverted. So the API never confirms a rule that is not both enforced and durable, and a failed
+//! change leaves nothing half-applied.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+    time::Duration,
+};
 
 use ipnet::IpNet;
+use tracing::{info, warn};
 use xdpwall_shared::{DatapathConfig, RuleCounters};
 
 use crate::{
-    datapath::{Datapath, DatapathError, VerdictCounts},
+    datapath::{DatapathError, KernelMaps, VerdictCounts},
     loader::Attachment,
-    rules::{Action, MapContents, MapDiff, Rule, RuleId, RuleSource},
+    rules::{
+        Action, MapContents, MapDiff, Rule, RuleId, RuleSource, TrieDiff, Verdict, canonical_ip,
+        decide, key_v4, key_v6, normalize_cidr,
+    },
+    store::{AuditEntry, NewRule, Store, StoreError},
 };
+
+/// Shortest prefixes a block may have without `force` (anything broader is a likely mistake).
+pub const MIN_BLOCK_PREFIX_V4: u8 = 8;
+/// See [`MIN_BLOCK_PREFIX_V4`].
+pub const MIN_BLOCK_PREFIX_V6: u8 = 16;
+/// Longest accepted TTL.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The request itself is wrong (bad CIDR, TTL, list name...).
+    #[error("{0}")]
+    Invalid(String),
+    /// A block that could lock operators out, refused without `force`.
+    #[error("{0}")]
+    LockOut(String),
+    #[error("rule {0} does not exist")]
+    NotFound(RuleId),
+    /// The change conflicts with how the rule is managed (e.g. deleting a config rule).
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One rule as requested over the API or CLI.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleRequest {
+    pub cidr: String,
+    pub action: Option<Action>,
+    pub list: Option<String>,
+    pub ttl: Option<String>,
+    pub reason: Option<String>,
+    pub force: bool,
+}
+
+/// Result of adding one rule: the stored rule, and whether it is new (false: it already existed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Added {
+    pub rule: Rule,
+    pub created: bool,
+}
 
 /// Result of one apply: how many trie entries changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -21,23 +77,91 @@ pub struct ApplyReport {
     pub removed: usize,
 }
 
+/// Parses a TTL such as "90s", "15m", "4h" or "7d".
+pub fn parse_ttl(ttl: &str) -> Result<Duration, EngineError> {
+    let d = humantime::parse_duration(ttl.trim()).map_err(|e| {
+        EngineError::Invalid(format!(
+            "ttl {ttl:?} is not a duration ({e}); use e.g. \"90s\", \"15m\", \"4h\", \"7d\""
+        ))
+    })?;
+    if d < Duration::from_secs(1) || d > MAX_TTL {
+        return Err(EngineError::Invalid(format!(
+            "ttl {ttl:?} must be between 1s and 10 years"
+        )));
+    }
+    Ok(d)
+}
+
+/// List names: short, printable, safe as metric labels.
+fn validate_list(list: &str) -> Result<(), EngineError> {
+    let ok = !list.is_empty()
+        && list.len() <= 64
+        && list
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid(format!(
+            "list {list:?} is not a valid name: 1-64 characters from a-z, A-Z, 0-9, '-', '_', '.', ':'"
+        )))
+    }
+}
+
 pub struct Engine {
-    datapath: Datapath,
+    maps: Box<dyn KernelMaps>,
+    store: Store,
     attachments: Vec<Attachment>,
     rules: BTreeMap<RuleId, Rule>,
-    /// What the engine last wrote (or found) in the kernel tries.
+    /// Rules by (cidr, action): the lowest id owns the trie entry.
+    owners: HashMap<(IpNet, Action), BTreeSet<RuleId>>,
+    /// What the kernel tries hold (kept equal to `MapContents::from_rules(rules)`).
     applied: MapContents,
+    management: Vec<IpNet>,
 }
 
 impl Engine {
-    /// Reads what the kernel holds now (pins survive restarts) so the first apply is a diff.
-    pub fn new(datapath: Datapath, attachments: Vec<Attachment>) -> Result<Self, DatapathError> {
-        let applied = datapath.contents()?;
-        Ok(Self {
-            datapath,
+    /// Loads the rules from the store and makes the kernel maps match them, as a diff against
+    /// what the (possibly pinned, pre-existing) maps hold.
+    pub fn open(
+        maps: Box<dyn KernelMaps>,
+        store: Store,
+        attachments: Vec<Attachment>,
+    ) -> Result<(Self, ApplyReport), EngineError> {
+        let rules: BTreeMap<RuleId, Rule> = store.rules()?.into_iter().map(|r| (r.id, r)).collect();
+        let applied = maps.contents()?;
+        let mut engine = Self {
+            maps,
+            store,
             attachments,
+            owners: HashMap::new(),
             rules: BTreeMap::new(),
             applied,
+            management: Vec::new(),
+        };
+        for rule in rules.values() {
+            engine
+                .owners
+                .entry((rule.cidr, rule.action))
+                .or_default()
+                .insert(rule.id);
+        }
+        engine.rules = rules;
+        let report = engine.reconcile()?;
+        Ok((engine, report))
+    }
+
+    /// Makes the kernel tries equal to what the rules say (full diff).
+    pub fn reconcile(&mut self) -> Result<ApplyReport, EngineError> {
+        let desired = MapContents::from_rules(self.rules.values());
+        let diff = MapDiff::between(&self.applied, &desired);
+        if !diff.is_empty() {
+            self.maps.apply(&diff, &self.applied)?;
+            self.applied = desired;
+        }
+        Ok(ApplyReport {
+            inserted: diff.upserts(),
+            removed: diff.removes(),
         })
     }
 
@@ -46,62 +170,367 @@ impl Engine {
     }
 
     pub fn set_datapath_config(&mut self, config: DatapathConfig) -> Result<(), DatapathError> {
-        self.datapath.set_config(config)
+        self.maps.set_config(config)
     }
 
     pub fn datapath_config(&self) -> Result<DatapathConfig, DatapathError> {
-        self.datapath.config()
+        self.maps.config()
     }
 
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.rules.values()
     }
 
-    /// Replaces the whole rule set and makes the kernel maps match it. On error the kernel and
-    /// the engine keep the previous rule set.
-    pub fn replace_rules(&mut self, rules: Vec<Rule>) -> Result<ApplyReport, DatapathError> {
-        let rules: BTreeMap<RuleId, Rule> = rules.into_iter().map(|r| (r.id, r)).collect();
-        let desired = MapContents::from_rules(rules.values());
-        let report = self.apply_contents(desired)?;
-        let gone: Vec<RuleId> = self
-            .rules
-            .keys()
-            .filter(|id| !rules.contains_key(id))
-            .copied()
+    pub fn rule(&self, id: RuleId) -> Option<&Rule> {
+        self.rules.get(&id)
+    }
+
+    pub fn management(&self) -> &[IpNet] {
+        &self.management
+    }
+
+    /// Which rule decides `ip`, by the same logic as the datapath.
+    pub fn lookup(&self, ip: IpAddr) -> (Verdict, Option<&Rule>) {
+        decide(self.rules.values(), ip)
+    }
+
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.store.audit_log(limit)
+    }
+
+    /// Makes the config-sourced rules (management allows and `[[rules]]`) in the store equal to
+    /// `wanted`: adds the missing, removes the ones no longer configured. Audited as "config".
+    pub fn sync_config(
+        &mut self,
+        management: Vec<IpNet>,
+        wanted: Vec<NewRule>,
+        now: i64,
+    ) -> Result<ApplyReport, EngineError> {
+        self.management = management;
+        let wanted_keys: BTreeSet<(IpNet, Action, String)> = wanted
+            .iter()
+            .map(|r| (r.cidr, r.action, r.list.clone()))
             .collect();
-        self.rules = rules;
-        self.datapath.drop_rule_counters(&gone)?;
+        let stale: Vec<RuleId> = self
+            .rules
+            .values()
+            .filter(|r| {
+                r.source == RuleSource::Config
+                    && !wanted_keys.contains(&(r.cidr, r.action, r.list.clone()))
+            })
+            .map(|r| r.id)
+            .collect();
+        let missing: Vec<NewRule> = wanted
+            .into_iter()
+            .filter(|w| {
+                !self
+                    .rules
+                    .values()
+                    .any(|r| r.cidr == w.cidr && r.action == w.action && r.list == w.list)
+            })
+            .collect();
+        if stale.is_empty() && missing.is_empty() {
+            return Ok(ApplyReport::default());
+        }
+        let (_, report) = self.change(&missing, &stale, "config", "config file", "delete", now)?;
         Ok(report)
     }
 
-    fn apply_contents(&mut self, desired: MapContents) -> Result<ApplyReport, DatapathError> {
-        let diff = MapDiff::between(&self.applied, &desired);
-        if diff.is_empty() {
-            return Ok(ApplyReport::default());
+    /// Adds rules all or nothing: one invalid request fails the whole call with its index.
+    pub fn add(
+        &mut self,
+        requests: &[RuleRequest],
+        who: &str,
+        client: Option<IpAddr>,
+        now: i64,
+    ) -> Result<Vec<Added>, EngineError> {
+        let mut new_rules = Vec::with_capacity(requests.len());
+        for (i, request) in requests.iter().enumerate() {
+            let prefix = if requests.len() > 1 {
+                format!("rules[{i}]: ")
+            } else {
+                String::new()
+            };
+            let rule = self.validate(request, client, now).map_err(|e| match e {
+                EngineError::Invalid(m) => EngineError::Invalid(format!("{prefix}{m}")),
+                EngineError::LockOut(m) => EngineError::LockOut(format!("{prefix}{m}")),
+                other => other,
+            })?;
+            new_rules.push(rule);
         }
-        self.datapath.apply(&diff, &self.applied)?;
-        self.applied = desired;
-        Ok(ApplyReport {
-            inserted: diff.upserts(),
-            removed: diff.removes(),
+        // Idempotence: an existing (cidr, action, list) is returned as is; duplicates inside one
+        // request collapse to the rule inserted for their first occurrence.
+        enum Plan {
+            Existing(Rule),
+            New(usize),
+            Duplicate(usize),
+        }
+        let same =
+            |a: &NewRule, b: &NewRule| a.cidr == b.cidr && a.action == b.action && a.list == b.list;
+        let mut to_insert: Vec<NewRule> = Vec::new();
+        let mut plan = Vec::with_capacity(new_rules.len());
+        for rule in new_rules {
+            if let Some(existing) = self
+                .rules
+                .values()
+                .find(|r| r.cidr == rule.cidr && r.action == rule.action && r.list == rule.list)
+            {
+                plan.push(Plan::Existing(existing.clone()));
+            } else if let Some(pos) = to_insert.iter().position(|r| same(r, &rule)) {
+                plan.push(Plan::Duplicate(pos));
+            } else {
+                to_insert.push(rule);
+                plan.push(Plan::New(to_insert.len() - 1));
+            }
+        }
+        let (inserted, _) = self.change(&to_insert, &[], who, "", "delete", now)?;
+        Ok(plan
+            .into_iter()
+            .map(|p| match p {
+                Plan::Existing(rule) => Added {
+                    rule,
+                    created: false,
+                },
+                Plan::New(i) => Added {
+                    rule: inserted[i].clone(),
+                    created: true,
+                },
+                Plan::Duplicate(i) => Added {
+                    rule: inserted[i].clone(),
+                    created: false,
+                },
+            })
+            .collect())
+    }
+
+    /// Replaces every rule with `rules` in one change (tests and benchmarks load whole sets).
+    /// Repeated (cidr, action, list) triples are stored once.
+    pub fn replace_all(
+        &mut self,
+        rules: Vec<NewRule>,
+        who: &str,
+        now: i64,
+    ) -> Result<Vec<Rule>, EngineError> {
+        let mut seen = std::collections::HashSet::new();
+        let rules: Vec<NewRule> = rules
+            .into_iter()
+            .filter(|r| seen.insert((r.cidr, r.action, r.list.clone())))
+            .collect();
+        let remove: Vec<RuleId> = self.rules.keys().copied().collect();
+        Ok(self
+            .change(&rules, &remove, who, "replace", "delete", now)?
+            .0)
+    }
+
+    /// Deletes an API rule.
+    pub fn delete(&mut self, id: RuleId, who: &str, now: i64) -> Result<Rule, EngineError> {
+        let rule = self
+            .rules
+            .get(&id)
+            .ok_or(EngineError::NotFound(id))?
+            .clone();
+        if rule.source == RuleSource::Config {
+            return Err(EngineError::Conflict(format!(
+                "rule {id} ({}) comes from the config file: remove it there and restart xdpwall",
+                rule.cidr
+            )));
+        }
+        self.change(&[], &[id], who, "", "delete", now)?;
+        Ok(rule)
+    }
+
+    /// Removes every rule whose TTL has passed; audited as "ttl".
+    pub fn expire(&mut self, now: i64) -> Result<Vec<Rule>, EngineError> {
+        let expired: Vec<RuleId> = self
+            .rules
+            .values()
+            .filter(|r| r.expires_at.is_some_and(|t| t <= now))
+            .map(|r| r.id)
+            .collect();
+        if expired.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rules: Vec<Rule> = expired.iter().map(|id| self.rules[id].clone()).collect();
+        self.change(&[], &expired, "ttl", "expired", "expire", now)?;
+        for rule in &rules {
+            info!(rule = rule.id, cidr = %rule.cidr, action = %rule.action, "rule expired");
+        }
+        Ok(rules)
+    }
+
+    fn validate(
+        &self,
+        request: &RuleRequest,
+        client: Option<IpAddr>,
+        now: i64,
+    ) -> Result<NewRule, EngineError> {
+        let cidr =
+            normalize_cidr(&request.cidr).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let action = request.action.unwrap_or(Action::Block);
+        let list = request.list.clone().unwrap_or_else(|| "api".to_string());
+        validate_list(&list)?;
+        let reason = request.reason.clone().unwrap_or_default();
+        if reason.len() > 1024 {
+            return Err(EngineError::Invalid(
+                "reason is longer than 1024 bytes".into(),
+            ));
+        }
+        let expires_at = match &request.ttl {
+            None => None,
+            Some(ttl) => Some(now + parse_ttl(ttl)?.as_secs() as i64),
+        };
+        if action == Action::Block && !request.force {
+            self.lockout_guard(cidr, client)?;
+        }
+        Ok(NewRule {
+            cidr,
+            action,
+            list,
+            reason,
+            source: RuleSource::Api,
+            expires_at,
         })
+    }
+
+    /// Refuses blocks that would cut off everyone, the management addresses or the caller.
+    fn lockout_guard(&self, cidr: IpNet, client: Option<IpAddr>) -> Result<(), EngineError> {
+        let (min, family) = match cidr {
+            IpNet::V4(_) => (MIN_BLOCK_PREFIX_V4, "IPv4"),
+            IpNet::V6(_) => (MIN_BLOCK_PREFIX_V6, "IPv6"),
+        };
+        if cidr.prefix_len() < min {
+            return Err(EngineError::LockOut(format!(
+                "refusing to block {cidr}: {family} prefixes shorter than /{min} cover too much of the Internet to be a deliberate block; send \"force\": true if you mean it"
+            )));
+        }
+        if let Some(m) = self
+            .management
+            .iter()
+            .find(|m| m.contains(&cidr) || cidr.contains(*m))
+        {
+            return Err(EngineError::LockOut(format!(
+                "refusing to block {cidr}: it overlaps the management address {m}, which must stay reachable (management addresses are always allowed anyway)"
+            )));
+        }
+        if let Some(client) = client.map(canonical_ip)
+            && cidr.contains(&client)
+        {
+            return Err(EngineError::LockOut(format!(
+                "refusing to block {cidr}: it contains {client}, the address this request came from, so you would lock yourself out; send \"force\": true if you mean it"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Inserts `add` and deletes `remove` in one store transaction and one kernel diff.
+    fn change(
+        &mut self,
+        add: &[NewRule],
+        remove: &[RuleId],
+        who: &str,
+        why: &str,
+        remove_verb: &str,
+        now: i64,
+    ) -> Result<(Vec<Rule>, ApplyReport), EngineError> {
+        let tx = self.store.transaction()?;
+        let mut inserted = Vec::with_capacity(add.len());
+        for new in add {
+            let rule = tx.insert(new, now)?;
+            tx.audit(&audit(
+                now,
+                who,
+                "add",
+                &rule,
+                if why.is_empty() { &rule.reason } else { why },
+            ))?;
+            inserted.push(rule);
+        }
+        let mut removed = Vec::with_capacity(remove.len());
+        for id in remove {
+            if let Some(rule) = self.rules.get(id) {
+                tx.delete(*id)?;
+                tx.audit(&audit(now, who, remove_verb, rule, why))?;
+                removed.push(rule.clone());
+            }
+        }
+
+        // Owners after the change, for the touched (cidr, action) keys only.
+        let mut touched: HashMap<(IpNet, Action), BTreeSet<RuleId>> = HashMap::new();
+        for rule in inserted.iter().chain(&removed) {
+            let key = (rule.cidr, rule.action);
+            touched
+                .entry(key)
+                .or_insert_with(|| self.owners.get(&key).cloned().unwrap_or_default());
+        }
+        for rule in &inserted {
+            touched
+                .get_mut(&(rule.cidr, rule.action))
+                .expect("touched")
+                .insert(rule.id);
+        }
+        for rule in &removed {
+            touched
+                .get_mut(&(rule.cidr, rule.action))
+                .expect("touched")
+                .remove(&rule.id);
+        }
+        let diff = diff_for(&self.applied, &touched);
+        let before = self.applied.clone_touched(&diff);
+        if !diff.is_empty() {
+            self.maps.apply(&diff, &before)?; // on error: maps rolled back, tx dropped
+        }
+        if let Err(err) = tx.commit() {
+            // Undo the kernel change so kernel and store agree again.
+            let after = before.with_diff(&diff);
+            let undo = MapDiff::between(&after, &before);
+            if let Err(undo_err) = self.maps.apply(&undo, &after) {
+                warn!(error = %undo_err, "could not revert the kernel after a failed store commit");
+            }
+            return Err(err.into());
+        }
+        // Committed: update the in-memory view.
+        self.applied.apply_diff(&diff);
+        for (key, ids) in touched {
+            if ids.is_empty() {
+                self.owners.remove(&key);
+            } else {
+                self.owners.insert(key, ids);
+            }
+        }
+        for rule in &removed {
+            self.rules.remove(&rule.id);
+        }
+        for rule in &inserted {
+            self.rules.insert(rule.id, rule.clone());
+        }
+        let gone: Vec<RuleId> = removed.iter().map(|r| r.id).collect();
+        if !gone.is_empty() {
+            self.maps.drop_rule_counters(&gone)?;
+        }
+        Ok((
+            inserted,
+            ApplyReport {
+                inserted: diff.upserts(),
+                removed: diff.removes(),
+            },
+        ))
     }
 
     pub fn verdict_counts(&self) -> Result<Vec<(Attachment, VerdictCounts)>, DatapathError> {
         self.attachments
             .iter()
-            .map(|a| Ok((a.clone(), self.datapath.verdict_counts(a.ifindex)?)))
+            .map(|a| Ok((a.clone(), self.maps.verdict_counts(a.ifindex)?)))
             .collect()
     }
 
     /// Verdict counters of any ifindex (also ones the engine did not attach to, e.g. the
     /// loopback device BPF_PROG_TEST_RUN reports).
     pub fn datapath_verdict_counts(&self, ifindex: u32) -> Result<VerdictCounts, DatapathError> {
-        self.datapath.verdict_counts(ifindex)
+        self.maps.verdict_counts(ifindex)
     }
 
     pub fn rule_counters(&self) -> Result<BTreeMap<RuleId, RuleCounters>, DatapathError> {
-        self.datapath.rule_counters()
+        self.maps.rule_counters()
     }
 
     /// Entries held in the kernel tries.
@@ -110,40 +539,112 @@ impl Engine {
     }
 }
 
-/// Builds the static rule set from the validated config: management addresses become allow
-/// rules (list "management"), then `[[rules]]` in file order. Ids are assigned in that order.
-pub fn static_rules(
+/// The trie diff that gives each touched key its new owner (or removes it).
+fn diff_for(
+    applied: &MapContents,
+    touched: &HashMap<(IpNet, Action), BTreeSet<RuleId>>,
+) -> MapDiff {
+    let mut desired = MapContents::default();
+    let mut current = MapContents::default();
+    for ((cidr, action), ids) in touched {
+        if let Some(owner) = ids.first() {
+            desired.insert(*cidr, *action, *owner);
+        }
+        let existing = match (cidr, action) {
+            (IpNet::V4(n), Action::Allow) => applied.allow_v4.get(&key_v4(*n)).copied(),
+            (IpNet::V6(n), Action::Allow) => applied.allow_v6.get(&key_v6(*n)).copied(),
+            (IpNet::V4(n), Action::Block) => applied.block_v4.get(&key_v4(*n)).copied(),
+            (IpNet::V6(n), Action::Block) => applied.block_v6.get(&key_v6(*n)).copied(),
+            (_, Action::Watch) => None,
+        };
+        if let Some(id) = existing {
+            current.insert(*cidr, *action, id);
+        }
+    }
+    MapDiff::between(&current, &desired)
+}
+
+fn audit(at: i64, who: &str, what: &str, rule: &Rule, why: &str) -> AuditEntry {
+    AuditEntry {
+        at,
+        who: who.to_string(),
+        what: what.to_string(),
+        rule_id: rule.id,
+        cidr: rule.cidr.to_string(),
+        action: rule.action.to_string(),
+        list: rule.list.clone(),
+        why: why.to_string(),
+    }
+}
+
+impl MapContents {
+    /// The current values of the keys `diff` touches (what a rollback must restore).
+    fn clone_touched(&self, diff: &MapDiff) -> MapContents {
+        fn pick<const N: usize>(
+            from: &crate::rules::TrieContents<N>,
+            diff: &TrieDiff<N>,
+        ) -> crate::rules::TrieContents<N> {
+            diff.upserts
+                .iter()
+                .map(|(k, _)| k)
+                .chain(&diff.removes)
+                .filter_map(|k| from.get(k).map(|v| (*k, *v)))
+                .collect()
+        }
+        MapContents {
+            allow_v4: pick(&self.allow_v4, &diff.allow_v4),
+            allow_v6: pick(&self.allow_v6, &diff.allow_v6),
+            block_v4: pick(&self.block_v4, &diff.block_v4),
+            block_v6: pick(&self.block_v6, &diff.block_v6),
+        }
+    }
+
+    /// These contents with `diff` applied (for small, touched-only contents).
+    fn with_diff(&self, diff: &MapDiff) -> MapContents {
+        let mut out = self.clone();
+        out.apply_diff(diff);
+        out
+    }
+
+    /// Applies `diff` in place.
+    fn apply_diff(&mut self, diff: &MapDiff) {
+        fn apply<const N: usize>(trie: &mut crate::rules::TrieContents<N>, diff: &TrieDiff<N>) {
+            for (k, v) in &diff.upserts {
+                trie.insert(*k, *v);
+            }
+            for k in &diff.removes {
+                trie.remove(k);
+            }
+        }
+        apply(&mut self.allow_v4, &diff.allow_v4);
+        apply(&mut self.allow_v6, &diff.allow_v6);
+        apply(&mut self.block_v4, &diff.block_v4);
+        apply(&mut self.block_v6, &diff.block_v6);
+    }
+}
+
+/// The config's management addresses and `[[rules]]` as rules to store (source "config").
+pub fn config_rules(
     management: &[IpNet],
     rules: &[(IpNet, crate::config::StaticRule)],
-    now: i64,
-) -> Vec<Rule> {
-    let mut out = Vec::new();
-    let mut next_id: RuleId = 1;
-    for net in management {
-        out.push(Rule {
-            id: next_id,
+) -> Vec<NewRule> {
+    management
+        .iter()
+        .map(|net| NewRule {
             cidr: *net,
             action: Action::Allow,
             list: "management".into(),
             reason: "management address (config)".into(),
             source: RuleSource::Config,
-            created_at: now,
             expires_at: None,
-        });
-        next_id += 1;
-    }
-    for (net, rule) in rules {
-        out.push(Rule {
-            id: next_id,
+        })
+        .chain(rules.iter().map(|(net, rule)| NewRule {
             cidr: *net,
             action: rule.action,
             list: rule.list.clone(),
             reason: rule.reason.clone(),
             source: RuleSource::Config,
-            created_at: now,
             expires_at: None,
-        });
-        next_id += 1;
-    }
-    out
+        }))
+        .collect()
 }

@@ -18,3 +18,4 @@ pub mod engine;
 pub mod loader;
 pub mod pins;
 pub mod rules;
+pub mod store;

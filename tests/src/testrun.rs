@@ -12,6 +12,7 @@ use xdpwall::{
     loader::{self, LoadedObject},
     pins::PinLayout,
     rules::{Action, Rule, RuleSource, normalize_cidr},
+    store::{NewRule, Store},
 };
 use xdpwall_shared::DatapathConfig;
 
@@ -33,7 +34,7 @@ impl TestProgram {
         let pins = PinLayout::new(&pin_dir);
         // The engine owns the map handles; the program stays in `ebpf`.
         let LoadedObject { ebpf, datapath } = loader::load_object(&pins)?;
-        let engine = Engine::new(datapath, Vec::new())?;
+        let (engine, _) = Engine::open(Box::new(datapath), Store::in_memory()?, Vec::new())?;
         Ok(Self {
             engine,
             ebpf,
@@ -41,20 +42,14 @@ impl TestProgram {
         })
     }
 
-    /// Replaces the rule set with `(cidr, action)` pairs; ids are 1, 2, ... in order.
+    /// Replaces the rule set with `(cidr, action)` pairs; the first set gets ids 1, 2, ... in
+    /// order. Returns the stored rules.
     pub fn set_rules(&mut self, rules: &[(&str, Action)]) -> anyhow::Result<Vec<Rule>> {
-        let rules: Vec<Rule> = rules
+        let rules = rules
             .iter()
-            .enumerate()
-            .map(|(i, (cidr, action))| rule(i as u32 + 1, cidr, *action))
+            .map(|(cidr, action)| new_rule(cidr, *action))
             .collect();
-        self.engine.replace_rules(rules.clone())?;
-        Ok(rules)
-    }
-
-    pub fn set_rule_list(&mut self, rules: Vec<Rule>) -> anyhow::Result<()> {
-        self.engine.replace_rules(rules)?;
-        Ok(())
+        Ok(self.engine.replace_all(rules, "test", 0)?)
     }
 
     pub fn set_config(&mut self, config: DatapathConfig) -> anyhow::Result<()> {
@@ -89,15 +84,13 @@ impl Drop for TestProgram {
     }
 }
 
-pub fn rule(id: u32, cidr: &str, action: Action) -> Rule {
-    Rule {
-        id,
+pub fn new_rule(cidr: &str, action: Action) -> NewRule {
+    NewRule {
         cidr: normalize_cidr(cidr).expect("valid test CIDR"),
         action,
         list: "test".into(),
         reason: String::new(),
         source: RuleSource::Config,
-        created_at: 0,
         expires_at: None,
     }
 }

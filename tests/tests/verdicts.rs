@@ -9,7 +9,7 @@ use xdpwall_shared::DatapathConfig;
 use xdpwall_tests::{
     frames::{self, Frame},
     require_privileges,
-    testrun::{TestProgram, XDP_DROP, XDP_PASS, rule},
+    testrun::{TestProgram, XDP_DROP, XDP_PASS},
 };
 
 const BLOCKED_V4: &str = "198.51.100.77";
@@ -287,8 +287,8 @@ fn random_lookups_agree_with_reference_matcher() {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut program = TestProgram::load("random").unwrap();
     // Addresses concentrated in 198.51.100.0/22 and 2001:db8::/44 so prefixes overlap a lot.
-    let mut rules = Vec::new();
-    for id in 1..=300u32 {
+    let mut wanted = Vec::new();
+    for _ in 1..=300u32 {
         let action = if rng.random_ratio(1, 5) {
             Action::Allow
         } else {
@@ -312,9 +312,10 @@ fn random_lookups_agree_with_reference_matcher() {
                 rng.random_range(36..=128)
             )
         };
-        rules.push(rule(id, &cidr, action));
+        wanted.push((cidr, action));
     }
-    program.set_rule_list(rules.clone()).unwrap();
+    let wanted: Vec<(&str, Action)> = wanted.iter().map(|(c, a)| (c.as_str(), *a)).collect();
+    let rules = program.set_rules(&wanted).unwrap();
     for i in 0..3000 {
         let (frame, ip): (Frame, IpAddr) = if rng.random_bool(0.5) {
             let ip = std::net::Ipv4Addr::from(0xc633_6400u32 | rng.random_range(0..1024u32));

@@ -1,0 +1,393 @@
+//! Durable state in SQLite: the rule set and an audit log of every change.
+//!
+//! The store is the truth; the kernel maps are derived from it. Every change and its audit row
+//! are written in one transaction ([`StoreTx`]), which the engine commits only after the kernel
+//! accepted the change, so a rule the API confirmed survives a `kill -9` right after the answer
+//! (WAL, `synchronous = FULL`), and a change the kernel refused leaves no trace.
+
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use crate::rules::{Action, Rule, RuleId, RuleSource};
+
+/// Bumped when the schema changes; older files are migrated in [`Store::open`].
+const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "cannot open the rule store {path}: {source} (check that state_dir is writable and not full)"
+    )]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the rule store {path} was written by a newer xdpwall (schema {found}, this build knows {SCHEMA_VERSION}): upgrade xdpwall"
+    )]
+    NewerSchema { path: PathBuf, found: i64 },
+    #[error("rule store: {0} (the last applied rules stay in force)")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("rule store holds an invalid row for rule {id}: {detail}")]
+    BadRow { id: i64, detail: String },
+}
+
+/// A rule to be stored; the store assigns the id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewRule {
+    pub cidr: IpNet,
+    pub action: Action,
+    pub list: String,
+    pub reason: String,
+    pub source: RuleSource,
+    pub expires_at: Option<i64>,
+}
+
+/// One audit row: who changed what, when and why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    pub at: i64,
+    /// Token name, "config", "ttl", ...
+    pub who: String,
+    /// "add", "delete", "expire".
+    pub what: String,
+    pub rule_id: RuleId,
+    pub cidr: String,
+    pub action: String,
+    pub list: String,
+    pub why: String,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(2))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(open_err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: path.to_owned(),
+                found: version,
+            });
+        }
+        if version < 1 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS rules (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     cidr TEXT NOT NULL,
+                     action TEXT NOT NULL CHECK (action IN ('block', 'allow', 'watch')),
+                     list TEXT NOT NULL,
+                     reason TEXT NOT NULL,
+                     source TEXT NOT NULL CHECK (source IN ('api', 'config', 'feed')),
+                     created_at INTEGER NOT NULL,
+                     expires_at INTEGER,
+                     UNIQUE (cidr, action, list)
+                 );
+                 CREATE INDEX IF NOT EXISTS rules_expiry ON rules (expires_at) WHERE expires_at IS NOT NULL;
+                 CREATE TABLE IF NOT EXISTS audit (
+                     seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                     at INTEGER NOT NULL,
+                     who TEXT NOT NULL,
+                     what TEXT NOT NULL,
+                     rule_id INTEGER NOT NULL,
+                     cidr TEXT NOT NULL,
+                     action TEXT NOT NULL,
+                     list TEXT NOT NULL,
+                     why TEXT NOT NULL
+                 );
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )
+            .map_err(open_err)?;
+        }
+        Ok(Self {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    /// A store that lives only in memory (tests and benchmarks).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::open(Path::new(":memory:"))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every stored rule, by id.
+    pub fn rules(&self) -> Result<Vec<Rule>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, cidr, action, list, reason, source, created_at, expires_at FROM rules ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], raw_rule)?;
+        rows.map(|r| r.map_err(StoreError::from).and_then(RawRule::into_rule))
+            .collect()
+    }
+
+    /// The newest `limit` audit rows, newest first.
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT at, who, what, rule_id, cidr, action, list, why FROM audit ORDER BY seq DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            Ok(AuditEntry {
+                at: r.get(0)?,
+                who: r.get(1)?,
+                what: r.get(2)?,
+                rule_id: r.get(3)?,
+                cidr: r.get(4)?,
+                action: r.get(5)?,
+                list: r.get(6)?,
+                why: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Starts a change; nothing is visible until [`StoreTx::commit`].
+    pub fn transaction(&mut self) -> Result<StoreTx<'_>, StoreError> {
+        Ok(StoreTx {
+            tx: self.conn.transaction()?,
+        })
+    }
+}
+
+pub struct StoreTx<'a> {
+    tx: rusqlite::Transaction<'a>,
+}
+
+impl StoreTx<'_> {
+    /// The rule with this (cidr, action, list), if stored.
+    pub fn find(
+        &self,
+        cidr: &IpNet,
+        action: Action,
+        list: &str,
+    ) -> Result<Option<Rule>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT id, cidr, action, list, reason, source, created_at, expires_at FROM rules
+             WHERE cidr = ?1 AND action = ?2 AND list = ?3",
+        )?;
+        stmt.query_row(params![cidr.to_string(), action.as_str(), list], raw_rule)
+            .optional()?
+            .map(RawRule::into_rule)
+            .transpose()
+    }
+
+    /// Stores a new rule and returns it with its id. Ids are never reused.
+    pub fn insert(&self, rule: &NewRule, now: i64) -> Result<Rule, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO rules (cidr, action, list, reason, source, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        stmt.execute(params![
+            rule.cidr.to_string(),
+            rule.action.as_str(),
+            rule.list,
+            rule.reason,
+            rule.source.as_str(),
+            now,
+            rule.expires_at
+        ])?;
+        let id = self.tx.last_insert_rowid();
+        Ok(Rule {
+            id: RuleId::try_from(id).map_err(|_| StoreError::BadRow {
+                id,
+                detail: "rule id out of range".into(),
+            })?,
+            cidr: rule.cidr,
+            action: rule.action,
+            list: rule.list.clone(),
+            reason: rule.reason.clone(),
+            source: rule.source,
+            created_at: now,
+            expires_at: rule.expires_at,
+        })
+    }
+
+    /// Deletes a rule; returns whether it existed.
+    pub fn delete(&self, id: RuleId) -> Result<bool, StoreError> {
+        let mut stmt = self.tx.prepare_cached("DELETE FROM rules WHERE id = ?1")?;
+        Ok(stmt.execute([id])? > 0)
+    }
+
+    pub fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO audit (at, who, what, rule_id, cidr, action, list, why)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        stmt.execute(params![
+            entry.at,
+            entry.who,
+            entry.what,
+            entry.rule_id,
+            entry.cidr,
+            entry.action,
+            entry.list,
+            entry.why
+        ])?;
+        Ok(())
+    }
+
+    pub fn commit(self) -> Result<(), StoreError> {
+        Ok(self.tx.commit()?)
+    }
+}
+
+struct RawRule {
+    id: i64,
+    cidr: String,
+    action: String,
+    list: String,
+    reason: String,
+    source: String,
+    created_at: i64,
+    expires_at: Option<i64>,
+}
+
+fn raw_rule(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRule> {
+    Ok(RawRule {
+        id: r.get(0)?,
+        cidr: r.get(1)?,
+        action: r.get(2)?,
+        list: r.get(3)?,
+        reason: r.get(4)?,
+        source: r.get(5)?,
+        created_at: r.get(6)?,
+        expires_at: r.get(7)?,
+    })
+}
+
+impl RawRule {
+    fn into_rule(self) -> Result<Rule, StoreError> {
+        let bad = |detail: String| StoreError::BadRow {
+            id: self.id,
+            detail,
+        };
+        Ok(Rule {
+            id: RuleId::try_from(self.id).map_err(|_| bad("id out of range".into()))?,
+            cidr: self
+                .cidr
+                .parse()
+                .map_err(|_| bad(format!("cidr {:?}", self.cidr)))?,
+            action: self.action.parse().map_err(bad)?,
+            source: match self.source.as_str() {
+                "api" => RuleSource::Api,
+                "config" => RuleSource::Config,
+                "feed" => RuleSource::Feed,
+                other => return Err(bad(format!("source {other:?}"))),
+            },
+            list: self.list,
+            reason: self.reason,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::normalize_cidr;
+
+    fn new_rule(cidr: &str) -> NewRule {
+        NewRule {
+            cidr: normalize_cidr(cidr).unwrap(),
+            action: Action::Block,
+            list: "api".into(),
+            reason: "test".into(),
+            source: RuleSource::Api,
+            expires_at: Some(99),
+        }
+    }
+
+    fn audit(id: RuleId) -> AuditEntry {
+        AuditEntry {
+            at: 1,
+            who: "ops".into(),
+            what: "add".into(),
+            rule_id: id,
+            cidr: "x".into(),
+            action: "block".into(),
+            list: "api".into(),
+            why: "test".into(),
+        }
+    }
+
+    #[test]
+    fn committed_rules_survive_reopen_and_rollback_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.sqlite");
+        let mut store = Store::open(&path).unwrap();
+        let tx = store.transaction().unwrap();
+        let rule = tx.insert(&new_rule("198.51.100.0/24"), 10).unwrap();
+        tx.audit(&audit(rule.id)).unwrap();
+        tx.commit().unwrap();
+        {
+            let tx = store.transaction().unwrap();
+            tx.insert(&new_rule("192.0.2.0/24"), 11).unwrap();
+            // dropped without commit
+        }
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        let rules = store.rules().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].cidr.to_string(), "198.51.100.0/24");
+        assert_eq!(rules[0].expires_at, Some(99));
+        assert_eq!(store.audit_log(10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn ids_are_never_reused_and_triples_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s")).unwrap();
+        let tx = store.transaction().unwrap();
+        let a = tx.insert(&new_rule("198.51.100.0/24"), 1).unwrap();
+        assert!(tx.delete(a.id).unwrap());
+        let b = tx.insert(&new_rule("198.51.100.0/24"), 2).unwrap();
+        assert!(b.id > a.id);
+        assert!(
+            tx.insert(&new_rule("198.51.100.0/24"), 3).is_err(),
+            "duplicate triple refused"
+        );
+        let found = tx.find(&b.cidr, Action::Block, "api").unwrap().unwrap();
+        assert_eq!(found.id, b.id);
+        assert!(tx.find(&b.cidr, Action::Allow, "api").unwrap().is_none());
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        drop(Store::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 7)
+            .unwrap();
+        let err = Store::open(&path).err().unwrap().to_string();
+        assert!(err.contains("newer xdpwall"), "{err}");
+    }
+}
