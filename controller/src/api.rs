@@ -1,9 +1,16 @@
-//! The HTTP API: probes, stats and status (more under /v1 as the controller grows).
+//! The HTTP API: rules CRUD, lookup, stats, status, probes, Prometheus metrics and the OpenAPI
+//! document generated from these handlers.
 //!
-//! `app(state)` builds the router so tests can drive it in process; `serve` binds it.
+//! `app(state)` builds the router so tests can drive it in process; `serve` binds it. Handlers
+//! never touch BPF maps: they ask the engine, the one owner. Every error is
+//! `application/problem+json` with a detail that says what to fix.
+#![expect(
+    unused_qualifications,
+    reason = "utoipa's path macro expands to qualified paths"
+)]
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -11,57 +18,77 @@ use std::{
 };
 
 use axum::{
-    Json, Router,
-    extract::State,
-    http::{StatusCode, header},
+    Extension, Json, Router,
+    extract::{
+        ConnectInfo, DefaultBodyLimit, FromRequest, Path, Query, Request, State,
+        connect_info::MockConnectInfo, rejection::JsonRejection,
+    },
+    http::{HeaderMap, Method, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq as _;
 use tokio::sync::Mutex;
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::engine::Engine;
+use crate::{
+    config::{ApiToken, TokenScope},
+    datapath::DatapathError,
+    engine::{Engine, EngineError, RuleRequest},
+    metrics,
+    rules::{Action, Rule, RuleSource, Verdict, canonical_ip},
+};
 
 /// What handlers share.
 pub struct AppState {
     /// Set once every interface has the filter and the config rules are in the maps.
     pub ready: AtomicBool,
-    /// `None` until the loader has attached; then the single owner of the maps.
+    /// `None` until the loader has attached; then the single owner of rules and maps.
     pub engine: Mutex<Option<Engine>>,
+    pub tokens: Vec<ApiToken>,
+    pub metrics_auth: bool,
+    pub max_body_bytes: usize,
+    pub max_batch: usize,
     pub version: &'static str,
 }
 
 impl AppState {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self {
+    pub fn new(tokens: Vec<ApiToken>) -> Self {
+        Self {
             ready: AtomicBool::new(false),
             engine: Mutex::new(None),
+            tokens,
+            metrics_auth: true,
+            max_body_bytes: 64 << 20,
+            max_batch: 1_000_000,
             version: env!("CARGO_PKG_VERSION"),
-        })
+        }
     }
 }
 
-/// One error type for every handler, answered as `application/problem+json`.
+/// A problem+json body (RFC 9457).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+}
+
+/// One error type for every handler.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub title: &'static str,
     pub detail: String,
 }
 
 impl ApiError {
-    pub fn unavailable(detail: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
         Self {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            title: "Service Unavailable",
-            detail: detail.into(),
-        }
-    }
-
-    pub fn internal(detail: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            title: "Internal Server Error",
+            status,
             detail: detail.into(),
         }
     }
@@ -69,27 +96,195 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "type": "about:blank",
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
+        let body = Problem {
+            kind: "about:blank".into(),
+            title: self.status.canonical_reason().unwrap_or("Error").into(),
+            status: self.status.as_u16(),
+            detail: self.detail,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            "application/problem+json".parse().expect("static"),
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+        }
         (
             self.status,
-            [(header::CONTENT_TYPE, "application/problem+json")],
-            body.to_string(),
+            headers,
+            serde_json::to_string(&body).expect("serializable"),
         )
             .into_response()
     }
 }
 
+impl From<EngineError> for ApiError {
+    fn from(err: EngineError) -> Self {
+        let status = match &err {
+            EngineError::Invalid(_) => StatusCode::BAD_REQUEST,
+            EngineError::LockOut(_) | EngineError::Conflict(_) => StatusCode::CONFLICT,
+            EngineError::NotFound(_) => StatusCode::NOT_FOUND,
+            EngineError::Datapath(DatapathError::Full { .. }) => StatusCode::INSUFFICIENT_STORAGE,
+            EngineError::Datapath(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            EngineError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self::new(status, err.to_string())
+    }
+}
+
+impl From<DatapathError> for ApiError {
+    fn from(err: DatapathError) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+    }
+}
+
+/// `Json<T>` whose rejections (bad JSON, unknown fields, too large) are problem+json too.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let status = rejection.status();
+    let detail = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "request body is larger than [api] max_body_bytes: split it into smaller batches"
+            .to_string()
+    } else {
+        format!("invalid JSON body: {}", rejection.body_text())
+    };
+    ApiError::new(status, detail)
+}
+
+/// The authenticated caller, for audit rows and the lock-out guard.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub name: String,
+    pub addr: Option<IpAddr>,
+}
+
+/// Bearer-token check. GET/HEAD need `read`, everything else `write`. Secrets are compared in
+/// constant time and never logged or echoed.
+async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if request.uri().path() == "/metrics" && !state.metrics_auth {
+        return next.run(request).await;
+    }
+    let needed = if matches!(*request.method(), Method::GET | Method::HEAD) {
+        TokenScope::Read
+    } else {
+        TokenScope::Write
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token: send `Authorization: Bearer <token>`",
+        )
+        .into_response();
+    };
+    let mut matched: Option<&ApiToken> = None;
+    for token in &state.tokens {
+        // Every token is compared (no early exit), each in constant time.
+        if bool::from(token.secret.as_bytes().ct_eq(presented.as_bytes())) {
+            matched = Some(token);
+        }
+    }
+    let Some(token) = matched else {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "invalid bearer token").into_response();
+    };
+    if needed == TokenScope::Write && token.scope != TokenScope::Write {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "token {:?} has read scope; this request needs a write token",
+                token.name
+            ),
+        )
+        .into_response();
+    }
+    // The real server inserts ConnectInfo; in-process router tests insert MockConnectInfo.
+    let addr = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .or_else(|| {
+            request
+                .extensions()
+                .get::<MockConnectInfo<SocketAddr>>()
+                .map(|m| m.0.ip())
+        });
+    request.extensions_mut().insert(Caller {
+        name: token.name.clone(),
+        addr,
+    });
+    next.run(request).await
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "xdpwall", description = "eBPF network-defense firewall API"),
+    paths(
+        create_rule, list_rules, get_rule, delete_rule, batch_rules, lookup, stats, status,
+        metrics_endpoint, healthz, readyz
+    ),
+    components(schemas(RuleView, RuleBody, BatchBody, RuleList, BatchResult, LookupResult, Problem, Stats, Status)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
 pub fn app(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let protected = Router::new()
+        .route("/v1/rules", get(list_rules).post(create_rule))
+        .route("/v1/rules/batch", axum::routing::post(batch_rules))
+        .route("/v1/rules/{id}", get(get_rule).delete(delete_rule))
+        .route("/v1/lookup", get(lookup))
         .route("/v1/stats", get(stats))
         .route("/v1/status", get(status))
+        .route("/v1/audit", get(audit))
+        .route("/metrics", get(metrics_endpoint))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .merge(protected)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/openapi.json", get(openapi))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such endpoint: see /v1/openapi.json",
+            )
+        })
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .with_state(state)
 }
 
@@ -98,9 +293,12 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// Binds the API address, with a message that says what to do when it is taken.
@@ -112,151 +310,949 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     })
 }
 
+/// Locks the engine or answers 503 while the filter is still loading.
+async fn engine(state: &AppState) -> Result<tokio::sync::MappedMutexGuard<'_, Engine>, ApiError> {
+    let guard = state.engine.lock().await;
+    tokio::sync::MutexGuard::try_map(guard, Option::as_mut).map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the XDP filter is not loaded yet; retry shortly",
+        )
+    })
+}
+
+fn unix_now() -> i64 {
+    crate::daemon::unix_now()
+}
+
+fn rfc3339(unix: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// A rule as the API shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct RuleView {
+    pub id: u32,
+    /// Normalised CIDR (host bits cleared, IPv4-mapped IPv6 as IPv4).
+    pub cidr: String,
+    pub action: Action,
+    pub list: String,
+    pub reason: String,
+    pub source: RuleSource,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, or null for rules that never expire.
+    pub expires_at: Option<String>,
+}
+
+impl From<&Rule> for RuleView {
+    fn from(rule: &Rule) -> Self {
+        Self {
+            id: rule.id,
+            cidr: rule.cidr.to_string(),
+            action: rule.action,
+            list: rule.list.clone(),
+            reason: rule.reason.clone(),
+            source: rule.source,
+            created_at: rfc3339(rule.created_at),
+            expires_at: rule.expires_at.map(rfc3339),
+        }
+    }
+}
+
+/// A rule to add.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleBody {
+    /// Address or CIDR, IPv4 or IPv6.
+    #[schema(example = "198.51.100.0/24")]
+    pub cidr: String,
+    /// Default `block`.
+    pub action: Option<Action>,
+    /// Default `api`.
+    pub list: Option<String>,
+    /// Lifetime such as "90s", "15m", "4h", "7d"; default: forever.
+    pub ttl: Option<String>,
+    pub reason: Option<String>,
+    /// Allow blocks the lock-out guard refuses (very broad prefixes, the caller's address).
+    #[serde(default)]
+    pub force: bool,
+}
+
+impl From<RuleBody> for RuleRequest {
+    fn from(b: RuleBody) -> Self {
+        Self {
+            cidr: b.cidr,
+            action: b.action,
+            list: b.list,
+            ttl: b.ttl,
+            reason: b.reason,
+            force: b.force,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    pub rules: Vec<RuleBody>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RuleList {
+    pub rules: Vec<RuleView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchResult {
+    /// The stored rules, in request order (existing ones for repeats).
+    pub rules: Vec<RuleView>,
+    /// How many of them are new.
+    pub created: usize,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFilter {
+    /// Only rules of this list.
+    pub list: Option<String>,
+    /// Only rules with this action.
+    pub action: Option<Action>,
+    /// Only rules whose CIDR contains this address.
+    pub ip: Option<String>,
+}
+
+fn parse_ip(text: &str) -> Result<IpAddr, ApiError> {
+    text.trim()
+        .parse::<IpAddr>()
+        .map(canonical_ip)
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{text:?} is not an IPv4 or IPv6 address"),
+            )
+        })
+}
+
+fn query<T: serde::de::DeserializeOwned>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    q.map(|Query(v)| v).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid query: {}", e.body_text()),
+        )
+    })
+}
+
+/// Add a rule (enforced in the kernel before the answer). Repeating an existing
+/// cidr+action+list returns the existing rule with 200.
+#[utoipa::path(post, path = "/v1/rules", request_body = RuleBody,
+    responses(
+        (status = 201, description = "created and enforced", body = RuleView),
+        (status = 200, description = "already present", body = RuleView),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 409, description = "refused by the lock-out guard", body = Problem),
+        (status = 413, body = Problem), (status = 507, description = "map full", body = Problem)))]
+async fn create_rule(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<ApiJson<RuleBody>, ApiError>,
+) -> Result<(StatusCode, Json<RuleView>), ApiError> {
+    let ApiJson(body) = body?;
+    let mut engine = engine(&state).await?;
+    let added = engine.add(&[body.into()], &caller.name, caller.addr, unix_now())?;
+    let added = added.into_iter().next().expect("one rule in, one out");
+    let status = if added.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(RuleView::from(&added.rule))))
+}
+
+/// Add many rules, all or nothing: one bad entry fails the request (naming its index) and
+/// changes nothing.
+#[utoipa::path(post, path = "/v1/rules/batch", request_body = BatchBody,
+    responses((status = 200, body = BatchResult), (status = 400, body = Problem), (status = 409, body = Problem),
+        (status = 413, body = Problem), (status = 507, body = Problem)))]
+async fn batch_rules(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<ApiJson<BatchBody>, ApiError>,
+) -> Result<Json<BatchResult>, ApiError> {
+    let ApiJson(body) = body?;
+    if body.rules.len() > state.max_batch {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} rules in one batch; the limit is {} ([api] max_batch)",
+                body.rules.len(),
+                state.max_batch
+            ),
+        ));
+    }
+    let requests: Vec<RuleRequest> = body.rules.into_iter().map(Into::into).collect();
+    let mut engine = engine(&state).await?;
+    let added = engine.add(&requests, &caller.name, caller.addr, unix_now())?;
+    Ok(Json(BatchResult {
+        created: added.iter().filter(|a| a.created).count(),
+        rules: added.iter().map(|a| RuleView::from(&a.rule)).collect(),
+    }))
+}
+
+/// List rules, optionally filtered.
+#[utoipa::path(get, path = "/v1/rules", params(RuleFilter),
+    responses((status = 200, body = RuleList), (status = 400, body = Problem), (status = 401, body = Problem)))]
+async fn list_rules(
+    State(state): State<Arc<AppState>>,
+    filter: Result<Query<RuleFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<RuleList>, ApiError> {
+    let filter = query(filter)?;
+    let ip = filter.ip.as_deref().map(parse_ip).transpose()?;
+    let engine = engine(&state).await?;
+    let rules = engine
+        .rules()
+        .filter(|r| filter.list.as_ref().is_none_or(|l| &r.list == l))
+        .filter(|r| filter.action.is_none_or(|a| r.action == a))
+        .filter(|r| ip.is_none_or(|ip| r.cidr.contains(&ip)))
+        .map(RuleView::from)
+        .collect();
+    Ok(Json(RuleList { rules }))
+}
+
+/// One rule.
+#[utoipa::path(get, path = "/v1/rules/{id}", params(("id" = u32, Path, description = "rule id")),
+    responses((status = 200, body = RuleView), (status = 404, body = Problem)))]
+async fn get_rule(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<RuleView>, ApiError> {
+    let id = parse_id(&id)?;
+    let engine = engine(&state).await?;
+    let rule = engine
+        .rule(id)
+        .ok_or_else(|| ApiError::from(EngineError::NotFound(id)))?;
+    Ok(Json(RuleView::from(rule)))
+}
+
+fn parse_id(id: &str) -> Result<u32, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not a rule id (a positive integer)"),
+        )
+    })
+}
+
+/// Delete a rule (removed from the kernel before the answer). Config rules are refused.
+#[utoipa::path(delete, path = "/v1/rules/{id}", params(("id" = u32, Path, description = "rule id")),
+    responses((status = 204, description = "deleted"), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn delete_rule(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    let mut engine = engine(&state).await?;
+    engine.delete(id, &caller.name, unix_now())?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LookupQuery {
+    /// IPv4 or IPv6 address.
+    pub ip: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LookupResult {
+    pub ip: String,
+    pub verdict: Verdict,
+    pub rule: Option<RuleView>,
+}
+
+/// Which rule, if any, decides a source address (allow wins over block).
+#[utoipa::path(get, path = "/v1/lookup", params(LookupQuery),
+    responses((status = 200, body = LookupResult), (status = 400, body = Problem)))]
+async fn lookup(
+    State(state): State<Arc<AppState>>,
+    q: Result<Query<LookupQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<LookupResult>, ApiError> {
+    let ip = parse_ip(&query(q)?.ip)?;
+    let engine = engine(&state).await?;
+    let (verdict, rule) = engine.lookup(ip);
+    Ok(Json(LookupResult {
+        ip: ip.to_string(),
+        verdict,
+        rule: rule.map(RuleView::from),
+    }))
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct InterfaceStats {
+    pub iface: String,
+    pub ifindex: u32,
+    pub mode: String,
+    /// Packets by verdict: pass, allowed, dropped, would_drop, malformed, non_ip.
+    pub packets: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RuleStats {
+    pub rule: u32,
+    pub list: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Stats {
+    pub interfaces: Vec<InterfaceStats>,
+    pub rules: Vec<RuleStats>,
+}
+
+/// Packet counters by interface and verdict, and per block rule.
+#[utoipa::path(get, path = "/v1/stats", responses((status = 200, body = Stats)))]
+async fn stats(State(state): State<Arc<AppState>>) -> Result<Json<Stats>, ApiError> {
+    let engine = engine(&state).await?;
+    let interfaces = engine
+        .verdict_counts()?
+        .into_iter()
+        .map(|(a, packets)| InterfaceStats {
+            iface: a.iface,
+            ifindex: a.ifindex,
+            mode: serde_json::to_value(a.mode)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            packets: packets
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        })
+        .collect();
+    let rules = engine
+        .rule_counters()?
+        .into_iter()
+        .filter_map(|(id, c)| {
+            let rule = engine.rule(id)?;
+            Some(RuleStats {
+                rule: id,
+                list: rule.list.clone(),
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+        })
+        .collect();
+    Ok(Json(Stats { interfaces, rules }))
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Status {
+    pub version: String,
+    pub ready: bool,
+    pub monitor: bool,
+    #[schema(value_type = Vec<Object>)]
+    pub interfaces: Vec<serde_json::Value>,
+    pub rules: usize,
+    pub map_entries: usize,
+    pub management: Vec<String>,
+}
+
+/// Daemon status: version, readiness, interfaces and attach modes, rule counts.
+#[utoipa::path(get, path = "/v1/status", responses((status = 200, body = Status)))]
+async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Status>, ApiError> {
+    let engine = engine(&state).await?;
+    let config = engine.datapath_config()?;
+    Ok(Json(Status {
+        version: state.version.to_string(),
+        ready: state.ready.load(Ordering::Acquire),
+        monitor: config.monitor != 0,
+        interfaces: engine
+            .attachments()
+            .iter()
+            .map(|a| serde_json::to_value(a).expect("serializable"))
+            .collect(),
+        rules: engine.rules().count(),
+        map_entries: engine.applied().len(),
+        management: engine
+            .management()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    limit: Option<usize>,
+}
+
+async fn audit(
+    State(state): State<Arc<AppState>>,
+    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = query(q)?.limit.unwrap_or(100).min(10_000);
+    let engine = engine(&state).await?;
+    let entries = engine.audit_log(limit).map_err(EngineError::from)?;
+    Ok(Json(serde_json::json!({ "entries": entries })))
+}
+
+/// Prometheus metrics (text format), read from the BPF counters at scrape time.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String)))]
+async fn metrics_endpoint(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let snapshot = {
+        let engine = engine(&state).await?;
+        metrics::Snapshot::gather(&engine)?
+    };
+    let text = metrics::render(&snapshot)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, description = "alive", body = String)))]
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Readiness: every interface has the filter and the config rules are in the maps.
+#[utoipa::path(get, path = "/readyz", security(()),
+    responses((status = 200, description = "ready", body = String), (status = 503, body = Problem)))]
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        ApiError::unavailable(
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
             "the XDP filter is not attached yet or the config rules are not applied",
         )
         .into_response()
     }
 }
 
-#[derive(Serialize)]
-pub struct InterfaceStats {
-    pub iface: String,
-    pub ifindex: u32,
-    pub mode: crate::loader::AttachedMode,
-    pub packets: std::collections::BTreeMap<&'static str, u64>,
-}
-
-#[derive(Serialize)]
-pub struct RuleStats {
-    pub rule: u32,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-#[derive(Serialize)]
-pub struct Stats {
-    pub interfaces: Vec<InterfaceStats>,
-    pub rules: Vec<RuleStats>,
-}
-
-async fn stats(State(state): State<Arc<AppState>>) -> Result<Json<Stats>, ApiError> {
-    let guard = state.engine.lock().await;
-    let engine = guard
-        .as_ref()
-        .ok_or_else(|| ApiError::unavailable("the XDP filter is not loaded yet"))?;
-    let interfaces = engine
-        .verdict_counts()
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .into_iter()
-        .map(|(a, packets)| InterfaceStats {
-            iface: a.iface,
-            ifindex: a.ifindex,
-            mode: a.mode,
-            packets,
-        })
-        .collect();
-    let rules = engine
-        .rule_counters()
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .into_iter()
-        .map(|(rule, c)| RuleStats {
-            rule,
-            packets: c.packets,
-            bytes: c.bytes,
-        })
-        .collect();
-    Ok(Json(Stats { interfaces, rules }))
-}
-
-#[derive(Serialize)]
-pub struct Status {
-    pub version: &'static str,
-    pub ready: bool,
-    pub monitor: bool,
-    pub interfaces: Vec<crate::loader::Attachment>,
-    pub rules: usize,
-    pub map_entries: usize,
-}
-
-async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Status>, ApiError> {
-    let guard = state.engine.lock().await;
-    let engine = guard
-        .as_ref()
-        .ok_or_else(|| ApiError::unavailable("the XDP filter is not loaded yet"))?;
-    let config = engine
-        .datapath_config()
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(Json(Status {
-        version: state.version,
-        ready: state.ready.load(Ordering::Acquire),
-        monitor: config.monitor != 0,
-        interfaces: engine.attachments().to_vec(),
-        rules: engine.rules().count(),
-        map_entries: engine.applied().len(),
-    }))
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
 }
 
 #[cfg(test)]
 mod tests {
     use axum::body::Body;
+    use serde_json::{Value, json};
     use tower::ServiceExt as _;
 
     use super::*;
+    use crate::{
+        datapath::fake::FakeMaps, engine::config_rules, rules::normalize_cidr, store::Store,
+    };
 
-    async fn get(state: Arc<AppState>, path: &str) -> (StatusCode, String, String) {
-        let response = app(state)
-            .oneshot(axum::http::Request::get(path).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let content_type = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default();
-        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        (
-            status,
-            content_type,
-            String::from_utf8(body.to_vec()).unwrap(),
-        )
+    const WRITE: &str = "write-token-0123456789";
+    const READ: &str = "read-token-0123456789";
+    const CLIENT: &str = "192.0.2.50";
+
+    struct Harness {
+        state: Arc<AppState>,
     }
 
-    #[tokio::test]
-    async fn healthz_is_always_ok() {
-        let (status, _, body) = get(AppState::new(), "/healthz").await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(body, "ok\n");
-    }
-
-    #[tokio::test]
-    async fn readyz_follows_the_ready_flag() {
-        let state = AppState::new();
-        let (status, content_type, body) = get(state.clone(), "/readyz").await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(content_type, "application/problem+json");
-        assert!(body.contains("not attached"), "{body}");
+    fn harness_with(maps: FakeMaps, tweak: impl FnOnce(&mut AppState)) -> Harness {
+        let (mut engine, _) =
+            Engine::open(Box::new(maps), Store::in_memory().unwrap(), Vec::new()).unwrap();
+        let management = vec![normalize_cidr("198.51.100.10/32").unwrap()];
+        let config = vec![(
+            normalize_cidr("203.0.113.0/24").unwrap(),
+            crate::config::StaticRule {
+                cidr: "203.0.113.0/24".into(),
+                action: Action::Block,
+                reason: "config".into(),
+                list: "config".into(),
+            },
+        )];
+        engine
+            .sync_config(management.clone(), config_rules(&management, &config), 1000)
+            .unwrap();
+        let mut state = AppState::new(vec![
+            ApiToken {
+                name: "ops".into(),
+                scope: TokenScope::Write,
+                secret: WRITE.into(),
+            },
+            ApiToken {
+                name: "grafana".into(),
+                scope: TokenScope::Read,
+                secret: READ.into(),
+            },
+        ]);
+        tweak(&mut state);
+        *state.engine.get_mut() = Some(engine);
         state.ready.store(true, Ordering::Release);
-        assert_eq!(get(state, "/readyz").await.0, StatusCode::OK);
+        Harness {
+            state: Arc::new(state),
+        }
+    }
+
+    fn harness() -> Harness {
+        harness_with(FakeMaps::default(), |_| {})
+    }
+
+    impl Harness {
+        async fn call(
+            &self,
+            method: &str,
+            path: &str,
+            token: Option<&str>,
+            body: Option<String>,
+        ) -> (StatusCode, String, Value) {
+            let mut request = axum::http::Request::builder().method(method).uri(path);
+            if let Some(token) = token {
+                request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            let request = match body {
+                Some(b) => request
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(b)),
+                None => request.body(Body::empty()),
+            }
+            .unwrap();
+            let client: SocketAddr = format!("{CLIENT}:40000").parse().unwrap();
+            let response = app(self.state.clone())
+                .layer(MockConnectInfo(client))
+                .oneshot(request)
+                .await
+                .unwrap();
+            let status = response.status();
+            let content_type = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+                .await
+                .unwrap();
+            let text = String::from_utf8(bytes.to_vec()).unwrap();
+            let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            if !status.is_success() {
+                assert_eq!(content_type, "application/problem+json", "{status} {json}");
+                assert_eq!(json["status"], status.as_u16(), "{json}");
+            }
+            (status, content_type, json)
+        }
+
+        async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+            let (s, _, v) = self
+                .call("POST", path, Some(WRITE), Some(body.to_string()))
+                .await;
+            (s, v)
+        }
+
+        async fn get(&self, path: &str) -> (StatusCode, Value) {
+            let (s, _, v) = self.call("GET", path, Some(READ), None).await;
+            (s, v)
+        }
+
+        async fn block_entries(&self) -> usize {
+            let guard = self.state.engine.lock().await;
+            let engine = guard.as_ref().unwrap();
+            engine.applied().block_v4.len() + engine.applied().block_v6.len()
+        }
     }
 
     #[tokio::test]
-    async fn stats_before_load_is_503_problem() {
-        let (status, content_type, body) = get(AppState::new(), "/v1/stats").await;
+    async fn probes_need_no_token() {
+        let h = harness();
+        assert_eq!(
+            h.call("GET", "/healthz", None, None).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(h.call("GET", "/readyz", None, None).await.0, StatusCode::OK);
+        h.state.ready.store(false, Ordering::Release);
+        let (status, _, body) = h.call("GET", "/readyz", None, None).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(content_type, "application/problem+json");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["status"], 503);
+        assert!(body["detail"].as_str().unwrap().contains("not attached"));
+    }
+
+    #[tokio::test]
+    async fn tokens_are_required_and_scoped() {
+        let h = harness();
+        let body = json!({"cidr": "192.0.2.128/25"}).to_string();
+        assert_eq!(
+            h.call("GET", "/v1/rules", None, None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        let (status, _, problem) = h
+            .call("GET", "/v1/rules", Some("not-a-valid-token-xx"), None)
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(
+            !problem.to_string().contains("not-a-valid-token-xx"),
+            "tokens are never echoed"
+        );
+        assert_eq!(
+            h.call("POST", "/v1/rules", None, Some(body.clone()))
+                .await
+                .0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            h.call("POST", "/v1/rules", Some(READ), Some(body.clone()))
+                .await
+                .0,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            h.call("DELETE", "/v1/rules/1", Some(READ), None).await.0,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            h.call("GET", "/v1/rules", Some(READ), None).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            h.call("POST", "/v1/rules", Some(WRITE), Some(body)).await.0,
+            StatusCode::CREATED
+        );
+        assert_eq!(
+            h.call("GET", "/metrics", None, None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    #[tokio::test]
+    async fn create_normalises_is_idempotent_and_enforces() {
+        let h = harness();
+        let before = h.block_entries().await;
+        let (status, rule) = h
+            .post(
+                "/v1/rules",
+                json!({"cidr": "192.0.2.77/26", "reason": "scanner"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{rule}");
+        assert_eq!(rule["cidr"], "192.0.2.64/26");
+        assert_eq!(rule["action"], "block");
+        assert_eq!(rule["list"], "api");
+        assert_eq!(rule["source"], "api");
+        assert_eq!(rule["expires_at"], Value::Null);
+        assert_eq!(
+            h.block_entries().await,
+            before + 1,
+            "in the kernel maps before the answer"
+        );
+        let (status, again) = h.post("/v1/rules", json!({"cidr": "192.0.2.64/26"})).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(again["id"], rule["id"]);
+        let (status, mapped) = h
+            .post(
+                "/v1/rules",
+                json!({"cidr": "::ffff:192.0.2.200/120", "action": "allow"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(mapped["cidr"], "192.0.2.0/24", "IPv4-mapped IPv6 is IPv4");
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_problems_that_say_what_to_fix() {
+        let h = harness();
+        let (status, p) = h.post("/v1/rules", json!({"cidr": "192.0.2.0/33"})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(p["detail"].as_str().unwrap().contains("/33"), "{p}");
+        let (status, p) = h
+            .post("/v1/rules", json!({"cidr": "192.0.2.1", "colour": "red"}))
+            .await;
+        assert!(status.is_client_error());
+        assert!(p["detail"].as_str().unwrap().contains("colour"), "{p}");
+        let (status, _, _) = h
+            .call("POST", "/v1/rules", Some(WRITE), Some("{not json".into()))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, p) = h
+            .post("/v1/rules", json!({"cidr": "192.0.2.1", "ttl": "soon"}))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(p["detail"].as_str().unwrap().contains("90s"), "{p}");
+        let (status, _) = h
+            .post(
+                "/v1/rules",
+                json!({"cidr": "192.0.2.1", "list": "bad list!"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(h.get("/v1/rules/abc").await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(h.get("/v1/rules/999").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(h.get("/v1/lookup?ip=nope").await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            h.get("/v1/rules?action=explode").await.0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(h.get("/v1/nothing-here").await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn oversized_bodies_get_413() {
+        let h = harness_with(FakeMaps::default(), |s| s.max_body_bytes = 256);
+        let big = json!({"cidr": "192.0.2.1", "reason": "x".repeat(1000)}).to_string();
+        let (status, _, p) = h.call("POST", "/v1/rules", Some(WRITE), Some(big)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{p}");
+        let h = harness_with(FakeMaps::default(), |s| s.max_batch = 2);
+        let (status, _) = h
+            .post("/v1/rules/batch", json!({"rules": [{"cidr": "192.0.2.1"}, {"cidr": "192.0.2.2"}, {"cidr": "192.0.2.3"}]}))
+            .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn lockout_guard_refuses_unless_forced() {
+        let h = harness();
+        for (cidr, why) in [
+            ("0.0.0.0/0", "shorter than /8"),
+            ("10.0.0.0/7", "shorter than /8"),
+            ("2001::/15", "shorter than /16"),
+            ("198.51.100.0/24", "management"),
+            ("192.0.2.0/24", CLIENT),
+        ] {
+            let (status, p) = h.post("/v1/rules", json!({"cidr": cidr})).await;
+            assert_eq!(status, StatusCode::CONFLICT, "{cidr}: {p}");
+            assert!(p["detail"].as_str().unwrap().contains(why), "{cidr}: {p}");
+        }
+        let (status, _) = h
+            .post("/v1/rules", json!({"cidr": "192.0.2.0/24", "force": true}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        // Allow rules are never refused by the guard.
+        let (status, _) = h
+            .post("/v1/rules", json!({"cidr": "0.0.0.0/0", "action": "allow"}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+
+    #[tokio::test]
+    async fn list_get_filter_and_delete() {
+        let h = harness();
+        let (_, a) = h
+            .post(
+                "/v1/rules",
+                json!({"cidr": "192.0.2.128/25", "list": "scanners"}),
+            )
+            .await;
+        let (_, b) = h
+            .post(
+                "/v1/rules",
+                json!({"cidr": "2001:db8::/32", "action": "allow"}),
+            )
+            .await;
+        let (status, all) = h.get("/v1/rules").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            all["rules"].as_array().unwrap().len(),
+            4,
+            "management + config + 2: {all}"
+        );
+        let (_, scanners) = h.get("/v1/rules?list=scanners").await;
+        assert_eq!(scanners["rules"].as_array().unwrap().len(), 1);
+        let (_, allows) = h.get("/v1/rules?action=allow").await;
+        assert_eq!(allows["rules"].as_array().unwrap().len(), 2, "{allows}");
+        let (_, containing) = h.get("/v1/rules?ip=192.0.2.200").await;
+        assert_eq!(containing["rules"][0]["id"], a["id"]);
+        let (status, one) = h.get(&format!("/v1/rules/{}", b["id"])).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(one, b);
+        let before = h.block_entries().await;
+        let (status, _, _) = h
+            .call(
+                "DELETE",
+                &format!("/v1/rules/{}", a["id"]),
+                Some(WRITE),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(
+            h.block_entries().await,
+            before - 1,
+            "removed from the kernel maps"
+        );
+        let (status, _, _) = h
+            .call(
+                "DELETE",
+                &format!("/v1/rules/{}", a["id"]),
+                Some(WRITE),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        // The config rule (id 2) cannot be deleted over the API.
+        let (status, _, p) = h.call("DELETE", "/v1/rules/2", Some(WRITE), None).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(p["detail"].as_str().unwrap().contains("config file"), "{p}");
+    }
+
+    #[tokio::test]
+    async fn batch_is_all_or_nothing() {
+        let h = harness();
+        let (_, before) = h.get("/v1/rules").await;
+        let entries_before = h.block_entries().await;
+        let (status, p) = h
+            .post(
+                "/v1/rules/batch",
+                json!({"rules": [{"cidr": "192.0.2.1"}, {"cidr": "bogus"}, {"cidr": "192.0.2.3"}]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(p["detail"].as_str().unwrap().contains("rules[1]"), "{p}");
+        assert_eq!(h.get("/v1/rules").await.1, before, "nothing stored");
+        assert_eq!(h.block_entries().await, entries_before, "nothing applied");
+        let (status, ok) = h
+            .post(
+                "/v1/rules/batch",
+                json!({"rules": [{"cidr": "192.0.2.1"}, {"cidr": "192.0.2.1"}, {"cidr": "2001:db8::1", "ttl": "1h"}]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{ok}");
+        assert_eq!(ok["created"], 2, "duplicates collapse: {ok}");
+        assert_eq!(ok["rules"][0]["id"], ok["rules"][1]["id"]);
+        assert!(ok["rules"][2]["expires_at"].is_string());
+    }
+
+    #[tokio::test]
+    async fn full_map_is_507_and_nothing_half_applied() {
+        // The harness already holds one config block (203.0.113.0/24); capacity 3 fits 2 more.
+        let maps = FakeMaps {
+            block_capacity: Some(3),
+            ..FakeMaps::default()
+        };
+        let h = harness_with(maps, |_| {});
+        let (_, before) = h.get("/v1/rules").await;
+        let (status, p) = h
+            .post(
+                "/v1/rules/batch",
+                json!({"rules": [{"cidr": "192.0.2.1"}, {"cidr": "192.0.2.2"}, {"cidr": "192.0.2.3"}]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{p}");
+        assert!(p["detail"].as_str().unwrap().contains("full"), "{p}");
+        assert_eq!(h.get("/v1/rules").await.1, before, "store unchanged");
+        assert_eq!(h.block_entries().await, 1, "kernel unchanged");
+        let (status, _) = h
+            .post(
+                "/v1/rules/batch",
+                json!({"rules": [{"cidr": "192.0.2.1"}, {"cidr": "192.0.2.2"}]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn lookup_reports_the_deciding_rule() {
+        let h = harness();
+        h.post("/v1/rules", json!({"cidr": "192.0.2.128/25"})).await;
+        let (_, allow) = h
+            .post(
+                "/v1/rules",
+                json!({"cidr": "192.0.2.200/32", "action": "allow"}),
+            )
+            .await;
+        let (_, v) = h.get("/v1/lookup?ip=192.0.2.130").await;
+        assert_eq!(v["verdict"], "block");
+        assert_eq!(v["rule"]["cidr"], "192.0.2.128/25");
+        let (_, v) = h.get("/v1/lookup?ip=192.0.2.200").await;
+        assert_eq!(v["verdict"], "allow");
+        assert_eq!(v["rule"]["id"], allow["id"]);
+        let (_, v) = h.get("/v1/lookup?ip=::ffff:192.0.2.130").await;
+        assert_eq!(v["verdict"], "block", "mapped address handled as IPv4");
+        let (_, v) = h.get("/v1/lookup?ip=2001:db8::1").await;
+        assert_eq!(v["verdict"], "pass");
+        assert_eq!(v["rule"], Value::Null);
+    }
+
+    #[tokio::test]
+    async fn ttl_expiry_removes_from_store_and_maps() {
+        let h = harness();
+        let (_, rule) = h
+            .post("/v1/rules", json!({"cidr": "192.0.2.128/25", "ttl": "3s"}))
+            .await;
+        assert!(rule["expires_at"].is_string());
+        let entries = h.block_entries().await;
+        {
+            let mut guard = h.state.engine.lock().await;
+            let engine = guard.as_mut().unwrap();
+            assert!(
+                engine.expire(crate::daemon::unix_now()).unwrap().is_empty(),
+                "not yet"
+            );
+            let expired = engine.expire(crate::daemon::unix_now() + 4).unwrap();
+            assert_eq!(expired.len(), 1);
+            let log = engine.audit_log(1).unwrap();
+            assert_eq!(log[0].what, "expire");
+            assert_eq!(log[0].who, "ttl");
+        }
+        assert_eq!(h.block_entries().await, entries - 1);
+        assert_eq!(
+            h.get(&format!("/v1/rules/{}", rule["id"])).await.0,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[tokio::test]
+    async fn audit_names_the_token() {
+        let h = harness();
+        h.post(
+            "/v1/rules",
+            json!({"cidr": "192.0.2.128/25", "reason": "seen scanning"}),
+        )
+        .await;
+        let (_, audit) = h.get("/v1/audit?limit=1").await;
+        let entry = &audit["entries"][0];
+        assert_eq!(entry["who"], "ops");
+        assert_eq!(entry["what"], "add");
+        assert_eq!(entry["why"], "seen scanning");
+    }
+
+    #[tokio::test]
+    async fn stats_status_metrics_and_openapi() {
+        let h = harness();
+        let (status, stats) = h.get("/v1/stats").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(stats["interfaces"].is_array());
+        let (_, st) = h.get("/v1/status").await;
+        assert_eq!(st["ready"], true);
+        assert_eq!(st["rules"], 2);
+        assert_eq!(st["management"][0], "198.51.100.10/32");
+        let (status, content_type, text) = h.call("GET", "/metrics", Some(READ), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(content_type.starts_with("text/plain"));
+        let text = text.as_str().unwrap().to_string();
+        assert!(text.contains("xdpwall_build_info{version="), "{text}");
+        assert!(
+            text.contains("xdpwall_list_entries{list=\"config\"} 1"),
+            "{text}"
+        );
+        let open = harness_with(FakeMaps::default(), |s| s.metrics_auth = false);
+        assert_eq!(
+            open.call("GET", "/metrics", None, None).await.0,
+            StatusCode::OK
+        );
+        let (status, _, doc) = h.call("GET", "/v1/openapi.json", None, None).await;
+        assert_eq!(status, StatusCode::OK);
+        for path in [
+            "/v1/rules",
+            "/v1/rules/{id}",
+            "/v1/rules/batch",
+            "/v1/lookup",
+            "/metrics",
+        ] {
+            assert!(doc["paths"][path].is_object(), "{path} documented");
+        }
+        assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     }
 }

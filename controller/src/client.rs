@@ -1,8 +1,9 @@
-//! The HTTP client behind the CLI's client subcommands (`stats`, `status`, ...).
+//! The HTTP client behind the CLI's client subcommands.
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, bail};
+use reqwest::Method;
 use serde_json::Value;
 
 /// Talks to a running daemon's API.
@@ -12,10 +13,20 @@ pub struct ApiClient {
     http: reqwest::Client,
 }
 
+/// The token to send: the explicit one, else the contents of `token_file` if readable (the
+/// daemon's generated `<state_dir>/admin.token` by default).
+pub fn resolve_token(explicit: Option<String>, token_file: &Path) -> Option<String> {
+    explicit.or_else(|| {
+        std::fs::read_to_string(token_file)
+            .ok()
+            .map(|s| s.trim().to_string())
+    })
+}
+
 impl ApiClient {
     pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
             .build()
             .context("building the HTTP client")?;
         Ok(Self {
@@ -26,9 +37,26 @@ impl ApiClient {
     }
 
     pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
-        let mut request = self.http.get(format!("{}{path}", self.base));
+        Ok(self
+            .send(Method::GET, path, None)
+            .await?
+            .unwrap_or(Value::Null))
+    }
+
+    /// Sends a request; returns the JSON body (None for 204). Non-2xx answers become errors
+    /// carrying the problem+json detail.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Option<Value>> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
         }
         let response = request.send().await.map_err(|e| {
             anyhow::anyhow!(
@@ -38,18 +66,27 @@ impl ApiClient {
             )
         })?;
         let status = response.status();
-        let body = response
+        let text = response
             .text()
             .await
             .context("reading the daemon's answer")?;
         if !status.is_success() {
-            let detail = serde_json::from_str::<Value>(&body)
+            let detail = serde_json::from_str::<Value>(&text)
                 .ok()
                 .and_then(|v| v.get("detail").and_then(Value::as_str).map(String::from))
-                .unwrap_or(body);
-            bail!("the daemon answered {status}: {detail}");
+                .unwrap_or(text);
+            let hint = match status.as_u16() {
+                401 => " (pass --token or set XDPWALL_TOKEN)",
+                403 => " (this needs a write token)",
+                _ => "",
+            };
+            bail!("the daemon answered {status}: {detail}{hint}");
         }
-        serde_json::from_str(&body)
+        if text.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_str(&text)
+            .map(Some)
             .with_context(|| format!("the daemon's answer to {path} is not JSON"))
     }
 }

@@ -112,13 +112,98 @@ pub struct Config {
 pub struct ApiConfig {
     #[serde(default = "default_api_listen")]
     pub listen: SocketAddr,
+    /// Bearer tokens. Without any, the daemon generates a write token in
+    /// `<state_dir>/admin.token` (and refuses a non-loopback `listen`).
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// Whether `/metrics` needs a read token.
+    #[serde(default = "default_true")]
+    pub metrics_auth: bool,
+    /// Largest accepted request body; larger ones get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Most rules in one `POST /v1/rules/batch`.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self {
-            listen: default_api_listen(),
+        toml::from_str("").expect("empty [api] is valid")
+    }
+}
+
+/// Scope of an API token: `read` may only GET, `write` may also change rules.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenScope {
+    Read,
+    Write,
+}
+
+/// Where a token's secret comes from: exactly one of `file` or `env`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    pub scope: TokenScope,
+    pub file: Option<PathBuf>,
+    pub env: Option<String>,
+}
+
+/// A token with its secret loaded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    pub name: String,
+    pub scope: TokenScope,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("ApiToken")
+            .field("name", &self.name)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shortest accepted token secret.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl ApiConfig {
+    /// Reads every token's secret from its file or environment variable.
+    pub fn load_tokens(&self, origin: &str) -> Result<Vec<ApiToken>, ConfigError> {
+        let mut tokens = Vec::new();
+        for (i, t) in self.tokens.iter().enumerate() {
+            let invalid = |message: String| ConfigError::Invalid {
+                origin: origin.to_string(),
+                key: format!("api.tokens[{i}]"),
+                message,
+            };
+            let secret = match (&t.file, &t.env) {
+                (Some(file), None) => std::fs::read_to_string(file).map_err(|e| {
+                    invalid(format!("cannot read token file {}: {e}", file.display()))
+                })?,
+                (None, Some(var)) => std::env::var(var)
+                    .map_err(|_| invalid(format!("environment variable {var} is not set")))?,
+                _ => return Err(invalid("give exactly one of `file` or `env`".into())),
+            };
+            let secret = secret.trim().to_string();
+            if secret.len() < MIN_TOKEN_LEN {
+                return Err(invalid(format!(
+                    "token {:?} is shorter than {MIN_TOKEN_LEN} characters: generate one with `openssl rand -hex 32`",
+                    t.name
+                )));
+            }
+            tokens.push(ApiToken {
+                name: t.name.clone(),
+                scope: t.scope,
+                secret,
+            });
         }
+        Ok(tokens)
     }
 }
 
@@ -142,6 +227,15 @@ fn default_pin_dir() -> PathBuf {
 }
 fn default_api_listen() -> SocketAddr {
     DEFAULT_API_LISTEN.parse().expect("valid default address")
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_body_bytes() -> usize {
+    64 << 20
+}
+fn default_max_batch() -> usize {
+    1_000_000
 }
 fn default_action() -> Action {
     Action::Block
@@ -250,6 +344,23 @@ impl Config {
                 ),
             ));
         }
+        if !self.api.listen.ip().is_loopback() && self.api.tokens.is_empty() {
+            return Err(invalid(
+                "api.listen".into(),
+                format!(
+                    "{} is not a loopback address and no [api] tokens are configured: add tokens before exposing the API",
+                    self.api.listen
+                ),
+            ));
+        }
+        for (i, t) in self.api.tokens.iter().enumerate() {
+            if t.name.is_empty() || self.api.tokens[..i].iter().any(|o| o.name == t.name) {
+                return Err(invalid(
+                    format!("api.tokens[{i}].name"),
+                    "token names must be non-empty and unique".into(),
+                ));
+            }
+        }
         let mut management = Vec::new();
         for (i, cidr) in self.management.iter().enumerate() {
             let net = normalize_cidr(cidr)
@@ -352,6 +463,52 @@ mod tests {
         let config = parse("[[rules]]\ncidr = \"198.51.100.77/24\"\n").unwrap();
         let v = config.validate("t").unwrap();
         assert_eq!(v.rules[0].0.to_string(), "198.51.100.0/24");
+    }
+
+    #[test]
+    fn non_loopback_listen_needs_tokens() {
+        let config = parse("[api]\nlisten = \"0.0.0.0:9180\"\n").unwrap();
+        let err = config.validate("t").unwrap_err().to_string();
+        assert!(
+            err.contains("api.listen") && err.contains("tokens"),
+            "{err}"
+        );
+        let config = parse(
+            "[api]\nlisten = \"0.0.0.0:9180\"\ntokens = [{ name = \"ops\", scope = \"write\", env = \"X\" }]\n",
+        )
+        .unwrap();
+        assert!(config.validate("t").is_ok());
+    }
+
+    #[test]
+    fn tokens_load_from_file_and_env_and_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ops.token");
+        std::fs::write(&file, "0123456789abcdef0123\n").unwrap();
+        let text = format!(
+            "[api]\ntokens = [{{ name = \"ops\", scope = \"write\", file = \"{}\" }}, {{ name = \"short\", scope = \"read\", file = \"{}\" }}]\n",
+            file.display(),
+            file.display()
+        );
+        let config = parse(&text).unwrap();
+        let tokens = config.api.load_tokens("t").unwrap();
+        assert_eq!(tokens[0].secret, "0123456789abcdef0123");
+        assert_eq!(tokens[1].scope, TokenScope::Read);
+        assert!(!format!("{:?}", tokens[0]).contains("0123456789"));
+        std::fs::write(&file, "short").unwrap();
+        let err = config.api.load_tokens("t").unwrap_err().to_string();
+        assert!(
+            err.contains("api.tokens[0]") && err.contains("shorter"),
+            "{err}"
+        );
+        let both = parse("[api]\ntokens = [{ name = \"x\", scope = \"read\" }]\n").unwrap();
+        assert!(
+            both.api
+                .load_tokens("t")
+                .unwrap_err()
+                .to_string()
+                .contains("exactly one")
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::{
     io::Write as _,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
-    sync::atomic::Ordering,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -17,7 +18,7 @@ use xdpwall_shared::DatapathConfig;
 
 use crate::{
     api::{self, AppState},
-    config::{Config, MalformedPolicy},
+    config::{ApiToken, Config, MalformedPolicy, TokenScope},
     engine::{Engine, config_rules},
     loader,
     pins::PinLayout,
@@ -103,7 +104,13 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
     // Checked before the API binds, so a missing interface or privilege fails fast and clearly.
     loader::preflight(&pins, &config.interfaces)?;
 
-    let state = AppState::new();
+    let tokens = api_tokens(&config, origin)?;
+    let state = Arc::new(AppState {
+        metrics_auth: config.api.metrics_auth,
+        max_body_bytes: config.api.max_body_bytes,
+        max_batch: config.api.max_batch,
+        ..AppState::new(tokens)
+    });
     let listener = api::bind(config.api.listen).await?;
     info!(listen = %config.api.listen, "API listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -163,7 +170,9 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
     state.ready.store(true, Ordering::Release);
     info!("ready");
 
+    let expiry = tokio::spawn(expire_rules(state.clone()));
     wait_for_shutdown_signal().await;
+    expiry.abort();
     info!("shutting down; the XDP filter stays attached (run `xdpwall detach` to remove it)");
     let _ = stop_tx.send(true);
     match server.await {
@@ -174,6 +183,62 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Removes rules whose TTL has passed, twice a second, so they leave the maps within a second.
+async fn expire_rules(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut guard = state.engine.lock().await;
+        if let Some(engine) = guard.as_mut()
+            && let Err(e) = engine.expire(unix_now())
+        {
+            error!(error = %e, "expiring rules failed; retrying");
+        }
+    }
+}
+
+/// Name of the token file generated when no `[api] tokens` are configured.
+pub const GENERATED_TOKEN_FILE: &str = "admin.token";
+
+/// The configured tokens, or a generated write token in `<state_dir>/admin.token` (0600) so the
+/// API is never writable without one.
+fn api_tokens(config: &Config, origin: &str) -> anyhow::Result<Vec<ApiToken>> {
+    let tokens = config.api.load_tokens(origin)?;
+    if !tokens.is_empty() {
+        return Ok(tokens);
+    }
+    let path = config.state_dir.join(GENERATED_TOKEN_FILE);
+    let secret = match fs::read_to_string(&path) {
+        Ok(s) if s.trim().len() >= crate::config::MIN_TOKEN_LEN => s.trim().to_string(),
+        _ => {
+            let bytes: [u8; 32] = rand::random();
+            let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            write_private(&path, &secret)?;
+            secret
+        }
+    };
+    info!(file = %path.display(), "no [api] tokens configured; using the generated write token in this file");
+    Ok(vec![ApiToken {
+        name: "admin".into(),
+        scope: TokenScope::Write,
+        secret,
+    }])
+}
+
+fn write_private(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing the generated API token to {}", path.display()))?;
+    writeln!(file, "{secret}")?;
+    Ok(())
 }
 
 async fn wait_for_shutdown_signal() {

@@ -16,6 +16,7 @@ pub mod datapath;
 pub mod ebpf_object;
 pub mod engine;
 pub mod loader;
+pub mod metrics;
 pub mod pins;
 pub mod rules;
 pub mod store;

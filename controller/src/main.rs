@@ -7,13 +7,15 @@ use std::{
 };
 
 use clap::{Parser, Subcommand, ValueEnum};
+use reqwest::Method;
 use serde_json::Value;
 use xdpwall::{
-    client::ApiClient,
+    client::{ApiClient, resolve_token},
     config::{Config, DEFAULT_CONFIG_PATH, XdpAttachMode},
     daemon::{self, StateLock},
     loader,
     pins::PinLayout,
+    rules::Action,
 };
 
 /// eBPF network-defense firewall: drops blocklisted sources in the NIC driver (XDP).
@@ -41,9 +43,58 @@ struct ClientArgs {
     /// Bearer token for the API.
     #[arg(long, env = "XDPWALL_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// File holding the token, used when --token is not given (the daemon writes one there
+    /// when no [api] tokens are configured).
+    #[arg(
+        long,
+        env = "XDPWALL_TOKEN_FILE",
+        default_value = "/var/lib/xdpwall/admin.token"
+    )]
+    token_file: PathBuf,
     /// Output format: a table for people, JSON for scripts.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: Output,
+}
+
+impl ClientArgs {
+    fn client(&self) -> anyhow::Result<ApiClient> {
+        ApiClient::new(
+            &self.api,
+            resolve_token(self.token.clone(), &self.token_file),
+        )
+    }
+}
+
+#[derive(Subcommand)]
+enum RuleCommand {
+    /// Add a rule; it is enforced when the command returns.
+    Add {
+        /// Address or CIDR (IPv4 or IPv6).
+        cidr: String,
+        /// Lifetime, e.g. 90s, 15m, 4h, 7d (default: forever).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Why (kept in the audit log).
+        #[arg(long)]
+        reason: Option<String>,
+        /// List name (default: api).
+        #[arg(long)]
+        list: Option<String>,
+        /// Override the lock-out guard (very broad prefixes, your own address).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove a rule by id, or every rule of this action with this CIDR.
+    Rm {
+        /// Rule id or CIDR.
+        target: String,
+    },
+    /// List rules.
+    Ls {
+        /// Only this list.
+        #[arg(long)]
+        list: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -93,6 +144,27 @@ enum Command {
         /// bpffs directory of the pins (overrides the config).
         #[arg(long)]
         pin_dir: Option<PathBuf>,
+    },
+    /// Block sources: add, remove or list block rules.
+    Block {
+        #[command(subcommand)]
+        command: RuleCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Allow sources (always wins over block): add, remove or list allow rules.
+    Allow {
+        #[command(subcommand)]
+        command: RuleCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Which rule, if any, decides this source address.
+    Lookup {
+        /// IPv4 or IPv6 address.
+        ip: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Packet counters by interface and verdict, and per rule.
     Stats {
@@ -220,8 +292,36 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Block { command, client } => rule_command(Action::Block, command, &client).await,
+        Command::Allow { command, client } => rule_command(Action::Allow, command, &client).await,
+        Command::Lookup { ip, client } => {
+            let api = client.client()?;
+            let answer = api
+                .get_json(&format!("/v1/lookup?ip={}", urlencode(&ip)))
+                .await?;
+            if client.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                let verdict = answer["verdict"].as_str().unwrap_or("?");
+                match answer["rule"].as_object() {
+                    Some(rule) => println!(
+                        "{} {verdict} by rule {} ({} {}, list {})",
+                        answer["ip"].as_str().unwrap_or(&ip),
+                        rule["id"],
+                        rule["action"].as_str().unwrap_or("?"),
+                        rule["cidr"].as_str().unwrap_or("?"),
+                        rule["list"].as_str().unwrap_or("?")
+                    ),
+                    None => println!(
+                        "{} {verdict} (no rule matches)",
+                        answer["ip"].as_str().unwrap_or(&ip)
+                    ),
+                }
+            }
+            Ok(())
+        }
         Command::Stats { client } => {
-            let api = ApiClient::new(&client.api, client.token)?;
+            let api = client.client()?;
             let stats = api.get_json("/v1/stats").await?;
             if client.output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
@@ -231,7 +331,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { client } => {
-            let api = ApiClient::new(&client.api, client.token)?;
+            let api = client.client()?;
             let status = api.get_json("/v1/status").await?;
             if client.output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
@@ -248,6 +348,111 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     iface["iface"].as_str().unwrap_or("?"),
                     iface["ifindex"],
                     iface["mode"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn rule_command(
+    action: Action,
+    command: RuleCommand,
+    client: &ClientArgs,
+) -> anyhow::Result<()> {
+    let api = client.client()?;
+    match command {
+        RuleCommand::Add {
+            cidr,
+            ttl,
+            reason,
+            list,
+            force,
+        } => {
+            let mut body =
+                serde_json::json!({ "cidr": cidr, "action": action.as_str(), "force": force });
+            for (key, value) in [("ttl", ttl), ("reason", reason), ("list", list)] {
+                if let Some(v) = value {
+                    body[key] = Value::String(v);
+                }
+            }
+            let rule = api
+                .send(Method::POST, "/v1/rules", Some(&body))
+                .await?
+                .unwrap_or(Value::Null);
+            if client.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&rule)?);
+            } else {
+                println!(
+                    "{} {} as rule {} (list {})",
+                    action,
+                    rule["cidr"].as_str().unwrap_or("?"),
+                    rule["id"],
+                    rule["list"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }
+        RuleCommand::Rm { target } => {
+            let ids: Vec<u64> = match target.parse::<u64>() {
+                Ok(id) => vec![id],
+                Err(_) => {
+                    let cidr = xdpwall::rules::normalize_cidr(&target)?.to_string();
+                    let rules = api
+                        .get_json(&format!("/v1/rules?action={}", action.as_str()))
+                        .await?;
+                    let ids: Vec<u64> = rules["rules"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|r| r["cidr"].as_str() == Some(cidr.as_str()))
+                        .filter_map(|r| r["id"].as_u64())
+                        .collect();
+                    if ids.is_empty() {
+                        anyhow::bail!("no {action} rule for {cidr}");
+                    }
+                    ids
+                }
+            };
+            for id in ids {
+                api.send(Method::DELETE, &format!("/v1/rules/{id}"), None)
+                    .await?;
+                println!("removed rule {id}");
+            }
+            Ok(())
+        }
+        RuleCommand::Ls { list } => {
+            let mut path = format!("/v1/rules?action={}", action.as_str());
+            if let Some(list) = list {
+                path.push_str(&format!("&list={}", urlencode(&list)));
+            }
+            let rules = api.get_json(&path).await?;
+            if client.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&rules)?);
+                return Ok(());
+            }
+            println!(
+                "{:<8}{:<44}{:<14}{:<8}{:<22}REASON",
+                "ID", "CIDR", "LIST", "SOURCE", "EXPIRES"
+            );
+            for r in rules["rules"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<8}{:<44}{:<14}{:<8}{:<22}{}",
+                    r["id"],
+                    r["cidr"].as_str().unwrap_or(""),
+                    r["list"].as_str().unwrap_or(""),
+                    r["source"].as_str().unwrap_or(""),
+                    r["expires_at"].as_str().unwrap_or("never"),
+                    r["reason"].as_str().unwrap_or("")
                 );
             }
             Ok(())

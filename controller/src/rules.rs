@@ -18,7 +18,19 @@ use serde::{Deserialize, Serialize};
 /// Identifier of a rule; also the value stored in the tries and the key of the rule counters.
 pub type RuleId = u32;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Drop packets from these sources at ingress.
@@ -60,7 +72,7 @@ impl FromStr for Action {
 }
 
 /// Where a rule came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RuleSource {
     Api,
@@ -279,7 +291,7 @@ impl MapDiff {
 }
 
 /// The ingress verdict for a source address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Block,

@@ -24,6 +24,10 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// Port the daemon listens on inside its namespace (each namespace has its own loopback).
 pub const API_PORT: u16 = 9180;
 
+/// Token secrets every test daemon is configured with.
+pub const WRITE_TOKEN: &str = "test-write-token-0123456789abcdef";
+pub const READ_TOKEN: &str = "test-read-token-0123456789abcdef";
+
 pub struct Daemon {
     child: Option<Child>,
     pub netns_path: String,
@@ -74,11 +78,16 @@ impl Daemon {
     ) -> anyhow::Result<Self> {
         fs::create_dir_all(&state_dir)?;
         let config_path = state_dir.join("xdpwall.toml");
+        let (write, read) = (state_dir.join("write.token"), state_dir.join("read.token"));
+        fs::write(&write, WRITE_TOKEN)?;
+        fs::write(&read, READ_TOKEN)?;
         let config = format!(
-            "interfaces = [\"{}\"]\nstate_dir = \"{}\"\npin_dir = \"{}\"\n{extra}\n",
+            "interfaces = [\"{}\"]\nstate_dir = \"{}\"\npin_dir = \"{}\"\n{extra}\n\n[api]\ntokens = [\n  {{ name = \"ops\", scope = \"write\", file = \"{}\" }},\n  {{ name = \"grafana\", scope = \"read\", file = \"{}\" }},\n]\n",
             lab.fw_if,
             state_dir.display(),
-            pin_dir.display()
+            pin_dir.display(),
+            write.display(),
+            read.display()
         );
         fs::write(&config_path, config)?;
         let mut daemon = Self {
@@ -194,13 +203,27 @@ impl Daemon {
         Ok(serde_json::from_str(&body)?)
     }
 
-    /// Runs the xdpwall CLI in the firewall namespace.
+    /// Runs the xdpwall CLI in the firewall namespace (with the write token in XDPWALL_TOKEN).
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
         Ok(Command::new("nsenter")
             .arg(format!("--net={}", self.netns_path))
             .arg(binary()?)
             .args(args)
+            .env("XDPWALL_TOKEN", WRITE_TOKEN)
             .output()?)
+    }
+
+    /// POSTs a JSON body; returns (status, parsed body).
+    pub fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let (status, text) = self.http("POST", path, Some(&body.to_string()))?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        ))
     }
 }
 

@@ -1,0 +1,192 @@
+//! Prometheus metrics, gathered at scrape time from the BPF counters and the rule set.
+//!
+//! The engine fills a [`Snapshot`] under its lock; [`render`] turns it into the text exposition
+//! format. Labels are rule ids, list and map names and interface names — never the addresses of
+//! feed entries, so the series count stays bounded by the number of rules that were hit.
+
+use std::collections::BTreeMap;
+
+use prometheus::{Encoder as _, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use xdpwall_shared::map_names;
+
+use crate::{
+    datapath::{DatapathError, trie_capacity},
+    engine::Engine,
+    rules::{Action, RuleSource},
+};
+
+/// Everything one scrape reports.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// (iface, verdict) -> packets.
+    pub packets: Vec<(String, &'static str, u64)>,
+    /// (rule label, list, action) -> (packets, bytes).
+    pub rules: Vec<(String, String, Action, u64, u64)>,
+    pub list_entries: BTreeMap<String, i64>,
+    /// map name -> (entries, capacity).
+    pub maps: Vec<(&'static str, i64, i64)>,
+}
+
+impl Snapshot {
+    pub fn gather(engine: &Engine) -> Result<Self, DatapathError> {
+        let mut snapshot = Self::default();
+        for (attachment, counts) in engine.verdict_counts()? {
+            for (verdict, packets) in counts {
+                snapshot
+                    .packets
+                    .push((attachment.iface.clone(), verdict, packets));
+            }
+        }
+        let counters = engine.rule_counters()?;
+        for (id, c) in counters {
+            // Counters of deleted rules are dropped by the engine; skip any race leftovers.
+            let Some(rule) = engine.rule(id) else {
+                continue;
+            };
+            let label = match rule.source {
+                RuleSource::Feed => format!("feed:{}", rule.list),
+                _ => id.to_string(),
+            };
+            snapshot
+                .rules
+                .push((label, rule.list.clone(), rule.action, c.packets, c.bytes));
+        }
+        for rule in engine.rules() {
+            *snapshot.list_entries.entry(rule.list.clone()).or_default() += 1;
+        }
+        let applied = engine.applied();
+        for (name, len) in [
+            (map_names::ALLOW_V4, applied.allow_v4.len()),
+            (map_names::ALLOW_V6, applied.allow_v6.len()),
+            (map_names::BLOCK_V4, applied.block_v4.len()),
+            (map_names::BLOCK_V6, applied.block_v6.len()),
+        ] {
+            snapshot
+                .maps
+                .push((name, len as i64, i64::from(trie_capacity(name))));
+        }
+        Ok(snapshot)
+    }
+}
+
+/// The snapshot in the Prometheus text format.
+pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
+    let registry = Registry::new();
+    let packets = IntCounterVec::new(
+        Opts::new(
+            "xdpwall_packets_total",
+            "Packets seen by the XDP filter, by interface and verdict.",
+        ),
+        &["iface", "verdict"],
+    )?;
+    let rule_packets = IntCounterVec::new(
+        Opts::new(
+            "xdpwall_rule_packets_total",
+            "Packets that matched a block rule (dropped or would-drop).",
+        ),
+        &["rule", "list", "action"],
+    )?;
+    let rule_bytes = IntCounterVec::new(
+        Opts::new(
+            "xdpwall_rule_bytes_total",
+            "Bytes of the packets that matched a block rule.",
+        ),
+        &["rule", "list", "action"],
+    )?;
+    let list_entries = IntGaugeVec::new(
+        Opts::new("xdpwall_list_entries", "Rules per list."),
+        &["list"],
+    )?;
+    let map_entries = IntGaugeVec::new(
+        Opts::new("xdpwall_map_entries", "Entries in each kernel map."),
+        &["map"],
+    )?;
+    let map_capacity = IntGaugeVec::new(
+        Opts::new("xdpwall_map_capacity", "Capacity of each kernel map."),
+        &["map"],
+    )?;
+    let build_info = IntGaugeVec::new(
+        Opts::new("xdpwall_build_info", "Always 1; labels carry the version."),
+        &["version"],
+    )?;
+
+    for (iface, verdict, n) in &snapshot.packets {
+        packets
+            .with_label_values(&[iface.as_str(), verdict])
+            .inc_by(*n);
+    }
+    for (rule, list, action, p, b) in &snapshot.rules {
+        rule_packets
+            .with_label_values(&[rule.as_str(), list.as_str(), action.as_str()])
+            .inc_by(*p);
+        rule_bytes
+            .with_label_values(&[rule.as_str(), list.as_str(), action.as_str()])
+            .inc_by(*b);
+    }
+    for (list, n) in &snapshot.list_entries {
+        list_entries.with_label_values(&[list.as_str()]).set(*n);
+    }
+    for (map, entries, capacity) in &snapshot.maps {
+        map_entries.with_label_values(&[map]).set(*entries);
+        map_capacity.with_label_values(&[map]).set(*capacity);
+    }
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+
+    for collector in [
+        Box::new(packets) as Box<dyn prometheus::core::Collector>,
+        Box::new(rule_packets),
+        Box::new(rule_bytes),
+        Box::new(list_entries),
+        Box::new(map_entries),
+        Box::new(map_capacity),
+        Box::new(build_info),
+    ] {
+        registry.register(collector)?;
+    }
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut out)?;
+    Ok(String::from_utf8(out).expect("the text encoder writes UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_labels() {
+        let snapshot = Snapshot {
+            packets: vec![("eth0".into(), "dropped", 7)],
+            rules: vec![(
+                "feed:spamhaus".into(),
+                "spamhaus".into(),
+                Action::Block,
+                3,
+                180,
+            )],
+            list_entries: [("api".to_string(), 2)].into_iter().collect(),
+            maps: vec![(map_names::BLOCK_V4, 2, 100)],
+        };
+        let text = render(&snapshot).unwrap();
+        assert!(
+            text.contains("xdpwall_packets_total{iface=\"eth0\",verdict=\"dropped\"} 7"),
+            "{text}"
+        );
+        assert!(text.contains("xdpwall_rule_packets_total{action=\"block\",list=\"spamhaus\",rule=\"feed:spamhaus\"} 3"), "{text}");
+        assert!(text.contains("xdpwall_rule_bytes_total{action=\"block\",list=\"spamhaus\",rule=\"feed:spamhaus\"} 180"), "{text}");
+        assert!(
+            text.contains("xdpwall_list_entries{list=\"api\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("xdpwall_map_capacity{map=\"XW_BLOCK_V4\"} 100"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE xdpwall_packets_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("xdpwall_build_info{version="), "{text}");
+    }
+}
