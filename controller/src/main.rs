@@ -38,21 +38,27 @@ enum Output {
 #[derive(clap::Args)]
 struct ClientArgs {
     /// Daemon API base URL.
-    #[arg(long, env = "XDPWALL_API", default_value = "http://127.0.0.1:9180")]
+    #[arg(
+        long,
+        global = true,
+        env = "XDPWALL_API",
+        default_value = "http://127.0.0.1:9180"
+    )]
     api: String,
     /// Bearer token for the API.
-    #[arg(long, env = "XDPWALL_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "XDPWALL_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// File holding the token, used when --token is not given (the daemon writes one there
     /// when no [api] tokens are configured).
     #[arg(
         long,
+        global = true,
         env = "XDPWALL_TOKEN_FILE",
         default_value = "/var/lib/xdpwall/admin.token"
     )]
     token_file: PathBuf,
     /// Output format: a table for people, JSON for scripts.
-    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
     output: Output,
 }
 

@@ -160,19 +160,33 @@ impl Daemon {
         child.wait().ok().and_then(|s| s.code())
     }
 
-    /// One HTTP/1.0 request to the daemon's API inside its namespace: (status, body).
+    /// One HTTP/1.0 request with the write token: (status, body).
     pub fn http(
         &self,
         method: &str,
         path: &str,
         body: Option<&str>,
     ) -> anyhow::Result<(u16, String)> {
+        self.http_as(Some(WRITE_TOKEN), method, path, body)
+    }
+
+    /// One HTTP/1.0 request to the daemon's API inside its namespace, with `token` if any.
+    pub fn http_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, String)> {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         let request = match body {
             Some(b) => format!(
-                "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                "{method} {path} HTTP/1.0\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
                 b.len()
             ),
-            None => format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n\r\n"),
+            None => format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n{auth}\r\n"),
         };
         let raw = in_netns(&self.netns_path, move || -> anyhow::Result<String> {
             let mut stream = TcpStream::connect(("127.0.0.1", API_PORT))?;

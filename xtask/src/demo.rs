@@ -99,11 +99,14 @@ pub fn run() -> anyhow::Result<()> {
         pin_dir,
         state_dir: state_dir.clone(),
     };
+    // No [api] tokens in the demo config: the daemon generates a write token in state_dir.
+    let token_file = state_dir.join("admin.token");
     let in_fw = |args: &[&str]| {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", lab.fw_netns_path()))
             .arg(&binary)
-            .args(args);
+            .args(args)
+            .env("XDPWALL_TOKEN_FILE", &token_file);
         cmd
     };
     wait_ready(&mut in_fw(&["status", "-o", "json"]), &state_dir)?;

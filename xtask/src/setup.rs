@@ -17,6 +17,8 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "bpftool",
     "util-linux",
+    // promtool, for the metrics format test.
+    "prometheus",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
