@@ -19,6 +19,10 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     // promtool, for the metrics format test.
     "prometheus",
+    // Baselines the benchmarks compare against.
+    "ipset",
+    "nftables",
+    "iptables",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
