@@ -100,7 +100,12 @@ pub fn run(args: &Args, pin_dir: &std::path::Path) -> anyhow::Result<String> {
         datapath,
     } = loader::load_object(&PinLayout::new(pin_dir))
         .context("loading the xdpwall object (run as root)")?;
-    let (mut engine, _) = Engine::open(Box::new(datapath), Store::in_memory()?, Vec::new())?;
+    let (mut engine, _) = Engine::open(
+        Box::new(datapath),
+        Store::in_memory()?,
+        Vec::new(),
+        Vec::new(),
+    )?;
     let mut bench_obj = Ebpf::load(BENCH_OBJECT).context("loading the baseline object")?;
     for name in ["bench_pass", "bench_stock_lpm"] {
         let program: &mut Xdp = bench_obj.program_mut(name).context(name)?.try_into()?;

@@ -37,6 +37,7 @@ use crate::{
     config::{ApiToken, TokenScope},
     datapath::DatapathError,
     engine::{Engine, EngineError, RuleRequest},
+    feeds::{FeedError, FeedManager, SyncReport},
     metrics,
     rules::{Action, Rule, RuleSource, Verdict, canonical_ip},
 };
@@ -51,6 +52,7 @@ pub struct AppState {
     pub metrics_auth: bool,
     pub max_body_bytes: usize,
     pub max_batch: usize,
+    pub feeds: Arc<FeedManager>,
     pub version: &'static str,
 }
 
@@ -63,6 +65,7 @@ impl AppState {
             metrics_auth: true,
             max_body_bytes: 64 << 20,
             max_batch: 1_000_000,
+            feeds: Arc::new(FeedManager::empty()),
             version: env!("CARGO_PKG_VERSION"),
         }
     }
@@ -241,9 +244,10 @@ async fn authenticate(
     info(title = "xdpwall", description = "eBPF network-defense firewall API"),
     paths(
         create_rule, list_rules, get_rule, delete_rule, batch_rules, lookup, stats, status,
-        metrics_endpoint, healthz, readyz
+        list_feeds, sync_feed, metrics_endpoint, healthz, readyz
     ),
-    components(schemas(RuleView, RuleBody, BatchBody, RuleList, BatchResult, LookupResult, Problem, Stats, Status)),
+    components(schemas(RuleView, RuleBody, BatchBody, RuleList, BatchResult, LookupResult, Problem, Stats, Status,
+        FeedView, FeedList, SyncView)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -271,6 +275,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/status", get(status))
         .route("/v1/audit", get(audit))
+        .route("/v1/feeds", get(list_feeds))
+        .route("/v1/feeds/{name}/sync", axum::routing::post(sync_feed))
         .route("/metrics", get(metrics_endpoint))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
@@ -587,7 +593,7 @@ async fn lookup(
     Ok(Json(LookupResult {
         ip: ip.to_string(),
         verdict,
-        rule: rule.map(RuleView::from),
+        rule: rule.as_ref().map(RuleView::from),
     }))
 }
 
@@ -686,6 +692,117 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Status>, ApiE
     }))
 }
 
+/// A configured feed and its state.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FeedView {
+    pub name: String,
+    pub url: String,
+    pub format: String,
+    pub action: Action,
+    /// Seconds between fetches.
+    pub interval: u64,
+    /// The provider's minimum seconds between fetches.
+    pub min_interval: u64,
+    /// Entries enforced (last good copy, aggregated).
+    pub entries: usize,
+    pub last_attempt: Option<String>,
+    pub last_success: Option<String>,
+    pub etag: Option<String>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FeedList {
+    pub feeds: Vec<FeedView>,
+}
+
+/// What a sync did.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SyncView {
+    pub feed: String,
+    /// applied | not_modified | skipped
+    pub result: String,
+    pub entries: usize,
+    pub inserted: usize,
+    pub removed: usize,
+    pub excluded_special: usize,
+    pub bad_lines: usize,
+    pub detail: String,
+}
+
+impl From<SyncReport> for SyncView {
+    fn from(r: SyncReport) -> Self {
+        Self {
+            feed: r.feed,
+            result: serde_json::to_value(&r.result)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            entries: r.entries,
+            inserted: r.inserted,
+            removed: r.removed,
+            excluded_special: r.excluded_special,
+            bad_lines: r.bad_lines,
+            detail: r.detail,
+        }
+    }
+}
+
+/// Configured feeds with entries, last attempt and success, ETag and last error.
+#[utoipa::path(get, path = "/v1/feeds", responses((status = 200, body = FeedList)))]
+async fn list_feeds(State(state): State<Arc<AppState>>) -> Result<Json<FeedList>, ApiError> {
+    let engine = engine(&state).await?;
+    let mut feeds = Vec::new();
+    for feed in state.feeds.feeds() {
+        let s = engine
+            .store()
+            .feed_state(&feed.name)
+            .map_err(EngineError::from)?;
+        feeds.push(FeedView {
+            name: feed.name.clone(),
+            url: feed.url.clone(),
+            format: feed.format.to_string(),
+            action: feed.action,
+            interval: feed.interval.as_secs(),
+            min_interval: feed.min_interval.as_secs(),
+            entries: engine.feed(&feed.name).map_or(0, |f| f.entries.len()),
+            last_attempt: s.last_attempt.map(rfc3339),
+            last_success: s.last_success.map(rfc3339),
+            etag: s.etag,
+            last_error: s.last_error,
+        });
+    }
+    Ok(Json(FeedList { feeds }))
+}
+
+/// Fetch and apply one feed now (for cron). Refused or failed fetches keep the last good copy
+/// enforced and answer 422 or 502 with the reason.
+#[utoipa::path(post, path = "/v1/feeds/{name}/sync", params(("name" = String, Path, description = "feed name")),
+    responses((status = 200, body = SyncView), (status = 404, body = Problem), (status = 422, body = Problem),
+        (status = 502, body = Problem)))]
+async fn sync_feed(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<SyncView>, ApiError> {
+    let report = state
+        .feeds
+        .sync(&state.engine, &name, unix_now())
+        .await
+        .map_err(|e| {
+            let status = match &e {
+                FeedError::Unknown(_) => StatusCode::NOT_FOUND,
+                FeedError::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                FeedError::Fetch { .. } => StatusCode::BAD_GATEWAY,
+                FeedError::NotReady | FeedError::Store { .. } | FeedError::LastGood { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                FeedError::Apply { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            ApiError::new(status, e.to_string())
+        })?;
+    Ok(Json(report.into()))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
@@ -707,7 +824,7 @@ async fn audit(
 async fn metrics_endpoint(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let snapshot = {
         let engine = engine(&state).await?;
-        metrics::Snapshot::gather(&engine)?
+        metrics::Snapshot::gather(&engine, &state.feeds)?
     };
     let text = metrics::render(&snapshot)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -766,8 +883,13 @@ mod tests {
     }
 
     fn harness_with(maps: FakeMaps, tweak: impl FnOnce(&mut AppState)) -> Harness {
-        let (mut engine, _) =
-            Engine::open(Box::new(maps), Store::in_memory().unwrap(), Vec::new()).unwrap();
+        let (mut engine, _) = Engine::open(
+            Box::new(maps),
+            Store::in_memory().unwrap(),
+            Vec::new(),
+            Vec::new(),
+        )
+        .unwrap();
         let management = vec![normalize_cidr("198.51.100.10/32").unwrap()];
         let config = vec![(
             normalize_cidr("203.0.113.0/24").unwrap(),

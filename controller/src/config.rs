@@ -105,6 +105,9 @@ pub struct Config {
     /// Static rules, source "config".
     #[serde(default)]
     pub rules: Vec<StaticRule>,
+    /// Blocklist feeds (catalogue names or custom feeds).
+    #[serde(default)]
+    pub feeds: Vec<crate::feeds::FeedConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -255,6 +258,7 @@ impl Default for Config {
 pub struct ValidatedRules {
     pub management: Vec<IpNet>,
     pub rules: Vec<(IpNet, StaticRule)>,
+    pub feeds: Vec<crate::feeds::Feed>,
 }
 
 impl Config {
@@ -391,7 +395,24 @@ impl Config {
             }
             rules.push((net, rule.clone()));
         }
-        Ok(ValidatedRules { management, rules })
+        let mut feeds: Vec<crate::feeds::Feed> = Vec::new();
+        for (i, feed) in self.feeds.iter().enumerate() {
+            let resolved = feed
+                .resolve()
+                .map_err(|(key, message)| invalid(format!("feeds[{i}].{key}"), message))?;
+            if feeds.iter().any(|f| f.name == resolved.name) {
+                return Err(invalid(
+                    format!("feeds[{i}].name"),
+                    format!("feed {:?} is configured twice", resolved.name),
+                ));
+            }
+            feeds.push(resolved);
+        }
+        Ok(ValidatedRules {
+            management,
+            rules,
+            feeds,
+        })
     }
 }
 

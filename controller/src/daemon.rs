@@ -20,6 +20,7 @@ use crate::{
     api::{self, AppState},
     config::{ApiToken, Config, MalformedPolicy, TokenScope},
     engine::{Engine, config_rules},
+    feeds::FeedManager,
     loader,
     pins::PinLayout,
     store::Store,
@@ -105,7 +106,12 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
     loader::preflight(&pins, &config.interfaces)?;
 
     let tokens = api_tokens(&config, origin)?;
+    let feeds = Arc::new(FeedManager::new(
+        validated.feeds.clone(),
+        &config.state_dir,
+    )?);
     let state = Arc::new(AppState {
+        feeds: feeds.clone(),
         metrics_auth: config.api.metrics_auth,
         max_body_bytes: config.api.max_body_bytes,
         max_batch: config.api.max_batch,
@@ -127,6 +133,8 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
 
     let store_path = config.state_dir.join("rules.sqlite");
     let store = Store::open(&store_path)?;
+    // Last good copies go in with the first reconcile: enforcement at boot without network.
+    let last_good = feeds.last_good_sets(&store)?;
     let engine = {
         let pins = pins.clone();
         let ifaces = config.interfaces.clone();
@@ -137,6 +145,7 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
                 Box::new(loaded.datapath),
                 store,
                 loaded.attachments,
+                last_good,
             )?)
         })
         .await
@@ -171,8 +180,22 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
     info!("ready");
 
     let expiry = tokio::spawn(expire_rules(state.clone()));
+    let schedules: Vec<_> = feeds
+        .feeds()
+        .iter()
+        .map(|feed| {
+            tokio::spawn(schedule_feed(
+                state.clone(),
+                feeds.clone(),
+                feed.name.clone(),
+            ))
+        })
+        .collect();
     wait_for_shutdown_signal().await;
     expiry.abort();
+    for task in schedules {
+        task.abort();
+    }
     info!("shutting down; the XDP filter stays attached (run `xdpwall detach` to remove it)");
     let _ = stop_tx.send(true);
     match server.await {
@@ -197,6 +220,42 @@ async fn expire_rules(state: Arc<AppState>) {
         {
             error!(error = %e, "expiring rules failed; retrying");
         }
+    }
+}
+
+/// Syncs one feed on its interval (with ±10% jitter so a fleet does not fetch in lockstep).
+/// The first fetch comes soon after start unless the last success is recent enough.
+async fn schedule_feed(state: Arc<AppState>, feeds: Arc<FeedManager>, name: String) {
+    let Some(feed) = feeds.feed(&name).cloned() else {
+        return;
+    };
+    let last_success = {
+        let guard = state.engine.lock().await;
+        guard
+            .as_ref()
+            .and_then(|e| e.store().feed_state(&name).ok())
+            .and_then(|s| s.last_success)
+    };
+    let interval = feed.interval.as_secs() as i64;
+    let mut wait = match last_success {
+        Some(t) => (t + interval - unix_now()).clamp(0, interval) as u64,
+        None => 0,
+    };
+    loop {
+        let jitter = rand::random::<u64>() % (feed.interval.as_secs() / 10 + 1);
+        let first_delay = if wait == 0 {
+            rand::random::<u64>() % 3
+        } else {
+            wait + jitter
+        };
+        tokio::time::sleep(Duration::from_secs(first_delay)).await;
+        match feeds.sync(&state.engine, &name, unix_now()).await {
+            Ok(report) => {
+                info!(feed = name, result = ?report.result, entries = report.entries, "scheduled feed sync")
+            }
+            Err(e) => error!(feed = name, error = %e, "scheduled feed sync failed"),
+        }
+        wait = feed.interval.as_secs();
     }
 }
 

@@ -30,6 +30,19 @@ use crate::{
 pub const MIN_BLOCK_PREFIX_V4: u8 = 8;
 /// See [`MIN_BLOCK_PREFIX_V4`].
 pub const MIN_BLOCK_PREFIX_V6: u8 = 16;
+/// Rule ids of feeds start here, so they never collide with ids the store assigns to rules.
+/// A feed is one "rule" for counters and metrics (`rule = "feed:NAME"`), however many entries.
+pub const FEED_ID_BASE: RuleId = 0x8000_0000;
+
+/// The entries a feed currently enforces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedSet {
+    pub name: String,
+    pub id: RuleId,
+    pub action: Action,
+    pub entries: BTreeSet<IpNet>,
+}
+
 /// Longest accepted TTL.
 pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
@@ -93,7 +106,7 @@ pub fn parse_ttl(ttl: &str) -> Result<Duration, EngineError> {
 }
 
 /// List names: short, printable, safe as metric labels.
-fn validate_list(list: &str) -> Result<(), EngineError> {
+pub fn validate_list(list: &str) -> Result<(), EngineError> {
     let ok = !list.is_empty()
         && list.len() <= 64
         && list
@@ -118,15 +131,19 @@ pub struct Engine {
     /// What the kernel tries hold (kept equal to `MapContents::from_rules(rules)`).
     applied: MapContents,
     management: Vec<IpNet>,
+    feeds: BTreeMap<String, FeedSet>,
 }
 
 impl Engine {
     /// Loads the rules from the store and makes the kernel maps match them, as a diff against
     /// what the (possibly pinned, pre-existing) maps hold.
+    /// `feeds` are the last good copies, applied in the same reconcile so a restart never
+    /// removes feed entries from the kernel, even for a moment.
     pub fn open(
         maps: Box<dyn KernelMaps>,
         store: Store,
         attachments: Vec<Attachment>,
+        feeds: Vec<FeedSet>,
     ) -> Result<(Self, ApplyReport), EngineError> {
         let rules: BTreeMap<RuleId, Rule> = store.rules()?.into_iter().map(|r| (r.id, r)).collect();
         let applied = maps.contents()?;
@@ -138,7 +155,18 @@ impl Engine {
             rules: BTreeMap::new(),
             applied,
             management: Vec::new(),
+            feeds: BTreeMap::new(),
         };
+        for feed in feeds {
+            for entry in &feed.entries {
+                engine
+                    .owners
+                    .entry((*entry, feed.action))
+                    .or_default()
+                    .insert(feed.id);
+            }
+            engine.feeds.insert(feed.name.clone(), feed);
+        }
         for rule in rules.values() {
             engine
                 .owners
@@ -153,7 +181,12 @@ impl Engine {
 
     /// Makes the kernel tries equal to what the rules say (full diff).
     pub fn reconcile(&mut self) -> Result<ApplyReport, EngineError> {
-        let desired = MapContents::from_rules(self.rules.values());
+        let mut desired = MapContents::from_rules(self.rules.values());
+        for feed in self.feeds.values() {
+            for entry in &feed.entries {
+                desired.insert(*entry, feed.action, feed.id);
+            }
+        }
         let diff = MapDiff::between(&self.applied, &desired);
         if !diff.is_empty() {
             self.maps.apply(&diff, &self.applied)?;
@@ -189,9 +222,105 @@ impl Engine {
         &self.management
     }
 
-    /// Which rule decides `ip`, by the same logic as the datapath.
-    pub fn lookup(&self, ip: IpAddr) -> (Verdict, Option<&Rule>) {
-        decide(self.rules.values(), ip)
+    /// Which rule decides `ip`, by the same logic as the datapath. A feed entry is reported as
+    /// a rule with the feed's id, the entry's CIDR and the feed's name as list.
+    pub fn lookup(&self, ip: IpAddr) -> (Verdict, Option<Rule>) {
+        let ip = canonical_ip(ip);
+        let feed_hits: Vec<Rule> = self
+            .feeds
+            .values()
+            .flat_map(|feed| {
+                feed.entries
+                    .iter()
+                    .filter(move |e| e.contains(&ip))
+                    .map(move |entry| Rule {
+                        id: feed.id,
+                        cidr: *entry,
+                        action: feed.action,
+                        list: feed.name.clone(),
+                        reason: format!("feed {}", feed.name),
+                        source: RuleSource::Feed,
+                        created_at: 0,
+                        expires_at: None,
+                    })
+            })
+            .collect();
+        let (verdict, rule) = decide(self.rules.values().chain(&feed_hits), ip);
+        (verdict, rule.cloned())
+    }
+
+    pub fn feed(&self, name: &str) -> Option<&FeedSet> {
+        self.feeds.get(name)
+    }
+
+    pub fn feed_by_id(&self, id: RuleId) -> Option<&FeedSet> {
+        self.feeds.values().find(|f| f.id == id)
+    }
+
+    pub fn feeds(&self) -> impl Iterator<Item = &FeedSet> {
+        self.feeds.values()
+    }
+
+    /// Makes the kernel hold exactly `entries` for this feed: only the entries that changed are
+    /// touched, inserts before removes, so an entry in both the old and new list is never absent.
+    pub fn apply_feed(
+        &mut self,
+        name: &str,
+        id: RuleId,
+        action: Action,
+        entries: BTreeSet<IpNet>,
+    ) -> Result<ApplyReport, EngineError> {
+        let old = self.feeds.get(name).cloned();
+        let mut touched: Owners = HashMap::new();
+        if let Some(old) = &old {
+            for entry in &old.entries {
+                if old.action != action || old.id != id || !entries.contains(entry) {
+                    owners_slot(&mut touched, &self.owners, (*entry, old.action)).remove(&old.id);
+                }
+            }
+        }
+        for entry in &entries {
+            let unchanged = old
+                .as_ref()
+                .is_some_and(|o| o.action == action && o.id == id && o.entries.contains(entry));
+            if !unchanged {
+                owners_slot(&mut touched, &self.owners, (*entry, action)).insert(id);
+            }
+        }
+        let diff = diff_for(&self.applied, &touched);
+        if !diff.is_empty() {
+            let before = self.applied.clone_touched(&diff);
+            self.maps.apply(&diff, &before)?;
+            self.applied.apply_diff(&diff);
+        }
+        for (key, ids) in touched {
+            if ids.is_empty() {
+                self.owners.remove(&key);
+            } else {
+                self.owners.insert(key, ids);
+            }
+        }
+        if entries.is_empty() {
+            self.feeds.remove(name);
+        } else {
+            self.feeds.insert(
+                name.to_string(),
+                FeedSet {
+                    name: name.to_string(),
+                    id,
+                    action,
+                    entries,
+                },
+            );
+        }
+        Ok(ApplyReport {
+            inserted: diff.upserts(),
+            removed: diff.removes(),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
@@ -562,6 +691,20 @@ fn diff_for(
         }
     }
     MapDiff::between(&current, &desired)
+}
+
+/// Rule ids per (cidr, action); the lowest id owns the trie entry.
+type Owners = HashMap<(IpNet, Action), BTreeSet<RuleId>>;
+
+/// The owners of `key` as a change will leave them, seeded from the current owners.
+fn owners_slot<'a>(
+    touched: &'a mut Owners,
+    current: &Owners,
+    key: (IpNet, Action),
+) -> &'a mut BTreeSet<RuleId> {
+    touched
+        .entry(key)
+        .or_insert_with(|| current.get(&key).cloned().unwrap_or_default())
 }
 
 fn audit(at: i64, who: &str, what: &str, rule: &Rule, why: &str) -> AuditEntry {

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod ebpf_object;
 pub mod engine;
+pub mod feeds;
 pub mod loader;
 pub mod metrics;
 pub mod pins;

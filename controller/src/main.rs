@@ -72,6 +72,19 @@ impl ClientArgs {
 }
 
 #[derive(Subcommand)]
+enum FeedsCommand {
+    /// Configured feeds: entries, last attempt and success, ETag, last error.
+    Ls,
+    /// Fetch and apply feeds now (all when no name is given). Exits 0 when every feed was
+    /// applied, not modified or skipped (too soon for the provider), non-zero otherwise; the
+    /// last good copy of a failing feed stays enforced.
+    Sync {
+        /// Feed names.
+        names: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum RuleCommand {
     /// Add a rule; it is enforced when the command returns.
     Add {
@@ -162,6 +175,13 @@ enum Command {
     Allow {
         #[command(subcommand)]
         command: RuleCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Blocklist feeds: list them with their state, or fetch and apply them now (for cron).
+    Feeds {
+        #[command(subcommand)]
+        command: FeedsCommand,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -299,6 +319,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Block { command, client } => rule_command(Action::Block, command, &client).await,
+        Command::Feeds { command, client } => feeds_command(command, &client).await,
         Command::Allow { command, client } => rule_command(Action::Allow, command, &client).await,
         Command::Lookup { ip, client } => {
             let api = client.client()?;
@@ -459,6 +480,91 @@ async fn rule_command(
                     r["source"].as_str().unwrap_or(""),
                     r["expires_at"].as_str().unwrap_or("never"),
                     r["reason"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn feeds_command(command: FeedsCommand, client: &ClientArgs) -> anyhow::Result<()> {
+    let api = client.client()?;
+    let list = api.get_json("/v1/feeds").await?;
+    match command {
+        FeedsCommand::Ls => {
+            if client.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            println!(
+                "{:<20}{:<8}{:>9}  {:<22}{:<22}LAST ERROR",
+                "FEED", "ACTION", "ENTRIES", "LAST SUCCESS", "LAST ATTEMPT"
+            );
+            for f in list["feeds"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<20}{:<8}{:>9}  {:<22}{:<22}{}",
+                    f["name"].as_str().unwrap_or(""),
+                    f["action"].as_str().unwrap_or(""),
+                    f["entries"],
+                    f["last_success"].as_str().unwrap_or("never"),
+                    f["last_attempt"].as_str().unwrap_or("never"),
+                    f["last_error"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        FeedsCommand::Sync { names } => {
+            let names: Vec<String> = if names.is_empty() {
+                list["feeds"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|f| f["name"].as_str().map(String::from))
+                    .collect()
+            } else {
+                names
+            };
+            if names.is_empty() {
+                println!("no feeds configured");
+                return Ok(());
+            }
+            let mut failed = Vec::new();
+            for name in &names {
+                match api
+                    .send(
+                        Method::POST,
+                        &format!("/v1/feeds/{}/sync", urlencode(name)),
+                        None,
+                    )
+                    .await
+                {
+                    Ok(report) => {
+                        let report = report.unwrap_or(Value::Null);
+                        if client.output == Output::Json {
+                            println!("{report}");
+                        } else {
+                            println!(
+                                "{name}: {} ({} entries, +{} -{}) {}",
+                                report["result"].as_str().unwrap_or("?"),
+                                report["entries"],
+                                report["inserted"],
+                                report["removed"],
+                                report["detail"].as_str().unwrap_or("")
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("{name}: {e:#}");
+                        failed.push(name.clone());
+                    }
+                }
+            }
+            if !failed.is_empty() {
+                anyhow::bail!(
+                    "{} of {} feeds failed: {}",
+                    failed.len(),
+                    names.len(),
+                    failed.join(", ")
                 );
             }
             Ok(())

@@ -12,7 +12,8 @@ use xdpwall_shared::map_names;
 use crate::{
     datapath::{DatapathError, trie_capacity},
     engine::Engine,
-    rules::{Action, RuleSource},
+    feeds::FeedManager,
+    rules::Action,
 };
 
 /// Everything one scrape reports.
@@ -25,10 +26,14 @@ pub struct Snapshot {
     pub list_entries: BTreeMap<String, i64>,
     /// map name -> (entries, capacity).
     pub maps: Vec<(&'static str, i64, i64)>,
+    /// (feed, result) -> fetches since start.
+    pub feed_fetches: Vec<(String, &'static str, u64)>,
+    /// feed -> unix time of the last successful fetch.
+    pub feed_last_success: Vec<(String, i64)>,
 }
 
 impl Snapshot {
-    pub fn gather(engine: &Engine) -> Result<Self, DatapathError> {
+    pub fn gather(engine: &Engine, feeds: &FeedManager) -> Result<Self, DatapathError> {
         let mut snapshot = Self::default();
         for (attachment, counts) in engine.verdict_counts()? {
             for (verdict, packets) in counts {
@@ -39,20 +44,43 @@ impl Snapshot {
         }
         let counters = engine.rule_counters()?;
         for (id, c) in counters {
+            if let Some(feed) = engine.feed_by_id(id) {
+                let label = format!("feed:{}", feed.name);
+                snapshot
+                    .rules
+                    .push((label, feed.name.clone(), feed.action, c.packets, c.bytes));
+                continue;
+            }
             // Counters of deleted rules are dropped by the engine; skip any race leftovers.
             let Some(rule) = engine.rule(id) else {
                 continue;
             };
-            let label = match rule.source {
-                RuleSource::Feed => format!("feed:{}", rule.list),
-                _ => id.to_string(),
-            };
-            snapshot
-                .rules
-                .push((label, rule.list.clone(), rule.action, c.packets, c.bytes));
+            snapshot.rules.push((
+                id.to_string(),
+                rule.list.clone(),
+                rule.action,
+                c.packets,
+                c.bytes,
+            ));
         }
         for rule in engine.rules() {
             *snapshot.list_entries.entry(rule.list.clone()).or_default() += 1;
+        }
+        for feed in engine.feeds() {
+            *snapshot.list_entries.entry(feed.name.clone()).or_default() +=
+                feed.entries.len() as i64;
+        }
+        for (feed, results) in feeds.fetch_counts() {
+            for (result, n) in results {
+                snapshot.feed_fetches.push((feed.clone(), result, n));
+            }
+        }
+        for feed in feeds.feeds() {
+            if let Ok(state) = engine.store().feed_state(&feed.name)
+                && let Some(t) = state.last_success
+            {
+                snapshot.feed_last_success.push((feed.name.clone(), t));
+            }
         }
         let applied = engine.applied();
         for (name, len) in [
@@ -105,6 +133,28 @@ pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
         Opts::new("xdpwall_map_capacity", "Capacity of each kernel map."),
         &["map"],
     )?;
+    let feed_fetch = IntCounterVec::new(
+        Opts::new(
+            "xdpwall_feed_fetch_total",
+            "Feed sync attempts by result (applied, not_modified, refused, error, skipped).",
+        ),
+        &["feed", "result"],
+    )?;
+    let feed_success = IntGaugeVec::new(
+        Opts::new(
+            "xdpwall_feed_last_success_timestamp_seconds",
+            "Unix time of the last successful feed fetch.",
+        ),
+        &["feed"],
+    )?;
+    for (feed, result, n) in &snapshot.feed_fetches {
+        feed_fetch
+            .with_label_values(&[feed.as_str(), result])
+            .inc_by(*n);
+    }
+    for (feed, t) in &snapshot.feed_last_success {
+        feed_success.with_label_values(&[feed.as_str()]).set(*t);
+    }
     let build_info = IntGaugeVec::new(
         Opts::new("xdpwall_build_info", "Always 1; labels carry the version."),
         &["version"],
@@ -142,6 +192,8 @@ pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
         Box::new(map_entries),
         Box::new(map_capacity),
         Box::new(build_info),
+        Box::new(feed_fetch),
+        Box::new(feed_success),
     ] {
         registry.register(collector)?;
     }
@@ -167,6 +219,8 @@ mod tests {
             )],
             list_entries: [("api".to_string(), 2)].into_iter().collect(),
             maps: vec![(map_names::BLOCK_V4, 2, 100)],
+            feed_fetches: vec![("spamhaus".into(), "applied", 1)],
+            feed_last_success: vec![("spamhaus".into(), 1_700_000_000)],
         };
         let text = render(&snapshot).unwrap();
         assert!(
@@ -188,5 +242,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("xdpwall_build_info{version="), "{text}");
+        assert!(
+            text.contains("xdpwall_feed_fetch_total{feed=\"spamhaus\",result=\"applied\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "xdpwall_feed_last_success_timestamp_seconds{feed=\"spamhaus\"} 1700000000"
+            ),
+            "{text}"
+        );
     }
 }

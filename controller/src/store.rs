@@ -46,6 +46,21 @@ pub struct NewRule {
     pub expires_at: Option<i64>,
 }
 
+/// What the daemon remembers about a feed between fetches and restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FeedState {
+    pub name: String,
+    /// Stable id; the feed's rule id is `engine::FEED_ID_BASE + id`.
+    pub id: u32,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    /// Entries of the last good copy (after aggregation).
+    pub entries: usize,
+    pub last_attempt: Option<i64>,
+    pub last_success: Option<i64>,
+    pub last_error: Option<String>,
+}
+
 /// One audit row: who changed what, when and why.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct AuditEntry {
@@ -117,6 +132,16 @@ impl Store {
                      list TEXT NOT NULL,
                      why TEXT NOT NULL
                  );
+                 CREATE TABLE IF NOT EXISTS feeds (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     name TEXT NOT NULL UNIQUE,
+                     etag TEXT,
+                     last_modified TEXT,
+                     entries INTEGER NOT NULL DEFAULT 0,
+                     last_attempt INTEGER,
+                     last_success INTEGER,
+                     last_error TEXT
+                 );
                  PRAGMA user_version = 1;
                  COMMIT;",
             )
@@ -165,6 +190,46 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The state of feed `name`, creating its row (and stable id) on first use.
+    pub fn feed_state(&self, name: &str) -> Result<FeedState, StoreError> {
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO feeds (name) VALUES (?1)")?
+            .execute([name])?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, etag, last_modified, entries, last_attempt, last_success, last_error FROM feeds WHERE name = ?1",
+        )?;
+        Ok(stmt.query_row([name], |r| {
+            Ok(FeedState {
+                name: name.to_string(),
+                id: r.get(0)?,
+                etag: r.get(1)?,
+                last_modified: r.get(2)?,
+                entries: r.get::<_, i64>(3)? as usize,
+                last_attempt: r.get(4)?,
+                last_success: r.get(5)?,
+                last_error: r.get(6)?,
+            })
+        })?)
+    }
+
+    pub fn save_feed_state(&self, state: &FeedState) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE feeds SET etag = ?2, last_modified = ?3, entries = ?4, last_attempt = ?5,
+                 last_success = ?6, last_error = ?7 WHERE name = ?1",
+            )?
+            .execute(params![
+                state.name,
+                state.etag,
+                state.last_modified,
+                state.entries as i64,
+                state.last_attempt,
+                state.last_success,
+                state.last_error
+            ])?;
+        Ok(())
     }
 
     /// Starts a change; nothing is visible until [`StoreTx::commit`].
@@ -376,6 +441,23 @@ mod tests {
         let found = tx.find(&b.cidr, Action::Block, "api").unwrap().unwrap();
         assert_eq!(found.id, b.id);
         assert!(tx.find(&b.cidr, Action::Allow, "api").unwrap().is_none());
+    }
+
+    #[test]
+    fn feed_state_round_trips_with_stable_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let store = Store::open(&path).unwrap();
+        let mut a = store.feed_state("a").unwrap();
+        let b = store.feed_state("b").unwrap();
+        assert_ne!(a.id, b.id);
+        a.etag = Some("\"v1\"".into());
+        a.entries = 42;
+        a.last_success = Some(7);
+        store.save_feed_state(&a).unwrap();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.feed_state("a").unwrap(), a);
     }
 
     #[test]

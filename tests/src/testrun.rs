@@ -34,7 +34,12 @@ impl TestProgram {
         let pins = PinLayout::new(&pin_dir);
         // The engine owns the map handles; the program stays in `ebpf`.
         let LoadedObject { ebpf, datapath } = loader::load_object(&pins)?;
-        let (engine, _) = Engine::open(Box::new(datapath), Store::in_memory()?, Vec::new())?;
+        let (engine, _) = Engine::open(
+            Box::new(datapath),
+            Store::in_memory()?,
+            Vec::new(),
+            Vec::new(),
+        )?;
         Ok(Self {
             engine,
             ebpf,

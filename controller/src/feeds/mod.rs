@@ -1,0 +1,413 @@
+//! Blocklist feeds: fetch, parse, sanity-check, keep the last good copy, apply as a diff.
+//!
+//! One [`FeedManager`] per daemon. A sync never holds the engine lock while it waits on the
+//! network; it takes the lock only to read the feed's state and to apply the checked result.
+//! Whatever goes wrong — network, HTTP status, HTML instead of a list, empty, truncated,
+//! oversize, mostly unparsable, shrinking too much — the last good copy stays enforced and the
+//! reason is recorded in the feed's state (`GET /v1/feeds`) and the logs.
+
+pub mod catalogue;
+pub mod fetch;
+pub mod parse;
+pub mod sanity;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write as _,
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::Serialize;
+use tracing::{info, warn};
+
+pub use self::catalogue::{Feed, FeedConfig};
+use self::{
+    fetch::{FetchError, FetchOutcome, FetchRequest},
+    parse::looks_like_html,
+    sanity::Refusal,
+};
+use crate::{
+    engine::{Engine, EngineError, FEED_ID_BASE, FeedSet},
+    rules::{Action, RuleId},
+    store::{FeedState, Store, StoreError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("no feed named {0:?} is configured")]
+    Unknown(String),
+    #[error(
+        "feed {feed}: fetch failed: {source}; the last good copy ({entries} entries) stays enforced"
+    )]
+    Fetch {
+        feed: String,
+        entries: usize,
+        #[source]
+        source: FetchError,
+    },
+    #[error(
+        "feed {feed}: refused: {reason}; the last good copy ({entries} entries) stays enforced"
+    )]
+    Refused {
+        feed: String,
+        entries: usize,
+        reason: Refusal,
+    },
+    #[error(
+        "feed {feed}: applying to the kernel failed: {source}; the last good copy stays enforced"
+    )]
+    Apply {
+        feed: String,
+        #[source]
+        source: EngineError,
+    },
+    #[error("feed {feed}: {source}")]
+    Store {
+        feed: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("feed {feed}: writing the last good copy {path}: {source}")]
+    LastGood {
+        feed: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the XDP filter is not loaded yet")]
+    NotReady,
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncResult {
+    Applied,
+    NotModified,
+    /// Too soon after the last fetch (the provider's minimum interval).
+    Skipped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    pub feed: String,
+    pub result: SyncResult,
+    pub entries: usize,
+    pub inserted: usize,
+    pub removed: usize,
+    pub excluded_special: usize,
+    pub bad_lines: usize,
+    pub detail: String,
+}
+
+/// Fetch outcomes per feed since the daemon started, for `xdpwall_feed_fetch_total`.
+pub type FetchCounts = BTreeMap<String, BTreeMap<&'static str, u64>>;
+
+pub struct FeedManager {
+    feeds: Vec<Feed>,
+    dir: PathBuf,
+    client: reqwest::Client,
+    counts: Mutex<FetchCounts>,
+}
+
+/// The feed's rule id (counters, metrics label `feed:NAME`).
+pub fn feed_rule_id(state: &FeedState) -> RuleId {
+    FEED_ID_BASE + state.id
+}
+
+impl FeedManager {
+    /// `state_dir/feeds/` holds the last good copies.
+    pub fn new(feeds: Vec<Feed>, state_dir: &Path) -> anyhow::Result<Self> {
+        let dir = state_dir.join("feeds");
+        std::fs::create_dir_all(&dir)?;
+        let client = fetch::client(Duration::from_secs(10), Duration::from_secs(120))?;
+        Ok(Self {
+            feeds,
+            dir,
+            client,
+            counts: Mutex::new(FetchCounts::new()),
+        })
+    }
+
+    /// A manager with no feeds (tests, and daemons without `[[feeds]]`).
+    pub fn empty() -> Self {
+        Self {
+            feeds: Vec::new(),
+            dir: PathBuf::new(),
+            client: reqwest::Client::new(),
+            counts: Mutex::new(FetchCounts::new()),
+        }
+    }
+
+    pub fn feeds(&self) -> &[Feed] {
+        &self.feeds
+    }
+
+    pub fn feed(&self, name: &str) -> Option<&Feed> {
+        self.feeds.iter().find(|f| f.name == name)
+    }
+
+    pub fn fetch_counts(&self) -> FetchCounts {
+        self.counts.lock().expect("not poisoned").clone()
+    }
+
+    fn count(&self, feed: &str, result: &'static str) {
+        *self
+            .counts
+            .lock()
+            .expect("not poisoned")
+            .entry(feed.to_string())
+            .or_default()
+            .entry(result)
+            .or_default() += 1;
+    }
+
+    fn last_good_path(&self, feed: &str) -> PathBuf {
+        self.dir.join(format!("{feed}.list"))
+    }
+
+    /// The last good copies of the configured feeds, to apply at start before any fetch.
+    /// A missing or unreadable copy is skipped with a warning (the feed is fetched soon).
+    pub fn last_good_sets(&self, store: &Store) -> Result<Vec<FeedSet>, StoreError> {
+        let mut sets = Vec::new();
+        for feed in &self.feeds {
+            let state = store.feed_state(&feed.name)?;
+            let path = self.last_good_path(&feed.name);
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    warn!(feed = feed.name, path = %path.display(), error = %e, "cannot read the last good copy");
+                    continue;
+                }
+            };
+            let entries: BTreeSet<IpNet> =
+                text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            info!(
+                feed = feed.name,
+                entries = entries.len(),
+                "last good copy loaded"
+            );
+            sets.push(FeedSet {
+                name: feed.name.clone(),
+                id: feed_rule_id(&state),
+                action: feed.action,
+                entries,
+            });
+        }
+        Ok(sets)
+    }
+
+    /// Fetches, checks and applies one feed. `force` ignores the provider's minimum interval
+    /// only for feeds read from `file://` (never for remote providers).
+    pub async fn sync(
+        &self,
+        engine: &tokio::sync::Mutex<Option<Engine>>,
+        name: &str,
+        now: i64,
+    ) -> Result<SyncReport, FeedError> {
+        let feed = self
+            .feed(name)
+            .ok_or_else(|| FeedError::Unknown(name.to_string()))?
+            .clone();
+        let store_err = |source| FeedError::Store {
+            feed: feed.name.clone(),
+            source,
+        };
+        let mut state = {
+            let guard = engine.lock().await;
+            let engine = guard.as_ref().ok_or(FeedError::NotReady)?;
+            engine.store().feed_state(&feed.name).map_err(store_err)?
+        };
+        let report = |result, entries, detail: String| SyncReport {
+            feed: feed.name.clone(),
+            result,
+            entries,
+            inserted: 0,
+            removed: 0,
+            excluded_special: 0,
+            bad_lines: 0,
+            detail,
+        };
+        if let Some(last) = state.last_attempt
+            && now - last < feed.min_interval.as_secs() as i64
+        {
+            self.count(&feed.name, "skipped");
+            let wait = feed.min_interval.as_secs() as i64 - (now - last);
+            return Ok(report(
+                SyncResult::Skipped,
+                state.entries,
+                format!(
+                    "fetched {}s ago; the provider's minimum interval allows the next fetch in {wait}s",
+                    now - last
+                ),
+            ));
+        }
+        state.last_attempt = Some(now);
+        let request = FetchRequest {
+            url: feed.url.clone(),
+            etag: state.etag.clone(),
+            last_modified: state.last_modified.clone(),
+            max_bytes: feed.max_bytes,
+            attempts: 3,
+        };
+        let outcome = fetch::fetch(&self.client, &request).await;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(source) => {
+                self.count(&feed.name, "error");
+                state.last_error = Some(source.to_string());
+                self.save_state(engine, &state).await?;
+                return Err(FeedError::Fetch {
+                    feed: feed.name.clone(),
+                    entries: state.entries,
+                    source,
+                });
+            }
+        };
+        let (text, etag, last_modified) = match outcome {
+            FetchOutcome::NotModified => {
+                self.count(&feed.name, "not_modified");
+                state.last_success = Some(now);
+                state.last_error = None;
+                self.save_state(engine, &state).await?;
+                return Ok(report(
+                    SyncResult::NotModified,
+                    state.entries,
+                    "not modified (304)".into(),
+                ));
+            }
+            FetchOutcome::Body {
+                text,
+                etag,
+                last_modified,
+            } => (text, etag, last_modified),
+        };
+
+        let previous = (state.entries > 0).then_some(state.entries);
+        let checked = check_body(&feed, &text, previous);
+        let checked = match checked {
+            Ok(c) => c,
+            Err(reason) => {
+                self.count(&feed.name, "refused");
+                warn!(feed = feed.name, %reason, "feed refused; keeping the last good copy");
+                state.last_error = Some(reason.to_string());
+                self.save_state(engine, &state).await?;
+                return Err(FeedError::Refused {
+                    feed: feed.name.clone(),
+                    entries: state.entries,
+                    reason,
+                });
+            }
+        };
+        let entries: BTreeSet<IpNet> = checked.entries.iter().copied().collect();
+        let count = entries.len();
+        let applied = {
+            let mut guard = engine.lock().await;
+            let engine = guard.as_mut().ok_or(FeedError::NotReady)?;
+            engine.apply_feed(
+                &feed.name,
+                feed_rule_id(&state),
+                feed.action,
+                entries.clone(),
+            )
+        };
+        let applied = match applied {
+            Ok(a) => a,
+            Err(source) => {
+                self.count(&feed.name, "error");
+                state.last_error = Some(source.to_string());
+                self.save_state(engine, &state).await?;
+                return Err(FeedError::Apply {
+                    feed: feed.name.clone(),
+                    source,
+                });
+            }
+        };
+        self.write_last_good(&feed.name, &entries)?;
+        state.etag = etag;
+        state.last_modified = last_modified;
+        state.entries = count;
+        state.last_success = Some(now);
+        state.last_error = None;
+        self.save_state(engine, &state).await?;
+        self.count(&feed.name, "applied");
+        info!(
+            feed = feed.name,
+            entries = count,
+            inserted = applied.inserted,
+            removed = applied.removed,
+            excluded_special = checked.excluded_special,
+            bad_lines = checked.bad_lines,
+            "feed applied"
+        );
+        Ok(SyncReport {
+            inserted: applied.inserted,
+            removed: applied.removed,
+            excluded_special: checked.excluded_special,
+            bad_lines: checked.bad_lines,
+            ..report(SyncResult::Applied, count, "applied".into())
+        })
+    }
+
+    async fn save_state(
+        &self,
+        engine: &tokio::sync::Mutex<Option<Engine>>,
+        state: &FeedState,
+    ) -> Result<(), FeedError> {
+        let guard = engine.lock().await;
+        let engine = guard.as_ref().ok_or(FeedError::NotReady)?;
+        engine
+            .store()
+            .save_feed_state(state)
+            .map_err(|source| FeedError::Store {
+                feed: state.name.clone(),
+                source,
+            })
+    }
+
+    /// Writes the copy atomically (temp file, fsync, rename), so a crash leaves the old or the
+    /// new copy, never half of one.
+    fn write_last_good(&self, feed: &str, entries: &BTreeSet<IpNet>) -> Result<(), FeedError> {
+        let path = self.last_good_path(feed);
+        let tmp = path.with_extension("list.tmp");
+        let io = |source| FeedError::LastGood {
+            feed: feed.to_string(),
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        let mut text = String::with_capacity(entries.len() * 20);
+        for entry in entries {
+            text.push_str(&entry.to_string());
+            text.push('\n');
+        }
+        file.write_all(text.as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        Ok(())
+    }
+}
+
+/// Body → entries to apply, or why not.
+pub fn check_body(
+    feed: &Feed,
+    text: &str,
+    previous: Option<usize>,
+) -> Result<sanity::Checked, Refusal> {
+    if text.trim().is_empty() {
+        return Err(Refusal::Empty);
+    }
+    if looks_like_html(text) {
+        return Err(Refusal::Html {
+            format: feed.format.to_string(),
+        });
+    }
+    let parsed = parse::parse(&feed.format, text, &feed.csv);
+    // Allow feeds may legitimately list private ranges (e.g. a LAN allowlist).
+    let exclude_special = feed.action != Action::Allow;
+    sanity::check(&parsed, previous, exclude_special, &feed.limits)
+}

@@ -1,0 +1,273 @@
+//! Parsers for the blocklist formats public feeds publish.
+//!
+//! Every parser returns the entries it understood plus a count and sample of the lines it did
+//! not; whether that is acceptable is decided by the sanity checks, not here.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::rules::normalize_cidr;
+
+/// How a feed's body is laid out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FeedFormat {
+    /// One IP or CIDR per line; `#` and `;` start comments (also trailing ones).
+    Plain,
+    /// FireHOL `.netset`/`.ipset`: plain lines with `#` comment headers.
+    Netset,
+    /// Spamhaus DROP JSON: one object per line with `cidr`, then a metadata object.
+    SpamhausJson,
+    /// DShield `block.txt`: tab-separated start, end, netblock (prefix length), ...
+    Dshield,
+    /// Comma-separated values; the address is in `column` (0-based).
+    Csv,
+}
+
+impl std::fmt::Display for FeedFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Plain => "plain",
+            Self::Netset => "netset",
+            Self::SpamhausJson => "spamhaus-json",
+            Self::Dshield => "dshield",
+            Self::Csv => "csv",
+        })
+    }
+}
+
+/// A line that could not be parsed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BadLine {
+    pub line: usize,
+    pub text: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Parsed {
+    pub entries: Vec<IpNet>,
+    /// Lines that held data (not blank, not comments).
+    pub data_lines: usize,
+    pub bad_lines: usize,
+    /// The first few bad lines, for error messages.
+    pub bad_samples: Vec<BadLine>,
+}
+
+const BAD_SAMPLES: usize = 5;
+
+impl Parsed {
+    fn bad(&mut self, line: usize, text: &str) {
+        self.bad_lines += 1;
+        if self.bad_samples.len() < BAD_SAMPLES {
+            self.bad_samples.push(BadLine {
+                line,
+                text: text.chars().take(120).collect(),
+            });
+        }
+    }
+}
+
+/// Options of the CSV format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CsvOptions {
+    pub column: usize,
+    pub skip_header: bool,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        Self {
+            column: 0,
+            skip_header: true,
+        }
+    }
+}
+
+/// Parses `body` in `format`.
+pub fn parse(format: &FeedFormat, body: &str, csv: &CsvOptions) -> Parsed {
+    match format {
+        FeedFormat::Plain | FeedFormat::Netset => parse_plain(body),
+        FeedFormat::SpamhausJson => parse_spamhaus_json(body),
+        FeedFormat::Dshield => parse_dshield(body),
+        FeedFormat::Csv => parse_csv(body, csv),
+    }
+}
+
+fn strip_comment(line: &str) -> &str {
+    let end = line.find(['#', ';']).unwrap_or(line.len());
+    line[..end].trim()
+}
+
+fn parse_plain(body: &str) -> Parsed {
+    let mut out = Parsed::default();
+    for (i, raw) in body.lines().enumerate() {
+        let line = strip_comment(raw);
+        if line.is_empty() {
+            continue;
+        }
+        out.data_lines += 1;
+        // Some lists put extra columns after the address ("1.2.3.4 # note" handled above,
+        // "1.2.3.4  some text" here): the first token is the entry.
+        let token = line.split_whitespace().next().unwrap_or(line);
+        match normalize_cidr(token) {
+            Ok(net) => out.entries.push(net),
+            Err(_) => out.bad(i + 1, raw),
+        }
+    }
+    out
+}
+
+fn parse_spamhaus_json(body: &str) -> Parsed {
+    let mut out = Parsed::default();
+    for (i, raw) in body.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() {
+            continue;
+        }
+        out.data_lines += 1;
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+            out.bad(i + 1, raw);
+            continue;
+        };
+        match value.get("cidr").and_then(|c| c.as_str()) {
+            Some(cidr) => match normalize_cidr(cidr) {
+                Ok(net) => out.entries.push(net),
+                Err(_) => out.bad(i + 1, raw),
+            },
+            // The trailing {"type":"metadata",...} object is not an entry.
+            None if value.get("type").and_then(|t| t.as_str()) == Some("metadata") => {
+                out.data_lines -= 1
+            }
+            None => out.bad(i + 1, raw),
+        }
+    }
+    out
+}
+
+fn parse_dshield(body: &str) -> Parsed {
+    let mut out = Parsed::default();
+    for (i, raw) in body.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with("Start") {
+            continue;
+        }
+        out.data_lines += 1;
+        let mut fields = line.split('\t').map(str::trim);
+        let (Some(start), Some(_end), Some(len)) = (fields.next(), fields.next(), fields.next())
+        else {
+            out.bad(i + 1, raw);
+            continue;
+        };
+        match normalize_cidr(&format!("{start}/{len}")) {
+            Ok(net) => out.entries.push(net),
+            Err(_) => out.bad(i + 1, raw),
+        }
+    }
+    out
+}
+
+fn parse_csv(body: &str, options: &CsvOptions) -> Parsed {
+    let mut out = Parsed::default();
+    let mut header_skipped = !options.skip_header;
+    for (i, raw) in body.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if !header_skipped {
+            header_skipped = true;
+            continue;
+        }
+        out.data_lines += 1;
+        let field = line
+            .split(',')
+            .nth(options.column)
+            .map(|f| f.trim().trim_matches('"'));
+        match field.map(normalize_cidr) {
+            Some(Ok(net)) => out.entries.push(net),
+            _ => out.bad(i + 1, raw),
+        }
+    }
+    out
+}
+
+/// Whether a body looks like an HTML page (an error or login page served instead of the list).
+pub fn looks_like_html(body: &str) -> bool {
+    let head: String = body
+        .trim_start()
+        .chars()
+        .take(512)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    head.starts_with('<') || head.contains("<html") || head.contains("<!doctype")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(p: &Parsed) -> Vec<String> {
+        p.entries.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn plain_handles_comments_and_both_families() {
+        let body = "# header\n; other comment\n198.51.100.7\n203.0.113.0/24 # trailing\n2001:db8::/32 ; note\n\n  192.0.2.5  extra text\nnot-an-ip\n";
+        let p = parse(&FeedFormat::Plain, body, &CsvOptions::default());
+        assert_eq!(
+            nets(&p),
+            [
+                "198.51.100.7/32",
+                "203.0.113.0/24",
+                "2001:db8::/32",
+                "192.0.2.5/32"
+            ]
+        );
+        assert_eq!(p.data_lines, 5);
+        assert_eq!(p.bad_lines, 1);
+        assert_eq!(p.bad_samples[0].line, 8);
+    }
+
+    #[test]
+    fn spamhaus_json_skips_metadata() {
+        let body = r#"{"cidr":"1.10.16.0/20","sblid":"SBL256894","rir":"apnic"}
+{"cidr":"2001:db8:1000::/36","sblid":"SBL1","rir":"ripencc"}
+{"type":"metadata","timestamp":1732500000,"size":123,"records":2,"copyright":"(c) 2024 The Spamhaus Project SLU","terms":"https://www.spamhaus.org/drop/terms/"}
+"#;
+        let p = parse(&FeedFormat::SpamhausJson, body, &CsvOptions::default());
+        assert_eq!(nets(&p), ["1.10.16.0/20", "2001:db8:1000::/36"]);
+        assert_eq!(p.bad_lines, 0);
+        assert_eq!(p.data_lines, 2);
+    }
+
+    #[test]
+    fn dshield_uses_start_and_netblock() {
+        let body = "#   DShield.org Recommended Block List\n#\nStart\tEnd\tNetblock\tAttacks\tName\tCountry\temail\n45.148.10.0\t45.148.10.255\t24\t1234\tSOME NET\tNL\tabuse@example.invalid\n80.82.77.0\t80.82.77.255\t24\t99\t\t\t\n";
+        let p = parse(&FeedFormat::Dshield, body, &CsvOptions::default());
+        assert_eq!(nets(&p), ["45.148.10.0/24", "80.82.77.0/24"]);
+    }
+
+    #[test]
+    fn csv_picks_the_column_and_skips_the_header() {
+        let body = "first_seen,ip,port\n2026-11-20,198.51.100.7,23\n2026-11-20,\"203.0.113.9\",445\n2026-11-20,bogus,1\n";
+        let p = parse(
+            &FeedFormat::Csv,
+            body,
+            &CsvOptions {
+                column: 1,
+                skip_header: true,
+            },
+        );
+        assert_eq!(nets(&p), ["198.51.100.7/32", "203.0.113.9/32"]);
+        assert_eq!(p.bad_lines, 1);
+    }
+
+    #[test]
+    fn html_is_recognised() {
+        assert!(looks_like_html(
+            "\n<!DOCTYPE html><html><body>503</body></html>"
+        ));
+        assert!(looks_like_html("<html>"));
+        assert!(!looks_like_html("# list\n198.51.100.7\n"));
+    }
+}

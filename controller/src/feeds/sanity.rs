@@ -1,0 +1,259 @@
+//! Sanity checks between "parsed" and "applied": a broken, empty or hostile feed must never
+//! open the gates (an empty list replacing a good one) or lock operators out (private ranges).
+
+use std::sync::LazyLock;
+
+use ipnet::IpNet;
+
+use super::parse::Parsed;
+
+/// Special-purpose ranges (RFC 6890 and successors): private, loopback, link-local, CGNAT,
+/// documentation, benchmarking, multicast, reserved. Left out of block and watch feeds unless
+/// the feed sets `allow_special = true`: FireHOL level1, for one, lists the private ranges as
+/// bogons, and applying that would cut a host off its own LAN.
+pub static SPECIAL_RANGES: LazyLock<Vec<IpNet>> = LazyLock::new(|| {
+    [
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "::/128",
+        "::1/128",
+        "::ffff:0:0/96",
+        "64:ff9b::/96",
+        "100::/64",
+        "2001::/23",
+        "2001:db8::/32",
+        "2002::/16",
+        "fc00::/7",
+        "fe80::/10",
+        "ff00::/8",
+    ]
+    .iter()
+    .map(|s| s.parse().expect("valid special range"))
+    .collect()
+});
+
+/// Per-feed limits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SafetyLimits {
+    pub max_entries: usize,
+    /// Refuse when more than this fraction of data lines is unparsable.
+    pub max_bad_fraction: f64,
+    /// Refuse when the list shrinks by more than this fraction against the last good copy.
+    pub max_shrink: f64,
+    /// Keep entries in special-purpose ranges (for feeds that mean them).
+    pub allow_special: bool,
+}
+
+impl Default for SafetyLimits {
+    fn default() -> Self {
+        Self {
+            max_entries: 1_000_000,
+            max_bad_fraction: 0.1,
+            max_shrink: 0.5,
+            allow_special: false,
+        }
+    }
+}
+
+/// Why a fetched list is not applied (the last good copy stays enforced).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the body is empty")]
+    Empty,
+    #[error("the body is an HTML page, not a {format} list (error or login page?)")]
+    Html { format: String },
+    #[error(
+        "{bad} of {lines} data lines are unparsable (more than {limit:.0}%); first: line {first_line}: {first_text:?}"
+    )]
+    MostlyUnparsable {
+        bad: usize,
+        lines: usize,
+        limit: f64,
+        first_line: usize,
+        first_text: String,
+    },
+    #[error("no usable entries (all {excluded} were in special-purpose ranges or none parsed)")]
+    NoEntries { excluded: usize },
+    #[error("{entries} entries is more than max_entries = {max}")]
+    TooMany { entries: usize, max: usize },
+    #[error(
+        "the list shrank from {previous} to {entries} entries (more than max_shrink = {limit:.0}%)"
+    )]
+    Shrank {
+        previous: usize,
+        entries: usize,
+        limit: f64,
+    },
+}
+
+/// A list that passed the checks: aggregated entries and what was left out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checked {
+    pub entries: Vec<IpNet>,
+    pub excluded_special: usize,
+    pub bad_lines: usize,
+}
+
+/// Checks a parsed list against the limits and the size of the last good copy; returns the
+/// entries to apply, special ranges removed (unless allowed) and overlaps aggregated.
+pub fn check(
+    parsed: &Parsed,
+    previous: Option<usize>,
+    exclude_special: bool,
+    limits: &SafetyLimits,
+) -> Result<Checked, Refusal> {
+    if parsed.data_lines > 0
+        && parsed.bad_lines as f64 > parsed.data_lines as f64 * limits.max_bad_fraction
+    {
+        let first = parsed
+            .bad_samples
+            .first()
+            .cloned()
+            .unwrap_or(super::parse::BadLine {
+                line: 0,
+                text: String::new(),
+            });
+        return Err(Refusal::MostlyUnparsable {
+            bad: parsed.bad_lines,
+            lines: parsed.data_lines,
+            limit: limits.max_bad_fraction * 100.0,
+            first_line: first.line,
+            first_text: first.text,
+        });
+    }
+    let before = parsed.entries.len();
+    let kept: Vec<IpNet> = if exclude_special && !limits.allow_special {
+        parsed
+            .entries
+            .iter()
+            .filter(|e| {
+                !SPECIAL_RANGES
+                    .iter()
+                    .any(|s| s.contains(*e) || e.contains(s))
+            })
+            .copied()
+            .collect()
+    } else {
+        parsed.entries.clone()
+    };
+    let excluded_special = before - kept.len();
+    let entries = IpNet::aggregate(&kept);
+    if entries.is_empty() {
+        return Err(Refusal::NoEntries {
+            excluded: excluded_special,
+        });
+    }
+    if entries.len() > limits.max_entries {
+        return Err(Refusal::TooMany {
+            entries: entries.len(),
+            max: limits.max_entries,
+        });
+    }
+    if let Some(previous) = previous
+        && (entries.len() as f64) < previous as f64 * (1.0 - limits.max_shrink)
+    {
+        return Err(Refusal::Shrank {
+            previous,
+            entries: entries.len(),
+            limit: limits.max_shrink * 100.0,
+        });
+    }
+    Ok(Checked {
+        entries,
+        excluded_special,
+        bad_lines: parsed.bad_lines,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feeds::parse::{CsvOptions, FeedFormat, parse};
+
+    fn plain(body: &str) -> Parsed {
+        parse(&FeedFormat::Plain, body, &CsvOptions::default())
+    }
+
+    #[test]
+    fn special_ranges_are_left_out_of_block_feeds() {
+        let p = plain("10.0.0.0/8\n192.168.1.7\n8.8.8.0/24\n0.0.0.0/0\nfe80::1\n2a00:1450::/32\n");
+        let c = check(&p, None, true, &SafetyLimits::default()).unwrap();
+        let got: Vec<String> = c.entries.iter().map(ToString::to_string).collect();
+        assert_eq!(got, ["8.8.8.0/24", "2a00:1450::/32"]);
+        assert_eq!(c.excluded_special, 4);
+        let allowed = SafetyLimits {
+            allow_special: true,
+            ..SafetyLimits::default()
+        };
+        assert_eq!(
+            check(&p, None, true, &allowed).unwrap().entries.len(),
+            5,
+            "0/0 swallows the v4 ones"
+        );
+    }
+
+    #[test]
+    fn overlapping_and_adjacent_prefixes_are_aggregated() {
+        let p = plain("8.8.8.0/25\n8.8.8.128/25\n8.8.8.7\n9.9.9.9\n");
+        let c = check(&p, None, true, &SafetyLimits::default()).unwrap();
+        let got: Vec<String> = c.entries.iter().map(ToString::to_string).collect();
+        assert_eq!(got, ["8.8.8.0/24", "9.9.9.9/32"]);
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let limits = SafetyLimits {
+            max_entries: 2,
+            ..SafetyLimits::default()
+        };
+        assert!(matches!(
+            check(&plain("# only comments\n"), None, true, &limits),
+            Err(Refusal::NoEntries { .. })
+        ));
+        assert!(matches!(
+            check(&plain("8.8.8.8\nbad\nworse\n"), None, true, &limits),
+            Err(Refusal::MostlyUnparsable {
+                bad: 2,
+                lines: 3,
+                ..
+            })
+        ));
+        assert!(matches!(
+            check(&plain("8.8.8.8\n9.9.9.9\n1.1.1.1\n"), None, true, &limits),
+            Err(Refusal::TooMany { entries: 3, max: 2 })
+        ));
+        let err = check(
+            &plain("8.8.8.8\n"),
+            Some(10),
+            true,
+            &SafetyLimits::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            Refusal::Shrank {
+                previous: 10,
+                entries: 1,
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("shrank"), "{err}");
+        assert!(
+            check(&plain("8.8.8.8\n"), Some(2), true, &SafetyLimits::default()).is_ok(),
+            "50% is allowed"
+        );
+    }
+}
