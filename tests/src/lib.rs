@@ -6,6 +6,7 @@
 //! - [`testrun`]: the XDP program loaded for BPF_PROG_TEST_RUN, with its maps
 //! - [`frames`]: test frames built with etherparse
 pub mod daemon;
+pub mod fixture;
 pub mod frames;
 pub use xdpwall_netlab as lab;
 pub mod privileges;
