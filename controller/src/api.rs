@@ -247,7 +247,7 @@ async fn authenticate(
         list_feeds, sync_feed, metrics_endpoint, healthz, readyz
     ),
     components(schemas(RuleView, RuleBody, BatchBody, RuleList, BatchResult, LookupResult, Problem, Stats, Status,
-        FeedView, FeedList, SyncView)),
+        FeedView, FeedList, SyncReport)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -716,38 +716,6 @@ pub struct FeedList {
     pub feeds: Vec<FeedView>,
 }
 
-/// What a sync did.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SyncView {
-    pub feed: String,
-    /// applied | not_modified | skipped
-    pub result: String,
-    pub entries: usize,
-    pub inserted: usize,
-    pub removed: usize,
-    pub excluded_special: usize,
-    pub bad_lines: usize,
-    pub detail: String,
-}
-
-impl From<SyncReport> for SyncView {
-    fn from(r: SyncReport) -> Self {
-        Self {
-            feed: r.feed,
-            result: serde_json::to_value(&r.result)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default(),
-            entries: r.entries,
-            inserted: r.inserted,
-            removed: r.removed,
-            excluded_special: r.excluded_special,
-            bad_lines: r.bad_lines,
-            detail: r.detail,
-        }
-    }
-}
-
 /// Configured feeds with entries, last attempt and success, ETag and last error.
 #[utoipa::path(get, path = "/v1/feeds", responses((status = 200, body = FeedList)))]
 async fn list_feeds(State(state): State<Arc<AppState>>) -> Result<Json<FeedList>, ApiError> {
@@ -778,12 +746,12 @@ async fn list_feeds(State(state): State<Arc<AppState>>) -> Result<Json<FeedList>
 /// Fetch and apply one feed now (for cron). Refused or failed fetches keep the last good copy
 /// enforced and answer 422 or 502 with the reason.
 #[utoipa::path(post, path = "/v1/feeds/{name}/sync", params(("name" = String, Path, description = "feed name")),
-    responses((status = 200, body = SyncView), (status = 404, body = Problem), (status = 422, body = Problem),
+    responses((status = 200, body = SyncReport), (status = 404, body = Problem), (status = 422, body = Problem),
         (status = 502, body = Problem)))]
 async fn sync_feed(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-) -> Result<Json<SyncView>, ApiError> {
+) -> Result<Json<SyncReport>, ApiError> {
     let report = state
         .feeds
         .sync(&state.engine, &name, unix_now())
@@ -800,7 +768,7 @@ async fn sync_feed(
             };
             ApiError::new(status, e.to_string())
         })?;
-    Ok(Json(report.into()))
+    Ok(Json(report))
 }
 
 #[derive(Debug, Deserialize)]

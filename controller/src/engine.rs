@@ -293,13 +293,7 @@ impl Engine {
             self.maps.apply(&diff, &before)?;
             self.applied.apply_diff(&diff);
         }
-        for (key, ids) in touched {
-            if ids.is_empty() {
-                self.owners.remove(&key);
-            } else {
-                self.owners.insert(key, ids);
-            }
-        }
+        self.settle_owners(touched);
         if entries.is_empty() {
             self.feeds.remove(name);
         } else {
@@ -584,7 +578,7 @@ impl Engine {
         }
 
         // Owners after the change, for the touched (cidr, action) keys only.
-        let mut touched: HashMap<(IpNet, Action), BTreeSet<RuleId>> = HashMap::new();
+        let mut touched: Owners = HashMap::new();
         for rule in inserted.iter().chain(&removed) {
             let key = (rule.cidr, rule.action);
             touched
@@ -619,13 +613,7 @@ impl Engine {
         }
         // Committed: update the in-memory view.
         self.applied.apply_diff(&diff);
-        for (key, ids) in touched {
-            if ids.is_empty() {
-                self.owners.remove(&key);
-            } else {
-                self.owners.insert(key, ids);
-            }
-        }
+        self.settle_owners(touched);
         for rule in &removed {
             self.rules.remove(&rule.id);
         }
@@ -643,6 +631,17 @@ impl Engine {
                 removed: diff.removes(),
             },
         ))
+    }
+
+    /// Records the owners a committed change left for the keys it touched.
+    fn settle_owners(&mut self, touched: Owners) {
+        for (key, ids) in touched {
+            if ids.is_empty() {
+                self.owners.remove(&key);
+            } else {
+                self.owners.insert(key, ids);
+            }
+        }
     }
 
     pub fn verdict_counts(&self) -> Result<Vec<(Attachment, VerdictCounts)>, DatapathError> {

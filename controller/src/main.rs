@@ -573,14 +573,7 @@ async fn feeds_command(command: FeedsCommand, client: &ClientArgs) -> anyhow::Re
 }
 
 fn print_stats(stats: &Value) {
-    const VERDICTS: [&str; 6] = [
-        "pass",
-        "allowed",
-        "dropped",
-        "would_drop",
-        "malformed",
-        "non_ip",
-    ];
+    const VERDICTS: [&str; 6] = xdpwall_shared::verdict::NAMES;
     print!("{:<16}", "INTERFACE");
     for v in VERDICTS {
         print!("{v:>12}");

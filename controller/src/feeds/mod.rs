@@ -82,7 +82,7 @@ pub enum FeedError {
 }
 
 /// What one sync did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncResult {
     Applied,
@@ -91,7 +91,7 @@ pub enum SyncResult {
     Skipped,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct SyncReport {
     pub feed: String,
     pub result: SyncResult,
