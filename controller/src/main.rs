@@ -283,14 +283,28 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::CheckConfig { config: path } => {
             let config = Config::load(&path)?;
             let validated = config.validate(&path.display().to_string())?;
+            // Token files and variables are read too: a missing secret is a config error.
+            let tokens = config.api.load_tokens(&path.display().to_string())?;
             println!(
-                "{}: ok ({} interfaces, {} management addresses, {} rules, api on {})",
+                "{}: ok ({} interfaces, {} management addresses, {} rules, {} feeds, {} API tokens, api on {})",
                 path.display(),
                 config.interfaces.len(),
                 validated.management.len(),
                 validated.rules.len(),
+                validated.feeds.len(),
+                tokens.len(),
                 config.api.listen
             );
+            for feed in &validated.feeds {
+                println!(
+                    "  feed {}: {} {} every {} ({})",
+                    feed.name,
+                    feed.action,
+                    feed.format,
+                    humantime::format_duration(feed.interval),
+                    feed.url
+                );
+            }
             Ok(())
         }
         Command::Detach {
