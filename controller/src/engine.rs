@@ -388,22 +388,23 @@ impl Engine {
             New(usize),
             Duplicate(usize),
         }
-        let same =
-            |a: &NewRule, b: &NewRule| a.cidr == b.cidr && a.action == b.action && a.list == b.list;
+        // Both look-ups are hashed: a batch of n rules costs O(n), not O(n²).
         let mut to_insert: Vec<NewRule> = Vec::new();
+        let mut first_in_request: HashMap<(IpNet, Action, String), usize> = HashMap::new();
         let mut plan = Vec::with_capacity(new_rules.len());
         for rule in new_rules {
-            if let Some(existing) = self
-                .rules
-                .values()
-                .find(|r| r.cidr == rule.cidr && r.action == rule.action && r.list == rule.list)
-            {
+            if let Some(existing) = self.find(rule.cidr, rule.action, &rule.list) {
                 plan.push(Plan::Existing(existing.clone()));
-            } else if let Some(pos) = to_insert.iter().position(|r| same(r, &rule)) {
-                plan.push(Plan::Duplicate(pos));
-            } else {
-                to_insert.push(rule);
-                plan.push(Plan::New(to_insert.len() - 1));
+                continue;
+            }
+            let key = (rule.cidr, rule.action, rule.list.clone());
+            match first_in_request.get(&key) {
+                Some(&pos) => plan.push(Plan::Duplicate(pos)),
+                None => {
+                    first_in_request.insert(key, to_insert.len());
+                    plan.push(Plan::New(to_insert.len()));
+                    to_insert.push(rule);
+                }
             }
         }
         let (inserted, _) = self.change(&to_insert, &[], who, "", "delete", now)?;
@@ -443,6 +444,15 @@ impl Engine {
         Ok(self
             .change(&rules, &remove, who, "replace", "delete", now)?
             .0)
+    }
+
+    /// The stored rule with this (cidr, action, list), through the owners index.
+    fn find(&self, cidr: IpNet, action: Action, list: &str) -> Option<&Rule> {
+        self.owners
+            .get(&(cidr, action))?
+            .iter()
+            .filter_map(|id| self.rules.get(id))
+            .find(|r| r.list == list)
     }
 
     /// Deletes an API rule.
