@@ -102,12 +102,10 @@ pub struct Attachment {
     pub mode: AttachedMode,
 }
 
-/// The loaded programs, open map handles and the interfaces the filter is attached to.
+/// Open map handles and the interfaces the filter is attached to (held by pinned links).
 pub struct Loaded {
     pub datapath: Datapath,
     pub attachments: Vec<Attachment>,
-    // Keeps the program fd open while the daemon runs; the pinned links keep it attached after.
-    _ebpf: Ebpf,
 }
 
 /// Checks what can be checked before touching the kernel: privileges, bpffs, interfaces.
@@ -204,10 +202,11 @@ pub fn load_and_attach(
             mode,
         });
     }
+    // The pinned links hold the program now; the object's own fds may close.
+    drop(ebpf);
     Ok(Loaded {
         datapath,
         attachments,
-        _ebpf: ebpf,
     })
 }
 
