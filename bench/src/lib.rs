@@ -4,6 +4,8 @@
 //! reported as medians with min/max; ratios to XDP_PASS are the figures to compare, since this
 //! machine is shared and absolute nanoseconds drift. Nothing is attached, nothing is sent.
 
+pub mod api;
+pub mod feed;
 pub mod prefixes;
 
 use std::{
@@ -199,7 +201,7 @@ fn mean_ns_per_packet(program: &Xdp, frames: &[Vec<u8>], repeat: u32) -> anyhow:
     Ok(total / frames.len() as f64)
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
@@ -282,13 +284,13 @@ pub fn today() -> String {
         .unwrap_or_else(|_| "unknown-date".into())
 }
 
-fn kernel() -> String {
+pub(crate) fn kernel() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {

@@ -1,19 +1,59 @@
-//! `cargo xtask bench`: runs the harness (see the library docs) and writes the report.
+//! `cargo xtask bench`: runs a harness (see the library docs) and writes its report.
+//!
+//! - `xdpwall-bench [--sizes ...]`: the BPF_PROG_TEST_RUN per-packet benchmark (the default);
+//! - `xdpwall-bench api [--adds ...]`: API block → enforced latency and batch import against
+//!   ipset and nftables.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::Parser as _;
-use xdpwall_bench::{Args, run, today};
+use clap::{Parser, Subcommand};
+use xdpwall_bench::{
+    Args,
+    api::{ApiArgs, run_api},
+    run, today,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "xdpwall-bench",
+    about = "xdpwall benchmarks. Without a subcommand: the BPF_PROG_TEST_RUN benchmark (ns per \
+             packet vs XDP_PASS and a stock LPM filter).",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    #[command(flatten)]
+    testrun: Args,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// API block → enforced latency and batch import, against ipset and nftables (in a veth lab
+    /// with the real daemon; needs root, ipset, nft and a built xdpwall binary).
+    Api(ApiArgs),
+}
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xdpwall-bench-{}", std::process::id()));
-    let result = run(&args, &pin_dir);
-    let _ = std::fs::remove_dir_all(&pin_dir);
-    let report = result?;
-    std::fs::create_dir_all(&args.out)?;
-    let path = args.out.join(format!("{}-testrun.md", today()));
-    std::fs::write(&path, &report)?;
+    let cli = Cli::parse();
+    match cli.mode {
+        None => {
+            let args = cli.testrun;
+            let pin_dir =
+                PathBuf::from(format!("/sys/fs/bpf/xdpwall-bench-{}", std::process::id()));
+            let result = run(&args, &pin_dir);
+            let _ = std::fs::remove_dir_all(&pin_dir);
+            write_report(&args.out, "testrun", &result?)
+        }
+        Some(Mode::Api(args)) => write_report(&args.out, "api", &run_api(&args)?),
+    }
+}
+
+/// Writes `<out>/<date>-<kind>.md` and prints the report.
+fn write_report(out: &Path, kind: &str, report: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let path = out.join(format!("{}-{kind}.md", today()));
+    std::fs::write(&path, report)?;
     println!("{report}");
     println!("report written to {}", path.display());
     Ok(())

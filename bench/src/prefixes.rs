@@ -79,3 +79,99 @@ pub fn frames(sources: &[Ipv4Addr]) -> Vec<Vec<u8>> {
         })
         .collect()
 }
+
+/// 198.18.0.0/15, reserved for network benchmarks (RFC 2544): addresses nothing real uses.
+const BENCHMARK_RANGE: (u32, u32) = (0xc612_0000, 0xc613_ffff);
+
+/// `count` distinct host addresses from 198.18.0.0/15, in order (at most 131,070: the
+/// all-zeros and all-ones addresses of the range are skipped).
+pub fn benchmark_hosts(count: usize) -> anyhow::Result<Vec<Ipv4Addr>> {
+    let available = (BENCHMARK_RANGE.1 - BENCHMARK_RANGE.0 - 1) as usize;
+    anyhow::ensure!(
+        count <= available,
+        "198.18.0.0/15 has {available} host addresses, {count} were asked for"
+    );
+    Ok((0..count as u32)
+        .map(|i| Ipv4Addr::from(BENCHMARK_RANGE.0 + 1 + i))
+        .collect())
+}
+
+/// 127.0.0.0/8: the API is reached over loopback, and the daemon's lock-out guard refuses to
+/// block the address a request comes from.
+const LOOPBACK_RANGE: (u32, u32) = (0x7f00_0000, 0x7fff_ffff);
+
+fn feed_len(rng: &mut StdRng) -> u8 {
+    match rng.random_range(0..100) {
+        0..60 => 32,
+        60..95 => 24,
+        _ => rng.random_range(20..=23),
+    }
+}
+
+/// `count` distinct, pairwise disjoint prefixes (about 60% /32, 35% /24, 5% /20–/23) in
+/// 1.0.0.0–223.255.255.255 outside 127.0.0.0/8, sorted as block-list feeds usually are.
+/// Disjoint because nftables interval sets refuse overlapping elements, and the same list must
+/// load into every system compared.
+pub fn disjoint_v4(rng: &mut StdRng, count: usize) -> Vec<Ipv4Net> {
+    let mut kept: Vec<Ipv4Net> = Vec::new();
+    // Each round tops the list up with fresh candidates and drops whatever overlaps an earlier
+    // prefix; at these densities (well under 10% of the space covered) a few rounds suffice.
+    while kept.len() < count {
+        let mut candidates: BTreeSet<Ipv4Net> = kept.iter().copied().collect();
+        while candidates.len() < count {
+            let addr = Ipv4Addr::from(rng.random_range(0x0100_0000u32..0xe000_0000));
+            let net = Ipv4Net::new(addr, feed_len(rng))
+                .expect("valid length")
+                .trunc();
+            let (start, end) = (u32::from(net.network()), u32::from(net.broadcast()));
+            if end < LOOPBACK_RANGE.0 || start > LOOPBACK_RANGE.1 {
+                candidates.insert(net);
+            }
+        }
+        // Sorted by network address (a shorter prefix first on a tie), so a prefix overlaps an
+        // earlier one exactly when it starts at or before the end of the last one kept.
+        kept.clear();
+        let mut last_end: Option<u32> = None;
+        for net in candidates {
+            let start = u32::from(net.network());
+            if last_end.is_none_or(|end| start > end) {
+                last_end = Some(u32::from(net.broadcast()));
+                kept.push(net);
+            }
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng as _;
+
+    use super::*;
+
+    #[test]
+    fn disjoint_prefixes_are_distinct_disjoint_and_avoid_loopback() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let nets = disjoint_v4(&mut rng, 20_000);
+        assert_eq!(nets.len(), 20_000);
+        for pair in nets.windows(2) {
+            assert!(
+                u32::from(pair[0].broadcast()) < u32::from(pair[1].network()),
+                "{} and {} overlap or are out of order",
+                pair[0],
+                pair[1]
+            );
+        }
+        assert!(nets.iter().all(|n| n.network().octets()[0] != 127));
+    }
+
+    #[test]
+    fn benchmark_hosts_stay_inside_198_18_0_0_15() {
+        let range: Ipv4Net = "198.18.0.0/15".parse().unwrap();
+        let hosts = benchmark_hosts(131_070).unwrap();
+        assert!(hosts.iter().all(|h| range.contains(h)));
+        assert_eq!(hosts.first(), Some(&Ipv4Addr::new(198, 18, 0, 1)));
+        assert_eq!(hosts.last(), Some(&Ipv4Addr::new(198, 19, 255, 254)));
+        assert!(benchmark_hosts(131_071).is_err());
+    }
+}

@@ -8,7 +8,6 @@ use std::{
     fs,
     io::{Read as _, Write as _},
     net::TcpStream,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -255,21 +254,4 @@ impl Drop for Daemon {
     }
 }
 
-/// Runs `f` on a thread that has entered the network namespace at `netns_path` (setns only
-/// affects the calling thread, so the test's own threads stay where they are).
-pub fn in_netns<T: Send + 'static>(
-    netns_path: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> anyhow::Result<T> {
-    let path = netns_path.to_string();
-    std::thread::spawn(move || -> anyhow::Result<T> {
-        let ns = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-        // SAFETY: setns on a valid namespace fd, affecting only this thread.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns({path}): {}", std::io::Error::last_os_error());
-        }
-        Ok(f())
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
-}
+pub use xdpwall_netlab::in_netns;

@@ -181,3 +181,23 @@ impl Drop for Lab {
         }
     }
 }
+
+/// Runs `f` on a thread that has entered the network namespace at `netns_path` (setns only
+/// affects the calling thread, so the caller's own threads stay where they are).
+pub fn in_netns<T: Send + 'static>(
+    netns_path: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    use std::os::fd::AsRawFd as _;
+    let path = netns_path.to_string();
+    std::thread::spawn(move || -> anyhow::Result<T> {
+        let ns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        // SAFETY: setns on a valid namespace fd, affecting only this thread.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns({path}): {}", std::io::Error::last_os_error());
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the thread in {netns_path} panicked"))?
+}

@@ -1,0 +1,151 @@
+//! The real `xdpwall run` daemon inside a lab's firewall namespace, for as long as a guard
+//! lives, and the namespace-entering helper the API client needs.
+//!
+//! The daemon is started with only the network namespace entered (`nsenter --net=`), as the
+//! integration tests do, so its pins land on the host's bpffs. Each daemon gets its own pin and
+//! state directory; dropping the guard (also while unwinding from a panic) kills it, runs
+//! `xdpwall detach` and removes both directories, so a fresh daemon starts from empty maps.
+
+use std::{
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use super::http::Connection;
+
+/// Where the daemon listens inside its namespace (each namespace has its own loopback).
+pub const API_ADDR: &str = "127.0.0.1:9180";
+
+/// Generous limits so the batch measurements are never refused by the API's own guards.
+const MAX_BODY_BYTES: usize = 512 << 20;
+const MAX_BATCH: usize = 4_000_000;
+
+static NEXT_INSTANCE: AtomicU32 = AtomicU32::new(0);
+
+/// What every daemon of one benchmark run shares.
+#[derive(Clone, Debug)]
+pub struct DaemonSpec {
+    pub binary: PathBuf,
+    pub netns_path: String,
+    pub iface: String,
+    pub token: String,
+}
+
+pub struct DaemonGuard {
+    child: Option<Child>,
+    binary: PathBuf,
+    config_path: PathBuf,
+    pin_dir: PathBuf,
+    state_dir: PathBuf,
+    log_path: PathBuf,
+}
+
+impl DaemonGuard {
+    /// Writes a config with fresh pin and state directories, starts the daemon and returns once
+    /// `/readyz` answers 200 (the filter is attached and the rules applied).
+    pub fn start(spec: &DaemonSpec) -> anyhow::Result<Self> {
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed)
+        );
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xdpwall-bench-api-{id}"));
+        let state_dir = std::env::temp_dir().join(format!("xdpwall-bench-api-{id}"));
+        // From here on Drop removes whatever was created.
+        let mut guard = Self {
+            child: None,
+            binary: spec.binary.clone(),
+            config_path: state_dir.join("xdpwall.toml"),
+            log_path: state_dir.join("daemon.log"),
+            pin_dir,
+            state_dir,
+        };
+        fs::create_dir_all(&guard.state_dir)
+            .with_context(|| format!("creating {}", guard.state_dir.display()))?;
+        let token_path = guard.state_dir.join("bench-write.token");
+        fs::write(&token_path, &spec.token)?;
+        let config = format!(
+            "interfaces = [\"{iface}\"]\nstate_dir = \"{state}\"\npin_dir = \"{pins}\"\n\n\
+             [api]\nlisten = \"{API_ADDR}\"\nmax_body_bytes = {MAX_BODY_BYTES}\n\
+             max_batch = {MAX_BATCH}\ntokens = [\n  {{ name = \"bench\", scope = \"write\", file = \"{token}\" }},\n]\n",
+            iface = spec.iface,
+            state = guard.state_dir.display(),
+            pins = guard.pin_dir.display(),
+            token = token_path.display(),
+        );
+        fs::write(&guard.config_path, config)?;
+        let log = fs::File::create(&guard.log_path)?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", spec.netns_path))
+            .arg(&spec.binary)
+            .args(["run", "--config"])
+            .arg(&guard.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning nsenter xdpwall run")?;
+        guard.child = Some(child);
+        guard.wait_ready(&spec.token, Duration::from_secs(30))?;
+        Ok(guard)
+    }
+
+    pub fn addr() -> SocketAddr {
+        API_ADDR.parse().expect("valid listen address")
+    }
+
+    fn wait_ready(&mut self, token: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                bail!("daemon exited with {status} before ready:\n{}", self.log());
+            }
+            // A fresh connection per probe: the listener may not exist yet.
+            let ready = Connection::open(Self::addr(), token, Duration::from_secs(1))
+                .and_then(|mut c| c.request("GET", "/readyz", None))
+                .is_ok_and(|r| r.status == 200);
+            if ready {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("daemon not ready after {timeout:?}:\n{}", self.log())
+    }
+
+    /// The daemon's log so far, for error messages (the file goes with the state directory).
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+}
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // nsenter execs the daemon (no fork for --net alone), so this is the daemon itself.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The pinned link keeps the filter attached after the daemon dies; detach removes it.
+        let _ = Command::new(&self.binary)
+            .args(["detach", "--config"])
+            .arg(&self.config_path)
+            .output();
+        let _ = fs::remove_dir_all(&self.pin_dir);
+        let _ = fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+pub use xdpwall_netlab::in_netns;
