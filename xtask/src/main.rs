@@ -122,6 +122,8 @@ fn test(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn bench(args: &[String]) -> anyhow::Result<()> {
+    // The API benchmark runs the release daemon.
+    run(cargo().args(["build", "--release", "-p", "xdpwall"]))?;
     run(cargo()
         .args(["run", "--release", "-p", "xdpwall-bench", "--"])
         .args(args))
