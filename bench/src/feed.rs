@@ -1632,13 +1632,15 @@ fn render_notes(out: &mut String, sizes: &[SizeResult]) {
          the kernel before changing an interval set, which is part of its times; with this nft \
          version, deleting single elements from a large interval set is expensive in nft's \
          own user space (a profile taken while writing this benchmark showed the time in \
-         libnftables, not in the kernel), which is why that way may time out."
+         libnftables, not in the kernel), which is why that way may time out. An `nft -f` file \
+         is one transaction: a zero exit status means all of it was committed, even where \
+         nft's own listing is too slow to count the set."
     );
     let _ = writeln!(
         out,
-        "- The three keep different structures (xdpwall: LPM tries, ipset: a hash per prefix \
-         length, nft: an rbtree of intervals); this measures updating them, not lookups. \
-         Nothing is attached and no packet is sent."
+        "- The three keep different structures (xdpwall: LPM tries, ipset: one hash probed \
+         once per prefix length in use, nft: an rbtree of intervals); this measures updating \
+         them, not lookups. Nothing is attached and no packet is sent."
     );
 }
 

@@ -270,7 +270,8 @@ impl Engine {
         action: Action,
         entries: BTreeSet<IpNet>,
     ) -> Result<ApplyReport, EngineError> {
-        let old = self.feeds.get(name).cloned();
+        // Taken out rather than cloned (a feed can hold a million entries); put back on error.
+        let old = self.feeds.remove(name);
         let mut touched: Owners = HashMap::new();
         if let Some(old) = &old {
             for entry in &old.entries {
@@ -290,13 +291,16 @@ impl Engine {
         let diff = diff_for(&self.applied, &touched);
         if !diff.is_empty() {
             let before = self.applied.clone_touched(&diff);
-            self.maps.apply(&diff, &before)?;
+            if let Err(err) = self.maps.apply(&diff, &before) {
+                if let Some(old) = old {
+                    self.feeds.insert(name.to_string(), old);
+                }
+                return Err(err.into());
+            }
             self.applied.apply_diff(&diff);
         }
         self.settle_owners(touched);
-        if entries.is_empty() {
-            self.feeds.remove(name);
-        } else {
+        if !entries.is_empty() {
             self.feeds.insert(
                 name.to_string(),
                 FeedSet {

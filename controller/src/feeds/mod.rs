@@ -492,6 +492,14 @@ mod tests {
     }
 
     async fn setup(format: FeedFormat, tweak: impl FnOnce(&mut Feed)) -> Setup {
+        setup_with_maps(format, tweak, FakeMaps::default()).await
+    }
+
+    async fn setup_with_maps(
+        format: FeedFormat,
+        tweak: impl FnOnce(&mut Feed),
+        maps: FakeMaps,
+    ) -> Setup {
         let (fixture, url) = fixture_server().await;
         let mut feed = Feed {
             name: "testfeed".into(),
@@ -508,7 +516,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let manager = FeedManager::new(vec![feed], dir.path()).unwrap();
         let (engine, _) = Engine::open(
-            Box::new(FakeMaps::default()),
+            Box::new(maps),
             Store::in_memory().unwrap(),
             Vec::new(),
             Vec::new(),
@@ -651,6 +659,23 @@ mod tests {
         assert_eq!(rule.cidr.to_string(), "5.8.62.0/24");
         assert!(rule.id >= FEED_ID_BASE);
         assert_eq!(engine.lookup("10.1.2.3".parse().unwrap()).0, Verdict::Pass);
+    }
+
+    #[tokio::test]
+    async fn a_full_map_keeps_the_last_good_copy() {
+        let maps = FakeMaps {
+            block_capacity: Some(2),
+            ..FakeMaps::default()
+        };
+        let s = setup_with_maps(FeedFormat::Plain, |_| {}, maps).await;
+        s.serve("45.148.10.7\n80.82.77.0/24\n", None);
+        s.sync(0).await.unwrap();
+        s.serve("45.148.10.7\n80.82.77.0/24\n185.156.73.54\n", None);
+        let err = s.sync(0).await.unwrap_err();
+        assert!(matches!(err, FeedError::Apply { .. }), "{err}");
+        assert!(err.to_string().contains("full"), "{err}");
+        assert_eq!(s.entries().await, ["45.148.10.7/32", "80.82.77.0/24"]);
+        assert_eq!(s.kernel_blocks().await, 2);
     }
 
     #[tokio::test]
