@@ -2,7 +2,9 @@
 //!
 //! - `xdpwall-bench [--sizes ...]`: the BPF_PROG_TEST_RUN per-packet benchmark (the default);
 //! - `xdpwall-bench api [--adds ...]`: API block → enforced latency and batch import against
-//!   ipset and nftables.
+//!   ipset and nftables;
+//! - `xdpwall-bench feed [--entries ...]`: a large feed and its churn through xdpwall, ipset and
+//!   nftables.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +12,7 @@ use clap::{Parser, Subcommand};
 use xdpwall_bench::{
     Args,
     api::{ApiArgs, run_api},
+    feed::{FeedArgs, run_feed},
     run, today,
 };
 
@@ -32,6 +35,9 @@ enum Mode {
     /// API block → enforced latency and batch import, against ipset and nftables (in a veth lab
     /// with the real daemon; needs root, ipset, nft and a built xdpwall binary).
     Api(ApiArgs),
+    /// Parse + check + apply of a large feed and of a 1% churn of it, against `ipset restore`
+    /// (+ swap) and `nft -f` (needs root, ipset, nft).
+    Feed(FeedArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +52,7 @@ fn main() -> anyhow::Result<()> {
             write_report(&args.out, "testrun", &result?)
         }
         Some(Mode::Api(args)) => write_report(&args.out, "api", &run_api(&args)?),
+        Some(Mode::Feed(args)) => write_report(&args.out, "feed", &run_feed(&args)?),
     }
 }
 
