@@ -48,21 +48,32 @@ pub static SPECIAL_RANGES: LazyLock<Vec<IpNet>> = LazyLock::new(|| {
 /// The special ranges as numeric (first, last) intervals per family: two prefixes overlap
 /// exactly when their intervals do, and comparing integers is far cheaper than
 /// `IpNet::contains` both ways for every entry of a million-entry feed.
-static SPECIAL_INTERVALS: LazyLock<(Vec<(u32, u32)>, Vec<(u128, u128)>)> = LazyLock::new(|| {
-    let mut v4 = Vec::new();
-    let mut v6 = Vec::new();
+struct SpecialIntervals {
+    v4: Vec<(u32, u32)>,
+    v6: Vec<(u128, u128)>,
+}
+
+static SPECIAL_INTERVALS: LazyLock<SpecialIntervals> = LazyLock::new(|| {
+    let mut intervals = SpecialIntervals {
+        v4: Vec::new(),
+        v6: Vec::new(),
+    };
     for range in SPECIAL_RANGES.iter() {
         match range {
-            IpNet::V4(n) => v4.push((u32::from(n.network()), u32::from(n.broadcast()))),
-            IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()))),
+            IpNet::V4(n) => intervals
+                .v4
+                .push((u32::from(n.network()), u32::from(n.broadcast()))),
+            IpNet::V6(n) => intervals
+                .v6
+                .push((u128::from(n.network()), u128::from(n.broadcast()))),
         }
     }
-    (v4, v6)
+    intervals
 });
 
 /// Whether `net` overlaps a special-purpose range.
 pub fn is_special(net: &IpNet) -> bool {
-    let (v4, v6) = &*SPECIAL_INTERVALS;
+    let SpecialIntervals { v4, v6 } = &*SPECIAL_INTERVALS;
     match net {
         IpNet::V4(n) => {
             let (first, last) = (u32::from(n.network()), u32::from(n.broadcast()));
