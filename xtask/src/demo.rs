@@ -134,7 +134,26 @@ pub fn run() -> anyhow::Result<()> {
             failures.push(what);
         }
     }
-    println!();
+    // The REST API at work: block the unlisted source, then remove the block again.
+    println!("\n$ xdpwall block add {PEER_V4} --ttl 10m --reason demo");
+    run_cmd(&mut in_fw(&[
+        "block", "add", PEER_V4, "--ttl", "10m", "--reason", "demo",
+    ]))?;
+    let replies = lab.ping(PEER_V4, FW_V4, PINGS)?;
+    println!("ping {PEER_V4:>16} -> {FW_V4:<14} (now blocked): {replies}/{PINGS} replies");
+    if replies != 0 {
+        failures.push("API block");
+    }
+    println!("$ xdpwall lookup {PEER_V4}");
+    run_cmd(&mut in_fw(&["lookup", PEER_V4]))?;
+    println!("$ xdpwall block rm {PEER_V4}");
+    run_cmd(&mut in_fw(&["block", "rm", PEER_V4]))?;
+    let replies = lab.ping(PEER_V4, FW_V4, PINGS)?;
+    println!("ping {PEER_V4:>16} -> {FW_V4:<14} (unblocked):   {replies}/{PINGS} replies");
+    if replies != PINGS {
+        failures.push("API unblock");
+    }
+    println!("\n$ xdpwall stats");
     run_cmd(&mut in_fw(&["stats"]))?;
     println!();
     drop(daemon);
