@@ -32,7 +32,7 @@ use self::{
     daemon::{DaemonGuard, DaemonSpec, in_netns},
     http::{Connection, is_timeout},
 };
-use crate::{kernel, machine, median, prefixes, today};
+use crate::{SYSTEMS, System, kernel, machine, median, prefixes, today};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ApiArgs {
@@ -75,24 +75,7 @@ const ADD_PHASE_BUDGET: Duration = Duration::from_secs(15 * 60);
 /// How long one single-rule request may take before the run fails.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum System {
-    Xdpwall,
-    Ipset,
-    Nft,
-}
-
-const SYSTEMS: [System; 3] = [System::Xdpwall, System::Ipset, System::Nft];
-
 impl System {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Xdpwall => "xdpwall",
-            Self::Ipset => "ipset",
-            Self::Nft => "nftables",
-        }
-    }
-
     fn single_add_how(self) -> &'static str {
         match self {
             Self::Xdpwall => "`POST /v1/rules` on one keep-alive connection",

@@ -36,6 +36,8 @@ use xdpwall::{
     store::Store,
 };
 
+use crate::{SYSTEMS, System};
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct FeedArgs {
     /// Entries in the feed (random IPv4 prefixes, mostly /32 and /24).
@@ -537,25 +539,6 @@ impl Workload {
 // ---------------------------------------------------------------------------------------------
 // Results
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum System {
-    Xdpwall,
-    Ipset,
-    Nft,
-}
-
-const SYSTEMS: [System; 3] = [System::Xdpwall, System::Ipset, System::Nft];
-
-impl System {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Xdpwall => "xdpwall",
-            Self::Ipset => "ipset",
-            Self::Nft => "nft",
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {

@@ -8,6 +8,26 @@ pub mod api;
 pub mod feed;
 pub mod prefixes;
 
+/// The systems the control-plane benchmarks (API, feed) compare, side by side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum System {
+    Xdpwall,
+    Ipset,
+    Nft,
+}
+
+pub(crate) const SYSTEMS: [System; 3] = [System::Xdpwall, System::Ipset, System::Nft];
+
+impl System {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Xdpwall => "xdpwall",
+            Self::Ipset => "ipset",
+            Self::Nft => "nftables",
+        }
+    }
+}
+
 use std::{
     fmt::Write as _,
     path::PathBuf,
