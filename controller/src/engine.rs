@@ -273,20 +273,26 @@ impl Engine {
         // Taken out rather than cloned (a feed can hold a million entries); put back on error.
         let old = self.feeds.remove(name);
         let mut touched: Owners = HashMap::new();
-        if let Some(old) = &old {
-            for entry in &old.entries {
-                if old.action != action || old.id != id || !entries.contains(entry) {
-                    owners_slot(&mut touched, &self.owners, (*entry, old.action)).remove(&old.id);
-                }
+        // Set differences walk both sorted sets side by side: O(old + new), no per-entry search.
+        let (gone, added): (Vec<IpNet>, Vec<IpNet>) = match &old {
+            Some(o) if o.action == action && o.id == id => (
+                o.entries.difference(&entries).copied().collect(),
+                entries.difference(&o.entries).copied().collect(),
+            ),
+            // A new feed, or one whose action or id changed: every entry moves.
+            Some(o) => (
+                o.entries.iter().copied().collect(),
+                entries.iter().copied().collect(),
+            ),
+            None => (Vec::new(), entries.iter().copied().collect()),
+        };
+        if let Some(o) = &old {
+            for entry in gone {
+                owners_slot(&mut touched, &self.owners, (entry, o.action)).remove(&o.id);
             }
         }
-        for entry in &entries {
-            let unchanged = old
-                .as_ref()
-                .is_some_and(|o| o.action == action && o.id == id && o.entries.contains(entry));
-            if !unchanged {
-                owners_slot(&mut touched, &self.owners, (*entry, action)).insert(id);
-            }
+        for entry in added {
+            owners_slot(&mut touched, &self.owners, (entry, action)).insert(id);
         }
         let diff = diff_for(&self.applied, &touched);
         if !diff.is_empty() {

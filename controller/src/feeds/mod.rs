@@ -303,17 +303,14 @@ impl FeedManager {
                 });
             }
         };
+        // Rendered now so the set can move into the engine without a copy.
+        let last_good = render_last_good(&checked.entries);
         let entries: BTreeSet<IpNet> = checked.entries.iter().copied().collect();
         let count = entries.len();
         let applied = {
             let mut guard = engine.lock().await;
             let engine = guard.as_mut().ok_or(FeedError::NotReady)?;
-            engine.apply_feed(
-                &feed.name,
-                feed_rule_id(&state),
-                feed.action,
-                entries.clone(),
-            )
+            engine.apply_feed(&feed.name, feed_rule_id(&state), feed.action, entries)
         };
         let applied = match applied {
             Ok(a) => a,
@@ -327,7 +324,7 @@ impl FeedManager {
                 });
             }
         };
-        self.write_last_good(&feed.name, &entries)?;
+        self.write_last_good(&feed.name, &last_good)?;
         state.etag = etag;
         state.last_modified = last_modified;
         state.entries = count;
@@ -371,7 +368,7 @@ impl FeedManager {
 
     /// Writes the copy atomically (temp file, fsync, rename), so a crash leaves the old or the
     /// new copy, never half of one.
-    fn write_last_good(&self, feed: &str, entries: &BTreeSet<IpNet>) -> Result<(), FeedError> {
+    fn write_last_good(&self, feed: &str, text: &str) -> Result<(), FeedError> {
         let path = self.last_good_path(feed);
         let tmp = path.with_extension("list.tmp");
         let io = |source| FeedError::LastGood {
@@ -380,16 +377,21 @@ impl FeedManager {
             source,
         };
         let mut file = std::fs::File::create(&tmp).map_err(io)?;
-        let mut text = String::with_capacity(entries.len() * 20);
-        for entry in entries {
-            text.push_str(&entry.to_string());
-            text.push('\n');
-        }
         file.write_all(text.as_bytes()).map_err(io)?;
         file.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)?;
         Ok(())
     }
+}
+
+/// The last good copy's file content: one normalised CIDR per line.
+fn render_last_good(entries: &[IpNet]) -> String {
+    let mut text = String::with_capacity(entries.len() * 20);
+    for entry in entries {
+        text.push_str(&entry.to_string());
+        text.push('\n');
+    }
+    text
 }
 
 /// Body → entries to apply, or why not.
