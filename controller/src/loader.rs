@@ -421,18 +421,8 @@ fn pinned_xdp_link_ifindex(path: &Path) -> io::Result<Option<u32>> {
         path_fd: 0,
         _pad: 0,
     };
-    // SAFETY: attr is a valid bpf_attr prefix for BPF_OBJ_GET and lives across the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &attr as *const _,
-            size_of::<ObjGetAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: attr is a valid bpf_attr prefix for BPF_OBJ_GET.
+    let fd = unsafe { bpf(BPF_OBJ_GET, &attr) }?;
     // SAFETY: the syscall returned a new fd that we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
 
@@ -450,17 +440,7 @@ fn pinned_xdp_link_ifindex(path: &Path) -> io::Result<Option<u32>> {
         info: info.as_mut_ptr() as u64,
     };
     // SAFETY: attr points at a writable, zeroed buffer of info_len bytes.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &attr as *const _,
-            size_of::<InfoAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &attr) }?;
     let link_type = info[0] as u32;
     if link_type != BPF_LINK_TYPE_XDP {
         return Err(io::Error::other(format!(
@@ -469,4 +449,19 @@ fn pinned_xdp_link_ifindex(path: &Path) -> io::Result<Option<u32>> {
     }
     let ifindex = info[2] as u32;
     Ok((ifindex != 0).then_some(ifindex))
+}
+
+/// The raw bpf(2) syscall with `attr` as its (prefix of) `union bpf_attr`.
+///
+/// # Safety
+/// `attr` must be a valid attribute layout for `cmd`, and every pointer inside it must be valid
+/// for what the kernel reads or writes during the call.
+unsafe fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
+    // SAFETY: upheld by the caller; the kernel reads at most size_of::<T>() bytes of attr.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>()) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
 }

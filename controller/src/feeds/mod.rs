@@ -201,8 +201,8 @@ impl FeedManager {
         Ok(sets)
     }
 
-    /// Fetches, checks and applies one feed. `force` ignores the provider's minimum interval
-    /// only for feeds read from `file://` (never for remote providers).
+    /// Fetches, checks and applies one feed; skipped (no request) while the provider's minimum
+    /// interval since the last attempt has not passed.
     pub async fn sync(
         &self,
         engine: &tokio::sync::Mutex<Option<Engine>>,
