@@ -32,7 +32,7 @@ pub const MIN_BLOCK_PREFIX_V4: u8 = 8;
 pub const MIN_BLOCK_PREFIX_V6: u8 = 16;
 /// Rule ids of feeds start here, so they never collide with ids the store assigns to rules.
 /// A feed is one "rule" for counters and metrics (`rule = "feed:NAME"`), however many entries.
-pub const FEED_ID_BASE: RuleId = 0x8000_0000;
+pub const FEED_ID_BASE: RuleId = xdpwall_shared::FEED_ID_BASE;
 
 /// The entries a feed currently enforces.
 #[derive(Clone, Debug, PartialEq, Eq)]

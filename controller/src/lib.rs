@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod dir24;
 pub mod ebpf_object;
 pub mod engine;
 pub mod feeds;

@@ -23,11 +23,82 @@ pub mod map_names {
     pub const VERDICTS: &str = "XW_VERDICTS";
     /// Array with one [`super::DatapathConfig`].
     pub const CONFIG: &str = "XW_CONFIG";
+    /// Array with one `u32`: which IPv4 structure the program consults ([`super::lookup`]).
+    pub const LOOKUP: &str = "XW_LOOKUP";
+    /// Memory-mappable array of [`super::DIR24_ENTRIES`] leaves ([`super::leaf`]), indexed by
+    /// the top 24 bits of an IPv4 source: the first level of the DIR-24 engine.
+    pub const V4_TBL24: &str = "XW_V4_TBL24";
+    /// Hash, IPv4 address (network byte order) -> leaf: the second level of the DIR-24 engine,
+    /// consulted only when the first-level leaf carries [`super::leaf::LONG`].
+    pub const V4_LONG: &str = "XW_V4_LONG";
 
     /// Every map the ingress program owns, for pin management and status.
-    pub const ALL: [&str; 7] = [
-        ALLOW_V4, ALLOW_V6, BLOCK_V4, BLOCK_V6, RULE_STATS, VERDICTS, CONFIG,
+    pub const ALL: [&str; 10] = [
+        ALLOW_V4, ALLOW_V6, BLOCK_V4, BLOCK_V6, RULE_STATS, VERDICTS, CONFIG, LOOKUP, V4_TBL24,
+        V4_LONG,
     ];
+}
+
+/// Values of the [`map_names::LOOKUP`] switch.
+pub mod lookup {
+    /// IPv4 sources are looked up in the allow and block LPM tries.
+    pub const LPM: u32 = 0;
+    /// IPv4 sources are looked up in the DIR-24 table (and the long-prefix hash).
+    pub const DIR24: u32 = 1;
+}
+
+/// First-level slots of the DIR-24 engine: one per /24.
+pub const DIR24_ENTRIES: u32 = 1 << 24;
+/// Capacity of the DIR-24 long-prefix hash (addresses under prefixes longer than /24, expanded).
+pub const V4_LONG_MAX_ENTRIES: u32 = 1 << 20;
+
+/// Rule ids of feeds start here; a feed is one rule, `FEED_ID_BASE + n`.
+pub const FEED_ID_BASE: u32 = 0x8000_0000;
+
+/// The 32-bit leaf of the DIR-24 engine: what the longest matching prefix says, with allow
+/// winning over block whatever the lengths, and which rule it belongs to.
+///
+/// ```text
+/// bit 31     LONG: the /24 holds longer prefixes; look the address up in V4_LONG first
+/// bits 30-29 kind: 0 no match, 1 block, 2 allow
+/// bit 28     the rule is a feed (id = FEED_ID_BASE + low bits)
+/// bits 27-0  rule id (or feed number)
+/// ```
+pub mod leaf {
+    use super::FEED_ID_BASE;
+
+    pub const LONG: u32 = 1 << 31;
+    pub const KIND_MASK: u32 = 3 << 29;
+    pub const NONE: u32 = 0;
+    pub const BLOCK: u32 = 1 << 29;
+    pub const ALLOW: u32 = 2 << 29;
+    pub const FEED: u32 = 1 << 28;
+    pub const ID_MASK: u32 = FEED - 1;
+
+    /// The rule id a leaf names.
+    #[inline(always)]
+    pub const fn rule_id(leaf: u32) -> u32 {
+        if leaf & FEED != 0 {
+            FEED_ID_BASE + (leaf & ID_MASK)
+        } else {
+            leaf & ID_MASK
+        }
+    }
+
+    /// The leaf for a match of `kind` ([`BLOCK`] or [`ALLOW`]) owned by `rule_id`, or `None` if
+    /// the id does not fit in 28 bits.
+    pub const fn encode(kind: u32, rule_id: u32) -> Option<u32> {
+        let (feed, low) = if rule_id >= FEED_ID_BASE {
+            (FEED, rule_id - FEED_ID_BASE)
+        } else {
+            (0, rule_id)
+        };
+        if low > ID_MASK {
+            None
+        } else {
+            Some(kind | feed | low)
+        }
+    }
 }
 
 /// Name of the XDP ingress program in the object file.

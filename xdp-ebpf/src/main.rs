@@ -12,14 +12,15 @@
 mod parse;
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, xdp_action},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, xdp_action},
     macros::{map, xdp},
-    maps::{Array, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::XdpContext,
 };
 use xdpwall_shared::{
-    ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, DatapathConfig, RULE_STATS_MAX_ENTRIES, RuleCounters,
-    VERDICT_ENTRIES, map_names, verdict, verdict_slot,
+    ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, DIR24_ENTRIES, DatapathConfig, RULE_STATS_MAX_ENTRIES,
+    RuleCounters, V4_LONG_MAX_ENTRIES, VERDICT_ENTRIES, leaf, lookup, map_names, verdict,
+    verdict_slot,
 };
 
 use crate::parse::{Parsed, SourceAddr};
@@ -41,6 +42,13 @@ static RULE_STATS: PerCpuHashMap<u32, RuleCounters> =
 static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(VERDICT_ENTRIES, 0);
 #[map(name = "XW_CONFIG")]
 static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+#[map(name = "XW_LOOKUP")]
+static LOOKUP: Array<u32> = Array::pinned(1, 0);
+// The controller shrinks these two to one entry when the DIR-24 engine is not in use.
+#[map(name = "XW_V4_TBL24")]
+static V4_TBL24: Array<u32> = Array::pinned(DIR24_ENTRIES, BPF_F_MMAPABLE);
+#[map(name = "XW_V4_LONG")]
+static V4_LONG: HashMap<[u8; 4], u32> = HashMap::pinned(V4_LONG_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -63,6 +71,9 @@ const _: () = assert!(same(map_names::BLOCK_V6, "XW_BLOCK_V6"));
 const _: () = assert!(same(map_names::RULE_STATS, "XW_RULE_STATS"));
 const _: () = assert!(same(map_names::VERDICTS, "XW_VERDICTS"));
 const _: () = assert!(same(map_names::CONFIG, "XW_CONFIG"));
+const _: () = assert!(same(map_names::LOOKUP, "XW_LOOKUP"));
+const _: () = assert!(same(map_names::V4_TBL24, "XW_V4_TBL24"));
+const _: () = assert!(same(map_names::V4_LONG, "XW_V4_LONG"));
 
 #[xdp]
 pub fn xdpwall_ingress(ctx: XdpContext) -> u32 {
@@ -90,6 +101,14 @@ fn decide(ctx: &XdpContext, config: &DatapathConfig) -> (u32, u32) {
 
     // Allow first: an allowlisted source is never dropped, whatever the block set says.
     let blocking_rule = match source {
+        SourceAddr::V4(addr) if LOOKUP.get(0).copied() == Some(lookup::DIR24) => {
+            let leaf = dir24_leaf(addr);
+            match leaf & leaf::KIND_MASK {
+                leaf::ALLOW => return (verdict::ALLOWED, xdp_action::XDP_PASS),
+                leaf::BLOCK => Some(leaf::rule_id(leaf)),
+                _ => None,
+            }
+        }
         SourceAddr::V4(addr) => {
             let key = Key::new(32, addr);
             if ALLOW_V4.get(&key).is_some() {
@@ -116,6 +135,23 @@ fn decide(ctx: &XdpContext, config: &DatapathConfig) -> (u32, u32) {
                 (verdict::DROPPED, xdp_action::XDP_DROP)
             }
         }
+    }
+}
+
+/// The DIR-24 engine: one array read for the /24, and one hash lookup only for the /24s that
+/// hold longer prefixes. The table already folds allow over block and longest match, so the
+/// leaf is the answer.
+#[inline(always)]
+fn dir24_leaf(addr: [u8; 4]) -> u32 {
+    let slot = u32::from_be_bytes(addr) >> 8;
+    let first = V4_TBL24.get(slot).copied().unwrap_or(leaf::NONE);
+    if first & leaf::LONG == 0 {
+        return first;
+    }
+    match V4_LONG.get_ptr(&addr) {
+        // SAFETY: a hash value pointer is valid for the duration of the program run.
+        Some(long) => unsafe { *long },
+        None => first & !leaf::LONG,
     }
 }
 

@@ -1,0 +1,450 @@
+//! The DIR-24 IPv4 lookup engine, user side: turns the IPv4 allow and block prefixes into the
+//! two-level table the XDP program reads, and keeps it up to date with small writes.
+//!
+//! Level one is a 2^24-slot array indexed by the top 24 bits of the source address; each slot
+//! holds the final answer for its /24 as a leaf ([`xdpwall_shared::leaf`]): longest allow if any
+//! allow covers it, else longest block, else nothing. A /24 that also holds prefixes longer than
+//! /24 gets the `LONG` bit, and the addresses whose answer differs from the /24's are listed one
+//! by one in a hash (prefixes /25../32 expanded to addresses, at most 128 per prefix). A lookup is
+//! one array read, plus one hash lookup for the few /24s that need it.
+//!
+//! Changes are painted per range of slots: every prefix that overlaps a changed prefix's /24
+//! range is repainted in order (blocks by increasing length, then allows by increasing length,
+//! so longer wins and allow beats block), the result is compared with what the kernel holds,
+//! and only differing slots and hash entries are written. Each write is one aligned 32-bit
+//! store or one hash update, so a packet sees, per address, either the old or the new answer,
+//! never an empty or half-built table. Hash entries go in before the slots that point to them
+//! and are removed after, so a `LONG` slot always finds what it needs.
+
+use std::collections::BTreeMap;
+
+use xdpwall_shared::{DIR24_ENTRIES, leaf};
+
+use crate::rules::{RuleId, TrieContents};
+
+/// A rule id that the 28 bits of a leaf cannot name.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "rule id {0} does not fit the DIR-24 table (28-bit ids): use ipv4_lookup = \"lpm\" for this \
+     rule set"
+)]
+pub struct IdTooLarge(pub RuleId);
+
+/// Inclusive range of first-level slots.
+pub type SlotRange = (u32, u32);
+
+/// What one range of slots must hold.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Painted {
+    pub first: u32,
+    /// One leaf per slot of the range, `LONG` bit included.
+    pub slots: Vec<u32>,
+    /// Address -> leaf, for the addresses inside the range whose answer differs from their /24.
+    pub long: BTreeMap<u32, u32>,
+}
+
+/// The IPv4 prefixes the table is built from.
+#[derive(Clone, Copy)]
+pub struct Prefixes<'a> {
+    pub allow: &'a TrieContents<4>,
+    pub block: &'a TrieContents<4>,
+}
+
+fn bounds(len: u32, network: u32) -> (u32, u32) {
+    let host = u32::MAX.checked_shr(len).unwrap_or(0);
+    (network, network | host)
+}
+
+fn mask(len: u32, addr: u32) -> u32 {
+    if len == 0 { 0 } else { addr & (u32::MAX << (32 - len)) }
+}
+
+/// The slots a prefix touches.
+pub fn slot_range(len: u32, network: [u8; 4]) -> SlotRange {
+    let (start, end) = bounds(len, u32::from_be_bytes(network));
+    (start >> 8, end >> 8)
+}
+
+/// Sorts and joins overlapping or adjacent ranges.
+pub fn merge_ranges(mut ranges: Vec<SlotRange>) -> Vec<SlotRange> {
+    ranges.sort_unstable();
+    let mut out: Vec<SlotRange> = Vec::with_capacity(ranges.len());
+    for (first, last) in ranges {
+        match out.last_mut() {
+            Some(prev) if first <= prev.1.saturating_add(1) => prev.1 = prev.1.max(last),
+            _ => out.push((first, last)),
+        }
+    }
+    out
+}
+
+/// Every prefix of `trie` overlapping the addresses `[start, end]`, by increasing length, with
+/// its leaf.
+fn overlapping(
+    trie: &TrieContents<4>,
+    kind: u32,
+    start: u32,
+    end: u32,
+    out: &mut Vec<(u32, u32, u32, u32)>,
+) -> Result<(), IdTooLarge> {
+    for len in 0..=32u32 {
+        let from = (len, mask(len, start).to_be_bytes());
+        let to = (len, end.to_be_bytes());
+        for (&(len, network), &id) in trie.range(from..=to) {
+            let leaf = leaf::encode(kind, id).ok_or(IdTooLarge(id))?;
+            let (p_start, p_end) = bounds(len, u32::from_be_bytes(network));
+            out.push((len, p_start, p_end, leaf));
+        }
+    }
+    Ok(())
+}
+
+/// Computes what the slots `range` must hold for `prefixes`.
+pub fn paint(prefixes: Prefixes<'_>, range: SlotRange) -> Result<Painted, IdTooLarge> {
+    let (first, last) = range;
+    let (start, end) = (first << 8, (last << 8) | 0xff);
+    let mut blocks = Vec::new();
+    let mut allows = Vec::new();
+    overlapping(prefixes.block, leaf::BLOCK, start, end, &mut blocks)?;
+    overlapping(prefixes.allow, leaf::ALLOW, start, end, &mut allows)?;
+
+    let mut slots = vec![leaf::NONE; (last - first) as usize + 1];
+    // Prefixes longer than /24, by their /24, in painting order.
+    let mut long: BTreeMap<u32, Vec<(u32, u32, u32)>> = BTreeMap::new();
+    for &(len, p_start, p_end, value) in blocks.iter().chain(&allows) {
+        if len > 24 {
+            long.entry(p_start >> 8)
+                .or_default()
+                .push((p_start, p_end, value));
+            continue;
+        }
+        let from = (p_start.max(start) >> 8) - first;
+        let to = (p_end.min(end) >> 8) - first;
+        slots[from as usize..=to as usize].fill(value);
+    }
+
+    let mut long_entries = BTreeMap::new();
+    for (slot, prefixes) in long {
+        let base = slots[(slot - first) as usize];
+        let mut cells = [base; 256];
+        for (p_start, p_end, value) in prefixes {
+            for cell in &mut cells[(p_start & 0xff) as usize..=(p_end & 0xff) as usize] {
+                // Allows come after every block, so a block never overwrites an allow here.
+                if value & leaf::KIND_MASK == leaf::ALLOW || *cell & leaf::KIND_MASK != leaf::ALLOW
+                {
+                    *cell = value;
+                }
+            }
+        }
+        let mut any = false;
+        for (offset, cell) in cells.iter().enumerate() {
+            if *cell != base {
+                long_entries.insert((slot << 8) | offset as u32, *cell);
+                any = true;
+            }
+        }
+        if any {
+            slots[(slot - first) as usize] |= leaf::LONG;
+        }
+    }
+    Ok(Painted {
+        first,
+        slots,
+        long: long_entries,
+    })
+}
+
+/// The slot ranges a change of the IPv4 prefixes touches.
+pub fn changed_ranges<'a>(
+    changed: impl IntoIterator<Item = &'a (u32, [u8; 4])>,
+) -> Vec<SlotRange> {
+    merge_ranges(
+        changed
+            .into_iter()
+            .map(|(len, network)| slot_range(*len, *network))
+            .collect(),
+    )
+}
+
+/// The whole table.
+pub const FULL_RANGE: SlotRange = (0, DIR24_ENTRIES - 1);
+
+/// The writes that bring a table from what it holds to `painted`, in the order they must run.
+#[derive(Debug, Default)]
+pub struct Writes {
+    /// Hash entries to insert or overwrite, before any slot changes.
+    pub long_upserts: Vec<(u32, u32)>,
+    /// Slot index -> leaf.
+    pub slots: Vec<(u32, u32)>,
+    /// Hash entries to delete, after the slots changed.
+    pub long_removes: Vec<u32>,
+}
+
+impl Writes {
+    pub fn is_empty(&self) -> bool {
+        self.long_upserts.is_empty() && self.slots.is_empty() && self.long_removes.is_empty()
+    }
+
+    /// Adds the writes for one painted range, given the current slots (`current_slot`) and hash
+    /// entries (`current_long`, the whole hash).
+    pub fn add(
+        &mut self,
+        painted: &Painted,
+        current_slot: impl Fn(u32) -> u32,
+        current_long: &BTreeMap<u32, u32>,
+    ) {
+        for (i, leaf) in painted.slots.iter().enumerate() {
+            let slot = painted.first + i as u32;
+            if current_slot(slot) != *leaf {
+                self.slots.push((slot, *leaf));
+            }
+        }
+        for (addr, leaf) in &painted.long {
+            if current_long.get(addr) != Some(leaf) {
+                self.long_upserts.push((*addr, *leaf));
+            }
+        }
+        let start = painted.first << 8;
+        let end = ((painted.first + painted.slots.len() as u32 - 1) << 8) | 0xff;
+        for addr in current_long.range(start..=end).map(|(a, _)| *a) {
+            if !painted.long.contains_key(&addr) {
+                self.long_removes.push(addr);
+            }
+        }
+    }
+}
+
+/// Reads a table back the way the XDP program does (for tests and the lookup tool).
+pub fn lookup(slot_leaf: u32, long: Option<u32>) -> u32 {
+    if slot_leaf & leaf::LONG == 0 {
+        slot_leaf
+    } else {
+        long.unwrap_or(slot_leaf & !leaf::LONG)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use ipnet::{IpNet, Ipv4Net};
+    use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+
+    use super::*;
+    use crate::rules::{Action, MapContents, Rule, Verdict, decide, key_v4};
+
+    /// An in-memory table with the kernel's layout, written only through [`Writes`].
+    struct Table {
+        slots: Vec<u32>,
+        long: BTreeMap<u32, u32>,
+    }
+
+    impl Table {
+        fn new() -> Self {
+            Self {
+                slots: vec![0; DIR24_ENTRIES as usize],
+                long: BTreeMap::new(),
+            }
+        }
+        fn update(&mut self, contents: &MapContents, ranges: &[SlotRange]) {
+            let prefixes = Prefixes {
+                allow: &contents.allow_v4,
+                block: &contents.block_v4,
+            };
+            let mut writes = Writes::default();
+            for range in ranges {
+                let painted = paint(prefixes, *range).unwrap();
+                writes.add(&painted, |s| self.slots[s as usize], &self.long);
+            }
+            for (addr, leaf) in writes.long_upserts {
+                self.long.insert(addr, leaf);
+            }
+            for (slot, leaf) in writes.slots {
+                self.slots[slot as usize] = leaf;
+            }
+            for addr in writes.long_removes {
+                self.long.remove(&addr);
+            }
+        }
+        fn get(&self, addr: u32) -> u32 {
+            lookup(self.slots[(addr >> 8) as usize], self.long.get(&addr).copied())
+        }
+    }
+
+    fn rule(id: RuleId, cidr: Ipv4Net, action: Action) -> Rule {
+        Rule {
+            id,
+            cidr: IpNet::V4(cidr),
+            action,
+            list: "t".into(),
+            reason: String::new(),
+            source: crate::rules::RuleSource::Config,
+            created_at: 0,
+            expires_at: None,
+        }
+    }
+
+    /// Random overlapping prefixes in a small region (so hits and nesting are frequent).
+    fn random_rules(rng: &mut StdRng, count: usize, first_id: RuleId) -> Vec<Rule> {
+        (0..count)
+            .map(|i| {
+                let len = match rng.random_range(0..10) {
+                    0 => rng.random_range(8..=16),
+                    1..=3 => rng.random_range(17..=24),
+                    _ => rng.random_range(25..=32),
+                };
+                let addr = 0x0a00_0000 | rng.random_range(0..0x0004_0000u32);
+                let net = Ipv4Net::new(Ipv4Addr::from(addr), len).unwrap().trunc();
+                let action = if rng.random_range(0..5) == 0 {
+                    Action::Allow
+                } else {
+                    Action::Block
+                };
+                let id = first_id + i as RuleId;
+                let id = if rng.random_range(0..4) == 0 {
+                    xdpwall_shared::FEED_ID_BASE + id
+                } else {
+                    id
+                };
+                rule(id, net, action)
+            })
+            .collect()
+    }
+
+    fn expected(rules: &[Rule], addr: u32) -> u32 {
+        match decide(rules, Ipv4Addr::from(addr).into()) {
+            (Verdict::Allow, Some(r)) => leaf::encode(leaf::ALLOW, r.id).unwrap(),
+            (Verdict::Block, Some(r)) => leaf::encode(leaf::BLOCK, r.id).unwrap(),
+            _ => leaf::NONE,
+        }
+    }
+
+    fn check(table: &Table, rules: &[Rule], rng: &mut StdRng, seed: u64) {
+        // Every address of the region would be 256k lookups per round; sample densely instead,
+        // plus every prefix's first and last address and their neighbours.
+        let mut probes: Vec<u32> = (0..20_000)
+            .map(|_| 0x0a00_0000 | rng.random_range(0..0x0004_0000u32))
+            .collect();
+        for r in rules {
+            if let IpNet::V4(net) = r.cidr {
+                let (s, e) = (u32::from(net.network()), u32::from(net.broadcast()));
+                probes.extend([s, e, s.wrapping_sub(1), e.wrapping_add(1)]);
+            }
+        }
+        for addr in probes {
+            assert_eq!(
+                table.get(addr),
+                expected(rules, addr),
+                "seed {seed}: address {}",
+                Ipv4Addr::from(addr)
+            );
+        }
+    }
+
+    #[test]
+    fn incremental_updates_match_the_reference_and_a_full_rebuild() {
+        let seed = std::env::var("XDPWALL_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random);
+        println!("seed {seed} (rerun with XDPWALL_SEED={seed})");
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rules = random_rules(&mut rng, 300, 1);
+        let mut table = Table::new();
+        let contents = MapContents::from_rules(&rules);
+        table.update(&contents, &[FULL_RANGE]);
+        check(&table, &rules, &mut rng, seed);
+
+        let mut next_id = 10_000;
+        for round in 0..20 {
+            let before = MapContents::from_rules(&rules);
+            // Remove a few, add a few.
+            for _ in 0..rng.random_range(0..15) {
+                if !rules.is_empty() {
+                    let i = rng.random_range(0..rules.len());
+                    rules.swap_remove(i);
+                }
+            }
+            let added = rng.random_range(0..15);
+            rules.extend(random_rules(&mut rng, added, next_id));
+            next_id += 100;
+            let after = MapContents::from_rules(&rules);
+            let diff = crate::rules::MapDiff::between(&before, &after);
+            let changed: Vec<(u32, [u8; 4])> = diff
+                .allow_v4
+                .upserts
+                .iter()
+                .map(|(k, _)| *k)
+                .chain(diff.allow_v4.removes.iter().copied())
+                .chain(diff.block_v4.upserts.iter().map(|(k, _)| *k))
+                .chain(diff.block_v4.removes.iter().copied())
+                .collect();
+            table.update(&after, &changed_ranges(&changed));
+            check(&table, &rules, &mut rng, seed);
+
+            if round % 5 != 4 {
+                continue;
+            }
+            let mut rebuilt = Table::new();
+            rebuilt.update(&after, &[FULL_RANGE]);
+            assert!(
+                rebuilt.long == table.long && rebuilt.slots == table.slots,
+                "seed {seed}: incremental table differs from a full rebuild"
+            );
+        }
+    }
+
+    #[test]
+    fn removing_a_prefix_restores_the_covering_one() {
+        let outer = rule(1, "10.1.0.0/16".parse().unwrap(), Action::Block);
+        let inner = rule(2, "10.1.2.128/25".parse().unwrap(), Action::Block);
+        let allow = rule(3, "10.1.2.130/32".parse().unwrap(), Action::Allow);
+        let mut table = Table::new();
+        let all = [outer.clone(), inner.clone(), allow.clone()];
+        table.update(&MapContents::from_rules(&all), &[FULL_RANGE]);
+        let at = |t: &Table, a: &str| t.get(u32::from(a.parse::<Ipv4Addr>().unwrap()));
+        assert_eq!(at(&table, "10.1.2.129"), leaf::BLOCK | 2);
+        assert_eq!(at(&table, "10.1.2.130"), leaf::ALLOW | 3);
+        assert_eq!(at(&table, "10.1.2.1"), leaf::BLOCK | 1);
+        assert_eq!(at(&table, "10.2.0.0"), leaf::NONE);
+
+        let rest = [outer, allow];
+        let key = key_v4("10.1.2.128/25".parse().unwrap());
+        table.update(&MapContents::from_rules(&rest), &changed_ranges(&[key]));
+        assert_eq!(at(&table, "10.1.2.129"), leaf::BLOCK | 1);
+        assert_eq!(at(&table, "10.1.2.130"), leaf::ALLOW | 3);
+        // Only the allow's address is left in the hash.
+        assert_eq!(table.long.len(), 1);
+    }
+
+    #[test]
+    fn an_allow_shorter_than_a_block_still_wins() {
+        let allow = rule(1, "10.0.0.0/8".parse().unwrap(), Action::Allow);
+        let block = rule(2, "10.1.2.3/32".parse().unwrap(), Action::Block);
+        let mut table = Table::new();
+        table.update(&MapContents::from_rules(&[allow, block]), &[FULL_RANGE]);
+        assert_eq!(table.get(0x0a01_0203), leaf::ALLOW | 1);
+        assert!(table.long.is_empty(), "nothing differs from the /24's answer");
+    }
+
+    #[test]
+    fn ranges_merge_when_they_touch() {
+        assert_eq!(
+            merge_ranges(vec![(5, 9), (0, 2), (3, 4), (20, 20), (8, 12)]),
+            vec![(0, 12), (20, 20)]
+        );
+        assert_eq!(slot_range(0, [0; 4]), FULL_RANGE);
+        assert_eq!(slot_range(32, [1, 2, 3, 4]), (0x010203, 0x010203));
+    }
+
+    #[test]
+    fn ids_that_do_not_fit_are_refused() {
+        let r = rule(1 << 28, "10.0.0.0/8".parse().unwrap(), Action::Block);
+        let contents = MapContents::from_rules(&[r]);
+        let prefixes = Prefixes {
+            allow: &contents.allow_v4,
+            block: &contents.block_v4,
+        };
+        assert!(paint(prefixes, FULL_RANGE).is_err());
+    }
+}
