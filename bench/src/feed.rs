@@ -134,7 +134,7 @@ fn validate_args(args: &FeedArgs) -> anyhow::Result<()> {
 
 /// The bpffs directory the xdpwall maps are pinned under, removed on drop. Created before the
 /// object is loaded, so a load that fails half way leaves nothing either.
-struct PinDirGuard(PathBuf);
+pub(crate) struct PinDirGuard(pub(crate) PathBuf);
 
 impl Drop for PinDirGuard {
     fn drop(&mut self) {
@@ -334,7 +334,7 @@ fn special_v4_bounds() -> Vec<(u32, u32)> {
 /// range, pairwise disjoint and not adjacent (at least one address between two of them).
 /// Disjoint because nft interval sets refuse overlaps; non-adjacent so that neither xdpwall's
 /// aggregation nor nft's auto-merge joins entries, and all three systems hold the same count.
-fn spaced_prefixes(rng: &mut StdRng, count: usize) -> Vec<Ipv4Net> {
+pub(crate) fn spaced_prefixes(rng: &mut StdRng, count: usize) -> Vec<Ipv4Net> {
     let special = special_v4_bounds();
     let mut kept: Vec<Ipv4Net> = Vec::new();
     // Each round tops the list up with fresh candidates and drops whatever touches an earlier
@@ -756,8 +756,9 @@ fn length_mix(list: &[Ipv4Net]) -> String {
 /// with an in-memory store (feeds never touch the store during apply).
 fn open_engine(pin_dir: &Path) -> anyhow::Result<Engine> {
     // The maps live on in the datapath; the program itself is not needed here.
-    let LoadedObject { ebpf: _, datapath } = loader::load_object(&PinLayout::new(pin_dir))
-        .context("loading the xdpwall object (run as root, bpffs at /sys/fs/bpf)")?;
+    let LoadedObject { ebpf: _, datapath } =
+        loader::load_object(&PinLayout::new(pin_dir), xdpwall::datapath::Ipv4Lookup::Lpm)
+            .context("loading the xdpwall object (run as root, bpffs at /sys/fs/bpf)")?;
     let store = Store::in_memory().context("opening an in-memory store")?;
     let (engine, _) = Engine::open(Box::new(datapath), store, Vec::new(), Vec::new())
         .context("opening the engine over the freshly pinned maps")?;

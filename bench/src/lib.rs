@@ -120,7 +120,7 @@ pub fn run(args: &Args, pin_dir: &std::path::Path) -> anyhow::Result<String> {
     let LoadedObject {
         ebpf: xdpwall_obj,
         datapath,
-    } = loader::load_object(&PinLayout::new(pin_dir))
+    } = loader::load_object(&PinLayout::new(pin_dir), xdpwall::datapath::Ipv4Lookup::Lpm)
         .context("loading the xdpwall object (run as root)")?;
     let (mut engine, _) = Engine::open(
         Box::new(datapath),

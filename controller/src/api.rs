@@ -666,6 +666,8 @@ pub struct Status {
     pub rules: usize,
     pub map_entries: usize,
     pub management: Vec<String>,
+    /// IPv4 lookup engine in use: "lpm" or "dir24".
+    pub ipv4_lookup: String,
 }
 
 /// Daemon status: version, readiness, interfaces and attach modes, rule counts.
@@ -689,6 +691,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Status>, ApiE
             .iter()
             .map(ToString::to_string)
             .collect(),
+        ipv4_lookup: engine.ipv4_lookup().as_str().to_string(),
     }))
 }
 

@@ -68,6 +68,51 @@ impl FromStr for XdpAttachMode {
     }
 }
 
+/// Which IPv4 lookup structure the XDP program uses (`ipv4_lookup`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv4LookupSetting {
+    /// DIR-24 when the IPv4 rule set is large (a feed is configured, or at least
+    /// [`AUTO_DIR24_MIN_ENTRIES`] IPv4 entries at start), the LPM tries otherwise.
+    #[default]
+    Auto,
+    /// Always the LPM tries: memory grows with the list, lookups slow down with it.
+    Lpm,
+    /// Always the DIR-24 table: 64 MiB plus about 80 bytes per address under a prefix longer
+    /// than /24; near-constant lookup cost.
+    Dir24,
+}
+
+/// `ipv4_lookup = "auto"` picks DIR-24 from this many IPv4 entries at start.
+pub const AUTO_DIR24_MIN_ENTRIES: usize = 10_000;
+
+impl Ipv4LookupSetting {
+    /// The engine to load, given the IPv4 entries and feeds known at start.
+    pub fn resolve(self, ipv4_entries: usize, has_feeds: bool) -> crate::datapath::Ipv4Lookup {
+        use crate::datapath::Ipv4Lookup;
+        match self {
+            Self::Lpm => Ipv4Lookup::Lpm,
+            Self::Dir24 => Ipv4Lookup::Dir24,
+            Self::Auto if has_feeds || ipv4_entries >= AUTO_DIR24_MIN_ENTRIES => Ipv4Lookup::Dir24,
+            Self::Auto => Ipv4Lookup::Lpm,
+        }
+    }
+}
+
+impl FromStr for Ipv4LookupSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "lpm" => Ok(Self::Lpm),
+            "dir24" => Ok(Self::Dir24),
+            other => Err(format!(
+                "unknown ipv4_lookup {other:?}: use auto, lpm or dir24"
+            )),
+        }
+    }
+}
+
 /// What to do with frames too short for their own headers.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -97,6 +142,9 @@ pub struct Config {
     pub monitor: bool,
     #[serde(default)]
     pub malformed: MalformedPolicy,
+    /// IPv4 lookup engine: "auto", "lpm" or "dir24".
+    #[serde(default)]
+    pub ipv4_lookup: Ipv4LookupSetting,
     /// Addresses that are always allowed and never blockable (lock-out guard).
     #[serde(default)]
     pub management: Vec<String>,
@@ -298,6 +346,9 @@ impl Config {
         }
         if let Some(v) = lookup("XDPWALL_XDP_MODE") {
             self.xdp_mode = v.parse().map_err(|m| invalid("XDPWALL_XDP_MODE", m))?;
+        }
+        if let Some(v) = lookup("XDPWALL_IPV4_LOOKUP") {
+            self.ipv4_lookup = v.parse().map_err(|m| invalid("XDPWALL_IPV4_LOOKUP", m))?;
         }
         if let Some(v) = lookup("XDPWALL_STATE_DIR") {
             self.state_dir = PathBuf::from(v);

@@ -135,12 +135,36 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
     let store = Store::open(&store_path)?;
     // Last good copies go in with the first reconcile: enforcement at boot without network.
     let last_good = feeds.last_good_sets(&store)?;
+    let ipv4_entries = store
+        .rules()?
+        .iter()
+        .filter(|r| r.cidr.addr().is_ipv4())
+        .count()
+        + validated
+            .rules
+            .iter()
+            .filter(|(net, _)| net.addr().is_ipv4())
+            .count()
+        + last_good
+            .iter()
+            .flat_map(|feed| &feed.entries)
+            .filter(|net| net.addr().is_ipv4())
+            .count();
+    let ipv4_lookup = config
+        .ipv4_lookup
+        .resolve(ipv4_entries, !validated.feeds.is_empty());
+    info!(
+        engine = ipv4_lookup.as_str(),
+        setting = ?config.ipv4_lookup,
+        ipv4_entries,
+        "IPv4 lookup engine chosen"
+    );
     let engine = {
         let pins = pins.clone();
         let ifaces = config.interfaces.clone();
         let mode = config.xdp_mode;
         tokio::task::spawn_blocking(move || -> anyhow::Result<(Engine, _)> {
-            let loaded = loader::load_and_attach(&pins, &ifaces, mode)?;
+            let loaded = loader::load_and_attach(&pins, &ifaces, mode, ipv4_lookup)?;
             Ok(Engine::open(
                 Box::new(loaded.datapath),
                 store,

@@ -3,15 +3,48 @@
 //! The rules engine is the only writer. Updates are applied upserts first, removes last, so an
 //! entry present before and after a change is never absent in between.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+    sync::atomic::{AtomicU32, Ordering},
+};
 
 use aya::{
     Ebpf,
-    maps::{Array, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key,
+    },
 };
-use xdpwall_shared::{DatapathConfig, RuleCounters, map_names, verdict, verdict_slot};
+use xdpwall_shared::{
+    DIR24_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig, RuleCounters, V4_LONG_MAX_ENTRIES, lookup,
+    map_names, verdict, verdict_slot,
+};
 
-use crate::rules::{MapContents, MapDiff, RuleId, TrieContents, TrieDiff};
+use crate::{
+    dir24::{self, IdTooLarge, Prefixes, Writes},
+    rules::{MapContents, MapDiff, RuleId, TrieContents, TrieDiff},
+};
+
+/// Which structure the XDP program consults for IPv4 sources.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv4Lookup {
+    /// The allow and block LPM tries (the reference path; memory grows with the list).
+    Lpm,
+    /// The DIR-24 table: 64 MiB fixed plus a hash for prefixes longer than /24; a constant,
+    /// small number of memory reads per packet whatever the list size.
+    Dir24,
+}
+
+impl Ipv4Lookup {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Lpm => "lpm",
+            Self::Dir24 => "dir24",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -32,6 +65,23 @@ pub enum DatapathError {
         capacity: u32,
         pending: usize,
     },
+    #[error(transparent)]
+    IdTooLarge(#[from] IdTooLarge),
+    #[error(
+        "map {map} has {found} entries but the DIR-24 engine needs {needed}: it was created for \
+         another lookup engine; run `xdpwall detach` and start again"
+    )]
+    WrongSize {
+        map: &'static str,
+        found: u32,
+        needed: u32,
+    },
+    #[error("mapping {map} into memory failed: {source}")]
+    Mmap {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
@@ -47,6 +97,92 @@ pub struct Datapath {
     rule_stats: PerCpuHashMap<MapData, u32, RuleCounters>,
     verdicts: PerCpuArray<MapData, u64>,
     config: Array<MapData, DatapathConfig>,
+    lookup: Array<MapData, u32>,
+    /// The DIR-24 table and what it was built from; `None` with the LPM engine.
+    dir24: Option<Dir24>,
+}
+
+/// The first level of the DIR-24 table, mapped into this process: slots are read and written
+/// with plain aligned 32-bit loads and stores, which the XDP program sees at once.
+struct MappedTable {
+    slots: NonNull<AtomicU32>,
+    len: usize,
+    // Keeps the map alive as long as the mapping.
+    _map: MapData,
+}
+
+// SAFETY: the mapping is shared memory accessed only through atomics.
+unsafe impl Send for MappedTable {}
+
+impl MappedTable {
+    fn open(map: MapData) -> Result<Self, DatapathError> {
+        let name = map_names::V4_TBL24;
+        let found = map.info().map_err(map_err(name))?.max_entries();
+        if found != DIR24_MAP_ENTRIES {
+            return Err(DatapathError::WrongSize {
+                map: name,
+                found,
+                needed: DIR24_MAP_ENTRIES,
+            });
+        }
+        let len = DIR24_ENTRIES as usize;
+        // SAFETY: mapping a BPF_F_MMAPABLE array map of `len / 2` elements of `[u32; 2]` (no
+        // padding: 8-byte values), shared, at a fresh address.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len * 4,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(DatapathError::Mmap {
+                map: name,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Self {
+            slots: NonNull::new(ptr.cast()).expect("mmap does not return NULL on success"),
+            len,
+            _map: map,
+        })
+    }
+
+    fn slots(&self) -> &[AtomicU32] {
+        // SAFETY: `len` atomics mapped in `open`, alive until drop.
+        unsafe { std::slice::from_raw_parts(self.slots.as_ptr(), self.len) }
+    }
+
+    fn get(&self, slot: u32) -> u32 {
+        self.slots()[slot as usize].load(Ordering::Relaxed)
+    }
+
+    fn set(&self, slot: u32, leaf: u32) {
+        self.slots()[slot as usize].store(leaf, Ordering::Release);
+    }
+}
+
+impl Drop for MappedTable {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `open` mapped.
+        unsafe { libc::munmap(self.slots.as_ptr().cast(), self.len * 4) };
+    }
+}
+
+struct Dir24 {
+    table: MappedTable,
+    long: HashMap<MapData, [u8; 4], u32>,
+    /// What the long-prefix hash holds (read back at start, then kept in step).
+    long_applied: BTreeMap<u32, u32>,
+    /// The IPv4 prefixes the table was painted from.
+    allow: TrieContents<4>,
+    block: TrieContents<4>,
+    /// Until the first apply, the table holds whatever the previous daemon left: the first
+    /// apply repaints every slot (writing only those that differ).
+    repaint_all: bool,
 }
 
 /// Packet counts by verdict for one interface.
@@ -64,6 +200,10 @@ pub trait KernelMaps: Send {
     fn drop_rule_counters(&mut self, ids: &[RuleId]) -> Result<(), DatapathError>;
     fn set_config(&mut self, config: DatapathConfig) -> Result<(), DatapathError>;
     fn config(&self) -> Result<DatapathConfig, DatapathError>;
+    /// The IPv4 lookup engine these maps are maintained for.
+    fn ipv4_lookup(&self) -> Ipv4Lookup {
+        Ipv4Lookup::Lpm
+    }
 }
 
 impl KernelMaps for Datapath {
@@ -88,14 +228,43 @@ impl KernelMaps for Datapath {
     fn config(&self) -> Result<DatapathConfig, DatapathError> {
         Datapath::config(self)
     }
+    fn ipv4_lookup(&self) -> Ipv4Lookup {
+        Datapath::ipv4_lookup(self)
+    }
 }
 
 impl Datapath {
-    /// Takes the maps out of a loaded object.
-    pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+    /// Takes the maps out of a loaded object. With [`Ipv4Lookup::Dir24`] the table is mapped
+    /// into this process and the long-prefix hash read back.
+    pub fn from_ebpf(ebpf: &mut Ebpf, engine: Ipv4Lookup) -> Result<Self, DatapathError> {
         fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DatapathError> {
             ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))
         }
+        let dir24 = match engine {
+            Ipv4Lookup::Lpm => None,
+            Ipv4Lookup::Dir24 => {
+                let table = match take(ebpf, map_names::V4_TBL24)? {
+                    Map::Array(data) => MappedTable::open(data)?,
+                    _ => return Err(DatapathError::MissingMap(map_names::V4_TBL24)),
+                };
+                let long: HashMap<MapData, [u8; 4], u32> =
+                    HashMap::try_from(take(ebpf, map_names::V4_LONG)?)
+                        .map_err(map_err(map_names::V4_LONG))?;
+                let mut long_applied = BTreeMap::new();
+                for entry in long.iter() {
+                    let (addr, leaf) = entry.map_err(map_err(map_names::V4_LONG))?;
+                    long_applied.insert(u32::from_be_bytes(addr), leaf);
+                }
+                Some(Dir24 {
+                    table,
+                    long,
+                    long_applied,
+                    allow: TrieContents::new(),
+                    block: TrieContents::new(),
+                    repaint_all: true,
+                })
+            }
+        };
         Ok(Self {
             allow_v4: LpmTrie::try_from(take(ebpf, map_names::ALLOW_V4)?)
                 .map_err(map_err(map_names::ALLOW_V4))?,
@@ -111,25 +280,69 @@ impl Datapath {
                 .map_err(map_err(map_names::VERDICTS))?,
             config: Array::try_from(take(ebpf, map_names::CONFIG)?)
                 .map_err(map_err(map_names::CONFIG))?,
+            lookup: Array::try_from(take(ebpf, map_names::LOOKUP)?)
+                .map_err(map_err(map_names::LOOKUP))?,
+            dir24,
         })
+    }
+
+    /// The IPv4 engine this handle maintains.
+    pub fn ipv4_lookup(&self) -> Ipv4Lookup {
+        match self.dir24 {
+            Some(_) => Ipv4Lookup::Dir24,
+            None => Ipv4Lookup::Lpm,
+        }
     }
 
     pub fn set_config(&mut self, config: DatapathConfig) -> Result<(), DatapathError> {
         self.config
             .set(0, config, 0)
-            .map_err(map_err(map_names::CONFIG))
+            .map_err(map_err(map_names::CONFIG))?;
+        self.switch_engine()
     }
 
     pub fn config(&self) -> Result<DatapathConfig, DatapathError> {
         self.config.get(&0, 0).map_err(map_err(map_names::CONFIG))
     }
 
-    /// What the tries hold now.
+    /// Points the program at this handle's IPv4 engine once that engine holds the whole rule
+    /// set, then empties the structure the program no longer reads. Until then the program
+    /// keeps using the previous engine, which still holds the previous rule set: switching
+    /// engines across a restart leaves no gap.
+    fn switch_engine(&mut self) -> Result<(), DatapathError> {
+        let wanted = match &self.dir24 {
+            Some(dir24) if dir24.repaint_all => return Ok(()),
+            Some(_) => lookup::DIR24,
+            None => lookup::LPM,
+        };
+        let current = self.lookup.get(&0, 0).map_err(map_err(map_names::LOOKUP))?;
+        if current == wanted {
+            return Ok(());
+        }
+        self.lookup
+            .set(0, wanted, 0)
+            .map_err(map_err(map_names::LOOKUP))?;
+        if wanted == lookup::DIR24 {
+            // The IPv4 tries are not maintained under DIR-24; free them.
+            clear_trie(&mut self.allow_v4, map_names::ALLOW_V4)?;
+            clear_trie(&mut self.block_v4, map_names::BLOCK_V4)?;
+        }
+        Ok(())
+    }
+
+    /// What the tries (and, with DIR-24, the table) hold now.
     pub fn contents(&self) -> Result<MapContents, DatapathError> {
+        let (allow_v4, block_v4) = match &self.dir24 {
+            Some(dir24) => (dir24.allow.clone(), dir24.block.clone()),
+            None => (
+                read_trie(&self.allow_v4, map_names::ALLOW_V4)?,
+                read_trie(&self.block_v4, map_names::BLOCK_V4)?,
+            ),
+        };
         Ok(MapContents {
-            allow_v4: read_trie(&self.allow_v4, map_names::ALLOW_V4)?,
+            allow_v4,
             allow_v6: read_trie(&self.allow_v6, map_names::ALLOW_V6)?,
-            block_v4: read_trie(&self.block_v4, map_names::BLOCK_V4)?,
+            block_v4,
             block_v6: read_trie(&self.block_v6, map_names::BLOCK_V6)?,
         })
     }
@@ -137,16 +350,25 @@ impl Datapath {
     /// Applies `diff`. If the kernel refuses an insert (map full), the inserts already made by
     /// this call are rolled back and nothing is removed, so the maps hold what they held before.
     pub fn apply(&mut self, diff: &MapDiff, before: &MapContents) -> Result<(), DatapathError> {
+        let v4_tries = self.dir24.is_none();
+        // The DIR-24 writes are planned first: a rule id that does not fit fails before anything
+        // is written.
+        let dir24_writes = match &mut self.dir24 {
+            Some(dir24) => Some(dir24.plan(diff, before)?),
+            None => None,
+        };
         // Allow entries first: a new allow must be in place before a block it overrides.
         let mut undo = Undo::default();
         let result = (|| {
-            upsert(
-                &mut self.allow_v4,
-                &diff.allow_v4,
-                &before.allow_v4,
-                map_names::ALLOW_V4,
-                &mut undo.allow_v4,
-            )?;
+            if v4_tries {
+                upsert(
+                    &mut self.allow_v4,
+                    &diff.allow_v4,
+                    &before.allow_v4,
+                    map_names::ALLOW_V4,
+                    &mut undo.allow_v4,
+                )?;
+            }
             upsert(
                 &mut self.allow_v6,
                 &diff.allow_v6,
@@ -154,34 +376,50 @@ impl Datapath {
                 map_names::ALLOW_V6,
                 &mut undo.allow_v6,
             )?;
-            upsert(
-                &mut self.block_v4,
-                &diff.block_v4,
-                &before.block_v4,
-                map_names::BLOCK_V4,
-                &mut undo.block_v4,
-            )?;
+            if v4_tries {
+                upsert(
+                    &mut self.block_v4,
+                    &diff.block_v4,
+                    &before.block_v4,
+                    map_names::BLOCK_V4,
+                    &mut undo.block_v4,
+                )?;
+            }
             upsert(
                 &mut self.block_v6,
                 &diff.block_v6,
                 &before.block_v6,
                 map_names::BLOCK_V6,
                 &mut undo.block_v6,
-            )
+            )?;
+            if let (Some(dir24), Some(writes)) = (&mut self.dir24, &dir24_writes) {
+                dir24.upsert_long(writes)?;
+            }
+            Ok(())
         })();
         if let Err(err) = result {
             rollback(&mut self.allow_v4, undo.allow_v4);
             rollback(&mut self.allow_v6, undo.allow_v6);
             rollback(&mut self.block_v4, undo.block_v4);
             rollback(&mut self.block_v6, undo.block_v6);
+            if let (Some(dir24), Some(writes)) = (&mut self.dir24, &dir24_writes) {
+                dir24.undo_plan(writes, before);
+            }
             return Err(err);
         }
+        if let (Some(dir24), Some(writes)) = (&mut self.dir24, &dir24_writes) {
+            dir24.write_slots_and_prune(writes)?;
+        }
         // Blocks are removed before allows, so a source never loses its allow while still blocked.
-        remove(&mut self.block_v4, &diff.block_v4, map_names::BLOCK_V4)?;
+        if v4_tries {
+            remove(&mut self.block_v4, &diff.block_v4, map_names::BLOCK_V4)?;
+        }
         remove(&mut self.block_v6, &diff.block_v6, map_names::BLOCK_V6)?;
-        remove(&mut self.allow_v4, &diff.allow_v4, map_names::ALLOW_V4)?;
+        if v4_tries {
+            remove(&mut self.allow_v4, &diff.allow_v4, map_names::ALLOW_V4)?;
+        }
         remove(&mut self.allow_v6, &diff.allow_v6, map_names::ALLOW_V6)?;
-        Ok(())
+        self.switch_engine()
     }
 
     /// Packet counts by verdict on the interface `ifindex`, summed over CPUs.
@@ -225,6 +463,139 @@ impl Datapath {
         }
         Ok(())
     }
+}
+
+impl Dir24 {
+    /// Takes the IPv4 part of `diff` into the prefix sets and paints the slots it touches (all
+    /// of them on the first call). Returns the writes; [`Self::undo_plan`] reverts the sets.
+    fn plan(&mut self, diff: &MapDiff, before: &MapContents) -> Result<Writes, DatapathError> {
+        apply_to_set(&mut self.allow, &diff.allow_v4);
+        apply_to_set(&mut self.block, &diff.block_v4);
+        let ranges = if self.repaint_all {
+            vec![dir24::FULL_RANGE]
+        } else {
+            dir24::changed_ranges(
+                diff.allow_v4
+                    .upserts
+                    .iter()
+                    .map(|(k, _)| k)
+                    .chain(&diff.allow_v4.removes)
+                    .chain(diff.block_v4.upserts.iter().map(|(k, _)| k))
+                    .chain(&diff.block_v4.removes),
+            )
+        };
+        let prefixes = Prefixes {
+            allow: &self.allow,
+            block: &self.block,
+        };
+        let mut writes = Writes::default();
+        for range in ranges {
+            match dir24::paint(prefixes, range) {
+                Ok(painted) => writes.add(&painted, |s| self.table.get(s), &self.long_applied),
+                Err(err) => {
+                    self.restore_sets(before);
+                    return Err(err.into());
+                }
+            }
+        }
+        Ok(writes)
+    }
+
+    fn restore_sets(&mut self, before: &MapContents) {
+        self.allow.clone_from(&before.allow_v4);
+        self.block.clone_from(&before.block_v4);
+    }
+
+    /// Reverts [`Self::plan`] after a failed apply: the prefix sets go back to `before`, and the
+    /// hash entries already written go back to what they held (the slots were not touched yet).
+    fn undo_plan(&mut self, writes: &Writes, before: &MapContents) {
+        self.restore_sets(before);
+        for (addr, _) in &writes.long_upserts {
+            let key = addr.to_be_bytes();
+            let _ = match self.long_applied.get(addr) {
+                Some(leaf) => self.long.insert(key, leaf, 0),
+                None => self.long.remove(&key),
+            };
+        }
+    }
+
+    fn upsert_long(&mut self, writes: &Writes) -> Result<(), DatapathError> {
+        for (addr, leaf) in &writes.long_upserts {
+            if let Err(err) = self.long.insert(addr.to_be_bytes(), leaf, 0) {
+                return Err(match &err {
+                    MapError::SyscallError(e)
+                        if matches!(
+                            e.io_error.raw_os_error(),
+                            Some(libc::E2BIG | libc::ENOSPC)
+                        ) =>
+                    {
+                        DatapathError::Full {
+                            map: map_names::V4_LONG,
+                            capacity: V4_LONG_MAX_ENTRIES,
+                            pending: writes.long_upserts.len(),
+                        }
+                    }
+                    _ => map_err(map_names::V4_LONG)(err),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn write_slots_and_prune(&mut self, writes: &Writes) -> Result<(), DatapathError> {
+        for (addr, leaf) in &writes.long_upserts {
+            self.long_applied.insert(*addr, *leaf);
+        }
+        for (slot, leaf) in &writes.slots {
+            self.table.set(*slot, *leaf);
+        }
+        for addr in &writes.long_removes {
+            match self.long.remove(&addr.to_be_bytes()) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(map_err(map_names::V4_LONG)(e)),
+            }
+            self.long_applied.remove(addr);
+        }
+        if self.repaint_all {
+            tracing::info!(
+                slots_written = writes.slots.len(),
+                long_upserts = writes.long_upserts.len(),
+                long_removes = writes.long_removes.len(),
+                "DIR-24 table checked against the whole rule set"
+            );
+        }
+        self.repaint_all = false;
+        Ok(())
+    }
+}
+
+fn apply_to_set<const N: usize>(set: &mut TrieContents<N>, diff: &TrieDiff<N>) {
+    for (key, id) in &diff.upserts {
+        set.insert(*key, *id);
+    }
+    for key in &diff.removes {
+        set.remove(key);
+    }
+}
+
+fn clear_trie<const N: usize>(
+    trie: &mut LpmTrie<MapData, [u8; N], u32>,
+    name: &'static str,
+) -> Result<(), DatapathError>
+where
+    [u8; N]: aya::Pod,
+{
+    let keys: Vec<Key<[u8; N]>> = trie.keys().filter_map(Result::ok).collect();
+    for key in keys {
+        match trie.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Previous owner of each entry an apply overwrote (`None`: the entry was new).

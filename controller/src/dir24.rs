@@ -56,7 +56,11 @@ fn bounds(len: u32, network: u32) -> (u32, u32) {
 }
 
 fn mask(len: u32, addr: u32) -> u32 {
-    if len == 0 { 0 } else { addr & (u32::MAX << (32 - len)) }
+    if len == 0 {
+        0
+    } else {
+        addr & (u32::MAX << (32 - len))
+    }
 }
 
 /// The slots a prefix touches.
@@ -155,9 +159,7 @@ pub fn paint(prefixes: Prefixes<'_>, range: SlotRange) -> Result<Painted, IdTooL
 }
 
 /// The slot ranges a change of the IPv4 prefixes touches.
-pub fn changed_ranges<'a>(
-    changed: impl IntoIterator<Item = &'a (u32, [u8; 4])>,
-) -> Vec<SlotRange> {
+pub fn changed_ranges<'a>(changed: impl IntoIterator<Item = &'a (u32, [u8; 4])>) -> Vec<SlotRange> {
     merge_ranges(
         changed
             .into_iter()
@@ -267,7 +269,10 @@ mod tests {
             }
         }
         fn get(&self, addr: u32) -> u32 {
-            lookup(self.slots[(addr >> 8) as usize], self.long.get(&addr).copied())
+            lookup(
+                self.slots[(addr >> 8) as usize],
+                self.long.get(&addr).copied(),
+            )
         }
     }
 
@@ -343,11 +348,11 @@ mod tests {
 
     #[test]
     fn incremental_updates_match_the_reference_and_a_full_rebuild() {
-        let seed = std::env::var("XDPWALL_SEED")
+        let seed = std::env::var("XDPWALL_TEST_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(rand::random);
-        println!("seed {seed} (rerun with XDPWALL_SEED={seed})");
+        println!("seed {seed} (replay with XDPWALL_TEST_SEED={seed})");
         let mut rng = StdRng::seed_from_u64(seed);
         let mut rules = random_rules(&mut rng, 300, 1);
         let mut table = Table::new();
@@ -424,7 +429,10 @@ mod tests {
         let mut table = Table::new();
         table.update(&MapContents::from_rules(&[allow, block]), &[FULL_RANGE]);
         assert_eq!(table.get(0x0a01_0203), leaf::ALLOW | 1);
-        assert!(table.long.is_empty(), "nothing differs from the /24's answer");
+        assert!(
+            table.long.is_empty(),
+            "nothing differs from the /24's answer"
+        );
     }
 
     #[test]

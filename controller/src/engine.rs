@@ -188,10 +188,10 @@ impl Engine {
             }
         }
         let diff = MapDiff::between(&self.applied, &desired);
-        if !diff.is_empty() {
-            self.maps.apply(&diff, &self.applied)?;
-            self.applied = desired;
-        }
+        // Applied even when empty: a DIR-24 table repaints itself on its first apply, which
+        // also clears what a previous daemon left for rules deleted meanwhile.
+        self.maps.apply(&diff, &self.applied)?;
+        self.applied = desired;
         Ok(ApplyReport {
             inserted: diff.upserts(),
             removed: diff.removes(),
@@ -208,6 +208,11 @@ impl Engine {
 
     pub fn datapath_config(&self) -> Result<DatapathConfig, DatapathError> {
         self.maps.config()
+    }
+
+    /// The IPv4 lookup engine the kernel maps are maintained for.
+    pub fn ipv4_lookup(&self) -> crate::datapath::Ipv4Lookup {
+        self.maps.ipv4_lookup()
     }
 
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
@@ -450,10 +455,30 @@ impl Engine {
             .into_iter()
             .filter(|r| seen.insert((r.cidr, r.action, r.list.clone())))
             .collect();
-        let remove: Vec<RuleId> = self.rules.keys().copied().collect();
-        Ok(self
-            .change(&rules, &remove, who, "replace", "delete", now)?
-            .0)
+        // Rules already present stay as they are (same id, no write); the rest is a diff.
+        let mut keep = std::collections::HashSet::new();
+        let add: Vec<NewRule> = rules
+            .iter()
+            .filter(|r| match self.find(r.cidr, r.action, &r.list) {
+                Some(existing) => {
+                    keep.insert(existing.id);
+                    false
+                }
+                None => true,
+            })
+            .cloned()
+            .collect();
+        let remove: Vec<RuleId> = self
+            .rules
+            .keys()
+            .copied()
+            .filter(|id| !keep.contains(id))
+            .collect();
+        self.change(&add, &remove, who, "replace", "delete", now)?;
+        Ok(rules
+            .iter()
+            .filter_map(|r| self.find(r.cidr, r.action, &r.list).cloned())
+            .collect())
     }
 
     /// The stored rule with this (cidr, action, list), through the owners index.

@@ -22,11 +22,11 @@ use aya::{
     },
 };
 use tracing::{info, warn};
-use xdpwall_shared::{IFACE_SLOTS, XDP_PROGRAM};
+use xdpwall_shared::{DIR24_MAP_ENTRIES, IFACE_SLOTS, V4_LONG_MAX_ENTRIES, XDP_PROGRAM, map_names};
 
 use crate::{
     config::XdpAttachMode,
-    datapath::{Datapath, DatapathError},
+    datapath::{Datapath, DatapathError, Ipv4Lookup},
     ebpf_object::EBPF_OBJECT,
     pins::PinLayout,
 };
@@ -146,8 +146,9 @@ pub fn xdp_program(ebpf: &Ebpf) -> &Xdp {
 }
 
 /// Loads the embedded object with its maps opened from (or pinned under) `pins`, and loads the
-/// XDP program into the kernel (the verifier runs here).
-pub fn load_object(pins: &PinLayout) -> Result<LoadedObject, LoaderError> {
+/// XDP program into the kernel (the verifier runs here). `ipv4_lookup` sizes the DIR-24 maps:
+/// full size for [`Ipv4Lookup::Dir24`], one entry otherwise (they are not read then).
+pub fn load_object(pins: &PinLayout, ipv4_lookup: Ipv4Lookup) -> Result<LoadedObject, LoaderError> {
     if EBPF_OBJECT.is_empty() {
         return Err(LoaderError::NoObject);
     }
@@ -158,11 +159,20 @@ pub fn load_object(pins: &PinLayout) -> Result<LoadedObject, LoaderError> {
             source,
         })?;
     }
+    let (table_entries, long_entries) = match ipv4_lookup {
+        Ipv4Lookup::Dir24 => {
+            drop_undersized_dir24_pins(pins)?;
+            (DIR24_MAP_ENTRIES, V4_LONG_MAX_ENTRIES)
+        }
+        Ipv4Lookup::Lpm => (1, 1),
+    };
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pins.maps_dir())
+        .map_max_entries(map_names::V4_TBL24, table_entries)
+        .map_max_entries(map_names::V4_LONG, long_entries)
         .load(EBPF_OBJECT)
         .map_err(|e| LoaderError::Load(Box::new(e)))?;
-    let datapath = Datapath::from_ebpf(&mut ebpf)?;
+    let datapath = Datapath::from_ebpf(&mut ebpf, ipv4_lookup)?;
     let program: &mut Xdp = ebpf
         .program_mut(XDP_PROGRAM)
         .ok_or(LoaderError::NoObject)?
@@ -174,14 +184,38 @@ pub fn load_object(pins: &PinLayout) -> Result<LoadedObject, LoaderError> {
     Ok(LoadedObject { ebpf, datapath })
 }
 
+/// A previous run with the LPM engine pinned one-entry DIR-24 maps. Their pins are removed so
+/// that this load creates full-size ones; the running program keeps the old maps, and keeps
+/// reading the LPM tries, until the new table is complete (see `Datapath::switch_engine`).
+fn drop_undersized_dir24_pins(pins: &PinLayout) -> Result<(), LoaderError> {
+    let table_pin = pins.map(map_names::V4_TBL24);
+    let Ok(info) = aya::maps::MapInfo::from_pin(&table_pin) else {
+        return Ok(());
+    };
+    if info.max_entries() >= DIR24_MAP_ENTRIES {
+        return Ok(());
+    }
+    info!("creating the DIR-24 table (the pinned one was sized for the LPM engine)");
+    for name in [map_names::V4_TBL24, map_names::V4_LONG] {
+        let path = pins.map(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(LoaderError::Io { path, source }),
+        }
+    }
+    Ok(())
+}
+
 /// Loads the object (maps from pins where present) and attaches to every interface.
 pub fn load_and_attach(
     pins: &PinLayout,
     ifaces: &[String],
     mode: XdpAttachMode,
+    ipv4_lookup: Ipv4Lookup,
 ) -> Result<Loaded, LoaderError> {
     let resolved = preflight(pins, ifaces)?;
-    let LoadedObject { mut ebpf, datapath } = load_object(pins)?;
+    let LoadedObject { mut ebpf, datapath } = load_object(pins, ipv4_lookup)?;
     let program: &mut Xdp = ebpf
         .program_mut(XDP_PROGRAM)
         .ok_or(LoaderError::NoObject)?

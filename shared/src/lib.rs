@@ -25,8 +25,9 @@ pub mod map_names {
     pub const CONFIG: &str = "XW_CONFIG";
     /// Array with one `u32`: which IPv4 structure the program consults ([`super::lookup`]).
     pub const LOOKUP: &str = "XW_LOOKUP";
-    /// Memory-mappable array of [`super::DIR24_ENTRIES`] leaves ([`super::leaf`]), indexed by
-    /// the top 24 bits of an IPv4 source: the first level of the DIR-24 engine.
+    /// Memory-mappable array of [`super::DIR24_ENTRIES`] leaves ([`super::leaf`]), two per
+    /// element, indexed by the top 24 bits of an IPv4 source: the first level of the DIR-24
+    /// engine.
     pub const V4_TBL24: &str = "XW_V4_TBL24";
     /// Hash, IPv4 address (network byte order) -> leaf: the second level of the DIR-24 engine,
     /// consulted only when the first-level leaf carries [`super::leaf::LONG`].
@@ -49,6 +50,10 @@ pub mod lookup {
 
 /// First-level slots of the DIR-24 engine: one per /24.
 pub const DIR24_ENTRIES: u32 = 1 << 24;
+/// Elements of the first-level map. The kernel stores array values 8-byte aligned, so each
+/// element holds two 32-bit slots (`[u32; 2]`, slot `2k` then `2k + 1`); mapped into memory the
+/// slots are then one dense array of `u32`, 64 MiB in all instead of 128.
+pub const DIR24_MAP_ENTRIES: u32 = DIR24_ENTRIES / 2;
 /// Capacity of the DIR-24 long-prefix hash (addresses under prefixes longer than /24, expanded).
 pub const V4_LONG_MAX_ENTRIES: u32 = 1 << 20;
 

@@ -5,9 +5,9 @@
 
 use std::path::PathBuf;
 
-use aya::programs::{TestRun as _, TestRunOptions};
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use xdpwall::{
-    datapath::VerdictCounts,
+    datapath::{Ipv4Lookup, VerdictCounts},
     engine::Engine,
     loader::{self, LoadedObject},
     pins::PinLayout,
@@ -29,11 +29,17 @@ pub struct TestProgram {
 }
 
 impl TestProgram {
+    /// Loads the filter with the LPM engine for IPv4.
     pub fn load(tag: &str) -> anyhow::Result<Self> {
+        Self::load_with(tag, Ipv4Lookup::Lpm)
+    }
+
+    /// Loads the filter with the given IPv4 engine.
+    pub fn load_with(tag: &str, ipv4_lookup: Ipv4Lookup) -> anyhow::Result<Self> {
         let (pin_dir, _) = crate::daemon::Daemon::dirs(&format!("testrun-{tag}"));
         let pins = PinLayout::new(&pin_dir);
         // The engine owns the map handles; the program stays in `ebpf`.
-        let LoadedObject { ebpf, datapath } = loader::load_object(&pins)?;
+        let LoadedObject { ebpf, datapath } = loader::load_object(&pins, ipv4_lookup)?;
         let (engine, _) = Engine::open(
             Box::new(datapath),
             Store::in_memory()?,
@@ -64,11 +70,13 @@ impl TestProgram {
 
     /// Runs the program once on `frame`; returns the XDP action.
     pub fn run(&self, frame: &[u8]) -> anyhow::Result<u32> {
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            ..TestRunOptions::default()
-        };
-        Ok(loader::xdp_program(&self.ebpf).test_run(opts)?.return_value)
+        run_program(loader::xdp_program(&self.ebpf), frame)
+    }
+
+    /// The rules engine and the program apart, so that one thread can change rules while
+    /// another runs frames through [`run_program`].
+    pub fn parts(&mut self) -> (&mut Engine, &Xdp) {
+        (&mut self.engine, loader::xdp_program(&self.ebpf))
     }
 
     /// Verdict counters of the test-run interface.
@@ -87,6 +95,15 @@ impl Drop for TestProgram {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.pin_dir);
     }
+}
+
+/// Runs `program` once on `frame`; returns the XDP action.
+pub fn run_program(program: &Xdp, frame: &[u8]) -> anyhow::Result<u32> {
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        ..TestRunOptions::default()
+    };
+    Ok(program.test_run(opts)?.return_value)
 }
 
 pub fn new_rule(cidr: &str, action: Action) -> NewRule {

@@ -18,9 +18,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use xdpwall_shared::{
-    ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, DIR24_ENTRIES, DatapathConfig, RULE_STATS_MAX_ENTRIES,
-    RuleCounters, V4_LONG_MAX_ENTRIES, VERDICT_ENTRIES, leaf, lookup, map_names, verdict,
-    verdict_slot,
+    ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig,
+    RULE_STATS_MAX_ENTRIES, RuleCounters, V4_LONG_MAX_ENTRIES, VERDICT_ENTRIES, leaf, lookup,
+    map_names, verdict, verdict_slot,
 };
 
 use crate::parse::{Parsed, SourceAddr};
@@ -46,7 +46,7 @@ static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 static LOOKUP: Array<u32> = Array::pinned(1, 0);
 // The controller shrinks these two to one entry when the DIR-24 engine is not in use.
 #[map(name = "XW_V4_TBL24")]
-static V4_TBL24: Array<u32> = Array::pinned(DIR24_ENTRIES, BPF_F_MMAPABLE);
+static V4_TBL24: Array<[u32; 2]> = Array::pinned(DIR24_MAP_ENTRIES, BPF_F_MMAPABLE);
 #[map(name = "XW_V4_LONG")]
 static V4_LONG: HashMap<[u8; 4], u32> = HashMap::pinned(V4_LONG_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
@@ -144,7 +144,10 @@ fn decide(ctx: &XdpContext, config: &DatapathConfig) -> (u32, u32) {
 #[inline(always)]
 fn dir24_leaf(addr: [u8; 4]) -> u32 {
     let slot = u32::from_be_bytes(addr) >> 8;
-    let first = V4_TBL24.get(slot).copied().unwrap_or(leaf::NONE);
+    let first = match V4_TBL24.get(slot >> 1) {
+        Some(pair) => pair[(slot & 1) as usize],
+        None => leaf::NONE,
+    };
     if first & leaf::LONG == 0 {
         return first;
     }
