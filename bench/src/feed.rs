@@ -24,6 +24,7 @@ use anyhow::{Context as _, anyhow, bail, ensure};
 use ipnet::{IpNet, Ipv4Net};
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng, seq::SliceRandom as _};
 use xdpwall::{
+    datapath::Ipv4Lookup,
     engine::{ApplyReport, Engine, FEED_ID_BASE},
     feeds::{
         Feed, check_body,
@@ -62,6 +63,18 @@ pub struct FeedArgs {
     /// size, so every system still has figures measured side by side.
     #[arg(long, default_value_t = 100_000)]
     pub fallback_entries: usize,
+    /// xdpwall's IPv4 lookup engine (`lpm` or `dir24`); the report's name gets the suffix
+    /// `-dir24` for the latter.
+    #[arg(long, default_value = "lpm", value_parser = parse_lookup)]
+    pub ipv4_lookup: Ipv4Lookup,
+}
+
+fn parse_lookup(s: &str) -> Result<Ipv4Lookup, String> {
+    match s {
+        "lpm" => Ok(Ipv4Lookup::Lpm),
+        "dir24" => Ok(Ipv4Lookup::Dir24),
+        other => Err(format!("unknown engine {other:?}: use lpm or dir24")),
+    }
 }
 
 /// The project's goal for applying a 1% churn of a 1,000,000-entry feed.
@@ -89,7 +102,7 @@ pub fn run_feed(args: &FeedArgs) -> anyhow::Result<String> {
     let pins = PinDirGuard(PathBuf::from(format!(
         "/sys/fs/bpf/xdpwall-bench-feed-{run_id}"
     )));
-    let mut engine = open_engine(&pins.0)?;
+    let mut engine = open_engine(&pins.0, args.ipv4_lookup)?;
     let limit = Duration::from_secs(args.timeout_secs);
     let environment = Environment::describe(limit);
 
@@ -754,10 +767,10 @@ fn length_mix(list: &[Ipv4Net]) -> String {
 
 /// Loads the xdpwall object with its maps pinned under `pin_dir` and opens an engine over them
 /// with an in-memory store (feeds never touch the store during apply).
-fn open_engine(pin_dir: &Path) -> anyhow::Result<Engine> {
+fn open_engine(pin_dir: &Path, ipv4_lookup: Ipv4Lookup) -> anyhow::Result<Engine> {
     // The maps live on in the datapath; the program itself is not needed here.
     let LoadedObject { ebpf: _, datapath } =
-        loader::load_object(&PinLayout::new(pin_dir), xdpwall::datapath::Ipv4Lookup::Lpm)
+        loader::load_object(&PinLayout::new(pin_dir), ipv4_lookup)
             .context("loading the xdpwall object (run as root, bpffs at /sys/fs/bpf)")?;
     let store = Store::in_memory().context("opening an in-memory store")?;
     let (engine, _) = Engine::open(Box::new(datapath), store, Vec::new(), Vec::new())
@@ -1393,6 +1406,11 @@ fn render_report(args: &FeedArgs, environment: &Environment, sizes: &[SizeResult
         out,
         "- Machine: {}; kernel {}",
         environment.machine, environment.kernel
+    );
+    let _ = writeln!(
+        out,
+        "- xdpwall IPv4 lookup engine: `{}`",
+        args.ipv4_lookup.as_str()
     );
     let _ = writeln!(out, "- ipset: `{}`", environment.ipset);
     let _ = writeln!(out, "- nft: `{}`", environment.nft);

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod feed;
+pub mod live;
 pub mod prefixes;
 
 /// The systems the control-plane benchmarks (API, feed) compare, side by side.

@@ -4,7 +4,9 @@
 //! - `xdpwall-bench api [--adds ...]`: API block → enforced latency and batch import against
 //!   ipset and nftables;
 //! - `xdpwall-bench feed [--entries ...]`: a large feed and its churn through xdpwall, ipset and
-//!   nftables.
+//!   nftables;
+//! - `xdpwall-bench live [--sizes ...]`: packet rate on a veth pair with each system filtering
+//!   (xdpwall, stock LPM, nftables, iptables + ipset, xdp-filter, XDP_PASS/XDP_DROP brackets).
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +15,7 @@ use xdpwall_bench::{
     Args,
     api::{ApiArgs, run_api},
     feed::{FeedArgs, run_feed},
+    live::{LiveArgs, run_live},
     run, today,
 };
 
@@ -38,6 +41,9 @@ enum Mode {
     /// Parse + check + apply of a large feed and of a 1% churn of it, against `ipset restore`
     /// (+ swap) and `nft -f` (needs root, ipset, nft).
     Feed(FeedArgs),
+    /// Packet rate (Mpps) of a veth in NAPI mode filtered by each system, 100% and 0% hit
+    /// traffic, at growing list sizes; writes the report and PNG plots (needs root, 2 CPUs).
+    Live(LiveArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,7 +58,14 @@ fn main() -> anyhow::Result<()> {
             write_report(&args.out, "testrun", &result?)
         }
         Some(Mode::Api(args)) => write_report(&args.out, "api", &run_api(&args)?),
-        Some(Mode::Feed(args)) => write_report(&args.out, "feed", &run_feed(&args)?),
+        Some(Mode::Feed(args)) => {
+            let kind = match args.ipv4_lookup {
+                xdpwall::datapath::Ipv4Lookup::Lpm => "feed",
+                xdpwall::datapath::Ipv4Lookup::Dir24 => "feed-dir24",
+            };
+            write_report(&args.out, kind, &run_feed(&args)?)
+        }
+        Some(Mode::Live(args)) => write_report(&args.out, "live", &run_live(&args)?),
     }
 }
 

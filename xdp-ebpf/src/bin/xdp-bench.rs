@@ -1,18 +1,65 @@
 //! Baseline XDP programs for the benchmarks: the XDP_PASS and XDP_DROP brackets and a "stock"
-//! filter (IPv4 source, one LPM trie lookup, drop on hit) as a typical hand-written program.
-//! Never attached by xdpwall itself.
+//! filter (IPv4 source, one LPM trie lookup, drop on hit) as a typical hand-written program;
+//! and `bench_gen`, the packet generator of the packet-rate benchmark (run through
+//! BPF_PROG_TEST_RUN in live-frames mode, never attached). Never attached by xdpwall itself.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{LpmTrie, lpm_trie::Key},
+    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 
 #[map(name = "BENCH_LPM_V4")]
 static BENCH_LPM_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(1 << 21, 0);
+
+/// Source addresses the generator cycles through (a power of two: the index is masked).
+const GEN_SOURCES: u32 = 16384;
+
+/// Per source: the address (network order) in bytes 0..4 and the IPv4 header checksum of the
+/// frame with that source in bytes 4..6, both computed in user space.
+#[map(name = "BENCH_GEN_SRC")]
+static BENCH_GEN_SRC: Array<[u8; 8]> = Array::with_max_entries(GEN_SOURCES, 0);
+
+/// Per CPU: how many frames this CPU has generated (indexes BENCH_GEN_SRC).
+#[map(name = "BENCH_GEN_NEXT")]
+static BENCH_GEN_NEXT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// The packet generator: stamps the next source address and its header checksum into the
+/// frame and transmits it. In BPF_PROG_TEST_RUN's live-frames mode the kernel turns XDP_TX
+/// into a redirect out of the interface named as the context's ingress interface. Page
+/// contents persist between runs, so both fields are written on every packet.
+#[xdp]
+pub fn bench_gen(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    // Ethernet (14) + IPv4 header up to the end of the source address (16).
+    if start + 14 + 16 > end {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Some(next) = BENCH_GEN_NEXT.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: a valid per-CPU slot; only this CPU's program touches it.
+    let index = unsafe {
+        let index = *next;
+        *next = index.wrapping_add(1);
+        index
+    };
+    let Some(entry) = BENCH_GEN_SRC.get(index & (GEN_SOURCES - 1)) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: bounds checked above.
+    unsafe {
+        core::ptr::write_unaligned((start + 14 + 10) as *mut [u8; 2], [entry[4], entry[5]]);
+        core::ptr::write_unaligned(
+            (start + 14 + 12) as *mut [u8; 4],
+            [entry[0], entry[1], entry[2], entry[3]],
+        );
+    }
+    xdp_action::XDP_TX
+}
 
 #[xdp]
 pub fn bench_pass(_ctx: XdpContext) -> u32 {

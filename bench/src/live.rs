@@ -1,0 +1,387 @@
+//! Packet-rate benchmark (`xdpwall-bench live`): receive rate of a veth in NAPI mode with each
+//! system filtering it, at growing list sizes, for traffic that all hits the list (the drop
+//! rate) and traffic that all misses it (the pass-through rate).
+//!
+//! Two namespaces joined by a veth pair (the netlab [`xdpwall_netlab::Lab`]); a generator in
+//! the sending namespace built on BPF_PROG_TEST_RUN with live frames ([`generator`]), pinned to
+//! one CPU; the receiving veth's NAPI in a kernel thread pinned to the other ([`lab`]); the
+//! systems of [`systems`], each loaded with the same list and switched on in turn. The rate is
+//! the receiving veth's own `rx_packets` over a fixed window after a warm-up. Repetitions rotate
+//! the order of the systems; medians with min/max are reported, with ratios to the XDP_DROP
+//! bracket measured in the same run ([`report`], PNG plots in [`plot`]).
+
+mod generator;
+mod lab;
+mod plot;
+mod report;
+mod systems;
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use ipnet::Ipv4Net;
+use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+
+use self::{
+    generator::{GEN_SOURCES, Generator},
+    lab::{Counters, RateLab},
+    systems::{LoadInfo, SystemKind, Systems, all_systems, tool_missing},
+};
+use crate::{feed::spaced_prefixes, prefixes::miss_sources, today};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LiveArgs {
+    /// List sizes (IPv4 prefixes) to measure.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,1000,10000,100000,1000000"
+    )]
+    pub sizes: Vec<usize>,
+    /// Interleaved repetitions per size and workload.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Measurement window per sample, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub window_ms: u64,
+    /// Traffic before the window opens, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub warmup_ms: u64,
+    /// Systems to run (default: all): pass, drop, stock, xdpwall, nft, iptables, xdp-filter.
+    #[arg(long, value_delimiter = ',')]
+    pub systems: Vec<String>,
+    /// Where the Markdown report and the PNG plots go.
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
+    /// Seed for the prefix and address generator.
+    #[arg(long, default_value_t = 20261125)]
+    pub seed: u64,
+    /// CPU the generator runs on.
+    #[arg(long, default_value_t = 0)]
+    pub gen_cpu: usize,
+    /// CPU the receiving veth's NAPI thread runs on.
+    #[arg(long, default_value_t = 1)]
+    pub rx_cpu: usize,
+}
+
+impl LiveArgs {
+    /// The arguments to reproduce this run on the command line.
+    fn command_line(&self) -> String {
+        let join = |v: &[usize]| {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut line = format!(
+            "cargo xtask bench -- live --sizes {} --reps {} --window-ms {} --warmup-ms {}",
+            join(&self.sizes),
+            self.reps,
+            self.window_ms,
+            self.warmup_ms
+        );
+        if !self.systems.is_empty() {
+            line.push_str(&format!(" --systems {}", self.systems.join(",")));
+        }
+        line
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Workload {
+    /// Every source is in the list.
+    Hit,
+    /// No source is in the list.
+    Miss,
+}
+
+pub(crate) const WORKLOADS: [Workload; 2] = [Workload::Hit, Workload::Miss];
+
+impl Workload {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Hit => "100% hit",
+            Self::Miss => "0% hit",
+        }
+    }
+}
+
+/// One measurement window.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sample {
+    pub mpps: f64,
+    /// UDP datagrams that reached the receiver's UDP layer, per packet received.
+    pub delivered: f64,
+    /// Frames the receiver refused and the sender could not hand over, in the window.
+    pub rx_dropped: u64,
+    pub tx_dropped: u64,
+    /// Frames the generator sent (warm-up included), per second of its run.
+    pub offered_mpps: f64,
+}
+
+pub(crate) struct SystemResult {
+    pub system: SystemKind,
+    pub load: LoadInfo,
+    /// Why the system has no (or incomplete) figures at this size.
+    pub skipped: Option<String>,
+    pub hit: Vec<Sample>,
+    pub miss: Vec<Sample>,
+}
+
+impl SystemResult {
+    pub fn samples(&self, workload: Workload) -> &[Sample] {
+        match workload {
+            Workload::Hit => &self.hit,
+            Workload::Miss => &self.miss,
+        }
+    }
+}
+
+pub(crate) struct SizeResult {
+    pub size: usize,
+    pub systems: Vec<SystemResult>,
+}
+
+/// Runs the benchmark, writes the PNG plots to `args.out` and returns the Markdown report
+/// (the caller writes it next to them). Needs root, two CPUs, and for the baselines nft,
+/// ipset + iptables and xdp-filter (a system whose tool is missing is reported as not run).
+pub fn run_live(args: &LiveArgs) -> anyhow::Result<String> {
+    ensure!(args.reps > 0, "--reps must be at least 1");
+    ensure!(!args.sizes.is_empty(), "--sizes needs at least one size");
+    ensure!(
+        args.sizes.iter().all(|&s| s > 0),
+        "list sizes must be at least 1"
+    );
+    ensure!(args.window_ms > 0, "--window-ms must be at least 1");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    ensure!(
+        args.gen_cpu != args.rx_cpu && args.gen_cpu < cpus && args.rx_cpu < cpus,
+        "the generator and the receiver need two different CPUs of the {cpus} here \
+         (--gen-cpu {}, --rx-cpu {})",
+        args.gen_cpu,
+        args.rx_cpu
+    );
+    let selected = select_systems(&args.systems)?;
+    let mut rng = StdRng::seed_from_u64(args.seed);
+
+    // Declared first, dropped last: the systems live in its namespaces.
+    let lab = RateLab::new().context("creating the lab")?;
+    let mut generator =
+        Generator::new(&lab.tx_netns_path(), lab.tx_mac, lab.rx_mac, lab.tx_ifindex)?;
+    let mut systems = Systems::new(&lab)?;
+    let started = Instant::now();
+
+    let mut results = Vec::new();
+    for &size in &args.sizes {
+        eprintln!("live bench: {size} prefixes");
+        let list = spaced_prefixes(&mut rng, size);
+        let hit = hit_sources(&mut rng, &list);
+        let miss = miss_sources(&mut rng, GEN_SOURCES);
+        let mut size_result = SizeResult {
+            size,
+            systems: Vec::new(),
+        };
+        for &(system, ref skip) in &selected {
+            let mut result = SystemResult {
+                system,
+                load: LoadInfo::default(),
+                skipped: skip.clone(),
+                hit: Vec::new(),
+                miss: Vec::new(),
+            };
+            if result.skipped.is_none()
+                && let Some(capacity) = system.capacity()
+                && size > capacity
+            {
+                result.skipped = Some(format!("holds at most {capacity} entries"));
+            }
+            if result.skipped.is_none() {
+                match systems.load(system, &list) {
+                    Ok(info) => result.load = info,
+                    Err(e) => {
+                        eprintln!("live bench: {} at {size}: {e:#}", system.label());
+                        result.skipped = Some(format!("load failed: {e:#}"));
+                    }
+                }
+            }
+            size_result.systems.push(result);
+        }
+        for rep in 0..args.reps {
+            for (w, &workload) in WORKLOADS.iter().enumerate() {
+                generator.set_sources(match workload {
+                    Workload::Hit => &hit,
+                    Workload::Miss => &miss,
+                })?;
+                let runnable: Vec<usize> = (0..size_result.systems.len())
+                    .filter(|&i| size_result.systems[i].skipped.is_none())
+                    .collect();
+                for k in 0..runnable.len() {
+                    // Rotate the order each repetition and workload, so drift hits all alike.
+                    let index = runnable[(rep * WORKLOADS.len() + w + k) % runnable.len()];
+                    let result = &mut size_result.systems[index];
+                    match measure(args, &lab, &generator, &mut systems, result.system) {
+                        Ok((sample, info)) => {
+                            if info.load_time.is_some() {
+                                result.load = info;
+                            }
+                            match workload {
+                                Workload::Hit => result.hit.push(sample),
+                                Workload::Miss => result.miss.push(sample),
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "live bench: {} at {size}, {}: {e:#}",
+                                result.system.label(),
+                                workload.label()
+                            );
+                            result.skipped = Some(format!("measurement failed: {e:#}"));
+                        }
+                    }
+                }
+            }
+        }
+        results.push(size_result);
+    }
+    let elapsed = started.elapsed();
+    drop(systems);
+    drop(lab);
+
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let date = today();
+    let mut plots = Vec::new();
+    for workload in WORKLOADS {
+        let name = format!(
+            "{date}-live-{}.png",
+            match workload {
+                Workload::Hit => "hit",
+                Workload::Miss => "miss",
+            }
+        );
+        plot::draw(&args.out.join(&name), workload, &results)
+            .with_context(|| format!("drawing {name}"))?;
+        plots.push((workload, name));
+    }
+    Ok(report::render(
+        args,
+        &results,
+        &plots,
+        elapsed,
+        generator.frame_len(),
+    ))
+}
+
+/// The selected systems, each with the reason it cannot run here (if so).
+fn select_systems(keys: &[String]) -> anyhow::Result<Vec<(SystemKind, Option<String>)>> {
+    let all = all_systems();
+    for key in keys {
+        if !all.iter().any(|s| s.key() == key) {
+            bail!(
+                "unknown system {key:?}: choose from {}",
+                all.iter().map(|s| s.key()).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|s| keys.is_empty() || keys.iter().any(|k| k == s.key()))
+        .map(|s| {
+            let skip = s
+                .tool()
+                .filter(|tool| tool_missing(tool))
+                .map(|tool| format!("`{tool}` is not installed (cargo xtask setup installs it)"));
+            (s, skip)
+        })
+        .collect())
+}
+
+/// Sources for 100%-hit traffic: the network address of random listed prefixes, so the same
+/// traffic also hits xdp-filter, which matches exact addresses only.
+fn hit_sources(rng: &mut StdRng, list: &[Ipv4Net]) -> Vec<Ipv4Addr> {
+    (0..GEN_SOURCES)
+        .map(|_| list[rng.random_range(0..list.len())].network())
+        .collect()
+}
+
+/// Switches `system` on, sends for warm-up + window, reads the counters around the window,
+/// switches it off.
+fn measure(
+    args: &LiveArgs,
+    lab: &RateLab,
+    generator: &Generator,
+    systems: &mut Systems<'_>,
+    system: SystemKind,
+) -> anyhow::Result<(Sample, LoadInfo)> {
+    let (active, info) = systems.activate(system)?;
+    let sample = sample_window(args, lab, generator);
+    systems.deactivate(active)?;
+    Ok((sample?, info))
+}
+
+fn sample_window(args: &LiveArgs, lab: &RateLab, generator: &Generator) -> anyhow::Result<Sample> {
+    lab.pin_napi(args.rx_cpu)?;
+    let warmup = Duration::from_millis(args.warmup_ms);
+    let window = Duration::from_millis(args.window_ms);
+    // The generator stops on the flag; the limit only bounds it if this thread failed to set it.
+    let limit = warmup + window + Duration::from_secs(10);
+    let stop = AtomicBool::new(false);
+    let tx_netns = lab.tx_netns_path();
+    std::thread::scope(|scope| {
+        let sender = scope.spawn(|| {
+            let started = Instant::now();
+            let sent = generator.transmit(&tx_netns, args.gen_cpu, &stop, limit);
+            (sent, started.elapsed())
+        });
+        let counted = (|| -> anyhow::Result<(Counters, Counters, Duration)> {
+            std::thread::sleep(warmup);
+            let (before, t0) = counters_at(lab)?;
+            std::thread::sleep(window);
+            let (after, t1) = counters_at(lab)?;
+            Ok((before, after, t1 - t0))
+        })();
+        stop.store(true, Ordering::Relaxed);
+        let (sent, ran) = sender
+            .join()
+            .map_err(|_| anyhow::anyhow!("the generator thread panicked"))?;
+        let sent = sent?;
+        let (before, after, elapsed) = counted?;
+        let received = after.rx_packets.saturating_sub(before.rx_packets);
+        ensure!(
+            received > 0,
+            "the receiving veth counted no packets in the window (generator sent {sent})"
+        );
+        Ok(Sample {
+            mpps: received as f64 / elapsed.as_secs_f64() / 1e6,
+            delivered: after.udp_no_ports.saturating_sub(before.udp_no_ports) as f64
+                / received as f64,
+            rx_dropped: after.rx_dropped.saturating_sub(before.rx_dropped),
+            tx_dropped: after.tx_dropped.saturating_sub(before.tx_dropped),
+            offered_mpps: sent as f64 / ran.as_secs_f64() / 1e6,
+        })
+    })
+}
+
+/// The counters, and the moment they stand for (the middle of reading them).
+fn counters_at(lab: &RateLab) -> anyhow::Result<(Counters, Instant)> {
+    let before = Instant::now();
+    let counters = lab.counters()?;
+    let after = Instant::now();
+    Ok((counters, before + (after - before) / 2))
+}
+
+/// Median, min and max.
+pub(crate) fn summary(values: &[f64]) -> Option<(f64, f64, f64)> {
+    if values.is_empty() {
+        return None;
+    }
+    let (min, max) = values
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    Some((crate::median(values), min, max))
+}

@@ -1,0 +1,185 @@
+//! The packet generator: `bench_gen` (xdp-ebpf/src/bin/xdp-bench.rs) run through
+//! BPF_PROG_TEST_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES) on a thread that has
+//! entered the sending namespace and is pinned to its own CPU. The program stamps one of
+//! [`GEN_SOURCES`] source addresses (and the matching IPv4 header checksum, computed here) into
+//! a 64-byte UDP frame and returns XDP_TX, which the kernel turns into a transmit out of the
+//! sending veth named in the context, i.e. to the receiver.
+
+use std::{
+    net::Ipv4Addr,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::Array,
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+};
+use etherparse::PacketBuilder;
+use xdpwall::ebpf_object::BENCH_OBJECT;
+use xdpwall_netlab::FW_V4;
+
+use super::lab::{attach_xdp_mode, enter_netns, raise_priority, set_affinity};
+
+/// Entries of BENCH_GEN_SRC (must match xdp-bench.rs).
+pub(crate) const GEN_SOURCES: usize = 16384;
+/// Frames per BPF_PROG_TEST_RUN call: the stop flag is checked between calls.
+const FRAMES_PER_CALL: u32 = 1 << 16;
+/// Frames the kernel pushes through the program per batch (at most 256).
+const BATCH: u32 = 64;
+/// UDP destination port: discard, closed on the receiver, so datagrams that get through end
+/// as `Udp: NoPorts` (the ICMP errors this would provoke are rate-limited and unroutable).
+const DEST_PORT: u16 = 9;
+/// `lo` is interface 1 in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+/// Offsets in the frame.
+const IP_OFFSET: usize = 14;
+const UDP_CHECKSUM_OFFSET: usize = IP_OFFSET + 20 + 6;
+
+pub(crate) struct Generator {
+    ebpf: Ebpf,
+    frame: Vec<u8>,
+    /// `struct xdp_md` for the run: data 0, data_end = frame length, ingress_ifindex = the
+    /// sending veth (XDP_TX leaves through it), everything else 0.
+    ctx: [u8; 24],
+}
+
+impl Generator {
+    /// Loads the generator for the sending veth `tx_ifindex` in the namespace at
+    /// `tx_netns_path`.
+    pub fn new(
+        tx_netns_path: &str,
+        tx_mac: [u8; 6],
+        rx_mac: [u8; 6],
+        tx_ifindex: u32,
+    ) -> anyhow::Result<Self> {
+        let mut ebpf = Ebpf::load(BENCH_OBJECT).context("loading the baseline object")?;
+        let program: &mut Xdp = ebpf
+            .program_mut("bench_gen")
+            .context("bench_gen")?
+            .try_into()?;
+        program.load().context("loading bench_gen")?;
+        // Every BPF_PROG_TEST_RUN of an XDP program adds it to the kernel's XDP dispatcher and
+        // removes it after, each time with a synchronize_rcu() (tens of ms, the generator idle)
+        // unless the program is already in the dispatcher because it is attached somewhere.
+        // So it is attached, in generic mode, to the sending namespace's loopback, where no
+        // packet ever arrives (nothing in that namespace sends to itself). Dropping the object
+        // detaches it.
+        attach_xdp_mode(program, tx_netns_path, LOOPBACK_IFINDEX, XdpMode::Skb)
+            .context("attaching bench_gen to the sending namespace's loopback")?;
+        let destination: Ipv4Addr = FW_V4.parse().expect("valid address");
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2(tx_mac, rx_mac)
+            .ipv4([0, 0, 0, 0], destination.octets(), 64)
+            .udp(40000, DEST_PORT)
+            .write(&mut frame, &[0u8; 18])
+            .context("building the frame")?;
+        // UDP checksum 0 ("none", legal for IPv4): it covers the source address, which the
+        // program changes per packet.
+        frame[UDP_CHECKSUM_OFFSET..UDP_CHECKSUM_OFFSET + 2].copy_from_slice(&[0, 0]);
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&tx_ifindex.to_ne_bytes());
+        Ok(Self { ebpf, frame, ctx })
+    }
+
+    /// The frame without its FCS (60 bytes: 64 on the wire).
+    pub fn frame_len(&self) -> usize {
+        self.frame.len()
+    }
+
+    /// Fills the source table from `sources` (cycled when shorter than the table).
+    pub fn set_sources(&mut self, sources: &[Ipv4Addr]) -> anyhow::Result<()> {
+        anyhow::ensure!(!sources.is_empty(), "no source addresses");
+        let header: [u8; 20] = self.frame[IP_OFFSET..IP_OFFSET + 20]
+            .try_into()
+            .expect("20 bytes");
+        let mut table: Array<_, [u8; 8]> = Array::try_from(
+            self.ebpf
+                .map_mut("BENCH_GEN_SRC")
+                .context("BENCH_GEN_SRC")?,
+        )?;
+        for i in 0..GEN_SOURCES {
+            let source = sources[i % sources.len()].octets();
+            let checksum = ipv4_checksum(&header, source);
+            let mut entry = [0u8; 8];
+            entry[..4].copy_from_slice(&source);
+            entry[4..6].copy_from_slice(&checksum.to_be_bytes());
+            table.set(i as u32, entry, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Transmits from a thread in the namespace at `netns_path`, pinned to `cpu`, until `stop`
+    /// is set or `limit` has passed; returns the frames sent.
+    pub fn transmit(
+        &self,
+        netns_path: &str,
+        cpu: usize,
+        stop: &AtomicBool,
+        limit: Duration,
+    ) -> anyhow::Result<u64> {
+        enter_netns(netns_path)?;
+        set_affinity(0, cpu)?;
+        raise_priority(0)?;
+        let program: &Xdp = self
+            .ebpf
+            .program("bench_gen")
+            .context("bench_gen")?
+            .try_into()?;
+        let deadline = Instant::now() + limit;
+        let mut sent = 0u64;
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let opts = TestRunOptions {
+                data_in: Some(&self.frame),
+                ctx_in: Some(&self.ctx),
+                repeat: FRAMES_PER_CALL,
+                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                ..TestRunOptions::default()
+            };
+            program
+                .test_run(opts)
+                .context("BPF_PROG_TEST_RUN (live frames) of bench_gen")?;
+            sent += u64::from(FRAMES_PER_CALL);
+        }
+        Ok(sent)
+    }
+}
+
+/// The IPv4 header checksum of `header` with `source` as its source address.
+fn ipv4_checksum(header: &[u8; 20], source: [u8; 4]) -> u16 {
+    let mut h = *header;
+    h[10] = 0;
+    h[11] = 0;
+    h[12..16].copy_from_slice(&source);
+    let mut sum: u32 = h
+        .chunks_exact(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_matches_etherparse() {
+        let source = [198, 51, 100, 7];
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2([0; 6], [0; 6])
+            .ipv4(source, [203, 0, 113, 1], 64)
+            .udp(40000, 9)
+            .write(&mut frame, &[0u8; 18])
+            .unwrap();
+        let header: [u8; 20] = frame[14..34].try_into().unwrap();
+        let expected = u16::from_be_bytes([header[10], header[11]]);
+        assert_ne!(ipv4_checksum(&header, [1, 2, 3, 4]), expected);
+        assert_eq!(ipv4_checksum(&header, source), expected);
+    }
+}

@@ -1,0 +1,298 @@
+//! The Markdown report of the packet-rate benchmark.
+
+use std::{fmt::Write as _, process::Command, time::Duration};
+
+use super::{
+    LiveArgs, SizeResult, SystemResult, WORKLOADS, Workload, summary, systems::SystemKind,
+};
+use crate::{kernel, machine, today};
+
+fn mpps(result: &SystemResult, workload: Workload) -> Option<(f64, f64, f64)> {
+    summary(
+        &result
+            .samples(workload)
+            .iter()
+            .map(|s| s.mpps)
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn drop_median(size: &SizeResult, workload: Workload) -> Option<f64> {
+    size.systems
+        .iter()
+        .find(|r| r.system == SystemKind::Drop)
+        .and_then(|r| mpps(r, workload))
+        .map(|(med, _, _)| med)
+}
+
+fn rate_cell(result: &SystemResult, workload: Workload) -> String {
+    match mpps(result, workload) {
+        Some((med, min, max)) => format!("{med:.2} ({min:.2}–{max:.2})"),
+        None => "—".into(),
+    }
+}
+
+fn ratio_cell(size: &SizeResult, result: &SystemResult, workload: Workload) -> String {
+    match (mpps(result, workload), drop_median(size, workload)) {
+        (Some((med, _, _)), Some(drop)) if drop > 0.0 => format!("{:.2}", med / drop),
+        _ => "—".into(),
+    }
+}
+
+fn bytes(value: u64) -> String {
+    if value >= 1 << 20 {
+        format!("{:.1} MiB", value as f64 / f64::from(1 << 20))
+    } else {
+        format!("{:.1} KiB", value as f64 / 1024.0)
+    }
+}
+
+fn version(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .map(|l| l.trim().to_string())
+        })
+        .unwrap_or_else(|| "not installed".into())
+}
+
+pub(crate) fn render(
+    args: &LiveArgs,
+    results: &[SizeResult],
+    plots: &[(Workload, String)],
+    elapsed: Duration,
+    frame_len: usize,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# xdpwall packet-rate benchmark, {}\n", today());
+    let _ = writeln!(
+        out,
+        "Receive rate of a veth in NAPI mode (XDP attached) while each system filters it, in \
+         million packets per second (Mpps): median of {} interleaved repetitions, min–max in \
+         brackets, each a {} ms window after {} ms of warm-up. Ratios are to the XDP_DROP \
+         bracket at the same size and workload. **The machine is shared and noisy: absolute \
+         figures are context only; compare the ratios.**\n",
+        args.reps, args.window_ms, args.warmup_ms
+    );
+    let _ = writeln!(out, "- Machine: {}; kernel {}", machine(), kernel());
+    let _ = writeln!(out, "- nft: `{}`", version("nft", &["-v"]));
+    let _ = writeln!(out, "- iptables: `{}`", version("iptables", &["-V"]));
+    let _ = writeln!(out, "- ipset: `{}`", version("ipset", &["-v"]));
+    let _ = writeln!(
+        out,
+        "- xdp-tools: `{}`",
+        version("dpkg-query", &["-W", "-f=${Version}", "xdp-tools"])
+    );
+    let _ = writeln!(out, "- bpftool: `{}`", version("bpftool", &["version"]));
+    let _ = writeln!(
+        out,
+        "- Command: `{}` (total {:.0} s)\n",
+        args.command_line(),
+        elapsed.as_secs_f64()
+    );
+
+    if let Some(last) = results.last() {
+        let _ = writeln!(
+            out,
+            "## Headline: {} prefixes, ratio to XDP_DROP\n",
+            last.size
+        );
+        let _ = writeln!(
+            out,
+            "| system | 100% hit (drop rate) | × XDP_DROP | 0% hit (pass-through) | × XDP_DROP |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+        for r in &last.systems {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                r.system.label(),
+                rate_cell(r, Workload::Hit),
+                ratio_cell(last, r, Workload::Hit),
+                rate_cell(r, Workload::Miss),
+                ratio_cell(last, r, Workload::Miss),
+            );
+        }
+        let _ = writeln!(out);
+    }
+    for (workload, name) in plots {
+        let _ = writeln!(
+            out,
+            "![Mpps over list size, {}]({name})\n",
+            workload.label()
+        );
+    }
+
+    let _ = writeln!(out, "## All sizes\n");
+    let _ = writeln!(
+        out,
+        "| prefixes | system | hit Mpps | hit × DROP | miss Mpps | miss × DROP | load time | kernel memory |"
+    );
+    let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|");
+    for size in results {
+        for r in &size.systems {
+            let (load, memory) = match &r.skipped {
+                Some(why) if r.hit.is_empty() && r.miss.is_empty() => {
+                    (format!("not run: {why}"), String::new())
+                }
+                _ => (
+                    r.load
+                        .load_time
+                        .map_or("—".into(), |t| format!("{:.3} s", t.as_secs_f64())),
+                    r.load.memory.map_or("—".into(), |(b, _)| bytes(b)),
+                ),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {load} | {memory} |",
+                size.size,
+                r.system.label(),
+                rate_cell(r, Workload::Hit),
+                ratio_cell(size, r, Workload::Hit),
+                rate_cell(r, Workload::Miss),
+                ratio_cell(size, r, Workload::Miss),
+            );
+        }
+    }
+    let _ = writeln!(out);
+
+    let _ = writeln!(out, "## Sanity counters\n");
+    let _ = writeln!(
+        out,
+        "Per system and workload, summed over sizes and repetitions: packets delivered to the \
+         receiver's UDP layer per packet received (should be ~0 for hit traffic and ~1 for miss \
+         traffic), frames the receiving veth refused (`rx_dropped`) and the sender could not \
+         hand over (`tx_dropped`), and the generator's offered rate (median, Mpps).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| system | workload | delivered / received | rx_dropped | tx_dropped | offered Mpps |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
+    if let Some(first) = results.first() {
+        for (i, r) in first.systems.iter().enumerate() {
+            for workload in WORKLOADS {
+                let samples: Vec<_> = results
+                    .iter()
+                    .filter_map(|s| s.systems.get(i))
+                    .flat_map(|r| r.samples(workload).iter().copied())
+                    .collect();
+                if samples.is_empty() {
+                    continue;
+                }
+                let delivered = summary(&samples.iter().map(|s| s.delivered).collect::<Vec<_>>())
+                    .map_or(f64::NAN, |(m, _, _)| m);
+                let offered = summary(&samples.iter().map(|s| s.offered_mpps).collect::<Vec<_>>())
+                    .map_or(f64::NAN, |(m, _, _)| m);
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {delivered:.3} | {} | {} | {offered:.2} |",
+                    r.system.label(),
+                    workload.label(),
+                    samples.iter().map(|s| s.rx_dropped).sum::<u64>(),
+                    samples.iter().map(|s| s.tx_dropped).sum::<u64>(),
+                );
+            }
+        }
+    }
+    let _ = writeln!(out);
+
+    let failures: Vec<String> = results
+        .iter()
+        .flat_map(|s| {
+            s.systems.iter().filter_map(move |r| {
+                r.skipped
+                    .as_ref()
+                    .map(|why| format!("- {} at {}: {why}", r.system.label(), s.size))
+            })
+        })
+        .collect();
+    if !failures.is_empty() {
+        let _ = writeln!(out, "## Not measured\n");
+        for line in failures {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = writeln!(out);
+    }
+
+    let _ = writeln!(out, "## Method\n");
+    let notes = [
+        format!(
+            "Lab: two network namespaces joined by a veth pair, documentation addresses only, \
+             no default route. The receiving veth has threaded NAPI on, its `napi/…` kernel \
+             thread pinned to CPU {}; the generator is pinned to CPU {}.",
+            args.rx_cpu, args.gen_cpu
+        ),
+        format!(
+            "Generator: the XDP program `bench_gen` run through BPF_PROG_TEST_RUN with \
+             BPF_F_TEST_XDP_LIVE_FRAMES (batches of 64, 65,536 frames per call) from a thread \
+             in the sending namespace, with an `xdp_md` context naming the sending veth as \
+             ingress interface, so XDP_TX transmits to the receiver. Frames are {} bytes + FCS \
+             = 64 bytes, IPv4/UDP to the receiver's own address, port 9 (closed; UDP checksum 0), \
+             from {} sources cycled per CPU; the program writes the source and the matching IPv4 \
+             header checksum (precomputed) into every frame.",
+            frame_len,
+            super::GEN_SOURCES
+        ),
+        "Rate: `rx_packets` of the receiving veth (`ip -s -j link`), which for veth in NAPI \
+         mode counts every frame its XDP path processed, dropped or passed, read before and after \
+         the window. Frames the receiver's ring refused are not in it (see the sanity table)."
+            .into(),
+        "Traffic: 100% hit comes from the network address of random listed prefixes; 0% hit \
+         from 100.64.0.0/10, which no list overlaps. Passed packets go up the receiver's stack \
+         and end as `Udp: NoPorts` (the port-unreachable replies are rate-limited and have no \
+         route), so the pass-through rate includes the stack's cost for every system."
+            .into(),
+        "Lists: random IPv4 prefixes (about 60% /32, 35% /24, 5% /20–/23), disjoint and \
+         non-adjacent (nft interval sets refuse overlaps; nothing aggregates), the same list \
+         for every system at a size."
+            .into(),
+        "xdpwall: the library as the daemon uses it: `loader::load_object` (maps pinned under \
+         a directory of this run), `Engine::apply_feed` of the whole list (as a feed sync \
+         does; the load time is that call: diff plus one map update per entry), its XDP program \
+         attached in native mode. A fresh instance per size."
+            .into(),
+        "stock LPM: `bench_stock_lpm`, one BPF LPM trie lookup of the source, loaded with one \
+         map update per prefix."
+            .into(),
+        "nftables: `table netdev` with a `flags interval` set and an `ingress` base chain on the \
+         veth jumping to `ip saddr @blocked drop`; loaded with one `nft -f`. iptables: `ipset \
+         restore` into a `hash:net` set, and `iptables -t raw -I PREROUTING -m set \
+         --match-set … src -j DROP`. For both, `bench_pass` is attached so the veth is in NAPI \
+         mode and packets reach them as skbs. Their hooks are added before and removed after \
+         each sample; the set stays loaded."
+            .into(),
+        format!(
+            "xdp-filter (xdp-tools): `xdp-filter load --mode native --policy allow --features \
+             ipv4`, then its `filter_ipv4` map filled through the pin (exact addresses only: \
+             the network address of each prefix, which is also what the hit traffic uses, so \
+             it gets the same packets but a simpler job). Its map holds {} entries, so it runs \
+             only at sizes up to that. `xdp-filter unload` removes its maps, so it is loaded \
+             again for every sample; the load time is the first fill.",
+            super::systems::XDP_FILTER_CAPACITY
+        ),
+        "Kernel memory: BPF maps: `bytes_memlock` from `bpftool map show` (xdpwall: the sum \
+         over all its maps, counters and ring buffer included; xdp-filter: its preallocated \
+         map); ipset: `ipset list -t` Size in memory; nftables: the change of `Slab:` in \
+         /proc/meminfo across the load (noisy: anything else on the machine allocating moves \
+         it)."
+            .into(),
+        "Repetitions: every system is measured once per repetition and workload, in an order \
+         rotated each time."
+            .into(),
+    ];
+    for note in notes {
+        let _ = writeln!(out, "- {note}");
+    }
+    out
+}

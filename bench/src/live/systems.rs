@@ -1,0 +1,705 @@
+//! The systems the packet-rate benchmark compares, each loaded with the same list on the
+//! receiving veth's namespace, and switched on (attached, hooked) only while measured so the
+//! repetitions can rotate over them.
+//!
+//! - XDP_PASS / XDP_DROP brackets and the stock one-LPM-trie program: `bench_pass`,
+//!   `bench_drop`, `bench_stock_lpm` from xdp-ebpf/src/bin/xdp-bench.rs.
+//! - xdpwall: the library exactly as the daemon uses it (`loader::load_object` with maps
+//!   pinned under a directory of this run, `Engine::apply_feed` for the list, as a feed sync
+//!   does), its XDP program attached in native mode. Variants are rows of [`XDPWALL_VARIANTS`].
+//! - nftables: a `netdev` table with an interval set and an `ingress` base chain on the veth
+//!   (`ip saddr @blocked drop`); the veth runs `bench_pass` so it is in NAPI mode.
+//! - iptables: an ipset `hash:net` set and a `raw PREROUTING -m set --match-set … src -j DROP`
+//!   rule; `bench_pass` on the veth as for nftables.
+//! - xdp-filter (xdp-tools): exact IPv4 source addresses only, loaded per turn (`xdp-filter
+//!   unload` removes its maps), its `filter_ipv4` map filled directly through the pin.
+//!
+//! Everything lives in the lab's namespaces (deleting them removes the tables, sets, rules and
+//! attachments) or under pin directories removed by guards; xdp-filter's global pin directory
+//! is removed by its guard when this run created it.
+
+use std::{
+    fmt::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf,
+    maps::{LpmTrie, MapData, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    programs::{Xdp, xdp::XdpLinkId},
+};
+use ipnet::{IpNet, Ipv4Net};
+use xdpwall::{
+    datapath::Ipv4Lookup,
+    ebpf_object::BENCH_OBJECT,
+    engine::{Engine, FEED_ID_BASE},
+    loader::{self, LoadedObject},
+    pins::PinLayout,
+    rules::Action,
+    store::Store,
+};
+use xdpwall_shared::XDP_PROGRAM;
+
+use super::lab::{RateLab, attach_xdp};
+use crate::feed::PinDirGuard;
+
+/// One xdpwall configuration to measure. Adding a variant is one more row in
+/// [`XDPWALL_VARIANTS`]; its settings are applied in [`load_xdpwall`] (today: the IPv4 lookup
+/// structure, the `ipv4_lookup` config key resolved to what the daemon would load).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct XdpwallVariant {
+    pub label: &'static str,
+    pub ipv4_lookup: Ipv4Lookup,
+}
+
+pub(crate) const XDPWALL_VARIANTS: &[XdpwallVariant] = &[
+    XdpwallVariant {
+        label: "xdpwall (lpm)",
+        ipv4_lookup: Ipv4Lookup::Lpm,
+    },
+    XdpwallVariant {
+        label: "xdpwall (dir24)",
+        ipv4_lookup: Ipv4Lookup::Dir24,
+    },
+];
+
+/// Largest list xdp-filter holds: its `filter_ipv4` map has 10,000 entries.
+pub(crate) const XDP_FILTER_CAPACITY: usize = 10_000;
+const XDP_FILTER_PINS: &str = "/sys/fs/bpf/xdp-filter";
+/// xdp-filter's map value flag "match the source address" (common_kern_user.h: MAP_FLAG_SRC).
+const XDP_FILTER_FLAG_SRC: u64 = 1;
+
+const NFT_TABLE: &str = "xwlive";
+const IPSET_SET: &str = "xwlive";
+/// Longest one nft / ipset / iptables / xdp-filter command may run.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(300);
+
+const FEED_NAME: &str = "bench-live";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SystemKind {
+    Pass,
+    Drop,
+    StockLpm,
+    Xdpwall(XdpwallVariant),
+    Nft,
+    Iptables,
+    XdpFilter,
+}
+
+impl SystemKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Pass => "XDP_PASS",
+            Self::Drop => "XDP_DROP",
+            Self::StockLpm => "stock LPM (XDP)",
+            Self::Xdpwall(v) => v.label,
+            Self::Nft => "nftables",
+            Self::Iptables => "iptables + ipset",
+            Self::XdpFilter => "xdp-filter",
+        }
+    }
+
+    /// The name `--systems` selects it by.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Drop => "drop",
+            Self::StockLpm => "stock",
+            Self::Xdpwall(_) => "xdpwall",
+            Self::Nft => "nft",
+            Self::Iptables => "iptables",
+            Self::XdpFilter => "xdp-filter",
+        }
+    }
+
+    /// The largest list the system can hold, if limited.
+    pub fn capacity(self) -> Option<usize> {
+        match self {
+            Self::XdpFilter => Some(XDP_FILTER_CAPACITY),
+            _ => None,
+        }
+    }
+
+    /// The command-line tool the system needs, if any.
+    pub fn tool(self) -> Option<&'static str> {
+        match self {
+            Self::Nft => Some("nft"),
+            Self::Iptables => Some("ipset"),
+            Self::XdpFilter => Some("xdp-filter"),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn all_systems() -> Vec<SystemKind> {
+    let mut all = vec![SystemKind::Pass, SystemKind::Drop, SystemKind::StockLpm];
+    all.extend(XDPWALL_VARIANTS.iter().map(|v| SystemKind::Xdpwall(*v)));
+    all.extend([SystemKind::Nft, SystemKind::Iptables, SystemKind::XdpFilter]);
+    all
+}
+
+/// What loading the list into a system cost.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LoadInfo {
+    pub load_time: Option<Duration>,
+    /// Kernel memory in bytes, and how it was measured.
+    pub memory: Option<(u64, &'static str)>,
+}
+
+/// A system switched on; hand it back to [`Systems::deactivate`].
+pub(crate) enum Active {
+    Bench(&'static str, XdpLinkId),
+    Xdpwall(usize, XdpLinkId),
+    /// nft or iptables: their hook, with `bench_pass` keeping the veth in NAPI mode.
+    Stack(SystemKind, XdpLinkId),
+    XdpFilter,
+}
+
+struct XdpwallInstance {
+    // Field order is drop order: the engine's maps and the program before their pins.
+    _engine: Engine,
+    ebpf: Ebpf,
+    _pins: PinDirGuard,
+}
+
+/// Removes xdp-filter from the veth and, if this run created it, its pin directory.
+struct XdpFilterGuard {
+    netns_path: String,
+    iface: String,
+    loaded: bool,
+}
+
+impl Drop for XdpFilterGuard {
+    fn drop(&mut self) {
+        if self.loaded {
+            let _ = ns_command(
+                &self.netns_path,
+                "xdp-filter",
+                &["unload", &self.iface],
+                None,
+            );
+            let _ = std::fs::remove_dir_all(XDP_FILTER_PINS);
+        }
+    }
+}
+
+pub(crate) struct Systems<'lab> {
+    lab: &'lab RateLab,
+    run_id: String,
+    scratch: PathBuf,
+    bench: Ebpf,
+    bench_pins: PinDirGuard,
+    xdpwall: Vec<Option<XdpwallInstance>>,
+    xdp_filter: XdpFilterGuard,
+    /// The list xdp-filter gets on each activation (exact addresses).
+    xdp_filter_list: Vec<Ipv4Addr>,
+    xdp_filter_loaded_once: bool,
+    nft_loaded: bool,
+    ipset_loaded: bool,
+}
+
+impl<'lab> Systems<'lab> {
+    pub fn new(lab: &'lab RateLab) -> anyhow::Result<Self> {
+        let run_id = format!("{}", std::process::id());
+        let scratch = std::env::temp_dir().join(format!("xwbench-live-{run_id}"));
+        std::fs::create_dir_all(&scratch)?;
+        let bench_pins = PinDirGuard(PathBuf::from(format!(
+            "/sys/fs/bpf/xdpwall-bench-live-{run_id}"
+        )));
+        std::fs::create_dir_all(&bench_pins.0)
+            .with_context(|| format!("creating {}", bench_pins.0.display()))?;
+        let mut bench = Ebpf::load(BENCH_OBJECT).context("loading the baseline object")?;
+        for name in ["bench_pass", "bench_drop", "bench_stock_lpm"] {
+            let program: &mut Xdp = bench.program_mut(name).context(name)?.try_into()?;
+            program.load().with_context(|| format!("loading {name}"))?;
+        }
+        // Pinned only so its memory can be read with bpftool like every other map.
+        bench
+            .map("BENCH_LPM_V4")
+            .context("BENCH_LPM_V4")?
+            .pin(bench_pins.0.join("BENCH_LPM_V4"))
+            .context("pinning BENCH_LPM_V4")?;
+        Ok(Self {
+            lab,
+            scratch,
+            bench,
+            bench_pins,
+            xdpwall: XDPWALL_VARIANTS.iter().map(|_| None).collect(),
+            xdp_filter: XdpFilterGuard {
+                netns_path: lab.rx_netns_path(),
+                iface: lab.lab.fw_if.clone(),
+                loaded: false,
+            },
+            xdp_filter_list: Vec::new(),
+            xdp_filter_loaded_once: false,
+            nft_loaded: false,
+            ipset_loaded: false,
+            run_id,
+        })
+    }
+
+    /// Replaces whatever `system` holds with `list`.
+    pub fn load(&mut self, system: SystemKind, list: &[Ipv4Net]) -> anyhow::Result<LoadInfo> {
+        match system {
+            SystemKind::Pass | SystemKind::Drop => Ok(LoadInfo::default()),
+            SystemKind::StockLpm => self.load_stock(list),
+            SystemKind::Xdpwall(variant) => self.load_xdpwall(variant, list),
+            SystemKind::Nft => self.load_nft(list),
+            SystemKind::Iptables => self.load_ipset(list),
+            SystemKind::XdpFilter => {
+                if list.len() > XDP_FILTER_CAPACITY {
+                    bail!("xdp-filter holds at most {XDP_FILTER_CAPACITY} IPv4 addresses");
+                }
+                // Exact addresses only: each prefix's network address (the hit traffic of
+                // every system is sent from these addresses).
+                self.xdp_filter_list = list.iter().map(Ipv4Net::network).collect();
+                self.xdp_filter_loaded_once = false;
+                // Loaded on each activation; the first one's fill time is the load time.
+                Ok(LoadInfo::default())
+            }
+        }
+    }
+
+    fn load_stock(&mut self, list: &[Ipv4Net]) -> anyhow::Result<LoadInfo> {
+        let mut trie: LpmTrie<_, [u8; 4], u32> =
+            LpmTrie::try_from(self.bench.map_mut("BENCH_LPM_V4").context("BENCH_LPM_V4")?)?;
+        for key in trie.keys().collect::<Result<Vec<_>, _>>()? {
+            trie.remove(&key)?;
+        }
+        let started = Instant::now();
+        for (i, net) in list.iter().enumerate() {
+            trie.insert(
+                &Key::new(u32::from(net.prefix_len()), net.network().octets()),
+                i as u32 + 1,
+                0,
+            )?;
+        }
+        let load_time = started.elapsed();
+        let memory = memlock_of_pins(&[self.bench_pins.0.join("BENCH_LPM_V4")])?;
+        Ok(LoadInfo {
+            load_time: Some(load_time),
+            memory: Some((memory, "bpftool bytes_memlock of the trie")),
+        })
+    }
+
+    fn load_xdpwall(
+        &mut self,
+        variant: XdpwallVariant,
+        list: &[Ipv4Net],
+    ) -> anyhow::Result<LoadInfo> {
+        let index = XDPWALL_VARIANTS
+            .iter()
+            .position(|v| *v == variant)
+            .expect("a listed variant");
+        // A fresh instance per list, so the load time is a full load, not a diff.
+        self.xdpwall[index] = None;
+        let pins = PinDirGuard(PathBuf::from(format!(
+            "/sys/fs/bpf/xdpwall-bench-live-{}-x{index}",
+            self.run_id
+        )));
+        let LoadedObject { ebpf, datapath } = load_xdpwall(variant, &PinLayout::new(&pins.0))?;
+        let (mut engine, _) = Engine::open(
+            Box::new(datapath),
+            Store::in_memory()?,
+            Vec::new(),
+            Vec::new(),
+        )
+        .context("opening the xdpwall engine")?;
+        let entries = list.iter().map(|n| IpNet::V4(*n)).collect();
+        let started = Instant::now();
+        engine
+            .apply_feed(FEED_NAME, FEED_ID_BASE + 1, Action::Block, entries)
+            .context("applying the list to xdpwall")?;
+        let load_time = started.elapsed();
+        let map_pins: Vec<PathBuf> = std::fs::read_dir(PinLayout::new(&pins.0).maps_dir())?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        let memory = memlock_of_pins(&map_pins)?;
+        self.xdpwall[index] = Some(XdpwallInstance {
+            _engine: engine,
+            ebpf,
+            _pins: pins,
+        });
+        Ok(LoadInfo {
+            load_time: Some(load_time),
+            memory: Some((memory, "bpftool bytes_memlock, sum over all its maps")),
+        })
+    }
+
+    fn load_nft(&mut self, list: &[Ipv4Net]) -> anyhow::Result<LoadInfo> {
+        let netns = self.lab.rx_netns_path();
+        if self.nft_loaded {
+            ns_command(
+                &netns,
+                "nft",
+                &["delete", "table", "netdev", NFT_TABLE],
+                None,
+            )?;
+            self.nft_loaded = false;
+        }
+        let mut script = String::with_capacity(list.len() * 20 + 256);
+        let _ = writeln!(
+            script,
+            "table netdev {NFT_TABLE} {{\n\tset blocked {{\n\t\ttype ipv4_addr\n\t\tflags interval"
+        );
+        if !list.is_empty() {
+            script.push_str("\t\telements = {\n");
+            for net in list {
+                let _ = writeln!(script, "\t\t\t{net},");
+            }
+            script.push_str("\t\t}\n");
+        }
+        // The rule lives in a regular chain; activation only adds the base chain jumping to
+        // it, so nft never has to read the (large) set back.
+        script.push_str("\t}\n\tchain filter {\n\t\tip saddr @blocked drop\n\t}\n}\n");
+        let path = self.scratch.join("nft-load.nft");
+        std::fs::write(&path, script)?;
+        let slab_before = slab_bytes()?;
+        let load_time = ns_command(&netns, "nft", &["-f", &path.to_string_lossy()], None)?;
+        self.nft_loaded = true;
+        let slab_after = slab_bytes()?;
+        Ok(LoadInfo {
+            load_time: Some(load_time),
+            memory: Some((
+                slab_after.saturating_sub(slab_before),
+                "Slab delta in /proc/meminfo across the load (noisy)",
+            )),
+        })
+    }
+
+    fn load_ipset(&mut self, list: &[Ipv4Net]) -> anyhow::Result<LoadInfo> {
+        let netns = self.lab.rx_netns_path();
+        if self.ipset_loaded {
+            ns_command(&netns, "ipset", &["destroy", IPSET_SET], None)?;
+            self.ipset_loaded = false;
+        }
+        let maxelem = (list.len() * 2).max(65_536);
+        let hashsize = (list.len() / 4).next_power_of_two().max(1024);
+        let mut script = String::with_capacity(list.len() * 28 + 128);
+        let _ = writeln!(
+            script,
+            "create {IPSET_SET} hash:net family inet hashsize {hashsize} maxelem {maxelem}"
+        );
+        for net in list {
+            let _ = writeln!(script, "add {IPSET_SET} {net}");
+        }
+        let path = self.scratch.join("ipset-load.txt");
+        std::fs::write(&path, script)?;
+        let load_time = ns_command(&netns, "ipset", &["restore"], Some(&path))?;
+        self.ipset_loaded = true;
+        let listing = ns_output(&netns, "ipset", &["list", "-t", IPSET_SET])?;
+        let memory = listing
+            .lines()
+            .find_map(|l| l.strip_prefix("Size in memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .context("no `Size in memory` in `ipset list -t`")?;
+        Ok(LoadInfo {
+            load_time: Some(load_time),
+            memory: Some((memory, "`ipset list -t` Size in memory")),
+        })
+    }
+
+    /// Switches `system` on: attaches its XDP program (or `bench_pass` and its hook).
+    pub fn activate(&mut self, system: SystemKind) -> anyhow::Result<(Active, LoadInfo)> {
+        let netns = self.lab.rx_netns_path();
+        let ifindex = self.lab.rx_ifindex;
+        let mut info = LoadInfo::default();
+        let active = match system {
+            SystemKind::Pass | SystemKind::Drop | SystemKind::StockLpm => {
+                let name = match system {
+                    SystemKind::Pass => "bench_pass",
+                    SystemKind::Drop => "bench_drop",
+                    _ => "bench_stock_lpm",
+                };
+                let link = attach_xdp(bench_program(&mut self.bench, name)?, &netns, ifindex)?;
+                Active::Bench(name, link)
+            }
+            SystemKind::Xdpwall(variant) => {
+                let index = XDPWALL_VARIANTS
+                    .iter()
+                    .position(|v| *v == variant)
+                    .expect("a listed variant");
+                let instance = self.xdpwall[index]
+                    .as_mut()
+                    .context("xdpwall is not loaded")?;
+                let program: &mut Xdp = instance
+                    .ebpf
+                    .program_mut(XDP_PROGRAM)
+                    .context(XDP_PROGRAM)?
+                    .try_into()?;
+                Active::Xdpwall(index, attach_xdp(program, &netns, ifindex)?)
+            }
+            SystemKind::Nft | SystemKind::Iptables => {
+                let link = attach_xdp(
+                    bench_program(&mut self.bench, "bench_pass")?,
+                    &netns,
+                    ifindex,
+                )?;
+                let hooked = if system == SystemKind::Nft {
+                    let script = format!(
+                        "add chain netdev {NFT_TABLE} in {{ type filter hook ingress device \"{}\" \
+                         priority 0; policy accept; }}\nadd rule netdev {NFT_TABLE} in jump filter\n",
+                        self.lab.lab.fw_if
+                    );
+                    let path = self.scratch.join("nft-on.nft");
+                    std::fs::write(&path, script)?;
+                    ns_command(&netns, "nft", &["-f", &path.to_string_lossy()], None).map(drop)
+                } else {
+                    ns_command(
+                        &netns,
+                        "iptables",
+                        &[
+                            "-t",
+                            "raw",
+                            "-I",
+                            "PREROUTING",
+                            "-m",
+                            "set",
+                            "--match-set",
+                            IPSET_SET,
+                            "src",
+                            "-j",
+                            "DROP",
+                        ],
+                        None,
+                    )
+                    .map(drop)
+                };
+                if let Err(e) = hooked {
+                    let _ = bench_program(&mut self.bench, "bench_pass")?.detach(link);
+                    return Err(e);
+                }
+                Active::Stack(system, link)
+            }
+            SystemKind::XdpFilter => {
+                if Path::new(XDP_FILTER_PINS).exists() {
+                    bail!("{XDP_FILTER_PINS} exists: another xdp-filter is loaded on this machine");
+                }
+                self.xdp_filter.loaded = true;
+                ns_command(
+                    &netns,
+                    "xdp-filter",
+                    &[
+                        "load",
+                        "--mode",
+                        "native",
+                        "--policy",
+                        "allow",
+                        "--features",
+                        "ipv4",
+                        &self.lab.lab.fw_if,
+                    ],
+                    None,
+                )?;
+                let started = Instant::now();
+                let map = MapData::from_pin(Path::new(XDP_FILTER_PINS).join("filter_ipv4"))
+                    .context("opening xdp-filter's filter_ipv4 map")?;
+                let mut filter: PerCpuHashMap<_, [u8; 4], u64> =
+                    PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(map))
+                        .context("filter_ipv4 is not a per-CPU hash of u32 → u64")?;
+                let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+                for addr in &self.xdp_filter_list {
+                    let values = PerCpuValues::try_from(vec![XDP_FILTER_FLAG_SRC; cpus])?;
+                    filter.insert(addr.octets(), values, 0)?;
+                }
+                if !self.xdp_filter_loaded_once {
+                    self.xdp_filter_loaded_once = true;
+                    info.load_time = Some(started.elapsed());
+                    info.memory = Some((
+                        memlock_of_pins(&[Path::new(XDP_FILTER_PINS).join("filter_ipv4")])?,
+                        "bpftool bytes_memlock of filter_ipv4 (preallocated: the same at any size)",
+                    ));
+                }
+                Active::XdpFilter
+            }
+        };
+        Ok((active, info))
+    }
+
+    pub fn deactivate(&mut self, active: Active) -> anyhow::Result<()> {
+        let netns = self.lab.rx_netns_path();
+        match active {
+            Active::Bench(name, link) => bench_program(&mut self.bench, name)?.detach(link)?,
+            Active::Xdpwall(index, link) => {
+                let instance = self.xdpwall[index]
+                    .as_mut()
+                    .context("xdpwall is not loaded")?;
+                let program: &mut Xdp = instance
+                    .ebpf
+                    .program_mut(XDP_PROGRAM)
+                    .context(XDP_PROGRAM)?
+                    .try_into()?;
+                program.detach(link)?;
+            }
+            Active::Stack(system, link) => {
+                let unhooked = if system == SystemKind::Nft {
+                    let path = self.scratch.join("nft-off.nft");
+                    std::fs::write(
+                        &path,
+                        format!(
+                            "flush chain netdev {NFT_TABLE} in\ndelete chain netdev {NFT_TABLE} in\n"
+                        ),
+                    )?;
+                    ns_command(&netns, "nft", &["-f", &path.to_string_lossy()], None).map(drop)
+                } else {
+                    ns_command(
+                        &netns,
+                        "iptables",
+                        &[
+                            "-t",
+                            "raw",
+                            "-D",
+                            "PREROUTING",
+                            "-m",
+                            "set",
+                            "--match-set",
+                            IPSET_SET,
+                            "src",
+                            "-j",
+                            "DROP",
+                        ],
+                        None,
+                    )
+                    .map(drop)
+                };
+                bench_program(&mut self.bench, "bench_pass")?.detach(link)?;
+                unhooked?;
+            }
+            Active::XdpFilter => {
+                ns_command(&netns, "xdp-filter", &["unload", &self.lab.lab.fw_if], None)?;
+                self.xdp_filter.loaded = false;
+                // `unload` removes its maps; make sure, so the next load starts empty.
+                let _ = std::fs::remove_dir_all(XDP_FILTER_PINS);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Systems<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+/// Loads xdpwall's object for `variant`. This is the one place a variant's settings are applied.
+fn load_xdpwall(variant: XdpwallVariant, pins: &PinLayout) -> anyhow::Result<LoadedObject> {
+    loader::load_object(pins, variant.ipv4_lookup)
+        .with_context(|| format!("loading the xdpwall object for {}", variant.label))
+}
+
+fn bench_program<'a>(bench: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
+    Ok(bench
+        .program_mut(name)
+        .context(name.to_string())?
+        .try_into()?)
+}
+
+/// Runs `program args` in the network namespace at `netns_path` (nsenter: the mount namespace,
+/// hence bpffs, stays the host's) under timeout(1); returns its wall time.
+fn ns_command(
+    netns_path: &str,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&Path>,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    ns_run(netns_path, program, args, stdin)?;
+    Ok(started.elapsed())
+}
+
+fn ns_output(netns_path: &str, program: &str, args: &[&str]) -> anyhow::Result<String> {
+    ns_run(netns_path, program, args, None)
+}
+
+fn ns_run(
+    netns_path: &str,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&Path>,
+) -> anyhow::Result<String> {
+    let mut command = Command::new("timeout");
+    command
+        .args(["--kill-after=5", &TOOL_TIMEOUT.as_secs().to_string()])
+        .arg("nsenter")
+        .arg(format!("--net={netns_path}"))
+        .arg(program)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    match stdin {
+        Some(path) => command.stdin(
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
+        ),
+        None => command.stdin(Stdio::null()),
+    };
+    let output = command
+        .output()
+        .with_context(|| format!("running {program} in {netns_path}"))?;
+    match output.status.code() {
+        Some(0) => Ok(String::from_utf8_lossy(&output.stdout).into_owned()),
+        Some(124 | 137) => bail!(
+            "`{program} {}` timed out after {} s",
+            args.join(" "),
+            TOOL_TIMEOUT.as_secs()
+        ),
+        _ => bail!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+                .trim()
+                .chars()
+                .take(300)
+                .collect::<String>()
+        ),
+    }
+}
+
+/// Sum of `bytes_memlock` over the BPF maps pinned at `pins`, from bpftool.
+fn memlock_of_pins(pins: &[PathBuf]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for pin in pins {
+        let out = Command::new("bpftool")
+            .args(["-j", "map", "show", "pinned"])
+            .arg(pin)
+            .output()
+            .context("running bpftool")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "bpftool map show pinned {}: {}",
+            pin.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        total += info["bytes_memlock"]
+            .as_u64()
+            .with_context(|| format!("no bytes_memlock for {}", pin.display()))?;
+    }
+    Ok(total)
+}
+
+/// `Slab:` of /proc/meminfo, in bytes.
+fn slab_bytes() -> anyhow::Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Slab:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .context("no Slab in /proc/meminfo")
+}
+
+/// Whether `tool` can be run (for systems whose tool may be missing).
+pub(crate) fn tool_missing(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_err()
+}
