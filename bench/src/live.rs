@@ -277,6 +277,11 @@ pub fn run_live(args: &LiveArgs) -> anyhow::Result<String> {
     ))
 }
 
+/// The label of every system the benchmark knows (its table rows), in report order.
+pub fn system_labels() -> Vec<&'static str> {
+    all_systems().into_iter().map(SystemKind::label).collect()
+}
+
 /// The selected systems, each with the reason it cannot run here (if so).
 fn select_systems(keys: &[String]) -> anyhow::Result<Vec<(SystemKind, Option<String>)>> {
     let all = all_systems();

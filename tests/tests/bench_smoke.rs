@@ -1,7 +1,10 @@
 //! The benchmark harness at tiny size: the report is produced and well formed. No timing is
 //! asserted (this machine is shared; speed is measured by `cargo xtask bench`, not by tests).
 
-use xdpwall_bench::Args;
+use xdpwall_bench::{
+    Args,
+    live::{LiveArgs, run_live, system_labels},
+};
 use xdpwall_tests::require_privileges;
 
 #[test]
@@ -43,4 +46,71 @@ fn harness_produces_a_well_formed_report() {
     );
     assert!(report.contains("Command: `cargo xtask bench"), "{report}");
     assert!(!pin_dir.exists());
+}
+
+/// The packet-rate harness at tiny size: every system has a row at every size, XDP_DROP
+/// received something, and both plots are PNG images. Rates are not judged.
+#[test]
+fn live_harness_produces_a_report_and_plots() {
+    require_privileges!();
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!(
+            "SKIP live_harness_produces_a_report_and_plots: needs 2 CPUs (generator and receiver)"
+        );
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("xwbench-live-smoke-{}", std::process::id()));
+    let args = LiveArgs {
+        sizes: vec![1, 1000],
+        reps: 1,
+        window_ms: 300,
+        warmup_ms: 100,
+        systems: Vec::new(),
+        out: out.clone(),
+        seed: 7,
+        gen_cpu: 0,
+        rx_cpu: 1,
+    };
+    let report = run_live(&args);
+    let pngs: Vec<std::path::PathBuf> = std::fs::read_dir(&out)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "png"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let png_bytes: Vec<Vec<u8>> = pngs.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let _ = std::fs::remove_dir_all(&out);
+    let report = report.unwrap();
+
+    for size in [1, 1000] {
+        for label in system_labels() {
+            assert!(
+                report.contains(&format!("| {size} | {label} |")),
+                "no row for {label} at {size}:\n{report}"
+            );
+        }
+        let drop_row = report
+            .lines()
+            .find(|l| l.starts_with(&format!("| {size} | XDP_DROP |")))
+            .unwrap();
+        let cells: Vec<&str> = drop_row.split('|').map(str::trim).collect();
+        for cell in [cells[3], cells[5]] {
+            let mpps: f64 = cell.split_whitespace().next().unwrap().parse().unwrap();
+            assert!(mpps > 0.0, "{drop_row}");
+        }
+    }
+    assert!(
+        report.contains("Command: `cargo xtask bench -- live"),
+        "{report}"
+    );
+    assert_eq!(pngs.len(), 2, "{pngs:?}");
+    for bytes in png_bytes {
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+        // IHDR: width and height (big-endian) right after the chunk header.
+        let width = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+        let height = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+        assert!(width > 0 && height > 0);
+        assert!(report.contains(".png)"), "{report}");
+    }
 }

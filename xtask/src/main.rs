@@ -3,7 +3,7 @@
 //! - `setup`: install what a fresh machine lacks (idempotent, seconds when all is there)
 //! - `demo`:  the README's first command: a veth lab, xdpwall blocking a lab prefix, pings
 //! - `test`:  the README's second command: unit and privileged integration tests
-//! - `bench`: the benchmark harness in bench/
+//! - `bench`: the benchmark harness in bench/ (`cargo xtask bench -- live`: packet rates)
 //! - `lint`:  cargo fmt --check and clippy -D warnings
 
 mod demo;
@@ -35,9 +35,11 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Run the benchmark harness and write bench/results/.
+    /// Run the benchmark harness and write bench/results/. Without arguments: the
+    /// BPF_PROG_TEST_RUN benchmark; `cargo xtask bench -- live` runs the packet-rate benchmark
+    /// (veth pair, Mpps per system, report and PNG plots), `-- api` and `-- feed` the others.
     Bench {
-        /// Arguments for the harness (see `cargo xtask bench -- --help`).
+        /// Arguments for the harness (see `cargo xtask bench -- --help`, `-- live --help`).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },

@@ -23,6 +23,10 @@ const APT_PACKAGES: &[&str] = &[
     "ipset",
     "nftables",
     "iptables",
+    // xdp-filter, a baseline of the packet-rate benchmark.
+    "xdp-tools",
+    // DejaVu Sans, the font the benchmark plots are drawn with (no fontconfig needed).
+    "fonts-dejavu-core",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
