@@ -76,6 +76,12 @@ pub enum DatapathError {
         found: u32,
         needed: u32,
     },
+    #[error("map {map}: batch update failed: {source}")]
+    Batch {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("mapping {map} into memory failed: {source}")]
     Mmap {
         map: &'static str,
@@ -204,6 +210,10 @@ pub trait KernelMaps: Send {
     fn ipv4_lookup(&self) -> Ipv4Lookup {
         Ipv4Lookup::Lpm
     }
+    /// Entries in the DIR-24 long-prefix hash, or `None` with the LPM engine.
+    fn dir24_long_entries(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl KernelMaps for Datapath {
@@ -230,6 +240,9 @@ impl KernelMaps for Datapath {
     }
     fn ipv4_lookup(&self) -> Ipv4Lookup {
         Datapath::ipv4_lookup(self)
+    }
+    fn dir24_long_entries(&self) -> Option<usize> {
+        self.dir24.as_ref().map(|d| d.long_applied.len())
     }
 }
 
@@ -403,7 +416,7 @@ impl Datapath {
             rollback(&mut self.block_v4, undo.block_v4);
             rollback(&mut self.block_v6, undo.block_v6);
             if let (Some(dir24), Some(writes)) = (&mut self.dir24, &dir24_writes) {
-                dir24.undo_plan(writes, before);
+                dir24.undo_plan(diff, writes, before);
             }
             return Err(err);
         }
@@ -484,16 +497,13 @@ impl Dir24 {
                     .chain(&diff.block_v4.removes),
             )
         };
-        let prefixes = Prefixes {
-            allow: &self.allow,
-            block: &self.block,
-        };
+        let prefixes = Prefixes::new(&self.allow, &self.block);
         let mut writes = Writes::default();
         for range in ranges {
             match dir24::paint(prefixes, range) {
                 Ok(painted) => writes.add(&painted, |s| self.table.get(s), &self.long_applied),
                 Err(err) => {
-                    self.restore_sets(before);
+                    self.restore_sets(diff, before);
                     return Err(err.into());
                 }
             }
@@ -501,15 +511,17 @@ impl Dir24 {
         Ok(writes)
     }
 
-    fn restore_sets(&mut self, before: &MapContents) {
-        self.allow.clone_from(&before.allow_v4);
-        self.block.clone_from(&before.block_v4);
+    /// Takes the IPv4 part of `diff` back out of the prefix sets. `before` holds (at least)
+    /// every entry the diff touches, as it was.
+    fn restore_sets(&mut self, diff: &MapDiff, before: &MapContents) {
+        restore_set(&mut self.allow, &diff.allow_v4, &before.allow_v4);
+        restore_set(&mut self.block, &diff.block_v4, &before.block_v4);
     }
 
     /// Reverts [`Self::plan`] after a failed apply: the prefix sets go back to `before`, and the
     /// hash entries already written go back to what they held (the slots were not touched yet).
-    fn undo_plan(&mut self, writes: &Writes, before: &MapContents) {
-        self.restore_sets(before);
+    fn undo_plan(&mut self, diff: &MapDiff, writes: &Writes, before: &MapContents) {
+        self.restore_sets(diff, before);
         for (addr, _) in &writes.long_upserts {
             let key = addr.to_be_bytes();
             let _ = match self.long_applied.get(addr) {
@@ -520,26 +532,23 @@ impl Dir24 {
     }
 
     fn upsert_long(&mut self, writes: &Writes) -> Result<(), DatapathError> {
-        for (addr, leaf) in &writes.long_upserts {
-            if let Err(err) = self.long.insert(addr.to_be_bytes(), leaf, 0) {
-                return Err(match &err {
-                    MapError::SyscallError(e)
-                        if matches!(
-                            e.io_error.raw_os_error(),
-                            Some(libc::E2BIG | libc::ENOSPC)
-                        ) =>
-                    {
-                        DatapathError::Full {
-                            map: map_names::V4_LONG,
-                            capacity: V4_LONG_MAX_ENTRIES,
-                            pending: writes.long_upserts.len(),
-                        }
-                    }
-                    _ => map_err(map_names::V4_LONG)(err),
-                });
-            }
-        }
-        Ok(())
+        let keys: Vec<[u8; 4]> = writes
+            .long_upserts
+            .iter()
+            .map(|(addr, _)| addr.to_be_bytes())
+            .collect();
+        let values: Vec<u32> = writes.long_upserts.iter().map(|(_, leaf)| *leaf).collect();
+        update_batch(&self.long, &keys, &values).map_err(|err| match err.raw_os_error() {
+            Some(libc::E2BIG | libc::ENOSPC) => DatapathError::Full {
+                map: map_names::V4_LONG,
+                capacity: V4_LONG_MAX_ENTRIES,
+                pending: writes.long_upserts.len(),
+            },
+            _ => DatapathError::Batch {
+                map: map_names::V4_LONG,
+                source: err,
+            },
+        })
     }
 
     fn write_slots_and_prune(&mut self, writes: &Writes) -> Result<(), DatapathError> {
@@ -549,13 +558,16 @@ impl Dir24 {
         for (slot, leaf) in &writes.slots {
             self.table.set(*slot, *leaf);
         }
+        let keys: Vec<[u8; 4]> = writes
+            .long_removes
+            .iter()
+            .map(|a| a.to_be_bytes())
+            .collect();
+        delete_batch(&self.long, &keys).map_err(|source| DatapathError::Batch {
+            map: map_names::V4_LONG,
+            source,
+        })?;
         for addr in &writes.long_removes {
-            match self.long.remove(&addr.to_be_bytes()) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => return Err(map_err(map_names::V4_LONG)(e)),
-            }
             self.long_applied.remove(addr);
         }
         if self.repaint_all {
@@ -568,6 +580,96 @@ impl Dir24 {
         }
         self.repaint_all = false;
         Ok(())
+    }
+}
+
+/// `union bpf_attr` for the batch commands.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+/// Entries per batch call: big enough to make the syscall cost vanish, small enough that the
+/// kernel's per-call work stays short.
+const BATCH: usize = 16_384;
+
+/// Inserts or overwrites every `(keys[i], values[i])` with as few syscalls as possible.
+fn update_batch(
+    map: &HashMap<MapData, [u8; 4], u32>,
+    keys: &[[u8; 4]],
+    values: &[u32],
+) -> std::io::Result<()> {
+    let fd = map_fd(map);
+    for (keys, values) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
+        let attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: fd,
+            ..BatchAttr::default()
+        };
+        // SAFETY: keys and values hold `count` entries of the map's key and value size.
+        unsafe { crate::loader::bpf(BPF_MAP_UPDATE_BATCH, &attr) }?;
+    }
+    Ok(())
+}
+
+/// Deletes every key, ignoring keys already absent.
+fn delete_batch(map: &HashMap<MapData, [u8; 4], u32>, keys: &[[u8; 4]]) -> std::io::Result<()> {
+    let fd = map_fd(map);
+    let delete = |keys: &[[u8; 4]]| {
+        let attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: fd,
+            ..BatchAttr::default()
+        };
+        // SAFETY: keys holds `count` keys of the map's key size.
+        unsafe { crate::loader::bpf(BPF_MAP_DELETE_BATCH, &attr) }.map(drop)
+    };
+    for chunk in keys.chunks(BATCH) {
+        match delete(chunk) {
+            Ok(()) => {}
+            // A batch stops at a key that is absent; redo this chunk one key at a time.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                for key in chunk {
+                    match delete(std::slice::from_ref(key)) {
+                        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn map_fd(map: &HashMap<MapData, [u8; 4], u32>) -> u32 {
+    aya::maps::IterableMap::map(map).fd().as_fd().as_raw_fd() as u32
+}
+
+fn restore_set<const N: usize>(
+    set: &mut TrieContents<N>,
+    diff: &TrieDiff<N>,
+    before: &TrieContents<N>,
+) {
+    let keys = diff.upserts.iter().map(|(k, _)| k).chain(&diff.removes);
+    for key in keys {
+        match before.get(key) {
+            Some(id) => set.insert(*key, *id),
+            None => set.remove(key),
+        };
     }
 }
 

@@ -46,8 +46,32 @@ pub struct Painted {
 /// The IPv4 prefixes the table is built from.
 #[derive(Clone, Copy)]
 pub struct Prefixes<'a> {
-    pub allow: &'a TrieContents<4>,
-    pub block: &'a TrieContents<4>,
+    allow: &'a TrieContents<4>,
+    block: &'a TrieContents<4>,
+    /// Bit `len` set: the set holds prefixes of that length (so painting skips the others).
+    allow_lens: u64,
+    block_lens: u64,
+}
+
+impl<'a> Prefixes<'a> {
+    pub fn new(allow: &'a TrieContents<4>, block: &'a TrieContents<4>) -> Self {
+        Self {
+            allow,
+            block,
+            allow_lens: present_lengths(allow),
+            block_lens: present_lengths(block),
+        }
+    }
+}
+
+fn present_lengths(trie: &TrieContents<4>) -> u64 {
+    (0..=32u32)
+        .filter(|len| {
+            trie.range((*len, [0; 4])..=(*len, [0xff; 4]))
+                .next()
+                .is_some()
+        })
+        .fold(0, |bits, len| bits | (1 << len))
 }
 
 fn bounds(len: u32, network: u32) -> (u32, u32) {
@@ -86,12 +110,13 @@ pub fn merge_ranges(mut ranges: Vec<SlotRange>) -> Vec<SlotRange> {
 /// its leaf.
 fn overlapping(
     trie: &TrieContents<4>,
+    lens: u64,
     kind: u32,
     start: u32,
     end: u32,
     out: &mut Vec<(u32, u32, u32, u32)>,
 ) -> Result<(), IdTooLarge> {
-    for len in 0..=32u32 {
+    for len in (0..=32u32).filter(|len| lens & (1 << len) != 0) {
         let from = (len, mask(len, start).to_be_bytes());
         let to = (len, end.to_be_bytes());
         for (&(len, network), &id) in trie.range(from..=to) {
@@ -109,8 +134,22 @@ pub fn paint(prefixes: Prefixes<'_>, range: SlotRange) -> Result<Painted, IdTooL
     let (start, end) = (first << 8, (last << 8) | 0xff);
     let mut blocks = Vec::new();
     let mut allows = Vec::new();
-    overlapping(prefixes.block, leaf::BLOCK, start, end, &mut blocks)?;
-    overlapping(prefixes.allow, leaf::ALLOW, start, end, &mut allows)?;
+    overlapping(
+        prefixes.block,
+        prefixes.block_lens,
+        leaf::BLOCK,
+        start,
+        end,
+        &mut blocks,
+    )?;
+    overlapping(
+        prefixes.allow,
+        prefixes.allow_lens,
+        leaf::ALLOW,
+        start,
+        end,
+        &mut allows,
+    )?;
 
     let mut slots = vec![leaf::NONE; (last - first) as usize + 1];
     // Prefixes longer than /24, by their /24, in painting order.
@@ -158,14 +197,25 @@ pub fn paint(prefixes: Prefixes<'_>, range: SlotRange) -> Result<Painted, IdTooL
     })
 }
 
-/// The slot ranges a change of the IPv4 prefixes touches.
+/// Above this many separate ranges one pass over the whole table is cheaper than painting
+/// them one by one (each range costs a search per prefix length; the whole table costs one
+/// walk of every prefix and a compare of 2^24 slots).
+pub const FULL_REPAINT_RANGES: usize = 50_000;
+
+/// The slot ranges a change of the IPv4 prefixes touches, or the whole table when that is
+/// cheaper.
 pub fn changed_ranges<'a>(changed: impl IntoIterator<Item = &'a (u32, [u8; 4])>) -> Vec<SlotRange> {
-    merge_ranges(
+    let ranges = merge_ranges(
         changed
             .into_iter()
             .map(|(len, network)| slot_range(*len, *network))
             .collect(),
-    )
+    );
+    if ranges.len() > FULL_REPAINT_RANGES {
+        vec![FULL_RANGE]
+    } else {
+        ranges
+    }
 }
 
 /// The whole table.
@@ -249,10 +299,7 @@ mod tests {
             }
         }
         fn update(&mut self, contents: &MapContents, ranges: &[SlotRange]) {
-            let prefixes = Prefixes {
-                allow: &contents.allow_v4,
-                block: &contents.block_v4,
-            };
+            let prefixes = Prefixes::new(&contents.allow_v4, &contents.block_v4);
             let mut writes = Writes::default();
             for range in ranges {
                 let painted = paint(prefixes, *range).unwrap();
@@ -449,10 +496,7 @@ mod tests {
     fn ids_that_do_not_fit_are_refused() {
         let r = rule(1 << 28, "10.0.0.0/8".parse().unwrap(), Action::Block);
         let contents = MapContents::from_rules(&[r]);
-        let prefixes = Prefixes {
-            allow: &contents.allow_v4,
-            block: &contents.block_v4,
-        };
+        let prefixes = Prefixes::new(&contents.allow_v4, &contents.block_v4);
         assert!(paint(prefixes, FULL_RANGE).is_err());
     }
 }

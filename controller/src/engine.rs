@@ -210,6 +210,11 @@ impl Engine {
         self.maps.config()
     }
 
+    /// Entries in the DIR-24 long-prefix hash, or `None` with the LPM engine.
+    pub fn dir24_long_entries(&self) -> Option<usize> {
+        self.maps.dir24_long_entries()
+    }
+
     /// The IPv4 lookup engine the kernel maps are maintained for.
     pub fn ipv4_lookup(&self) -> crate::datapath::Ipv4Lookup {
         self.maps.ipv4_lookup()

@@ -490,7 +490,7 @@ fn pinned_xdp_link_ifindex(path: &Path) -> io::Result<Option<u32>> {
 /// # Safety
 /// `attr` must be a valid attribute layout for `cmd`, and every pointer inside it must be valid
 /// for what the kernel reads or writes during the call.
-unsafe fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
+pub(crate) unsafe fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
     // SAFETY: upheld by the caller; the kernel reads at most size_of::<T>() bytes of attr.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>()) };
     if rc < 0 {

@@ -83,15 +83,27 @@ impl Snapshot {
             }
         }
         let applied = engine.applied();
+        let long_entries = engine.dir24_long_entries();
+        // Under DIR-24 the IPv4 tries stay empty; the table and the hash hold IPv4 instead.
+        let v4_tries = |len: usize| if long_entries.is_some() { 0 } else { len };
         for (name, len) in [
-            (map_names::ALLOW_V4, applied.allow_v4.len()),
+            (map_names::ALLOW_V4, v4_tries(applied.allow_v4.len())),
             (map_names::ALLOW_V6, applied.allow_v6.len()),
-            (map_names::BLOCK_V4, applied.block_v4.len()),
+            (map_names::BLOCK_V4, v4_tries(applied.block_v4.len())),
             (map_names::BLOCK_V6, applied.block_v6.len()),
         ] {
             snapshot
                 .maps
                 .push((name, len as i64, i64::from(trie_capacity(name))));
+        }
+        if let Some(long) = long_entries {
+            let slots = i64::from(xdpwall_shared::DIR24_ENTRIES);
+            snapshot.maps.push((map_names::V4_TBL24, slots, slots));
+            snapshot.maps.push((
+                map_names::V4_LONG,
+                long as i64,
+                i64::from(xdpwall_shared::V4_LONG_MAX_ENTRIES),
+            ));
         }
         Ok(snapshot)
     }

@@ -272,3 +272,99 @@ fn bad_config_and_missing_interface_fail_clearly() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("\"nosuchif0\" does not exist"), "{stderr}");
 }
+
+fn engine_config(engine: &str) -> String {
+    format!(
+        "ipv4_lookup = \"{engine}\"\n{}[[rules]]\ncidr = \"{ALLOWED_IN_BLOCK_V4}/32\"\naction = \"allow\"\n",
+        block_config("auto")
+    )
+}
+
+/// Restarts the daemon with another `ipv4_lookup`, as an operator would: SIGKILL (the pins
+/// keep enforcing), new config, start.
+fn restart_with_engine(daemon: &mut Daemon, engine: &str) {
+    daemon.kill9();
+    let config = std::fs::read_to_string(&daemon.config_path).unwrap();
+    let line = config
+        .lines()
+        .find(|l| l.starts_with("ipv4_lookup"))
+        .expect("the config sets ipv4_lookup")
+        .to_string();
+    let config = config.replace(&line, &format!("ipv4_lookup = \"{engine}\""));
+    std::fs::write(&daemon.config_path, config).unwrap();
+    daemon.spawn().unwrap();
+    let status = daemon.get_json("/v1/status").unwrap();
+    assert_eq!(status["ipv4_lookup"], engine, "{status}");
+    assert_eq!(status["interfaces"][0]["mode"], "reused", "{status}");
+}
+
+#[test]
+fn dir24_engine_enforces_and_engines_switch_across_restarts() {
+    require_privileges!();
+    let lab = Lab::new("dir24").unwrap();
+    let mut daemon = Daemon::start(&lab, "dir24", &engine_config("dir24")).unwrap();
+    assert_enforced(&lab, &daemon, "native");
+    let status = daemon.get_json("/v1/status").unwrap();
+    assert_eq!(status["ipv4_lookup"], "dir24", "{status}");
+    assert_eq!(
+        lab.ping(ALLOWED_IN_BLOCK_V4, FW_V4, PINGS).unwrap(),
+        PINGS,
+        "an allowed /32 inside a blocked /26 passes"
+    );
+    let (_, metrics) = daemon.http("GET", "/metrics", None).unwrap();
+    assert!(
+        metrics.contains("xdpwall_map_entries{map=\"XW_V4_LONG\"} 64"),
+        "the /26 is longer than /24: its 64 addresses (one of them the allowed /32) are \
+         stored apart from their /24:\n{metrics}"
+    );
+
+    // A block through the API takes effect at once, and its removal restores the /24's answer.
+    let (code, rule) = daemon
+        .post_json(
+            "/v1/rules",
+            &serde_json::json!({"cidr": format!("{PEER_V4}/32")}),
+        )
+        .unwrap();
+    assert_eq!(code, 201, "{rule}");
+    assert_eq!(
+        lab.ping(PEER_V4, FW_V4, PINGS).unwrap(),
+        0,
+        "blocked via API"
+    );
+    let (code, _) = daemon
+        .http("DELETE", &format!("/v1/rules/{}", rule["id"]), None)
+        .unwrap();
+    assert_eq!(code, 204);
+    assert_eq!(lab.ping(PEER_V4, FW_V4, PINGS).unwrap(), PINGS, "unblocked");
+
+    // A restart finds the pinned table right: nothing to write.
+    daemon.kill9();
+    assert_eq!(lab.ping(BLOCKED_V4, FW_V4, PINGS).unwrap(), 0, "no daemon");
+    daemon.spawn().unwrap();
+    assert!(
+        daemon.log().contains("slots_written=0"),
+        "restart rewrites nothing:\n{}",
+        daemon.log()
+    );
+    assert_eq!(lab.ping(BLOCKED_V4, FW_V4, PINGS).unwrap(), 0);
+
+    // Switching engines both ways keeps the same answers.
+    for engine in ["lpm", "dir24"] {
+        restart_with_engine(&mut daemon, engine);
+        assert_eq!(
+            lab.ping(BLOCKED_V4, FW_V4, PINGS).unwrap(),
+            0,
+            "{engine}: blocked"
+        );
+        assert_eq!(
+            lab.ping(ALLOWED_IN_BLOCK_V4, FW_V4, PINGS).unwrap(),
+            PINGS,
+            "{engine}: allowed"
+        );
+        assert_eq!(
+            lab.ping(PEER_V4, FW_V4, PINGS).unwrap(),
+            PINGS,
+            "{engine}: unlisted"
+        );
+    }
+}
