@@ -127,8 +127,10 @@ pub(crate) struct Sample {
 pub(crate) struct SystemResult {
     pub system: SystemKind,
     pub load: LoadInfo,
-    /// Why the system has no (or incomplete) figures at this size.
+    /// Why the system has no figures at this size.
     pub skipped: Option<String>,
+    /// Samples that failed (the others still count).
+    pub errors: Vec<String>,
     pub hit: Vec<Sample>,
     pub miss: Vec<Sample>,
 }
@@ -191,6 +193,7 @@ pub fn run_live(args: &LiveArgs) -> anyhow::Result<String> {
                 system,
                 load: LoadInfo::default(),
                 skipped: skip.clone(),
+                errors: Vec::new(),
                 hit: Vec::new(),
                 miss: Vec::new(),
             };
@@ -240,7 +243,11 @@ pub fn run_live(args: &LiveArgs) -> anyhow::Result<String> {
                                 result.system.label(),
                                 workload.label()
                             );
-                            result.skipped = Some(format!("measurement failed: {e:#}"));
+                            result.errors.push(format!(
+                                "{} sample of repetition {} failed: {e:#}",
+                                workload.label(),
+                                rep + 1
+                            ));
                         }
                     }
                 }

@@ -15,7 +15,8 @@ use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::Array,
-    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::{ProgramError, TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    sys::SyscallError,
 };
 use etherparse::PacketBuilder;
 use xdpwall::ebpf_object::BENCH_OBJECT;
@@ -124,6 +125,7 @@ impl Generator {
         enter_netns(netns_path)?;
         set_affinity(0, cpu)?;
         raise_priority(0)?;
+        block_signals();
         let program: &Xdp = self
             .ebpf
             .program("bench_gen")
@@ -139,12 +141,29 @@ impl Generator {
                 attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
                 ..TestRunOptions::default()
             };
-            program
-                .test_run(opts)
-                .context("BPF_PROG_TEST_RUN (live frames) of bench_gen")?;
-            sent += u64::from(FRAMES_PER_CALL);
+            match program.test_run(opts) {
+                Ok(_) => sent += u64::from(FRAMES_PER_CALL),
+                // A signal cut the run short (how many frames it sent is not reported); the
+                // loop is bounded by the deadline, so just go on.
+                Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
+                    if io_error.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => {
+                    return Err(e).context("BPF_PROG_TEST_RUN (live frames) of bench_gen");
+                }
+            }
         }
         Ok(sent)
+    }
+}
+
+/// Blocks every signal on the calling thread, so signals for the process (e.g. SIGCHLD of the
+/// `ip` commands the main thread runs) go to another thread instead of interrupting the run.
+fn block_signals() {
+    // SAFETY: a filled sigset_t from sigfillset; pthread_sigmask affects this thread only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 

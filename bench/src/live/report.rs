@@ -40,10 +40,17 @@ fn ratio_cell(size: &SizeResult, result: &SystemResult, workload: Workload) -> S
 }
 
 fn bytes(value: u64) -> String {
-    if value >= 1 << 20 {
-        format!("{:.1} MiB", value as f64 / f64::from(1 << 20))
-    } else {
-        format!("{:.1} KiB", value as f64 / 1024.0)
+    match value {
+        v if v >= 1 << 20 => format!("{:.1} MiB", v as f64 / f64::from(1 << 20)),
+        v if v >= 1 << 10 => format!("{:.1} KiB", v as f64 / 1024.0),
+        v => format!("{v} B"),
+    }
+}
+
+fn seconds(duration: Duration) -> String {
+    match duration.as_secs_f64() {
+        s if s >= 1.0 => format!("{s:.2} s"),
+        s => format!("{:.1} ms", s * 1e3),
     }
 }
 
@@ -96,7 +103,8 @@ pub(crate) fn render(
     let _ = writeln!(out, "- bpftool: `{}`", version("bpftool", &["version"]));
     let _ = writeln!(
         out,
-        "- Command: `{}` (total {:.0} s)\n",
+        "- Command: `{}` (total {:.0} s). `cargo xtask bench` alone runs only the \
+         BPF_PROG_TEST_RUN benchmark; this one is `cargo xtask bench -- live`.\n",
         args.command_line(),
         elapsed.as_secs_f64()
     );
@@ -142,13 +150,9 @@ pub(crate) fn render(
     for size in results {
         for r in &size.systems {
             let (load, memory) = match &r.skipped {
-                Some(why) if r.hit.is_empty() && r.miss.is_empty() => {
-                    (format!("not run: {why}"), String::new())
-                }
+                Some(why) => (format!("not run: {why}"), String::new()),
                 _ => (
-                    r.load
-                        .load_time
-                        .map_or("—".into(), |t| format!("{:.3} s", t.as_secs_f64())),
+                    r.load.load_time.map_or("—".into(), seconds),
                     r.load.memory.map_or("—".into(), |(b, _)| bytes(b)),
                 ),
             };
@@ -210,10 +214,11 @@ pub(crate) fn render(
     let failures: Vec<String> = results
         .iter()
         .flat_map(|s| {
-            s.systems.iter().filter_map(move |r| {
+            s.systems.iter().flat_map(move |r| {
                 r.skipped
-                    .as_ref()
-                    .map(|why| format!("- {} at {}: {why}", r.system.label(), s.size))
+                    .iter()
+                    .chain(&r.errors)
+                    .map(move |why| format!("- {} at {}: {why}", r.system.label(), s.size))
             })
         })
         .collect();
