@@ -44,6 +44,7 @@ use aya::{
 use clap::Parser;
 use rand::{SeedableRng as _, rngs::StdRng};
 use xdpwall::{
+    datapath::Ipv4Lookup,
     ebpf_object::BENCH_OBJECT,
     engine::Engine,
     loader::{self, LoadedObject},
@@ -85,14 +86,18 @@ enum Subject {
     StockMiss,
     XdpwallHit,
     XdpwallMiss,
+    Dir24Hit,
+    Dir24Miss,
 }
 
-const SUBJECTS: [Subject; 5] = [
+const SUBJECTS: [Subject; 7] = [
     Subject::Pass,
     Subject::StockHit,
     Subject::StockMiss,
     Subject::XdpwallHit,
     Subject::XdpwallMiss,
+    Subject::Dir24Hit,
+    Subject::Dir24Miss,
 ];
 
 impl Subject {
@@ -101,8 +106,10 @@ impl Subject {
             Self::Pass => "XDP_PASS bracket",
             Self::StockHit => "stock LPM, 100% hit",
             Self::StockMiss => "stock LPM, 0% hit",
-            Self::XdpwallHit => "xdpwall, 100% hit",
-            Self::XdpwallMiss => "xdpwall, 0% hit",
+            Self::XdpwallHit => "xdpwall (lpm), 100% hit",
+            Self::XdpwallMiss => "xdpwall (lpm), 0% hit",
+            Self::Dir24Hit => "xdpwall (dir24), 100% hit",
+            Self::Dir24Miss => "xdpwall (dir24), 0% hit",
         }
     }
 }
@@ -110,6 +117,7 @@ impl Subject {
 struct SizeResult {
     size: usize,
     load_time: Duration,
+    dir24_load_time: Duration,
     /// Per subject: ns/packet of every repetition.
     samples: Vec<(Subject, Vec<f64>)>,
 }
@@ -118,17 +126,8 @@ struct SizeResult {
 /// xdpwall maps are pinned under `pin_dir`, which the caller removes.
 pub fn run(args: &Args, pin_dir: &std::path::Path) -> anyhow::Result<String> {
     let mut rng = StdRng::seed_from_u64(args.seed);
-    let LoadedObject {
-        ebpf: xdpwall_obj,
-        datapath,
-    } = loader::load_object(&PinLayout::new(pin_dir), xdpwall::datapath::Ipv4Lookup::Lpm)
-        .context("loading the xdpwall object (run as root)")?;
-    let (mut engine, _) = Engine::open(
-        Box::new(datapath),
-        Store::in_memory()?,
-        Vec::new(),
-        Vec::new(),
-    )?;
+    let (xdpwall_obj, mut engine) = open_xdpwall(&pin_dir.join("lpm"), Ipv4Lookup::Lpm)?;
+    let (dir24_obj, mut dir24_engine) = open_xdpwall(&pin_dir.join("dir24"), Ipv4Lookup::Dir24)?;
     let mut bench_obj = Ebpf::load(BENCH_OBJECT).context("loading the baseline object")?;
     for name in ["bench_pass", "bench_stock_lpm"] {
         let program: &mut Xdp = bench_obj.program_mut(name).context(name)?.try_into()?;
@@ -151,8 +150,11 @@ pub fn run(args: &Args, pin_dir: &std::path::Path) -> anyhow::Result<String> {
             })
             .collect();
         let started = Instant::now();
-        engine.replace_all(rules, "bench", 0)?;
+        engine.replace_all(rules.clone(), "bench", 0)?;
         let load_time = started.elapsed();
+        let started = Instant::now();
+        dir24_engine.replace_all(rules, "bench", 0)?;
+        let dir24_load_time = started.elapsed();
         {
             let mut stock: LpmTrie<_, [u8; 4], u32> =
                 LpmTrie::try_from(bench_obj.map_mut("BENCH_LPM_V4").context("BENCH_LPM_V4")?)?;
@@ -182,6 +184,8 @@ pub fn run(args: &Args, pin_dir: &std::path::Path) -> anyhow::Result<String> {
                     Subject::StockMiss => (program(&bench_obj, "bench_stock_lpm")?, &miss_frames),
                     Subject::XdpwallHit => (loader::xdp_program(&xdpwall_obj), &hit_frames),
                     Subject::XdpwallMiss => (loader::xdp_program(&xdpwall_obj), &miss_frames),
+                    Subject::Dir24Hit => (loader::xdp_program(&dir24_obj), &hit_frames),
+                    Subject::Dir24Miss => (loader::xdp_program(&dir24_obj), &miss_frames),
                 };
                 let ns = mean_ns_per_packet(program, frames, args.repeat)?;
                 samples
@@ -199,10 +203,28 @@ pub fn run(args: &Args, pin_dir: &std::path::Path) -> anyhow::Result<String> {
         results.push(SizeResult {
             size,
             load_time,
+            dir24_load_time,
             samples,
         });
     }
     Ok(report(args, &results))
+}
+
+/// The xdpwall object with its maps pinned under `pin_dir`, and an engine over them.
+fn open_xdpwall(
+    pin_dir: &std::path::Path,
+    ipv4_lookup: Ipv4Lookup,
+) -> anyhow::Result<(Ebpf, Engine)> {
+    let LoadedObject { ebpf, datapath } =
+        loader::load_object(&PinLayout::new(pin_dir), ipv4_lookup)
+            .context("loading the xdpwall object (run as root)")?;
+    let (engine, _) = Engine::open(
+        Box::new(datapath),
+        Store::in_memory()?,
+        Vec::new(),
+        Vec::new(),
+    )?;
+    Ok((ebpf, engine))
 }
 
 fn program<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a Xdp> {
@@ -273,10 +295,16 @@ fn report(args: &Args, results: &[SizeResult]) -> String {
         out,
         "\nLoad time of the whole list through the xdpwall rules engine (store transaction in memory, diff, per-entry map updates):\n"
     );
-    let _ = writeln!(out, "| prefixes | load time |");
-    let _ = writeln!(out, "|---:|---:|");
+    let _ = writeln!(out, "| prefixes | lpm | dir24 |");
+    let _ = writeln!(out, "|---:|---:|---:|");
     for r in results {
-        let _ = writeln!(out, "| {} | {:.3} s |", r.size, r.load_time.as_secs_f64());
+        let _ = writeln!(
+            out,
+            "| {} | {:.3} s | {:.3} s |",
+            r.size,
+            r.load_time.as_secs_f64(),
+            r.dir24_load_time.as_secs_f64()
+        );
     }
     let _ = writeln!(
         out,
