@@ -32,16 +32,21 @@ fn harness_produces_a_well_formed_report() {
         .collect();
     assert_eq!(
         rows.len(),
-        2 * 5 + 2,
-        "5 subjects per size plus 2 load-time rows:\n{report}"
+        2 * 7 + 2,
+        "7 subjects per size plus 2 load-time rows:\n{report}"
     );
-    for row in rows.iter().filter(|r| r.matches('|').count() == 5) {
+    for row in rows
+        .iter()
+        .filter(|r| r.matches('|').count() == 5 && !r.contains(" s |"))
+    {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         let ns: f64 = cells[3].split_whitespace().next().unwrap().parse().unwrap();
         assert!(ns > 0.0, "{row}");
     }
     assert!(
-        report.contains("XDP_PASS bracket | ") && report.contains("| 50 | xdpwall, 100% hit |"),
+        report.contains("XDP_PASS bracket | ")
+            && report.contains("| 50 | xdpwall (lpm), 100% hit |")
+            && report.contains("| 50 | xdpwall (dir24), 0% hit |"),
         "{report}"
     );
     assert!(report.contains("Command: `cargo xtask bench"), "{report}");
