@@ -3,7 +3,7 @@
 //! - `setup`: install what a fresh machine lacks (idempotent, seconds when all is there)
 //! - `demo`:  the README's first command: a veth lab, xdpwall blocking a lab prefix, pings
 //! - `test`:  the README's second command: unit and privileged integration tests
-//! - `bench`: the benchmark harness in bench/ (`cargo xtask bench -- live`: packet rates)
+//! - `bench`: the benchmark harnesses in bench/ (alone: per-packet cost, then packet rates)
 //! - `lint`:  cargo fmt --check and clippy -D warnings
 
 mod demo;
@@ -36,8 +36,9 @@ enum Task {
         args: Vec<String>,
     },
     /// Run the benchmark harness and write bench/results/. Without arguments: the
-    /// BPF_PROG_TEST_RUN benchmark; `cargo xtask bench -- live` runs the packet-rate benchmark
-    /// (veth pair, Mpps per system, report and PNG plots), `-- api` and `-- feed` the others.
+    /// BPF_PROG_TEST_RUN benchmark and then the packet-rate benchmark (veth pair, Mpps per
+    /// system, report and PNG plots; about 15 minutes in all). With arguments, one harness:
+    /// `-- live`, `-- api`, `-- feed`, or testrun flags such as `-- --sizes 0,1000`.
     Bench {
         /// Arguments for the harness (see `cargo xtask bench -- --help`, `-- live --help`).
         #[arg(trailing_var_arg = true)]
@@ -126,9 +127,16 @@ fn test(args: &[String]) -> anyhow::Result<()> {
 fn bench(args: &[String]) -> anyhow::Result<()> {
     // The API benchmark runs the release daemon.
     run(cargo().args(["build", "--release", "-p", "xdpwall"]))?;
-    run(cargo()
-        .args(["run", "--release", "-p", "xdpwall-bench", "--"])
-        .args(args))
+    let harness = |args: &[&str]| {
+        run(cargo()
+            .args(["run", "--release", "-p", "xdpwall-bench", "--"])
+            .args(args))
+    };
+    if args.is_empty() {
+        harness(&[])?;
+        return harness(&["live"]);
+    }
+    harness(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn lint() -> anyhow::Result<()> {

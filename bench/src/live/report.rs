@@ -103,8 +103,9 @@ pub(crate) fn render(
     let _ = writeln!(out, "- bpftool: `{}`", version("bpftool", &["version"]));
     let _ = writeln!(
         out,
-        "- Command: `{}` (total {:.0} s). `cargo xtask bench` alone runs only the \
-         BPF_PROG_TEST_RUN benchmark; this one is `cargo xtask bench -- live`.\n",
+        "- Command: `{}` (total {:.0} s). `cargo xtask bench` alone runs the \
+         BPF_PROG_TEST_RUN benchmark and then this one; `cargo xtask bench -- live` runs this one \
+         only.\n",
         args.command_line(),
         elapsed.as_secs_f64()
     );
