@@ -179,14 +179,22 @@ pub fn paint(prefixes: Prefixes<'_>, range: SlotRange) -> Result<Painted, IdTooL
                 }
             }
         }
-        let mut any = false;
-        for (offset, cell) in cells.iter().enumerate() {
-            if *cell != base {
-                long_entries.insert((slot << 8) | offset as u32, *cell);
-                any = true;
+        let differing: Vec<(usize, u32)> = cells
+            .iter()
+            .enumerate()
+            .filter(|(_, cell)| **cell != base)
+            .map(|(offset, cell)| (offset, *cell))
+            .collect();
+        let single = match differing.as_slice() {
+            [(offset, cell)] if base == leaf::NONE => leaf::single(*offset as u8, *cell),
+            _ => None,
+        };
+        if let Some(single) = single {
+            slots[(slot - first) as usize] = single;
+        } else if !differing.is_empty() {
+            for (offset, cell) in differing {
+                long_entries.insert((slot << 8) | offset as u32, cell);
             }
-        }
-        if any {
             slots[(slot - first) as usize] |= leaf::LONG;
         }
     }
@@ -267,11 +275,13 @@ impl Writes {
 }
 
 /// Reads a table back the way the XDP program does (for tests and the lookup tool).
-pub fn lookup(slot_leaf: u32, long: Option<u32>) -> u32 {
-    if slot_leaf & leaf::LONG == 0 {
-        slot_leaf
-    } else {
+pub fn lookup(addr: u32, slot_leaf: u32, long: Option<u32>) -> u32 {
+    if slot_leaf & leaf::LONG != 0 {
         long.unwrap_or(slot_leaf & !leaf::LONG)
+    } else if slot_leaf & leaf::KIND_MASK == leaf::SINGLE {
+        leaf::resolve_single(slot_leaf, addr as u8)
+    } else {
+        slot_leaf
     }
 }
 
@@ -317,6 +327,7 @@ mod tests {
         }
         fn get(&self, addr: u32) -> u32 {
             lookup(
+                addr,
                 self.slots[(addr >> 8) as usize],
                 self.long.get(&addr).copied(),
             )
@@ -480,6 +491,34 @@ mod tests {
             table.long.is_empty(),
             "nothing differs from the /24's answer"
         );
+    }
+
+    #[test]
+    fn a_lone_address_lives_in_its_slot() {
+        let lone = rule(7, "10.1.2.3/32".parse().unwrap(), Action::Block);
+        let pair = rule(8, "10.1.3.4/31".parse().unwrap(), Action::Block);
+        let feed = rule(
+            xdpwall_shared::FEED_ID_BASE + 3,
+            "10.1.4.5/32".parse().unwrap(),
+            Action::Allow,
+        );
+        let big_id = rule(1 << 20, "10.1.5.6/32".parse().unwrap(), Action::Block);
+        let mut table = Table::new();
+        let all = [lone, pair, feed, big_id];
+        table.update(&MapContents::from_rules(&all), &[FULL_RANGE]);
+        assert_eq!(table.slots[0x0a0102] & leaf::KIND_MASK, leaf::SINGLE);
+        assert_eq!(table.get(0x0a01_0203), leaf::BLOCK | 7);
+        assert_eq!(table.get(0x0a01_0204), leaf::NONE);
+        assert_eq!(
+            table.get(0x0a01_0405),
+            leaf::ALLOW | leaf::FEED | 3,
+            "feed ids and allows fit the single form too"
+        );
+        // Two addresses, or an id beyond 19 bits, go to the hash.
+        assert_eq!(table.slots[0x0a0103] & leaf::LONG, leaf::LONG);
+        assert_eq!(table.slots[0x0a0105] & leaf::LONG, leaf::LONG);
+        assert_eq!(table.get(0x0a01_0506), leaf::BLOCK | (1 << 20));
+        assert_eq!(table.long.len(), 3);
     }
 
     #[test]

@@ -65,9 +65,21 @@ pub const FEED_ID_BASE: u32 = 0x8000_0000;
 ///
 /// ```text
 /// bit 31     LONG: the /24 holds longer prefixes; look the address up in V4_LONG first
-/// bits 30-29 kind: 0 no match, 1 block, 2 allow
+/// bits 30-29 kind: 0 no match, 1 block, 2 allow, 3 single (below)
 /// bit 28     the rule is a feed (id = FEED_ID_BASE + low bits)
 /// bits 27-0  rule id (or feed number)
+/// ```
+///
+/// A first-level slot whose /24 has no answer except for one address (the common case of a
+/// lone /32 in a public list) is written as `single` instead of `LONG` + a hash entry, so that
+/// address costs one memory read too:
+///
+/// ```text
+/// bits 30-29 3 (single)
+/// bit 28     the rule is a feed
+/// bit 27     the address is allowed (else blocked)
+/// bits 26-8  rule id (or feed number), 19 bits
+/// bits 7-0   last octet of the address
 /// ```
 pub mod leaf {
     use super::FEED_ID_BASE;
@@ -79,6 +91,38 @@ pub mod leaf {
     pub const ALLOW: u32 = 2 << 29;
     pub const FEED: u32 = 1 << 28;
     pub const ID_MASK: u32 = FEED - 1;
+    pub const SINGLE: u32 = 3 << 29;
+    pub const SINGLE_ALLOW: u32 = 1 << 27;
+    pub const SINGLE_ID_MASK: u32 = (1 << 19) - 1;
+
+    /// The single-address form of `leaf` (a block or allow leaf) for the address whose last
+    /// octet is `octet`, or `None` if the id needs more than 19 bits.
+    pub const fn single(octet: u8, leaf: u32) -> Option<u32> {
+        let low = leaf & ID_MASK;
+        if low > SINGLE_ID_MASK {
+            return None;
+        }
+        let allow = if leaf & KIND_MASK == ALLOW {
+            SINGLE_ALLOW
+        } else {
+            0
+        };
+        Some(SINGLE | (leaf & FEED) | allow | (low << 8) | octet as u32)
+    }
+
+    /// What a `single` slot says for the address whose last octet is `octet`.
+    #[inline(always)]
+    pub const fn resolve_single(slot: u32, octet: u8) -> u32 {
+        if slot & 0xff != octet as u32 {
+            return NONE;
+        }
+        let kind = if slot & SINGLE_ALLOW != 0 {
+            ALLOW
+        } else {
+            BLOCK
+        };
+        kind | (slot & FEED) | ((slot >> 8) & SINGLE_ID_MASK)
+    }
 
     /// The rule id a leaf names.
     #[inline(always)]

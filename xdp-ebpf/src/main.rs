@@ -149,6 +149,9 @@ fn dir24_leaf(addr: [u8; 4]) -> u32 {
         None => leaf::NONE,
     };
     if first & leaf::LONG == 0 {
+        if first & leaf::KIND_MASK == leaf::SINGLE {
+            return leaf::resolve_single(first, addr[3]);
+        }
         return first;
     }
     match V4_LONG.get_ptr(&addr) {
