@@ -135,11 +135,7 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
     let store = Store::open(&store_path)?;
     // Last good copies go in with the first reconcile: enforcement at boot without network.
     let last_good = feeds.last_good_sets(&store)?;
-    let ipv4_entries = store
-        .rules()?
-        .iter()
-        .filter(|r| r.cidr.addr().is_ipv4())
-        .count()
+    let ipv4_entries = store.ipv4_rule_count()?
         + validated
             .rules
             .iter()

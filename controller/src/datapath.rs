@@ -467,12 +467,7 @@ impl Datapath {
     /// Forgets the counters of rules that no longer exist (their ids are never reused).
     pub fn drop_rule_counters(&mut self, ids: &[RuleId]) -> Result<(), DatapathError> {
         for id in ids {
-            match self.rule_stats.remove(id) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => return Err(map_err(map_names::RULE_STATS)(e)),
-            }
+            ignore_missing(self.rule_stats.remove(id)).map_err(map_err(map_names::RULE_STATS))?;
         }
         Ok(())
     }
@@ -487,15 +482,7 @@ impl Dir24 {
         let ranges = if self.repaint_all {
             vec![dir24::FULL_RANGE]
         } else {
-            dir24::changed_ranges(
-                diff.allow_v4
-                    .upserts
-                    .iter()
-                    .map(|(k, _)| k)
-                    .chain(&diff.allow_v4.removes)
-                    .chain(diff.block_v4.upserts.iter().map(|(k, _)| k))
-                    .chain(&diff.block_v4.removes),
-            )
+            dir24::changed_ranges(diff.allow_v4.keys().chain(diff.block_v4.keys()))
         };
         let prefixes = Prefixes::new(&self.allow, &self.block);
         let mut writes = Writes::default();
@@ -664,8 +651,7 @@ fn restore_set<const N: usize>(
     diff: &TrieDiff<N>,
     before: &TrieContents<N>,
 ) {
-    let keys = diff.upserts.iter().map(|(k, _)| k).chain(&diff.removes);
-    for key in keys {
+    for key in diff.keys() {
         match before.get(key) {
             Some(id) => set.insert(*key, *id),
             None => set.remove(key),
@@ -691,11 +677,7 @@ where
 {
     let keys: Vec<Key<[u8; N]>> = trie.keys().filter_map(Result::ok).collect();
     for key in keys {
-        match trie.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(map_err(name)(e)),
-        }
+        ignore_missing(trie.remove(&key)).map_err(map_err(name))?;
     }
     Ok(())
 }
@@ -776,13 +758,18 @@ where
     [u8; N]: aya::Pod,
 {
     for (len, data) in &diff.removes {
-        match trie.remove(&Key::new(*len, *data)) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(map_err(name)(e)),
-        }
+        ignore_missing(trie.remove(&Key::new(*len, *data))).map_err(map_err(name))?;
     }
     Ok(())
+}
+
+/// A removal of a key that is already gone is a success.
+fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
 }
 
 /// Capacity of a trie by name, for messages and metrics.

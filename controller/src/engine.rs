@@ -776,10 +776,7 @@ impl MapContents {
             from: &crate::rules::TrieContents<N>,
             diff: &TrieDiff<N>,
         ) -> crate::rules::TrieContents<N> {
-            diff.upserts
-                .iter()
-                .map(|(k, _)| k)
-                .chain(&diff.removes)
+            diff.keys()
                 .filter_map(|k| from.get(k).map(|v| (*k, *v)))
                 .collect()
         }

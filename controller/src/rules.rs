@@ -245,6 +245,11 @@ impl<const N: usize> TrieDiff<N> {
     pub fn is_empty(&self) -> bool {
         self.upserts.is_empty() && self.removes.is_empty()
     }
+
+    /// Every key this diff touches, upserted or removed.
+    pub fn keys(&self) -> impl Iterator<Item = &(u32, [u8; N])> {
+        self.upserts.iter().map(|(k, _)| k).chain(&self.removes)
+    }
 }
 
 /// Changes for all four ingress tries.

@@ -172,6 +172,18 @@ impl Store {
             .collect()
     }
 
+    /// How many stored rules are IPv4 (stored CIDRs are canonical, so IPv6 is exactly the text
+    /// with a colon). Counted in SQL: the daemon needs it before loading, without reading every
+    /// rule twice.
+    pub fn ipv4_rule_count(&self) -> Result<usize, StoreError> {
+        let count: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM rules WHERE instr(cidr, ':') = 0",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(count as usize)
+    }
+
     /// The newest `limit` audit rows, newest first.
     pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
@@ -423,6 +435,23 @@ mod tests {
         assert_eq!(rules[0].cidr.to_string(), "198.51.100.0/24");
         assert_eq!(rules[0].expires_at, Some(99));
         assert_eq!(store.audit_log(10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn ipv4_rules_are_counted_apart_from_ipv6() {
+        let mut store = Store::in_memory().unwrap();
+        let tx = store.transaction().unwrap();
+        for cidr in [
+            "198.51.100.0/24",
+            "192.0.2.7",
+            "2001:db8::/32",
+            "::ffff:203.0.113.9",
+        ] {
+            tx.insert(&new_rule(cidr), 1).unwrap();
+        }
+        tx.commit().unwrap();
+        // The v4-mapped address is stored as IPv4.
+        assert_eq!(store.ipv4_rule_count().unwrap(), 3);
     }
 
     #[test]
