@@ -31,10 +31,7 @@ use xdpwall::{
         parse::{CsvOptions, FeedFormat},
         sanity::{SPECIAL_RANGES, SafetyLimits},
     },
-    loader::{self, LoadedObject},
-    pins::PinLayout,
     rules::{Action, RuleId, key_v4},
-    store::Store,
 };
 
 use crate::{SYSTEMS, System};
@@ -102,7 +99,9 @@ pub fn run_feed(args: &FeedArgs) -> anyhow::Result<String> {
     let pins = PinDirGuard(PathBuf::from(format!(
         "/sys/fs/bpf/xdpwall-bench-feed-{run_id}"
     )));
-    let mut engine = open_engine(&pins.0, args.ipv4_lookup)?;
+    // The maps live on in the datapath; the program itself is not needed here (feeds never
+    // touch the store during apply, so an in-memory one does).
+    let (_, mut engine) = crate::open_xdpwall(&pins.0, args.ipv4_lookup)?;
     let limit = Duration::from_secs(args.timeout_secs);
     let environment = Environment::describe(limit);
 
@@ -764,19 +763,6 @@ fn length_mix(list: &[Ipv4Net]) -> String {
 // ---------------------------------------------------------------------------------------------
 // Measuring
 // ---------------------------------------------------------------------------------------------
-
-/// Loads the xdpwall object with its maps pinned under `pin_dir` and opens an engine over them
-/// with an in-memory store (feeds never touch the store during apply).
-fn open_engine(pin_dir: &Path, ipv4_lookup: Ipv4Lookup) -> anyhow::Result<Engine> {
-    // The maps live on in the datapath; the program itself is not needed here.
-    let LoadedObject { ebpf: _, datapath } =
-        loader::load_object(&PinLayout::new(pin_dir), ipv4_lookup)
-            .context("loading the xdpwall object (run as root, bpffs at /sys/fs/bpf)")?;
-    let store = Store::in_memory().context("opening an in-memory store")?;
-    let (engine, _) = Engine::open(Box::new(datapath), store, Vec::new(), Vec::new())
-        .context("opening the engine over the freshly pinned maps")?;
-    Ok(engine)
-}
 
 /// A plain block feed as the daemon would resolve it, with `max_entries` raised to the
 /// benchmark size so the safety limit never refuses it.

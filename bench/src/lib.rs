@@ -210,20 +210,22 @@ pub fn run(args: &Args, pin_dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(report(args, &results))
 }
 
-/// The xdpwall object with its maps pinned under `pin_dir`, and an engine over them.
-fn open_xdpwall(
+/// The xdpwall object with its maps pinned under `pin_dir`, and an engine over them with an
+/// in-memory store (every harness that drives xdpwall through the library starts here).
+pub(crate) fn open_xdpwall(
     pin_dir: &std::path::Path,
     ipv4_lookup: Ipv4Lookup,
 ) -> anyhow::Result<(Ebpf, Engine)> {
     let LoadedObject { ebpf, datapath } =
-        loader::load_object(&PinLayout::new(pin_dir), ipv4_lookup)
-            .context("loading the xdpwall object (run as root)")?;
-    let (engine, _) = Engine::open(
-        Box::new(datapath),
-        Store::in_memory()?,
-        Vec::new(),
-        Vec::new(),
-    )?;
+        loader::load_object(&PinLayout::new(pin_dir), ipv4_lookup).with_context(|| {
+            format!(
+                "loading the xdpwall object ({} engine; run as root, bpffs at /sys/fs/bpf)",
+                ipv4_lookup.as_str()
+            )
+        })?;
+    let store = Store::in_memory().context("opening an in-memory store")?;
+    let (engine, _) = Engine::open(Box::new(datapath), store, Vec::new(), Vec::new())
+        .context("opening the engine over the freshly pinned maps")?;
     Ok((ebpf, engine))
 }
 

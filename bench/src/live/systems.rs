@@ -37,10 +37,8 @@ use xdpwall::{
     datapath::Ipv4Lookup,
     ebpf_object::BENCH_OBJECT,
     engine::{Engine, FEED_ID_BASE},
-    loader::{self, LoadedObject},
     pins::PinLayout,
     rules::Action,
-    store::Store,
 };
 use xdpwall_shared::XDP_PROGRAM;
 
@@ -302,14 +300,8 @@ impl<'lab> Systems<'lab> {
             "/sys/fs/bpf/xdpwall-bench-live-{}-x{index}",
             self.run_id
         )));
-        let LoadedObject { ebpf, datapath } = load_xdpwall(variant, &PinLayout::new(&pins.0))?;
-        let (mut engine, _) = Engine::open(
-            Box::new(datapath),
-            Store::in_memory()?,
-            Vec::new(),
-            Vec::new(),
-        )
-        .context("opening the xdpwall engine")?;
+        let (ebpf, mut engine) = crate::open_xdpwall(&pins.0, variant.ipv4_lookup)
+            .with_context(|| format!("opening {}", variant.label))?;
         let entries = list.iter().map(|n| IpNet::V4(*n)).collect();
         let started = Instant::now();
         engine
@@ -588,11 +580,6 @@ impl Drop for Systems<'_> {
 }
 
 /// Loads xdpwall's object for `variant`. This is the one place a variant's settings are applied.
-fn load_xdpwall(variant: XdpwallVariant, pins: &PinLayout) -> anyhow::Result<LoadedObject> {
-    loader::load_object(pins, variant.ipv4_lookup)
-        .with_context(|| format!("loading the xdpwall object for {}", variant.label))
-}
-
 fn bench_program<'a>(bench: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
     Ok(bench
         .program_mut(name)
