@@ -668,6 +668,8 @@ pub struct Status {
     pub management: Vec<String>,
     /// IPv4 lookup engine in use: "lpm" or "dir24".
     pub ipv4_lookup: String,
+    /// IPv6 lookup engine in use: "lpm" or "hash".
+    pub ipv6_lookup: String,
 }
 
 /// Daemon status: version, readiness, interfaces and attach modes, rule counts.
@@ -692,6 +694,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Status>, ApiE
             .map(ToString::to_string)
             .collect(),
         ipv4_lookup: engine.ipv4_lookup().as_str().to_string(),
+        ipv6_lookup: engine.ipv6_lookup().as_str().to_string(),
     }))
 }
 

@@ -113,6 +113,51 @@ impl FromStr for Ipv4LookupSetting {
     }
 }
 
+/// Which IPv6 lookup structure the XDP program uses (`ipv6_lookup`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv6LookupSetting {
+    /// The hashes when the IPv6 rule set is large (a feed is configured, or at least
+    /// [`AUTO_V6_HASH_MIN_ENTRIES`] IPv6 entries at start), the LPM tries otherwise.
+    #[default]
+    Auto,
+    /// Always the LPM tries.
+    Lpm,
+    /// Always the per-length hashes (binary search on prefix lengths, at most 8 hash lookups
+    /// per packet); about 2 × 2-3 entries per prefix (two generations, markers).
+    Hash,
+}
+
+/// `ipv6_lookup = "auto"` picks the hashes from this many IPv6 entries at start.
+pub const AUTO_V6_HASH_MIN_ENTRIES: usize = 10_000;
+
+impl Ipv6LookupSetting {
+    /// The engine to load, given the IPv6 entries and feeds known at start.
+    pub fn resolve(self, ipv6_entries: usize, has_feeds: bool) -> crate::datapath::Ipv6Lookup {
+        use crate::datapath::Ipv6Lookup;
+        match self {
+            Self::Lpm => Ipv6Lookup::Lpm,
+            Self::Hash => Ipv6Lookup::Hash,
+            Self::Auto if has_feeds || ipv6_entries >= AUTO_V6_HASH_MIN_ENTRIES => Ipv6Lookup::Hash,
+            Self::Auto => Ipv6Lookup::Lpm,
+        }
+    }
+}
+
+impl FromStr for Ipv6LookupSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "lpm" => Ok(Self::Lpm),
+            "hash" => Ok(Self::Hash),
+            other => Err(format!(
+                "unknown ipv6_lookup {other:?}: use auto, lpm or hash"
+            )),
+        }
+    }
+}
+
 /// What to do with frames too short for their own headers.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -145,6 +190,9 @@ pub struct Config {
     /// IPv4 lookup engine: "auto", "lpm" or "dir24".
     #[serde(default)]
     pub ipv4_lookup: Ipv4LookupSetting,
+    /// IPv6 lookup engine: "auto", "lpm" or "hash".
+    #[serde(default)]
+    pub ipv6_lookup: Ipv6LookupSetting,
     /// Addresses that are always allowed and never blockable (lock-out guard).
     #[serde(default)]
     pub management: Vec<String>,
@@ -349,6 +397,9 @@ impl Config {
         }
         if let Some(v) = lookup("XDPWALL_IPV4_LOOKUP") {
             self.ipv4_lookup = v.parse().map_err(|m| invalid("XDPWALL_IPV4_LOOKUP", m))?;
+        }
+        if let Some(v) = lookup("XDPWALL_IPV6_LOOKUP") {
+            self.ipv6_lookup = v.parse().map_err(|m| invalid("XDPWALL_IPV6_LOOKUP", m))?;
         }
         if let Some(v) = lookup("XDPWALL_STATE_DIR") {
             self.state_dir = PathBuf::from(v);

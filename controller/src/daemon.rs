@@ -19,6 +19,7 @@ use xdpwall_shared::DatapathConfig;
 use crate::{
     api::{self, AppState},
     config::{ApiToken, Config, MalformedPolicy, TokenScope},
+    datapath::Engines,
     engine::{Engine, config_rules},
     feeds::FeedManager,
     loader,
@@ -135,32 +136,40 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
     let store = Store::open(&store_path)?;
     // Last good copies go in with the first reconcile: enforcement at boot without network.
     let last_good = feeds.last_good_sets(&store)?;
-    let ipv4_entries = store.ipv4_rule_count()?
-        + validated
+    let configured = |v4: bool| {
+        validated
             .rules
             .iter()
-            .filter(|(net, _)| net.addr().is_ipv4())
+            .filter(|(net, _)| net.addr().is_ipv4() == v4)
             .count()
-        + last_good
-            .iter()
-            .flat_map(|feed| &feed.entries)
-            .filter(|net| net.addr().is_ipv4())
-            .count();
-    let ipv4_lookup = config
-        .ipv4_lookup
-        .resolve(ipv4_entries, !validated.feeds.is_empty());
+            + last_good
+                .iter()
+                .flat_map(|feed| &feed.entries)
+                .filter(|net| net.addr().is_ipv4() == v4)
+                .count()
+    };
+    let ipv4_entries = store.ipv4_rule_count()? + configured(true);
+    let ipv6_entries = store.ipv6_rule_count()? + configured(false);
+    let has_feeds = !validated.feeds.is_empty();
+    let engines = Engines {
+        ipv4: config.ipv4_lookup.resolve(ipv4_entries, has_feeds),
+        ipv6: config.ipv6_lookup.resolve(ipv6_entries, has_feeds),
+    };
     info!(
-        engine = ipv4_lookup.as_str(),
-        setting = ?config.ipv4_lookup,
+        ipv4 = engines.ipv4.as_str(),
+        ipv4_setting = ?config.ipv4_lookup,
         ipv4_entries,
-        "IPv4 lookup engine chosen"
+        ipv6 = engines.ipv6.as_str(),
+        ipv6_setting = ?config.ipv6_lookup,
+        ipv6_entries,
+        "lookup engines chosen"
     );
     let engine = {
         let pins = pins.clone();
         let ifaces = config.interfaces.clone();
         let mode = config.xdp_mode;
         tokio::task::spawn_blocking(move || -> anyhow::Result<(Engine, _)> {
-            let loaded = loader::load_and_attach(&pins, &ifaces, mode, ipv4_lookup)?;
+            let loaded = loader::load_and_attach(&pins, &ifaces, mode, engines)?;
             Ok(Engine::open(
                 Box::new(loaded.datapath),
                 store,

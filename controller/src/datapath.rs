@@ -4,8 +4,8 @@
 //! entry present before and after a change is never absent in between.
 
 use std::{
-    collections::BTreeMap,
-    os::fd::{AsFd as _, AsRawFd as _},
+    collections::{BTreeMap, HashMap as StdHashMap},
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
     ptr::NonNull,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -17,13 +17,14 @@ use aya::{
     },
 };
 use xdpwall_shared::{
-    DIR24_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig, RuleCounters, V4_LONG_MAX_ENTRIES, lookup,
-    map_names, verdict, verdict_slot,
+    DIR24_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig, RuleCounters, V4_LONG_MAX_ENTRIES,
+    V6_HASH_MAX_ENTRIES, V6Key, V6Lengths, lookup, map_names, verdict, verdict_slot,
 };
 
 use crate::{
     dir24::{self, IdTooLarge, Prefixes, Writes},
     rules::{MapContents, MapDiff, RuleId, TrieContents, TrieDiff},
+    v6hash::{self, Changes},
 };
 
 /// Which structure the XDP program consults for IPv4 sources.
@@ -42,6 +43,43 @@ impl Ipv4Lookup {
         match self {
             Self::Lpm => "lpm",
             Self::Dir24 => "dir24",
+        }
+    }
+}
+
+/// Which structure the XDP program consults for IPv6 sources.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv6Lookup {
+    /// The allow and block LPM tries (the reference path).
+    Lpm,
+    /// Per-length hashes searched by binary search on the present prefix lengths: at most 8
+    /// hash lookups per packet, allow and block in one search.
+    Hash,
+}
+
+impl Ipv6Lookup {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Lpm => "lpm",
+            Self::Hash => "hash",
+        }
+    }
+}
+
+/// The lookup engine per address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Engines {
+    pub ipv4: Ipv4Lookup,
+    pub ipv6: Ipv6Lookup,
+}
+
+/// IPv4 engine chosen, IPv6 on the LPM tries.
+impl From<Ipv4Lookup> for Engines {
+    fn from(ipv4: Ipv4Lookup) -> Self {
+        Self {
+            ipv4,
+            ipv6: Ipv6Lookup::Lpm,
         }
     }
 }
@@ -106,6 +144,8 @@ pub struct Datapath {
     lookup: Array<MapData, u32>,
     /// The DIR-24 table and what it was built from; `None` with the LPM engine.
     dir24: Option<Dir24>,
+    /// The IPv6 hash engine; `None` with the LPM engine.
+    v6hash: Option<V6Hash>,
 }
 
 /// The first level of the DIR-24 table, mapped into this process: slots are read and written
@@ -214,6 +254,15 @@ pub trait KernelMaps: Send {
     fn dir24_long_entries(&self) -> Option<usize> {
         None
     }
+    /// The IPv6 lookup engine these maps are maintained for.
+    fn ipv6_lookup(&self) -> Ipv6Lookup {
+        Ipv6Lookup::Lpm
+    }
+    /// Entries (prefixes and markers) in the live generation of the IPv6 hash engine, or `None`
+    /// with the LPM engine.
+    fn v6_hash_entries(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl KernelMaps for Datapath {
@@ -244,16 +293,53 @@ impl KernelMaps for Datapath {
     fn dir24_long_entries(&self) -> Option<usize> {
         self.dir24.as_ref().map(|d| d.long_applied.len())
     }
+    fn ipv6_lookup(&self) -> Ipv6Lookup {
+        Datapath::ipv6_lookup(self)
+    }
+    fn v6_hash_entries(&self) -> Option<usize> {
+        self.v6hash.as_ref().map(|v| v.target.entries.len())
+    }
 }
 
 impl Datapath {
     /// Takes the maps out of a loaded object. With [`Ipv4Lookup::Dir24`] the table is mapped
-    /// into this process and the long-prefix hash read back.
-    pub fn from_ebpf(ebpf: &mut Ebpf, engine: Ipv4Lookup) -> Result<Self, DatapathError> {
+    /// into this process and the long-prefix hash read back; with [`Ipv6Lookup::Hash`] both
+    /// generations are read back.
+    pub fn from_ebpf(ebpf: &mut Ebpf, engines: impl Into<Engines>) -> Result<Self, DatapathError> {
         fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DatapathError> {
             ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))
         }
-        let dir24 = match engine {
+        let engines = engines.into();
+        let lookup: Array<MapData, u32> =
+            Array::try_from(take(ebpf, map_names::LOOKUP)?).map_err(map_err(map_names::LOOKUP))?;
+        let switch = lookup.get(&0, 0).map_err(map_err(map_names::LOOKUP))?;
+        let v6hash = match engines.ipv6 {
+            Ipv6Lookup::Lpm => None,
+            Ipv6Lookup::Hash => {
+                let mut hash = |name: &'static str| -> Result<_, DatapathError> {
+                    let map: HashMap<MapData, V6Key, u32> =
+                        HashMap::try_from(take(ebpf, name)?).map_err(map_err(name))?;
+                    let found = aya::maps::IterableMap::map(&map)
+                        .info()
+                        .map_err(map_err(name))?
+                        .max_entries();
+                    if found != V6_HASH_MAX_ENTRIES {
+                        return Err(DatapathError::WrongSize {
+                            map: name,
+                            found,
+                            needed: V6_HASH_MAX_ENTRIES,
+                        });
+                    }
+                    Ok(map)
+                };
+                let tables = [hash(map_names::V6_TBL0)?, hash(map_names::V6_TBL1)?];
+                let lengths: Array<MapData, V6Lengths> =
+                    Array::try_from(take(ebpf, map_names::V6_LENS)?)
+                        .map_err(map_err(map_names::V6_LENS))?;
+                Some(V6Hash::open(tables, lengths, switch)?)
+            }
+        };
+        let dir24 = match engines.ipv4 {
             Ipv4Lookup::Lpm => None,
             Ipv4Lookup::Dir24 => {
                 let table = match take(ebpf, map_names::V4_TBL24)? {
@@ -293,9 +379,9 @@ impl Datapath {
                 .map_err(map_err(map_names::VERDICTS))?,
             config: Array::try_from(take(ebpf, map_names::CONFIG)?)
                 .map_err(map_err(map_names::CONFIG))?,
-            lookup: Array::try_from(take(ebpf, map_names::LOOKUP)?)
-                .map_err(map_err(map_names::LOOKUP))?,
+            lookup,
             dir24,
+            v6hash,
         })
     }
 
@@ -304,6 +390,14 @@ impl Datapath {
         match self.dir24 {
             Some(_) => Ipv4Lookup::Dir24,
             None => Ipv4Lookup::Lpm,
+        }
+    }
+
+    /// The IPv6 engine this handle maintains.
+    pub fn ipv6_lookup(&self) -> Ipv6Lookup {
+        match self.v6hash {
+            Some(_) => Ipv6Lookup::Hash,
+            None => Ipv6Lookup::Lpm,
         }
     }
 
@@ -318,27 +412,39 @@ impl Datapath {
         self.config.get(&0, 0).map_err(map_err(map_names::CONFIG))
     }
 
-    /// Points the program at this handle's IPv4 engine once that engine holds the whole rule
-    /// set, then empties the structure the program no longer reads. Until then the program
-    /// keeps using the previous engine, which still holds the previous rule set: switching
-    /// engines across a restart leaves no gap.
+    /// Points the program at this handle's engines once each holds the whole rule set (and the
+    /// IPv6 hash engine at its freshly written generation), then empties the tries the program
+    /// no longer reads. Until then the program keeps using the previous engine, which still
+    /// holds the previous rule set: switching engines across a restart leaves no gap.
     fn switch_engine(&mut self) -> Result<(), DatapathError> {
-        let wanted = match &self.dir24 {
-            Some(dir24) if dir24.repaint_all => return Ok(()),
+        let current = self.lookup.get(&0, 0).map_err(map_err(map_names::LOOKUP))?;
+        let v4 = match &self.dir24 {
+            Some(dir24) if dir24.repaint_all => current & lookup::DIR24,
             Some(_) => lookup::DIR24,
             None => lookup::LPM,
         };
-        let current = self.lookup.get(&0, 0).map_err(map_err(map_names::LOOKUP))?;
+        let v6_bits = lookup::V6_HASH | lookup::V6_GEN1;
+        let v6 = match &self.v6hash {
+            Some(v6) if !v6.synced => current & v6_bits,
+            Some(v6) if v6.live == 1 => lookup::V6_HASH | lookup::V6_GEN1,
+            Some(_) => lookup::V6_HASH,
+            None => lookup::LPM,
+        };
+        let wanted = v4 | v6;
         if current == wanted {
             return Ok(());
         }
         self.lookup
             .set(0, wanted, 0)
             .map_err(map_err(map_names::LOOKUP))?;
-        if wanted == lookup::DIR24 {
+        if wanted & lookup::DIR24 != 0 && current & lookup::DIR24 == 0 {
             // The IPv4 tries are not maintained under DIR-24; free them.
             clear_trie(&mut self.allow_v4, map_names::ALLOW_V4)?;
             clear_trie(&mut self.block_v4, map_names::BLOCK_V4)?;
+        }
+        if wanted & lookup::V6_HASH != 0 && current & lookup::V6_HASH == 0 {
+            clear_trie(&mut self.allow_v6, map_names::ALLOW_V6)?;
+            clear_trie(&mut self.block_v6, map_names::BLOCK_V6)?;
         }
         Ok(())
     }
@@ -352,11 +458,18 @@ impl Datapath {
                 read_trie(&self.block_v4, map_names::BLOCK_V4)?,
             ),
         };
+        let (allow_v6, block_v6) = match &self.v6hash {
+            Some(v6) => (v6.allow.clone(), v6.block.clone()),
+            None => (
+                read_trie(&self.allow_v6, map_names::ALLOW_V6)?,
+                read_trie(&self.block_v6, map_names::BLOCK_V6)?,
+            ),
+        };
         Ok(MapContents {
             allow_v4,
-            allow_v6: read_trie(&self.allow_v6, map_names::ALLOW_V6)?,
+            allow_v6,
             block_v4,
-            block_v6: read_trie(&self.block_v6, map_names::BLOCK_V6)?,
+            block_v6,
         })
     }
 
@@ -364,11 +477,24 @@ impl Datapath {
     /// this call are rolled back and nothing is removed, so the maps hold what they held before.
     pub fn apply(&mut self, diff: &MapDiff, before: &MapContents) -> Result<(), DatapathError> {
         let v4_tries = self.dir24.is_none();
-        // The DIR-24 writes are planned first: a rule id that does not fit fails before anything
-        // is written.
+        let v6_tries = self.v6hash.is_none();
+        // The DIR-24 and IPv6 hash writes are planned first: a rule id that does not fit fails
+        // before anything is written.
         let dir24_writes = match &mut self.dir24 {
             Some(dir24) => Some(dir24.plan(diff, before)?),
             None => None,
+        };
+        let v6_planned = match &mut self.v6hash {
+            Some(v6) => match v6.plan(diff, before) {
+                Ok(changed) => changed,
+                Err(err) => {
+                    if let Some(dir24) = &mut self.dir24 {
+                        dir24.restore_sets(diff, before);
+                    }
+                    return Err(err);
+                }
+            },
+            None => false,
         };
         // Allow entries first: a new allow must be in place before a block it overrides.
         let mut undo = Undo::default();
@@ -382,13 +508,15 @@ impl Datapath {
                     &mut undo.allow_v4,
                 )?;
             }
-            upsert(
-                &mut self.allow_v6,
-                &diff.allow_v6,
-                &before.allow_v6,
-                map_names::ALLOW_V6,
-                &mut undo.allow_v6,
-            )?;
+            if v6_tries {
+                upsert(
+                    &mut self.allow_v6,
+                    &diff.allow_v6,
+                    &before.allow_v6,
+                    map_names::ALLOW_V6,
+                    &mut undo.allow_v6,
+                )?;
+            }
             if v4_tries {
                 upsert(
                     &mut self.block_v4,
@@ -398,15 +526,23 @@ impl Datapath {
                     &mut undo.block_v4,
                 )?;
             }
-            upsert(
-                &mut self.block_v6,
-                &diff.block_v6,
-                &before.block_v6,
-                map_names::BLOCK_V6,
-                &mut undo.block_v6,
-            )?;
+            if v6_tries {
+                upsert(
+                    &mut self.block_v6,
+                    &diff.block_v6,
+                    &before.block_v6,
+                    map_names::BLOCK_V6,
+                    &mut undo.block_v6,
+                )?;
+            }
             if let (Some(dir24), Some(writes)) = (&mut self.dir24, &dir24_writes) {
                 dir24.upsert_long(writes)?;
+            }
+            // The generation the program does not read: nothing a packet sees changes yet.
+            if let Some(v6) = &mut self.v6hash
+                && v6_planned
+            {
+                v6.write_standby()?;
             }
             Ok(())
         })();
@@ -418,6 +554,11 @@ impl Datapath {
             if let (Some(dir24), Some(writes)) = (&mut self.dir24, &dir24_writes) {
                 dir24.undo_plan(diff, writes, before);
             }
+            if let Some(v6) = &mut self.v6hash
+                && v6_planned
+            {
+                v6.undo_plan(diff, before);
+            }
             return Err(err);
         }
         if let (Some(dir24), Some(writes)) = (&mut self.dir24, &dir24_writes) {
@@ -427,12 +568,23 @@ impl Datapath {
         if v4_tries {
             remove(&mut self.block_v4, &diff.block_v4, map_names::BLOCK_V4)?;
         }
-        remove(&mut self.block_v6, &diff.block_v6, map_names::BLOCK_V6)?;
+        if v6_tries {
+            remove(&mut self.block_v6, &diff.block_v6, map_names::BLOCK_V6)?;
+        }
         if v4_tries {
             remove(&mut self.allow_v4, &diff.allow_v4, map_names::ALLOW_V4)?;
         }
-        remove(&mut self.allow_v6, &diff.allow_v6, map_names::ALLOW_V6)?;
-        self.switch_engine()
+        if v6_tries {
+            remove(&mut self.allow_v6, &diff.allow_v6, map_names::ALLOW_V6)?;
+        }
+        // Flips the IPv6 generation (and any engine switch).
+        self.switch_engine()?;
+        if let Some(v6) = &mut self.v6hash
+            && v6_planned
+        {
+            v6.catch_up_old_generation();
+        }
+        Ok(())
     }
 
     /// Packet counts by verdict on the interface `ifindex`, summed over CPUs.
@@ -525,7 +677,7 @@ impl Dir24 {
             .map(|(addr, _)| addr.to_be_bytes())
             .collect();
         let values: Vec<u32> = writes.long_upserts.iter().map(|(_, leaf)| *leaf).collect();
-        update_batch(&self.long, &keys, &values).map_err(|err| match err.raw_os_error() {
+        update_batch(map_fd(&self.long), &keys, &values).map_err(|err| match err.raw_os_error() {
             Some(libc::E2BIG | libc::ENOSPC) => DatapathError::Full {
                 map: map_names::V4_LONG,
                 capacity: V4_LONG_MAX_ENTRIES,
@@ -550,7 +702,7 @@ impl Dir24 {
             .iter()
             .map(|a| a.to_be_bytes())
             .collect();
-        delete_batch(&self.long, &keys).map_err(|source| DatapathError::Batch {
+        delete_batch(map_fd(&self.long), &keys).map_err(|source| DatapathError::Batch {
             map: map_names::V4_LONG,
             source,
         })?;
@@ -567,6 +719,253 @@ impl Dir24 {
         }
         self.repaint_all = false;
         Ok(())
+    }
+}
+
+/// The IPv6 hash engine's maps: two generations of (lengths, hash), the program reading the one
+/// the switch word names.
+struct V6Hash {
+    tables: [HashMap<MapData, V6Key, u32>; 2],
+    lengths: Array<MapData, V6Lengths>,
+    /// What each generation holds (read back at start, then kept in step); `None`: unknown
+    /// after a failed write, read back before the next one.
+    held: [Option<StdHashMap<V6Key, u32>>; 2],
+    held_lengths: [V6Lengths; 2],
+    /// The generation the switch word names (or is about to name): the one packets read.
+    /// Changes go to the other one first.
+    live: usize,
+    /// A whole generation holds the rule set of this handle (after the first apply).
+    synced: bool,
+    /// What the live generation must hold.
+    target: v6hash::Table,
+    /// The IPv6 prefixes the table was built from.
+    allow: TrieContents<16>,
+    block: TrieContents<16>,
+    barrier: RcuBarrier,
+}
+
+impl V6Hash {
+    /// `switch` is the current switch word: a generation a previous daemon left live stays
+    /// live until the first apply has written the other one.
+    fn open(
+        tables: [HashMap<MapData, V6Key, u32>; 2],
+        lengths: Array<MapData, V6Lengths>,
+        switch: u32,
+    ) -> Result<Self, DatapathError> {
+        let mut this = Self {
+            tables,
+            held_lengths: [
+                lengths.get(&0, 0).map_err(map_err(map_names::V6_LENS))?,
+                lengths.get(&1, 0).map_err(map_err(map_names::V6_LENS))?,
+            ],
+            lengths,
+            held: [None, None],
+            live: usize::from(switch & lookup::V6_GEN1 != 0),
+            synced: false,
+            target: v6hash::Table::default(),
+            allow: TrieContents::new(),
+            block: TrieContents::new(),
+            barrier: RcuBarrier::new()?,
+        };
+        for generation in 0..2 {
+            this.read_back(generation)?;
+        }
+        Ok(this)
+    }
+
+    fn name(generation: usize) -> &'static str {
+        [map_names::V6_TBL0, map_names::V6_TBL1][generation]
+    }
+
+    fn read_back(&mut self, generation: usize) -> Result<(), DatapathError> {
+        let name = Self::name(generation);
+        let mut held = StdHashMap::new();
+        for entry in self.tables[generation].iter() {
+            let (key, leaf) = entry.map_err(map_err(name))?;
+            held.insert(key, leaf);
+        }
+        self.held[generation] = Some(held);
+        Ok(())
+    }
+
+    /// Takes the IPv6 part of `diff` into the prefix sets and computes the table. Returns
+    /// whether anything must be written.
+    fn plan(&mut self, diff: &MapDiff, before: &MapContents) -> Result<bool, DatapathError> {
+        if self.synced && diff.allow_v6.is_empty() && diff.block_v6.is_empty() {
+            return Ok(false);
+        }
+        apply_to_set(&mut self.allow, &diff.allow_v6);
+        apply_to_set(&mut self.block, &diff.block_v6);
+        match v6hash::build(&self.allow, &self.block) {
+            Ok(table) => {
+                self.target = table;
+                Ok(true)
+            }
+            Err(err) => {
+                self.restore_sets(diff, before);
+                Err(err.into())
+            }
+        }
+    }
+
+    fn restore_sets(&mut self, diff: &MapDiff, before: &MapContents) {
+        restore_set(&mut self.allow, &diff.allow_v6, &before.allow_v6);
+        restore_set(&mut self.block, &diff.block_v6, &before.block_v6);
+    }
+
+    /// Reverts [`Self::plan`] after a failed apply. The standby generation may hold part of the
+    /// change; no packet reads it, and the next write compares it with what it really holds.
+    fn undo_plan(&mut self, diff: &MapDiff, before: &MapContents) {
+        self.restore_sets(diff, before);
+        if let Ok(table) = v6hash::build(&self.allow, &self.block) {
+            self.target = table;
+        }
+    }
+
+    /// Brings the generation packets do not read to the target; on success it becomes the
+    /// live one (the switch word is written next).
+    fn write_standby(&mut self) -> Result<(), DatapathError> {
+        let standby = 1 - self.live;
+        self.write(standby)?;
+        self.live = standby;
+        self.synced = true;
+        Ok(())
+    }
+
+    /// After the switch word names the new live generation: waits until no packet still reads
+    /// the old one, then brings it to the target as well, so the next change starts from two
+    /// equal generations. A failure here changes nothing a packet sees; it is logged, and the
+    /// next apply rewrites that generation first anyway.
+    fn catch_up_old_generation(&mut self) {
+        let old = 1 - self.live;
+        if let Err(err) = self.barrier.wait().and_then(|()| self.write(old)) {
+            tracing::warn!(error = %err, generation = old, "IPv6 hash: the standby generation \
+                could not be brought up to date; it will be rewritten by the next change");
+            self.held[old] = None;
+        }
+    }
+
+    fn write(&mut self, generation: usize) -> Result<(), DatapathError> {
+        let name = Self::name(generation);
+        if self.held[generation].is_none() {
+            self.read_back(generation)?;
+        }
+        let held = self.held[generation].as_ref().expect("read back above");
+        let changes = Changes::between(held, &self.target.entries);
+        let lengths = self.target.kernel_lengths();
+        if changes.is_empty() && self.held_lengths[generation] == lengths {
+            return Ok(());
+        }
+        let fd = map_fd(&self.tables[generation]);
+        let (keys, values): (Vec<V6Key>, Vec<u32>) = changes.upserts.iter().copied().unzip();
+        // Whatever happens below, this generation's contents are now known only to the kernel.
+        self.held[generation] = None;
+        update_batch(fd, &keys, &values).map_err(|err| match err.raw_os_error() {
+            Some(libc::E2BIG | libc::ENOSPC) => DatapathError::Full {
+                map: name,
+                capacity: V6_HASH_MAX_ENTRIES,
+                pending: changes.upserts.len(),
+            },
+            _ => DatapathError::Batch {
+                map: name,
+                source: err,
+            },
+        })?;
+        delete_batch(fd, &changes.removes)
+            .map_err(|source| DatapathError::Batch { map: name, source })?;
+        self.lengths
+            .set(generation as u32, lengths, 0)
+            .map_err(map_err(map_names::V6_LENS))?;
+        self.held_lengths[generation] = lengths;
+        self.held[generation] = Some(self.target.entries.clone());
+        Ok(())
+    }
+}
+
+/// Waits for an RCU grace period, after which no XDP program run that started before the call
+/// is still running. The kernel waits for one (`synchronize_rcu`) whenever an element of a
+/// map-in-map is updated, so that user space knows no program still uses the previous inner
+/// map; this is the same trick the kernel's own selftests use. The two maps are private to
+/// this process and never pinned.
+struct RcuBarrier {
+    outer: OwnedFd,
+    inner: OwnedFd,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+impl RcuBarrier {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
+
+    fn new() -> Result<Self, DatapathError> {
+        let create = |attr: MapCreateAttr| -> Result<OwnedFd, DatapathError> {
+            // SAFETY: a valid BPF_MAP_CREATE attribute; the returned fd is owned from here on.
+            let fd =
+                unsafe { crate::loader::bpf(Self::BPF_MAP_CREATE, &attr) }.map_err(|source| {
+                    DatapathError::Batch {
+                        map: "rcu barrier",
+                        source,
+                    }
+                })?;
+            // SAFETY: the kernel just returned this fd to us.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        };
+        let inner = create(MapCreateAttr {
+            map_type: Self::BPF_MAP_TYPE_ARRAY,
+            key_size: 4,
+            value_size: 4,
+            max_entries: 1,
+            ..MapCreateAttr::default()
+        })?;
+        let outer = create(MapCreateAttr {
+            map_type: Self::BPF_MAP_TYPE_ARRAY_OF_MAPS,
+            key_size: 4,
+            value_size: 4,
+            max_entries: 1,
+            inner_map_fd: inner.as_raw_fd() as u32,
+            ..MapCreateAttr::default()
+        })?;
+        Ok(Self { outer, inner })
+    }
+
+    fn wait(&self) -> Result<(), DatapathError> {
+        let key = 0u32;
+        let value = self.inner.as_raw_fd() as u32;
+        let attr = ElemAttr {
+            map_fd: self.outer.as_raw_fd() as u32,
+            key: &key as *const u32 as u64,
+            value: &value as *const u32 as u64,
+            ..ElemAttr::default()
+        };
+        // SAFETY: key and value point at live u32s of the map's key and value size.
+        unsafe { crate::loader::bpf(Self::BPF_MAP_UPDATE_ELEM, &attr) }
+            .map(drop)
+            .map_err(|source| DatapathError::Batch {
+                map: "rcu barrier",
+                source,
+            })
     }
 }
 
@@ -590,13 +989,13 @@ const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// kernel's per-call work stays short.
 const BATCH: usize = 16_384;
 
-/// Inserts or overwrites every `(keys[i], values[i])` with as few syscalls as possible.
-fn update_batch(
-    map: &HashMap<MapData, [u8; 4], u32>,
-    keys: &[[u8; 4]],
-    values: &[u32],
+/// Inserts or overwrites every `(keys[i], values[i])` of the hash map `fd` with as few
+/// syscalls as possible. `K` and `V` must be the map's key and value types.
+fn update_batch<K: aya::Pod, V: aya::Pod>(
+    fd: u32,
+    keys: &[K],
+    values: &[V],
 ) -> std::io::Result<()> {
-    let fd = map_fd(map);
     for (keys, values) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
         let attr = BatchAttr {
             keys: keys.as_ptr() as u64,
@@ -611,10 +1010,9 @@ fn update_batch(
     Ok(())
 }
 
-/// Deletes every key, ignoring keys already absent.
-fn delete_batch(map: &HashMap<MapData, [u8; 4], u32>, keys: &[[u8; 4]]) -> std::io::Result<()> {
-    let fd = map_fd(map);
-    let delete = |keys: &[[u8; 4]]| {
+/// Deletes every key of the hash map `fd`, ignoring keys already absent.
+fn delete_batch<K: aya::Pod>(fd: u32, keys: &[K]) -> std::io::Result<()> {
+    let delete = |keys: &[K]| {
         let attr = BatchAttr {
             keys: keys.as_ptr() as u64,
             count: keys.len() as u32,
@@ -642,7 +1040,7 @@ fn delete_batch(map: &HashMap<MapData, [u8; 4], u32>, keys: &[[u8; 4]]) -> std::
     Ok(())
 }
 
-fn map_fd(map: &HashMap<MapData, [u8; 4], u32>) -> u32 {
+fn map_fd<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> u32 {
     aya::maps::IterableMap::map(map).fd().as_fd().as_raw_fd() as u32
 }
 

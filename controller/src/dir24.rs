@@ -25,7 +25,8 @@ use crate::rules::{RuleId, TrieContents};
 /// A rule id that the 28 bits of a leaf cannot name.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "rule id {0} does not fit the DIR-24 table (28-bit ids): use ipv4_lookup = \"lpm\" for this \
+    "rule id {0} does not fit the 28-bit leaves of the DIR-24 and IPv6 hash engines: use \
+     ipv4_lookup = \"lpm\" and ipv6_lookup = \"lpm\" for this \
      rule set"
 )]
 pub struct IdTooLarge(pub RuleId);

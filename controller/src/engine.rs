@@ -220,6 +220,17 @@ impl Engine {
         self.maps.ipv4_lookup()
     }
 
+    /// The IPv6 lookup engine the kernel maps are maintained for.
+    pub fn ipv6_lookup(&self) -> crate::datapath::Ipv6Lookup {
+        self.maps.ipv6_lookup()
+    }
+
+    /// Entries (prefixes and markers) per generation of the IPv6 hash engine, or `None` with
+    /// the LPM engine.
+    pub fn v6_hash_entries(&self) -> Option<usize> {
+        self.maps.v6_hash_entries()
+    }
+
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.rules.values()
     }

@@ -4,6 +4,7 @@
 //! - [`rules`]: the rule model, trie contents and diffs, the reference matcher
 //! - [`loader`]: load, attach, pin, reuse, detach
 //! - [`datapath`]: reads and writes the kernel maps
+//! - [`dir24`], [`v6hash`]: the constant-time IPv4 and IPv6 lookup engines, user side
 //! - [`engine`]: the one owner of the rule set and the maps
 //! - [`api`]: the HTTP API
 //! - [`daemon`]: `xdpwall run`
@@ -22,3 +23,4 @@ pub mod metrics;
 pub mod pins;
 pub mod rules;
 pub mod store;
+pub mod v6hash;

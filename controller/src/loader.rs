@@ -22,11 +22,14 @@ use aya::{
     },
 };
 use tracing::{info, warn};
-use xdpwall_shared::{DIR24_MAP_ENTRIES, IFACE_SLOTS, V4_LONG_MAX_ENTRIES, XDP_PROGRAM, map_names};
+use xdpwall_shared::{
+    DIR24_MAP_ENTRIES, IFACE_SLOTS, V4_LONG_MAX_ENTRIES, V6_HASH_MAX_ENTRIES, XDP_PROGRAM,
+    map_names,
+};
 
 use crate::{
     config::XdpAttachMode,
-    datapath::{Datapath, DatapathError, Ipv4Lookup},
+    datapath::{Datapath, DatapathError, Engines, Ipv4Lookup, Ipv6Lookup},
     ebpf_object::EBPF_OBJECT,
     pins::PinLayout,
 };
@@ -146,9 +149,13 @@ pub fn xdp_program(ebpf: &Ebpf) -> &Xdp {
 }
 
 /// Loads the embedded object with its maps opened from (or pinned under) `pins`, and loads the
-/// XDP program into the kernel (the verifier runs here). `ipv4_lookup` sizes the DIR-24 maps:
-/// full size for [`Ipv4Lookup::Dir24`], one entry otherwise (they are not read then).
-pub fn load_object(pins: &PinLayout, ipv4_lookup: Ipv4Lookup) -> Result<LoadedObject, LoaderError> {
+/// XDP program into the kernel (the verifier runs here). `engines` sizes the DIR-24 and IPv6
+/// hash maps: full size for the engine in use, one entry otherwise (they are not read then).
+pub fn load_object(
+    pins: &PinLayout,
+    engines: impl Into<Engines>,
+) -> Result<LoadedObject, LoaderError> {
+    let engines = engines.into();
     if EBPF_OBJECT.is_empty() {
         return Err(LoaderError::NoObject);
     }
@@ -159,20 +166,39 @@ pub fn load_object(pins: &PinLayout, ipv4_lookup: Ipv4Lookup) -> Result<LoadedOb
             source,
         })?;
     }
-    let (table_entries, long_entries) = match ipv4_lookup {
+    let (table_entries, long_entries) = match engines.ipv4 {
         Ipv4Lookup::Dir24 => {
-            drop_undersized_dir24_pins(pins)?;
+            drop_undersized_pins(
+                pins,
+                &[map_names::V4_TBL24, map_names::V4_LONG],
+                DIR24_MAP_ENTRIES,
+                "the DIR-24 table",
+            )?;
             (DIR24_MAP_ENTRIES, V4_LONG_MAX_ENTRIES)
         }
         Ipv4Lookup::Lpm => (1, 1),
+    };
+    let v6_entries = match engines.ipv6 {
+        Ipv6Lookup::Hash => {
+            drop_undersized_pins(
+                pins,
+                &[map_names::V6_TBL0, map_names::V6_TBL1],
+                V6_HASH_MAX_ENTRIES,
+                "the IPv6 hash tables",
+            )?;
+            V6_HASH_MAX_ENTRIES
+        }
+        Ipv6Lookup::Lpm => 1,
     };
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pins.maps_dir())
         .map_max_entries(map_names::V4_TBL24, table_entries)
         .map_max_entries(map_names::V4_LONG, long_entries)
+        .map_max_entries(map_names::V6_TBL0, v6_entries)
+        .map_max_entries(map_names::V6_TBL1, v6_entries)
         .load(EBPF_OBJECT)
         .map_err(|e| LoaderError::Load(Box::new(e)))?;
-    let datapath = Datapath::from_ebpf(&mut ebpf, ipv4_lookup)?;
+    let datapath = Datapath::from_ebpf(&mut ebpf, engines)?;
     let program: &mut Xdp = ebpf
         .program_mut(XDP_PROGRAM)
         .ok_or(LoaderError::NoObject)?
@@ -184,19 +210,24 @@ pub fn load_object(pins: &PinLayout, ipv4_lookup: Ipv4Lookup) -> Result<LoadedOb
     Ok(LoadedObject { ebpf, datapath })
 }
 
-/// A previous run with the LPM engine pinned one-entry DIR-24 maps. Their pins are removed so
-/// that this load creates full-size ones; the running program keeps the old maps, and keeps
-/// reading the LPM tries, until the new table is complete (see `Datapath::switch_engine`).
-fn drop_undersized_dir24_pins(pins: &PinLayout) -> Result<(), LoaderError> {
-    let table_pin = pins.map(map_names::V4_TBL24);
-    let Ok(info) = aya::maps::MapInfo::from_pin(&table_pin) else {
+/// A previous run with the LPM engine pinned one-entry maps for an engine now wanted. Their
+/// pins are removed so that this load creates full-size ones; the running program keeps the old
+/// maps, and keeps reading the LPM tries, until the new structure is complete (see
+/// `Datapath::switch_engine`). `names[0]` is the map whose size tells.
+fn drop_undersized_pins(
+    pins: &PinLayout,
+    names: &[&str],
+    needed: u32,
+    what: &str,
+) -> Result<(), LoaderError> {
+    let Ok(info) = aya::maps::MapInfo::from_pin(pins.map(names[0])) else {
         return Ok(());
     };
-    if info.max_entries() >= DIR24_MAP_ENTRIES {
+    if info.max_entries() >= needed {
         return Ok(());
     }
-    info!("creating the DIR-24 table (the pinned one was sized for the LPM engine)");
-    for name in [map_names::V4_TBL24, map_names::V4_LONG] {
+    info!("creating {what} (the pinned ones were sized for the LPM engine)");
+    for name in names {
         let path = pins.map(name);
         match fs::remove_file(&path) {
             Ok(()) => {}
@@ -212,10 +243,10 @@ pub fn load_and_attach(
     pins: &PinLayout,
     ifaces: &[String],
     mode: XdpAttachMode,
-    ipv4_lookup: Ipv4Lookup,
+    engines: impl Into<Engines>,
 ) -> Result<Loaded, LoaderError> {
     let resolved = preflight(pins, ifaces)?;
-    let LoadedObject { mut ebpf, datapath } = load_object(pins, ipv4_lookup)?;
+    let LoadedObject { mut ebpf, datapath } = load_object(pins, engines)?;
     let program: &mut Xdp = ebpf
         .program_mut(XDP_PROGRAM)
         .ok_or(LoaderError::NoObject)?

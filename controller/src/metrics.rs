@@ -84,13 +84,16 @@ impl Snapshot {
         }
         let applied = engine.applied();
         let long_entries = engine.dir24_long_entries();
-        // Under DIR-24 the IPv4 tries stay empty; the table and the hash hold IPv4 instead.
+        let v6_hash_entries = engine.v6_hash_entries();
+        // Under DIR-24 (IPv6 hash) the IPv4 (IPv6) tries stay empty; the engine's maps hold the
+        // entries instead.
         let v4_tries = |len: usize| if long_entries.is_some() { 0 } else { len };
+        let v6_tries = |len: usize| if v6_hash_entries.is_some() { 0 } else { len };
         for (name, len) in [
             (map_names::ALLOW_V4, v4_tries(applied.allow_v4.len())),
-            (map_names::ALLOW_V6, applied.allow_v6.len()),
+            (map_names::ALLOW_V6, v6_tries(applied.allow_v6.len())),
             (map_names::BLOCK_V4, v4_tries(applied.block_v4.len())),
-            (map_names::BLOCK_V6, applied.block_v6.len()),
+            (map_names::BLOCK_V6, v6_tries(applied.block_v6.len())),
         ] {
             snapshot
                 .maps
@@ -104,6 +107,16 @@ impl Snapshot {
                 long as i64,
                 i64::from(xdpwall_shared::V4_LONG_MAX_ENTRIES),
             ));
+        }
+        if let Some(entries) = v6_hash_entries {
+            // Both generations hold the same entries between changes.
+            for name in [map_names::V6_TBL0, map_names::V6_TBL1] {
+                snapshot.maps.push((
+                    name,
+                    entries as i64,
+                    i64::from(xdpwall_shared::V6_HASH_MAX_ENTRIES),
+                ));
+            }
         }
         Ok(snapshot)
     }

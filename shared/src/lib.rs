@@ -33,19 +33,96 @@ pub mod map_names {
     /// consulted only when the first-level leaf carries [`super::leaf::LONG`].
     pub const V4_LONG: &str = "XW_V4_LONG";
 
+    /// Array of two [`super::V6Lengths`], one per generation: the prefix lengths present in the
+    /// IPv6 hash engine, sorted, searched by binary search.
+    pub const V6_LENS: &str = "XW_V6_LENS";
+    /// Hash, [`super::V6Key`] -> leaf ([`super::leaf`]): generation 0 of the IPv6 hash engine.
+    pub const V6_TBL0: &str = "XW_V6_TBL0";
+    /// Generation 1 of the IPv6 hash engine; the [`super::lookup::V6_GEN1`] bit says which one
+    /// the program reads.
+    pub const V6_TBL1: &str = "XW_V6_TBL1";
+
     /// Every map the ingress program owns, for pin management and status.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 13] = [
         ALLOW_V4, ALLOW_V6, BLOCK_V4, BLOCK_V6, RULE_STATS, VERDICTS, CONFIG, LOOKUP, V4_TBL24,
-        V4_LONG,
+        V4_LONG, V6_LENS, V6_TBL0, V6_TBL1,
     ];
 }
 
-/// Values of the [`map_names::LOOKUP`] switch.
+/// Bits of the [`map_names::LOOKUP`] switch word.
 pub mod lookup {
-    /// IPv4 sources are looked up in the allow and block LPM tries.
+    /// No bit set: IPv4 and IPv6 sources are looked up in the allow and block LPM tries.
     pub const LPM: u32 = 0;
     /// IPv4 sources are looked up in the DIR-24 table (and the long-prefix hash).
     pub const DIR24: u32 = 1;
+    /// IPv6 sources are looked up in the per-length hashes ([`super::map_names::V6_TBL0`]).
+    pub const V6_HASH: u32 = 2;
+    /// With [`V6_HASH`]: the program reads generation 1 (`XW_V6_TBL1`, `XW_V6_LENS[1]`), else 0.
+    pub const V6_GEN1: u32 = 4;
+}
+
+/// Capacity of each generation of the IPv6 hash engine: prefixes plus search markers.
+pub const V6_HASH_MAX_ENTRIES: u32 = 1 << 20;
+/// Prefix lengths an IPv6 prefix can have (0 to 128).
+pub const V6_LENGTHS: usize = 129;
+/// Steps of the binary search over the present lengths: enough for all 129.
+pub const V6_SEARCH_STEPS: u32 = 8;
+
+/// Key of the IPv6 hash engine: a prefix length and the address masked to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct V6Key {
+    pub prefix_len: u32,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<V6Key>() == 20);
+
+impl V6Key {
+    /// `addr` masked to its first `prefix_len` bits (`prefix_len` is at most 128).
+    #[inline(always)]
+    pub fn new(prefix_len: u32, addr: [u8; 16]) -> Self {
+        // Two 64-bit halves: the eBPF target has no 128-bit shifts.
+        let mut hi = [0u8; 8];
+        let mut lo = [0u8; 8];
+        hi.copy_from_slice(&addr[..8]);
+        lo.copy_from_slice(&addr[8..]);
+        let mask = |bits: u32| -> u64 {
+            match bits {
+                0 => 0,
+                64.. => u64::MAX,
+                b => u64::MAX << (64 - b),
+            }
+        };
+        let hi = u64::from_be_bytes(hi) & mask(prefix_len);
+        let lo = u64::from_be_bytes(lo) & mask(prefix_len.saturating_sub(64));
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&hi.to_be_bytes());
+        out[8..].copy_from_slice(&lo.to_be_bytes());
+        Self {
+            prefix_len,
+            addr: out,
+        }
+    }
+}
+
+/// The prefix lengths present in one generation of the IPv6 hash engine, ascending. The
+/// program searches them by binary search (`mid = (lo + hi) / 2`, a hit goes longer, a miss
+/// shorter); user space puts a marker on the way to every prefix so that the search finds it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct V6Lengths {
+    pub count: u32,
+    pub lens: [u8; 132],
+}
+const _: () = assert!(size_of::<V6Lengths>() == 136);
+
+impl Default for V6Lengths {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            lens: [0; 132],
+        }
+    }
 }
 
 /// First-level slots of the DIR-24 engine: one per /24.
@@ -60,8 +137,9 @@ pub const V4_LONG_MAX_ENTRIES: u32 = 1 << 20;
 /// Rule ids of feeds start here; a feed is one rule, `FEED_ID_BASE + n`.
 pub const FEED_ID_BASE: u32 = 0x8000_0000;
 
-/// The 32-bit leaf of the DIR-24 engine: what the longest matching prefix says, with allow
-/// winning over block whatever the lengths, and which rule it belongs to.
+/// The 32-bit leaf of the DIR-24 and IPv6 hash engines: what the longest matching prefix says,
+/// with allow winning over block whatever the lengths, and which rule it belongs to. The IPv6
+/// engine uses only the kind, feed and id fields (never `LONG` or `single`).
 ///
 /// ```text
 /// bit 31     LONG: the /24 holds longer prefixes; look the address up in V4_LONG first
@@ -231,4 +309,8 @@ mod user {
     unsafe impl aya::Pod for super::RuleCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DatapathConfig {}
+    // SAFETY: #[repr(C)], a u32 and a byte array, no padding (size asserted).
+    unsafe impl aya::Pod for super::V6Key {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::V6Lengths {}
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use xdpwall::{
-    datapath::{Ipv4Lookup, VerdictCounts},
+    datapath::{Engines, Ipv4Lookup, VerdictCounts},
     engine::Engine,
     loader::{self, LoadedObject},
     pins::PinLayout,
@@ -34,12 +34,12 @@ impl TestProgram {
         Self::load_with(tag, Ipv4Lookup::Lpm)
     }
 
-    /// Loads the filter with the given IPv4 engine.
-    pub fn load_with(tag: &str, ipv4_lookup: Ipv4Lookup) -> anyhow::Result<Self> {
+    /// Loads the filter with the given engines (an [`Ipv4Lookup`] alone: IPv6 on the tries).
+    pub fn load_with(tag: &str, engines: impl Into<Engines>) -> anyhow::Result<Self> {
         let (pin_dir, _) = crate::daemon::Daemon::dirs(&format!("testrun-{tag}"));
         let pins = PinLayout::new(&pin_dir);
         // The engine owns the map handles; the program stays in `ebpf`.
-        let LoadedObject { ebpf, datapath } = loader::load_object(&pins, ipv4_lookup)?;
+        let LoadedObject { ebpf, datapath } = loader::load_object(&pins, engines)?;
         let (engine, _) = Engine::open(
             Box::new(datapath),
             Store::in_memory()?,

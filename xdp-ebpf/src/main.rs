@@ -19,8 +19,9 @@ use aya_ebpf::{
 };
 use xdpwall_shared::{
     ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig,
-    RULE_STATS_MAX_ENTRIES, RuleCounters, V4_LONG_MAX_ENTRIES, VERDICT_ENTRIES, leaf, lookup,
-    map_names, verdict, verdict_slot,
+    RULE_STATS_MAX_ENTRIES, RuleCounters, V4_LONG_MAX_ENTRIES, V6_HASH_MAX_ENTRIES,
+    V6_SEARCH_STEPS, V6Key, V6Lengths, VERDICT_ENTRIES, leaf, lookup, map_names, verdict,
+    verdict_slot,
 };
 
 use crate::parse::{Parsed, SourceAddr};
@@ -50,6 +51,15 @@ static V4_TBL24: Array<[u32; 2]> = Array::pinned(DIR24_MAP_ENTRIES, BPF_F_MMAPAB
 #[map(name = "XW_V4_LONG")]
 static V4_LONG: HashMap<[u8; 4], u32> = HashMap::pinned(V4_LONG_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
+// The controller shrinks the two generations to one entry when the IPv6 hash engine is not in
+// use.
+#[map(name = "XW_V6_LENS")]
+static V6_LENS: Array<V6Lengths> = Array::pinned(2, 0);
+#[map(name = "XW_V6_TBL0")]
+static V6_TBL0: HashMap<V6Key, u32> = HashMap::pinned(V6_HASH_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "XW_V6_TBL1")]
+static V6_TBL1: HashMap<V6Key, u32> = HashMap::pinned(V6_HASH_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     if a.len() != b.len() {
@@ -74,6 +84,9 @@ const _: () = assert!(same(map_names::CONFIG, "XW_CONFIG"));
 const _: () = assert!(same(map_names::LOOKUP, "XW_LOOKUP"));
 const _: () = assert!(same(map_names::V4_TBL24, "XW_V4_TBL24"));
 const _: () = assert!(same(map_names::V4_LONG, "XW_V4_LONG"));
+const _: () = assert!(same(map_names::V6_LENS, "XW_V6_LENS"));
+const _: () = assert!(same(map_names::V6_TBL0, "XW_V6_TBL0"));
+const _: () = assert!(same(map_names::V6_TBL1, "XW_V6_TBL1"));
 
 #[xdp]
 pub fn xdpwall_ingress(ctx: XdpContext) -> u32 {
@@ -99,14 +112,20 @@ fn decide(ctx: &XdpContext, config: &DatapathConfig) -> (u32, u32) {
         Parsed::Ip(source) => source,
     };
 
-    // Allow first: an allowlisted source is never dropped, whatever the block set says.
+    // Allow first: an allowlisted source is never dropped, whatever the block set says. The
+    // DIR-24 and hash engines fold that into their leaves already.
+    let engines = LOOKUP.get(0).copied().unwrap_or(lookup::LPM);
     let blocking_rule = match source {
-        SourceAddr::V4(addr) if LOOKUP.get(0).copied() == Some(lookup::DIR24) => {
-            let leaf = dir24_leaf(addr);
-            match leaf & leaf::KIND_MASK {
-                leaf::ALLOW => return (verdict::ALLOWED, xdp_action::XDP_PASS),
-                leaf::BLOCK => Some(leaf::rule_id(leaf)),
-                _ => None,
+        SourceAddr::V4(addr) if engines & lookup::DIR24 != 0 => {
+            match leaf_verdict(dir24_leaf(addr)) {
+                Ok(rule) => rule,
+                Err(allowed) => return allowed,
+            }
+        }
+        SourceAddr::V6(addr) if engines & lookup::V6_HASH != 0 => {
+            match leaf_verdict(v6_hash_leaf(addr, engines & lookup::V6_GEN1 != 0)) {
+                Ok(rule) => rule,
+                Err(allowed) => return allowed,
             }
         }
         SourceAddr::V4(addr) => {
@@ -159,6 +178,56 @@ fn dir24_leaf(addr: [u8; 4]) -> u32 {
         Some(long) => unsafe { *long },
         None => first & !leaf::LONG,
     }
+}
+
+/// The blocking rule a leaf names (`Ok(None)`: no match), or the verdict of an allowed source.
+#[inline(always)]
+fn leaf_verdict(leaf: u32) -> Result<Option<u32>, (u32, u32)> {
+    match leaf & leaf::KIND_MASK {
+        leaf::ALLOW => Err((verdict::ALLOWED, xdp_action::XDP_PASS)),
+        leaf::BLOCK => Ok(Some(leaf::rule_id(leaf))),
+        _ => Ok(None),
+    }
+}
+
+/// The IPv6 hash engine: binary search over the present prefix lengths, one hash lookup per
+/// step (at most [`V6_SEARCH_STEPS`]). A hit (a prefix or a marker user space put on the way to
+/// a longer prefix) remembers its leaf and goes longer; a miss goes shorter. The last leaf
+/// remembered is the answer: user space stores in every entry the leaf of the longest prefix
+/// covering it, allow already folded over block.
+#[inline(always)]
+fn v6_hash_leaf(addr: [u8; 16], gen1: bool) -> u32 {
+    let lengths = match V6_LENS.get(gen1 as u32) {
+        Some(lengths) => lengths,
+        None => return leaf::NONE,
+    };
+    let mut best = leaf::NONE;
+    let mut lo: i32 = 0;
+    let mut hi: i32 = lengths.count as i32 - 1;
+    let mut step = 0;
+    while step < V6_SEARCH_STEPS && lo <= hi {
+        step += 1;
+        let mid = (lo + hi) / 2;
+        let len = match lengths.lens.get(mid as usize) {
+            Some(len) => *len as u32,
+            None => break,
+        };
+        let key = V6Key::new(len, addr);
+        let found = if gen1 {
+            V6_TBL1.get_ptr(&key)
+        } else {
+            V6_TBL0.get_ptr(&key)
+        };
+        match found {
+            Some(leaf) => {
+                // SAFETY: a hash value pointer is valid for the duration of the program run.
+                best = unsafe { *leaf };
+                lo = mid + 1;
+            }
+            None => hi = mid - 1,
+        }
+    }
+    best
 }
 
 #[inline(always)]

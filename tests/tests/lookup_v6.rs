@@ -1,0 +1,413 @@
+//! The IPv6 lookup engines through BPF_PROG_TEST_RUN against a plain Rust reference matcher:
+//! the per-length hashes (binary search on prefix lengths) and the LPM tries get the same random
+//! BGP-like rule sets (lengths /16../64 weighted like a routing table, plus /128 hosts, nested
+//! chains of alternating actions, adjacent halves, a forced ::/0) and must give the verdict and
+//! count the rule the reference names, lookup for lookup, also while other rules (with lengths
+//! the stable set does not have, so the search structure itself changes) come and go.
+//!
+//! `XDPWALL_TEST_SEED` replays a run; `XDPWALL_LOOKUPS` sets the lookups per engine (default
+//! 1,000,000).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv6Addr,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use ipnet::{IpNet, Ipv6Net};
+use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+use xdpwall::{
+    datapath::{Engines, Ipv4Lookup, Ipv6Lookup},
+    rules::{Action, Rule, Verdict, decide},
+};
+use xdpwall_tests::{
+    frames, require_privileges,
+    testrun::{TestProgram, XDP_DROP, XDP_PASS, new_rule, run_program},
+};
+
+const DST: &str = "2001:db8:ffff::1";
+/// Offset of the IPv6 source address in an untagged Ethernet frame.
+const SRC_OFFSET: usize = 14 + 8;
+/// The nested chains and the churn live in 2001:db8::/32.
+const REGION: u128 = 0x2001_0db8 << 96;
+
+fn seed() -> u64 {
+    let seed = std::env::var("XDPWALL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("seed={seed} (replay with XDPWALL_TEST_SEED={seed})");
+    seed
+}
+
+fn lookups() -> usize {
+    std::env::var("XDPWALL_LOOKUPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+fn net(addr: u128, len: u8) -> Ipv6Net {
+    Ipv6Net::new(Ipv6Addr::from(addr), len).unwrap().trunc()
+}
+
+fn mask(len: u32, addr: u128) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        addr & (u128::MAX << (128 - len))
+    }
+}
+
+/// A routing-table-like length mix: /48 most, then /32, /44, /40, /36, /29, /28, the rest
+/// spread over /16../64, and some /128 hosts.
+fn bgp_length(rng: &mut StdRng) -> u8 {
+    match rng.random_range(0..100) {
+        0..45 => 48,
+        45..60 => 32,
+        60..67 => 44,
+        67..73 => 40,
+        73..78 => 36,
+        78..82 => 29,
+        82..85 => 28,
+        85..95 => rng.random_range(16..=64),
+        _ => 128,
+    }
+}
+
+fn random_rule_set(rng: &mut StdRng, count: usize) -> Vec<(Ipv6Net, Action)> {
+    let mut out = Vec::with_capacity(count + 400);
+    for _ in 0..count {
+        let len = bgp_length(rng);
+        // 2001:0000::/32 .. 2001:00c7::/32 (200 "providers") with random bits below, so /48s
+        // and longer crowd under shared /32s and /40s; a tenth anywhere.
+        let addr = if rng.random_range(0..10) == 0 {
+            rng.random::<u128>()
+        } else {
+            (0x2001 << 112)
+                | (u128::from(rng.random_range(0..200u32)) << 96)
+                | (rng.random::<u128>() >> 32)
+        };
+        let action = if rng.random_range(0..10) == 0 {
+            Action::Allow
+        } else {
+            Action::Block
+        };
+        out.push((net(addr, len), action));
+    }
+    for _ in 0..40 {
+        let addr = REGION | (rng.random::<u128>() >> 32);
+        for (i, len) in [32u8, 36, 40, 44, 48, 56, 64, 96, 128]
+            .into_iter()
+            .enumerate()
+        {
+            let action = if i % 2 == 0 {
+                Action::Block
+            } else {
+                Action::Allow
+            };
+            out.push((net(addr, len), action));
+        }
+        let half = net(addr, 49);
+        out.push((half, Action::Block));
+        let other = u128::from(half.network()) ^ (1 << 79);
+        out.push((net(other, 49), Action::Block));
+    }
+    out
+}
+
+/// The reference: longest allow wins over any block, else longest block; equal prefixes keep
+/// the lowest rule id. Checked against `rules::decide` on a sample.
+struct Reference {
+    allow: Vec<HashMap<u128, u32>>,
+    block: Vec<HashMap<u128, u32>>,
+}
+
+impl Reference {
+    fn new(rules: &[Rule]) -> Self {
+        let mut allow = vec![HashMap::new(); 129];
+        let mut block = vec![HashMap::new(); 129];
+        for rule in rules {
+            let IpNet::V6(net) = rule.cidr else { continue };
+            let len = usize::from(net.prefix_len());
+            let table = match rule.action {
+                Action::Allow => &mut allow[len],
+                Action::Block => &mut block[len],
+                Action::Watch => continue,
+            };
+            let id = table.entry(u128::from(net.network())).or_insert(rule.id);
+            *id = (*id).min(rule.id);
+        }
+        Self { allow, block }
+    }
+
+    fn decide(&self, addr: u128) -> (Verdict, Option<u32>) {
+        for len in (0..=128u32).rev() {
+            if let Some(id) = self.allow[len as usize].get(&mask(len, addr)) {
+                return (Verdict::Allow, Some(*id));
+            }
+        }
+        for len in (0..=128u32).rev() {
+            if let Some(id) = self.block[len as usize].get(&mask(len, addr)) {
+                return (Verdict::Block, Some(*id));
+            }
+        }
+        (Verdict::Pass, None)
+    }
+}
+
+/// Addresses worth asking about: inside random rules, at and around their edges, anywhere.
+fn probes(rng: &mut StdRng, rules: &[Rule], count: usize) -> Vec<u128> {
+    (0..count)
+        .map(|_| {
+            let rule = &rules[rng.random_range(0..rules.len())];
+            let IpNet::V6(net) = rule.cidr else {
+                unreachable!("IPv6 rules only")
+            };
+            let (start, end) = (u128::from(net.network()), u128::from(net.broadcast()));
+            match rng.random_range(0..8) {
+                0 => start,
+                1 => end,
+                2 => start.wrapping_sub(1),
+                3 => end.wrapping_add(1),
+                4 => rng.random(),
+                _ => start | (rng.random::<u128>() & (end - start)),
+            }
+        })
+        .collect()
+}
+
+fn frame_template() -> Vec<u8> {
+    frames::udp_v6("::", DST).bytes
+}
+
+/// The rules covering `addr`: the smallest case to look at when a lookup disagrees.
+fn covering(rules: &[Rule], addr: u128) -> Vec<String> {
+    rules
+        .iter()
+        .filter(|r| {
+            r.cidr
+                .contains(&std::net::IpAddr::from(Ipv6Addr::from(addr)))
+        })
+        .map(|r| format!("#{} {} {}", r.id, r.cidr, r.action))
+        .collect()
+}
+
+fn set_source(frame: &mut [u8], addr: u128) {
+    frame[SRC_OFFSET..SRC_OFFSET + 16].copy_from_slice(&addr.to_be_bytes());
+}
+
+/// Runs every probe through `program` and compares with the reference; checks the per-rule
+/// counters and the allowed counter. Returns the number of wrong verdicts and the first one.
+fn check_engine(
+    program: &TestProgram,
+    rules: &[Rule],
+    reference: &Reference,
+    probes: &[u128],
+    seed: u64,
+) -> (usize, Option<String>) {
+    let counters_before = program.rule_counters().unwrap();
+    let allowed_before = program.verdicts().unwrap()["allowed"];
+    let mut expected_hits: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut expected_allowed = 0u64;
+    let mut frame = frame_template();
+    let (mut mismatches, mut first) = (0, None);
+    for &addr in probes {
+        set_source(&mut frame, addr);
+        let action = program.run(&frame).unwrap();
+        let (verdict, rule) = reference.decide(addr);
+        let want = match verdict {
+            Verdict::Block => {
+                *expected_hits.entry(rule.unwrap()).or_default() += 1;
+                XDP_DROP
+            }
+            Verdict::Allow => {
+                expected_allowed += 1;
+                XDP_PASS
+            }
+            Verdict::Pass => XDP_PASS,
+        };
+        if action != want {
+            mismatches += 1;
+            first.get_or_insert_with(|| {
+                format!(
+                    "seed {seed}: {} gave action {action}, reference says {verdict:?} {rule:?}; \
+                     covering rules: {:?}",
+                    Ipv6Addr::from(addr),
+                    covering(rules, addr)
+                )
+            });
+        }
+    }
+    if mismatches > 0 {
+        return (mismatches, first);
+    }
+    let counters = program.rule_counters().unwrap();
+    for (id, hits) in &expected_hits {
+        let before = counters_before.get(id).map_or(0, |c| c.packets);
+        let now = counters.get(id).map_or(0, |c| c.packets);
+        assert_eq!(
+            now - before,
+            *hits,
+            "seed {seed}: drops counted for rule {id}"
+        );
+    }
+    let counted: u64 = counters.values().map(|c| c.packets).sum::<u64>()
+        - counters_before.values().map(|c| c.packets).sum::<u64>();
+    assert_eq!(
+        counted,
+        expected_hits.values().sum::<u64>(),
+        "seed {seed}: drops counted against rules the reference does not name"
+    );
+    assert_eq!(
+        program.verdicts().unwrap()["allowed"] - allowed_before,
+        expected_allowed,
+        "seed {seed}: allowed counter"
+    );
+    (0, None)
+}
+
+fn engines(ipv6: Ipv6Lookup) -> Engines {
+    Engines {
+        ipv4: Ipv4Lookup::Lpm,
+        ipv6,
+    }
+}
+
+fn load(tag: &str, engine: Ipv6Lookup, set: &[(Ipv6Net, Action)]) -> (TestProgram, Vec<Rule>) {
+    let mut program = TestProgram::load_with(tag, engines(engine)).expect("load the XDP program");
+    let cidrs: Vec<(String, Action)> = set.iter().map(|(n, a)| (n.to_string(), *a)).collect();
+    let refs: Vec<(&str, Action)> = cidrs.iter().map(|(c, a)| (c.as_str(), *a)).collect();
+    let rules = program.set_rules(&refs).expect("apply the rule set");
+    (program, rules)
+}
+
+#[test]
+fn v6_hash_and_lpm_agree_with_the_reference_on_random_rule_sets() {
+    require_privileges!();
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let per_set = lookups() / 2;
+    let base = random_rule_set(&mut rng, 20_000);
+    let mut with_default = base.clone();
+    with_default.push((net(0, 0), Action::Block));
+
+    for (name, set) in [("overlap", base), ("default-route", with_default)] {
+        let (hash, rules) = load(&format!("lookup6-hash-{name}"), Ipv6Lookup::Hash, &set);
+        let (lpm, lpm_rules) = load(&format!("lookup6-lpm-{name}"), Ipv6Lookup::Lpm, &set);
+        assert_eq!(
+            rules.iter().map(|r| (r.id, r.cidr)).collect::<Vec<_>>(),
+            lpm_rules.iter().map(|r| (r.id, r.cidr)).collect::<Vec<_>>(),
+            "both engines got the same rules with the same ids"
+        );
+        let reference = Reference::new(&rules);
+        for addr in probes(&mut rng, &rules, 2_000) {
+            let (verdict, rule) = decide(&rules, Ipv6Addr::from(addr).into());
+            assert_eq!(
+                reference.decide(addr),
+                (verdict, rule.map(|r| r.id)),
+                "seed {seed}: reference matchers disagree on {}",
+                Ipv6Addr::from(addr)
+            );
+        }
+        let probes = probes(&mut rng, &rules, per_set);
+        let started = Instant::now();
+        let (hash_wrong, hash_first) = check_engine(&hash, &rules, &reference, &probes, seed);
+        let (lpm_wrong, lpm_first) = check_engine(&lpm, &rules, &reference, &probes, seed);
+        eprintln!(
+            "{name}: {} rules, {} lookups per engine in {:.1?}: hash {hash_wrong} mismatches, \
+             lpm {lpm_wrong}",
+            rules.len(),
+            probes.len(),
+            started.elapsed(),
+        );
+        assert_eq!(hash_wrong, 0, "hash: {}", hash_first.unwrap_or_default());
+        assert_eq!(lpm_wrong, 0, "LPM: {}", lpm_first.unwrap_or_default());
+    }
+}
+
+/// Rules in 2001:db8:8000::/33 come and go, with lengths the stable set never uses (so the
+/// present lengths, and with them every marker, change from round to round), while lookups
+/// run against the stable set elsewhere: the stable answers never waver, because the program
+/// reads one complete generation while the other is rewritten.
+#[test]
+fn v6_hash_answers_stay_right_while_the_search_structure_changes() {
+    require_privileges!();
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let churn_region = net(REGION | (1 << 95), 33);
+    let stable: Vec<(Ipv6Net, Action)> = random_rule_set(&mut rng, 5_000)
+        .into_iter()
+        .filter(|(n, _)| !churn_region.contains(n) && !n.contains(&churn_region))
+        .collect();
+    let (mut program, rules) = load("lookup6-hash-churn", Ipv6Lookup::Hash, &stable);
+    let reference = Reference::new(&rules);
+    let in_churn = |addr: u128| churn_region.contains(&Ipv6Addr::from(addr));
+    let probes: Vec<u128> = probes(&mut rng, &rules, lookups() / 4)
+        .into_iter()
+        .filter(|a| !in_churn(*a))
+        .collect();
+    let stable_rules: Vec<_> = rules.iter().map(|r| (r.cidr, r.action)).collect();
+    let unused_lengths: Vec<u8> = (34..=127u8)
+        .filter(|l| !stable.iter().any(|(n, _)| n.prefix_len() == *l))
+        .collect();
+    assert!(!unused_lengths.is_empty());
+
+    let done = AtomicBool::new(false);
+    let (engine, xdp) = program.parts();
+    let mut frame = frame_template();
+    let (mismatches, rounds) = std::thread::scope(|scope| {
+        let churn = scope.spawn(|| {
+            let mut rounds = 0u32;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !done.load(Ordering::Acquire) && Instant::now() < deadline {
+                let mut wanted: BTreeSet<(IpNet, Action)> = stable_rules.iter().copied().collect();
+                for _ in 0..rng.random_range(20..200) {
+                    let addr = u128::from(churn_region.network()) | (rng.random::<u128>() >> 33);
+                    let len = unused_lengths[rng.random_range(0..unused_lengths.len())];
+                    let action = if rng.random_range(0..4) == 0 {
+                        Action::Allow
+                    } else {
+                        Action::Block
+                    };
+                    wanted.insert((IpNet::V6(net(addr, len)), action));
+                }
+                let set = wanted
+                    .iter()
+                    .map(|(cidr, action)| new_rule(&cidr.to_string(), *action))
+                    .collect();
+                engine.replace_all(set, "churn", 0).expect("churn applies");
+                rounds += 1;
+            }
+            rounds
+        });
+        let mut mismatches = Vec::new();
+        for &addr in &probes {
+            set_source(&mut frame, addr);
+            let action = run_program(xdp, &frame).unwrap();
+            let want = match reference.decide(addr).0 {
+                Verdict::Block => XDP_DROP,
+                _ => XDP_PASS,
+            };
+            if action != want {
+                mismatches.push(addr);
+            }
+        }
+        done.store(true, Ordering::Release);
+        (mismatches, churn.join().expect("churn thread"))
+    });
+    eprintln!(
+        "{} lookups during {rounds} rule-set replacements: {} mismatches",
+        probes.len(),
+        mismatches.len()
+    );
+    assert!(rounds >= 2, "the rules changed while lookups ran");
+    assert!(
+        mismatches.is_empty(),
+        "seed {seed}: {} lookups wrong while rules changed, first {}: covering {:?}",
+        mismatches.len(),
+        Ipv6Addr::from(mismatches[0]),
+        covering(&rules, mismatches[0])
+    );
+}
