@@ -8,6 +8,7 @@ pub mod api;
 pub mod feed;
 pub mod live;
 pub mod prefixes;
+pub mod v6;
 
 /// The systems the control-plane benchmarks (API, feed) compare, side by side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +45,7 @@ use aya::{
 use clap::Parser;
 use rand::{SeedableRng as _, rngs::StdRng};
 use xdpwall::{
-    datapath::Ipv4Lookup,
+    datapath::{Engines, Ipv4Lookup},
     ebpf_object::BENCH_OBJECT,
     engine::Engine,
     loader::{self, LoadedObject},
@@ -214,13 +215,15 @@ pub fn run(args: &Args, pin_dir: &std::path::Path) -> anyhow::Result<String> {
 /// in-memory store (every harness that drives xdpwall through the library starts here).
 pub(crate) fn open_xdpwall(
     pin_dir: &std::path::Path,
-    ipv4_lookup: Ipv4Lookup,
+    engines: impl Into<Engines>,
 ) -> anyhow::Result<(Ebpf, Engine)> {
-    let LoadedObject { ebpf, datapath } =
-        loader::load_object(&PinLayout::new(pin_dir), ipv4_lookup).with_context(|| {
+    let engines = engines.into();
+    let LoadedObject { ebpf, datapath } = loader::load_object(&PinLayout::new(pin_dir), engines)
+        .with_context(|| {
             format!(
-                "loading the xdpwall object ({} engine; run as root, bpffs at /sys/fs/bpf)",
-                ipv4_lookup.as_str()
+                "loading the xdpwall object ({} / {} engines; run as root, bpffs at /sys/fs/bpf)",
+                engines.ipv4.as_str(),
+                engines.ipv6.as_str()
             )
         })?;
     let store = Store::in_memory().context("opening an in-memory store")?;
@@ -229,11 +232,15 @@ pub(crate) fn open_xdpwall(
     Ok((ebpf, engine))
 }
 
-fn program<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a Xdp> {
+pub(crate) fn program<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a Xdp> {
     Ok(ebpf.program(name).context(name.to_string())?.try_into()?)
 }
 
-fn mean_ns_per_packet(program: &Xdp, frames: &[Vec<u8>], repeat: u32) -> anyhow::Result<f64> {
+pub(crate) fn mean_ns_per_packet(
+    program: &Xdp,
+    frames: &[Vec<u8>],
+    repeat: u32,
+) -> anyhow::Result<f64> {
     let mut total = 0.0;
     for frame in frames {
         let opts = TestRunOptions {

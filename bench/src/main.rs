@@ -6,7 +6,9 @@
 //! - `xdpwall-bench feed [--entries ...]`: a large feed and its churn through xdpwall, ipset and
 //!   nftables;
 //! - `xdpwall-bench live [--sizes ...]`: packet rate on a veth pair with each system filtering
-//!   (xdpwall, stock LPM, nftables, iptables + ipset, xdp-filter, XDP_PASS/XDP_DROP brackets).
+//!   (xdpwall, stock LPM, nftables, iptables + ipset, xdp-filter, XDP_PASS/XDP_DROP brackets);
+//! - `xdpwall-bench v6 [--sizes ...]`: the IPv6 engines (hash, lpm) against a stock IPv6 LPM
+//!   filter through BPF_PROG_TEST_RUN, with load and churn times.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +19,7 @@ use xdpwall_bench::{
     feed::{FeedArgs, run_feed},
     live::{LiveArgs, run_live},
     run, today,
+    v6::{V6Args, run_v6},
 };
 
 #[derive(Parser, Debug)]
@@ -44,6 +47,9 @@ enum Mode {
     /// Packet rate (Mpps) of a veth in NAPI mode filtered by each system, 100% and 0% hit
     /// traffic, at growing list sizes; writes the report and PNG plots (needs root, 2 CPUs).
     Live(LiveArgs),
+    /// IPv6 lookup cost of the hash and LPM engines vs a stock IPv6 LPM filter
+    /// (BPF_PROG_TEST_RUN, BGP-like lists), with load and 1% churn times (needs root).
+    V6(V6Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +72,15 @@ fn main() -> anyhow::Result<()> {
             write_report(&args.out, kind, &run_feed(&args)?)
         }
         Some(Mode::Live(args)) => write_report(&args.out, "live", &run_live(&args)?),
+        Some(Mode::V6(args)) => {
+            let pin_dir = PathBuf::from(format!(
+                "/sys/fs/bpf/xdpwall-bench-v6-{}",
+                std::process::id()
+            ));
+            let result = run_v6(&args, &pin_dir);
+            let _ = std::fs::remove_dir_all(&pin_dir);
+            write_report(&args.out, "v6", &result?)
+        }
     }
 }
 

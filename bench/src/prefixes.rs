@@ -1,9 +1,13 @@
-//! Random IPv4 block lists with a realistic length mix, and frames that hit or miss them.
+//! Random IPv4 and IPv6 block lists with a realistic length mix, and frames that hit or miss
+//! them.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use etherparse::PacketBuilder;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rand::{Rng, rngs::StdRng};
 
 /// Miss traffic comes from 100.64.0.0/10 (shared address space), which no generated prefix
@@ -174,4 +178,80 @@ mod tests {
         assert_eq!(hosts.last(), Some(&Ipv4Addr::new(198, 19, 255, 254)));
         assert!(benchmark_hosts(131_071).is_err());
     }
+}
+
+/// A routing-table-like IPv6 length mix: about 45% /48, 15% /32, 7% /44, 6% /40, 5% /36,
+/// 4% /29, 3% /28, 10% spread over /16–/64, 5% /128.
+fn bgp_v6_len(rng: &mut StdRng) -> u8 {
+    match rng.random_range(0..100) {
+        0..45 => 48,
+        45..60 => 32,
+        60..67 => 44,
+        67..73 => 40,
+        73..78 => 36,
+        78..82 => 29,
+        82..85 => 28,
+        85..95 => rng.random_range(16..=64),
+        _ => 128,
+    }
+}
+
+/// `count` distinct IPv6 prefixes in 2000::/4 shaped like a BGP table: one /32 "allocation" per
+/// ten prefixes, and most longer prefixes inside an allocation, so they nest as real
+/// announcements do. None overlaps the miss range (fd00::/8).
+pub fn random_v6_bgp(rng: &mut StdRng, count: usize) -> Vec<Ipv6Net> {
+    let allocations: Vec<u128> = (0..count.div_ceil(10))
+        .map(|_| (0x2u128 << 124) | (u128::from(rng.random::<u32>() & 0x0fff_ffff) << 96))
+        .collect();
+    let mut set = BTreeSet::new();
+    while set.len() < count {
+        let base = allocations[rng.random_range(0..allocations.len())];
+        let addr = if rng.random_range(0..10) == 0 {
+            (0x2u128 << 124) | (rng.random::<u128>() >> 4)
+        } else {
+            base | (rng.random::<u128>() >> 32)
+        };
+        let net = Ipv6Net::new(Ipv6Addr::from(addr), bgp_v6_len(rng))
+            .expect("valid length")
+            .trunc();
+        set.insert(net);
+    }
+    set.into_iter().collect()
+}
+
+/// IPv6 sources inside random listed prefixes.
+pub fn hit_sources_v6(rng: &mut StdRng, prefixes: &[Ipv6Net], count: usize) -> Vec<Ipv6Addr> {
+    if prefixes.is_empty() {
+        return miss_sources_v6(rng, count);
+    }
+    (0..count)
+        .map(|_| {
+            let net = prefixes[rng.random_range(0..prefixes.len())];
+            let host = rng.random::<u128>() & !u128::from(net.netmask());
+            Ipv6Addr::from(u128::from(net.network()) | host)
+        })
+        .collect()
+}
+
+/// IPv6 sources from fd00::/8 (unique local), which no generated prefix covers.
+pub fn miss_sources_v6(rng: &mut StdRng, count: usize) -> Vec<Ipv6Addr> {
+    (0..count)
+        .map(|_| Ipv6Addr::from((0xfdu128 << 120) | (rng.random::<u128>() >> 8)))
+        .collect()
+}
+
+/// Minimum-size UDP frames from each IPv6 source.
+pub fn frames_v6(sources: &[Ipv6Addr]) -> Vec<Vec<u8>> {
+    let dst: Ipv6Addr = "2001:db8:ffff::1".parse().expect("valid");
+    sources
+        .iter()
+        .map(|src| {
+            let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv6(src.octets(), dst.octets(), 64)
+                .udp(40000, 9);
+            let mut frame = Vec::new();
+            builder.write(&mut frame, &[0u8; 18]).expect("frame");
+            frame
+        })
+        .collect()
 }

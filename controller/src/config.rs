@@ -117,29 +117,25 @@ impl FromStr for Ipv4LookupSetting {
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Ipv6LookupSetting {
-    /// The hashes when the IPv6 rule set is large (a feed is configured, or at least
-    /// [`AUTO_V6_HASH_MIN_ENTRIES`] IPv6 entries at start), the LPM tries otherwise.
+    /// The LPM tries: on this machine kind they measured faster than the hashes at every list
+    /// size (bench/results/*-v6*.md), so `auto` does not pick the hashes yet.
     #[default]
     Auto,
     /// Always the LPM tries.
     Lpm,
     /// Always the per-length hashes (binary search on prefix lengths, at most 8 hash lookups
-    /// per packet); about 2 × 2-3 entries per prefix (two generations, markers).
+    /// per packet, two generations switched atomically); about 3.5 entries per prefix per
+    /// generation. Experimental: correct, but not faster than the tries here.
     Hash,
 }
 
-/// `ipv6_lookup = "auto"` picks the hashes from this many IPv6 entries at start.
-pub const AUTO_V6_HASH_MIN_ENTRIES: usize = 10_000;
-
 impl Ipv6LookupSetting {
-    /// The engine to load, given the IPv6 entries and feeds known at start.
-    pub fn resolve(self, ipv6_entries: usize, has_feeds: bool) -> crate::datapath::Ipv6Lookup {
+    /// The engine to load.
+    pub fn resolve(self) -> crate::datapath::Ipv6Lookup {
         use crate::datapath::Ipv6Lookup;
         match self {
-            Self::Lpm => Ipv6Lookup::Lpm,
+            Self::Auto | Self::Lpm => Ipv6Lookup::Lpm,
             Self::Hash => Ipv6Lookup::Hash,
-            Self::Auto if has_feeds || ipv6_entries >= AUTO_V6_HASH_MIN_ENTRIES => Ipv6Lookup::Hash,
-            Self::Auto => Ipv6Lookup::Lpm,
         }
     }
 }

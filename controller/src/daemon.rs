@@ -136,24 +136,22 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
     let store = Store::open(&store_path)?;
     // Last good copies go in with the first reconcile: enforcement at boot without network.
     let last_good = feeds.last_good_sets(&store)?;
-    let configured = |v4: bool| {
-        validated
+    let ipv4_entries = store.ipv4_rule_count()?
+        + validated
             .rules
             .iter()
-            .filter(|(net, _)| net.addr().is_ipv4() == v4)
+            .filter(|(net, _)| net.addr().is_ipv4())
             .count()
-            + last_good
-                .iter()
-                .flat_map(|feed| &feed.entries)
-                .filter(|net| net.addr().is_ipv4() == v4)
-                .count()
-    };
-    let ipv4_entries = store.ipv4_rule_count()? + configured(true);
-    let ipv6_entries = store.ipv6_rule_count()? + configured(false);
-    let has_feeds = !validated.feeds.is_empty();
+        + last_good
+            .iter()
+            .flat_map(|feed| &feed.entries)
+            .filter(|net| net.addr().is_ipv4())
+            .count();
     let engines = Engines {
-        ipv4: config.ipv4_lookup.resolve(ipv4_entries, has_feeds),
-        ipv6: config.ipv6_lookup.resolve(ipv6_entries, has_feeds),
+        ipv4: config
+            .ipv4_lookup
+            .resolve(ipv4_entries, !validated.feeds.is_empty()),
+        ipv6: config.ipv6_lookup.resolve(),
     };
     info!(
         ipv4 = engines.ipv4.as_str(),
@@ -161,7 +159,6 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         ipv4_entries,
         ipv6 = engines.ipv6.as_str(),
         ipv6_setting = ?config.ipv6_lookup,
-        ipv6_entries,
         "lookup engines chosen"
     );
     let engine = {

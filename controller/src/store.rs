@@ -184,16 +184,6 @@ impl Store {
         Ok(count as usize)
     }
 
-    /// Number of stored IPv6 rules (IPv4-mapped addresses are stored as IPv4).
-    pub fn ipv6_rule_count(&self) -> Result<usize, StoreError> {
-        let count: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM rules WHERE instr(cidr, ':') > 0",
-            [],
-            |row| row.get(0),
-        )?;
-        Ok(count as usize)
-    }
-
     /// The newest `limit` audit rows, newest first.
     pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
@@ -462,7 +452,6 @@ mod tests {
         tx.commit().unwrap();
         // The v4-mapped address is stored as IPv4.
         assert_eq!(store.ipv4_rule_count().unwrap(), 3);
-        assert_eq!(store.ipv6_rule_count().unwrap(), 1);
     }
 
     #[test]

@@ -283,19 +283,81 @@ fn engine_config(engine: &str) -> String {
 /// Restarts the daemon with another `ipv4_lookup`, as an operator would: SIGKILL (the pins
 /// keep enforcing), new config, start.
 fn restart_with_engine(daemon: &mut Daemon, engine: &str) {
+    restart_with_setting(daemon, "ipv4_lookup", engine);
+}
+
+/// Restarts the daemon with `key = "value"` in place of the config's line for `key`.
+fn restart_with_setting(daemon: &mut Daemon, key: &str, value: &str) {
     daemon.kill9();
     let config = std::fs::read_to_string(&daemon.config_path).unwrap();
     let line = config
         .lines()
-        .find(|l| l.starts_with("ipv4_lookup"))
-        .expect("the config sets ipv4_lookup")
+        .find(|l| l.starts_with(key))
+        .unwrap_or_else(|| panic!("the config sets {key}"))
         .to_string();
-    let config = config.replace(&line, &format!("ipv4_lookup = \"{engine}\""));
+    let config = config.replace(&line, &format!("{key} = \"{value}\""));
     std::fs::write(&daemon.config_path, config).unwrap();
     daemon.spawn().unwrap();
     let status = daemon.get_json("/v1/status").unwrap();
-    assert_eq!(status["ipv4_lookup"], engine, "{status}");
+    assert_eq!(status[key], value, "{status}");
     assert_eq!(status["interfaces"][0]["mode"], "reused", "{status}");
+}
+
+#[test]
+fn v6_hash_engine_enforces_and_engines_switch_across_restarts() {
+    require_privileges!();
+    let lab = Lab::new("v6hash").unwrap();
+    let config = format!("ipv6_lookup = \"hash\"\n{}", block_config("auto"));
+    let mut daemon = Daemon::start(&lab, "v6hash", &config).unwrap();
+    assert_enforced(&lab, &daemon, "native");
+    let status = daemon.get_json("/v1/status").unwrap();
+    assert_eq!(status["ipv6_lookup"], "hash", "{status}");
+    let (_, metrics) = daemon.http("GET", "/metrics", None).unwrap();
+    assert!(
+        metrics.contains("xdpwall_map_entries{map=\"XW_V6_TBL0\"} 1")
+            && metrics.contains("xdpwall_map_entries{map=\"XW_BLOCK_V6\"} 0"),
+        "the /120 block is the hash's one entry and the IPv6 trie is empty:\n{metrics}"
+    );
+
+    // A block through the API takes effect at once (a new generation), its removal too.
+    let (code, rule) = daemon
+        .post_json(
+            "/v1/rules",
+            &serde_json::json!({"cidr": format!("{PEER_V6}/128")}),
+        )
+        .unwrap();
+    assert_eq!(code, 201, "{rule}");
+    assert_eq!(
+        lab.ping(PEER_V6, FW_V6, PINGS).unwrap(),
+        0,
+        "blocked via API"
+    );
+    let (code, _) = daemon
+        .http("DELETE", &format!("/v1/rules/{}", rule["id"]), None)
+        .unwrap();
+    assert_eq!(code, 204);
+    assert_eq!(lab.ping(PEER_V6, FW_V6, PINGS).unwrap(), PINGS, "unblocked");
+
+    daemon.kill9();
+    assert_eq!(lab.ping(BLOCKED_V6, FW_V6, PINGS).unwrap(), 0, "no daemon");
+    for engine in ["hash", "lpm", "hash"] {
+        restart_with_setting(&mut daemon, "ipv6_lookup", engine);
+        assert_eq!(
+            lab.ping(BLOCKED_V6, FW_V6, PINGS).unwrap(),
+            0,
+            "{engine}: blocked"
+        );
+        assert_eq!(
+            lab.ping(PEER_V6, FW_V6, PINGS).unwrap(),
+            PINGS,
+            "{engine}: unlisted"
+        );
+        assert_eq!(
+            lab.ping(BLOCKED_V4, FW_V4, PINGS).unwrap(),
+            0,
+            "{engine}: IPv4 untouched"
+        );
+    }
 }
 
 #[test]

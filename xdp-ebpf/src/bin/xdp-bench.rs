@@ -1,5 +1,6 @@
-//! Baseline XDP programs for the benchmarks: the XDP_PASS and XDP_DROP brackets and a "stock"
-//! filter (IPv4 source, one LPM trie lookup, drop on hit) as a typical hand-written program;
+//! Baseline XDP programs for the benchmarks: the XDP_PASS and XDP_DROP brackets and "stock"
+//! filters (IPv4 or IPv6 source, one LPM trie lookup, drop on hit) as a typical hand-written
+//! program;
 //! and `bench_gen`, the packet generator of the packet-rate benchmark (run through
 //! BPF_PROG_TEST_RUN in live-frames mode, never attached). Never attached by xdpwall itself.
 #![no_std]
@@ -14,6 +15,8 @@ use aya_ebpf::{
 
 #[map(name = "BENCH_LPM_V4")]
 static BENCH_LPM_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(1 << 21, 0);
+#[map(name = "BENCH_LPM_V6")]
+static BENCH_LPM_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(1 << 20, 0);
 
 /// Source addresses the generator cycles through (a power of two: the index is masked).
 const GEN_SOURCES: u32 = 16384;
@@ -86,6 +89,27 @@ pub fn bench_stock_lpm(ctx: XdpContext) -> u32 {
     // SAFETY: bounds checked above.
     let source = unsafe { core::ptr::read_unaligned((start + 14 + 12) as *const [u8; 4]) };
     match BENCH_LPM_V4.get(Key::new(32, source)) {
+        Some(_) => xdp_action::XDP_DROP,
+        None => xdp_action::XDP_PASS,
+    }
+}
+
+/// The IPv6 counterpart of `bench_stock_lpm`: IPv6 source, one LPM trie lookup.
+#[xdp]
+pub fn bench_stock_lpm_v6(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    // Ethernet (14) + IPv6 header up to the end of the source address (24).
+    if start + 14 + 24 > end {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: bounds checked above.
+    let ethertype = unsafe { core::ptr::read_unaligned((start + 12) as *const [u8; 2]) };
+    if ethertype != [0x86, 0xdd] {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: bounds checked above.
+    let source = unsafe { core::ptr::read_unaligned((start + 14 + 8) as *const [u8; 16]) };
+    match BENCH_LPM_V6.get(Key::new(128, source)) {
         Some(_) => xdp_action::XDP_DROP,
         None => xdp_action::XDP_PASS,
     }
