@@ -147,39 +147,6 @@ pub fn disjoint_v4(rng: &mut StdRng, count: usize) -> Vec<Ipv4Net> {
     kept
 }
 
-#[cfg(test)]
-mod tests {
-    use rand::SeedableRng as _;
-
-    use super::*;
-
-    #[test]
-    fn disjoint_prefixes_are_distinct_disjoint_and_avoid_loopback() {
-        let mut rng = StdRng::seed_from_u64(1);
-        let nets = disjoint_v4(&mut rng, 20_000);
-        assert_eq!(nets.len(), 20_000);
-        for pair in nets.windows(2) {
-            assert!(
-                u32::from(pair[0].broadcast()) < u32::from(pair[1].network()),
-                "{} and {} overlap or are out of order",
-                pair[0],
-                pair[1]
-            );
-        }
-        assert!(nets.iter().all(|n| n.network().octets()[0] != 127));
-    }
-
-    #[test]
-    fn benchmark_hosts_stay_inside_198_18_0_0_15() {
-        let range: Ipv4Net = "198.18.0.0/15".parse().unwrap();
-        let hosts = benchmark_hosts(131_070).unwrap();
-        assert!(hosts.iter().all(|h| range.contains(h)));
-        assert_eq!(hosts.first(), Some(&Ipv4Addr::new(198, 18, 0, 1)));
-        assert_eq!(hosts.last(), Some(&Ipv4Addr::new(198, 19, 255, 254)));
-        assert!(benchmark_hosts(131_071).is_err());
-    }
-}
-
 /// A routing-table-like IPv6 length mix: about 45% /48, 15% /32, 7% /44, 6% /40, 5% /36,
 /// 4% /29, 3% /28, 10% spread over /16–/64, 5% /128.
 fn bgp_v6_len(rng: &mut StdRng) -> u8 {
@@ -254,4 +221,37 @@ pub fn frames_v6(sources: &[Ipv6Addr]) -> Vec<Vec<u8>> {
             frame
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng as _;
+
+    use super::*;
+
+    #[test]
+    fn disjoint_prefixes_are_distinct_disjoint_and_avoid_loopback() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let nets = disjoint_v4(&mut rng, 20_000);
+        assert_eq!(nets.len(), 20_000);
+        for pair in nets.windows(2) {
+            assert!(
+                u32::from(pair[0].broadcast()) < u32::from(pair[1].network()),
+                "{} and {} overlap or are out of order",
+                pair[0],
+                pair[1]
+            );
+        }
+        assert!(nets.iter().all(|n| n.network().octets()[0] != 127));
+    }
+
+    #[test]
+    fn benchmark_hosts_stay_inside_198_18_0_0_15() {
+        let range: Ipv4Net = "198.18.0.0/15".parse().unwrap();
+        let hosts = benchmark_hosts(131_070).unwrap();
+        assert!(hosts.iter().all(|h| range.contains(h)));
+        assert_eq!(hosts.first(), Some(&Ipv4Addr::new(198, 18, 0, 1)));
+        assert_eq!(hosts.last(), Some(&Ipv4Addr::new(198, 19, 255, 254)));
+        assert!(benchmark_hosts(131_071).is_err());
+    }
 }
