@@ -156,6 +156,12 @@ pub struct Config {
     /// Blocklist feeds (catalogue names or custom feeds).
     #[serde(default)]
     pub feeds: Vec<crate::feeds::FeedConfig>,
+    /// The TC egress flagger: port policy, scan detection, block lists.
+    #[serde(default)]
+    pub egress: crate::egress::EgressSection,
+    /// Ring-buffer events: drop sampling, log rate, memory.
+    #[serde(default)]
+    pub events: crate::events::EventsSection,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -459,6 +465,12 @@ impl Config {
             }
             feeds.push(resolved);
         }
+        self.egress
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
+        self.events
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
         Ok(ValidatedRules {
             management,
             rules,

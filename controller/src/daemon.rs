@@ -19,7 +19,9 @@ use xdpwall_shared::DatapathConfig;
 use crate::{
     api::{self, AppState},
     config::{ApiToken, Config, MalformedPolicy, TokenScope},
+    egress,
     engine::{Engine, config_rules},
+    events::{self, Events},
     feeds::FeedManager,
     loader,
     pins::PinLayout,
@@ -110,8 +112,10 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         validated.feeds.clone(),
         &config.state_dir,
     )?);
+    let events = Arc::new(Events::new(config.events.clone()));
     let state = Arc::new(AppState {
         feeds: feeds.clone(),
+        events: events.clone(),
         metrics_auth: config.api.metrics_auth,
         max_body_bytes: config.api.max_body_bytes,
         max_batch: config.api.max_batch,
@@ -159,19 +163,48 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         let pins = pins.clone();
         let ifaces = config.interfaces.clone();
         let mode = config.xdp_mode;
-        tokio::task::spawn_blocking(move || -> anyhow::Result<(Engine, _)> {
+        let egress_section = config.egress.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let loaded = loader::load_and_attach(&pins, &ifaces, mode, ipv4_lookup)?;
-            Ok(Engine::open(
+            let opened = Engine::open(
                 Box::new(loaded.datapath),
                 store,
                 loaded.attachments,
                 last_good,
-            )?)
+            )?;
+            let egress = if egress_section.enabled {
+                let mut object = egress::load_object(&pins, None)?;
+                object.configure(&egress_section)?;
+                egress::attach(&mut object, &pins, &ifaces)?;
+                Some(object)
+            } else {
+                None
+            };
+            Ok((opened, egress))
         })
         .await
         .context("loader task panicked")??
     };
-    let (mut engine, reconciled) = engine;
+    let ((mut engine, reconciled), egress_object) = engine;
+    let mut readers = Vec::new();
+    if let Some(object) = egress_object {
+        let egress::EgressObject {
+            watchlist,
+            stats,
+            events: ring,
+            ..
+        } = object;
+        engine.set_watchlist(
+            Box::new(watchlist),
+            config.egress.block_lists.iter().cloned().collect(),
+        )?;
+        events.set_egress(stats);
+        readers.push(events::spawn_flow_reader(events.clone(), ring));
+    }
+    match events.open_drop_maps(&pins) {
+        Ok(ring) => readers.push(events::spawn_drop_reader(events.clone(), ring)),
+        Err(e) => error!(error = %e, "drop sampling unavailable"),
+    }
     info!(
         inserted = reconciled.inserted,
         removed = reconciled.removed,
@@ -213,6 +246,9 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         .collect();
     wait_for_shutdown_signal().await;
     expiry.abort();
+    for task in readers {
+        task.abort();
+    }
     for task in schedules {
         task.abort();
     }
