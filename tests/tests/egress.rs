@@ -2,7 +2,8 @@
 //! namespace to the lab peer. A watch rule flags exactly one flow per 5-tuple with exact
 //! packet counts and one event each; a watch rule in a block list stops the packets; the port
 //! policy and scan detection flag; ordinary traffic is not flagged and makes no events; the
-//! TCX link is reused across a restart and removed by `xdpwall detach`.
+//! TCX link is reused across a restart and removed by `xdpwall detach`. Also ingress drop
+//! sampling: dropped pings show up in `GET /v1/drops`.
 
 use std::{
     net::UdpSocket,
@@ -14,7 +15,7 @@ use std::{
 use serde_json::{Value, json};
 use xdpwall_tests::{
     daemon::{Daemon, in_netns},
-    lab::{FW_V4, Lab, PEER_V4},
+    lab::{BLOCKED_PREFIX_V4, BLOCKED_V4, FW_V4, Lab, PEER_V4},
     require_privileges,
 };
 
@@ -306,4 +307,42 @@ fn tcx_link_is_reused_on_restart_and_removed_by_detach() {
         .unwrap();
     let tc = String::from_utf8_lossy(&tc.stdout);
     assert!(!tc.contains("xdpwall_egress"), "nothing attached: {tc}");
+}
+
+#[test]
+fn sampled_ingress_drops_are_listed() {
+    require_privileges!();
+    let lab = Lab::new("egdrops").unwrap();
+    let config = format!(
+        "[[rules]]\ncidr = \"{BLOCKED_PREFIX_V4}\"\naction = \"block\"\n\n[events]\ndrop_sample_rate = 1\n"
+    );
+    let daemon = Daemon::start(&lab, "egdrops", &config).unwrap();
+    assert_eq!(lab.ping(BLOCKED_V4, FW_V4, 5).unwrap(), 0, "blocked");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let drops = loop {
+        let drops = daemon.get_json("/v1/drops").unwrap();
+        if drops["drops"].as_array().is_some_and(|d| d.len() >= 5) || Instant::now() > deadline {
+            break drops;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let list = drops["drops"].as_array().unwrap();
+    assert!(list.len() >= 5, "every drop sampled at rate 1: {drops}");
+    let sample = &list[0];
+    assert_eq!(sample["src"], BLOCKED_V4, "{sample}");
+    assert_eq!(sample["dst"], FW_V4, "{sample}");
+    assert_eq!(sample["proto"], "icmp", "{sample}");
+    assert_eq!(sample["rule"], 1, "{sample}");
+    assert_eq!(sample["verdict"], "dropped", "{sample}");
+    assert_eq!(drops["sample_rate"], 1);
+    assert!(drops["sampled"].as_u64().unwrap() >= 5, "{drops}");
+    assert_eq!(drops["lost"], 0, "{drops}");
+    assert!(
+        daemon.log().contains("ingress drop sampled"),
+        "{}",
+        daemon.log()
+    );
+    let out = daemon.cli(&["drops"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains(BLOCKED_V4), "{text}");
 }
