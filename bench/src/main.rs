@@ -6,7 +6,9 @@
 //! - `xdpwall-bench feed [--entries ...]`: a large feed and its churn through xdpwall, ipset and
 //!   nftables;
 //! - `xdpwall-bench live [--sizes ...]`: packet rate on a veth pair with each system filtering
-//!   (xdpwall, stock LPM, nftables, iptables + ipset, xdp-filter, XDP_PASS/XDP_DROP brackets).
+//!   (xdpwall, stock LPM, nftables, iptables + ipset, xdp-filter, XDP_PASS/XDP_DROP brackets);
+//! - `xdpwall-bench egress [--watch ...]`: the TC egress flagger on unflagged traffic against a
+//!   bare TC program, through BPF_PROG_TEST_RUN.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +16,7 @@ use clap::{Parser, Subcommand};
 use xdpwall_bench::{
     Args,
     api::{ApiArgs, run_api},
+    egress::{EgressArgs, run_egress},
     feed::{FeedArgs, run_feed},
     live::{LiveArgs, run_live},
     run, today,
@@ -44,6 +47,9 @@ enum Mode {
     /// Packet rate (Mpps) of a veth in NAPI mode filtered by each system, 100% and 0% hit
     /// traffic, at growing list sizes; writes the report and PNG plots (needs root, 2 CPUs).
     Live(LiveArgs),
+    /// Cost of the TC egress flagger per unflagged (and flagged) packet against a bare TC
+    /// program, through BPF_PROG_TEST_RUN (needs root).
+    Egress(EgressArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +72,15 @@ fn main() -> anyhow::Result<()> {
             write_report(&args.out, kind, &run_feed(&args)?)
         }
         Some(Mode::Live(args)) => write_report(&args.out, "live", &run_live(&args)?),
+        Some(Mode::Egress(args)) => {
+            let pin_dir = PathBuf::from(format!(
+                "/sys/fs/bpf/xdpwall-bench-egress-{}",
+                std::process::id()
+            ));
+            let result = run_egress(&args, &pin_dir);
+            let _ = std::fs::remove_dir_all(&pin_dir);
+            write_report(&args.out, "egress", &result?)
+        }
     }
 }
 

@@ -29,7 +29,8 @@ pub mod map_names {
     pub const RULE_STATS: &str = "XW_EG_RSTATS";
     /// LRU hash, source address (`[u8; 16]`) -> [`super::ScanState`].
     pub const SCAN_SOURCES: &str = "XW_EG_SCANSRC";
-    /// LRU hash, [`super::ScanPair`] -> `u64` (when the pair was counted, ns since boot).
+    /// LRU hash, [`super::ScanPair`] -> `u64`: when the pair was counted (ns since boot, bit 0
+    /// cleared) | 1 if its source was over the scan threshold then (the pair is flagged).
     pub const SCAN_PAIRS: &str = "XW_EG_SCANPAIR";
     /// Per-CPU array of `u64`, index [`super::counter`].
     pub const COUNTERS: &str = "XW_EG_COUNTERS";

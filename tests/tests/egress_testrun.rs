@@ -207,6 +207,18 @@ fn scans_are_flagged_past_the_threshold() {
             .iter()
             .all(|e| u32::from(e.reason) == xdpwall_shared::egress::reason::SCAN)
     );
+    // A flagged pair stays flagged (its flow keeps counting); a pair counted before the
+    // threshold stays ordinary.
+    for _ in 0..5 {
+        h.run(&udp_v4([203, 0, 113, 9], 40000, 1029));
+        h.run(&udp_v4([203, 0, 113, 9], 40000, 1000));
+    }
+    assert!(h.events().is_empty());
+    let table = h.object.stats.flows().unwrap();
+    assert_eq!(table.len(), 20);
+    let last = table.iter().find(|(k, _)| k.dport == 1029).unwrap().1;
+    assert_eq!(last.packets, 6);
+    assert!(table.iter().all(|(k, _)| k.dport != 1000));
     // A TCP connection that is not a connection attempt (no SYN) is not counted.
     let mut h = Harness::load("scan-ack", None, "ports = []\nscan_threshold = 2");
     let mut bytes = Vec::new();

@@ -150,9 +150,11 @@ fn is_private(key: &FlowKey) -> bool {
         || (u128::from_be_bytes(*d) <= 1)
 }
 
-/// Counts distinct (destination, port) pairs per source in a window; true when the source is
-/// over the threshold. TCP is only looked at on connection attempts (SYN without ACK), so
-/// established flows do not pay for it.
+/// Counts distinct (destination, port, protocol) pairs per source in a window; true when the
+/// pair was first seen while its source was over the threshold. A known pair costs one hash
+/// lookup (its value remembers the answer in bit 0); only a new pair touches the source's
+/// state. TCP is only looked at on connection attempts (SYN without ACK), so established flows
+/// do not pay for it.
 #[inline(always)]
 fn scanning(parsed: &flow::Flow, config: &EgressConfig) -> bool {
     let key = &parsed.key;
@@ -162,6 +164,19 @@ fn scanning(parsed: &flow::Flow, config: &EgressConfig) -> bool {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let window_start = now.saturating_sub(config.scan_window_ns);
+    let pair = ScanPair {
+        src: key.src,
+        dst: key.dst,
+        dport: key.dport,
+        proto: key.proto,
+        _pad: [0; 5],
+    };
+    // SAFETY: a valid LRU value pointer for this program run.
+    if let Some(seen) = SCAN_PAIRS.get_ptr(&pair).map(|v| unsafe { *v })
+        && seen & !1 >= window_start
+    {
+        return seen & 1 != 0;
+    }
     let state = match SCAN_SOURCES.get_ptr_mut(&key.src) {
         Some(state) => state,
         None => {
@@ -184,24 +199,10 @@ fn scanning(parsed: &flow::Flow, config: &EgressConfig) -> bool {
         state.window_start_ns = now;
         state.pairs = 0;
     }
-    if state.pairs > config.scan_threshold {
-        return true;
-    }
-    let pair = ScanPair {
-        src: key.src,
-        dst: key.dst,
-        dport: key.dport,
-        proto: key.proto,
-        _pad: [0; 5],
-    };
-    // SAFETY: a valid LRU value pointer for this program run.
-    let counted = SCAN_PAIRS.get_ptr(&pair).map(|t| unsafe { *t });
-    if counted.is_some_and(|t| t >= state.window_start_ns) {
-        return false;
-    }
-    let _ = SCAN_PAIRS.insert(&pair, &now, 0);
-    state.pairs += 1;
-    state.pairs > config.scan_threshold
+    state.pairs = state.pairs.saturating_add(1);
+    let over = state.pairs > config.scan_threshold;
+    let _ = SCAN_PAIRS.insert(&pair, &((now & !1) | u64::from(over)), 0);
+    over
 }
 
 /// Adds the packet to this CPU's copy of its flow record; the CPU whose BPF_NOEXIST insert
