@@ -1399,4 +1399,60 @@ mod tests {
         }
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     }
+
+    #[tokio::test]
+    async fn flows_and_drops_are_read_scoped_and_documented() {
+        use xdpwall_shared::egress::{FlowEvent, FlowKey, action, reason};
+        let h = harness();
+        assert_eq!(
+            h.call("GET", "/v1/flows", None, None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        let (status, _, empty) = h.call("GET", "/v1/flows", Some(READ), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(empty["flows"], json!([]));
+        assert_eq!(empty["events_received"], 0);
+        let mut key = FlowKey {
+            sport: 40000,
+            dport: 23,
+            proto: 6,
+            family: 4,
+            ..FlowKey::default()
+        };
+        key.src[10..].copy_from_slice(&[0xff, 0xff, 192, 0, 2, 1]);
+        key.dst[10..].copy_from_slice(&[0xff, 0xff, 198, 51, 100, 7]);
+        h.state.events.on_flow(FlowEvent {
+            key,
+            rule: 23,
+            reason: reason::PORT as u16,
+            action: action::BLOCK as u16,
+            ts_ns: 1,
+            bytes: 60,
+            ifindex: 2,
+        });
+        let (_, _, list) = h.call("GET", "/v1/flows?limit=5", Some(READ), None).await;
+        let flow = &list["flows"][0];
+        assert_eq!(flow["src"], "192.0.2.1");
+        assert_eq!(flow["dst"], "198.51.100.7");
+        assert_eq!(flow["proto"], "tcp");
+        assert_eq!(flow["reason"], "port");
+        assert_eq!(flow["rule"], "port:23");
+        assert_eq!(flow["action"], "block");
+        assert_eq!(flow["packets"], 1);
+        assert_eq!(
+            h.call("GET", "/v1/flows?limit=many", Some(READ), None)
+                .await
+                .0,
+            StatusCode::BAD_REQUEST
+        );
+        let (status, _, drops) = h.call("GET", "/v1/drops", Some(READ), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(drops["drops"], json!([]));
+        assert_eq!(drops["sample_rate"], 100);
+        let (_, _, doc) = h.call("GET", "/v1/openapi.json", None, None).await;
+        for path in ["/v1/flows", "/v1/drops"] {
+            assert!(doc["paths"][path]["get"].is_object(), "{path} documented");
+        }
+        assert!(doc["components"]["schemas"]["FlowView"].is_object());
+    }
 }

@@ -512,6 +512,28 @@ mod tests {
     }
 
     #[test]
+    fn egress_and_events_sections_default_and_are_validated() {
+        let config = parse("").unwrap();
+        assert!(config.egress.enabled);
+        assert_eq!(config.egress.ports, crate::egress::DEFAULT_PORTS);
+        assert_eq!(config.events.drop_sample_rate, 100);
+        let config = parse(
+            "[egress]\nblock_lists = [\"c2\"]\nscan_threshold = 0\n[events]\ndrop_sample_rate = 0\n",
+        )
+        .unwrap();
+        assert_eq!(config.egress.block_lists, ["c2"]);
+        config.validate("test.toml").unwrap();
+        let bad = parse("[egress]\nscan_window = \"often\"\n").unwrap();
+        let err = bad.validate("test.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("egress.scan_window") && err.contains("test.toml"),
+            "{err}"
+        );
+        let err = parse("[egress]\nportz = [23]\n").unwrap_err().to_string();
+        assert!(err.contains("portz"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = parse("interfacez = [\"eth0\"]").unwrap_err().to_string();
         assert!(err.contains("test.toml"), "{err}");

@@ -640,6 +640,77 @@ mod tests {
         }
     }
 
+    /// The watchlist as the engine leaves it; refuses syncs while `fail` is set.
+    #[derive(Clone, Default)]
+    struct FakeWatch {
+        contents: std::sync::Arc<std::sync::Mutex<WatchContents>>,
+        fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl WatchMaps for FakeWatch {
+        fn sync(&mut self, desired: &WatchContents) -> Result<(), DatapathError> {
+            if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(DatapathError::Full {
+                    map: map_names::WATCH_V4,
+                    capacity: 0,
+                    pending: desired.len(),
+                });
+            }
+            *self.contents.lock().unwrap() = desired.clone();
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn watch_rules_reach_the_watchlist_with_the_change_or_not_at_all() {
+        use crate::{
+            datapath::fake::FakeMaps,
+            engine::{Engine, RuleRequest},
+            store::Store,
+        };
+        let (mut engine, _) = Engine::open(
+            Box::new(FakeMaps::default()),
+            Store::in_memory().unwrap(),
+            Vec::new(),
+            Vec::new(),
+        )
+        .unwrap();
+        let watch = FakeWatch::default();
+        engine
+            .set_watchlist(Box::new(watch.clone()), ["c2".to_string()].into())
+            .unwrap();
+        let request = |cidr: &str, list: &str| RuleRequest {
+            cidr: cidr.into(),
+            action: Some(Action::Watch),
+            list: Some(list.into()),
+            ..RuleRequest::default()
+        };
+        let added = engine
+            .add(&[request("198.51.100.7", "c2")], "test", None, 0)
+            .unwrap();
+        let id = added[0].rule.id;
+        let target = watch.contents.lock().unwrap().v4[&(32, [198, 51, 100, 7])];
+        assert_eq!((target.rule, target.action), (id, action::BLOCK));
+        assert!(
+            engine.applied().is_empty(),
+            "watch rules stay out of the ingress maps"
+        );
+        // A refused watchlist update leaves neither the rule nor its entry behind.
+        watch.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            engine
+                .add(&[request("2001:db8::/32", "intel")], "test", None, 0)
+                .is_err()
+        );
+        assert_eq!(engine.rules().count(), 1);
+        watch
+            .fail
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        assert!(watch.contents.lock().unwrap().v6.is_empty());
+        engine.delete(id, "test", 0).unwrap();
+        assert!(watch.contents.lock().unwrap().is_empty());
+    }
+
     #[test]
     fn per_cpu_flow_copies_merge() {
         let a = FlowStats {
