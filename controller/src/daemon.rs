@@ -178,6 +178,8 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
                 egress::attach(&mut object, &pins, &ifaces)?;
                 Some(object)
             } else {
+                // Turned off: a flagger left attached by an earlier run goes too.
+                egress::detach(&pins, &ifaces)?;
                 None
             };
             Ok((opened, egress))

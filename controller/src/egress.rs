@@ -590,6 +590,27 @@ pub fn attach(
     Ok(out)
 }
 
+/// Removes the pinned TCX links of `ifaces` (which detaches the program from them).
+pub fn detach(pins: &PinLayout, ifaces: &[String]) -> Result<(), EgressError> {
+    for iface in ifaces {
+        let link_pin = pins.tc_link(iface);
+        match fs::remove_file(&link_pin) {
+            Ok(()) => info!(
+                iface,
+                "TC egress flagger detached ([egress] enabled = false)"
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(EgressError::Pin {
+                    path: link_pin,
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Replaces the program behind a pinned TCX link; false (after removing the pin) when there
 /// is none or it no longer works (its interface is gone).
 fn reuse_link(program: &mut SchedClassifier, link_pin: &Path) -> Result<bool, EgressError> {

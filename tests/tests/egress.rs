@@ -291,6 +291,18 @@ fn tcx_link_is_reused_on_restart_and_removed_by_detach() {
     let flows = flows_until(&daemon, |f| flow_list(f).len() == 1);
     assert_eq!(flow_list(&flows)[0]["packets"], 3, "{flows}");
 
+    // Turned off, the flagger goes away at the next start.
+    daemon.stop();
+    let config = std::fs::read_to_string(&daemon.config_path).unwrap();
+    let disabled = config.replacen("[api]", "[egress]\nenabled = false\n\n[api]", 1);
+    std::fs::write(&daemon.config_path, &disabled).unwrap();
+    daemon.spawn().unwrap();
+    assert!(!link.exists(), "{}", daemon.log());
+    std::fs::write(&daemon.config_path, &config).unwrap();
+    daemon.stop();
+    daemon.spawn().unwrap();
+    assert!(link.exists());
+
     daemon.stop();
     let out = std::process::Command::new(xdpwall_tests::daemon::binary().unwrap())
         .args(["detach", "--config"])
@@ -345,4 +357,62 @@ fn sampled_ingress_drops_are_listed() {
     let out = daemon.cli(&["drops"]).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains(BLOCKED_V4), "{text}");
+}
+
+#[test]
+fn watch_feed_flags_and_follow_prints_new_flows() {
+    require_privileges!();
+    let lab = Lab::new("egfeed").unwrap();
+    let (_, state_dir) = Daemon::dirs("egfeed-list");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let list = state_dir.join("c2.txt");
+    std::fs::write(&list, format!("# lab C2\n{PEER_V4}\n")).unwrap();
+    let config = format!(
+        "[[feeds]]\nname = \"c2\"\nurl = \"file://{}\"\nformat = \"plain\"\naction = \"watch\"\nallow_special = true\n",
+        list.display()
+    );
+    let daemon = Daemon::start(&lab, "egfeed", &config).unwrap();
+    warm_neighbours(&lab);
+    // The feed's first sync comes within a few seconds of the start.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let feeds = daemon.get_json("/v1/feeds").unwrap();
+        if feeds.to_string().contains("\"entries\":1") || Instant::now() > deadline {
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    // `xdpwall flows -f -o json` prints each new or grown flow as one JSON line.
+    let mut follow = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", daemon.netns_path))
+        .arg(xdpwall_tests::daemon::binary().unwrap())
+        .args(["flows", "-f", "-o", "json"])
+        .env("XDPWALL_TOKEN", xdpwall_tests::daemon::READ_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(1500));
+    send_udp(&daemon, 40009, 7004, 25);
+    let flows = flows_until(&daemon, |f| flow_list(f).len() == 1);
+    let flow = &flow_list(&flows)[0];
+    assert_eq!(flow["rule"], "feed:c2", "{flows}");
+    assert_eq!(flow["packets"], 25, "{flows}");
+    thread::sleep(Duration::from_millis(2500));
+    let _ = follow.kill();
+    let out = follow.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|f| f["dport"] == 7004)
+        .unwrap_or_else(|| panic!("followed flow printed: {text}"));
+    assert_eq!(line["rule"], "feed:c2", "{line}");
+    assert_eq!(
+        metric(
+            &daemon,
+            "xdpwall_egress_flagged_flows_total{reason=\"watch\",rule=\"feed:c2\"}"
+        ),
+        Some(1)
+    );
+    let _ = std::fs::remove_dir_all(&state_dir);
 }
