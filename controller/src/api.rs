@@ -674,6 +674,9 @@ pub struct Status {
     pub management: Vec<String>,
     /// IPv4 lookup engine in use: "lpm" or "dir24".
     pub ipv4_lookup: String,
+    /// Interfaces the TC egress flagger is attached to: {"iface","reused"}.
+    #[schema(value_type = Vec<Object>)]
+    pub egress: Vec<serde_json::Value>,
 }
 
 /// Daemon status: version, readiness, interfaces and attach modes, rule counts.
@@ -698,6 +701,12 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Status>, ApiE
             .map(ToString::to_string)
             .collect(),
         ipv4_lookup: engine.ipv4_lookup().as_str().to_string(),
+        egress: state
+            .events
+            .egress_attachments()
+            .iter()
+            .map(|a| serde_json::to_value(a).expect("serializable"))
+            .collect(),
     }))
 }
 

@@ -175,8 +175,8 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
             let egress = if egress_section.enabled {
                 let mut object = egress::load_object(&pins, None)?;
                 object.configure(&egress_section)?;
-                egress::attach(&mut object, &pins, &ifaces)?;
-                Some(object)
+                let attachments = egress::attach(&mut object, &pins, &ifaces)?;
+                Some((object, attachments))
             } else {
                 // Turned off: a flagger left attached by an earlier run goes too.
                 egress::detach(&pins, &ifaces)?;
@@ -189,7 +189,7 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
     };
     let ((mut engine, reconciled), egress_object) = engine;
     let mut readers = Vec::new();
-    if let Some(object) = egress_object {
+    if let Some((object, attachments)) = egress_object {
         let egress::EgressObject {
             watchlist,
             stats,
@@ -200,7 +200,7 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
             Box::new(watchlist),
             config.egress.block_lists.iter().cloned().collect(),
         )?;
-        events.set_egress(stats);
+        events.set_egress(stats, attachments);
         readers.push(events::spawn_flow_reader(events.clone(), ring));
     }
     match events.open_drop_maps(&pins) {

@@ -29,7 +29,7 @@ use xdpwall_shared::{
 
 use crate::{
     datapath::DatapathError,
-    egress::{EgressRules, EgressStats},
+    egress::{EgressAttachment, EgressRules, EgressStats},
     pins::PinLayout,
 };
 
@@ -270,6 +270,7 @@ struct State {
     drop_log: LogLimiter,
     events_received: u64,
     egress: Option<EgressStats>,
+    egress_attachments: Vec<EgressAttachment>,
     drop_counters: Option<PerCpuArray<MapData, u64>>,
     drop_sample: Option<Array<MapData, u32>>,
 }
@@ -290,6 +291,7 @@ impl Events {
             drop_log: LogLimiter::new(settings.log_per_second),
             events_received: 0,
             egress: None,
+            egress_attachments: Vec::new(),
             drop_counters: None,
             drop_sample: None,
         };
@@ -303,9 +305,17 @@ impl Events {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hands over the egress maps (flows, counters) for the API and metrics.
-    pub fn set_egress(&self, stats: EgressStats) {
-        self.lock().egress = Some(stats);
+    /// Hands over the egress maps (flows, counters) for the API and metrics, and where the
+    /// program is attached (for the status).
+    pub fn set_egress(&self, stats: EgressStats, attachments: Vec<EgressAttachment>) {
+        let mut state = self.lock();
+        state.egress = Some(stats);
+        state.egress_attachments = attachments;
+    }
+
+    /// Interfaces the TC egress program is attached to.
+    pub fn egress_attachments(&self) -> Vec<EgressAttachment> {
+        self.lock().egress_attachments.clone()
     }
 
     /// Opens the drop-sampling maps of the pinned XDP object and sets the sampling rate.

@@ -444,6 +444,17 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     iface["mode"].as_str().unwrap_or("?")
                 );
             }
+            for iface in status["egress"].as_array().into_iter().flatten() {
+                println!(
+                    "egress    {} (TC egress flagger, {})",
+                    iface["iface"].as_str().unwrap_or("?"),
+                    if iface["reused"] == true {
+                        "pinned link reused"
+                    } else {
+                        "attached"
+                    }
+                );
+            }
             Ok(())
         }
     }

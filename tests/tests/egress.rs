@@ -277,6 +277,9 @@ fn tcx_link_is_reused_on_restart_and_removed_by_detach() {
         .join("links")
         .join(format!("tc-{}", lab.fw_if));
     assert!(link.exists(), "TCX link pinned at {}", link.display());
+    let status = daemon.get_json("/v1/status").unwrap();
+    assert_eq!(status["egress"][0]["iface"], lab.fw_if.as_str(), "{status}");
+    assert_eq!(status["egress"][0]["reused"], false, "{status}");
     daemon.kill9();
     daemon.spawn().unwrap();
     assert!(

@@ -266,3 +266,37 @@ fn a_full_ring_buffer_loses_events_never_packets() {
     assert_eq!(h.run(&udp_v4(WATCHED_V4, 29000, 53)), PASS);
     assert_eq!(h.events().len(), 1);
 }
+
+/// The egress benchmark harness at tiny size: a well-formed report with every subject. No
+/// timing is asserted.
+#[test]
+fn egress_benchmark_harness_produces_a_report() {
+    require_privileges!();
+    let args = xdpwall_bench::egress::EgressArgs {
+        watch: 100,
+        reps: 2,
+        repeat: 10,
+        frames: 4,
+        out: std::env::temp_dir(),
+        seed: 7,
+    };
+    let pin_dir = PathBuf::from(format!(
+        "/sys/fs/bpf/xdpwall-bench-egress-smoke-{}",
+        std::process::id()
+    ));
+    let report = xdpwall_bench::egress::run_egress(&args, &pin_dir);
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    let report = report.unwrap();
+    for subject in [
+        "| bare TC program",
+        "| xdpwall egress, unflagged traffic |",
+        "| xdpwall egress, unflagged, scan detection off |",
+        "| xdpwall egress, flagged (watchlist hit) |",
+    ] {
+        assert!(report.contains(subject), "{subject}:\n{report}");
+    }
+    assert!(
+        report.contains("Command: `cargo xtask bench -- egress"),
+        "{report}"
+    );
+}
