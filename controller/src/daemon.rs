@@ -163,7 +163,7 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         let pins = pins.clone();
         let ifaces = config.interfaces.clone();
         let mode = config.xdp_mode;
-        let egress_section = config.egress.clone();
+        let egress_section = config.egress.for_monitor(config.monitor);
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let loaded = loader::load_and_attach(&pins, &ifaces, mode, ipv4_lookup)?;
             let opened = Engine::open(
@@ -198,7 +198,12 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         } = object;
         engine.set_watchlist(
             Box::new(watchlist),
-            config.egress.block_lists.iter().cloned().collect(),
+            config
+                .egress
+                .for_monitor(config.monitor)
+                .block_lists
+                .into_iter()
+                .collect(),
         )?;
         events.set_egress(stats, attachments);
         readers.push(events::spawn_flow_reader(events.clone(), ring));

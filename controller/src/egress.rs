@@ -162,6 +162,20 @@ impl EgressSection {
         Ok(window)
     }
 
+    /// These settings as monitor mode runs them: nothing is dropped, so every `block` becomes
+    /// `flag` (block ports join the flagged ports, block lists flag).
+    pub fn for_monitor(&self, monitor: bool) -> Self {
+        if !monitor {
+            return self.clone();
+        }
+        let mut section = self.clone();
+        let mut block_ports = std::mem::take(&mut section.block_ports);
+        section.ports.append(&mut block_ports);
+        section.block_lists.clear();
+        section.scan_action = FlowAction::Flag;
+        section
+    }
+
     /// The kernel config slot for these settings.
     pub fn kernel_config(&self) -> EgressConfig {
         let window = self.validate().map(|w| w.as_nanos() as u64).unwrap_or(0);
@@ -779,6 +793,10 @@ mod tests {
         assert_eq!(actions[&23], action::FLAG);
         assert_eq!(actions[&445], action::BLOCK);
         assert_eq!(section.kernel_config().scan_action, action::BLOCK);
+        let monitor = section.for_monitor(true);
+        assert_eq!(monitor.port_actions()[&445], action::FLAG);
+        assert_eq!(monitor.kernel_config().scan_action, action::FLAG);
+        assert_eq!(section.for_monitor(false), section);
         let bad: EgressSection = toml::from_str("scan_window = \"soon\"").unwrap();
         assert_eq!(bad.validate().unwrap_err().0, "egress.scan_window");
         let bad: EgressSection = toml::from_str("ports = [0]").unwrap();
