@@ -1,14 +1,14 @@
 //! `cargo xtask bench`: runs a harness (see the library docs) and writes its report.
 //!
 //! - `xdpwall-bench [--sizes ...]`: the BPF_PROG_TEST_RUN per-packet benchmark (the default);
+//! - `xdpwall-bench egress [--watch ...]`: the TC egress flagger on unflagged traffic against a
+//!   bare TC program, through BPF_PROG_TEST_RUN;
 //! - `xdpwall-bench api [--adds ...]`: API block → enforced latency and batch import against
 //!   ipset and nftables;
 //! - `xdpwall-bench feed [--entries ...]`: a large feed and its churn through xdpwall, ipset and
 //!   nftables;
 //! - `xdpwall-bench live [--sizes ...]`: packet rate on a veth pair with each system filtering
-//!   (xdpwall, stock LPM, nftables, iptables + ipset, xdp-filter, XDP_PASS/XDP_DROP brackets);
-//! - `xdpwall-bench egress [--watch ...]`: the TC egress flagger on unflagged traffic against a
-//!   bare TC program, through BPF_PROG_TEST_RUN.
+//!   (xdpwall, stock LPM, nftables, iptables + ipset, xdp-filter, XDP_PASS/XDP_DROP brackets).
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +38,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Mode {
+    /// Cost of the TC egress flagger per unflagged (and flagged) packet against a bare TC
+    /// program, through BPF_PROG_TEST_RUN (needs root).
+    Egress(EgressArgs),
     /// API block → enforced latency and batch import, against ipset and nftables (in a veth lab
     /// with the real daemon; needs root, ipset, nft and a built xdpwall binary).
     Api(ApiArgs),
@@ -47,9 +50,6 @@ enum Mode {
     /// Packet rate (Mpps) of a veth in NAPI mode filtered by each system, 100% and 0% hit
     /// traffic, at growing list sizes; writes the report and PNG plots (needs root, 2 CPUs).
     Live(LiveArgs),
-    /// Cost of the TC egress flagger per unflagged (and flagged) packet against a bare TC
-    /// program, through BPF_PROG_TEST_RUN (needs root).
-    Egress(EgressArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,15 +63,6 @@ fn main() -> anyhow::Result<()> {
             let _ = std::fs::remove_dir_all(&pin_dir);
             write_report(&args.out, "testrun", &result?)
         }
-        Some(Mode::Api(args)) => write_report(&args.out, "api", &run_api(&args)?),
-        Some(Mode::Feed(args)) => {
-            let kind = match args.ipv4_lookup {
-                xdpwall::datapath::Ipv4Lookup::Lpm => "feed",
-                xdpwall::datapath::Ipv4Lookup::Dir24 => "feed-dir24",
-            };
-            write_report(&args.out, kind, &run_feed(&args)?)
-        }
-        Some(Mode::Live(args)) => write_report(&args.out, "live", &run_live(&args)?),
         Some(Mode::Egress(args)) => {
             let pin_dir = PathBuf::from(format!(
                 "/sys/fs/bpf/xdpwall-bench-egress-{}",
@@ -81,6 +72,15 @@ fn main() -> anyhow::Result<()> {
             let _ = std::fs::remove_dir_all(&pin_dir);
             write_report(&args.out, "egress", &result?)
         }
+        Some(Mode::Api(args)) => write_report(&args.out, "api", &run_api(&args)?),
+        Some(Mode::Feed(args)) => {
+            let kind = match args.ipv4_lookup {
+                xdpwall::datapath::Ipv4Lookup::Lpm => "feed",
+                xdpwall::datapath::Ipv4Lookup::Dir24 => "feed-dir24",
+            };
+            write_report(&args.out, kind, &run_feed(&args)?)
+        }
+        Some(Mode::Live(args)) => write_report(&args.out, "live", &run_live(&args)?),
     }
 }
 

@@ -669,14 +669,14 @@ pub struct Status {
     pub monitor: bool,
     #[schema(value_type = Vec<Object>)]
     pub interfaces: Vec<serde_json::Value>,
+    /// Interfaces the TC egress flagger is attached to: {"iface","reused"}.
+    #[schema(value_type = Vec<Object>)]
+    pub egress: Vec<serde_json::Value>,
     pub rules: usize,
     pub map_entries: usize,
     pub management: Vec<String>,
     /// IPv4 lookup engine in use: "lpm" or "dir24".
     pub ipv4_lookup: String,
-    /// Interfaces the TC egress flagger is attached to: {"iface","reused"}.
-    #[schema(value_type = Vec<Object>)]
-    pub egress: Vec<serde_json::Value>,
 }
 
 /// Daemon status: version, readiness, interfaces and attach modes, rule counts.
@@ -693,6 +693,12 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Status>, ApiE
             .iter()
             .map(|a| serde_json::to_value(a).expect("serializable"))
             .collect(),
+        egress: state
+            .events
+            .egress_attachments()
+            .iter()
+            .map(|a| serde_json::to_value(a).expect("serializable"))
+            .collect(),
         rules: engine.rules().count(),
         map_entries: engine.applied().len(),
         management: engine
@@ -701,12 +707,6 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Status>, ApiE
             .map(ToString::to_string)
             .collect(),
         ipv4_lookup: engine.ipv4_lookup().as_str().to_string(),
-        egress: state
-            .events
-            .egress_attachments()
-            .iter()
-            .map(|a| serde_json::to_value(a).expect("serializable"))
-            .collect(),
     }))
 }
 

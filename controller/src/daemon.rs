@@ -19,7 +19,6 @@ use xdpwall_shared::DatapathConfig;
 use crate::{
     api::{self, AppState},
     config::{ApiToken, Config, MalformedPolicy, TokenScope},
-    egress,
     engine::{Engine, config_rules},
     events::{self, Events},
     feeds::FeedManager,
@@ -163,55 +162,21 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         let pins = pins.clone();
         let ifaces = config.interfaces.clone();
         let mode = config.xdp_mode;
-        let egress_section = config.egress.for_monitor(config.monitor);
-        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(Engine, _)> {
             let loaded = loader::load_and_attach(&pins, &ifaces, mode, ipv4_lookup)?;
-            let opened = Engine::open(
+            Ok(Engine::open(
                 Box::new(loaded.datapath),
                 store,
                 loaded.attachments,
                 last_good,
-            )?;
-            let egress = if egress_section.enabled {
-                let mut object = egress::load_object(&pins, None)?;
-                object.configure(&egress_section)?;
-                let attachments = egress::attach(&mut object, &pins, &ifaces)?;
-                Some((object, attachments))
-            } else {
-                // Turned off: a flagger left attached by an earlier run goes too.
-                egress::detach(&pins, &ifaces)?;
-                None
-            };
-            Ok((opened, egress))
+            )?)
         })
         .await
         .context("loader task panicked")??
     };
-    let ((mut engine, reconciled), egress_object) = engine;
-    let mut readers = Vec::new();
-    if let Some((object, attachments)) = egress_object {
-        let egress::EgressObject {
-            watchlist,
-            stats,
-            events: ring,
-            ..
-        } = object;
-        engine.set_watchlist(
-            Box::new(watchlist),
-            config
-                .egress
-                .for_monitor(config.monitor)
-                .block_lists
-                .into_iter()
-                .collect(),
-        )?;
-        events.set_egress(stats, attachments);
-        readers.push(events::spawn_flow_reader(events.clone(), ring));
-    }
-    match events.open_drop_maps(&pins) {
-        Ok(ring) => readers.push(events::spawn_drop_reader(events.clone(), ring)),
-        Err(e) => error!(error = %e, "drop sampling unavailable"),
-    }
+    let (mut engine, reconciled) = engine;
+    // The TC egress flagger and the ring-buffer readers (flagged flows, sampled drops).
+    let readers = events::start(&config, &pins, &mut engine, &events).await?;
     info!(
         inserted = reconciled.inserted,
         removed = reconciled.removed,

@@ -549,6 +549,57 @@ fn remember(state: &mut State, cap: usize, key: FlowKey, stats: FlowStats) {
     state.flows.insert(key, FlowRecord { key, stats });
 }
 
+/// Starts what the daemon runs besides the XDP filter: loads, configures and attaches the TC
+/// egress flagger (or removes it when `[egress] enabled = false`), hands its watchlist to the
+/// engine and its counters to `events`, and spawns the ring-buffer readers (flows, drops).
+pub async fn start(
+    config: &crate::config::Config,
+    pins: &PinLayout,
+    engine: &mut crate::engine::Engine,
+    events: &Arc<Events>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    use anyhow::Context as _;
+
+    use crate::egress;
+    let section = config.egress.for_monitor(config.monitor);
+    let mut readers = Vec::new();
+    let loaded = {
+        let (pins, ifaces, section) = (pins.clone(), config.interfaces.clone(), section.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            if !section.enabled {
+                // Turned off: a flagger left attached by an earlier run goes too.
+                egress::detach(&pins, &ifaces)?;
+                return Ok(None);
+            }
+            let mut object = egress::load_object(&pins, None)?;
+            object.configure(&section)?;
+            let attachments = egress::attach(&mut object, &pins, &ifaces)?;
+            Ok(Some((object, attachments)))
+        })
+        .await
+        .context("egress loader task panicked")??
+    };
+    if let Some((object, attachments)) = loaded {
+        let egress::EgressObject {
+            watchlist,
+            stats,
+            events: ring,
+            ..
+        } = object;
+        engine.set_watchlist(
+            Box::new(watchlist),
+            section.block_lists.into_iter().collect(),
+        )?;
+        events.set_egress(stats, attachments);
+        readers.push(spawn_flow_reader(events.clone(), ring));
+    }
+    match events.open_drop_maps(pins) {
+        Ok(ring) => readers.push(spawn_drop_reader(events.clone(), ring)),
+        Err(e) => warn!(error = %e, "drop sampling unavailable"),
+    }
+    Ok(readers)
+}
+
 /// Reads `ring` until the task is aborted, handing each record to `on`.
 async fn read_ring<T: Copy>(ring: RingBuf<MapData>, mut on: impl FnMut(T)) -> io::Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as long as the
