@@ -52,6 +52,10 @@ static SCAN_PAIRS: LruHashMap<ScanPair, u64> = LruHashMap::pinned(SCAN_PAIRS_MAX
 #[map(name = "XW_EG_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
 
+/// Bytes of headers the program wants directly readable: Ethernet, two VLAN tags, IPv6 with a
+/// few extension headers, the ports and TCP flags.
+const HEADER_PULL: u32 = 128;
+
 /// Why a packet is flagged and what to do with it.
 struct Flagged {
     reason: u32,
@@ -61,6 +65,12 @@ struct Flagged {
 
 #[classifier]
 pub fn xdpwall_egress(ctx: TcContext) -> i32 {
+    // Headers of a non-linear skb may lie partly outside the direct-access area: pull them in
+    // (rare; locally generated packets carry their headers in the linear part).
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    if linear < HEADER_PULL && ctx.len() > linear {
+        let _ = ctx.pull_data(ctx.len().min(HEADER_PULL));
+    }
     let frame = Frame {
         start: ctx.data(),
         end: ctx.data_end(),
