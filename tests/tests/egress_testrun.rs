@@ -107,6 +107,21 @@ impl Harness {
         self.object.program().test_run(opts).unwrap().return_value
     }
 
+    /// Runs `frame` with a `struct __sk_buff` context; returns the skb mark the program left.
+    fn run_for_mark(&self, frame: &[u8]) -> u32 {
+        // struct __sk_buff is 192 bytes on this kernel; `mark` is the third u32.
+        let ctx_in = [0u8; 192];
+        let mut ctx_out = [0u8; 192];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx_in),
+            ctx_out: Some(&mut ctx_out),
+            ..TestRunOptions::default()
+        };
+        self.object.program().test_run(opts).unwrap();
+        u32::from_ne_bytes(ctx_out[8..12].try_into().unwrap())
+    }
+
     fn events(&mut self) -> Vec<FlowEvent> {
         let mut out = Vec::new();
         while let Some(item) = self.object.events.next() {
@@ -154,6 +169,9 @@ fn watched_flows_get_one_event_and_exact_counts() {
     let rules = h.object.stats.rule_counters().unwrap();
     let watch7 = rules[&(xdpwall_shared::egress::reason::WATCH, 7)];
     assert_eq!((watch7.packets, watch7.flows), (101, 1));
+    // Flagged packets carry the configured mark (default 0x5857); others keep theirs.
+    assert_eq!(h.run_for_mark(&udp_v4(WATCHED_V4, 40000, 53)), 0x5857);
+    assert_eq!(h.run_for_mark(&udp_v4([203, 0, 113, 9], 40000, 8080)), 0);
 }
 
 #[test]
