@@ -325,6 +325,29 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     feed.url
                 );
             }
+            let egress = &config.egress;
+            if egress.enabled {
+                println!(
+                    "  egress: ports {:?} flag, {:?} block; block lists {:?}; scan {} ({} pairs in {}); mark {:#x}",
+                    egress.ports,
+                    egress.block_ports,
+                    egress.block_lists,
+                    if egress.scan_threshold == 0 {
+                        "off".to_string()
+                    } else {
+                        format!("{:?}", egress.scan_action).to_lowercase()
+                    },
+                    egress.scan_threshold,
+                    egress.scan_window,
+                    egress.mark
+                );
+            } else {
+                println!("  egress: off");
+            }
+            println!(
+                "  events: drop sampling 1 in {}, {} log lines/s, {} recent",
+                config.events.drop_sample_rate, config.events.log_per_second, config.events.recent
+            );
             Ok(())
         }
         Command::Detach {
