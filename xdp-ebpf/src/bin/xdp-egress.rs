@@ -287,21 +287,32 @@ fn count(slot: u32) {
 
 #[inline(always)]
 fn count_rule(key: u64, bytes: u64, flows: u64) {
-    match RULE_STATS.get_ptr_mut(&key) {
-        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
-        Some(c) => unsafe {
+    let add = |c: *mut EgressRuleCounters| {
+        // SAFETY: this CPU's copy of the value, valid for the program run; only this CPU
+        // writes it.
+        unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;
             (*c).flows += flows;
-        },
-        None => {
-            let first = EgressRuleCounters {
-                packets: 1,
-                bytes,
-                flows,
-            };
-            let _ = RULE_STATS.insert(&key, &first, u64::from(BPF_NOEXIST));
         }
+    };
+    if let Some(c) = RULE_STATS.get_ptr_mut(&key) {
+        add(c);
+        return;
+    }
+    let first = EgressRuleCounters {
+        packets: 1,
+        bytes,
+        flows,
+    };
+    // Another CPU may create the entry first: then count in this CPU's (zeroed) copy of it,
+    // so the flow count stays exact.
+    if RULE_STATS
+        .insert(&key, &first, u64::from(BPF_NOEXIST))
+        .is_err()
+        && let Some(c) = RULE_STATS.get_ptr_mut(&key)
+    {
+        add(c);
     }
 }
 
