@@ -15,7 +15,7 @@ use std::{
 use serde_json::{Value, json};
 use xdpwall_tests::{
     daemon::{Daemon, in_netns},
-    lab::{BLOCKED_PREFIX_V4, BLOCKED_V4, FW_V4, Lab, PEER_V4},
+    lab::{BLOCKED_PREFIX_V4, BLOCKED_V4, FW_V4, FW_V6, Lab, PEER_V4, PEER_V6},
     require_privileges,
 };
 
@@ -418,4 +418,38 @@ fn watch_feed_flags_and_follow_prints_new_flows() {
         Some(1)
     );
     let _ = std::fs::remove_dir_all(&state_dir);
+}
+
+#[test]
+fn ipv6_watch_rule_flags_its_flow() {
+    require_privileges!();
+    let lab = Lab::new("egv6").unwrap();
+    let daemon = Daemon::start(&lab, "egv6", "").unwrap();
+    assert_eq!(lab.ping(PEER_V6, FW_V6, 1).unwrap(), 1, "lab is up (v6)");
+    add_watch(&daemon, &format!("{PEER_V6}/128"), "lab");
+    in_netns(&daemon.netns_path, move || {
+        let socket = UdpSocket::bind((FW_V6, 40010)).expect("bind sender");
+        for _ in 0..100 {
+            socket.send_to(b"v6", (PEER_V6, 7005)).expect("send");
+        }
+    })
+    .unwrap();
+    // Neighbour discovery to the watched address (ICMPv6) may be flagged too: look at UDP.
+    let udp = |f: &Value| -> Vec<Value> {
+        flow_list(f)
+            .into_iter()
+            .filter(|x| x["proto"] == "udp")
+            .collect()
+    };
+    let flows = flows_until(&daemon, |f| {
+        udp(f)
+            .first()
+            .is_some_and(|x| x["packets"].as_u64() >= Some(100))
+    });
+    let list = udp(&flows);
+    assert_eq!(list.len(), 1, "{flows}");
+    assert_eq!(list[0]["src"], FW_V6, "{flows}");
+    assert_eq!(list[0]["dst"], PEER_V6, "{flows}");
+    assert_eq!(list[0]["packets"], 100, "{flows}");
+    assert_eq!(list[0]["reason"], "watch", "{flows}");
 }
