@@ -8,8 +8,11 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
-use xdp_ebpf::flow::{self, Frame};
-use xdpwall_shared::egress::{DropSample, RING_BYTES, drop_counter};
+use xdp_ebpf::{
+    flow::{self, Frame},
+    same,
+};
+use xdpwall_shared::egress::{DropSample, RING_BYTES, drop_counter, map_names};
 
 #[map(name = "XW_DROP_RING")]
 static DROP_RING: RingBuf = RingBuf::pinned(RING_BYTES, 0);
@@ -17,6 +20,10 @@ static DROP_RING: RingBuf = RingBuf::pinned(RING_BYTES, 0);
 static DROP_SAMPLE: Array<u32> = Array::pinned(1, 0);
 #[map(name = "XW_DROP_COUNT")]
 static DROP_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(drop_counter::COUNT, 0);
+
+const _: () = assert!(same(map_names::DROP_RING, "XW_DROP_RING"));
+const _: () = assert!(same(map_names::DROP_SAMPLE, "XW_DROP_SAMPLE"));
+const _: () = assert!(same(map_names::DROP_COUNTERS, "XW_DROP_COUNT"));
 
 #[inline(always)]
 pub fn sample(ctx: &XdpContext, rule: u32, verdict: u32) {

@@ -5,3 +5,20 @@
 
 /// 5-tuple parsing shared by the TC egress program and the ingress drop sampler.
 pub mod flow;
+
+/// Compile-time string equality, to check that `#[map(name = "...")]` literals (the attribute
+/// takes only a literal) match the names in `xdpwall_shared`.
+pub const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}

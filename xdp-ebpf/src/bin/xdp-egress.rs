@@ -21,12 +21,15 @@ use aya_ebpf::{
     },
     programs::TcContext,
 };
-use xdp_ebpf::flow::{self, Frame, IPPROTO_TCP, TCP_ACK, TCP_SYN};
+use xdp_ebpf::{
+    flow::{self, Frame, IPPROTO_TCP, TCP_ACK, TCP_SYN},
+    same,
+};
 use xdpwall_shared::egress::{
     EgressConfig, EgressRuleCounters, FLOWS_MAX_ENTRIES, FlowEvent, FlowKey, FlowStats,
     PORT_ENTRIES, RING_BYTES, RULE_STATS_MAX_ENTRIES, SCAN_PAIRS_MAX_ENTRIES,
-    SCAN_SOURCES_MAX_ENTRIES, ScanPair, ScanState, WATCH_MAX_ENTRIES, WatchTarget, action, counter,
-    reason, rule_key,
+    SCAN_SOURCES_MAX_ENTRIES, ScanPair, ScanState, TC_PROGRAM, WATCH_MAX_ENTRIES, WatchTarget,
+    action, counter, map_names, reason, rule_key,
 };
 
 #[map(name = "XW_EG_WATCH4")]
@@ -51,6 +54,18 @@ static SCAN_SOURCES: LruHashMap<[u8; 16], ScanState> =
 static SCAN_PAIRS: LruHashMap<ScanPair, u64> = LruHashMap::pinned(SCAN_PAIRS_MAX_ENTRIES, 0);
 #[map(name = "XW_EG_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
+
+const _: () = assert!(same(map_names::WATCH_V4, "XW_EG_WATCH4"));
+const _: () = assert!(same(map_names::WATCH_V6, "XW_EG_WATCH6"));
+const _: () = assert!(same(map_names::PORTS, "XW_EG_PORTS"));
+const _: () = assert!(same(map_names::CONFIG, "XW_EG_CONFIG"));
+const _: () = assert!(same(map_names::FLOWS, "XW_EG_FLOWS"));
+const _: () = assert!(same(map_names::EVENTS, "XW_EG_EVENTS"));
+const _: () = assert!(same(map_names::RULE_STATS, "XW_EG_RSTATS"));
+const _: () = assert!(same(map_names::SCAN_SOURCES, "XW_EG_SCANSRC"));
+const _: () = assert!(same(map_names::SCAN_PAIRS, "XW_EG_SCANPAIR"));
+const _: () = assert!(same(map_names::COUNTERS, "XW_EG_COUNTERS"));
+const _: () = assert!(same(TC_PROGRAM, "xdpwall_egress"));
 
 /// Bytes of headers the program wants directly readable: Ethernet, two VLAN tags, IPv6 with a
 /// few extension headers, the ports and TCP flags.
