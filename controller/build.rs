@@ -10,7 +10,7 @@ fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
-        for name in ["xdp-ebpf", "xdp-bench"] {
+        for name in ["xdp-ebpf", "xdp-egress", "xdp-bench", "tc-bench"] {
             fs::write(out_dir.join(name), b"").context("writing empty eBPF placeholder")?;
         }
         return Ok(());

@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: runs a harness (see the library docs) and writes its report.
 //!
 //! - `xdpwall-bench [--sizes ...]`: the BPF_PROG_TEST_RUN per-packet benchmark (the default);
+//! - `xdpwall-bench egress [--watch ...]`: the TC egress flagger on unflagged traffic against a
+//!   bare TC program, through BPF_PROG_TEST_RUN;
 //! - `xdpwall-bench api [--adds ...]`: API block → enforced latency and batch import against
 //!   ipset and nftables;
 //! - `xdpwall-bench feed [--entries ...]`: a large feed and its churn through xdpwall, ipset and
@@ -16,6 +18,7 @@ use clap::{Parser, Subcommand};
 use xdpwall_bench::{
     Args,
     api::{ApiArgs, run_api},
+    egress::{EgressArgs, run_egress},
     feed::{FeedArgs, run_feed},
     live::{LiveArgs, run_live},
     run, today,
@@ -38,6 +41,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Mode {
+    /// Cost of the TC egress flagger per unflagged (and flagged) packet against a bare TC
+    /// program, through BPF_PROG_TEST_RUN (needs root).
+    Egress(EgressArgs),
     /// API block → enforced latency and batch import, against ipset and nftables (in a veth lab
     /// with the real daemon; needs root, ipset, nft and a built xdpwall binary).
     Api(ApiArgs),
@@ -62,6 +68,15 @@ fn main() -> anyhow::Result<()> {
             let result = run(&args, &pin_dir);
             let _ = std::fs::remove_dir_all(&pin_dir);
             write_report(&args.out, "testrun", &result?)
+        }
+        Some(Mode::Egress(args)) => {
+            let pin_dir = PathBuf::from(format!(
+                "/sys/fs/bpf/xdpwall-bench-egress-{}",
+                std::process::id()
+            ));
+            let result = run_egress(&args, &pin_dir);
+            let _ = std::fs::remove_dir_all(&pin_dir);
+            write_report(&args.out, "egress", &result?)
         }
         Some(Mode::Api(args)) => write_report(&args.out, "api", &run_api(&args)?),
         Some(Mode::Feed(args)) => {

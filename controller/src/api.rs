@@ -37,6 +37,7 @@ use crate::{
     config::{ApiToken, TokenScope},
     datapath::DatapathError,
     engine::{Engine, EngineError, RuleRequest},
+    events::{DropList, DropView, Events, FlowList, FlowView},
     feeds::{FeedError, FeedManager, SyncReport},
     metrics,
     rules::{Action, Rule, RuleSource, Verdict, canonical_ip},
@@ -53,6 +54,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub max_batch: usize,
     pub feeds: Arc<FeedManager>,
+    /// Flagged egress flows and sampled drops (ring-buffer readers fill it).
+    pub events: Arc<Events>,
     pub version: &'static str,
 }
 
@@ -66,6 +69,7 @@ impl AppState {
             max_body_bytes: 64 << 20,
             max_batch: 1_000_000,
             feeds: Arc::new(FeedManager::empty()),
+            events: Arc::new(Events::new(Default::default())),
             version: env!("CARGO_PKG_VERSION"),
         }
     }
@@ -244,10 +248,10 @@ async fn authenticate(
     info(title = "xdpwall", description = "eBPF network-defense firewall API"),
     paths(
         create_rule, list_rules, get_rule, delete_rule, batch_rules, lookup, stats, status,
-        list_feeds, sync_feed, metrics_endpoint, healthz, readyz
+        list_feeds, sync_feed, flows, drops, metrics_endpoint, healthz, readyz
     ),
     components(schemas(RuleView, RuleBody, BatchBody, RuleList, BatchResult, LookupResult, Problem, Stats, Status,
-        FeedView, FeedList, SyncReport)),
+        FeedView, FeedList, SyncReport, FlowView, FlowList, DropView, DropList)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -277,6 +281,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/audit", get(audit))
         .route("/v1/feeds", get(list_feeds))
         .route("/v1/feeds/{name}/sync", axum::routing::post(sync_feed))
+        .route("/v1/flows", get(flows))
+        .route("/v1/drops", get(drops))
         .route("/metrics", get(metrics_endpoint))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
@@ -663,6 +669,9 @@ pub struct Status {
     pub monitor: bool,
     #[schema(value_type = Vec<Object>)]
     pub interfaces: Vec<serde_json::Value>,
+    /// Interfaces the TC egress flagger is attached to: {"iface","reused"}.
+    #[schema(value_type = Vec<Object>)]
+    pub egress: Vec<serde_json::Value>,
     pub rules: usize,
     pub map_entries: usize,
     pub management: Vec<String>,
@@ -683,6 +692,12 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Status>, ApiE
         monitor: config.monitor != 0,
         interfaces: engine
             .attachments()
+            .iter()
+            .map(|a| serde_json::to_value(a).expect("serializable"))
+            .collect(),
+        egress: state
+            .events
+            .egress_attachments()
             .iter()
             .map(|a| serde_json::to_value(a).expect("serializable"))
             .collect(),
@@ -793,12 +808,57 @@ async fn audit(
     Ok(Json(serde_json::json!({ "entries": entries })))
 }
 
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Most entries to return (default 1000).
+    limit: Option<usize>,
+}
+
+/// Flagged egress flows, most recently active first: 5-tuple, reason (watch, port, scan),
+/// rule, action, packets, bytes, first and last seen (counters from the kernel's flow table).
+#[utoipa::path(get, path = "/v1/flows", params(EventsQuery),
+    responses((status = 200, body = FlowList)))]
+async fn flows(
+    State(state): State<Arc<AppState>>,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<FlowList>, ApiError> {
+    let limit = query(q)?.limit.unwrap_or(1000);
+    // Feed names for watch flows of feeds (`rule = "feed:NAME"`).
+    let feed_names: std::collections::BTreeMap<u32, String> = {
+        let guard = state.engine.lock().await;
+        guard
+            .as_ref()
+            .map(|e| e.feeds().map(|f| (f.id, f.name.clone())).collect())
+            .unwrap_or_default()
+    };
+    let events = state.events.clone();
+    let list =
+        tokio::task::spawn_blocking(move || events.flows(limit, |id| feed_names.get(&id).cloned()))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(list))
+}
+
+/// Sampled ingress drops (1 in `[events] drop_sample_rate`), newest first.
+#[utoipa::path(get, path = "/v1/drops", params(EventsQuery),
+    responses((status = 200, body = DropList)))]
+async fn drops(
+    State(state): State<Arc<AppState>>,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<DropList>, ApiError> {
+    let limit = query(q)?.limit.unwrap_or(1000);
+    Ok(Json(state.events.drops(limit)?))
+}
+
 /// Prometheus metrics (text format), read from the BPF counters at scrape time.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String)))]
 async fn metrics_endpoint(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let snapshot = {
         let engine = engine(&state).await?;
-        metrics::Snapshot::gather(&engine, &state.feeds)?
+        let mut snapshot = metrics::Snapshot::gather(&engine, &state.feeds)?;
+        snapshot.add_events(&engine, &state.events)?;
+        snapshot
     };
     let text = metrics::render(&snapshot)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -1350,5 +1410,61 @@ mod tests {
             assert!(doc["paths"][path].is_object(), "{path} documented");
         }
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    }
+
+    #[tokio::test]
+    async fn flows_and_drops_are_read_scoped_and_documented() {
+        use xdpwall_shared::egress::{FlowEvent, FlowKey, action, reason};
+        let h = harness();
+        assert_eq!(
+            h.call("GET", "/v1/flows", None, None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        let (status, _, empty) = h.call("GET", "/v1/flows", Some(READ), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(empty["flows"], json!([]));
+        assert_eq!(empty["events_received"], 0);
+        let mut key = FlowKey {
+            sport: 40000,
+            dport: 23,
+            proto: 6,
+            family: 4,
+            ..FlowKey::default()
+        };
+        key.src[10..].copy_from_slice(&[0xff, 0xff, 192, 0, 2, 1]);
+        key.dst[10..].copy_from_slice(&[0xff, 0xff, 198, 51, 100, 7]);
+        h.state.events.on_flow(FlowEvent {
+            key,
+            rule: 23,
+            reason: reason::PORT as u16,
+            action: action::BLOCK as u16,
+            ts_ns: 1,
+            bytes: 60,
+            ifindex: 2,
+        });
+        let (_, _, list) = h.call("GET", "/v1/flows?limit=5", Some(READ), None).await;
+        let flow = &list["flows"][0];
+        assert_eq!(flow["src"], "192.0.2.1");
+        assert_eq!(flow["dst"], "198.51.100.7");
+        assert_eq!(flow["proto"], "tcp");
+        assert_eq!(flow["reason"], "port");
+        assert_eq!(flow["rule"], "port:23");
+        assert_eq!(flow["action"], "block");
+        assert_eq!(flow["packets"], 1);
+        assert_eq!(
+            h.call("GET", "/v1/flows?limit=many", Some(READ), None)
+                .await
+                .0,
+            StatusCode::BAD_REQUEST
+        );
+        let (status, _, drops) = h.call("GET", "/v1/drops", Some(READ), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(drops["drops"], json!([]));
+        assert_eq!(drops["sample_rate"], 100);
+        let (_, _, doc) = h.call("GET", "/v1/openapi.json", None, None).await;
+        for path in ["/v1/flows", "/v1/drops"] {
+            assert!(doc["paths"][path]["get"].is_object(), "{path} documented");
+        }
+        assert!(doc["components"]["schemas"]["FlowView"].is_object());
     }
 }

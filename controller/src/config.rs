@@ -200,6 +200,12 @@ pub struct Config {
     /// Blocklist feeds (catalogue names or custom feeds).
     #[serde(default)]
     pub feeds: Vec<crate::feeds::FeedConfig>,
+    /// The TC egress flagger: port policy, scan detection, block lists.
+    #[serde(default)]
+    pub egress: crate::egress::EgressSection,
+    /// Ring-buffer events: drop sampling, log rate, memory.
+    #[serde(default)]
+    pub events: crate::events::EventsSection,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -506,6 +512,12 @@ impl Config {
             }
             feeds.push(resolved);
         }
+        self.egress
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
+        self.events
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
         Ok(ValidatedRules {
             management,
             rules,
@@ -544,6 +556,28 @@ mod tests {
         assert_eq!(config.api.listen, "127.0.0.1:9180".parse().unwrap());
         assert_eq!(config.xdp_mode, XdpAttachMode::Auto);
         assert!(!config.monitor);
+    }
+
+    #[test]
+    fn egress_and_events_sections_default_and_are_validated() {
+        let config = parse("").unwrap();
+        assert!(config.egress.enabled);
+        assert_eq!(config.egress.ports, crate::egress::DEFAULT_PORTS);
+        assert_eq!(config.events.drop_sample_rate, 100);
+        let config = parse(
+            "[egress]\nblock_lists = [\"c2\"]\nscan_threshold = 0\n[events]\ndrop_sample_rate = 0\n",
+        )
+        .unwrap();
+        assert_eq!(config.egress.block_lists, ["c2"]);
+        config.validate("test.toml").unwrap();
+        let bad = parse("[egress]\nscan_window = \"often\"\n").unwrap();
+        let err = bad.validate("test.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("egress.scan_window") && err.contains("test.toml"),
+            "{err}"
+        );
+        let err = parse("[egress]\nportz = [23]\n").unwrap_err().to_string();
+        assert!(err.contains("portz"), "{err}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::{
     config::{ApiToken, Config, MalformedPolicy, TokenScope},
     datapath::Engines,
     engine::{Engine, config_rules},
+    events::{self, Events},
     feeds::FeedManager,
     loader,
     pins::PinLayout,
@@ -111,8 +112,10 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         validated.feeds.clone(),
         &config.state_dir,
     )?);
+    let events = Arc::new(Events::new(config.events.clone()));
     let state = Arc::new(AppState {
         feeds: feeds.clone(),
+        events: events.clone(),
         metrics_auth: config.api.metrics_auth,
         max_body_bytes: config.api.max_body_bytes,
         max_batch: config.api.max_batch,
@@ -178,6 +181,8 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         .context("loader task panicked")??
     };
     let (mut engine, reconciled) = engine;
+    // The TC egress flagger and the ring-buffer readers (flagged flows, sampled drops).
+    let readers = events::start(&config, &pins, &mut engine, &events).await?;
     info!(
         inserted = reconciled.inserted,
         removed = reconciled.removed,
@@ -219,6 +224,9 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         .collect();
     wait_for_shutdown_signal().await;
     expiry.abort();
+    for task in readers {
+        task.abort();
+    }
     for task in schedules {
         task.abort();
     }

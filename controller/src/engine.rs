@@ -18,6 +18,7 @@ use xdpwall_shared::{DatapathConfig, RuleCounters};
 
 use crate::{
     datapath::{DatapathError, KernelMaps, VerdictCounts},
+    egress::{WatchContents, WatchMaps},
     loader::Attachment,
     rules::{
         Action, MapContents, MapDiff, Rule, RuleId, RuleSource, TrieDiff, Verdict, canonical_ip,
@@ -132,6 +133,11 @@ pub struct Engine {
     applied: MapContents,
     management: Vec<IpNet>,
     feeds: BTreeMap<String, FeedSet>,
+    /// The egress watchlist tries (watch rules and watch feeds), once the egress program is
+    /// loaded; `None` without it.
+    watch: Option<Box<dyn WatchMaps>>,
+    /// Lists whose watch rules block instead of flag (`[egress] block_lists`).
+    watch_block_lists: BTreeSet<String>,
 }
 
 impl Engine {
@@ -156,6 +162,8 @@ impl Engine {
             applied,
             management: Vec::new(),
             feeds: BTreeMap::new(),
+            watch: None,
+            watch_block_lists: BTreeSet::new(),
         };
         for feed in feeds {
             for entry in &feed.entries {
@@ -196,6 +204,30 @@ impl Engine {
             inserted: diff.upserts(),
             removed: diff.removes(),
         })
+    }
+
+    /// Hands over the egress watchlist and fills it from the watch rules and feeds; from now
+    /// on every change to watch rules reaches it before the change is confirmed.
+    pub fn set_watchlist(
+        &mut self,
+        maps: Box<dyn WatchMaps>,
+        block_lists: BTreeSet<String>,
+    ) -> Result<(), EngineError> {
+        self.watch = Some(maps);
+        self.watch_block_lists = block_lists;
+        Ok(self.sync_watch(&[], &BTreeSet::new())?)
+    }
+
+    /// Makes the watchlist hold the watch rules (minus `remove`, plus `add`) and watch feeds.
+    fn sync_watch(&mut self, add: &[Rule], remove: &BTreeSet<RuleId>) -> Result<(), DatapathError> {
+        sync_watchlist(
+            &mut self.watch,
+            &self.rules,
+            &self.feeds,
+            &self.watch_block_lists,
+            add,
+            remove,
+        )
     }
 
     pub fn attachments(&self) -> &[Attachment] {
@@ -327,6 +359,8 @@ impl Engine {
             self.applied.apply_diff(&diff);
         }
         self.settle_owners(touched);
+        let touches_watch =
+            action == Action::Watch || old.as_ref().is_some_and(|o| o.action == Action::Watch);
         if !entries.is_empty() {
             self.feeds.insert(
                 name.to_string(),
@@ -337,6 +371,9 @@ impl Engine {
                     entries,
                 },
             );
+        }
+        if touches_watch {
+            self.sync_watch(&[], &BTreeSet::new())?;
         }
         Ok(ApplyReport {
             inserted: diff.upserts(),
@@ -663,7 +700,47 @@ impl Engine {
         if !diff.is_empty() {
             self.maps.apply(&diff, &before)?; // on error: maps rolled back, tx dropped
         }
+        let touches_watch = inserted
+            .iter()
+            .chain(&removed)
+            .any(|r| r.action == Action::Watch);
+        if touches_watch {
+            let removed_ids: BTreeSet<RuleId> = removed.iter().map(|r| r.id).collect();
+            let synced = sync_watchlist(
+                &mut self.watch,
+                &self.rules,
+                &self.feeds,
+                &self.watch_block_lists,
+                &inserted,
+                &removed_ids,
+            );
+            if let Err(err) = synced {
+                // Back to the rules as they were, in the ingress maps and the watchlist.
+                if !diff.is_empty() {
+                    let after = before.with_diff(&diff);
+                    let undo = MapDiff::between(&after, &before);
+                    if let Err(undo_err) = self.maps.apply(&undo, &after) {
+                        warn!(error = %undo_err, "could not revert the kernel after a failed watchlist update");
+                    }
+                }
+                let reverted = sync_watchlist(
+                    &mut self.watch,
+                    &self.rules,
+                    &self.feeds,
+                    &self.watch_block_lists,
+                    &[],
+                    &BTreeSet::new(),
+                );
+                if let Err(undo_err) = reverted {
+                    warn!(error = %undo_err, "could not revert the watchlist");
+                }
+                return Err(err.into());
+            }
+        }
         if let Err(err) = tx.commit() {
+            if touches_watch && let Err(undo_err) = self.sync_watch(&[], &BTreeSet::new()) {
+                warn!(error = %undo_err, "could not revert the watchlist after a failed store commit");
+            }
             // Undo the kernel change so kernel and store agree again.
             let after = before.with_diff(&diff);
             let undo = MapDiff::between(&after, &before);
@@ -726,6 +803,29 @@ impl Engine {
     pub fn applied(&self) -> &MapContents {
         &self.applied
     }
+}
+
+/// [`Engine::sync_watch`] on the engine's parts, for callers that hold a store transaction.
+fn sync_watchlist(
+    watch: &mut Option<Box<dyn WatchMaps>>,
+    rules: &BTreeMap<RuleId, Rule>,
+    feeds: &BTreeMap<String, FeedSet>,
+    block_lists: &BTreeSet<String>,
+    add: &[Rule],
+    remove: &BTreeSet<RuleId>,
+) -> Result<(), DatapathError> {
+    let Some(watch) = watch.as_mut() else {
+        return Ok(());
+    };
+    let rules = rules
+        .values()
+        .filter(|r| !remove.contains(&r.id))
+        .chain(add);
+    watch.sync(&WatchContents::from_rules(
+        rules,
+        feeds.values(),
+        block_lists,
+    ))
 }
 
 /// The trie diff that gives each touched key its new owner (or removes it).

@@ -6,6 +6,8 @@
 //! - [`datapath`]: reads and writes the kernel maps
 //! - [`dir24`], [`v6hash`]: the constant-time IPv4 and IPv6 lookup engines, user side
 //! - [`engine`]: the one owner of the rule set and the maps
+//! - [`egress`]: the TC egress flagger: settings, load, attach, watchlist
+//! - [`events`]: ring buffers (flagged flows, sampled drops), rate-limited logs, recent flows
 //! - [`api`]: the HTTP API
 //! - [`daemon`]: `xdpwall run`
 //! - [`client`]: the CLI's HTTP client
@@ -16,7 +18,9 @@ pub mod daemon;
 pub mod datapath;
 pub mod dir24;
 pub mod ebpf_object;
+pub mod egress;
 pub mod engine;
+pub mod events;
 pub mod feeds;
 pub mod loader;
 pub mod metrics;

@@ -395,12 +395,15 @@ pub fn detach(pins: &PinLayout, ifaces: &[String]) -> Result<Detached, LoaderErr
         for entry in fs::read_dir(&links_dir).map_err(io_err(&links_dir))? {
             let entry = entry.map_err(io_err(&links_dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(iface) = PinLayout::iface_of_xdp_link(&name) else {
+            let (Some(iface), kind) = (match PinLayout::iface_of_xdp_link(&name) {
+                Some(iface) => (Some(iface), "XDP filter"),
+                None => (PinLayout::iface_of_tc_link(&name), "TC egress flagger"),
+            }) else {
                 continue;
             };
             if ifaces.is_empty() || ifaces.iter().any(|i| i == iface) {
                 fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
-                detached.links.push(iface.to_string());
+                detached.links.push(format!("{kind} from {iface}"));
             }
         }
     }

@@ -202,6 +202,26 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Flagged egress flows (watchlist, port policy, scans), most recently active first.
+    Flows {
+        /// Follow: keep printing flows as they appear or grow (polls the daemon every second;
+        /// Ctrl-C stops). With -o json, one JSON object per line.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Most flows to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Sampled ingress drops (1 in [events] drop_sample_rate), newest first.
+    Drops {
+        /// Most drops to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -305,6 +325,29 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     feed.url
                 );
             }
+            let egress = &config.egress;
+            if egress.enabled {
+                println!(
+                    "  egress: ports {:?} flag, {:?} block; block lists {:?}; scan {} ({} pairs in {}); mark {:#x}",
+                    egress.ports,
+                    egress.block_ports,
+                    egress.block_lists,
+                    if egress.scan_threshold == 0 {
+                        "off".to_string()
+                    } else {
+                        format!("{:?}", egress.scan_action).to_lowercase()
+                    },
+                    egress.scan_threshold,
+                    egress.scan_window,
+                    egress.mark
+                );
+            } else {
+                println!("  egress: off");
+            }
+            println!(
+                "  events: drop sampling 1 in {}, {} log lines/s, {} recent",
+                config.events.drop_sample_rate, config.events.log_per_second, config.events.recent
+            );
             Ok(())
         }
         Command::Detach {
@@ -324,8 +367,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             if detached.links.is_empty() {
                 println!("nothing attached under {}", pins.root().display());
             }
-            for iface in &detached.links {
-                println!("detached XDP filter from {iface}");
+            for link in &detached.links {
+                println!("detached {link}");
             }
             if detached.maps_removed {
                 println!("removed pinned maps under {}", pins.root().display());
@@ -371,6 +414,39 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             print_stats(&stats);
             Ok(())
         }
+        Command::Flows {
+            follow,
+            limit,
+            client,
+        } => flows_command(follow, limit, &client).await,
+        Command::Drops { limit, client } => {
+            let api = client.client()?;
+            let list = api.get_json(&format!("/v1/drops?limit={limit}")).await?;
+            if client.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            println!(
+                "sampling 1 in {}; {} sampled, {} lost (ring buffer full)",
+                list["sample_rate"], list["sampled"], list["lost"]
+            );
+            println!(
+                "{:<25}{:<42}{:<42}{:<8}{:>6}  VERDICT",
+                "AT", "SOURCE", "DESTINATION", "PROTO", "RULE"
+            );
+            for d in list["drops"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<25}{:<42}{:<42}{:<8}{:>6}  {}",
+                    d["at"].as_str().unwrap_or("?"),
+                    endpoint(&d["src"], &d["sport"]),
+                    endpoint(&d["dst"], &d["dport"]),
+                    d["proto"].as_str().unwrap_or("?"),
+                    d["rule"],
+                    d["verdict"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }
         Command::Status { client } => {
             let api = client.client()?;
             let status = api.get_json("/v1/status").await?;
@@ -391,8 +467,104 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     iface["mode"].as_str().unwrap_or("?")
                 );
             }
+            for iface in status["egress"].as_array().into_iter().flatten() {
+                println!(
+                    "egress    {} (TC egress flagger, {})",
+                    iface["iface"].as_str().unwrap_or("?"),
+                    if iface["reused"] == true {
+                        "pinned link reused"
+                    } else {
+                        "attached"
+                    }
+                );
+            }
             Ok(())
         }
+    }
+}
+
+/// `addr:port`, `[v6]:port`, or the address alone for protocols without ports.
+fn endpoint(addr: &Value, port: &Value) -> String {
+    let addr = addr.as_str().unwrap_or("?");
+    match port.as_u64().unwrap_or(0) {
+        0 => addr.to_string(),
+        p if addr.contains(':') => format!("[{addr}]:{p}"),
+        p => format!("{addr}:{p}"),
+    }
+}
+
+fn print_flow(flow: &Value) {
+    println!(
+        "{:<42}{:<42}{:<7}{:<7}{:<10}{:<6}{:>10}{:>12}  {}",
+        endpoint(&flow["src"], &flow["sport"]),
+        endpoint(&flow["dst"], &flow["dport"]),
+        flow["proto"].as_str().unwrap_or("?"),
+        flow["reason"].as_str().unwrap_or("?"),
+        flow["rule"].as_str().unwrap_or("?"),
+        flow["action"].as_str().unwrap_or("?"),
+        flow["packets"].as_u64().unwrap_or(0),
+        flow["bytes"].as_u64().unwrap_or(0),
+        flow["last_seen"].as_str().unwrap_or("?"),
+    );
+}
+
+/// `xdpwall flows [-f]`: one listing, or follow by polling and printing what is new or grew.
+async fn flows_command(follow: bool, limit: usize, client: &ClientArgs) -> anyhow::Result<()> {
+    let api = client.client()?;
+    let json = client.output == Output::Json;
+    let header = || {
+        println!(
+            "{:<42}{:<42}{:<7}{:<7}{:<10}{:<6}{:>10}{:>12}  LAST SEEN",
+            "SOURCE", "DESTINATION", "PROTO", "REASON", "RULE", "ACTION", "PACKETS", "BYTES"
+        )
+    };
+    if !follow {
+        let list = api.get_json(&format!("/v1/flows?limit={limit}")).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&list)?);
+            return Ok(());
+        }
+        header();
+        for flow in list["flows"].as_array().into_iter().flatten() {
+            print_flow(flow);
+        }
+        if list["events_lost"].as_u64().unwrap_or(0) > 0 {
+            println!(
+                "({} flow events lost to a full ring buffer; their flows are listed from the kernel's table)",
+                list["events_lost"]
+            );
+        }
+        return Ok(());
+    }
+    if !json {
+        header();
+    }
+    let mut seen: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let list = api.get_json(&format!("/v1/flows?limit={limit}")).await?;
+        let mut flows: Vec<&Value> = list["flows"].as_array().into_iter().flatten().collect();
+        // Oldest activity first, so the newest line ends up at the bottom.
+        flows.reverse();
+        for flow in flows {
+            let key = format!(
+                "{}|{}|{}|{}|{}",
+                flow["src"], flow["sport"], flow["dst"], flow["dport"], flow["proto"]
+            );
+            let packets = flow["packets"].as_u64().unwrap_or(0);
+            if seen.get(&key) == Some(&packets) {
+                continue;
+            }
+            seen.insert(key, packets);
+            if json {
+                println!("{flow}");
+            } else {
+                print_flow(flow);
+            }
+        }
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
     }
 }
 

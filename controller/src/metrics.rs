@@ -12,6 +12,7 @@ use xdpwall_shared::map_names;
 use crate::{
     datapath::{DatapathError, trie_capacity},
     engine::Engine,
+    events::{Events, reason_name, rule_label},
     feeds::FeedManager,
     rules::Action,
 };
@@ -30,6 +31,10 @@ pub struct Snapshot {
     pub feed_fetches: Vec<(String, &'static str, u64)>,
     /// feed -> unix time of the last successful fetch.
     pub feed_last_success: Vec<(String, i64)>,
+    /// (reason, rule label) -> (flows flagged, packets, bytes) by the egress program.
+    pub egress: Vec<(&'static str, String, u64, u64, u64)>,
+    /// (ring, events lost to a full ring buffer).
+    pub events_lost: Vec<(&'static str, u64)>,
 }
 
 impl Snapshot {
@@ -122,6 +127,24 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// Adds the egress counters and the lost ring-buffer events.
+    pub fn add_events(&mut self, engine: &Engine, events: &Events) -> Result<(), DatapathError> {
+        for ((reason, rule), c) in events.rule_counters()? {
+            let feed = engine.feed_by_id(rule).map(|f| f.name.as_str());
+            self.egress.push((
+                reason_name(reason),
+                rule_label(reason, rule, feed),
+                c.flows,
+                c.packets,
+                c.bytes,
+            ));
+        }
+        self.events_lost = events.lost()?;
+        Ok(())
+    }
+}
+
 /// The snapshot in the Prometheus text format.
 pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
     let registry = Registry::new();
@@ -172,6 +195,48 @@ pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
         ),
         &["feed"],
     )?;
+    let egress_flows = IntCounterVec::new(
+        Opts::new(
+            "xdpwall_egress_flagged_flows_total",
+            "Outbound flows flagged by the TC egress program (each once, on its first packet).",
+        ),
+        &["reason", "rule"],
+    )?;
+    let egress_packets = IntCounterVec::new(
+        Opts::new(
+            "xdpwall_egress_flagged_packets_total",
+            "Packets of flagged outbound flows (blocked ones included).",
+        ),
+        &["reason", "rule"],
+    )?;
+    let egress_bytes = IntCounterVec::new(
+        Opts::new(
+            "xdpwall_egress_flagged_bytes_total",
+            "Bytes of flagged outbound flows.",
+        ),
+        &["reason", "rule"],
+    )?;
+    let events_lost = IntCounterVec::new(
+        Opts::new(
+            "xdpwall_events_lost_total",
+            "Ring-buffer events lost because the buffer was full (packets are never affected).",
+        ),
+        &["ring"],
+    )?;
+    for (reason, rule, flows, packets, bytes) in &snapshot.egress {
+        egress_flows
+            .with_label_values(&[reason, rule.as_str()])
+            .inc_by(*flows);
+        egress_packets
+            .with_label_values(&[reason, rule.as_str()])
+            .inc_by(*packets);
+        egress_bytes
+            .with_label_values(&[reason, rule.as_str()])
+            .inc_by(*bytes);
+    }
+    for (ring, n) in &snapshot.events_lost {
+        events_lost.with_label_values(&[ring]).inc_by(*n);
+    }
     for (feed, result, n) in &snapshot.feed_fetches {
         feed_fetch
             .with_label_values(&[feed.as_str(), result])
@@ -219,6 +284,10 @@ pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
         Box::new(build_info),
         Box::new(feed_fetch),
         Box::new(feed_success),
+        Box::new(egress_flows),
+        Box::new(egress_packets),
+        Box::new(egress_bytes),
+        Box::new(events_lost),
     ] {
         registry.register(collector)?;
     }
@@ -246,6 +315,8 @@ mod tests {
             maps: vec![(map_names::BLOCK_V4, 2, 100)],
             feed_fetches: vec![("spamhaus".into(), "applied", 1)],
             feed_last_success: vec![("spamhaus".into(), 1_700_000_000)],
+            egress: vec![("watch", "12".into(), 1, 1000, 60000)],
+            events_lost: vec![("flows", 3)],
         };
         let text = render(&snapshot).unwrap();
         assert!(
@@ -267,6 +338,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("xdpwall_build_info{version="), "{text}");
+        assert!(
+            text.contains("xdpwall_egress_flagged_flows_total{reason=\"watch\",rule=\"12\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("xdpwall_events_lost_total{ring=\"flows\"} 3"),
+            "{text}"
+        );
         assert!(
             text.contains("xdpwall_feed_fetch_total{feed=\"spamhaus\",result=\"applied\"} 1"),
             "{text}"

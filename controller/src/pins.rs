@@ -3,6 +3,7 @@
 //! ```text
 //! <pin_dir>/maps/<MAP_NAME>      every map of the ingress program (reused on restart)
 //! <pin_dir>/links/xdp-<ifname>   the XDP link of each interface (keeps it attached)
+//! <pin_dir>/links/tc-<ifname>    the TCX egress link of each interface
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,15 @@ impl PinLayout {
         self.links_dir().join(format!("xdp-{iface}"))
     }
 
+    pub fn tc_link(&self, iface: &str) -> PathBuf {
+        self.links_dir().join(format!("tc-{iface}"))
+    }
+
+    /// Interface name of a TC egress link pin file name, if it is one.
+    pub fn iface_of_tc_link(file_name: &str) -> Option<&str> {
+        file_name.strip_prefix("tc-")
+    }
+
     /// Interface name of an XDP link pin file name, if it is one.
     pub fn iface_of_xdp_link(file_name: &str) -> Option<&str> {
         file_name.strip_prefix("xdp-")
@@ -61,5 +71,10 @@ mod tests {
         );
         assert_eq!(PinLayout::iface_of_xdp_link("xdp-eth0"), Some("eth0"));
         assert_eq!(PinLayout::iface_of_xdp_link("tc-eth0"), None);
+        assert_eq!(
+            pins.tc_link("eth0"),
+            Path::new("/sys/fs/bpf/xdpwall/links/tc-eth0")
+        );
+        assert_eq!(PinLayout::iface_of_tc_link("tc-eth0"), Some("eth0"));
     }
 }

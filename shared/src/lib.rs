@@ -7,6 +7,8 @@
 
 use core::mem::size_of;
 
+pub mod egress;
+
 /// Map names, at most 15 bytes (the kernel's `BPF_OBJ_NAME_LEN` minus the NUL).
 pub mod map_names {
     /// LPM trie, IPv4 sources that always pass. Key `lpm_trie::Key<[u8; 4]>`, value rule id.

@@ -9,6 +9,7 @@
 #![no_std]
 #![no_main]
 
+mod drops;
 mod parse;
 
 use aya_ebpf::{
@@ -148,11 +149,13 @@ fn decide(ctx: &XdpContext, config: &DatapathConfig) -> (u32, u32) {
         None => (verdict::PASS, xdp_action::XDP_PASS),
         Some(rule_id) => {
             count_rule(rule_id, (ctx.data_end() - ctx.data()) as u64);
-            if config.monitor != 0 {
+            let decision = if config.monitor != 0 {
                 (verdict::WOULD_DROP, xdp_action::XDP_PASS)
             } else {
                 (verdict::DROPPED, xdp_action::XDP_DROP)
-            }
+            };
+            drops::sample(ctx, rule_id, decision.0);
+            decision
         }
     }
 }
