@@ -1,6 +1,7 @@
 //! Faults and load with the real daemon in a veth lab, counted packet by packet and rule by rule:
 //! repeated kill -9 under continuous traffic (blocked packets leaked, unlisted packets lost),
-//! and concurrent API writers (lost or duplicate rules, server errors, store vs kernel).
+//! concurrent API writers (lost or duplicate rules, server errors, store vs kernel), and a rule
+//! store that is locked by another process or corrupt.
 //!
 //! `XDPWALL_KILLS` sets the kill -9 cycles (default 5); `XDPWALL_WRITER_OPS` the adds per
 //! writer (default 1,000; the figure is 2,000).
@@ -18,6 +19,7 @@ use std::{
 use aya::maps::{LpmTrie, Map, MapData};
 use xdpwall::pins::PinLayout;
 use xdpwall_netlab::{BLOCKED_PREFIX_V4, BLOCKED_V4, FW_V4, Lab, PEER_V4, in_netns};
+const PINGS: u32 = 3;
 use xdpwall_shared::map_names;
 use xdpwall_tests::{daemon::Daemon, require_privileges};
 
@@ -280,4 +282,100 @@ fn concurrent_writers_lose_and_duplicate_nothing() {
         "store differs from what the writers left"
     );
     assert_eq!(kernel, expected, "kernel differs from the store");
+}
+
+/// Another process holds the SQLite write lock: writes answer 503 with the reason, the kernel
+/// keeps exactly the rules it had (an add is not enforced, a delete does not lift a block), and
+/// once the lock is gone writes work again. A corrupt store file stops the next start with a
+/// clear message while the pinned program keeps enforcing the last applied rules.
+#[test]
+fn a_locked_or_corrupt_store_refuses_writes_and_keeps_the_kernel_as_it_was() {
+    require_privileges!();
+    let lab = Lab::new("store").unwrap();
+    let mut daemon = Daemon::start(&lab, "store", &block_config()).unwrap();
+    let (code, kept) = daemon
+        .post_json("/v1/rules", &serde_json::json!({"cidr": "198.51.100.7/32"}))
+        .unwrap();
+    assert_eq!(code, 201, "{kept}");
+    assert_eq!(lab.ping(PEER_V4, FW_V4, PINGS).unwrap(), PINGS);
+
+    let db = rusqlite::Connection::open(daemon.state_dir.join("rules.sqlite")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let started = Instant::now();
+    let (code, problem) = daemon
+        .post_json(
+            "/v1/rules",
+            &serde_json::json!({"cidr": format!("{PEER_V4}/32")}),
+        )
+        .unwrap();
+    eprintln!(
+        "add under a foreign write lock: {code} after {:.1?}: {problem}",
+        started.elapsed()
+    );
+    assert_eq!(code, 503, "{problem}");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("rule store") && detail.contains("last applied rules stay in force"),
+        "the reason is given: {problem}"
+    );
+    assert_eq!(
+        lab.ping(PEER_V4, FW_V4, PINGS).unwrap(),
+        PINGS,
+        "the refused block is not enforced"
+    );
+    let (code, body) = daemon
+        .http("DELETE", &format!("/v1/rules/{}", kept["id"]), None)
+        .unwrap();
+    assert_eq!(code, 503, "{body}");
+    let rules = daemon.get_json("/v1/rules").unwrap();
+    assert!(
+        rules["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == kept["id"]),
+        "reads still work and the refused delete left the rule: {rules}"
+    );
+    assert_eq!(
+        lab.ping(BLOCKED_V4, FW_V4, PINGS).unwrap(),
+        0,
+        "blocks stay"
+    );
+
+    db.execute_batch("ROLLBACK").unwrap();
+    drop(db);
+    let (code, rule) = daemon
+        .post_json(
+            "/v1/rules",
+            &serde_json::json!({"cidr": format!("{PEER_V4}/32")}),
+        )
+        .unwrap();
+    assert_eq!(code, 201, "writes work again once the lock is gone: {rule}");
+    assert_eq!(lab.ping(PEER_V4, FW_V4, PINGS).unwrap(), 0);
+    let (code, _) = daemon
+        .http("DELETE", &format!("/v1/rules/{}", rule["id"]), None)
+        .unwrap();
+    assert_eq!(code, 204);
+
+    // Corrupt the file while the daemon is down.
+    daemon.kill9();
+    let path = daemon.state_dir.join("rules.sqlite");
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(daemon.state_dir.join(format!("rules.sqlite{suffix}")));
+    }
+    std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+    let err = daemon
+        .spawn()
+        .expect_err("a corrupt store must stop the start");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("cannot open the rule store") || message.contains("rule store"),
+        "the start names the store: {message}"
+    );
+    assert_eq!(
+        lab.ping(BLOCKED_V4, FW_V4, PINGS).unwrap(),
+        0,
+        "the pinned program keeps enforcing the last applied rules"
+    );
+    assert_eq!(lab.ping(PEER_V4, FW_V4, PINGS).unwrap(), PINGS);
 }
