@@ -6,6 +6,7 @@ use std::{
     process::ExitCode,
 };
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use reqwest::Method;
 use serde_json::Value;
@@ -211,6 +212,23 @@ enum Command {
         /// Most flows to show.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Write the rules added over the API (block, allow and watch, with list, reason and the
+    /// TTL left) as JSON, for a backup or another host. Config rules and feeds are left out:
+    /// they come back from the config file.
+    Export {
+        /// File to write (default: standard output).
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Add the rules of an `xdpwall export` file in one all-or-nothing batch. Rules already
+    /// present stay as they are; TTLs count again from the import.
+    Import {
+        /// File written by `xdpwall export` (`-` for standard input).
+        file: PathBuf,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -447,6 +465,58 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Export { file, client } => {
+            let api = client.client()?;
+            let rules = api.get_json("/v1/rules").await?;
+            let export = export_document(&rules, std::time::SystemTime::now())?;
+            let text = serde_json::to_string_pretty(&export)? + "\n";
+            match file {
+                Some(path) => {
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!(
+                        "exported {} rules to {}",
+                        export["rules"].as_array().map_or(0, Vec::len),
+                        path.display()
+                    );
+                }
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
+        Command::Import { file, client } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?
+            };
+            let document: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", file.display()))?;
+            if document["format"] != EXPORT_FORMAT {
+                anyhow::bail!(
+                    "{} is not an xdpwall export (expected \"format\": \"{EXPORT_FORMAT}\")",
+                    file.display()
+                );
+            }
+            let rules = document["rules"].clone();
+            let count = rules.as_array().map_or(0, Vec::len);
+            let api = client.client()?;
+            let result = api
+                .send(
+                    Method::POST,
+                    "/v1/rules/batch",
+                    Some(&serde_json::json!({ "rules": rules })),
+                )
+                .await?
+                .unwrap_or(Value::Null);
+            if client.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                println!("imported {count} rules from {}", file.display());
+            }
+            Ok(())
+        }
         Command::Status { client } => {
             let api = client.client()?;
             let status = api.get_json("/v1/status").await?;
@@ -575,6 +645,44 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// The `format` field of an export file.
+const EXPORT_FORMAT: &str = "xdpwall-rules-v1";
+
+/// The export of `rules` (a `GET /v1/rules` answer) at `now`: API rules only, as batch entries
+/// (cidr, action, list, reason, ttl = time left); rules already expired are left out.
+fn export_document(rules: &Value, now: std::time::SystemTime) -> anyhow::Result<Value> {
+    let mut out = Vec::new();
+    for rule in rules["rules"].as_array().into_iter().flatten() {
+        if rule["source"] != "api" {
+            continue;
+        }
+        let mut entry = serde_json::json!({
+            "cidr": rule["cidr"],
+            "action": rule["action"],
+            "list": rule["list"],
+        });
+        if let Some(reason) = rule["reason"].as_str().filter(|r| !r.is_empty()) {
+            entry["reason"] = Value::String(reason.to_string());
+        }
+        if let Some(expires) = rule["expires_at"].as_str() {
+            let at = humantime::parse_rfc3339(expires)
+                .with_context(|| format!("rule {}: bad expires_at {expires:?}", rule["id"]))?;
+            match at.duration_since(now) {
+                Ok(left) if left.as_secs() > 0 => {
+                    entry["ttl"] = Value::String(format!("{}s", left.as_secs()));
+                }
+                _ => continue,
+            }
+        }
+        out.push(entry);
+    }
+    Ok(serde_json::json!({
+        "format": EXPORT_FORMAT,
+        "exported_at": humantime::format_rfc3339_seconds(now).to_string(),
+        "rules": out,
+    }))
 }
 
 async fn rule_command(
@@ -784,5 +892,40 @@ fn print_stats(stats: &Value) {
                 rule["bytes"].as_u64().unwrap_or(0)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    #[test]
+    fn export_keeps_api_rules_with_the_ttl_left_and_drops_the_rest() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let at = |secs: u64| {
+            humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+                .to_string()
+        };
+        let rules = serde_json::json!({"rules": [
+            {"id": 1, "cidr": "192.0.2.0/24", "action": "block", "list": "api", "reason": "scan",
+             "source": "api", "expires_at": null},
+            {"id": 2, "cidr": "2001:db8::/32", "action": "allow", "list": "ops", "reason": "",
+             "source": "api", "expires_at": at(1_800_000_090)},
+            {"id": 3, "cidr": "198.51.100.1/32", "action": "block", "list": "api", "reason": "",
+             "source": "api", "expires_at": at(1_799_999_999)},
+            {"id": 4, "cidr": "203.0.113.0/24", "action": "block", "list": "config", "reason": "",
+             "source": "config", "expires_at": null},
+        ]});
+        let export = export_document(&rules, now).unwrap();
+        assert_eq!(export["format"], EXPORT_FORMAT);
+        assert_eq!(
+            export["rules"],
+            serde_json::json!([
+                {"cidr": "192.0.2.0/24", "action": "block", "list": "api", "reason": "scan"},
+                {"cidr": "2001:db8::/32", "action": "allow", "list": "ops", "ttl": "90s"},
+            ])
+        );
     }
 }

@@ -379,3 +379,92 @@ fn a_locked_or_corrupt_store_refuses_writes_and_keeps_the_kernel_as_it_was() {
     );
     assert_eq!(lab.ping(PEER_V4, FW_V4, PINGS).unwrap(), PINGS);
 }
+
+/// `xdpwall export` then `xdpwall import` through the real daemon: the API rules come back
+/// (action, list, reason, a TTL) and are enforced again; config rules are not duplicated; a
+/// file that is not an export is refused with nothing changed.
+#[test]
+fn export_and_import_round_trip_the_api_rules() {
+    require_privileges!();
+    let lab = Lab::new("export").unwrap();
+    let daemon = Daemon::start(&lab, "export", &block_config()).unwrap();
+    for body in [
+        serde_json::json!({"cidr": format!("{PEER_V4}/32"), "list": "incident", "reason": "c2"}),
+        serde_json::json!({"cidr": "2001:db8:99::/48", "action": "allow", "ttl": "1h"}),
+    ] {
+        let (code, rule) = daemon.post_json("/v1/rules", &body).unwrap();
+        assert_eq!(code, 201, "{rule}");
+    }
+    assert_eq!(lab.ping(PEER_V4, FW_V4, PINGS).unwrap(), 0);
+    let file = daemon.state_dir.join("export.json");
+    let out = daemon.cli(&["export", file.to_str().unwrap()]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let export: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(export["rules"].as_array().unwrap().len(), 2, "{export}");
+
+    // Remove the API rules, as after losing the state directory.
+    let rules = daemon.get_json("/v1/rules").unwrap();
+    for rule in rules["rules"].as_array().unwrap() {
+        if rule["source"] == "api" {
+            let (code, _) = daemon
+                .http("DELETE", &format!("/v1/rules/{}", rule["id"]), None)
+                .unwrap();
+            assert_eq!(code, 204);
+        }
+    }
+    assert_eq!(lab.ping(PEER_V4, FW_V4, PINGS).unwrap(), PINGS);
+
+    let bogus = daemon.state_dir.join("bogus.json");
+    std::fs::write(&bogus, r#"{"rules": [{"cidr": "203.0.113.2/32"}]}"#).unwrap();
+    let out = daemon.cli(&["import", bogus.to_str().unwrap()]).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not an xdpwall export"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        lab.ping(PEER_V4, FW_V4, PINGS).unwrap(),
+        PINGS,
+        "nothing imported"
+    );
+
+    let out = daemon.cli(&["import", file.to_str().unwrap()]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        lab.ping(PEER_V4, FW_V4, PINGS).unwrap(),
+        0,
+        "enforced again"
+    );
+    let rules = daemon.get_json("/v1/rules").unwrap();
+    let rules = rules["rules"].as_array().unwrap();
+    let peer = rules
+        .iter()
+        .find(|r| r["cidr"] == format!("{PEER_V4}/32"))
+        .expect("the block is back");
+    assert_eq!(peer["list"], "incident");
+    assert_eq!(peer["reason"], "c2");
+    let allow = rules
+        .iter()
+        .find(|r| r["cidr"] == "2001:db8:99::/48")
+        .expect("the allow is back");
+    assert_eq!(allow["action"], "allow");
+    assert!(
+        allow["expires_at"].is_string(),
+        "the TTL came along: {allow}"
+    );
+    assert_eq!(
+        rules.iter().filter(|r| r["source"] == "config").count(),
+        1,
+        "the config rule is not duplicated"
+    );
+}
