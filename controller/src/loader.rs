@@ -47,6 +47,19 @@ pub enum LoaderError {
     )]
     MissingPrivileges,
     #[error(
+        "the pinned map {path} has keys of {found_key} and values of {found_value} bytes, but this \
+         xdpwall needs {key} and {value}: it was made by another xdpwall version with another map \
+         layout. Nothing was loaded or attached. Run `xdpwall detach` (the rule store keeps the \
+         rules; they are applied again at the next start), then start this version"
+    )]
+    LayoutChanged {
+        path: PathBuf,
+        found_key: u32,
+        found_value: u32,
+        key: u32,
+        value: u32,
+    },
+    #[error(
         "{0} is not on a bpffs mount, so maps and links cannot be pinned: run `mount -t bpf bpf \
          /sys/fs/bpf` (cargo xtask setup does this) or set pin_dir to a directory on bpffs"
     )]
@@ -160,6 +173,9 @@ pub fn load_object(
         return Err(LoaderError::NoObject);
     }
     ensure_bpffs(pins.root())?;
+    for object in [EBPF_OBJECT, crate::ebpf_object::EGRESS_OBJECT] {
+        check_pinned_layout(pins, object)?;
+    }
     for dir in [pins.maps_dir(), pins.links_dir()] {
         fs::create_dir_all(&dir).map_err(|source| LoaderError::Io {
             path: dir.clone(),
@@ -208,6 +224,36 @@ pub fn load_object(
         .load()
         .map_err(|e| LoaderError::Program(Box::new(e)))?;
     Ok(LoadedObject { ebpf, datapath })
+}
+
+/// Refuses pinned maps whose key or value size differs from what `object` declares. aya reuses a
+/// pinned map by name as it is, so a map left by a version with another layout would be read
+/// with the wrong layout (or make the verifier refuse the program after the old one was
+/// detached). An upgrade that keeps the layout reuses every map; one that changes it stops
+/// here, before anything is loaded, with what to do.
+fn check_pinned_layout(pins: &PinLayout, object: &[u8]) -> Result<(), LoaderError> {
+    if object.is_empty() {
+        return Ok(());
+    }
+    let parsed = aya_obj::Object::parse(object)
+        .map_err(|e| LoaderError::Load(Box::new(aya::EbpfError::from(e))))?;
+    for (name, map) in &parsed.maps {
+        let path = pins.map(name);
+        let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
+            continue;
+        };
+        let (key, value) = (map.key_size(), map.value_size());
+        if info.key_size() != key || info.value_size() != value {
+            return Err(LoaderError::LayoutChanged {
+                path,
+                found_key: info.key_size(),
+                found_value: info.value_size(),
+                key,
+                value,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A previous run with the LPM engine pinned one-entry maps for an engine now wanted. Their

@@ -468,3 +468,83 @@ fn export_and_import_round_trip_the_api_rules() {
         "the config rule is not duplicated"
     );
 }
+
+/// Creates an array map (4-byte keys, `value_size`-byte values) and pins it at `path`, as an
+/// xdpwall with another map layout would have left it.
+fn pin_foreign_map(path: &std::path::Path, value_size: u32) {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CreateAttr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+    }
+    #[repr(C)]
+    struct PinAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let create = CreateAttr {
+        map_type: 2, // BPF_MAP_TYPE_ARRAY
+        key_size: 4,
+        value_size,
+        max_entries: 1,
+    };
+    // SAFETY: BPF_MAP_CREATE with a valid attribute of the size given.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            &create as *const CreateAttr,
+            size_of::<CreateAttr>(),
+        )
+    };
+    assert!(fd >= 0, "create: {}", std::io::Error::last_os_error());
+    let cpath = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let pin = PinAttr {
+        pathname: cpath.as_ptr() as u64,
+        bpf_fd: fd as u32,
+        file_flags: 0,
+    };
+    // SAFETY: BPF_OBJ_PIN of the fd just created at a NUL-terminated path.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            6,
+            &pin as *const PinAttr,
+            size_of::<PinAttr>(),
+        )
+    };
+    assert_eq!(rc, 0, "pin: {}", std::io::Error::last_os_error());
+    // SAFETY: closing the fd this function created; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}
+
+/// A pinned map with another layout (as a different xdpwall version would leave it) stops the
+/// start before anything is loaded or attached, naming the map and what to do.
+#[test]
+fn a_pinned_map_with_another_layout_is_refused_with_what_to_do() {
+    require_privileges!();
+    let lab = Lab::new("layout").unwrap();
+    let (pin_dir, state_dir) = Daemon::dirs("layout");
+    let maps = PinLayout::new(&pin_dir).maps_dir();
+    std::fs::create_dir_all(&maps).unwrap();
+    // The real XW_VERDICTS holds one u64 per slot; this one holds 4-byte values.
+    pin_foreign_map(&maps.join(map_names::VERDICTS), 4);
+    let err = match Daemon::start_with_dirs(&lab, pin_dir.clone(), state_dir, "") {
+        Ok(_) => panic!("a daemon started over a pinned map of another layout"),
+        Err(err) => format!("{err:#}"),
+    };
+    assert!(
+        err.contains("XW_VERDICTS") && err.contains("xdpwall detach"),
+        "the error names the map and what to do: {err}"
+    );
+    assert!(
+        !lab.fw_link_details().unwrap().contains("xdp"),
+        "nothing attached: {}",
+        lab.fw_link_details().unwrap()
+    );
+    let _ = std::fs::remove_dir_all(&pin_dir);
+}
