@@ -29,6 +29,8 @@ pub const READ_TOKEN: &str = "test-read-token-0123456789abcdef";
 
 pub struct Daemon {
     child: Option<Child>,
+    /// The xdpwall binary to run; `None`: [`binary`] (the build under test).
+    pub bin: Option<PathBuf>,
     pub netns_path: String,
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
@@ -75,6 +77,33 @@ impl Daemon {
         state_dir: PathBuf,
         extra: &str,
     ) -> anyhow::Result<Self> {
+        let mut daemon = Self::prepare(lab, pin_dir, state_dir, extra)?;
+        daemon.spawn()?;
+        Ok(daemon)
+    }
+
+    /// Like [`Self::start`], running `bin` (e.g. an earlier xdpwall release) instead of the
+    /// build under test; set `bin` to `None` and [`Self::spawn`] again to switch to it.
+    pub fn start_with_binary(
+        lab: &Lab,
+        tag: &str,
+        extra: &str,
+        bin: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let (pin_dir, state_dir) = Self::dirs(tag);
+        let mut daemon = Self::prepare(lab, pin_dir, state_dir, extra)?;
+        daemon.bin = Some(bin);
+        daemon.spawn()?;
+        Ok(daemon)
+    }
+
+    /// Writes the config and tokens; does not start anything.
+    fn prepare(
+        lab: &Lab,
+        pin_dir: PathBuf,
+        state_dir: PathBuf,
+        extra: &str,
+    ) -> anyhow::Result<Self> {
         fs::create_dir_all(&state_dir)?;
         let config_path = state_dir.join("xdpwall.toml");
         let (write, read) = (state_dir.join("write.token"), state_dir.join("read.token"));
@@ -89,16 +118,15 @@ impl Daemon {
             read.display()
         );
         fs::write(&config_path, config)?;
-        let mut daemon = Self {
+        Ok(Self {
             child: None,
+            bin: None,
             netns_path: lab.fw_netns_path(),
             pin_dir,
             state_dir: state_dir.clone(),
             config_path,
             log_path: state_dir.join("daemon.log"),
-        };
-        daemon.spawn()?;
-        Ok(daemon)
+        })
     }
 
     /// (Re)starts the process with the same config and directories.
@@ -109,7 +137,10 @@ impl Daemon {
             .open(&self.log_path)?;
         let child = Command::new("nsenter")
             .arg(format!("--net={}", self.netns_path))
-            .arg(binary()?)
+            .arg(match &self.bin {
+                Some(bin) => bin.clone(),
+                None => binary()?,
+            })
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env("XDPWALL_LOG", "info")
