@@ -252,12 +252,89 @@ async fn authenticate(
     ),
     components(schemas(RuleView, RuleBody, BatchBody, RuleList, BatchResult, LookupResult, Problem, Stats, Status,
         FeedView, FeedList, SyncReport, FlowView, FlowList, DropView, DropList)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ProblemResponses),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;
 
 struct BearerAuth;
+
+/// Documents the error answers every operation can give, as `application/problem+json` with
+/// the `Problem` schema: 401/403 (token) and 503 (store or engine unavailable) wherever a token
+/// is needed, 400/413/415/422 where a JSON body is read, 400 for bad query or path parameters,
+/// 404 where a path names a resource. The handlers' own error responses get the problem+json
+/// content type too. Checked against the real server by schemathesis (tests/tests/schema.rs).
+struct ProblemResponses;
+
+impl utoipa::Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{
+            Content, Ref, RefOr, ResponseBuilder,
+            path::{Operation, ParameterIn},
+        };
+        const PROBLEM: &str = "application/problem+json";
+        let problem = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        PROBLEM,
+                        Content::new(Some(Ref::from_schema_name("Problem"))),
+                    )
+                    .build(),
+            )
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let public = path == "/healthz" || path == "/readyz";
+            let operations: [&mut Option<Operation>; 4] = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                for (code, response) in responses.iter_mut() {
+                    if code.starts_with('2') {
+                        continue;
+                    }
+                    if let RefOr::T(response) = response
+                        && let Some(content) = response.content.shift_remove("application/json")
+                    {
+                        response.content.insert(PROBLEM.to_string(), content);
+                    }
+                }
+                let mut add = |code: &str, description: &str| {
+                    responses
+                        .entry(code.to_string())
+                        .or_insert_with(|| problem(description));
+                };
+                if !public {
+                    add("401", "no valid bearer token");
+                    add("403", "the token's scope does not allow this");
+                    add("503", "the rule store or the engine is not available");
+                }
+                if operation.request_body.is_some() {
+                    add("400", "the body is not valid JSON for this operation");
+                    add("413", "the body or the batch is too large");
+                    add("415", "the body is not application/json");
+                    add("422", "the JSON does not have the operation's shape");
+                }
+                let parameters = operation.parameters.iter().flatten();
+                for parameter in parameters {
+                    match parameter.parameter_in {
+                        ParameterIn::Path => {
+                            add("400", "a path parameter is malformed");
+                            add("404", "no such resource");
+                        }
+                        ParameterIn::Query => add("400", "a query parameter is malformed"),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
 
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {

@@ -27,6 +27,8 @@ const APT_PACKAGES: &[&str] = &[
     "xdp-tools",
     // DejaVu Sans, the font the benchmark plots are drawn with (no fontconfig needed).
     "fonts-dejavu-core",
+    // A virtual environment for schemathesis (the API schema test).
+    "python3-venv",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -36,6 +38,7 @@ pub fn run() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     bpffs()?;
+    schemathesis()?;
     println!("setup: all prerequisites present");
     Ok(())
 }
@@ -65,6 +68,33 @@ pub fn apt_packages(packages: &[&str]) -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// schemathesis from PyPI, pinned, in its own virtual environment (Debian's Python refuses
+/// system-wide pip installs). Used by tests/tests/schema.rs.
+pub const SCHEMATHESIS_VENV: &str = "/opt/xdpwall-py";
+const SCHEMATHESIS_VERSION: &str = "4.32.5";
+
+fn schemathesis() -> anyhow::Result<()> {
+    let pip = Path::new(SCHEMATHESIS_VENV).join("bin/pip");
+    let installed = Command::new(&pip)
+        .args(["show", "schemathesis"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l == format!("Version: {SCHEMATHESIS_VERSION}"))
+        });
+    if installed {
+        return Ok(());
+    }
+    println!("setup: installing schemathesis {SCHEMATHESIS_VERSION} into {SCHEMATHESIS_VENV}");
+    run_cmd(Command::new("python3").args(["-m", "venv", SCHEMATHESIS_VENV]))?;
+    run_cmd(Command::new(&pip).args([
+        "install",
+        "-q",
+        &format!("schemathesis=={SCHEMATHESIS_VERSION}"),
+    ]))
 }
 
 fn rust_src() -> anyhow::Result<()> {
