@@ -41,7 +41,7 @@ pub enum LockError {
         "another xdpwall daemon ({holder}) already owns {path}: stop it first, or give this one its own state_dir"
     )]
     Held { path: PathBuf, holder: String },
-    #[error("cannot use state directory {path}: {source}")]
+    #[error("cannot write {path}: check that state_dir exists, is writable and is not full")]
     Io {
         path: PathBuf,
         #[source]

@@ -676,3 +676,152 @@ fn upgrade_from_the_previous_release_under_traffic_leaks_and_loses_nothing() {
     );
     assert_eq!(lab.ping(BLOCKED_V4, FW_V4, PINGS).unwrap(), 0);
 }
+
+/// A tmpfs mounted for one test, unmounted (lazily, so a still-open file cannot block it) on
+/// drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(tag: &str, size: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("xdpwall-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs on {}", dir.display());
+        Self(dir)
+    }
+
+    fn remount(&self, mode: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount {mode}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The block trie's keys as CIDR strings, read from the daemon's pinned map.
+fn kernel_block_v4(pin_dir: &std::path::Path) -> BTreeSet<String> {
+    let path = PinLayout::new(pin_dir).map(map_names::BLOCK_V4);
+    let data = MapData::from_pin(&path).expect("open the pinned block trie");
+    let trie: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(Map::LpmTrie(data)).unwrap();
+    trie.keys()
+        .map(|k| k.expect("read a key"))
+        .map(|k| format!("{}/{}", Ipv4Addr::from(k.data()), k.prefix_len()))
+        .collect()
+}
+
+/// Adds distinct /32s until one is refused; returns the refused CIDR and the answer.
+fn add_until_refused(daemon: &Daemon, first: u32) -> (String, u16, serde_json::Value) {
+    for i in 0..2_000u32 {
+        let cidr = format!("{}/32", Ipv4Addr::from(0xc612_0000 + first + i));
+        let (code, body) = daemon
+            .post_json("/v1/rules", &serde_json::json!({ "cidr": cidr }))
+            .unwrap();
+        if code != 201 {
+            return (cidr, code, body);
+        }
+    }
+    panic!("2,000 adds succeeded on a store that cannot grow");
+}
+
+/// The state directory fills up: writes answer 503 with the reason, the refused rule is neither
+/// stored nor in the kernel, everything applied before stays, and writes work again once there
+/// is room. A read-only state directory stops the start with the directory and the cause, while
+/// the pins keep enforcing.
+#[test]
+fn a_full_or_read_only_state_dir_refuses_writes_and_keeps_what_was_applied() {
+    require_privileges!();
+    let lab = Lab::new("full").unwrap();
+    let state = Tmpfs::mount("full-state", "8m");
+    let (pin_dir, _) = Daemon::dirs("full");
+    let daemon = Daemon::start_with_dirs(&lab, pin_dir, state.0.clone(), &block_config()).unwrap();
+    let (code, kept) = daemon
+        .post_json("/v1/rules", &serde_json::json!({"cidr": "198.51.100.7/32"}))
+        .unwrap();
+    assert_eq!(code, 201, "{kept}");
+
+    // Fill the file system.
+    let filler = state.0.join("filler");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+    }
+    let (refused, code, problem) = add_until_refused(&daemon, 0);
+    eprintln!("full state_dir: {refused} refused with {code}: {problem}");
+    assert_eq!(code, 503, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("rule store")),
+        "the reason names the store: {problem}"
+    );
+    let stored = daemon.get_json("/v1/rules").unwrap().to_string();
+    let kernel = kernel_block_v4(&daemon.pin_dir);
+    assert!(!stored.contains(&refused), "the refused rule is not stored");
+    assert!(
+        !kernel.contains(&refused),
+        "the refused rule is not in the kernel"
+    );
+    assert!(kernel.contains("198.51.100.7/32") && kernel.contains(BLOCKED_PREFIX_V4));
+    assert_eq!(
+        lab.ping(BLOCKED_V4, FW_V4, PINGS).unwrap(),
+        0,
+        "blocks stay"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let (code, body) = daemon
+        .post_json("/v1/rules", &serde_json::json!({ "cidr": refused }))
+        .unwrap();
+    assert_eq!(code, 201, "room again: {body}");
+
+    // Read-only: a running daemon holds its database open, so the file system cannot be
+    // remounted under it; a start on a read-only state_dir must fail clearly while the pins
+    // keep enforcing.
+    let mut daemon = daemon;
+    daemon.kill9();
+    // The harness's own log lives in the state directory; keep it writable elsewhere.
+    daemon.log_path = std::env::temp_dir().join(format!("xdpwall-ro-{}.log", std::process::id()));
+    state.remount("ro");
+    let err = match daemon.spawn() {
+        Ok(()) => panic!("the daemon started on a read-only state_dir"),
+        Err(err) => format!("{err:#}"),
+    };
+    eprintln!(
+        "read-only state_dir at start: {}",
+        err.lines()
+            .rev()
+            .find(|l| l.contains("rror"))
+            .unwrap_or(&err)
+    );
+    assert!(
+        err.contains(&state.0.display().to_string()) && err.contains("Read-only"),
+        "the start names the directory and the cause: {err}"
+    );
+    assert_eq!(
+        lab.ping(BLOCKED_V4, FW_V4, PINGS).unwrap(),
+        0,
+        "blocks stay"
+    );
+    state.remount("rw");
+    daemon
+        .spawn()
+        .expect("starts once the directory is writable");
+    assert!(kernel_block_v4(&daemon.pin_dir).contains(&refused));
+}
