@@ -390,6 +390,22 @@ pub async fn serve(
     .await
 }
 
+/// [`serve`] over TLS: `listener` completes the handshake first.
+pub async fn serve_tls(
+    listener: crate::tls::TlsListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    // `tap_io` makes the listener's address type (SocketAddr) usable as connect info.
+    axum::serve(
+        listener.tap_io(|_| {}),
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
 /// Binds the API address, with a message that says what to do when it is taken.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.map_err(|e| {

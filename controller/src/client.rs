@@ -24,11 +24,18 @@ pub fn resolve_token(explicit: Option<String>, token_file: &Path) -> Option<Stri
 }
 
 impl ApiClient {
-    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .context("building the HTTP client")?;
+    /// A client of the API at `base`. `ca_cert` (PEM) is trusted for an `https://` base whose
+    /// certificate no public authority signed (the daemon's `[api] tls_cert`).
+    pub fn new(base: &str, token: Option<String>, ca_cert: Option<&Path>) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading the CA certificate {}", path.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().context("building the HTTP client")?;
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             token,
@@ -59,10 +66,16 @@ impl ApiClient {
             request = request.json(body);
         }
         let response = request.send().await.map_err(|e| {
+            // The innermost cause says what went wrong (refused, certificate, timeout).
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
             anyhow::anyhow!(
-                "cannot reach the xdpwall daemon at {}: {} (is `xdpwall run` running? set --api or XDPWALL_API)",
+                "cannot reach the xdpwall daemon at {}: {} (is `xdpwall run` running? set --api \
+                 or XDPWALL_API; for https with a private certificate, --ca-cert)",
                 self.base,
-                e.without_url()
+                cause
             )
         })?;
         let status = response.status();

@@ -226,6 +226,12 @@ pub struct ApiConfig {
     /// Most rules in one `POST /v1/rules/batch`.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// PEM certificate chain: with `tls_key`, the API is served over TLS only.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -460,6 +466,25 @@ impl Config {
                     self.api.listen
                 ),
             ));
+        }
+        match (&self.api.tls_cert, &self.api.tls_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(invalid(
+                    "api.tls_cert".into(),
+                    "set both tls_cert and tls_key (PEM files), or neither".into(),
+                ));
+            }
+            (Some(cert), Some(key)) => {
+                for (k, path) in [("api.tls_cert", cert), ("api.tls_key", key)] {
+                    if !path.is_file() {
+                        return Err(invalid(
+                            k.into(),
+                            format!("{} is not a readable file", path.display()),
+                        ));
+                    }
+                }
+            }
+            (None, None) => {}
         }
         for (i, t) in self.api.tokens.iter().enumerate() {
             if t.name.is_empty() || self.api.tokens[..i].iter().any(|o| o.name == t.name) {

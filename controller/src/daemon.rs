@@ -122,17 +122,32 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         ..AppState::new(tokens)
     });
     let listener = api::bind(config.api.listen).await?;
-    info!(listen = %config.api.listen, "API listening");
+    let tls = match (&config.api.tls_cert, &config.api.tls_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        _ => None,
+    };
+    if tls.is_none() && !config.api.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.api.listen,
+            "the API listens beyond loopback without TLS: tokens cross the network in clear \
+             text; set [api] tls_cert and tls_key"
+        );
+    }
+    info!(listen = %config.api.listen, tls = tls.is_some(), "API listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = {
         let state = state.clone();
         let mut stop_rx = stop_rx.clone();
-        tokio::spawn(async move {
-            api::serve(listener, state, async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            })
-            .await
-        })
+        let shutdown = async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        };
+        match tls {
+            Some((cert, key)) => {
+                let listener = crate::tls::TlsListener::new(listener, &cert, &key)?;
+                tokio::spawn(api::serve_tls(listener, state, shutdown))
+            }
+            None => tokio::spawn(api::serve(listener, state, shutdown)),
+        }
     };
 
     let store_path = config.state_dir.join("rules.sqlite");

@@ -27,4 +27,5 @@ pub mod metrics;
 pub mod pins;
 pub mod rules;
 pub mod store;
+pub mod tls;
 pub mod v6hash;

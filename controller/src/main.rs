@@ -58,6 +58,10 @@ struct ClientArgs {
         default_value = "/var/lib/xdpwall/admin.token"
     )]
     token_file: PathBuf,
+    /// PEM certificate to trust for an https:// --api (the daemon's [api] tls_cert when it is
+    /// self-signed or from a private CA).
+    #[arg(long, global = true, env = "XDPWALL_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     /// Output format: a table for people, JSON for scripts.
     #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
     output: Output,
@@ -68,6 +72,7 @@ impl ClientArgs {
         ApiClient::new(
             &self.api,
             resolve_token(self.token.clone(), &self.token_file),
+            self.ca_cert.as_deref(),
         )
     }
 }

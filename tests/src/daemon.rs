@@ -31,6 +31,8 @@ pub struct Daemon {
     child: Option<Child>,
     /// The xdpwall binary to run; `None`: [`binary`] (the build under test).
     pub bin: Option<PathBuf>,
+    /// With `[api] tls_cert`: the CA certificate to trust; requests then go over https (curl).
+    pub tls_ca: Option<PathBuf>,
     pub netns_path: String,
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
@@ -97,8 +99,8 @@ impl Daemon {
         Ok(daemon)
     }
 
-    /// Writes the config and tokens; does not start anything.
-    fn prepare(
+    /// Writes the config and tokens; does not start anything ([`Self::spawn`] does).
+    pub fn prepare(
         lab: &Lab,
         pin_dir: PathBuf,
         state_dir: PathBuf,
@@ -121,6 +123,7 @@ impl Daemon {
         Ok(Self {
             child: None,
             bin: None,
+            tls_ca: None,
             netns_path: lab.fw_netns_path(),
             pin_dir,
             state_dir: state_dir.clone(),
@@ -208,6 +211,9 @@ impl Daemon {
         path: &str,
         body: Option<&str>,
     ) -> anyhow::Result<(u16, String)> {
+        if let Some(ca) = &self.tls_ca {
+            return self.https(ca, token, method, path, body);
+        }
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
@@ -236,6 +242,42 @@ impl Daemon {
             .map(|(_, b)| b.to_string())
             .unwrap_or_default();
         Ok((status, body))
+    }
+
+    /// One request over https with curl, trusting `ca`: (status, body).
+    fn https(
+        &self,
+        ca: &Path,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, String)> {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.netns_path))
+            .args(["curl", "-s", "--max-time", "10", "--cacert"])
+            .arg(ca)
+            .args(["-X", method, "-w", "\n%{http_code}"]);
+        if let Some(t) = token {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        if let Some(b) = body {
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        let out = cmd
+            .arg(format!("https://127.0.0.1:{API_PORT}{path}"))
+            .output()
+            .context("running curl")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
+        let code: u16 = code.trim().parse().context("curl status")?;
+        if code == 0 {
+            bail!(
+                "https request failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok((code, body.to_string()))
     }
 
     /// GET a JSON document from the API.
