@@ -29,11 +29,22 @@ pub const READ_TOKEN: &str = "test-read-token-0123456789abcdef";
 
 pub struct Daemon {
     child: Option<Child>,
+    /// How the process is started (environment, a wrapper such as `setpriv`).
+    pub options: SpawnOptions,
     pub netns_path: String,
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+}
+
+/// Extras for starting the daemon process.
+#[derive(Debug, Clone, Default)]
+pub struct SpawnOptions {
+    /// Environment variables added to the daemon's (e.g. NOTIFY_SOCKET).
+    pub env: Vec<(String, String)>,
+    /// A command the daemon runs under, inside the namespace (e.g. `setpriv --bounding-set=…`).
+    pub wrapper: Vec<String>,
 }
 
 /// The xdpwall binary under test: `$XDPWALL_BIN`, else `target/debug/xdpwall` of this workspace.
@@ -69,11 +80,32 @@ impl Daemon {
         Self::start_with_dirs(lab, pin_dir, state_dir, extra)
     }
 
+    /// Like [`Daemon::start`], with extra environment or a wrapper command.
+    pub fn start_with(
+        lab: &Lab,
+        tag: &str,
+        extra: &str,
+        options: SpawnOptions,
+    ) -> anyhow::Result<Self> {
+        let (pin_dir, state_dir) = Self::dirs(tag);
+        Self::start_with_dirs_and(lab, pin_dir, state_dir, extra, options)
+    }
+
     pub fn start_with_dirs(
         lab: &Lab,
         pin_dir: PathBuf,
         state_dir: PathBuf,
         extra: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_with_dirs_and(lab, pin_dir, state_dir, extra, SpawnOptions::default())
+    }
+
+    fn start_with_dirs_and(
+        lab: &Lab,
+        pin_dir: PathBuf,
+        state_dir: PathBuf,
+        extra: &str,
+        options: SpawnOptions,
     ) -> anyhow::Result<Self> {
         fs::create_dir_all(&state_dir)?;
         let config_path = state_dir.join("xdpwall.toml");
@@ -91,6 +123,7 @@ impl Daemon {
         fs::write(&config_path, config)?;
         let mut daemon = Self {
             child: None,
+            options,
             netns_path: lab.fw_netns_path(),
             pin_dir,
             state_dir: state_dir.clone(),
@@ -109,10 +142,12 @@ impl Daemon {
             .open(&self.log_path)?;
         let child = Command::new("nsenter")
             .arg(format!("--net={}", self.netns_path))
+            .args(&self.options.wrapper)
             .arg(binary()?)
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env("XDPWALL_LOG", "info")
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
