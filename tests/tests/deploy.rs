@@ -462,12 +462,22 @@ fn containerfile_and_package_assets_exist() {
     }
     assert!(targets.contains("etc/xdpwall/xdpwall.toml"), "{targets:?}");
     assert!(targets.contains("usr/bin/"), "{targets:?}");
-    let units = deb["systemd-units"]["unit-scripts"].as_str().unwrap();
-    assert!(
-        repo()
-            .join("controller")
-            .join(units)
-            .join("xdpwall.service")
-            .exists()
+    let units: BTreeSet<String> = deb["systemd-units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            let dir = repo()
+                .join("controller")
+                .join(u["unit-scripts"].as_str().unwrap());
+            let name = u["unit-name"].as_str().unwrap();
+            assert!(dir.join(format!("{name}.service")).exists(), "{name}");
+            name.to_string()
+        })
+        .collect();
+    assert_eq!(
+        units,
+        ["xdpwall", "xdpwall-feeds"].map(String::from).into(),
+        "both units packaged"
     );
 }

@@ -148,7 +148,7 @@ fn deb() -> anyhow::Result<()> {
     run(cargo().args(["build", "--release", "--locked", "-p", "xdpwall"]))?;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let bin = root.join("target/release/xdpwall");
-    let extra = root.join("target/deb-extra");
+    let extra = root.join("target/release/deb-extra");
     let (man, completions) = (extra.join("man"), extra.join("completions"));
     let _ = std::fs::remove_dir_all(&extra);
     std::fs::create_dir_all(&completions)?;
