@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use xdpwall_shared::DatapathConfig;
 
 use crate::{
@@ -25,6 +25,7 @@ use crate::{
     feeds::FeedManager,
     loader,
     pins::PinLayout,
+    sdnotify,
     store::Store,
 };
 
@@ -100,7 +101,12 @@ pub fn unix_now() -> i64 {
 pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
     let validated = config.validate(origin)?;
     if config.interfaces.is_empty() {
-        anyhow::bail!("no interfaces to protect: set `interfaces` in {origin} or pass --iface IF");
+        // The packaged config ships without interfaces so that installing never filters a link
+        // the operator did not choose; say exactly what to do.
+        anyhow::bail!(
+            "no interfaces to protect: set `interfaces = [\"eth0\"]` (your interface names) in \
+             {origin} or pass --iface IF, then start again (systemd: `systemctl restart xdpwall`)"
+        );
     }
     let _lock = StateLock::acquire(&config.state_dir)?;
     let pins = PinLayout::new(&config.pin_dir);
@@ -224,6 +230,16 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
     *state.engine.lock().await = Some(engine);
     state.ready.store(true, Ordering::Release);
     info!("ready");
+    let notifier = sdnotify::Notifier::from_env();
+    let watchdog = notifier.clone().map(|notifier| {
+        if let Err(e) = notifier.notify(&format!(
+            "READY=1\nSTATUS=filtering on {}",
+            config.interfaces.join(", ")
+        )) {
+            warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET) of readiness");
+        }
+        tokio::spawn(watchdog(notifier))
+    });
 
     let expiry = tokio::spawn(expire_rules(state.clone()));
     let schedules: Vec<_> = feeds
@@ -238,6 +254,12 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         })
         .collect();
     wait_for_shutdown_signal().await;
+    if let Some(notifier) = &notifier {
+        let _ = notifier.notify("STOPPING=1");
+    }
+    if let Some(task) = watchdog {
+        task.abort();
+    }
     expiry.abort();
     for task in readers {
         task.abort();
@@ -254,6 +276,23 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
             Err(e.into())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Sends `WATCHDOG=1` at half the unit's `WatchdogSec` while the async runtime (API, expiry,
+/// feeds) runs; a wedged runtime stops the pings and systemd restarts the daemon. The filter
+/// stays attached across that restart.
+async fn watchdog(notifier: sdnotify::Notifier) {
+    let Some(interval) = sdnotify::watchdog_interval() else {
+        return;
+    };
+    info!(interval = ?interval, "systemd watchdog enabled");
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        if let Err(e) = notifier.notify("WATCHDOG=1") {
+            warn!(error = %e, "cannot send the systemd watchdog ping");
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`events`]: ring buffers (flagged flows, sampled drops), rate-limited logs, recent flows
 //! - [`api`]: the HTTP API
 //! - [`daemon`]: `xdpwall run`
+//! - [`sdnotify`]: systemd readiness and watchdog notifications
 //! - [`client`]: the CLI's HTTP client
 pub mod api;
 pub mod client;
@@ -26,6 +27,7 @@ pub mod loader;
 pub mod metrics;
 pub mod pins;
 pub mod rules;
+pub mod sdnotify;
 pub mod store;
 pub mod tls;
 pub mod v6hash;

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use reqwest::Method;
 use serde_json::Value;
 use xdpwall::{
@@ -245,6 +245,17 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Print a shell completion script, e.g. `xdpwall completions bash >
+    /// /usr/share/bash-completion/completions/xdpwall`.
+    Completions {
+        /// Shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (xdpwall.1 and one per subcommand, e.g. xdpwall-block-add.1) into DIR.
+    Man {
+        /// Output directory (created if missing).
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -257,6 +268,35 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    // Local, synchronous and quiet: no runtime, no logging needed.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "xdpwall", &mut script);
+            // A closed pipe (`| head`) is not an error worth a panic.
+            return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: writing the completion script: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Man { dir } => {
+            return match write_man_pages(dir) {
+                Ok(n) => {
+                    println!("{n} man pages written to {}", dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -275,6 +315,30 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `xdpwall.1` and one page per subcommand (`xdpwall-block-add.1`, ...) into `dir`.
+fn write_man_pages(dir: &Path) -> anyhow::Result<usize> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut written = 0;
+    let mut stack = vec![(cmd, "xdpwall".to_string())];
+    while let Some((cmd, name)) = stack.pop() {
+        let path = dir.join(format!("{name}.1"));
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone())
+            .title(name.clone())
+            .render(&mut page)
+            .with_context(|| format!("rendering {name}.1"))?;
+        std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
+        written += 1;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            stack.push((sub.clone(), format!("{name}-{}", sub.get_name())));
+        }
+    }
+    Ok(written)
 }
 
 /// Loads the config from `path`, or the default file if it exists, or built-in defaults.
@@ -338,6 +402,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 tokens.len(),
                 config.api.listen
             );
+            if config.interfaces.is_empty() {
+                println!(
+                    "  note: no interfaces: `xdpwall run` refuses to start until `interfaces` lists one (or --iface IF)"
+                );
+            }
             for feed in &validated.feeds {
                 println!(
                     "  feed {}: {} {} every {} ({})",
@@ -442,6 +511,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             limit,
             client,
         } => flows_command(follow, limit, &client).await,
+        // Answered in main() without the runtime.
+        Command::Completions { .. } | Command::Man { .. } => Ok(()),
         Command::Drops { limit, client } => {
             let api = client.client()?;
             let list = api.get_json(&format!("/v1/drops?limit={limit}")).await?;

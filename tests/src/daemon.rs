@@ -33,11 +33,22 @@ pub struct Daemon {
     pub bin: Option<PathBuf>,
     /// With `[api] tls_cert`: the CA certificate to trust; requests then go over https (curl).
     pub tls_ca: Option<PathBuf>,
+    /// How the process is started (environment, a wrapper such as `setpriv`).
+    pub options: SpawnOptions,
     pub netns_path: String,
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+}
+
+/// Extras for starting the daemon process.
+#[derive(Debug, Clone, Default)]
+pub struct SpawnOptions {
+    /// Environment variables added to the daemon's (e.g. NOTIFY_SOCKET).
+    pub env: Vec<(String, String)>,
+    /// A command the daemon runs under, inside the namespace (e.g. `setpriv --bounding-set=…`).
+    pub wrapper: Vec<String>,
 }
 
 /// The xdpwall binary under test: `$XDPWALL_BIN`, else `target/debug/xdpwall` of this workspace.
@@ -73,15 +84,24 @@ impl Daemon {
         Self::start_with_dirs(lab, pin_dir, state_dir, extra)
     }
 
+    /// Like [`Daemon::start`], with extra environment or a wrapper command.
+    pub fn start_with(
+        lab: &Lab,
+        tag: &str,
+        extra: &str,
+        options: SpawnOptions,
+    ) -> anyhow::Result<Self> {
+        let (pin_dir, state_dir) = Self::dirs(tag);
+        Self::start_with_dirs_and(lab, pin_dir, state_dir, extra, options)
+    }
+
     pub fn start_with_dirs(
         lab: &Lab,
         pin_dir: PathBuf,
         state_dir: PathBuf,
         extra: &str,
     ) -> anyhow::Result<Self> {
-        let mut daemon = Self::prepare(lab, pin_dir, state_dir, extra)?;
-        daemon.spawn()?;
-        Ok(daemon)
+        Self::start_with_dirs_and(lab, pin_dir, state_dir, extra, SpawnOptions::default())
     }
 
     /// Like [`Self::start`], running `bin` (e.g. an earlier xdpwall release) instead of the
@@ -95,6 +115,19 @@ impl Daemon {
         let (pin_dir, state_dir) = Self::dirs(tag);
         let mut daemon = Self::prepare(lab, pin_dir, state_dir, extra)?;
         daemon.bin = Some(bin);
+        daemon.spawn()?;
+        Ok(daemon)
+    }
+
+    fn start_with_dirs_and(
+        lab: &Lab,
+        pin_dir: PathBuf,
+        state_dir: PathBuf,
+        extra: &str,
+        options: SpawnOptions,
+    ) -> anyhow::Result<Self> {
+        let mut daemon = Self::prepare(lab, pin_dir, state_dir, extra)?;
+        daemon.options = options;
         daemon.spawn()?;
         Ok(daemon)
     }
@@ -124,6 +157,7 @@ impl Daemon {
             child: None,
             bin: None,
             tls_ca: None,
+            options: SpawnOptions::default(),
             netns_path: lab.fw_netns_path(),
             pin_dir,
             state_dir: state_dir.clone(),
@@ -140,6 +174,7 @@ impl Daemon {
             .open(&self.log_path)?;
         let child = Command::new("nsenter")
             .arg(format!("--net={}", self.netns_path))
+            .args(&self.options.wrapper)
             .arg(match &self.bin {
                 Some(bin) => bin.clone(),
                 None => binary()?,
@@ -147,6 +182,7 @@ impl Daemon {
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env("XDPWALL_LOG", "info")
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -5,6 +5,7 @@
 //! - `test`:  the README's second command: unit and privileged integration tests
 //! - `bench`: the benchmark harnesses in bench/ (alone: per-packet cost, then packet rates)
 //! - `lint`:  cargo fmt --check and clippy -D warnings
+//! - `deb`:   the Debian package (binary, units, config, man pages, completions)
 
 mod demo;
 mod setup;
@@ -46,6 +47,9 @@ enum Task {
     },
     /// cargo fmt --check and cargo clippy --all-targets -D warnings.
     Lint,
+    /// Build the Debian package target/debian/xdpwall_<version>-1_<arch>.deb: release binary,
+    /// systemd units, default config, man pages and shell completions (cargo-deb).
+    Deb,
 }
 
 fn main() -> ExitCode {
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         Task::Test { args } => setup::run().and_then(|()| test(&args)),
         Task::Bench { args } => setup::run().and_then(|()| bench(&args)),
         Task::Lint => lint(),
+        Task::Deb => setup::run().and_then(|()| deb()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -137,6 +142,33 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         return harness(&["live"]);
     }
     harness(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn deb() -> anyhow::Result<()> {
+    run(cargo().args(["build", "--release", "--locked", "-p", "xdpwall"]))?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin = root.join("target/release/xdpwall");
+    let extra = root.join("target/release/deb-extra");
+    let (man, completions) = (extra.join("man"), extra.join("completions"));
+    let _ = std::fs::remove_dir_all(&extra);
+    std::fs::create_dir_all(&completions)?;
+    run(Command::new(&bin).arg("man").arg(&man))?;
+    // Debian wants compressed man pages; -n keeps the package reproducible (no timestamps).
+    for page in std::fs::read_dir(&man)? {
+        run(Command::new("gzip").args(["-9nf"]).arg(page?.path()))?;
+    }
+    for (shell, file) in [
+        ("bash", "xdpwall"),
+        ("zsh", "_xdpwall"),
+        ("fish", "xdpwall.fish"),
+    ] {
+        let out = Command::new(&bin).args(["completions", shell]).output()?;
+        if !out.status.success() {
+            bail!("xdpwall completions {shell} failed");
+        }
+        std::fs::write(completions.join(file), out.stdout)?;
+    }
+    run(cargo().args(["deb", "-p", "xdpwall", "--no-build"]))
 }
 
 fn lint() -> anyhow::Result<()> {

@@ -17,8 +17,13 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "bpftool",
     "util-linux",
-    // promtool, for the metrics format test.
+    // promtool (metrics format, alert rules and their unit tests) and the Prometheus server
+    // the real-scrape test runs.
     "prometheus",
+    // systemd-analyze, to verify the unit files in deploy/systemd.
+    "systemd",
+    // gzip for the Debian package's man pages (`cargo xtask deb`).
+    "gzip",
     // Baselines the benchmarks compare against.
     "ipset",
     "nftables",
@@ -31,12 +36,15 @@ const APT_PACKAGES: &[&str] = &[
     "python3-venv",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Builds the Debian package (`cargo xtask deb`); 3.8 builds with rustc 1.95.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 pub fn run() -> anyhow::Result<()> {
     apt_packages(APT_PACKAGES)?;
     rust_src()?;
     bpf_linker()?;
+    cargo_deb()?;
     bpffs()?;
     schemathesis()?;
     println!("setup: all prerequisites present");
@@ -144,6 +152,28 @@ fn bpf_linker() -> anyhow::Result<()> {
             // Without LLVM_PREFIX the build fails with "-lLLVM not found".
             .env("LLVM_PREFIX", LLVM_PREFIX)
             .env("PATH", path),
+    )
+}
+
+fn cargo_deb() -> anyhow::Result<()> {
+    let current = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["deb", "--version"])
+        .output();
+    if let Ok(out) = &current
+        && String::from_utf8_lossy(&out.stdout).contains(CARGO_DEB_VERSION)
+    {
+        return Ok(());
+    }
+    println!("setup: installing cargo-deb {CARGO_DEB_VERSION} (about 2 minutes)");
+    run_cmd(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+            "install",
+            "cargo-deb",
+            "--locked",
+            "--force",
+            "--version",
+            CARGO_DEB_VERSION,
+        ]),
     )
 }
 
