@@ -206,6 +206,9 @@ pub struct Config {
     /// Ring-buffer events: drop sampling, log rate, memory.
     #[serde(default)]
     pub events: crate::events::EventsSection,
+    /// CrowdSec bouncer: ban decisions from a Local API become block rules.
+    #[serde(default)]
+    pub crowdsec: Option<crate::crowdsec::CrowdsecConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -518,6 +521,20 @@ impl Config {
         self.events
             .validate()
             .map_err(|(key, message)| invalid(key, message))?;
+        if let Some(crowdsec) = &self.crowdsec {
+            crowdsec
+                .check()
+                .map_err(|(key, message)| invalid(format!("crowdsec.{key}"), message))?;
+            if feeds.iter().any(|f| f.name == crowdsec.list) {
+                return Err(invalid(
+                    "crowdsec.list".into(),
+                    format!(
+                        "{:?} is also a feed's name: give the CrowdSec decisions their own list",
+                        crowdsec.list
+                    ),
+                ));
+            }
+        }
         Ok(ValidatedRules {
             management,
             rules,
