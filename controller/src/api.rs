@@ -254,7 +254,8 @@ async fn authenticate(
         list_feeds, sync_feed, flows, drops, metrics_endpoint, healthz, readyz
     ),
     components(schemas(RuleView, RuleBody, BatchBody, RuleList, BatchResult, LookupResult, Problem, Stats, Status,
-        FeedView, FeedList, SyncReport, FlowView, FlowList, DropView, DropList)),
+        FeedView, FeedList, SyncReport, FlowView, FlowList, DropView, DropList,
+        crate::crowdsec::CrowdsecStatus)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -1476,5 +1477,6 @@ mod tests {
             assert!(doc["paths"][path]["get"].is_object(), "{path} documented");
         }
         assert!(doc["components"]["schemas"]["FlowView"].is_object());
+        assert!(doc["components"]["schemas"]["CrowdsecStatus"].is_object());
     }
 }

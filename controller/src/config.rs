@@ -568,6 +568,35 @@ mod tests {
     }
 
     #[test]
+    fn crowdsec_section_is_checked_and_named_in_errors() {
+        let ok = parse(
+            "[crowdsec]\nurl = \"http://127.0.0.1:8080/\"\napi_key_file = \"/etc/xdpwall/cs.key\"\n",
+        )
+        .unwrap();
+        ok.validate("test.toml").unwrap();
+        let cs = ok.crowdsec.as_ref().unwrap();
+        assert_eq!(
+            (cs.interval.as_str(), cs.list.as_str()),
+            ("10s", "crowdsec")
+        );
+        assert!(parse("").unwrap().crowdsec.is_none());
+        let err = parse("[crowdsec]\nurl = \"http://h/\"\napi_key = \"inline\"\n").unwrap_err();
+        assert!(err.to_string().contains("api_key"), "{err}");
+        let err = parse("[crowdsec]\nurl = \"nope\"\napi_key_env = \"K\"\n")
+            .unwrap()
+            .validate("test.toml")
+            .unwrap_err();
+        assert!(err.to_string().contains("crowdsec.url"), "{err}");
+        let clash = parse(
+            "[crowdsec]\nurl = \"http://h/\"\napi_key_env = \"K\"\nlist = \"mine\"\n\n[[feeds]]\nname = \"mine\"\nurl = \"file:///tmp/x\"\nformat = \"plain\"\n",
+        )
+        .unwrap()
+        .validate("test.toml")
+        .unwrap_err();
+        assert!(clash.to_string().contains("crowdsec.list"), "{clash}");
+    }
+
+    #[test]
     fn defaults_listen_on_loopback() {
         let config = parse("").unwrap();
         assert_eq!(config.api.listen, "127.0.0.1:9180".parse().unwrap());

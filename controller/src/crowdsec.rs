@@ -73,7 +73,7 @@ impl CrowdsecConfig {
     /// Validates the settings; errors name the key, never the API key itself.
     pub fn check(&self) -> Result<(reqwest::Url, Duration), (String, String)> {
         let err = |key: &str, msg: String| (key.to_string(), msg);
-        let url = reqwest::Url::parse(&self.url).map_err(|e| {
+        let mut url = reqwest::Url::parse(&self.url).map_err(|e| {
             err(
                 "url",
                 format!(
@@ -87,6 +87,12 @@ impl CrowdsecConfig {
                 "url",
                 format!("{:?}: use http:// or https://", self.url),
             ));
+        }
+        // A base without a trailing slash would lose its last segment when the stream path is
+        // joined ("http://h/crowdsec" + "v1/…" = "http://h/v1/…").
+        if !url.path().ends_with('/') {
+            let path = format!("{}/", url.path());
+            url.set_path(&path);
         }
         let interval = humantime::parse_duration(&self.interval).map_err(|e| {
             err(
@@ -704,6 +710,13 @@ mod tests {
         let (url, interval) = c.check().unwrap();
         assert_eq!(url.as_str(), "http://127.0.0.1:8080/");
         assert_eq!(interval, Duration::from_secs(10));
+        let prefixed =
+            config("url = \"https://lapi.example/crowdsec\"\napi_key_env = \"K\"").unwrap();
+        let (url, _) = prefixed.check().unwrap();
+        assert_eq!(
+            url.join("v1/decisions/stream").unwrap().as_str(),
+            "https://lapi.example/crowdsec/v1/decisions/stream"
+        );
         assert!(
             config("url = \"x\"\napi_key = \"secret\"").is_err(),
             "no inline key"
