@@ -88,6 +88,12 @@ impl CrowdsecConfig {
                 format!("{:?}: use http:// or https://", self.url),
             ));
         }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(err(
+                "url",
+                "credentials in the URL would show in logs and /v1/status: give the key with api_key_file or api_key_env".into(),
+            ));
+        }
         // A base without a trailing slash would lose its last segment when the stream path is
         // joined ("http://h/crowdsec" + "v1/…" = "http://h/v1/…").
         if !url.path().ends_with('/') {
@@ -726,6 +732,8 @@ mod tests {
         assert_eq!(both.check().unwrap_err().0, "api_key_file");
         let neither = config("url = \"http://h/\"").unwrap();
         assert_eq!(neither.check().unwrap_err().0, "api_key_file");
+        let userinfo = config("url = \"http://u:p@h/\"\napi_key_env = \"A\"").unwrap();
+        assert_eq!(userinfo.check().unwrap_err().0, "url");
         let bad_url = config("url = \"ftp://h/\"\napi_key_env = \"A\"").unwrap();
         assert_eq!(bad_url.check().unwrap_err().0, "url");
         let bad_interval =
