@@ -335,6 +335,8 @@ pub fn translate(
     if startup {
         index.by_cidr.clear();
     }
+    // A set: a big delta (thousands deleted and re-added) stays linear.
+    let mut unblock = BTreeSet::new();
     for d in &stream.deleted {
         match to_ban(d, true) {
             Ok(ban) => {
@@ -342,7 +344,7 @@ pub fn translate(
                 ids.remove(&ban.id);
                 if ids.is_empty() {
                     index.by_cidr.remove(&ban.cidr);
-                    out.change.unblock.push(ban.cidr);
+                    unblock.insert(ban.cidr);
                 }
             }
             Err(why) => *out.ignored.entry(why).or_default() += 1,
@@ -352,7 +354,7 @@ pub fn translate(
         match to_ban(d, false) {
             Ok(ban) => {
                 index.by_cidr.entry(ban.cidr).or_default().insert(ban.id);
-                out.change.unblock.retain(|c| *c != ban.cidr);
+                unblock.remove(&ban.cidr);
                 out.change.block.push(ListBlock {
                     cidr: ban.cidr,
                     expires_at: now + ban.seconds,
@@ -362,6 +364,7 @@ pub fn translate(
             Err(why) => *out.ignored.entry(why).or_default() += 1,
         }
     }
+    out.change.unblock = unblock.into_iter().collect();
     out
 }
 
