@@ -2,7 +2,8 @@
 //! real daemon in a veth lab: decisions added with `cscli` are enforced on real pings (v4 address,
 //! v4 range, v6 address), deleted ones are lifted, a restart does not duplicate, a decision for a
 //! management address is skipped, and with the LAPI down the decisions stay enforced while
-//! `/v1/status` and the metrics show the failure, until the LAPI is back.
+//! `/v1/status` and the metrics show the failure, until the LAPI is back; a daemon restarted
+//! while the LAPI is down enforces the stored decisions at once, and short bans still expire.
 
 use std::time::{Duration, Instant};
 
@@ -60,20 +61,25 @@ fn metric(daemon: &Daemon, series: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-#[test]
-fn crowdsec_decisions_are_enforced_and_survive_lapi_outages_and_restarts() {
-    require_privileges!();
-    if let Some(reason) = crowdsec::missing() {
-        if std::env::var_os("XDPWALL_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
-            panic!("CrowdSec test cannot run but XDPWALL_REQUIRE_PRIVILEGED=1: {reason}");
+/// Skips (or, in CI, fails) when the crowdsec package is missing.
+macro_rules! require_crowdsec {
+    () => {
+        if let Some(reason) = crowdsec::missing() {
+            if std::env::var_os("XDPWALL_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
+                panic!("CrowdSec test cannot run but XDPWALL_REQUIRE_PRIVILEGED=1: {reason}");
+            }
+            eprintln!("SKIP crowdsec: {reason}");
+            return;
         }
-        eprintln!("SKIP crowdsec: {reason}");
-        return;
-    }
-    let lab = Lab::new("cs").unwrap();
-    let mut lapi = LocalApi::start(&lab.fw_netns_path()).unwrap();
+    };
+}
+
+/// A LAPI with a registered bouncer and a daemon polling it every second (first poll done);
+/// PEER_V6 is a management address. Returns the bouncer's key too (it must never be logged).
+fn start(lab: &Lab, tag: &str) -> (LocalApi, Daemon, String) {
+    let lapi = LocalApi::start(&lab.fw_netns_path()).unwrap();
     let key = lapi.add_bouncer("xdpwall-lab").unwrap();
-    let (pin_dir, state_dir) = Daemon::dirs("cs");
+    let (pin_dir, state_dir) = Daemon::dirs(tag);
     std::fs::create_dir_all(&state_dir).unwrap();
     let key_file = state_dir.join("crowdsec.key");
     std::fs::write(&key_file, format!("{key}\n")).unwrap();
@@ -82,10 +88,19 @@ fn crowdsec_decisions_are_enforced_and_survive_lapi_outages_and_restarts() {
         lapi.url(),
         key_file.display()
     );
-    let mut daemon = Daemon::start_with_dirs(&lab, pin_dir, state_dir, &extra).unwrap();
+    let daemon = Daemon::start_with_dirs(lab, pin_dir, state_dir, &extra).unwrap();
     wait_until(&daemon, "first poll ok", Duration::from_secs(15), |d| {
         status(d)["state"] == "ok"
     });
+    (lapi, daemon, key)
+}
+
+#[test]
+fn crowdsec_decisions_are_enforced_and_survive_lapi_outages_and_restarts() {
+    require_privileges!();
+    require_crowdsec!();
+    let lab = Lab::new("cs").unwrap();
+    let (mut lapi, mut daemon, key) = start(&lab, "cs");
     assert!(
         !daemon.log().contains(&key),
         "the API key never appears in the log"
@@ -257,4 +272,50 @@ fn crowdsec_decisions_are_enforced_and_survive_lapi_outages_and_restarts() {
     );
     drop(daemon);
     drop(lapi);
+}
+
+#[test]
+fn crowdsec_decisions_survive_a_restart_without_the_lapi_and_expire_on_time() {
+    require_privileges!();
+    require_crowdsec!();
+    let lab = Lab::new("csdown").unwrap();
+    let (mut lapi, mut daemon, _key) = start(&lab, "csdown");
+    lapi.cscli(&["decisions", "add", "--ip", BLOCKED_V4, "--duration", "1h"])
+        .unwrap();
+    lapi.cscli(&["decisions", "add", "--ip", BLOCKED_V6, "--duration", "6s"])
+        .unwrap();
+    wait_until(&daemon, "decisions applied", Duration::from_secs(15), |d| {
+        verdict(d, BLOCKED_V4) == "block" && verdict(d, BLOCKED_V6) == "block"
+    });
+
+    // The LAPI goes away, then the daemon restarts: the stored decisions are enforced at once.
+    lapi.stop();
+    daemon.kill9();
+    daemon.spawn().unwrap();
+    assert_eq!(
+        verdict(&daemon, BLOCKED_V4),
+        "block",
+        "enforced from the store"
+    );
+    assert_eq!(lab.ping(BLOCKED_V4, FW_V4, PINGS).unwrap(), 0, "LAPI down");
+    wait_until(&daemon, "error state", Duration::from_secs(15), |d| {
+        status(d)["state"] == "error"
+    });
+
+    // The short ban ends on time even though the LAPI cannot say so.
+    wait_until(&daemon, "short ban expired", Duration::from_secs(15), |d| {
+        verdict(d, BLOCKED_V6) == "pass"
+    });
+    assert_eq!(
+        lab.ping(BLOCKED_V6, FW_V6, PINGS).unwrap(),
+        PINGS,
+        "expired"
+    );
+    assert_eq!(
+        lab.ping(BLOCKED_V4, FW_V4, PINGS).unwrap(),
+        0,
+        "long ban kept"
+    );
+    assert_eq!(lab.ping(PEER_V4, FW_V4, PINGS).unwrap(), PINGS, "unlisted");
+    assert_eq!(status(&daemon)["decisions"], 1);
 }
