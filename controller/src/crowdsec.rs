@@ -395,10 +395,10 @@ pub struct CrowdsecStatus {
     pub state: String,
     pub url: String,
     pub list: String,
-    /// Unix seconds of the last successful poll.
-    pub last_success: Option<i64>,
-    /// Unix seconds of the last failed poll.
-    pub last_error_at: Option<i64>,
+    /// When the last poll succeeded (RFC 3339, UTC, like the feeds' times).
+    pub last_success: Option<String>,
+    /// When the last poll failed.
+    pub last_error_at: Option<String>,
     /// Why the last poll failed (kept after recovery for reference).
     pub last_error: Option<String>,
     /// Block rules currently in the list.
@@ -421,6 +421,11 @@ pub struct CrowdsecBouncer {
     status: Mutex<CrowdsecStatus>,
     counts: Mutex<CrowdsecCounts>,
     index: tokio::sync::Mutex<DecisionIndex>,
+}
+
+fn rfc3339(unix: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// Longest wait between retries while the LAPI fails.
@@ -594,7 +599,7 @@ impl CrowdsecBouncer {
                         );
                     }
                     status.state = "ok".into();
-                    status.last_success = Some(now());
+                    status.last_success = Some(rfc3339(now()));
                     status.failures = 0;
                     self.bouncer.interval
                 }
@@ -604,7 +609,7 @@ impl CrowdsecBouncer {
                     let mut status = self.status.lock().expect("not poisoned");
                     status.state = "error".into();
                     status.last_error = Some(e.to_string());
-                    status.last_error_at = Some(now());
+                    status.last_error_at = Some(rfc3339(now()));
                     status.failures = status.failures.saturating_add(1);
                     let wait = backoff(self.bouncer.interval, status.failures);
                     warn!(error = %e, retry_in = ?wait, "crowdsec poll failed; the current decisions stay enforced");

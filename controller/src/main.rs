@@ -485,7 +485,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     crowdsec["state"].as_str().unwrap_or("?"),
                     crowdsec["decisions"],
                     crowdsec["list"].as_str().unwrap_or("?"),
-                    crowdsec["last_success"],
+                    crowdsec["last_success"].as_str().unwrap_or("never"),
                     match crowdsec["last_error"].as_str() {
                         Some(e) if crowdsec["state"] == "error" => format!("; {e}"),
                         _ => String::new(),
