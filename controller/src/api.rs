@@ -56,6 +56,8 @@ pub struct AppState {
     pub feeds: Arc<FeedManager>,
     /// Flagged egress flows and sampled drops (ring-buffer readers fill it).
     pub events: Arc<Events>,
+    /// The CrowdSec bouncer, when `[crowdsec]` is configured.
+    pub crowdsec: Option<Arc<crate::crowdsec::CrowdsecBouncer>>,
     pub version: &'static str,
 }
 
@@ -70,6 +72,7 @@ impl AppState {
             max_batch: 1_000_000,
             feeds: Arc::new(FeedManager::empty()),
             events: Arc::new(Events::new(Default::default())),
+            crowdsec: None,
             version: env!("CARGO_PKG_VERSION"),
         }
     }
@@ -251,7 +254,8 @@ async fn authenticate(
         list_feeds, sync_feed, flows, drops, metrics_endpoint, healthz, readyz
     ),
     components(schemas(RuleView, RuleBody, BatchBody, RuleList, BatchResult, LookupResult, Problem, Stats, Status,
-        FeedView, FeedList, SyncReport, FlowView, FlowList, DropView, DropList)),
+        FeedView, FeedList, SyncReport, FlowView, FlowList, DropView, DropList,
+        crate::crowdsec::CrowdsecStatus)),
     modifiers(&BearerAuth, &ProblemResponses),
     security(("bearer" = []))
 )]
@@ -772,6 +776,9 @@ pub struct Status {
     pub ipv4_lookup: String,
     /// IPv6 lookup engine in use: "lpm" or "hash".
     pub ipv6_lookup: String,
+    /// The CrowdSec bouncer's state; absent without `[crowdsec]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crowdsec: Option<crate::crowdsec::CrowdsecStatus>,
 }
 
 /// Daemon status: version, readiness, interfaces and attach modes, rule counts.
@@ -803,6 +810,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Status>, ApiE
             .collect(),
         ipv4_lookup: engine.ipv4_lookup().as_str().to_string(),
         ipv6_lookup: engine.ipv6_lookup().as_str().to_string(),
+        crowdsec: state.crowdsec.as_ref().map(|c| c.status(&engine)),
     }))
 }
 
@@ -951,6 +959,9 @@ async fn metrics_endpoint(State(state): State<Arc<AppState>>) -> Result<Response
         let engine = engine(&state).await?;
         let mut snapshot = metrics::Snapshot::gather(&engine, &state.feeds)?;
         snapshot.add_events(&engine, &state.events)?;
+        if let Some(crowdsec) = &state.crowdsec {
+            snapshot.add_crowdsec(&engine, crowdsec);
+        }
         snapshot
     };
     let text = metrics::render(&snapshot)
@@ -1559,5 +1570,6 @@ mod tests {
             assert!(doc["paths"][path]["get"].is_object(), "{path} documented");
         }
         assert!(doc["components"]["schemas"]["FlowView"].is_object());
+        assert!(doc["components"]["schemas"]["CrowdsecStatus"].is_object());
     }
 }

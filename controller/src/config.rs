@@ -206,6 +206,9 @@ pub struct Config {
     /// Ring-buffer events: drop sampling, log rate, memory.
     #[serde(default)]
     pub events: crate::events::EventsSection,
+    /// CrowdSec bouncer: ban decisions from a Local API become block rules.
+    #[serde(default)]
+    pub crowdsec: Option<crate::crowdsec::CrowdsecConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -543,6 +546,20 @@ impl Config {
         self.events
             .validate()
             .map_err(|(key, message)| invalid(key, message))?;
+        if let Some(crowdsec) = &self.crowdsec {
+            crowdsec
+                .check()
+                .map_err(|(key, message)| invalid(format!("crowdsec.{key}"), message))?;
+            if feeds.iter().any(|f| f.name == crowdsec.list) {
+                return Err(invalid(
+                    "crowdsec.list".into(),
+                    format!(
+                        "{:?} is also a feed's name: give the CrowdSec decisions their own list",
+                        crowdsec.list
+                    ),
+                ));
+            }
+        }
         Ok(ValidatedRules {
             management,
             rules,
@@ -573,6 +590,35 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn crowdsec_section_is_checked_and_named_in_errors() {
+        let ok = parse(
+            "[crowdsec]\nurl = \"http://127.0.0.1:8080/\"\napi_key_file = \"/etc/xdpwall/cs.key\"\n",
+        )
+        .unwrap();
+        ok.validate("test.toml").unwrap();
+        let cs = ok.crowdsec.as_ref().unwrap();
+        assert_eq!(
+            (cs.interval.as_str(), cs.list.as_str()),
+            ("10s", "crowdsec")
+        );
+        assert!(parse("").unwrap().crowdsec.is_none());
+        let err = parse("[crowdsec]\nurl = \"http://h/\"\napi_key = \"inline\"\n").unwrap_err();
+        assert!(err.to_string().contains("api_key"), "{err}");
+        let err = parse("[crowdsec]\nurl = \"nope\"\napi_key_env = \"K\"\n")
+            .unwrap()
+            .validate("test.toml")
+            .unwrap_err();
+        assert!(err.to_string().contains("crowdsec.url"), "{err}");
+        let clash = parse(
+            "[crowdsec]\nurl = \"http://h/\"\napi_key_env = \"K\"\nlist = \"mine\"\n\n[[feeds]]\nname = \"mine\"\nurl = \"file:///tmp/x\"\nformat = \"plain\"\n",
+        )
+        .unwrap()
+        .validate("test.toml")
+        .unwrap_err();
+        assert!(clash.to_string().contains("crowdsec.list"), "{clash}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use xdpwall_shared::DatapathConfig;
 use crate::{
     api::{self, AppState},
     config::{ApiToken, Config, MalformedPolicy, TokenScope},
+    crowdsec::CrowdsecBouncer,
     datapath::Engines,
     engine::{Engine, config_rules},
     events::{self, Events},
@@ -119,7 +120,18 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         &config.state_dir,
     )?);
     let events = Arc::new(Events::new(config.events.clone()));
+    let crowdsec = match &config.crowdsec {
+        Some(c) => {
+            let bouncer = c
+                .load()
+                .map_err(|(key, message)| anyhow::anyhow!("{origin}: crowdsec.{key}: {message}"))?;
+            info!(url = %bouncer.url, interval = ?bouncer.interval, list = bouncer.list, "CrowdSec bouncer configured");
+            Some(Arc::new(CrowdsecBouncer::new(bouncer)?))
+        }
+        None => None,
+    };
     let state = Arc::new(AppState {
+        crowdsec: crowdsec.clone(),
         feeds: feeds.clone(),
         events: events.clone(),
         metrics_auth: config.api.metrics_auth,
@@ -253,9 +265,16 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
             ))
         })
         .collect();
+    let bouncer = crowdsec.map(|bouncer| {
+        let state = state.clone();
+        tokio::spawn(async move { bouncer.run(&state.engine, unix_now).await })
+    });
     wait_for_shutdown_signal().await;
     if let Some(notifier) = &notifier {
         let _ = notifier.notify("STOPPING=1");
+    }
+    if let Some(task) = bouncer {
+        task.abort();
     }
     if let Some(task) = watchdog {
         task.abort();

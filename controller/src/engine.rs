@@ -84,6 +84,51 @@ pub struct Added {
     pub created: bool,
 }
 
+/// A wanted block in an externally managed list ([`Engine::apply_list`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListBlock {
+    pub cidr: IpNet,
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub reason: String,
+}
+
+/// What an external decision engine wants in its list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListChange {
+    /// The full set: every block of the list not in `block` goes.
+    pub replace: bool,
+    pub block: Vec<ListBlock>,
+    /// Blocks to remove (ignored for CIDRs also in `block`).
+    pub unblock: Vec<IpNet>,
+}
+
+/// What [`Engine::apply_list`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListReport {
+    pub added: usize,
+    pub removed: usize,
+    /// Already expired when they arrived.
+    pub expired: usize,
+    /// Refused by the lock-out guard, with the reason.
+    pub refused: Vec<(IpNet, String)>,
+}
+
+/// A stored rule's expiry is only pushed back for a longer ban when it moves by more than
+/// this, so a full resync (durations counted from "now" again) does not churn every rule.
+pub const LIST_TTL_SLACK: i64 = 10;
+
+fn list_rule(cidr: IpNet, list: &str, reason: String, expires_at: i64) -> NewRule {
+    NewRule {
+        cidr,
+        action: Action::Block,
+        list: list.to_string(),
+        reason,
+        source: RuleSource::Api,
+        expires_at: Some(expires_at),
+    }
+}
+
 /// Result of one apply: how many trie entries changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ApplyReport {
@@ -534,6 +579,80 @@ impl Engine {
             .collect())
     }
 
+    /// Makes the block rules of `list` (owned by an external decision engine such as CrowdSec)
+    /// follow `change`, in one store transaction and one kernel diff, audited as `who`.
+    ///
+    /// With `change.replace` the list ends up holding exactly `change.block` (a full set: what
+    /// is already there stays, with its id and counters; only the difference is applied);
+    /// otherwise `change.block` is added and `change.unblock` removed. A rule whose new expiry
+    /// is later than the stored one (by more than [`LIST_TTL_SLACK`]) is replaced so the longer
+    /// ban holds. Entries refused by the lock-out guard (management addresses, too broad) or
+    /// already expired are skipped and reported, never fatal. Other lists are never touched.
+    pub fn apply_list(
+        &mut self,
+        list: &str,
+        change: ListChange,
+        who: &str,
+        now: i64,
+    ) -> Result<ListReport, EngineError> {
+        validate_list(list)?;
+        let mut report = ListReport::default();
+        // One entry per CIDR: the latest expiry wins (two decisions for one address).
+        let mut wanted: BTreeMap<IpNet, (i64, String)> = BTreeMap::new();
+        for entry in change.block {
+            if entry.expires_at <= now {
+                report.expired += 1;
+                continue;
+            }
+            if let Err(e) = self.lockout_guard(entry.cidr, None) {
+                report.refused.push((entry.cidr, e.to_string()));
+                continue;
+            }
+            match wanted.get_mut(&entry.cidr) {
+                Some(slot) if slot.0 >= entry.expires_at => {}
+                Some(slot) => *slot = (entry.expires_at, entry.reason),
+                None => {
+                    wanted.insert(entry.cidr, (entry.expires_at, entry.reason));
+                }
+            }
+        }
+        let current: Vec<Rule> = self
+            .rules
+            .values()
+            .filter(|r| r.list == list && r.action == Action::Block)
+            .cloned()
+            .collect();
+        let unblock: BTreeSet<IpNet> = change.unblock.into_iter().collect();
+        let mut remove = Vec::new();
+        let mut add = Vec::new();
+        for rule in &current {
+            match wanted.remove(&rule.cidr) {
+                // A longer ban: the rule is renewed with the later expiry.
+                Some((expires_at, reason))
+                    if rule
+                        .expires_at
+                        .is_some_and(|t| expires_at > t + LIST_TTL_SLACK) =>
+                {
+                    remove.push(rule.id);
+                    add.push(list_rule(rule.cidr, list, reason, expires_at));
+                }
+                Some(_) => {}
+                None if change.replace || unblock.contains(&rule.cidr) => remove.push(rule.id),
+                None => {}
+            }
+        }
+        for (cidr, (expires_at, reason)) in wanted {
+            add.push(list_rule(cidr, list, reason, expires_at));
+        }
+        if add.is_empty() && remove.is_empty() {
+            return Ok(report);
+        }
+        let (inserted, _) = self.change(&add, &remove, who, "", "delete", now)?;
+        report.added = inserted.len();
+        report.removed = remove.len();
+        Ok(report)
+    }
+
     /// The stored rule with this (cidr, action, list), through the owners index.
     fn find(&self, cidr: IpNet, action: Action, list: &str) -> Option<&Rule> {
         self.owners
@@ -654,6 +773,16 @@ impl Engine {
         now: i64,
     ) -> Result<(Vec<Rule>, ApplyReport), EngineError> {
         let tx = self.store.transaction()?;
+        // Removes first: a rule replaced by one with the same (cidr, action, list) but a new
+        // expiry ([`Engine::apply_list`]) must leave the store before its successor goes in.
+        let mut removed = Vec::with_capacity(remove.len());
+        for id in remove {
+            if let Some(rule) = self.rules.get(id) {
+                tx.delete(*id)?;
+                tx.audit(&audit(now, who, remove_verb, rule, why))?;
+                removed.push(rule.clone());
+            }
+        }
         let mut inserted = Vec::with_capacity(add.len());
         for new in add {
             let rule = tx.insert(new, now)?;
@@ -665,14 +794,6 @@ impl Engine {
                 if why.is_empty() { &rule.reason } else { why },
             ))?;
             inserted.push(rule);
-        }
-        let mut removed = Vec::with_capacity(remove.len());
-        for id in remove {
-            if let Some(rule) = self.rules.get(id) {
-                tx.delete(*id)?;
-                tx.audit(&audit(now, who, remove_verb, rule, why))?;
-                removed.push(rule.clone());
-            }
         }
 
         // Owners after the change, for the touched (cidr, action) keys only.

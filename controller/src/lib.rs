@@ -8,6 +8,7 @@
 //! - [`engine`]: the one owner of the rule set and the maps
 //! - [`egress`]: the TC egress flagger: settings, load, attach, watchlist
 //! - [`events`]: ring buffers (flagged flows, sampled drops), rate-limited logs, recent flows
+//! - [`crowdsec`]: the CrowdSec bouncer (Local API decisions as block rules)
 //! - [`api`]: the HTTP API
 //! - [`daemon`]: `xdpwall run`
 //! - [`sdnotify`]: systemd readiness and watchdog notifications
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod crowdsec;
 pub mod daemon;
 pub mod datapath;
 pub mod dir24;

@@ -624,6 +624,20 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     }
                 );
             }
+            let crowdsec = &status["crowdsec"];
+            if crowdsec.is_object() {
+                println!(
+                    "crowdsec  {} ({} decisions in list {}, last success {}{})",
+                    crowdsec["state"].as_str().unwrap_or("?"),
+                    crowdsec["decisions"],
+                    crowdsec["list"].as_str().unwrap_or("?"),
+                    crowdsec["last_success"].as_str().unwrap_or("never"),
+                    match crowdsec["last_error"].as_str() {
+                        Some(e) if crowdsec["state"] == "error" => format!("; {e}"),
+                        _ => String::new(),
+                    }
+                );
+            }
             Ok(())
         }
     }

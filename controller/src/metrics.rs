@@ -35,6 +35,19 @@ pub struct Snapshot {
     pub egress: Vec<(&'static str, String, u64, u64, u64)>,
     /// (ring, events lost to a full ring buffer).
     pub events_lost: Vec<(&'static str, u64)>,
+    /// The CrowdSec bouncer, when configured.
+    pub crowdsec: Option<CrowdsecSnapshot>,
+}
+
+/// The CrowdSec bouncer's figures for one scrape.
+#[derive(Debug, Default)]
+pub struct CrowdsecSnapshot {
+    /// Block rules in the bouncer's list.
+    pub decisions: i64,
+    /// result ("ok" | "error") -> polls since start.
+    pub polls: Vec<(&'static str, u64)>,
+    /// reason ("type" | "scope" | "invalid" | "refused") -> decisions not enforced.
+    pub ignored: Vec<(&'static str, u64)>,
 }
 
 impl Snapshot {
@@ -142,6 +155,25 @@ impl Snapshot {
         }
         self.events_lost = events.lost()?;
         Ok(())
+    }
+}
+
+impl Snapshot {
+    /// Adds the CrowdSec bouncer's decision count and poll counters.
+    pub fn add_crowdsec(&mut self, engine: &Engine, bouncer: &crate::crowdsec::CrowdsecBouncer) {
+        let counts = bouncer.counts();
+        let mut polls: Vec<_> = counts.polls.into_iter().collect();
+        // Both results always present, so `rate()` and alerts see a series from the start.
+        for result in ["ok", "error"] {
+            if !polls.iter().any(|(r, _)| *r == result) {
+                polls.push((result, 0));
+            }
+        }
+        self.crowdsec = Some(CrowdsecSnapshot {
+            decisions: engine.rules().filter(|r| r.list == bouncer.list()).count() as i64,
+            polls,
+            ignored: counts.ignored.into_iter().collect(),
+        });
     }
 }
 
@@ -291,6 +323,36 @@ pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
     ] {
         registry.register(collector)?;
     }
+    if let Some(crowdsec) = &snapshot.crowdsec {
+        let decisions = prometheus::IntGauge::new(
+            "xdpwall_crowdsec_decisions",
+            "CrowdSec ban decisions enforced (block rules in the bouncer's list).",
+        )?;
+        decisions.set(crowdsec.decisions);
+        let polls = IntCounterVec::new(
+            Opts::new(
+                "xdpwall_crowdsec_polls_total",
+                "Polls of the CrowdSec Local API decision stream by result (ok, error).",
+            ),
+            &["result"],
+        )?;
+        for (result, n) in &crowdsec.polls {
+            polls.with_label_values(&[result]).inc_by(*n);
+        }
+        let ignored = IntCounterVec::new(
+            Opts::new(
+                "xdpwall_crowdsec_ignored_total",
+                "CrowdSec decisions not enforced, by reason (type, scope, invalid, refused).",
+            ),
+            &["reason"],
+        )?;
+        for (reason, n) in &crowdsec.ignored {
+            ignored.with_label_values(&[reason]).inc_by(*n);
+        }
+        registry.register(Box::new(decisions))?;
+        registry.register(Box::new(polls))?;
+        registry.register(Box::new(ignored))?;
+    }
     let mut out = Vec::new();
     TextEncoder::new().encode(&registry.gather(), &mut out)?;
     Ok(String::from_utf8(out).expect("the text encoder writes UTF-8"))
@@ -317,8 +379,24 @@ mod tests {
             feed_last_success: vec![("spamhaus".into(), 1_700_000_000)],
             egress: vec![("watch", "12".into(), 1, 1000, 60000)],
             events_lost: vec![("flows", 3)],
+            crowdsec: Some(CrowdsecSnapshot {
+                decisions: 4,
+                polls: vec![("ok", 5), ("error", 2)],
+                ignored: vec![("scope", 1)],
+            }),
         };
         let text = render(&snapshot).unwrap();
+        for line in [
+            "xdpwall_crowdsec_decisions 4",
+            "xdpwall_crowdsec_polls_total{result=\"error\"} 2",
+            "xdpwall_crowdsec_polls_total{result=\"ok\"} 5",
+            "xdpwall_crowdsec_ignored_total{reason=\"scope\"} 1",
+            "# TYPE xdpwall_crowdsec_decisions gauge",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        let without = render(&Snapshot::default()).unwrap();
+        assert!(!without.contains("xdpwall_crowdsec"), "{without}");
         assert!(
             text.contains("xdpwall_packets_total{iface=\"eth0\",verdict=\"dropped\"} 7"),
             "{text}"

@@ -3,8 +3,10 @@
 //! - [`privileges`]: decide whether a privileged test can run here, and say why not
 //! - [`lab`]: network namespaces joined by a veth pair, removed on drop (crate xdpwall-netlab)
 //! - [`daemon`]: the real `xdpwall` binary running inside a lab namespace
+//! - [`crowdsec`]: a real CrowdSec Local API (Debian package) in a lab namespace
 //! - [`testrun`]: the XDP program loaded for BPF_PROG_TEST_RUN, with its maps
 //! - [`frames`]: test frames built with etherparse
+pub mod crowdsec;
 pub mod daemon;
 pub mod fixture;
 pub mod frames;

@@ -24,7 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install prerequisites: apt packages (LLVM 22, iproute2, bpftool, ...), rust-src for the
+    /// Install prerequisites: apt packages (LLVM 22, iproute2, bpftool, crowdsec installed
+    /// offline, ...), rust-src for the
     /// nightly toolchain, bpf-linker 0.13.0; mount bpffs at /sys/fs/bpf.
     Setup,
     /// Run the demo lab: two namespaces and a veth pair, xdpwall blocking a lab prefix (v4 and

@@ -42,6 +42,7 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 pub fn run() -> anyhow::Result<()> {
     apt_packages(APT_PACKAGES)?;
+    crowdsec()?;
     rust_src()?;
     bpf_linker()?;
     cargo_deb()?;
@@ -103,6 +104,44 @@ fn schemathesis() -> anyhow::Result<()> {
         "-q",
         &format!("schemathesis=={SCHEMATHESIS_VERSION}"),
     ]))
+}
+
+/// Where the crowdsec package looks for Central API credentials; see [`crowdsec`].
+const CROWDSEC_ONLINE_CREDENTIALS: &str = "/etc/crowdsec/online_api_credentials.yaml";
+
+/// The crowdsec package, for the bouncer tests against a real Local API, installed offline:
+/// with no (or an empty) Central API credentials file, its post-install registers with the
+/// online Central API, fails without network and leaves dpkg half-configured (and every later
+/// apt-get failing). A non-empty file makes it skip that step. Also repairs an install that
+/// was left half-configured that way.
+fn crowdsec() -> anyhow::Result<()> {
+    let status = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "crowdsec"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if status.contains("install ok installed") {
+        return Ok(());
+    }
+    let credentials = Path::new(CROWDSEC_ONLINE_CREDENTIALS);
+    let empty = std::fs::metadata(credentials).map_or(true, |m| m.len() == 0);
+    if empty {
+        std::fs::create_dir_all("/etc/crowdsec").context("creating /etc/crowdsec")?;
+        std::fs::write(
+            credentials,
+            "# offline: no Central API registration (written by cargo xtask setup)\n",
+        )
+        .with_context(|| format!("writing {CROWDSEC_ONLINE_CREDENTIALS}"))?;
+    }
+    if status.contains("install ok") {
+        println!("setup: finishing the half-configured crowdsec package");
+        return run_cmd(
+            Command::new("dpkg")
+                .args(["--configure", "crowdsec"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        );
+    }
+    apt_packages(&["crowdsec"])
 }
 
 fn rust_src() -> anyhow::Result<()> {

@@ -1,0 +1,906 @@
+//! CrowdSec bouncer: polls a CrowdSec Local API (`GET /v1/decisions/stream`) and turns ban
+//! decisions into block rules of one list (default `crowdsec`) with the decision's duration as
+//! TTL.
+//!
+//! Decisions become ordinary stored rules (source "api", audited as "crowdsec"), not a feed-like
+//! set: each has its own TTL, so bans expire on time even while the LAPI is unreachable, and they
+//! survive a restart without the LAPI. The first poll of a daemon run (and the first after an
+//! error) asks for the full set (`startup=true`) and makes the list equal to it as a diff;
+//! later polls apply the deltas. The LAPI being down never removes anything.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    path::PathBuf,
+    sync::Mutex,
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::{
+    engine::{Engine, EngineError, ListBlock, ListChange, ListReport},
+    rules::normalize_cidr,
+};
+
+/// `[crowdsec]` in the config file.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CrowdsecConfig {
+    /// Base URL of the Local API, e.g. "http://127.0.0.1:8080/".
+    pub url: String,
+    /// File holding the bouncer's API key (`cscli bouncers add NAME -o raw`).
+    pub api_key_file: Option<PathBuf>,
+    /// Environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// Time between polls.
+    #[serde(default = "default_interval")]
+    pub interval: String,
+    /// The list the decisions go to (owned by the bouncer: other rules in it are replaced).
+    #[serde(default = "default_list")]
+    pub list: String,
+}
+
+fn default_interval() -> String {
+    "10s".into()
+}
+
+fn default_list() -> String {
+    "crowdsec".into()
+}
+
+/// The bouncer's settings with the key loaded. `Debug` never prints the key.
+#[derive(Clone)]
+pub struct Bouncer {
+    pub url: reqwest::Url,
+    pub api_key: String,
+    pub interval: Duration,
+    pub list: String,
+}
+
+impl std::fmt::Debug for Bouncer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bouncer")
+            .field("url", &self.url.as_str())
+            .field("interval", &self.interval)
+            .field("list", &self.list)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CrowdsecConfig {
+    /// Validates the settings; errors name the key, never the API key itself.
+    pub fn check(&self) -> Result<(reqwest::Url, Duration), (String, String)> {
+        let err = |key: &str, msg: String| (key.to_string(), msg);
+        let mut url = reqwest::Url::parse(&self.url).map_err(|e| {
+            err(
+                "url",
+                format!(
+                    "{:?} is not a URL ({e}); use e.g. \"http://127.0.0.1:8080/\"",
+                    self.url
+                ),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(err(
+                "url",
+                format!("{:?}: use http:// or https://", self.url),
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(err(
+                "url",
+                "credentials in the URL would show in logs and /v1/status: give the key with api_key_file or api_key_env".into(),
+            ));
+        }
+        // A base without a trailing slash would lose its last segment when the stream path is
+        // joined ("http://h/crowdsec" + "v1/…" = "http://h/v1/…").
+        if !url.path().ends_with('/') {
+            let path = format!("{}/", url.path());
+            url.set_path(&path);
+        }
+        let interval = humantime::parse_duration(&self.interval).map_err(|e| {
+            err(
+                "interval",
+                format!(
+                    "{:?} is not a duration ({e}); use e.g. \"10s\"",
+                    self.interval
+                ),
+            )
+        })?;
+        if interval < Duration::from_secs(1) || interval > Duration::from_secs(3600) {
+            return Err(err(
+                "interval",
+                format!("{:?} must be between 1s and 1h", self.interval),
+            ));
+        }
+        crate::engine::validate_list(&self.list).map_err(|e| err("list", e.to_string()))?;
+        match (&self.api_key_file, &self.api_key_env) {
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => {
+                return Err(err(
+                    "api_key_file",
+                    "give exactly one of `api_key_file` or `api_key_env` (the key itself never goes in the config)".into(),
+                ));
+            }
+        }
+        Ok((url, interval))
+    }
+
+    /// Checks the settings and reads the API key from its file or environment variable.
+    pub fn load(&self) -> Result<Bouncer, (String, String)> {
+        let (url, interval) = self.check()?;
+        let api_key = match (&self.api_key_file, &self.api_key_env) {
+            (Some(file), None) => std::fs::read_to_string(file).map_err(|e| {
+                (
+                    "api_key_file".to_string(),
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?,
+            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                (
+                    "api_key_env".to_string(),
+                    format!("environment variable {var} is not set"),
+                )
+            })?,
+            _ => unreachable!("checked"),
+        };
+        let api_key = api_key.trim().to_string();
+        if api_key.is_empty() || !api_key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err((
+                "api_key_file".to_string(),
+                "the API key is empty or not printable ASCII: paste the output of `cscli bouncers add NAME -o raw`".into(),
+            ));
+        }
+        Ok(Bouncer {
+            url,
+            api_key,
+            interval,
+            list: self.list.clone(),
+        })
+    }
+}
+
+/// Parses a Go duration as CrowdSec prints it: "4h", "3h59m58.123456789s", "-1.5s", "150ms".
+/// Returns whole seconds (fractions truncated towards zero).
+pub fn parse_go_duration(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let (negative, mut rest) = match text.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    if rest == "0" {
+        return Some(0);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut nanos: f64 = 0.0;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return None;
+        }
+        let value: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        nanos += value * scale;
+    }
+    let secs = (nanos / 1e9).trunc() as i64;
+    Some(if negative { -secs } else { secs })
+}
+
+/// One decision as the Local API sends it (unknown fields ignored: the format grows).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Decision {
+    #[serde(default)]
+    pub id: i64,
+    #[serde(default)]
+    pub duration: String,
+    #[serde(default)]
+    pub origin: String,
+    #[serde(default)]
+    pub scenario: String,
+    pub scope: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub value: String,
+}
+
+/// The body of `GET /v1/decisions/stream`; both arrays may be `null`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct DecisionStream {
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub new: Vec<Decision>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub deleted: Vec<Decision>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Decision>, D::Error> {
+    Ok(Option::<Vec<Decision>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Why a decision was not turned into a rule (label of `xdpwall_crowdsec_ignored_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Ignored {
+    /// Not a ban (captcha, throttle, ...).
+    Type,
+    /// Not Ip or Range (Country, AS, ...).
+    Scope,
+    /// A value or duration that does not parse.
+    Invalid,
+    /// Refused by the lock-out guard (management address, too broad).
+    Refused,
+}
+
+impl Ignored {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Type => "type",
+            Self::Scope => "scope",
+            Self::Invalid => "invalid",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+/// A ban decision we can enforce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ban {
+    pub id: i64,
+    pub cidr: IpNet,
+    /// Seconds left (may be ≤ 0 for deleted decisions).
+    pub seconds: i64,
+    pub reason: String,
+}
+
+/// Classifies one decision: a ban we enforce, or why not.
+pub fn to_ban(d: &Decision, deleted: bool) -> Result<Ban, Ignored> {
+    if !d.kind.eq_ignore_ascii_case("ban") {
+        return Err(Ignored::Type);
+    }
+    if !(d.scope.eq_ignore_ascii_case("ip") || d.scope.eq_ignore_ascii_case("range")) {
+        return Err(Ignored::Scope);
+    }
+    let cidr = normalize_cidr(&d.value).map_err(|_| Ignored::Invalid)?;
+    let seconds = match parse_go_duration(&d.duration) {
+        Some(s) => s,
+        None if deleted => 0,
+        None => return Err(Ignored::Invalid),
+    };
+    let mut reason = format!("crowdsec decision {}", d.id);
+    if !d.scenario.is_empty() {
+        reason.push_str(": ");
+        reason.push_str(&d.scenario);
+    }
+    if !d.origin.is_empty() {
+        reason.push_str(&format!(" (origin {})", d.origin));
+    }
+    reason.truncate(1024);
+    Ok(Ban {
+        id: d.id,
+        cidr,
+        seconds,
+        reason,
+    })
+}
+
+/// Decision ids per CIDR, so one of two decisions for an address going away keeps the block.
+#[derive(Debug, Default)]
+pub struct DecisionIndex {
+    by_cidr: HashMap<IpNet, BTreeSet<i64>>,
+}
+
+impl DecisionIndex {
+    pub fn len(&self) -> usize {
+        self.by_cidr.values().map(BTreeSet::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_cidr.is_empty()
+    }
+}
+
+/// What one stream body means for the list, and what was ignored.
+#[derive(Debug, Default)]
+pub struct Translated {
+    pub change: ListChange,
+    pub ignored: BTreeMap<Ignored, u64>,
+}
+
+/// Turns a stream body into a list change, updating `index`. `startup`: the body is the full set.
+pub fn translate(
+    stream: &DecisionStream,
+    startup: bool,
+    index: &mut DecisionIndex,
+    now: i64,
+) -> Translated {
+    let mut out = Translated::default();
+    out.change.replace = startup;
+    if startup {
+        index.by_cidr.clear();
+    }
+    // A set: a big delta (thousands deleted and re-added) stays linear.
+    let mut unblock = BTreeSet::new();
+    for d in &stream.deleted {
+        match to_ban(d, true) {
+            Ok(ban) => {
+                let ids = index.by_cidr.entry(ban.cidr).or_default();
+                ids.remove(&ban.id);
+                if ids.is_empty() {
+                    index.by_cidr.remove(&ban.cidr);
+                    unblock.insert(ban.cidr);
+                }
+            }
+            Err(why) => *out.ignored.entry(why).or_default() += 1,
+        }
+    }
+    for d in &stream.new {
+        match to_ban(d, false) {
+            Ok(ban) => {
+                index.by_cidr.entry(ban.cidr).or_default().insert(ban.id);
+                unblock.remove(&ban.cidr);
+                out.change.block.push(ListBlock {
+                    cidr: ban.cidr,
+                    expires_at: now + ban.seconds,
+                    reason: ban.reason,
+                });
+            }
+            Err(why) => *out.ignored.entry(why).or_default() += 1,
+        }
+    }
+    out.change.unblock = unblock.into_iter().collect();
+    out
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error("cannot reach the CrowdSec Local API at {url}: {source}")]
+    Request {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error(
+        "the CrowdSec Local API answered {status}{hint}: keeping the current decisions, retrying"
+    )]
+    Status { status: u16, hint: &'static str },
+    #[error("the CrowdSec Local API sent a body that is not a decision stream: {0}")]
+    Body(String),
+    #[error("applying the decisions failed: {0}")]
+    Apply(#[from] EngineError),
+    #[error("the XDP filter is not loaded yet")]
+    NotReady,
+}
+
+/// The bouncer's state for `GET /v1/status` (`crowdsec`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct CrowdsecStatus {
+    /// "starting", "ok" or "error".
+    pub state: String,
+    pub url: String,
+    pub list: String,
+    /// When the last poll succeeded (RFC 3339, UTC, like the feeds' times).
+    pub last_success: Option<String>,
+    /// When the last poll failed.
+    pub last_error_at: Option<String>,
+    /// Why the last poll failed (kept after recovery for reference).
+    pub last_error: Option<String>,
+    /// Block rules currently in the list.
+    pub decisions: usize,
+    /// Consecutive failed polls.
+    pub failures: u32,
+}
+
+/// Counters since start (metrics): polls by result, ignored decisions by reason.
+#[derive(Clone, Debug, Default)]
+pub struct CrowdsecCounts {
+    pub polls: BTreeMap<&'static str, u64>,
+    pub ignored: BTreeMap<&'static str, u64>,
+}
+
+/// The running bouncer: settings, HTTP client, state for the API and metrics.
+pub struct CrowdsecBouncer {
+    bouncer: Bouncer,
+    client: reqwest::Client,
+    status: Mutex<CrowdsecStatus>,
+    counts: Mutex<CrowdsecCounts>,
+    index: tokio::sync::Mutex<DecisionIndex>,
+}
+
+fn rfc3339(unix: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Longest wait between retries while the LAPI fails.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Wait before the next poll after `failures` consecutive failures: the interval, doubling per
+/// failure, at most [`MAX_BACKOFF`] (or the interval, if that is longer).
+pub fn backoff(interval: Duration, failures: u32) -> Duration {
+    if failures == 0 {
+        return interval;
+    }
+    let cap = MAX_BACKOFF.max(interval);
+    interval
+        .checked_mul(1u32 << failures.min(16))
+        .unwrap_or(cap)
+        .min(cap)
+}
+
+impl CrowdsecBouncer {
+    pub fn new(bouncer: Bouncer) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("xdpwall-bouncer/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let status = CrowdsecStatus {
+            state: "starting".into(),
+            url: bouncer.url.to_string(),
+            list: bouncer.list.clone(),
+            ..Default::default()
+        };
+        Ok(Self {
+            bouncer,
+            client,
+            status: Mutex::new(status),
+            counts: Mutex::new(CrowdsecCounts::default()),
+            index: tokio::sync::Mutex::new(DecisionIndex::default()),
+        })
+    }
+
+    pub fn list(&self) -> &str {
+        &self.bouncer.list
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.bouncer.interval
+    }
+
+    /// The state with the current rule count of the list.
+    pub fn status(&self, engine: &Engine) -> CrowdsecStatus {
+        let mut status = self.status.lock().expect("not poisoned").clone();
+        status.decisions = engine.rules().filter(|r| r.list == self.list()).count();
+        status
+    }
+
+    pub fn counts(&self) -> CrowdsecCounts {
+        self.counts.lock().expect("not poisoned").clone()
+    }
+
+    fn count_poll(&self, result: &'static str) {
+        *self
+            .counts
+            .lock()
+            .expect("not poisoned")
+            .polls
+            .entry(result)
+            .or_default() += 1;
+    }
+
+    async fn fetch(&self, startup: bool) -> Result<DecisionStream, PollError> {
+        let mut url = self
+            .bouncer
+            .url
+            .join("v1/decisions/stream")
+            .map_err(|e| PollError::Body(e.to_string()))?;
+        url.query_pairs_mut()
+            .append_pair("startup", if startup { "true" } else { "false" });
+        let shown = url.as_str().to_string();
+        let response = self
+            .client
+            .get(url)
+            .header("X-Api-Key", &self.bouncer.api_key)
+            .header("Accept", "application/json")
+            .send()
+            .await
+            // Without the URL: reqwest's own message repeats it.
+            .map_err(|source| PollError::Request {
+                url: shown,
+                source: source.without_url(),
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let hint = match status.as_u16() {
+                401 | 403 => {
+                    " (the API key is not accepted: check api_key_file / api_key_env against `cscli bouncers list`)"
+                }
+                _ => "",
+            };
+            return Err(PollError::Status {
+                status: status.as_u16(),
+                hint,
+            });
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| PollError::Request {
+                url: self.bouncer.url.to_string(),
+                source: source.without_url(),
+            })?;
+        serde_json::from_slice(&bytes).map_err(|e| PollError::Body(e.to_string()))
+    }
+
+    /// One poll: fetch, translate, apply. `startup` asks for (and applies) the full set.
+    pub async fn poll(
+        &self,
+        engine: &tokio::sync::Mutex<Option<Engine>>,
+        startup: bool,
+        now: impl Fn() -> i64,
+    ) -> Result<ListReport, PollError> {
+        let stream = self.fetch(startup).await?;
+        let mut index = self.index.lock().await;
+        let translated = translate(&stream, startup, &mut index, now());
+        let report = {
+            let mut guard = engine.lock().await;
+            let engine = guard.as_mut().ok_or(PollError::NotReady)?;
+            engine.apply_list(self.list(), translated.change, "crowdsec", now())?
+        };
+        let mut counts = self.counts.lock().expect("not poisoned");
+        for (why, n) in translated.ignored {
+            *counts.ignored.entry(why.as_str()).or_default() += n;
+        }
+        if !report.refused.is_empty() {
+            *counts.ignored.entry(Ignored::Refused.as_str()).or_default() +=
+                report.refused.len() as u64;
+        }
+        drop(counts);
+        for (cidr, why) in &report.refused {
+            warn!(%cidr, reason = %why, "crowdsec decision skipped");
+        }
+        if report.added + report.removed > 0 || startup {
+            info!(
+                startup,
+                added = report.added,
+                removed = report.removed,
+                known = index.len(),
+                "crowdsec decisions applied"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Polls forever: full set first (and after every failure), then deltas; on failure keeps
+    /// what is enforced and retries with backoff.
+    pub async fn run(
+        &self,
+        engine: &tokio::sync::Mutex<Option<Engine>>,
+        now: impl Fn() -> i64 + Copy,
+    ) {
+        let mut startup = true;
+        loop {
+            let wait = match self.poll(engine, startup, now).await {
+                Ok(_) => {
+                    self.count_poll("ok");
+                    startup = false;
+                    let mut status = self.status.lock().expect("not poisoned");
+                    if status.failures > 0 {
+                        info!(
+                            after_failures = status.failures,
+                            "crowdsec Local API reachable again"
+                        );
+                    }
+                    status.state = "ok".into();
+                    status.last_success = Some(rfc3339(now()));
+                    status.failures = 0;
+                    self.bouncer.interval
+                }
+                Err(e) => {
+                    self.count_poll("error");
+                    startup = true;
+                    let mut status = self.status.lock().expect("not poisoned");
+                    status.state = "error".into();
+                    status.last_error = Some(e.to_string());
+                    status.last_error_at = Some(rfc3339(now()));
+                    status.failures = status.failures.saturating_add(1);
+                    let wait = backoff(self.bouncer.interval, status.failures);
+                    warn!(error = %e, retry_in = ?wait, "crowdsec poll failed; the current decisions stay enforced");
+                    wait
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{datapath::fake::FakeMaps, store::Store};
+
+    fn fixture(name: &str) -> DecisionStream {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../blocklists/fixtures/crowdsec/"
+        );
+        let text = std::fs::read_to_string(format!("{path}{name}")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("4h"), Some(14400));
+        assert_eq!(parse_go_duration("3h59m58.123456789s"), Some(14398));
+        assert_eq!(parse_go_duration("59m59.9s"), Some(3599));
+        assert_eq!(parse_go_duration("-1.5s"), Some(-1));
+        assert_eq!(parse_go_duration("150ms"), Some(0));
+        assert_eq!(parse_go_duration("1h0m0s"), Some(3600));
+        assert_eq!(parse_go_duration("167h59m"), Some(167 * 3600 + 59 * 60));
+        assert_eq!(parse_go_duration("2µs"), Some(0));
+        assert_eq!(parse_go_duration("0"), Some(0));
+        for bad in ["", "h", "4", "4d", "1x", "--1s", "1.2.3s", "-"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parses_startup_fixture() {
+        let stream = fixture("stream-startup.json");
+        assert_eq!(stream.new.len(), 6);
+        assert!(stream.deleted.is_empty(), "null is an empty list");
+        let mut index = DecisionIndex::default();
+        let t = translate(&stream, true, &mut index, 1000);
+        assert!(t.change.replace);
+        let cidrs: Vec<String> = t.change.block.iter().map(|b| b.cidr.to_string()).collect();
+        assert_eq!(
+            cidrs,
+            [
+                "192.0.2.7/32",
+                "198.51.100.0/24",
+                "2001:db8::7/128",
+                "2001:db8:1::/48"
+            ]
+        );
+        assert_eq!(t.change.block[0].expires_at, 1000 + 14398);
+        assert!(t.change.block[0].reason.contains("crowdsecurity/ssh-bf"));
+        assert_eq!(t.ignored.get(&Ignored::Type), Some(&1));
+        assert_eq!(t.ignored.get(&Ignored::Scope), Some(&1));
+        assert_eq!(index.len(), 4);
+    }
+
+    #[test]
+    fn parses_delta_fixture_and_keeps_cidrs_other_decisions_still_ban() {
+        let mut index = DecisionIndex::default();
+        translate(&fixture("stream-startup.json"), true, &mut index, 0);
+        let delta = fixture("stream-delta.json");
+        let t = translate(&delta, false, &mut index, 0);
+        assert!(!t.change.replace);
+        // 192.0.2.7 had one decision (deleted) → unblocked; 198.51.100.0/24 gets a second
+        // decision (id 9) and then loses the first (id 2) → still blocked.
+        let unblock: Vec<String> = t.change.unblock.iter().map(ToString::to_string).collect();
+        assert_eq!(unblock, ["192.0.2.7/32"]);
+        let block: Vec<String> = t.change.block.iter().map(|b| b.cidr.to_string()).collect();
+        assert_eq!(block, ["198.51.100.0/24"]);
+        assert_eq!(t.ignored.get(&Ignored::Invalid), Some(&1));
+    }
+
+    #[test]
+    fn empty_and_null_bodies() {
+        let s: DecisionStream = serde_json::from_str(r#"{"new":null,"deleted":null}"#).unwrap();
+        assert_eq!(s, DecisionStream::default());
+        let s: DecisionStream = serde_json::from_str("{}").unwrap();
+        assert_eq!(s, DecisionStream::default());
+        assert!(serde_json::from_str::<DecisionStream>("<html>").is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_bounded() {
+        let s = Duration::from_secs;
+        assert_eq!(backoff(s(10), 0), s(10));
+        assert_eq!(backoff(s(10), 1), s(20));
+        assert_eq!(backoff(s(10), 2), s(40));
+        assert_eq!(backoff(s(10), 3), s(60));
+        assert_eq!(backoff(s(10), 100), s(60));
+        assert_eq!(backoff(s(600), 5), s(600));
+    }
+
+    fn config(text: &str) -> Result<CrowdsecConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    #[test]
+    fn config_defaults_and_checks() {
+        let c = config("url = \"http://127.0.0.1:8080/\"\napi_key_env = \"CS_KEY\"").unwrap();
+        assert_eq!(c.interval, "10s");
+        assert_eq!(c.list, "crowdsec");
+        let (url, interval) = c.check().unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(interval, Duration::from_secs(10));
+        let prefixed =
+            config("url = \"https://lapi.example/crowdsec\"\napi_key_env = \"K\"").unwrap();
+        let (url, _) = prefixed.check().unwrap();
+        assert_eq!(
+            url.join("v1/decisions/stream").unwrap().as_str(),
+            "https://lapi.example/crowdsec/v1/decisions/stream"
+        );
+        assert!(
+            config("url = \"x\"\napi_key = \"secret\"").is_err(),
+            "no inline key"
+        );
+        let both =
+            config("url = \"http://h/\"\napi_key_env = \"A\"\napi_key_file = \"/k\"").unwrap();
+        assert_eq!(both.check().unwrap_err().0, "api_key_file");
+        let neither = config("url = \"http://h/\"").unwrap();
+        assert_eq!(neither.check().unwrap_err().0, "api_key_file");
+        let userinfo = config("url = \"http://u:p@h/\"\napi_key_env = \"A\"").unwrap();
+        assert_eq!(userinfo.check().unwrap_err().0, "url");
+        let bad_url = config("url = \"ftp://h/\"\napi_key_env = \"A\"").unwrap();
+        assert_eq!(bad_url.check().unwrap_err().0, "url");
+        let bad_interval =
+            config("url = \"http://h/\"\napi_key_env = \"A\"\ninterval = \"0s\"").unwrap();
+        assert_eq!(bad_interval.check().unwrap_err().0, "interval");
+        let bad_list = config("url = \"http://h/\"\napi_key_env = \"A\"\nlist = \"a b\"").unwrap();
+        assert_eq!(bad_list.check().unwrap_err().0, "list");
+    }
+
+    #[test]
+    fn key_from_file_is_trimmed_and_never_debug_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "s3cr3tkey\n").unwrap();
+        let c = CrowdsecConfig {
+            url: "http://127.0.0.1:8080/".into(),
+            api_key_file: Some(file),
+            api_key_env: None,
+            interval: "2s".into(),
+            list: "cs".into(),
+        };
+        let b = c.load().unwrap();
+        assert_eq!(b.api_key, "s3cr3tkey");
+        assert!(!format!("{b:?}").contains("s3cr3t"));
+        let missing = CrowdsecConfig {
+            api_key_env: Some("XDPWALL_TEST_UNSET_KEY_VAR".into()),
+            api_key_file: None,
+            ..c
+        };
+        assert_eq!(missing.load().unwrap_err().0, "api_key_env");
+    }
+
+    fn engine() -> Engine {
+        let (mut engine, _) = Engine::open(
+            Box::new(FakeMaps::default()),
+            Store::in_memory().unwrap(),
+            Vec::new(),
+            Vec::new(),
+        )
+        .unwrap();
+        engine
+            .sync_config(vec!["192.0.2.10/32".parse().unwrap()], Vec::new(), 0)
+            .unwrap();
+        engine
+    }
+
+    fn list_cidrs(engine: &Engine, list: &str) -> Vec<String> {
+        let mut v: Vec<String> = engine
+            .rules()
+            .filter(|r| r.list == list)
+            .map(|r| r.cidr.to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn full_set_replaces_the_list_as_a_diff_and_leaves_other_lists_alone() {
+        let mut engine = engine();
+        engine
+            .add(
+                &[crate::engine::RuleRequest {
+                    cidr: "203.0.113.0/24".into(),
+                    ..Default::default()
+                }],
+                "ops",
+                None,
+                0,
+            )
+            .unwrap();
+        let mut index = DecisionIndex::default();
+        let startup = fixture("stream-startup.json");
+        let t = translate(&startup, true, &mut index, 100);
+        let r = engine
+            .apply_list("crowdsec", t.change, "crowdsec", 100)
+            .unwrap();
+        assert_eq!(r.added, 4);
+        let ids: Vec<_> = engine.rules().map(|r| r.id).collect();
+        // A restart: the same full set again changes nothing (no duplicates, same ids).
+        let mut index = DecisionIndex::default();
+        let t = translate(&startup, true, &mut index, 103);
+        let r = engine
+            .apply_list("crowdsec", t.change, "crowdsec", 103)
+            .unwrap();
+        assert_eq!((r.added, r.removed), (0, 0));
+        assert_eq!(engine.rules().map(|r| r.id).collect::<Vec<_>>(), ids);
+        // A smaller full set removes what is gone, only from this list.
+        let t = translate(
+            &serde_json::from_str(
+                r#"{"new":[{"id":3,"duration":"1h","scope":"Ip","type":"ban","value":"2001:db8::7"}]}"#,
+            )
+            .unwrap(),
+            true,
+            &mut index,
+            110,
+        );
+        let r = engine
+            .apply_list("crowdsec", t.change, "crowdsec", 110)
+            .unwrap();
+        // 2001:db8::7's ban now ends later (110 + 1h > 100 + 59m): its rule is renewed.
+        assert_eq!((r.added, r.removed), (1, 4));
+        assert_eq!(list_cidrs(&engine, "crowdsec"), ["2001:db8::7/128"]);
+        assert_eq!(list_cidrs(&engine, "api"), ["203.0.113.0/24"]);
+        let audit = engine.audit_log(100).unwrap();
+        assert!(audit.iter().any(|a| a.who == "crowdsec"));
+    }
+
+    #[test]
+    fn deltas_add_remove_extend_and_refuse_management() {
+        let mut engine = engine();
+        let mut index = DecisionIndex::default();
+        let apply = |engine: &mut Engine, index: &mut DecisionIndex, body: &str, startup, now| {
+            let t = translate(&serde_json::from_str(body).unwrap(), startup, index, now);
+            engine
+                .apply_list("crowdsec", t.change, "crowdsec", now)
+                .unwrap()
+        };
+        let r = apply(
+            &mut engine,
+            &mut index,
+            r#"{"new":[{"id":1,"duration":"1h","scope":"Ip","type":"ban","value":"198.51.100.9"},
+                       {"id":2,"duration":"1h","scope":"Ip","type":"ban","value":"192.0.2.10"},
+                       {"id":3,"duration":"1h","scope":"Range","type":"ban","value":"0.0.0.0/1"}]}"#,
+            true,
+            0,
+        );
+        assert_eq!(r.added, 1);
+        assert_eq!(
+            r.refused.len(),
+            2,
+            "management address and a too-broad range"
+        );
+        // A longer ban for the same address pushes the expiry back (one rule, not two).
+        apply(
+            &mut engine,
+            &mut index,
+            r#"{"new":[{"id":4,"duration":"4h","scope":"Ip","type":"ban","value":"198.51.100.9"}]}"#,
+            false,
+            5,
+        );
+        let rules: Vec<_> = engine.rules().filter(|r| r.list == "crowdsec").collect();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].expires_at, Some(5 + 4 * 3600));
+        // Deleting one of the two decisions keeps the block; deleting both removes it.
+        apply(
+            &mut engine,
+            &mut index,
+            r#"{"deleted":[{"id":1,"duration":"-1s","scope":"Ip","type":"ban","value":"198.51.100.9"}]}"#,
+            false,
+            6,
+        );
+        assert_eq!(list_cidrs(&engine, "crowdsec"), ["198.51.100.9/32"]);
+        apply(
+            &mut engine,
+            &mut index,
+            r#"{"deleted":[{"id":4,"duration":"3h","scope":"Ip","type":"ban","value":"198.51.100.9"}]}"#,
+            false,
+            7,
+        );
+        assert!(list_cidrs(&engine, "crowdsec").is_empty());
+    }
+}
