@@ -484,9 +484,10 @@ impl Datapath {
             Some(dir24) => Some(dir24.plan(diff, before)?),
             None => None,
         };
-        let v6_planned = match &mut self.v6hash {
+        // With IPv6 changes to write: the table the engine held before, for an undo.
+        let mut v6_previous = match &mut self.v6hash {
             Some(v6) => match v6.plan(diff, before) {
-                Ok(changed) => changed,
+                Ok(previous) => previous,
                 Err(err) => {
                     if let Some(dir24) = &mut self.dir24 {
                         dir24.restore_sets(diff, before);
@@ -494,7 +495,7 @@ impl Datapath {
                     return Err(err);
                 }
             },
-            None => false,
+            None => None,
         };
         // Allow entries first: a new allow must be in place before a block it overrides.
         let mut undo = Undo::default();
@@ -540,7 +541,7 @@ impl Datapath {
             }
             // The generation the program does not read: nothing a packet sees changes yet.
             if let Some(v6) = &mut self.v6hash
-                && v6_planned
+                && v6_previous.is_some()
             {
                 v6.write_standby()?;
             }
@@ -554,10 +555,8 @@ impl Datapath {
             if let (Some(dir24), Some(writes)) = (&mut self.dir24, &dir24_writes) {
                 dir24.undo_plan(diff, writes, before);
             }
-            if let Some(v6) = &mut self.v6hash
-                && v6_planned
-            {
-                v6.undo_plan(diff, before);
+            if let (Some(v6), Some(previous)) = (&mut self.v6hash, v6_previous.take()) {
+                v6.undo_plan(diff, before, previous);
             }
             return Err(err);
         }
@@ -580,7 +579,7 @@ impl Datapath {
         // Flips the IPv6 generation (and any engine switch).
         self.switch_engine()?;
         if let Some(v6) = &mut self.v6hash
-            && v6_planned
+            && v6_previous.is_some()
         {
             v6.catch_up_old_generation();
         }
@@ -788,19 +787,20 @@ impl V6Hash {
         Ok(())
     }
 
-    /// Takes the IPv6 part of `diff` into the prefix sets and computes the table. Returns
-    /// whether anything must be written.
-    fn plan(&mut self, diff: &MapDiff, before: &MapContents) -> Result<bool, DatapathError> {
+    /// Takes the IPv6 part of `diff` into the prefix sets and computes the table. Returns the
+    /// table it replaces when anything must be written (`None`: nothing to write).
+    fn plan(
+        &mut self,
+        diff: &MapDiff,
+        before: &MapContents,
+    ) -> Result<Option<v6hash::Table>, DatapathError> {
         if self.synced && diff.allow_v6.is_empty() && diff.block_v6.is_empty() {
-            return Ok(false);
+            return Ok(None);
         }
         apply_to_set(&mut self.allow, &diff.allow_v6);
         apply_to_set(&mut self.block, &diff.block_v6);
         match v6hash::build(&self.allow, &self.block) {
-            Ok(table) => {
-                self.target = table;
-                Ok(true)
-            }
+            Ok(table) => Ok(Some(std::mem::replace(&mut self.target, table))),
             Err(err) => {
                 self.restore_sets(diff, before);
                 Err(err.into())
@@ -813,13 +813,12 @@ impl V6Hash {
         restore_set(&mut self.block, &diff.block_v6, &before.block_v6);
     }
 
-    /// Reverts [`Self::plan`] after a failed apply. The standby generation may hold part of the
+    /// Reverts [`Self::plan`] after a failed apply: the prefix sets go back to `before` and the
+    /// target to `previous` (what `plan` returned). The standby generation may hold part of the
     /// change; no packet reads it, and the next write compares it with what it really holds.
-    fn undo_plan(&mut self, diff: &MapDiff, before: &MapContents) {
+    fn undo_plan(&mut self, diff: &MapDiff, before: &MapContents, previous: v6hash::Table) {
         self.restore_sets(diff, before);
-        if let Ok(table) = v6hash::build(&self.allow, &self.block) {
-            self.target = table;
-        }
+        self.target = previous;
     }
 
     /// Brings the generation packets do not read to the target; on success it becomes the
