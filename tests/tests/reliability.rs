@@ -179,13 +179,10 @@ fn kill9_under_traffic_leaks_nothing_and_loses_nothing() {
 
 /// The block trie's /32 keys inside 198.18.0.0/15, read from the daemon's pinned map.
 fn kernel_writer_keys(pin_dir: &std::path::Path) -> BTreeSet<Ipv4Addr> {
-    let path = PinLayout::new(pin_dir).map(map_names::BLOCK_V4);
-    let data = MapData::from_pin(&path).expect("open the pinned block trie");
-    let trie: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(Map::LpmTrie(data)).unwrap();
-    trie.keys()
-        .map(|k| k.expect("read a key"))
-        .filter(|k| k.prefix_len() == 32 && k.data()[..2] == [198, 18])
-        .map(|k| Ipv4Addr::from(k.data()))
+    kernel_block_v4(pin_dir)
+        .iter()
+        .filter_map(|cidr| cidr.strip_suffix("/32")?.parse::<Ipv4Addr>().ok())
+        .filter(|addr| addr.octets()[..2] == [198, 18])
         .collect()
 }
 
