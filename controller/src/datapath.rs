@@ -1057,12 +1057,7 @@ fn restore_set<const N: usize>(
 }
 
 fn apply_to_set<const N: usize>(set: &mut TrieContents<N>, diff: &TrieDiff<N>) {
-    for (key, id) in &diff.upserts {
-        set.insert(*key, *id);
-    }
-    for key in &diff.removes {
-        set.remove(key);
-    }
+    diff.apply_to(set);
 }
 
 fn clear_trie<const N: usize>(

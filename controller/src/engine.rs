@@ -13,6 +13,8 @@ use std::{
 };
 
 use ipnet::IpNet;
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use tracing::{info, warn};
 use xdpwall_shared::{DatapathConfig, RuleCounters};
 
@@ -173,7 +175,7 @@ pub struct Engine {
     attachments: Vec<Attachment>,
     rules: BTreeMap<RuleId, Rule>,
     /// Rules by (cidr, action): the lowest id owns the trie entry.
-    owners: HashMap<(IpNet, Action), BTreeSet<RuleId>>,
+    owners: Owners,
     /// What the kernel tries hold (kept equal to `MapContents::from_rules(rules)`).
     applied: MapContents,
     management: Vec<IpNet>,
@@ -202,7 +204,7 @@ impl Engine {
             maps,
             store,
             attachments,
-            owners: HashMap::new(),
+            owners: Owners::default(),
             rules: BTreeMap::new(),
             applied,
             management: Vec::new(),
@@ -370,7 +372,7 @@ impl Engine {
     ) -> Result<ApplyReport, EngineError> {
         // Taken out rather than cloned (a feed can hold a million entries); put back on error.
         let old = self.feeds.remove(name);
-        let mut touched: Owners = HashMap::new();
+        let mut touched = Owners::default();
         // Set differences walk both sorted sets side by side: O(old + new), no per-entry search.
         let (gone, added): (Vec<IpNet>, Vec<IpNet>) = match &old {
             Some(o) if o.action == action && o.id == id => (
@@ -384,6 +386,7 @@ impl Engine {
             ),
             None => (Vec::new(), entries.iter().copied().collect()),
         };
+        touched.reserve(gone.len() + added.len());
         if let Some(o) = &old {
             for entry in gone {
                 owners_slot(&mut touched, &self.owners, (entry, o.action)).remove(&o.id);
@@ -797,7 +800,7 @@ impl Engine {
         }
 
         // Owners after the change, for the touched (cidr, action) keys only.
-        let mut touched: Owners = HashMap::new();
+        let mut touched = Owners::default();
         for rule in inserted.iter().chain(&removed) {
             let key = (rule.cidr, rule.action);
             touched
@@ -894,6 +897,7 @@ impl Engine {
 
     /// Records the owners a committed change left for the keys it touched.
     fn settle_owners(&mut self, touched: Owners) {
+        self.owners.reserve(touched.len());
         for (key, ids) in touched {
             if ids.is_empty() {
                 self.owners.remove(&key);
@@ -950,15 +954,14 @@ fn sync_watchlist(
 }
 
 /// The trie diff that gives each touched key its new owner (or removes it).
-fn diff_for(
-    applied: &MapContents,
-    touched: &HashMap<(IpNet, Action), BTreeSet<RuleId>>,
-) -> MapDiff {
-    let mut desired = MapContents::default();
-    let mut current = MapContents::default();
+fn diff_for(applied: &MapContents, touched: &Owners) -> MapDiff {
+    // Collected unordered, then sorted once: building the ordered maps from sorted input is a
+    // bulk build instead of a million random-order inserts (a full feed load touches them all).
+    let mut desired = Vec::with_capacity(touched.len());
+    let mut current = Vec::new();
     for ((cidr, action), ids) in touched {
         if let Some(owner) = ids.first() {
-            desired.insert(*cidr, *action, *owner);
+            desired.push((*cidr, *action, owner));
         }
         let existing = match (cidr, action) {
             (IpNet::V4(n), Action::Allow) => applied.allow_v4.get(&key_v4(*n)).copied(),
@@ -968,21 +971,57 @@ fn diff_for(
             (_, Action::Watch) => None,
         };
         if let Some(id) = existing {
-            current.insert(*cidr, *action, id);
+            current.push((*cidr, *action, id));
         }
     }
-    MapDiff::between(&current, &desired)
+    MapDiff::between(
+        &MapContents::from_entries(current),
+        &MapContents::from_entries(desired),
+    )
 }
 
-/// Rule ids per (cidr, action); the lowest id owns the trie entry.
-type Owners = HashMap<(IpNet, Action), BTreeSet<RuleId>>;
+/// Rule ids per (cidr, action); the lowest id owns the trie entry. A fast non-cryptographic
+/// hash: the keys are the operator's own rules and feed entries, and a full load hashes a
+/// million of them.
+type Owners = FxHashMap<(IpNet, Action), OwnerIds>;
+
+/// The rules naming one (cidr, action), sorted; almost always one, so no allocation for it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct OwnerIds(SmallVec<[RuleId; 2]>);
+
+impl OwnerIds {
+    /// The owner of the trie entry: the lowest id.
+    fn first(&self) -> Option<RuleId> {
+        self.0.first().copied()
+    }
+
+    fn insert(&mut self, id: RuleId) {
+        if let Err(at) = self.0.binary_search(&id) {
+            self.0.insert(at, id);
+        }
+    }
+
+    fn remove(&mut self, id: &RuleId) {
+        if let Ok(at) = self.0.binary_search(id) {
+            self.0.remove(at);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &RuleId> {
+        self.0.iter()
+    }
+}
 
 /// The owners of `key` as a change will leave them, seeded from the current owners.
 fn owners_slot<'a>(
     touched: &'a mut Owners,
     current: &Owners,
     key: (IpNet, Action),
-) -> &'a mut BTreeSet<RuleId> {
+) -> &'a mut OwnerIds {
     touched
         .entry(key)
         .or_insert_with(|| current.get(&key).cloned().unwrap_or_default())
@@ -1029,18 +1068,10 @@ impl MapContents {
 
     /// Applies `diff` in place.
     fn apply_diff(&mut self, diff: &MapDiff) {
-        fn apply<const N: usize>(trie: &mut crate::rules::TrieContents<N>, diff: &TrieDiff<N>) {
-            for (k, v) in &diff.upserts {
-                trie.insert(*k, *v);
-            }
-            for k in &diff.removes {
-                trie.remove(k);
-            }
-        }
-        apply(&mut self.allow_v4, &diff.allow_v4);
-        apply(&mut self.allow_v6, &diff.allow_v6);
-        apply(&mut self.block_v4, &diff.block_v4);
-        apply(&mut self.block_v6, &diff.block_v6);
+        diff.allow_v4.apply_to(&mut self.allow_v4);
+        diff.allow_v6.apply_to(&mut self.allow_v6);
+        diff.block_v4.apply_to(&mut self.block_v4);
+        diff.block_v6.apply_to(&mut self.block_v6);
     }
 }
 
