@@ -6,6 +6,8 @@
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    ptr::NonNull,
+    sync::atomic::{AtomicU32, Ordering},
 };
 
 use aya::{
@@ -15,9 +17,8 @@ use aya::{
     },
 };
 use xdpwall_shared::{
-    DIR24_CHUNK_LINES, DIR24_CHUNK_SLOTS, DIR24_CHUNKS, DIR24_LINE_SLOTS, DatapathConfig,
-    RuleCounters, V4_LONG_MAX_ENTRIES, V6_HASH_MAX_ENTRIES, V6Key, V6Lengths, leaf, lookup,
-    map_names, verdict, verdict_slot,
+    DIR24_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig, RuleCounters, V4_LONG_MAX_ENTRIES,
+    V6_HASH_MAX_ENTRIES, V6Key, V6Lengths, lookup, map_names, verdict, verdict_slot,
 };
 
 use crate::{
@@ -143,228 +144,82 @@ pub struct Datapath {
     lookup: Array<MapData, u32>,
     /// The DIR-24 table and what it was built from; `None` with the LPM engine.
     dir24: Option<Dir24>,
-    /// With the LPM engine: the DIR-24 chunks map, emptied once the program reads the tries.
-    chunks_to_free: Option<MapData>,
     /// The IPv6 hash engine; `None` with the LPM engine.
     v6hash: Option<V6Hash>,
 }
 
-/// The first level of the DIR-24 table: the kernel's chunks (an array of maps, see
-/// [`map_names::V4_CHUNKS`]) and this process's copy of every slot, which changes are computed
-/// against. A chunk is never written in place: a change builds a complete new chunk and swaps it
-/// in with one pointer update, so a packet reads either the old or the new chunk, never a
-/// half-written one. The copy costs this process 64 MiB while the engine is in use.
-struct ChunkedTable {
-    outer: MapData,
-    /// Every slot as the kernel's chunks hold it (absent chunks: [`leaf::NONE`]).
-    slots: Vec<u32>,
-    /// Which chunks the kernel holds.
-    present: Vec<bool>,
+/// The first level of the DIR-24 table, mapped into this process: slots are read and written
+/// with plain aligned 32-bit loads and stores, which the XDP program sees at once.
+struct MappedTable {
+    slots: NonNull<AtomicU32>,
+    len: usize,
+    // Keeps the map alive as long as the mapping.
+    _map: MapData,
 }
 
-/// New chunks built for a change, not yet visible to packets (see [`ChunkedTable::prepare`]).
-#[derive(Default)]
-struct PreparedChunks {
-    /// Per chunk: its new map, or `None` to remove it (nothing left in it).
-    chunks: Vec<(u32, Option<OwnedFd>)>,
-}
+// SAFETY: the mapping is shared memory accessed only through atomics.
+unsafe impl Send for MappedTable {}
 
-impl ChunkedTable {
-    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-
-    fn open(outer: MapData) -> Result<Self, DatapathError> {
-        let name = map_names::V4_CHUNKS;
-        let found = outer.info().map_err(map_err(name))?.max_entries();
-        if found != DIR24_CHUNKS {
+impl MappedTable {
+    fn open(map: MapData) -> Result<Self, DatapathError> {
+        let name = map_names::V4_TBL24;
+        let found = map.info().map_err(map_err(name))?.max_entries();
+        if found != DIR24_MAP_ENTRIES {
             return Err(DatapathError::WrongSize {
                 map: name,
                 found,
-                needed: DIR24_CHUNKS,
+                needed: DIR24_MAP_ENTRIES,
             });
         }
-        let mut table = Self {
-            outer,
-            slots: vec![leaf::NONE; (DIR24_CHUNKS * DIR24_CHUNK_SLOTS) as usize],
-            present: vec![false; DIR24_CHUNKS as usize],
+        let len = DIR24_ENTRIES as usize;
+        // SAFETY: mapping a BPF_F_MMAPABLE array map of `len / 2` elements of `[u32; 2]` (no
+        // padding: 8-byte values), shared, at a fresh address.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len * 4,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
         };
-        // What a previous daemon left is not read back: the first change rewrites every chunk
-        // that must hold something and removes the others (see `Dir24::plan`).
-        for chunk in 0..DIR24_CHUNKS {
-            table.present[chunk as usize] = table.chunk_exists(chunk)?;
+        if ptr == libc::MAP_FAILED {
+            return Err(DatapathError::Mmap {
+                map: name,
+                source: std::io::Error::last_os_error(),
+            });
         }
-        Ok(table)
+        Ok(Self {
+            slots: NonNull::new(ptr.cast()).expect("mmap does not return NULL on success"),
+            len,
+            _map: map,
+        })
     }
 
-    fn outer_fd(&self) -> u32 {
-        self.outer.fd().as_fd().as_raw_fd() as u32
-    }
-
-    fn chunk_exists(&self, chunk: u32) -> Result<bool, DatapathError> {
-        let mut inner_id = 0u32;
-        let attr = ElemAttr {
-            map_fd: self.outer_fd(),
-            key: &chunk as *const u32 as u64,
-            value: &mut inner_id as *mut u32 as u64,
-            ..ElemAttr::default()
-        };
-        // SAFETY: key and value point at live u32s (an array of maps reads back map ids).
-        match unsafe { crate::loader::bpf(Self::BPF_MAP_LOOKUP_ELEM, &attr) } {
-            Ok(_) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-            Err(source) => Err(DatapathError::Batch {
-                map: map_names::V4_CHUNKS,
-                source,
-            }),
-        }
+    fn slots(&self) -> &[AtomicU32] {
+        // SAFETY: `len` atomics mapped in `open`, alive until drop.
+        unsafe { std::slice::from_raw_parts(self.slots.as_ptr(), self.len) }
     }
 
     fn get(&self, slot: u32) -> u32 {
-        self.slots[slot as usize]
+        self.slots()[slot as usize].load(Ordering::Relaxed)
     }
 
-    fn chunk_slots(slots: &[u32], chunk: u32) -> &[u32] {
-        let first = (chunk * DIR24_CHUNK_SLOTS) as usize;
-        &slots[first..first + DIR24_CHUNK_SLOTS as usize]
-    }
-
-    /// Builds the chunks that `writes` change (with `everything`: every chunk that must hold
-    /// something, and the removal of every other chunk the kernel holds), without touching
-    /// what packets see. Fails (the kernel out of memory) with nothing visible changed.
-    fn prepare(
-        &self,
-        writes: &[(u32, u32)],
-        everything: bool,
-    ) -> Result<(PreparedChunks, BTreeMap<u32, Vec<u32>>), DatapathError> {
-        // The new contents of each touched chunk.
-        let mut changed: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-        for &(slot, leaf) in writes {
-            let chunk = slot / DIR24_CHUNK_SLOTS;
-            changed
-                .entry(chunk)
-                .or_insert_with(|| Self::chunk_slots(&self.slots, chunk).to_vec())
-                [(slot % DIR24_CHUNK_SLOTS) as usize] = leaf;
-        }
-        if everything {
-            for chunk in 0..DIR24_CHUNKS {
-                let held = Self::chunk_slots(&self.slots, chunk);
-                if self.present[chunk as usize] || held.iter().any(|&l| l != leaf::NONE) {
-                    changed.entry(chunk).or_insert_with(|| held.to_vec());
-                }
-            }
-        }
-        let mut prepared = PreparedChunks::default();
-        for (&chunk, slots) in &changed {
-            if slots.iter().all(|&l| l == leaf::NONE) {
-                if self.present[chunk as usize] || everything {
-                    prepared.chunks.push((chunk, None));
-                }
-                continue;
-            }
-            let inner = create_map(MapCreateAttr {
-                map_type: RcuBarrier::BPF_MAP_TYPE_ARRAY,
-                key_size: 4,
-                value_size: DIR24_LINE_SLOTS * 4,
-                max_entries: DIR24_CHUNK_LINES,
-                ..MapCreateAttr::default()
-            })
-            .map_err(|source| DatapathError::Batch {
-                map: map_names::V4_CHUNKS,
-                source,
-            })?;
-            let lines: Vec<[u32; DIR24_LINE_SLOTS as usize]> = slots
-                .chunks_exact(DIR24_LINE_SLOTS as usize)
-                .map(|line| line.try_into().expect("a whole line"))
-                .collect();
-            let keys: Vec<u32> = (0..DIR24_CHUNK_LINES).collect();
-            update_batch(inner.as_raw_fd() as u32, &keys, &lines).map_err(|source| {
-                DatapathError::Batch {
-                    map: map_names::V4_CHUNKS,
-                    source,
-                }
-            })?;
-            prepared.chunks.push((chunk, Some(inner)));
-        }
-        Ok((prepared, changed))
-    }
-
-    /// Makes prepared chunks visible: one pointer update (or removal) per chunk. The kernel
-    /// frees a replaced chunk once no program run still reads it.
-    fn swap_in(
-        &mut self,
-        prepared: PreparedChunks,
-        changed: BTreeMap<u32, Vec<u32>>,
-    ) -> Result<(), DatapathError> {
-        for (chunk, inner) in prepared.chunks {
-            let result = match &inner {
-                Some(inner) => {
-                    let fd = inner.as_raw_fd() as u32;
-                    let attr = ElemAttr {
-                        map_fd: self.outer_fd(),
-                        key: &chunk as *const u32 as u64,
-                        value: &fd as *const u32 as u64,
-                        ..ElemAttr::default()
-                    };
-                    // SAFETY: key and value point at live u32s (an array of maps takes fds).
-                    unsafe { crate::loader::bpf(RcuBarrier::BPF_MAP_UPDATE_ELEM, &attr) }.map(drop)
-                }
-                None => delete_chunk(self.outer_fd(), chunk),
-            };
-            result.map_err(|source| DatapathError::Batch {
-                map: map_names::V4_CHUNKS,
-                source,
-            })?;
-            self.present[chunk as usize] = inner.is_some();
-            if let Some(slots) = changed.get(&chunk) {
-                let first = (chunk * DIR24_CHUNK_SLOTS) as usize;
-                self.slots[first..first + slots.len()].copy_from_slice(slots);
-            }
-        }
-        Ok(())
-    }
-
-    fn chunks_present(&self) -> usize {
-        self.present.iter().filter(|&&p| p).count()
+    fn set(&self, slot: u32, leaf: u32) {
+        self.slots()[slot as usize].store(leaf, Ordering::Release);
     }
 }
 
-/// Removes chunk `chunk` from the array of maps `outer_fd` (absent already: fine).
-fn delete_chunk(outer_fd: u32, chunk: u32) -> std::io::Result<()> {
-    let attr = ElemAttr {
-        map_fd: outer_fd,
-        key: &chunk as *const u32 as u64,
-        ..ElemAttr::default()
-    };
-    // SAFETY: key points at a live u32.
-    match unsafe { crate::loader::bpf(ChunkedTable::BPF_MAP_DELETE_ELEM, &attr) } {
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        other => other.map(drop),
+impl Drop for MappedTable {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `open` mapped.
+        unsafe { libc::munmap(self.slots.as_ptr().cast(), self.len * 4) };
     }
-}
-
-/// Removes every DIR-24 chunk a previous daemon left (the engine is no longer in use): the
-/// kernel frees them once no program run reads them.
-fn remove_all_chunks(outer: &MapData) -> Result<(), DatapathError> {
-    let fd = outer.fd().as_fd().as_raw_fd() as u32;
-    for chunk in 0..DIR24_CHUNKS {
-        delete_chunk(fd, chunk).map_err(|source| DatapathError::Batch {
-            map: map_names::V4_CHUNKS,
-            source,
-        })?;
-    }
-    Ok(())
-}
-
-/// Creates a map that only this process holds (until something references it).
-fn create_map(attr: MapCreateAttr) -> std::io::Result<OwnedFd> {
-    // SAFETY: a valid BPF_MAP_CREATE attribute; the returned fd is owned from here on.
-    let fd = unsafe { crate::loader::bpf(RcuBarrier::BPF_MAP_CREATE, &attr) }?;
-    // SAFETY: the kernel just returned this fd to us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 struct Dir24 {
-    table: ChunkedTable,
+    table: MappedTable,
     long: HashMap<MapData, [u8; 4], u32>,
     /// What the long-prefix hash holds (read back at start, then kept in step).
     long_applied: BTreeMap<u32, u32>,
@@ -397,10 +252,6 @@ pub trait KernelMaps: Send {
     }
     /// Entries in the DIR-24 long-prefix hash, or `None` with the LPM engine.
     fn dir24_long_entries(&self) -> Option<usize> {
-        None
-    }
-    /// DIR-24 chunks the kernel holds, or `None` with the LPM engine.
-    fn dir24_chunks(&self) -> Option<usize> {
         None
     }
     /// The IPv6 lookup engine these maps are maintained for.
@@ -441,9 +292,6 @@ impl KernelMaps for Datapath {
     }
     fn dir24_long_entries(&self) -> Option<usize> {
         self.dir24.as_ref().map(|d| d.long_applied.len())
-    }
-    fn dir24_chunks(&self) -> Option<usize> {
-        self.dir24.as_ref().map(|d| d.table.chunks_present())
     }
     fn ipv6_lookup(&self) -> Ipv6Lookup {
         Datapath::ipv6_lookup(self)
@@ -491,21 +339,12 @@ impl Datapath {
                 Some(V6Hash::open(tables, lengths, switch)?)
             }
         };
-        // Under the LPM engine, chunks a previous daemon left are removed once the program no
-        // longer reads them (see `switch_engine`).
-        let chunks_to_free = match engines.ipv4 {
-            Ipv4Lookup::Lpm => match take(ebpf, map_names::V4_CHUNKS)? {
-                Map::ArrayOfMaps(data) => Some(data),
-                _ => return Err(DatapathError::MissingMap(map_names::V4_CHUNKS)),
-            },
-            Ipv4Lookup::Dir24 => None,
-        };
         let dir24 = match engines.ipv4 {
             Ipv4Lookup::Lpm => None,
             Ipv4Lookup::Dir24 => {
-                let table = match take(ebpf, map_names::V4_CHUNKS)? {
-                    Map::ArrayOfMaps(data) => ChunkedTable::open(data)?,
-                    _ => return Err(DatapathError::MissingMap(map_names::V4_CHUNKS)),
+                let table = match take(ebpf, map_names::V4_TBL24)? {
+                    Map::Array(data) => MappedTable::open(data)?,
+                    _ => return Err(DatapathError::MissingMap(map_names::V4_TBL24)),
                 };
                 let long: HashMap<MapData, [u8; 4], u32> =
                     HashMap::try_from(take(ebpf, map_names::V4_LONG)?)
@@ -543,7 +382,6 @@ impl Datapath {
             lookup,
             dir24,
             v6hash,
-            chunks_to_free,
         })
     }
 
@@ -580,10 +418,9 @@ impl Datapath {
     /// holds the previous rule set: switching engines across a restart leaves no gap.
     fn switch_engine(&mut self) -> Result<(), DatapathError> {
         let current = self.lookup.get(&0, 0).map_err(map_err(map_names::LOOKUP))?;
-        let dir24_bits = lookup::DIR24 | lookup::DIR24_CHUNKS;
         let v4 = match &self.dir24 {
-            Some(dir24) if dir24.repaint_all => current & dir24_bits,
-            Some(_) => lookup::DIR24_CHUNKS,
+            Some(dir24) if dir24.repaint_all => current & lookup::DIR24,
+            Some(_) => lookup::DIR24,
             None => lookup::LPM,
         };
         let v6_bits = lookup::V6_HASH | lookup::V6_GEN1;
@@ -594,24 +431,13 @@ impl Datapath {
             None => lookup::LPM,
         };
         let wanted = v4 | v6;
-        if current != wanted {
-            self.lookup
-                .set(0, wanted, 0)
-                .map_err(map_err(map_names::LOOKUP))?;
-        }
-        if wanted & dir24_bits == 0
-            && let Some(chunks) = self.chunks_to_free.take()
-        {
-            // Once no program run still reads the chunks.
-            if current & dir24_bits != 0 {
-                RcuBarrier::new()?.wait()?;
-            }
-            remove_all_chunks(&chunks)?;
-        }
         if current == wanted {
             return Ok(());
         }
-        if wanted & dir24_bits != 0 && current & dir24_bits == 0 {
+        self.lookup
+            .set(0, wanted, 0)
+            .map_err(map_err(map_names::LOOKUP))?;
+        if wanted & lookup::DIR24 != 0 && current & lookup::DIR24 == 0 {
             // The IPv4 tries are not maintained under DIR-24; free them.
             clear_trie(&mut self.allow_v4, map_names::ALLOW_V4)?;
             clear_trie(&mut self.block_v4, map_names::BLOCK_V4)?;
@@ -673,7 +499,6 @@ impl Datapath {
         };
         // Allow entries first: a new allow must be in place before a block it overrides.
         let mut undo = Undo::default();
-        let mut chunks = None;
         let result = (|| {
             if v4_tries {
                 upsert(
@@ -713,8 +538,6 @@ impl Datapath {
             }
             if let (Some(dir24), Some(writes)) = (&mut self.dir24, &dir24_writes) {
                 dir24.upsert_long(writes)?;
-                // Built, not yet visible: the swap comes after every fallible step.
-                chunks = Some(dir24.table.prepare(&writes.slots, dir24.repaint_all)?);
             }
             // The generation the program does not read: nothing a packet sees changes yet.
             if let Some(v6) = &mut self.v6hash
@@ -737,10 +560,8 @@ impl Datapath {
             }
             return Err(err);
         }
-        if let (Some(dir24), Some(writes), Some((prepared, changed))) =
-            (&mut self.dir24, &dir24_writes, chunks)
-        {
-            dir24.swap_and_prune(writes, prepared, changed)?;
+        if let (Some(dir24), Some(writes)) = (&mut self.dir24, &dir24_writes) {
+            dir24.write_slots_and_prune(writes)?;
         }
         // Blocks are removed before allows, so a source never loses its allow while still blocked.
         if v4_tries {
@@ -868,19 +689,13 @@ impl Dir24 {
         })
     }
 
-    /// Makes the change visible (the prepared chunks swapped in), then deletes the hash entries
-    /// no slot points at any more.
-    fn swap_and_prune(
-        &mut self,
-        writes: &Writes,
-        prepared: PreparedChunks,
-        changed: BTreeMap<u32, Vec<u32>>,
-    ) -> Result<(), DatapathError> {
+    fn write_slots_and_prune(&mut self, writes: &Writes) -> Result<(), DatapathError> {
         for (addr, leaf) in &writes.long_upserts {
             self.long_applied.insert(*addr, *leaf);
         }
-        let chunks_written = prepared.chunks.len();
-        self.table.swap_in(prepared, changed)?;
+        for (slot, leaf) in &writes.slots {
+            self.table.set(*slot, *leaf);
+        }
         let keys: Vec<[u8; 4]> = writes
             .long_removes
             .iter()
@@ -896,8 +711,6 @@ impl Dir24 {
         if self.repaint_all {
             tracing::info!(
                 slots_written = writes.slots.len(),
-                chunks_written,
-                chunks = self.table.chunks_present(),
                 long_upserts = writes.long_upserts.len(),
                 long_removes = writes.long_removes.len(),
                 "DIR-24 table checked against the whole rule set"
@@ -1106,11 +919,17 @@ impl RcuBarrier {
     const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
 
     fn new() -> Result<Self, DatapathError> {
-        let create = |attr: MapCreateAttr| {
-            create_map(attr).map_err(|source| DatapathError::Batch {
-                map: "rcu barrier",
-                source,
-            })
+        let create = |attr: MapCreateAttr| -> Result<OwnedFd, DatapathError> {
+            // SAFETY: a valid BPF_MAP_CREATE attribute; the returned fd is owned from here on.
+            let fd =
+                unsafe { crate::loader::bpf(Self::BPF_MAP_CREATE, &attr) }.map_err(|source| {
+                    DatapathError::Batch {
+                        map: "rcu barrier",
+                        source,
+                    }
+                })?;
+            // SAFETY: the kernel just returned this fd to us.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
         };
         let inner = create(MapCreateAttr {
             map_type: Self::BPF_MAP_TYPE_ARRAY,

@@ -294,11 +294,6 @@ impl Engine {
         self.maps.dir24_long_entries()
     }
 
-    /// DIR-24 chunks the kernel holds, or `None` with the LPM engine.
-    pub fn dir24_chunks(&self) -> Option<usize> {
-        self.maps.dir24_chunks()
-    }
-
     /// The IPv4 lookup engine the kernel maps are maintained for.
     pub fn ipv4_lookup(&self) -> crate::datapath::Ipv4Lookup {
         self.maps.ipv4_lookup()

@@ -23,7 +23,8 @@ use aya::{
 };
 use tracing::{info, warn};
 use xdpwall_shared::{
-    IFACE_SLOTS, V4_LONG_MAX_ENTRIES, V6_HASH_MAX_ENTRIES, XDP_PROGRAM, map_names,
+    DIR24_MAP_ENTRIES, IFACE_SLOTS, V4_LONG_MAX_ENTRIES, V6_HASH_MAX_ENTRIES, XDP_PROGRAM,
+    map_names,
 };
 
 use crate::{
@@ -181,19 +182,18 @@ pub fn load_object(
             source,
         })?;
     }
-    let long_entries = match engines.ipv4 {
+    let (table_entries, long_entries) = match engines.ipv4 {
         Ipv4Lookup::Dir24 => {
             drop_undersized_pins(
                 pins,
-                &[map_names::V4_LONG],
-                V4_LONG_MAX_ENTRIES,
-                "the DIR-24 long-prefix hash",
+                &[map_names::V4_TBL24, map_names::V4_LONG],
+                DIR24_MAP_ENTRIES,
+                "the DIR-24 table",
             )?;
-            V4_LONG_MAX_ENTRIES
+            (DIR24_MAP_ENTRIES, V4_LONG_MAX_ENTRIES)
         }
-        Ipv4Lookup::Lpm => 1,
+        Ipv4Lookup::Lpm => (1, 1),
     };
-    drop_unused_legacy_table(pins)?;
     let v6_entries = match engines.ipv6 {
         Ipv6Lookup::Hash => {
             drop_undersized_pins(
@@ -208,9 +208,7 @@ pub fn load_object(
     };
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pins.maps_dir())
-        // A BTF map (no pinning attribute): pinned by name like the others.
-        .map_pin_path(map_names::V4_CHUNKS, pins.map(map_names::V4_CHUNKS))
-        .map_max_entries(map_names::V4_TBL24, 1)
+        .map_max_entries(map_names::V4_TBL24, table_entries)
         .map_max_entries(map_names::V4_LONG, long_entries)
         .map_max_entries(map_names::V6_TBL0, v6_entries)
         .map_max_entries(map_names::V6_TBL1, v6_entries)
@@ -284,30 +282,6 @@ fn drop_undersized_pins(
         }
     }
     Ok(())
-}
-
-/// Version 0.1's single-array DIR-24 table (64 MiB) stays pinned after an upgrade until the
-/// chunks replaced it: the switch word then no longer names it, and its pin is removed here so
-/// that this load creates the one-element placeholder the program still declares.
-fn drop_unused_legacy_table(pins: &PinLayout) -> Result<(), LoaderError> {
-    let path = pins.map(map_names::V4_TBL24);
-    let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
-        return Ok(());
-    };
-    if info.max_entries() <= 1 {
-        return Ok(());
-    }
-    let in_use = aya::maps::MapData::from_pin(pins.map(map_names::LOOKUP))
-        .ok()
-        .and_then(|data| aya::maps::Array::<_, u32>::try_from(aya::maps::Map::Array(data)).ok())
-        .and_then(|switch| switch.get(&0, 0).ok())
-        .is_some_and(|word| word & xdpwall_shared::lookup::DIR24 != 0);
-    if in_use {
-        info!("keeping version 0.1's DIR-24 table until the chunked table replaces it");
-        return Ok(());
-    }
-    info!("removing version 0.1's DIR-24 table (replaced by the chunked table)");
-    fs::remove_file(&path).map_err(|source| LoaderError::Io { path, source })
 }
 
 /// Loads the object (maps from pins where present) and attaches to every interface.

@@ -118,11 +118,8 @@ impl Snapshot {
                 .push((name, len as i64, i64::from(trie_capacity(name))));
         }
         if let Some(long) = long_entries {
-            snapshot.maps.push((
-                map_names::V4_CHUNKS,
-                engine.dir24_chunks().unwrap_or(0) as i64,
-                i64::from(xdpwall_shared::DIR24_CHUNKS),
-            ));
+            let slots = i64::from(xdpwall_shared::DIR24_ENTRIES);
+            snapshot.maps.push((map_names::V4_TBL24, slots, slots));
             snapshot.maps.push((
                 map_names::V4_LONG,
                 long as i64,

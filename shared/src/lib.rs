@@ -27,17 +27,9 @@ pub mod map_names {
     pub const CONFIG: &str = "XW_CONFIG";
     /// Array with one `u32`: which IPv4 structure the program consults ([`super::lookup`]).
     pub const LOOKUP: &str = "XW_LOOKUP";
-    /// Array of maps, [`super::DIR24_CHUNKS`] entries: the first level of the DIR-24 engine,
-    /// [`super::DIR24_ENTRIES`] leaves ([`super::leaf`]), one per /24, cut into chunks of
-    /// [`super::DIR24_CHUNK_SLOTS`] slots. Each chunk is an array of
-    /// [`super::DIR24_CHUNK_LINES`] lines of 16 leaves, small enough for the kernel to allocate
-    /// it from its direct map (huge pages: no TLB miss per packet); a chunk without any rule is
-    /// absent. A change builds a new chunk and swaps it in with one pointer update.
-    pub const V4_CHUNKS: &str = "XW_V4_CHUNKS";
-    /// The first level of version 0.1's DIR-24 engine (one 64 MiB memory-mappable array). Still
-    /// read by the program while [`super::lookup::DIR24`] is set, so that an upgrade from 0.1
-    /// keeps enforcing until the chunks are complete; never written any more, and created with
-    /// one element.
+    /// Memory-mappable array of [`super::DIR24_ENTRIES`] leaves ([`super::leaf`]), two per
+    /// element, indexed by the top 24 bits of an IPv4 source: the first level of the DIR-24
+    /// engine.
     pub const V4_TBL24: &str = "XW_V4_TBL24";
     /// Hash, IPv4 address (network byte order) -> leaf: the second level of the DIR-24 engine,
     /// consulted only when the first-level leaf carries [`super::leaf::LONG`].
@@ -53,9 +45,9 @@ pub mod map_names {
     pub const V6_TBL1: &str = "XW_V6_TBL1";
 
     /// Every map the ingress program owns, for pin management and status.
-    pub const ALL: [&str; 14] = [
-        ALLOW_V4, ALLOW_V6, BLOCK_V4, BLOCK_V6, RULE_STATS, VERDICTS, CONFIG, LOOKUP, V4_CHUNKS,
-        V4_TBL24, V4_LONG, V6_LENS, V6_TBL0, V6_TBL1,
+    pub const ALL: [&str; 13] = [
+        ALLOW_V4, ALLOW_V6, BLOCK_V4, BLOCK_V6, RULE_STATS, VERDICTS, CONFIG, LOOKUP, V4_TBL24,
+        V4_LONG, V6_LENS, V6_TBL0, V6_TBL1,
     ];
 }
 
@@ -63,13 +55,8 @@ pub mod map_names {
 pub mod lookup {
     /// No bit set: IPv4 and IPv6 sources are looked up in the allow and block LPM tries.
     pub const LPM: u32 = 0;
-    /// IPv4 sources are looked up in version 0.1's single-array DIR-24 table
-    /// ([`super::map_names::V4_TBL24`]) and the long-prefix hash: only between an upgrade from
-    /// 0.1 and the first complete write of the chunks.
+    /// IPv4 sources are looked up in the DIR-24 table (and the long-prefix hash).
     pub const DIR24: u32 = 1;
-    /// IPv4 sources are looked up in the chunked DIR-24 table ([`super::map_names::V4_CHUNKS`])
-    /// and the long-prefix hash.
-    pub const DIR24_CHUNKS: u32 = 8;
     /// IPv6 sources are looked up in the per-length hashes ([`super::map_names::V6_TBL0`]).
     pub const V6_HASH: u32 = 2;
     /// With [`V6_HASH`]: the program reads generation 1 (`XW_V6_TBL1`, `XW_V6_LENS[1]`), else 0.
@@ -146,16 +133,6 @@ pub const DIR24_ENTRIES: u32 = 1 << 24;
 /// element holds two 32-bit slots (`[u32; 2]`, slot `2k` then `2k + 1`); mapped into memory the
 /// slots are then one dense array of `u32`, 64 MiB in all instead of 128.
 pub const DIR24_MAP_ENTRIES: u32 = DIR24_ENTRIES / 2;
-/// Leaves per line of a DIR-24 chunk (a 64-byte cache line).
-pub const DIR24_LINE_SLOTS: u32 = 16;
-/// Lines per DIR-24 chunk: 30 KiB of leaves, so that a chunk with the kernel's array header
-/// stays within the 32 KiB the kernel allocates from its direct map rather than from vmalloc.
-pub const DIR24_CHUNK_LINES: u32 = 480;
-/// First-level slots per DIR-24 chunk.
-pub const DIR24_CHUNK_SLOTS: u32 = DIR24_CHUNK_LINES * DIR24_LINE_SLOTS;
-/// Chunks covering all [`DIR24_ENTRIES`] slots (the last one only partly used).
-pub const DIR24_CHUNKS: u32 = DIR24_ENTRIES.div_ceil(DIR24_CHUNK_SLOTS);
-
 /// Capacity of the DIR-24 long-prefix hash (addresses under prefixes longer than /24, expanded).
 pub const V4_LONG_MAX_ENTRIES: u32 = 1 << 20;
 

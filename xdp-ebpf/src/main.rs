@@ -14,16 +14,15 @@ mod parse;
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, xdp_action},
-    btf_maps::{Array as BtfArray, ArrayOfMaps},
-    macros::{btf_map, map, xdp},
+    macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::XdpContext,
 };
 use xdpwall_shared::{
-    ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, DIR24_CHUNK_LINES, DIR24_CHUNK_SLOTS, DIR24_CHUNKS,
-    DIR24_LINE_SLOTS, DIR24_MAP_ENTRIES, DatapathConfig, RULE_STATS_MAX_ENTRIES, RuleCounters,
-    V4_LONG_MAX_ENTRIES, V6_HASH_MAX_ENTRIES, V6_SEARCH_STEPS, V6Key, V6Lengths, VERDICT_ENTRIES,
-    leaf, lookup, map_names, verdict, verdict_slot,
+    ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig,
+    RULE_STATS_MAX_ENTRIES, RuleCounters, V4_LONG_MAX_ENTRIES, V6_HASH_MAX_ENTRIES,
+    V6_SEARCH_STEPS, V6Key, V6Lengths, VERDICT_ENTRIES, leaf, lookup, map_names, verdict,
+    verdict_slot,
 };
 
 use crate::parse::{Parsed, SourceAddr};
@@ -50,12 +49,6 @@ static LOOKUP: Array<u32> = Array::pinned(1, 0);
 // The controller shrinks these two to one entry when the DIR-24 engine is not in use.
 #[map(name = "XW_V4_TBL24")]
 static V4_TBL24: Array<[u32; 2]> = Array::pinned(DIR24_MAP_ENTRIES, BPF_F_MMAPABLE);
-// A BTF map: aya-ebpf declares maps of maps only that way. The loader pins it by name.
-#[btf_map]
-static XW_V4_CHUNKS: ArrayOfMaps<
-    BtfArray<[u32; DIR24_LINE_SLOTS as usize], { DIR24_CHUNK_LINES as usize }>,
-    { DIR24_CHUNKS as usize },
-> = ArrayOfMaps::new();
 #[map(name = "XW_V4_LONG")]
 static V4_LONG: HashMap<[u8; 4], u32> = HashMap::pinned(V4_LONG_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
@@ -91,7 +84,6 @@ const _: () = assert!(same(map_names::VERDICTS, "XW_VERDICTS"));
 const _: () = assert!(same(map_names::CONFIG, "XW_CONFIG"));
 const _: () = assert!(same(map_names::LOOKUP, "XW_LOOKUP"));
 const _: () = assert!(same(map_names::V4_TBL24, "XW_V4_TBL24"));
-const _: () = assert!(same(map_names::V4_CHUNKS, "XW_V4_CHUNKS"));
 const _: () = assert!(same(map_names::V4_LONG, "XW_V4_LONG"));
 const _: () = assert!(same(map_names::V6_LENS, "XW_V6_LENS"));
 const _: () = assert!(same(map_names::V6_TBL0, "XW_V6_TBL0"));
@@ -125,8 +117,8 @@ fn decide(ctx: &XdpContext, config: &DatapathConfig) -> (u32, u32) {
     // DIR-24 and hash engines fold that into their leaves already.
     let engines = LOOKUP.get(0).copied().unwrap_or(lookup::LPM);
     let blocking_rule = match source {
-        SourceAddr::V4(addr) if engines & (lookup::DIR24_CHUNKS | lookup::DIR24) != 0 => {
-            match leaf_verdict(dir24_leaf(addr, engines & lookup::DIR24_CHUNKS != 0)) {
+        SourceAddr::V4(addr) if engines & lookup::DIR24 != 0 => {
+            match leaf_verdict(dir24_leaf(addr)) {
                 Ok(rule) => rule,
                 Err(allowed) => return allowed,
             }
@@ -168,26 +160,15 @@ fn decide(ctx: &XdpContext, config: &DatapathConfig) -> (u32, u32) {
     }
 }
 
-/// The DIR-24 engine: one read of the /24's slot (the chunk pointer read before it is the same
-/// small, always-cached array for every packet), and one hash lookup only for the /24s that
+/// The DIR-24 engine: one array read for the /24, and one hash lookup only for the /24s that
 /// hold longer prefixes. The table already folds allow over block and longest match, so the
-/// leaf is the answer. `chunked` is false only while 0.1's single-array table is still the one
-/// complete (right after an upgrade).
+/// leaf is the answer.
 #[inline(always)]
-fn dir24_leaf(addr: [u8; 4], chunked: bool) -> u32 {
+fn dir24_leaf(addr: [u8; 4]) -> u32 {
     let slot = u32::from_be_bytes(addr) >> 8;
-    let first = if chunked {
-        let within = slot % DIR24_CHUNK_SLOTS;
-        match XW_V4_CHUNKS.get_value(slot / DIR24_CHUNK_SLOTS, &(within / DIR24_LINE_SLOTS)) {
-            Some(line) => line[(within % DIR24_LINE_SLOTS) as usize],
-            // An absent chunk holds no rule.
-            None => leaf::NONE,
-        }
-    } else {
-        match V4_TBL24.get(slot >> 1) {
-            Some(pair) => pair[(slot & 1) as usize],
-            None => leaf::NONE,
-        }
+    let first = match V4_TBL24.get(slot >> 1) {
+        Some(pair) => pair[(slot & 1) as usize],
+        None => leaf::NONE,
     };
     if first & leaf::LONG == 0 {
         if first & leaf::KIND_MASK == leaf::SINGLE {
