@@ -237,8 +237,9 @@ pub const XDP_PROGRAM: &str = "xdpwall_ingress";
 pub const BLOCK_MAX_ENTRIES: u32 = 1 << 21;
 /// Capacity of the allow tries (IPv4 and IPv6 each).
 pub const ALLOW_MAX_ENTRIES: u32 = 1 << 16;
-/// Capacity of the per-rule counter map.
-pub const RULE_STATS_MAX_ENTRIES: u32 = 1 << 18;
+/// Capacity of the per-rule counter map: rules that were hit at least once (feeds count as one
+/// rule each). The map is not preallocated, so unused capacity costs no memory.
+pub const RULE_STATS_MAX_ENTRIES: u32 = 1 << 20;
 
 /// Why a packet got its verdict. The value is the index inside an interface's counter slots.
 pub mod verdict {

@@ -37,9 +37,11 @@ static ALLOW_V6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(ALLOW_MAX_ENTRIES, 0);
 static BLOCK_V4: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(BLOCK_MAX_ENTRIES, 0);
 #[map(name = "XW_BLOCK_V6")]
 static BLOCK_V6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(BLOCK_MAX_ENTRIES, 0);
+// Not preallocated: memory only for rules that were hit, so the capacity can cover a million
+// API rules without costing anything for a handful.
 #[map(name = "XW_RULE_STATS")]
 static RULE_STATS: PerCpuHashMap<u32, RuleCounters> =
-    PerCpuHashMap::pinned(RULE_STATS_MAX_ENTRIES, 0);
+    PerCpuHashMap::pinned(RULE_STATS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 #[map(name = "XW_VERDICTS")]
 static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(VERDICT_ENTRIES, 0);
 #[map(name = "XW_CONFIG")]
