@@ -76,7 +76,12 @@ fn state() -> Arc<AppState> {
 }
 
 /// Sends one request; checks the answer is not a server error and that errors are problem+json.
-async fn call(state: &Arc<AppState>, method: &str, uri: &str, body: Option<Vec<u8>>) -> (StatusCode, Value) {
+async fn call(
+    state: &Arc<AppState>,
+    method: &str,
+    uri: &str,
+    body: Option<Vec<u8>>,
+) -> (StatusCode, Value) {
     let request = Request::builder()
         .method(method)
         .uri(uri)
@@ -113,7 +118,10 @@ async fn call(state: &Arc<AppState>, method: &str, uri: &str, body: Option<Vec<u
         String::from_utf8_lossy(&bytes)
     );
     if !status.is_success() {
-        assert_eq!(content_type, "application/problem+json", "{method} {uri}: {status}");
+        assert_eq!(
+            content_type, "application/problem+json",
+            "{method} {uri}: {status}"
+        );
         assert_eq!(json["status"], status.as_u16(), "{method} {uri}: {json}");
     }
     (status, json)
@@ -159,7 +167,10 @@ async fn exercise(op: u8, rest: &[u8]) {
         }
         2 => {
             let id = String::from_utf8_lossy(rest);
-            let uri = format!("/v1/rules/{}", id.replace(|c: char| !c.is_ascii_graphic(), ""));
+            let uri = format!(
+                "/v1/rules/{}",
+                id.replace(|c: char| !c.is_ascii_graphic(), "")
+            );
             call(&state, "DELETE", &uri, None).await;
         }
         _ => {

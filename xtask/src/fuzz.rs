@@ -102,7 +102,10 @@ pub fn run(bound: Bound, targets: &[String]) -> anyhow::Result<Summary> {
         targets.iter().map(String::as_str).collect()
     };
     if let Some(unknown) = targets.iter().find(|t| !TARGETS.contains(t)) {
-        bail!("no fuzz target {unknown:?}; the targets: {}", TARGETS.join(", "));
+        bail!(
+            "no fuzz target {unknown:?}; the targets: {}",
+            TARGETS.join(", ")
+        );
     }
     let started = Instant::now();
     // One build for every target: they share all their dependencies. No sanitizer: the code
@@ -176,7 +179,8 @@ fn run_target(target: &str, bound: Bound) -> Result<Figures, (Figures, anyhow::E
     let logs = fuzz.join("logs");
     let mut figures = Figures::default();
     let prepare = || -> anyhow::Result<std::fs::File> {
-        std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+        std::fs::create_dir_all(&corpus)
+            .with_context(|| format!("creating {}", corpus.display()))?;
         std::fs::create_dir_all(&logs)?;
         Ok(std::fs::File::create(logs.join(format!("{target}.log")))?)
     };
@@ -259,8 +263,12 @@ fn parse_line(line: &str, figures: &mut Figures) {
         {
             figures.executions = Some(n);
         }
-        figures.coverage = field("cov:").and_then(|v| v.parse().ok()).or(figures.coverage);
-        figures.features = field("ft:").and_then(|v| v.parse().ok()).or(figures.features);
+        figures.coverage = field("cov:")
+            .and_then(|v| v.parse().ok())
+            .or(figures.coverage);
+        figures.features = field("ft:")
+            .and_then(|v| v.parse().ok())
+            .or(figures.features);
         figures.corpus = field("corp:").or(figures.corpus.take());
         if let Some(e) = field("exec/s:").and_then(|v| v.parse().ok()) {
             figures.exec_per_second = Some(e);
