@@ -28,7 +28,7 @@ struct Cli {
 enum Task {
     /// Install prerequisites: apt packages (LLVM 22, iproute2, bpftool, crowdsec installed
     /// offline, ...), rust-src for the
-    /// nightly toolchain, bpf-linker 0.13.0; mount bpffs at /sys/fs/bpf.
+    /// nightly toolchain, bpf-linker 0.13.0, cargo-deb, cargo-fuzz; mount bpffs at /sys/fs/bpf.
     Setup,
     /// Run the demo lab: two namespaces and a veth pair, xdpwall blocking a lab prefix (v4 and
     /// v6), pings from blocked and unlisted sources, the verdict counters; then clean up.
