@@ -93,6 +93,8 @@ def main():
         ("v4", "198.51.100.7"), ("v4-net", " 203.0.113.77/26\t"), ("v6", "2001:db8::/32"),
         ("v6-host-bits", "2001:db8:1::105/120"), ("mapped", "::ffff:198.51.100.0/120"),
         ("too-long", "10.0.0.0/33"), ("zone", "fe80::1%eth0"),
+        # Taken, unlike ipnet: the first difference the cidr target found.
+        ("leading-zeros", " 2.0.31.1/032"),
     ]:
         write("cidr", name, text)
     fixtures = REPO / "blocklists" / "fixtures"
