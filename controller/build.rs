@@ -9,6 +9,9 @@ use aya_build::{Package, Toolchain};
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    // Printed here too: without it a skipped build never reruns when AYA_BUILD_SKIP is unset
+    // again, and the next test build links the empty placeholders.
+    println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     if skip {
         for name in ["xdp-ebpf", "xdp-egress", "xdp-bench", "tc-bench"] {
             fs::write(out_dir.join(name), b"").context("writing empty eBPF placeholder")?;

@@ -21,7 +21,8 @@ use axum::{
     Extension, Json, Router,
     extract::{
         ConnectInfo, DefaultBodyLimit, FromRequest, Path, Query, Request, State,
-        connect_info::MockConnectInfo, rejection::JsonRejection,
+        connect_info::MockConnectInfo,
+        rejection::{JsonRejection, PathRejection},
     },
     http::{HeaderMap, Method, StatusCode, header},
     middleware::{self, Next},
@@ -636,14 +637,28 @@ async fn list_rules(
     responses((status = 200, body = RuleView), (status = 404, body = Problem)))]
 async fn get_rule(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RuleView>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = parse_id(&path_segment(id)?)?;
     let engine = engine(&state).await?;
     let rule = engine
         .rule(id)
         .ok_or_else(|| ApiError::from(EngineError::NotFound(id)))?;
     Ok(Json(RuleView::from(rule)))
+}
+
+/// The `{id}` or `{name}` of a path; axum's own rejection (e.g. a segment that percent-decodes to
+/// invalid UTF-8) would answer text/plain, every other error is problem+json.
+fn path_segment(segment: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    segment.map(|Path(s)| s).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "invalid path: {} (a path segment must be UTF-8 once percent-decoded)",
+                e.body_text()
+            ),
+        )
+    })
 }
 
 fn parse_id(id: &str) -> Result<u32, ApiError> {
@@ -661,9 +676,9 @@ fn parse_id(id: &str) -> Result<u32, ApiError> {
 async fn delete_rule(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let id = parse_id(&id)?;
+    let id = parse_id(&path_segment(id)?)?;
     let mut engine = engine(&state).await?;
     engine.delete(id, &caller.name, unix_now())?;
     Ok(StatusCode::NO_CONTENT)
@@ -872,8 +887,9 @@ async fn list_feeds(State(state): State<Arc<AppState>>) -> Result<Json<FeedList>
         (status = 502, body = Problem)))]
 async fn sync_feed(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SyncReport>, ApiError> {
+    let name = path_segment(name)?;
     let report = state
         .feeds
         .sync(&state.engine, &name, unix_now())
@@ -1256,6 +1272,22 @@ mod tests {
             StatusCode::BAD_REQUEST
         );
         assert_eq!(h.get("/v1/nothing-here").await.0, StatusCode::NOT_FOUND);
+    }
+
+    /// Found by the api_json fuzz target: a path segment that percent-decodes to invalid UTF-8
+    /// was refused by axum's own rejection, as text/plain. `call` checks for problem+json.
+    #[tokio::test]
+    async fn undecodable_path_segments_are_problems_too() {
+        let h = harness();
+        for (method, path) in [
+            ("GET", "/v1/rules/%da"),
+            ("DELETE", "/v1/rules/=i&%da"),
+            ("POST", "/v1/feeds/%ff/sync"),
+        ] {
+            let (status, _, p) = h.call(method, path, Some(WRITE), None).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}");
+            assert!(p["detail"].as_str().unwrap().contains("UTF-8"), "{p}");
+        }
     }
 
     #[tokio::test]

@@ -1173,8 +1173,9 @@ pub fn trie_capacity(name: &str) -> u32 {
     }
 }
 
-/// In-memory stand-in for the kernel maps, for unit tests of the engine and the API.
-#[cfg(test)]
+/// In-memory stand-in for the kernel maps, for unit tests of the engine and the API, and for
+/// the API fuzz target (feature `fake-datapath`).
+#[cfg(any(test, feature = "fake-datapath"))]
 pub mod fake {
     use super::*;
 

@@ -115,7 +115,8 @@ pub enum CidrError {
 }
 
 /// Parses an address or CIDR, clears host bits and maps IPv4-mapped IPv6 (`::ffff:a.b.c.d/n`,
-/// n >= 96) to IPv4, so every rule has one canonical spelling.
+/// n >= 96) to IPv4, so every rule has one canonical spelling. The prefix length is one to
+/// three decimal digits, leading zeros allowed (`/024`, which ipnet alone would refuse).
 pub fn normalize_cidr(input: &str) -> Result<IpNet, CidrError> {
     let trimmed = input.trim();
     let syntax = || CidrError::Syntax {
@@ -533,6 +534,16 @@ mod tests {
             created_at: 0,
             expires_at: None,
         }
+    }
+
+    #[test]
+    fn prefix_lengths_may_have_leading_zeros_up_to_three_digits() {
+        let net = |s: &str| normalize_cidr(s).map(|n| n.to_string());
+        assert_eq!(net(" 2.0.31.1/032").as_deref(), Ok("2.0.31.1/32"));
+        assert_eq!(net("2001:db8::/032").as_deref(), Ok("2001:db8::/32"));
+        assert_eq!(net("10.0.0.0/00").as_deref(), Ok("0.0.0.0/0"));
+        assert!(net("10.0.0.0/0024").is_err());
+        assert!(net("10.0.0.0/+24").is_err());
     }
 
     #[test]

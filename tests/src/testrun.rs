@@ -68,6 +68,12 @@ impl TestProgram {
         Ok(())
     }
 
+    /// Removes the pins now; the maps live on while this process holds them. For a process that
+    /// leaves without running Drop (libFuzzer exits with `exit()`: the packet fuzz target).
+    pub fn unpin(&self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+
     /// Runs the program once on `frame`; returns the XDP action.
     pub fn run(&self, frame: &[u8]) -> anyhow::Result<u32> {
         run_program(loader::xdp_program(&self.ebpf), frame)

@@ -4,10 +4,12 @@
 //! - `demo`:  the README's first command: a veth lab, xdpwall blocking a lab prefix, pings
 //! - `test`:  the README's second command: unit and privileged integration tests
 //! - `bench`: the benchmark harnesses in bench/ (alone: per-packet cost, then packet rates)
+//! - `fuzz`:  the coverage-guided fuzz targets in fuzz/ (cargo-fuzz on nightly), bounded
 //! - `lint`:  cargo fmt --check and clippy -D warnings
 //! - `deb`:   the Debian package (binary, units, config, man pages, completions)
 
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -26,12 +28,13 @@ struct Cli {
 enum Task {
     /// Install prerequisites: apt packages (LLVM 22, iproute2, bpftool, crowdsec installed
     /// offline, ...), rust-src for the
-    /// nightly toolchain, bpf-linker 0.13.0; mount bpffs at /sys/fs/bpf.
+    /// nightly toolchain, bpf-linker 0.13.0, cargo-deb, cargo-fuzz; mount bpffs at /sys/fs/bpf.
     Setup,
     /// Run the demo lab: two namespaces and a veth pair, xdpwall blocking a lab prefix (v4 and
     /// v6), pings from blocked and unlisted sources, the verdict counters; then clean up.
     Demo,
-    /// Run every test: unit tests, BPF_PROG_TEST_RUN verdict tests, veth lab tests.
+    /// Run every test: unit tests, BPF_PROG_TEST_RUN verdict tests, veth lab tests, then (with
+    /// no arguments) a bounded run of every fuzz target (`cargo xtask fuzz --runs 20000`).
     Test {
         /// Extra arguments for the test binaries (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
@@ -46,6 +49,20 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Run the coverage-guided fuzz targets in fuzz/ (cargo-fuzz, libFuzzer, nightly): cidr,
+    /// feeds, config, api_json, packet (needs root: the XDP program through
+    /// BPF_PROG_TEST_RUN). Prints executions and coverage per target; fails on a crash.
+    /// A long run: `cargo xtask fuzz --seconds 300`.
+    Fuzz {
+        /// Inputs per target (default 20000, the bound `cargo xtask test` uses).
+        #[arg(long, conflicts_with = "seconds")]
+        runs: Option<u64>,
+        /// Seconds per target instead of a number of inputs.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
     /// cargo fmt --check and cargo clippy --all-targets -D warnings.
     Lint,
     /// Build the Debian package target/debian/xdpwall_<version>-1_<arch>.deb: release binary,
@@ -59,6 +76,17 @@ fn main() -> ExitCode {
         Task::Demo => setup::run().and_then(|()| demo::run()),
         Task::Test { args } => setup::run().and_then(|()| test(&args)),
         Task::Bench { args } => setup::run().and_then(|()| bench(&args)),
+        Task::Fuzz {
+            runs,
+            seconds,
+            targets,
+        } => {
+            let bound = match (runs, seconds) {
+                (_, Some(s)) => fuzz::Bound::Seconds(s),
+                (runs, None) => fuzz::Bound::Runs(runs.unwrap_or(fuzz::CI_RUNS)),
+            };
+            setup::run().and_then(|()| fuzz::run(bound, &targets).map(|_| ()))
+        }
         Task::Lint => lint(),
         Task::Deb => setup::run().and_then(|()| deb()),
     };
@@ -123,10 +151,15 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         eprintln!("{line}");
     }
     let status = child.wait()?;
-    println!("integration tests skipped: {skipped}");
     if !status.success() {
+        println!("integration tests skipped: {skipped}");
         bail!("integration tests failed");
     }
+    // The bounded fuzz run, unless the tests were filtered.
+    if args.is_empty() {
+        skipped += fuzz::run(fuzz::Bound::Runs(fuzz::CI_RUNS), &[])?.skipped;
+    }
+    println!("integration tests skipped: {skipped}");
     Ok(())
 }
 

@@ -38,6 +38,9 @@ const APT_PACKAGES: &[&str] = &[
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Builds the Debian package (`cargo xtask deb`); 3.8 builds with rustc 1.95.
 const CARGO_DEB_VERSION: &str = "3.8.0";
+/// Runs the fuzz targets in fuzz/ (`cargo xtask fuzz`); 0.13.2 builds with rustc 1.95 and
+/// drives the nightly toolchain's libFuzzer builds.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 pub fn run() -> anyhow::Result<()> {
@@ -46,6 +49,7 @@ pub fn run() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     cargo_deb()?;
+    cargo_fuzz()?;
     bpffs()?;
     schemathesis()?;
     println!("setup: all prerequisites present");
@@ -212,6 +216,28 @@ fn cargo_deb() -> anyhow::Result<()> {
             "--force",
             "--version",
             CARGO_DEB_VERSION,
+        ]),
+    )
+}
+
+/// cargo-fuzz for `cargo xtask fuzz`. Built with the stable toolchain; the fuzz builds use
+/// nightly (`cargo +nightly fuzz`), which needs nothing beyond what [`rust_src`] checks.
+pub fn cargo_fuzz() -> anyhow::Result<()> {
+    let current = Command::new("cargo-fuzz").arg("--version").output();
+    if let Ok(out) = &current
+        && String::from_utf8_lossy(&out.stdout).contains(CARGO_FUZZ_VERSION)
+    {
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)");
+    run_cmd(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--force",
+            "--version",
+            CARGO_FUZZ_VERSION,
         ]),
     )
 }
