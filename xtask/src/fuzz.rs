@@ -19,8 +19,9 @@ use anyhow::{Context as _, bail};
 /// Every target, in the order they run.
 pub const TARGETS: &[&str] = &["cidr", "feeds", "config", "api_json", "packet"];
 
-/// The bounded run of `cargo xtask test` (CI): runs per target. About 2 minutes in all with the
-/// nightly build on the 2-CPU build machine (see docs/reliability.md).
+/// The bounded run of `cargo xtask test` (CI): runs per target. The five targets take about
+/// 20 s; the nightly build before them 5–10 minutes on the 2-CPU build machine (see
+/// docs/reliability.md).
 pub const CI_RUNS: u64 = 20_000;
 
 /// A unit slower than this counts as a hang (libFuzzer's default is 20 minutes).
