@@ -1,7 +1,7 @@
 //! The XDP ingress parser through BPF_PROG_TEST_RUN with arbitrary frames (needs root and the
 //! built eBPF object: `cargo xtask fuzz` checks first and prints `SKIP fuzz packet: <why>`).
 //!
-//! The program is loaded once per process with a fixed rule set (blocks in IPv4 and IPv6, an
+//! The program is loaded once per process with the rule set of `xdpwall_tests::parser_check` (blocks in IPv4 and IPv6, an
 //! allow inside a block). For every frame of at least an Ethernet header (BPF_PROG_TEST_RUN
 //! refuses shorter ones) the verdict is checked against the reference matcher
 //! `xdpwall::rules::decide`, as `tests/tests/inputs.rs` does for mutated frames:
@@ -19,19 +19,16 @@
 //! `ip6_rcv_core` anyway).
 #![no_main]
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use etherparse::{IpNumber, NetSlice, SlicedPacket};
 use libfuzzer_sys::fuzz_target;
-use xdpwall::rules::{Action, Rule, RuleSource, Verdict, decide, normalize_cidr};
+use xdpwall::rules::{Rule, Verdict, decide};
 use xdpwall_tests::{
+    parser_check::{reference_rules, rule_pairs, source_at_fixed_offset},
     privileges,
     testrun::{TestProgram, XDP_DROP, XDP_PASS},
 };
-
-/// The rule set, as in `tests/tests/inputs.rs`: ids 1, 2, ... in this order.
-const BLOCKS: &[&str] = &["203.0.113.64/26", "198.51.100.0/24", "2001:db8:1::100/120"];
-const ALLOWS: &[&str] = &["203.0.113.70/32"];
 
 /// BPF_PROG_TEST_RUN takes XDP frames of up to about a page less head- and tailroom.
 const MAX_FRAME: usize = 1514;
@@ -48,59 +45,19 @@ thread_local! {
     static HARNESS: Harness = load();
 }
 
-fn pairs() -> Vec<(&'static str, Action)> {
-    BLOCKS
-        .iter()
-        .map(|c| (*c, Action::Block))
-        .chain(ALLOWS.iter().map(|c| (*c, Action::Allow)))
-        .collect()
-}
-
 fn load() -> Harness {
     if let Some(why) = privileges::missing() {
         panic!("the packet target cannot run here: {why}");
     }
     let mut program = TestProgram::load("fuzz-packet").expect("load the XDP program");
-    program.set_rules(&pairs()).expect("install the rule set");
+    program
+        .set_rules(&rule_pairs())
+        .expect("install the rule set");
     // libFuzzer leaves by exit(), past every Drop: take the pins down now; the maps live on
     // while this process holds them.
     program.unpin();
-    let rules = pairs()
-        .into_iter()
-        .enumerate()
-        .map(|(i, (cidr, action))| Rule {
-            id: i as u32 + 1,
-            cidr: normalize_cidr(cidr).expect("valid CIDR"),
-            action,
-            list: "t".into(),
-            reason: String::new(),
-            source: RuleSource::Config,
-            created_at: 0,
-            expires_at: None,
-        })
-        .collect();
+    let rules = reference_rules();
     Harness { program, rules }
-}
-
-/// The source address the program reads: after the Ethernet header and up to two VLAN tags.
-fn source_at_fixed_offset(frame: &[u8]) -> Option<IpAddr> {
-    let mut at = 12;
-    for _ in 0..2 {
-        match frame.get(at..at + 2)? {
-            [0x81, 0x00] | [0x88, 0xa8] => at += 4,
-            _ => break,
-        }
-    }
-    let l3 = at + 2;
-    match frame.get(at..at + 2)? {
-        [0x08, 0x00] => Some(IpAddr::V4(Ipv4Addr::from(
-            <[u8; 4]>::try_from(frame.get(l3 + 12..l3 + 16)?).ok()?,
-        ))),
-        [0x86, 0xdd] => Some(IpAddr::V6(Ipv6Addr::from(
-            <[u8; 16]>::try_from(frame.get(l3 + 8..l3 + 24)?).ok()?,
-        ))),
-        _ => None,
-    }
 }
 
 /// The source of a frame whose headers etherparse reads intact the way the program does, or

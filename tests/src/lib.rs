@@ -6,10 +6,12 @@
 //! - [`crowdsec`]: a real CrowdSec Local API (Debian package) in a lab namespace
 //! - [`testrun`]: the XDP program loaded for BPF_PROG_TEST_RUN, with its maps
 //! - [`frames`]: test frames built with etherparse
+//! - [`parser_check`]: the rule set and source offset the packet parser is checked against
 pub mod crowdsec;
 pub mod daemon;
 pub mod fixture;
 pub mod frames;
+pub mod parser_check;
 pub use xdpwall_netlab as lab;
 pub mod privileges;
 pub mod testrun;

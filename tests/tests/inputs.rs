@@ -17,10 +17,12 @@ use proptest::prelude::*;
 use xdpwall::{
     config::Config,
     feeds::parse::{CsvOptions, FeedFormat, parse},
-    rules::{Action, Verdict, decide, normalize_cidr},
+    rules::{Verdict, decide, normalize_cidr},
 };
 use xdpwall_tests::{
-    frames, require_privileges,
+    frames,
+    parser_check::{reference_rules, rule_pairs, source_at_fixed_offset},
+    require_privileges,
     testrun::{TestProgram, XDP_DROP, XDP_PASS},
 };
 
@@ -115,61 +117,12 @@ proptest! {
     }
 }
 
-/// The rule set the packet properties run against.
-const BLOCKS: &[&str] = &["203.0.113.64/26", "198.51.100.0/24", "2001:db8:1::100/120"];
-const ALLOWS: &[&str] = &["203.0.113.70/32"];
-
-fn rules() -> Vec<xdpwall::rules::Rule> {
-    BLOCKS
-        .iter()
-        .map(|c| (c, Action::Block))
-        .chain(ALLOWS.iter().map(|c| (c, Action::Allow)))
-        .enumerate()
-        .map(|(i, (cidr, action))| xdpwall::rules::Rule {
-            id: i as u32 + 1,
-            cidr: cidr.parse().unwrap(),
-            action,
-            list: "t".into(),
-            reason: String::new(),
-            source: xdpwall::rules::RuleSource::Config,
-            created_at: 0,
-            expires_at: None,
-        })
-        .collect()
-}
-
-/// The source address the frame carries after its Ethernet header and up to two VLAN tags.
-fn source_at_fixed_offset(frame: &[u8]) -> Option<IpAddr> {
-    let mut at = 12;
-    for _ in 0..2 {
-        match frame.get(at..at + 2)? {
-            [0x81, 0x00] | [0x88, 0xa8] => at += 4,
-            _ => break,
-        }
-    }
-    let l3 = at + 2;
-    match frame.get(at..at + 2)? {
-        [0x08, 0x00] => Some(IpAddr::V4(Ipv4Addr::from(
-            <[u8; 4]>::try_from(frame.get(l3 + 12..l3 + 16)?).ok()?,
-        ))),
-        [0x86, 0xdd] => Some(IpAddr::V6(Ipv6Addr::from(
-            <[u8; 16]>::try_from(frame.get(l3 + 8..l3 + 24)?).ok()?,
-        ))),
-        _ => None,
-    }
-}
-
 #[test]
 fn packet_parser_never_drops_what_the_reference_does_not_block() {
     require_privileges!();
     let mut program = TestProgram::load("inputs").expect("load the XDP program");
-    let pairs: Vec<(&str, Action)> = BLOCKS
-        .iter()
-        .map(|c| (*c, Action::Block))
-        .chain(ALLOWS.iter().map(|c| (*c, Action::Allow)))
-        .collect();
-    program.set_rules(&pairs).unwrap();
-    let rules = rules();
+    program.set_rules(&rule_pairs()).unwrap();
+    let rules = reference_rules();
     let sources: Vec<&str> = vec![
         "203.0.113.66",
         "203.0.113.70",
