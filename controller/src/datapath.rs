@@ -628,8 +628,8 @@ impl Dir24 {
     /// Takes the IPv4 part of `diff` into the prefix sets and paints the slots it touches (all
     /// of them on the first call). Returns the writes; [`Self::undo_plan`] reverts the sets.
     fn plan(&mut self, diff: &MapDiff, before: &MapContents) -> Result<Writes, DatapathError> {
-        apply_to_set(&mut self.allow, &diff.allow_v4);
-        apply_to_set(&mut self.block, &diff.block_v4);
+        diff.allow_v4.apply_to(&mut self.allow);
+        diff.block_v4.apply_to(&mut self.block);
         let ranges = if self.repaint_all {
             vec![dir24::FULL_RANGE]
         } else {
@@ -797,8 +797,8 @@ impl V6Hash {
         if self.synced && diff.allow_v6.is_empty() && diff.block_v6.is_empty() {
             return Ok(None);
         }
-        apply_to_set(&mut self.allow, &diff.allow_v6);
-        apply_to_set(&mut self.block, &diff.block_v6);
+        diff.allow_v6.apply_to(&mut self.allow);
+        diff.block_v6.apply_to(&mut self.block);
         match v6hash::build(&self.allow, &self.block) {
             Ok(table) => Ok(Some(std::mem::replace(&mut self.target, table))),
             Err(err) => {
@@ -1054,10 +1054,6 @@ fn restore_set<const N: usize>(
             None => set.remove(key),
         };
     }
-}
-
-fn apply_to_set<const N: usize>(set: &mut TrieContents<N>, diff: &TrieDiff<N>) {
-    diff.apply_to(set);
 }
 
 fn clear_trie<const N: usize>(
