@@ -7,22 +7,26 @@ use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
     ptr::NonNull,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicU8, AtomicU32, Ordering},
 };
 
 use aya::{
     Ebpf,
     maps::{
-        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key,
+        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        lpm_trie::Key,
     },
 };
 use xdpwall_shared::{
-    DIR24_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig, RuleCounters, V4_LONG_MAX_ENTRIES,
-    V6_HASH_MAX_ENTRIES, V6Key, V6Lengths, lookup, map_names, verdict, verdict_slot,
+    DIR24_ENTRIES, DIR24_INDEX_MAP_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig, FEED_ID_BASE,
+    FEED_STATS_ENTRIES, PALETTE_ENTRIES, PALETTE_ESCAPE, PALETTE_MAP_ENTRIES, RuleCounters,
+    V4_LONG_MAX_ENTRIES, V6_HASH_MAX_ENTRIES, V6Key, V6Lengths, feed_stats_slot, lookup, map_names,
+    verdict, verdict_slot,
 };
 
 use crate::{
     dir24::{self, IdTooLarge, Prefixes, Writes},
+    palette::{self, Palette},
     rules::{MapContents, MapDiff, RuleId, TrieContents, TrieDiff},
     v6hash::{self, Changes},
 };
@@ -120,6 +124,12 @@ pub enum DatapathError {
         #[source]
         source: std::io::Error,
     },
+    #[error("map {map}: {source}")]
+    Io {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("mapping {map} into memory failed: {source}")]
     Mmap {
         map: &'static str,
@@ -139,6 +149,7 @@ pub struct Datapath {
     block_v4: LpmTrie<MapData, [u8; 4], u32>,
     block_v6: LpmTrie<MapData, [u8; 16], u32>,
     rule_stats: PerCpuHashMap<MapData, u32, RuleCounters>,
+    feed_stats: PerCpuArray<MapData, RuleCounters>,
     verdicts: PerCpuArray<MapData, u64>,
     config: Array<MapData, DatapathConfig>,
     lookup: Array<MapData, u32>,
@@ -148,36 +159,41 @@ pub struct Datapath {
     v6hash: Option<V6Hash>,
 }
 
-/// The first level of the DIR-24 table, mapped into this process: slots are read and written
-/// with plain aligned 32-bit loads and stores, which the XDP program sees at once.
-struct MappedTable {
-    slots: NonNull<AtomicU32>,
+/// A memory-mappable array map mapped into this process as `len` atomics of type `A`: items
+/// are read and written with plain aligned loads and stores, which the XDP program sees at once.
+struct Mapped<A> {
+    items: NonNull<A>,
     len: usize,
     // Keeps the map alive as long as the mapping.
     _map: MapData,
 }
 
 // SAFETY: the mapping is shared memory accessed only through atomics.
-unsafe impl Send for MappedTable {}
+unsafe impl<A> Send for Mapped<A> {}
 
-impl MappedTable {
-    fn open(map: MapData) -> Result<Self, DatapathError> {
-        let name = map_names::V4_TBL24;
+impl<A> Mapped<A> {
+    /// Maps `map` (named `name`), which must have `map_entries` elements holding `len` items
+    /// of `A` in all, with no padding between them.
+    fn open(
+        map: MapData,
+        name: &'static str,
+        map_entries: u32,
+        len: usize,
+    ) -> Result<Self, DatapathError> {
         let found = map.info().map_err(map_err(name))?.max_entries();
-        if found != DIR24_MAP_ENTRIES {
+        if found != map_entries {
             return Err(DatapathError::WrongSize {
                 map: name,
                 found,
-                needed: DIR24_MAP_ENTRIES,
+                needed: map_entries,
             });
         }
-        let len = DIR24_ENTRIES as usize;
-        // SAFETY: mapping a BPF_F_MMAPABLE array map of `len / 2` elements of `[u32; 2]` (no
-        // padding: 8-byte values), shared, at a fresh address.
+        // SAFETY: mapping a BPF_F_MMAPABLE array map whose elements are 8-byte values (no
+        // padding), `len` items of `A` in all, shared, at a fresh address.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len * 4,
+                len * size_of::<A>(),
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 map.fd().as_fd().as_raw_fd(),
@@ -191,35 +207,56 @@ impl MappedTable {
             });
         }
         Ok(Self {
-            slots: NonNull::new(ptr.cast()).expect("mmap does not return NULL on success"),
+            items: NonNull::new(ptr.cast()).expect("mmap does not return NULL on success"),
             len,
             _map: map,
         })
     }
 
-    fn slots(&self) -> &[AtomicU32] {
+    fn items(&self) -> &[A] {
         // SAFETY: `len` atomics mapped in `open`, alive until drop.
-        unsafe { std::slice::from_raw_parts(self.slots.as_ptr(), self.len) }
-    }
-
-    fn get(&self, slot: u32) -> u32 {
-        self.slots()[slot as usize].load(Ordering::Relaxed)
-    }
-
-    fn set(&self, slot: u32, leaf: u32) {
-        self.slots()[slot as usize].store(leaf, Ordering::Release);
+        unsafe { std::slice::from_raw_parts(self.items.as_ptr(), self.len) }
     }
 }
 
-impl Drop for MappedTable {
+impl<A> Drop for Mapped<A> {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `open` mapped.
-        unsafe { libc::munmap(self.slots.as_ptr().cast(), self.len * 4) };
+        unsafe { libc::munmap(self.items.as_ptr().cast(), self.len * size_of::<A>()) };
+    }
+}
+
+impl Mapped<AtomicU32> {
+    fn get(&self, i: u32) -> u32 {
+        self.items()[i as usize].load(Ordering::Relaxed)
+    }
+
+    fn set(&self, i: u32, value: u32) {
+        self.items()[i as usize].store(value, Ordering::Release);
+    }
+}
+
+impl Mapped<AtomicU8> {
+    fn get(&self, i: u32) -> u8 {
+        self.items()[i as usize].load(Ordering::Relaxed)
+    }
+
+    fn set(&self, i: u32, value: u8) {
+        self.items()[i as usize].store(value, Ordering::Release);
     }
 }
 
 struct Dir24 {
-    table: MappedTable,
+    /// The full leaf of every /24: what the rule set says, always written first.
+    table: Mapped<AtomicU32>,
+    /// Per /24, the palette index of its leaf (or the escape index); what the program reads
+    /// first ([`crate::palette`]).
+    index: Mapped<AtomicU8>,
+    /// The kernel's palette, and its books.
+    palette_map: Mapped<AtomicU32>,
+    palette: Palette,
+    /// Waits for an RCU grace period before released palette indexes are reused.
+    barrier: RcuBarrier,
     long: HashMap<MapData, [u8; 4], u32>,
     /// What the long-prefix hash holds (read back at start, then kept in step).
     long_applied: BTreeMap<u32, u32>,
@@ -252,6 +289,10 @@ pub trait KernelMaps: Send {
     }
     /// Entries in the DIR-24 long-prefix hash, or `None` with the LPM engine.
     fn dir24_long_entries(&self) -> Option<usize> {
+        None
+    }
+    /// DIR-24 palette entries naming a leaf, or `None` with the LPM engine.
+    fn dir24_palette_entries(&self) -> Option<usize> {
         None
     }
     /// The IPv6 lookup engine these maps are maintained for.
@@ -292,6 +333,9 @@ impl KernelMaps for Datapath {
     }
     fn dir24_long_entries(&self) -> Option<usize> {
         self.dir24.as_ref().map(|d| d.long_applied.len())
+    }
+    fn dir24_palette_entries(&self) -> Option<usize> {
+        self.dir24.as_ref().map(|d| d.palette.used())
     }
     fn ipv6_lookup(&self) -> Ipv6Lookup {
         Datapath::ipv6_lookup(self)
@@ -342,10 +386,28 @@ impl Datapath {
         let dir24 = match engines.ipv4 {
             Ipv4Lookup::Lpm => None,
             Ipv4Lookup::Dir24 => {
-                let table = match take(ebpf, map_names::V4_TBL24)? {
-                    Map::Array(data) => MappedTable::open(data)?,
-                    _ => return Err(DatapathError::MissingMap(map_names::V4_TBL24)),
+                let mut mapped = |name: &'static str| match take(ebpf, name)? {
+                    Map::Array(data) => Ok(data),
+                    _ => Err(DatapathError::MissingMap(name)),
                 };
+                let table = Mapped::open(
+                    mapped(map_names::V4_TBL24)?,
+                    map_names::V4_TBL24,
+                    DIR24_MAP_ENTRIES,
+                    DIR24_ENTRIES as usize,
+                )?;
+                let index = Mapped::open(
+                    mapped(map_names::V4_TBL8)?,
+                    map_names::V4_TBL8,
+                    DIR24_INDEX_MAP_ENTRIES,
+                    DIR24_ENTRIES as usize,
+                )?;
+                let palette_map = Mapped::open(
+                    mapped(map_names::V4_PALETTE)?,
+                    map_names::V4_PALETTE,
+                    PALETTE_MAP_ENTRIES,
+                    PALETTE_ENTRIES as usize,
+                )?;
                 let long: HashMap<MapData, [u8; 4], u32> =
                     HashMap::try_from(take(ebpf, map_names::V4_LONG)?)
                         .map_err(map_err(map_names::V4_LONG))?;
@@ -354,8 +416,16 @@ impl Datapath {
                     let (addr, leaf) = entry.map_err(map_err(map_names::V4_LONG))?;
                     long_applied.insert(u32::from_be_bytes(addr), leaf);
                 }
+                let barrier = RcuBarrier::new()?;
+                let (palette, reindexed) =
+                    Dir24::read_palette(&table, &index, &palette_map, &barrier)?;
+                tracing::debug!(reindexed, "DIR-24 index table read back");
                 Some(Dir24 {
                     table,
+                    index,
+                    palette_map,
+                    palette,
+                    barrier,
                     long,
                     long_applied,
                     allow: TrieContents::new(),
@@ -375,6 +445,8 @@ impl Datapath {
                 .map_err(map_err(map_names::BLOCK_V6))?,
             rule_stats: PerCpuHashMap::try_from(take(ebpf, map_names::RULE_STATS)?)
                 .map_err(map_err(map_names::RULE_STATS))?,
+            feed_stats: PerCpuArray::try_from(take(ebpf, map_names::FEED_STATS)?)
+                .map_err(map_err(map_names::FEED_STATS))?,
             verdicts: PerCpuArray::try_from(take(ebpf, map_names::VERDICTS)?)
                 .map_err(map_err(map_names::VERDICTS))?,
             config: Array::try_from(take(ebpf, map_names::CONFIG)?)
@@ -601,30 +673,141 @@ impl Datapath {
 
     /// Packet and byte counts per rule id, summed over CPUs. Rules never hit are absent.
     pub fn rule_counters(&self) -> Result<BTreeMap<RuleId, RuleCounters>, DatapathError> {
-        let mut out = BTreeMap::new();
-        for entry in self.rule_stats.iter() {
-            let (id, per_cpu) = entry.map_err(map_err(map_names::RULE_STATS))?;
-            let sum = per_cpu
+        fn sum(per_cpu: &[RuleCounters]) -> RuleCounters {
+            per_cpu
                 .iter()
                 .fold(RuleCounters::default(), |acc, c| RuleCounters {
                     packets: acc.packets + c.packets,
                     bytes: acc.bytes + c.bytes,
-                });
-            out.insert(id, sum);
+                })
+        }
+        let mut out = BTreeMap::new();
+        for entry in self.rule_stats.iter() {
+            let (id, per_cpu) = entry.map_err(map_err(map_names::RULE_STATS))?;
+            out.insert(id, sum(&per_cpu));
+        }
+        for slot in 0..FEED_STATS_ENTRIES {
+            let per_cpu = self
+                .feed_stats
+                .get(&slot, 0)
+                .map_err(map_err(map_names::FEED_STATS))?;
+            let counters = sum(&per_cpu);
+            if counters.packets != 0 {
+                out.insert(FEED_ID_BASE + slot, counters);
+            }
         }
         Ok(out)
     }
 
     /// Forgets the counters of rules that no longer exist (their ids are never reused).
     pub fn drop_rule_counters(&mut self, ids: &[RuleId]) -> Result<(), DatapathError> {
-        for id in ids {
-            ignore_missing(self.rule_stats.remove(id)).map_err(map_err(map_names::RULE_STATS))?;
+        for &id in ids {
+            match feed_stats_slot(id) {
+                Some(slot) => {
+                    // As many zeroed copies as the kernel keeps (one per possible CPU).
+                    let cpus = self
+                        .feed_stats
+                        .get(&slot, 0)
+                        .map_err(map_err(map_names::FEED_STATS))?
+                        .len();
+                    let zeros = PerCpuValues::try_from(vec![RuleCounters::default(); cpus])
+                        .map_err(|source| DatapathError::Io {
+                            map: map_names::FEED_STATS,
+                            source,
+                        })?;
+                    self.feed_stats
+                        .set(slot, zeros, 0)
+                        .map_err(map_err(map_names::FEED_STATS))?;
+                }
+                None => ignore_missing(self.rule_stats.remove(&id))
+                    .map_err(map_err(map_names::RULE_STATS))?,
+            }
         }
         Ok(())
     }
 }
 
 impl Dir24 {
+    /// The palette's books from the kernel's index table and palette, with every slot whose
+    /// index does not name its full leaf (an index table new to these pins, a daemon stopped
+    /// between the two writes) or escapes although its leaf is shareable given a fitting
+    /// index. Returns the books and how many slots were re-indexed.
+    fn read_palette(
+        table: &Mapped<AtomicU32>,
+        index: &Mapped<AtomicU8>,
+        palette_map: &Mapped<AtomicU32>,
+        barrier: &RcuBarrier,
+    ) -> Result<(Palette, usize), DatapathError> {
+        let mut leaves = [0u32; PALETTE_ENTRIES as usize];
+        for (i, leaf) in leaves.iter_mut().enumerate() {
+            *leaf = palette_map.get(i as u32);
+        }
+        // Judged against the palette as read, in both passes.
+        let names_leaf = |slot: u32| {
+            let leaf = table.get(slot);
+            match index.get(slot) {
+                0 => leaf == xdpwall_shared::leaf::NONE,
+                PALETTE_ESCAPE => !palette::shareable(leaf),
+                i => leaves[i as usize] == leaf,
+            }
+        };
+        // A slot whose index is wrong escapes to its full leaf first (always right), so no
+        // packet follows it into a palette entry rewritten below.
+        let mut counts = vec![0u32; PALETTE_ENTRIES as usize];
+        for slot in 0..DIR24_ENTRIES {
+            if names_leaf(slot) {
+                counts[index.get(slot) as usize] += 1;
+            } else {
+                index.set(slot, PALETTE_ESCAPE);
+            }
+        }
+        let mut palette = Palette::from_kernel(leaves, &counts);
+        // Indexes no slot names are free once packets that read them are gone.
+        barrier.wait()?;
+        palette.grace_period_passed();
+        let mut reindexed = 0;
+        for slot in 0..DIR24_ENTRIES {
+            let leaf = table.get(slot);
+            if index.get(slot) != PALETTE_ESCAPE || !palette::shareable(leaf) {
+                continue;
+            }
+            let i = palette.index_for(leaf);
+            if let palette::Index::New(i) = i {
+                palette_map.set(u32::from(i), leaf);
+            }
+            if i.get() != PALETTE_ESCAPE {
+                index.set(slot, i.get());
+                reindexed += 1;
+            }
+        }
+        Ok((palette, reindexed))
+    }
+
+    /// Points `slot`'s index at `leaf` (already in the full table): a palette entry when one
+    /// names it or one is free (written before the index), else the escape index. Waits for
+    /// at most one RCU grace period per change (`waited`) to reuse released entries.
+    fn set_index(&mut self, slot: u32, leaf: u32, waited: &mut bool) {
+        let old = self.index.get(slot);
+        let mut i = self.palette.index_for(leaf);
+        if i == palette::Index::Fixed(PALETTE_ESCAPE)
+            && palette::shareable(leaf)
+            && self.palette.needs_grace_period()
+            && !*waited
+        {
+            *waited = true;
+            // A failed wait only costs speed: the slot escapes to the full table.
+            if self.barrier.wait().is_ok() {
+                self.palette.grace_period_passed();
+                i = self.palette.index_for(leaf);
+            }
+        }
+        if let palette::Index::New(n) = i {
+            self.palette_map.set(u32::from(n), leaf);
+        }
+        self.index.set(slot, i.get());
+        self.palette.release(old);
+    }
+
     /// Takes the IPv4 part of `diff` into the prefix sets and paints the slots it touches (all
     /// of them on the first call). Returns the writes; [`Self::undo_plan`] reverts the sets.
     fn plan(&mut self, diff: &MapDiff, before: &MapContents) -> Result<Writes, DatapathError> {
@@ -693,8 +876,11 @@ impl Dir24 {
         for (addr, leaf) in &writes.long_upserts {
             self.long_applied.insert(*addr, *leaf);
         }
+        let mut waited = false;
         for (slot, leaf) in &writes.slots {
+            // The full leaf first: a packet that reads the escape index finds the new leaf.
             self.table.set(*slot, *leaf);
+            self.set_index(*slot, *leaf, &mut waited);
         }
         let keys: Vec<[u8; 4]> = writes
             .long_removes

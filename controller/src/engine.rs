@@ -294,6 +294,11 @@ impl Engine {
         self.maps.dir24_long_entries()
     }
 
+    /// DIR-24 palette entries naming a leaf, or `None` with the LPM engine.
+    pub fn dir24_palette_entries(&self) -> Option<usize> {
+        self.maps.dir24_palette_entries()
+    }
+
     /// The IPv4 lookup engine the kernel maps are maintained for.
     pub fn ipv4_lookup(&self) -> crate::datapath::Ipv4Lookup {
         self.maps.ipv4_lookup()

@@ -27,6 +27,7 @@ pub mod events;
 pub mod feeds;
 pub mod loader;
 pub mod metrics;
+pub mod palette;
 pub mod pins;
 pub mod rules;
 pub mod sdnotify;

@@ -19,8 +19,12 @@ pub mod map_names {
     pub const BLOCK_V4: &str = "XW_BLOCK_V4";
     /// LPM trie, IPv6 sources to drop. Key `lpm_trie::Key<[u8; 16]>`, value rule id.
     pub const BLOCK_V6: &str = "XW_BLOCK_V6";
-    /// Per-CPU hash, rule id -> [`super::RuleCounters`].
+    /// Per-CPU hash, rule id -> [`super::RuleCounters`], for every rule [`FEED_STATS`] does
+    /// not count.
     pub const RULE_STATS: &str = "XW_RULE_STATS";
+    /// Per-CPU array of [`super::RuleCounters`], index [`super::feed_stats_slot`]: the counters
+    /// of feeds (the rules that hold most prefixes), an array slot instead of a hash lookup.
+    pub const FEED_STATS: &str = "XW_FEED_STATS";
     /// Per-CPU array of `u64`, index [`super::verdict_slot`].
     pub const VERDICTS: &str = "XW_VERDICTS";
     /// Array with one [`super::DatapathConfig`].
@@ -34,6 +38,12 @@ pub mod map_names {
     /// Hash, IPv4 address (network byte order) -> leaf: the second level of the DIR-24 engine,
     /// consulted only when the first-level leaf carries [`super::leaf::LONG`].
     pub const V4_LONG: &str = "XW_V4_LONG";
+    /// Memory-mappable array, one byte per /24 (eight per element): the palette index of the
+    /// /24's leaf, or [`super::PALETTE_ESCAPE`]. The DIR-24 engine reads this first.
+    pub const V4_TBL8: &str = "XW_V4_TBL8";
+    /// Memory-mappable array of [`super::PALETTE_ENTRIES`] leaves, two per element: the leaves
+    /// the index table names.
+    pub const V4_PALETTE: &str = "XW_V4_PALETTE";
 
     /// Array of two [`super::V6Lengths`], one per generation: the prefix lengths present in the
     /// IPv6 hash engine, sorted, searched by binary search.
@@ -45,9 +55,9 @@ pub mod map_names {
     pub const V6_TBL1: &str = "XW_V6_TBL1";
 
     /// Every map the ingress program owns, for pin management and status.
-    pub const ALL: [&str; 13] = [
-        ALLOW_V4, ALLOW_V6, BLOCK_V4, BLOCK_V6, RULE_STATS, VERDICTS, CONFIG, LOOKUP, V4_TBL24,
-        V4_LONG, V6_LENS, V6_TBL0, V6_TBL1,
+    pub const ALL: [&str; 16] = [
+        ALLOW_V4, ALLOW_V6, BLOCK_V4, BLOCK_V6, RULE_STATS, FEED_STATS, VERDICTS, CONFIG, LOOKUP,
+        V4_TBL24, V4_LONG, V4_TBL8, V4_PALETTE, V6_LENS, V6_TBL0, V6_TBL1,
     ];
 }
 
@@ -133,6 +143,16 @@ pub const DIR24_ENTRIES: u32 = 1 << 24;
 /// element holds two 32-bit slots (`[u32; 2]`, slot `2k` then `2k + 1`); mapped into memory the
 /// slots are then one dense array of `u32`, 64 MiB in all instead of 128.
 pub const DIR24_MAP_ENTRIES: u32 = DIR24_ENTRIES / 2;
+/// Elements of the DIR-24 index table ([`map_names::V4_TBL8`]): one byte per /24, eight per
+/// element, 16 MiB.
+pub const DIR24_INDEX_MAP_ENTRIES: u32 = DIR24_ENTRIES / 8;
+/// Entries of the DIR-24 palette ([`map_names::V4_PALETTE`]): index 0 is "no match", 1 to 254
+/// name shared leaves, [`PALETTE_ESCAPE`] sends the lookup to the full table.
+pub const PALETTE_ENTRIES: u32 = 256;
+/// The index-table value meaning "read the leaf from [`map_names::V4_TBL24`]".
+pub const PALETTE_ESCAPE: u8 = 255;
+/// Elements of the palette map: two 32-bit leaves each, like the first-level table.
+pub const PALETTE_MAP_ENTRIES: u32 = PALETTE_ENTRIES / 2;
 /// Capacity of the DIR-24 long-prefix hash (addresses under prefixes longer than /24, expanded).
 pub const V4_LONG_MAX_ENTRIES: u32 = 1 << 20;
 
@@ -240,6 +260,19 @@ pub const ALLOW_MAX_ENTRIES: u32 = 1 << 16;
 /// Capacity of the per-rule counter map: rules that were hit at least once (feeds count as one
 /// rule each). The map is not preallocated, so unused capacity costs no memory.
 pub const RULE_STATS_MAX_ENTRIES: u32 = 1 << 20;
+/// Feeds counted in [`map_names::FEED_STATS`] (feed ids `FEED_ID_BASE` to
+/// `FEED_ID_BASE + FEED_STATS_ENTRIES - 1`); later feeds are counted in the hash. 16 KiB per CPU.
+pub const FEED_STATS_ENTRIES: u32 = 1024;
+
+/// The [`map_names::FEED_STATS`] slot that counts `rule_id`, if it is a feed with a slot.
+#[inline(always)]
+pub const fn feed_stats_slot(rule_id: u32) -> Option<u32> {
+    if rule_id >= FEED_ID_BASE && rule_id - FEED_ID_BASE < FEED_STATS_ENTRIES {
+        Some(rule_id - FEED_ID_BASE)
+    } else {
+        None
+    }
+}
 
 /// Why a packet got its verdict. The value is the index inside an interface's counter slots.
 pub mod verdict {
