@@ -257,6 +257,8 @@ struct Dir24 {
     palette: Palette,
     /// Waits for an RCU grace period before released palette indexes are reused.
     barrier: RcuBarrier,
+    /// Whether the program reads the index table, when not chosen by the palette's use.
+    force_index: Option<bool>,
     long: HashMap<MapData, [u8; 4], u32>,
     /// What the long-prefix hash holds (read back at start, then kept in step).
     long_applied: BTreeMap<u32, u32>,
@@ -294,6 +296,12 @@ pub trait KernelMaps: Send {
     /// DIR-24 palette entries naming a leaf, or `None` with the LPM engine.
     fn dir24_palette_entries(&self) -> Option<usize> {
         None
+    }
+    /// Makes the DIR-24 program read the index table first (`Some(true)`), or the full table
+    /// directly (`Some(false)`), whatever the palette's use; `None` goes back to choosing by
+    /// it. For tests and benchmarks that compare both ways; no-op without DIR-24.
+    fn force_dir24_index(&mut self, _index: Option<bool>) -> Result<(), DatapathError> {
+        Ok(())
     }
     /// The IPv6 lookup engine these maps are maintained for.
     fn ipv6_lookup(&self) -> Ipv6Lookup {
@@ -336,6 +344,12 @@ impl KernelMaps for Datapath {
     }
     fn dir24_palette_entries(&self) -> Option<usize> {
         self.dir24.as_ref().map(|d| d.palette.used())
+    }
+    fn force_dir24_index(&mut self, index: Option<bool>) -> Result<(), DatapathError> {
+        if let Some(dir24) = &mut self.dir24 {
+            dir24.force_index = index;
+        }
+        self.switch_engine()
     }
     fn ipv6_lookup(&self) -> Ipv6Lookup {
         Datapath::ipv6_lookup(self)
@@ -426,6 +440,7 @@ impl Datapath {
                     palette_map,
                     palette,
                     barrier,
+                    force_index: None,
                     long,
                     long_applied,
                     allow: TrieContents::new(),
@@ -491,7 +506,10 @@ impl Datapath {
     fn switch_engine(&mut self) -> Result<(), DatapathError> {
         let current = self.lookup.get(&0, 0).map_err(map_err(map_names::LOOKUP))?;
         let v4 = match &self.dir24 {
-            Some(dir24) if dir24.repaint_all => current & lookup::DIR24,
+            Some(dir24) if dir24.repaint_all => current & (lookup::DIR24 | lookup::DIR24_INDEX),
+            Some(dir24) if dir24.force_index.unwrap_or(dir24.palette.prefers_index()) => {
+                lookup::DIR24 | lookup::DIR24_INDEX
+            }
             Some(_) => lookup::DIR24,
             None => lookup::LPM,
         };
@@ -748,7 +766,7 @@ impl Dir24 {
             match index.get(slot) {
                 0 => leaf == xdpwall_shared::leaf::NONE,
                 PALETTE_ESCAPE => !palette::shareable(leaf),
-                i => leaves[i as usize] == leaf,
+                i => leaves[i as usize] == leaf && palette::shareable(leaf),
             }
         };
         // A slot whose index is wrong escapes to its full leaf first (always right), so no
@@ -759,6 +777,10 @@ impl Dir24 {
                 counts[index.get(slot) as usize] += 1;
             } else {
                 index.set(slot, PALETTE_ESCAPE);
+                // Shareable ones are re-indexed (and counted) below.
+                if !palette::shareable(table.get(slot)) {
+                    counts[PALETTE_ESCAPE as usize] += 1;
+                }
             }
         }
         let mut palette = Palette::from_kernel(leaves, &counts);

@@ -299,6 +299,13 @@ impl Engine {
         self.maps.dir24_palette_entries()
     }
 
+    /// Forces the DIR-24 program to read the index table first (`Some(true)`) or the full
+    /// table directly (`Some(false)`); `None`: chosen by the palette's use (the default). For
+    /// tests and benchmarks that compare both read paths.
+    pub fn force_dir24_index(&mut self, index: Option<bool>) -> Result<(), DatapathError> {
+        self.maps.force_dir24_index(index)
+    }
+
     /// The IPv4 lookup engine the kernel maps are maintained for.
     pub fn ipv4_lookup(&self) -> crate::datapath::Ipv4Lookup {
         self.maps.ipv4_lookup()

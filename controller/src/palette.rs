@@ -57,6 +57,9 @@ pub struct Palette {
     free: Vec<u8>,
     /// Indexes released since the last grace period.
     cooling: Vec<u8>,
+    /// Slots answered from the palette (indexes 1 to 254), and slots escaping to the table.
+    paletted: u64,
+    escaped: u64,
 }
 
 impl Default for Palette {
@@ -73,6 +76,8 @@ impl Palette {
             by_leaf: FxHashMap::default(),
             free: (FIRST..PALETTE_ESCAPE).rev().collect(),
             cooling: Vec::new(),
+            paletted: 0,
+            escaped: 0,
         }
     }
 
@@ -87,6 +92,7 @@ impl Palette {
             if n > 0 && shareable(leaves[i as usize]) {
                 this.leaves[i as usize] = leaves[i as usize];
                 this.refs[i as usize] = n;
+                this.paletted += u64::from(n);
                 // Two indexes naming one leaf (left by a daemon stopped mid-change) both keep
                 // their slots; new slots get the first.
                 this.by_leaf.entry(leaves[i as usize]).or_insert(i);
@@ -94,6 +100,7 @@ impl Palette {
                 this.cooling.push(i);
             }
         }
+        this.escaped = u64::from(counts[PALETTE_ESCAPE as usize]);
         this
     }
 
@@ -113,10 +120,12 @@ impl Palette {
             return Index::Fixed(0);
         }
         if !shareable(leaf) {
+            self.escaped += 1;
             return Index::Fixed(PALETTE_ESCAPE);
         }
         if let Some(&i) = self.by_leaf.get(&leaf) {
             self.refs[i as usize] += 1;
+            self.paletted += 1;
             return Index::Existing(i);
         }
         match self.free.pop() {
@@ -124,16 +133,25 @@ impl Palette {
                 self.leaves[i as usize] = leaf;
                 self.refs[i as usize] = 1;
                 self.by_leaf.insert(leaf, i);
+                self.paletted += 1;
                 Index::New(i)
             }
-            None => Index::Fixed(PALETTE_ESCAPE),
+            None => {
+                self.escaped += 1;
+                Index::Fixed(PALETTE_ESCAPE)
+            }
         }
     }
 
     /// One slot stopped naming `index`.
     pub fn release(&mut self, index: u8) {
-        if index == 0 || index == PALETTE_ESCAPE {
-            return;
+        match index {
+            0 => return,
+            PALETTE_ESCAPE => {
+                self.escaped = self.escaped.saturating_sub(1);
+                return;
+            }
+            _ => self.paletted = self.paletted.saturating_sub(1),
         }
         let refs = &mut self.refs[index as usize];
         debug_assert!(
@@ -166,6 +184,14 @@ impl Palette {
     pub fn used(&self) -> usize {
         self.by_leaf.len()
     }
+
+    /// Whether the program should read the index table first: at least as many matching slots
+    /// are answered from the palette (one cached read after the index) as escape to the full
+    /// table (a second random read). A table of a million distinct API rules escapes almost
+    /// everywhere and is faster read directly; a big feed is mostly one shared leaf.
+    pub fn prefers_index(&self) -> bool {
+        self.paletted >= self.escaped
+    }
 }
 
 #[cfg(test)]
@@ -187,6 +213,12 @@ mod tests {
         assert_eq!(p.index_for(single), Index::Fixed(PALETTE_ESCAPE));
         assert_eq!(p.leaf(a.get()), Some(block(7)));
         assert_eq!(p.used(), 1);
+        assert!(p.prefers_index(), "two slots paletted, one escaped");
+        p.index_for(leaf::single(10, block(7)).unwrap());
+        p.index_for(leaf::single(11, block(7)).unwrap());
+        assert!(!p.prefers_index(), "two slots paletted, three escaped");
+        p.release(PALETTE_ESCAPE);
+        assert!(p.prefers_index());
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub mod lookup {
     pub const V6_HASH: u32 = 2;
     /// With [`V6_HASH`]: the program reads generation 1 (`XW_V6_TBL1`, `XW_V6_LENS[1]`), else 0.
     pub const V6_GEN1: u32 = 4;
+    /// With [`DIR24`]: the program reads the /24's palette index
+    /// ([`super::map_names::V4_TBL8`]) first, and the full table only for the escape index.
+    pub const DIR24_INDEX: u32 = 8;
 }
 
 /// Capacity of each generation of the IPv6 hash engine: prefixes plus search markers.

@@ -278,7 +278,7 @@ fn dir24_and_lpm_agree_with_the_reference_on_random_rule_sets() {
     with_default.push((net(0, 0), Action::Block));
 
     for (name, set) in [("overlap", base), ("default-route", with_default)] {
-        let (dir24, rules) = load(&format!("lookup-dir24-{name}"), Ipv4Lookup::Dir24, &set);
+        let (mut dir24, rules) = load(&format!("lookup-dir24-{name}"), Ipv4Lookup::Dir24, &set);
         let (lpm, lpm_rules) = load(&format!("lookup-lpm-{name}"), Ipv4Lookup::Lpm, &set);
         assert_eq!(
             rules.iter().map(|r| (r.id, r.cidr)).collect::<Vec<_>>(),
@@ -298,22 +298,35 @@ fn dir24_and_lpm_agree_with_the_reference_on_random_rule_sets() {
         }
         let probes = probes(&mut rng, &rules, per_set);
         let started = Instant::now();
-        let dir24_outcome = check_engine(&dir24, &rules, &reference, &probes, seed);
+        // DIR-24 both ways: through the index table and palette, and the full table directly.
+        let mut dir24_outcomes = Vec::new();
+        for index in [true, false] {
+            dir24.parts().0.force_dir24_index(Some(index)).unwrap();
+            dir24_outcomes.push((
+                index,
+                check_engine(&dir24, &rules, &reference, &probes, seed),
+            ));
+        }
         let lpm_outcome = check_engine(&lpm, &rules, &reference, &probes, seed);
         eprintln!(
-            "{name}: {} rules, {} lookups per engine in {:.1?}: dir24 {} mismatches, lpm {}",
+            "{name}: {} rules, {} lookups per engine in {:.1?} ({:?} palette entries): dir24 \
+             indexed {} mismatches, direct {}, lpm {}",
             rules.len(),
             probes.len(),
             started.elapsed(),
-            dir24_outcome.mismatches,
+            dir24.parts().0.dir24_palette_entries(),
+            dir24_outcomes[0].1.mismatches,
+            dir24_outcomes[1].1.mismatches,
             lpm_outcome.mismatches
         );
-        assert_eq!(
-            dir24_outcome.mismatches,
-            0,
-            "DIR-24: {}",
-            dir24_outcome.first.unwrap_or_default()
-        );
+        for (index, outcome) in dir24_outcomes {
+            assert_eq!(
+                outcome.mismatches,
+                0,
+                "DIR-24 (index table: {index}): {}",
+                outcome.first.unwrap_or_default()
+            );
+        }
         assert_eq!(
             lpm_outcome.mismatches,
             0,
@@ -333,6 +346,8 @@ fn dir24_answers_stay_right_while_other_rules_change() {
     let mut rng = StdRng::seed_from_u64(seed);
     let stable = random_rule_set(&mut rng, 5_000);
     let (mut program, rules) = load("lookup-dir24-churn", Ipv4Lookup::Dir24, &stable);
+    // Through the index table: the churn's rules take and release palette entries.
+    program.parts().0.force_dir24_index(Some(true)).unwrap();
     let reference = Reference::new(&rules);
     let churn_region = net(0xac10_0000, 12);
     let in_churn = |addr: u32| churn_region.contains(&Ipv4Addr::from(addr));

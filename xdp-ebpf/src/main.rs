@@ -132,7 +132,7 @@ fn decide(ctx: &XdpContext, config: &DatapathConfig) -> (u32, u32) {
     let engines = LOOKUP.get(0).copied().unwrap_or(lookup::LPM);
     let blocking_rule = match source {
         SourceAddr::V4(addr) if engines & lookup::DIR24 != 0 => {
-            match leaf_verdict(dir24_leaf(addr)) {
+            match leaf_verdict(dir24_leaf(addr, engines & lookup::DIR24_INDEX != 0)) {
                 Ok(rule) => rule,
                 Err(allowed) => return allowed,
             }
@@ -174,16 +174,21 @@ fn decide(ctx: &XdpContext, config: &DatapathConfig) -> (u32, u32) {
     }
 }
 
-/// The DIR-24 engine: the /24's one-byte palette index (a 16 MiB table) and its leaf from the
-/// palette (256 entries, always cached); the 64 MiB full table only for the escape index; a
-/// hash lookup only for the /24s that hold longer prefixes. The tables already fold allow
-/// over block and longest match, so the leaf is the answer.
+/// The DIR-24 engine: when `indexed` (the controller's choice, `lookup::DIR24_INDEX`), the
+/// /24's one-byte palette index (a 16 MiB table) and its leaf from the palette (256 entries,
+/// always cached), the 64 MiB full table only for the escape index; else the full table
+/// directly. A hash lookup only for the /24s that hold longer prefixes. The tables already
+/// fold allow over block and longest match, so the leaf is the answer.
 #[inline(always)]
-fn dir24_leaf(addr: [u8; 4]) -> u32 {
+fn dir24_leaf(addr: [u8; 4], indexed: bool) -> u32 {
     let slot = u32::from_be_bytes(addr) >> 8;
-    let index = match V4_TBL8.get(slot >> 3) {
-        Some(bytes) => bytes[(slot & 7) as usize],
-        None => 0,
+    let index = if !indexed {
+        PALETTE_ESCAPE
+    } else {
+        match V4_TBL8.get(slot >> 3) {
+            Some(bytes) => bytes[(slot & 7) as usize],
+            None => 0,
+        }
     };
     let first = if index == PALETTE_ESCAPE {
         match V4_TBL24.get(slot >> 1) {
