@@ -7,7 +7,7 @@ use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
     ptr::NonNull,
-    sync::atomic::{AtomicU8, AtomicU32, Ordering},
+    sync::atomic::{AtomicU32, Ordering},
 };
 
 use aya::{
@@ -18,15 +18,13 @@ use aya::{
     },
 };
 use xdpwall_shared::{
-    DIR24_ENTRIES, DIR24_INDEX_MAP_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig, FEED_ID_BASE,
-    FEED_STATS_ENTRIES, PALETTE_ENTRIES, PALETTE_ESCAPE, PALETTE_MAP_ENTRIES, RuleCounters,
-    V4_LONG_MAX_ENTRIES, V6_HASH_MAX_ENTRIES, V6Key, V6Lengths, feed_stats_slot, lookup, map_names,
-    verdict, verdict_slot,
+    DIR24_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig, FEED_ID_BASE, FEED_STATS_ENTRIES,
+    RuleCounters, SUMMARY_ENTRIES, SUMMARY_MAP_ENTRIES, V4_LONG_MAX_ENTRIES, V6_HASH_MAX_ENTRIES,
+    V6Key, V6Lengths, feed_stats_slot, leaf, lookup, map_names, verdict, verdict_slot,
 };
 
 use crate::{
     dir24::{self, IdTooLarge, Prefixes, Writes},
-    palette::{self, Palette},
     rules::{MapContents, MapDiff, RuleId, TrieContents, TrieDiff},
     v6hash::{self, Changes},
 };
@@ -236,29 +234,14 @@ impl Mapped<AtomicU32> {
     }
 }
 
-impl Mapped<AtomicU8> {
-    fn get(&self, i: u32) -> u8 {
-        self.items()[i as usize].load(Ordering::Relaxed)
-    }
-
-    fn set(&self, i: u32, value: u8) {
-        self.items()[i as usize].store(value, Ordering::Release);
-    }
-}
-
 struct Dir24 {
-    /// The full leaf of every /24: what the rule set says, always written first.
+    /// The leaf of every /24.
     table: Mapped<AtomicU32>,
-    /// Per /24, the palette index of its leaf (or the escape index); what the program reads
-    /// first ([`crate::palette`]).
-    index: Mapped<AtomicU8>,
-    /// The kernel's palette, and its books.
-    palette_map: Mapped<AtomicU32>,
-    palette: Palette,
-    /// Waits for an RCU grace period before released palette indexes are reused.
-    barrier: RcuBarrier,
-    /// Whether the program reads the index table, when not chosen by the palette's use.
-    force_index: Option<bool>,
+    /// Per /16, the leaf all its slots hold, or `leaf::MIXED`; what the program reads first.
+    summary: Mapped<AtomicU32>,
+    /// Whether the program reads the summary first (default: yes). Tests and benchmarks
+    /// compare both read paths.
+    force_summary: Option<bool>,
     long: HashMap<MapData, [u8; 4], u32>,
     /// What the long-prefix hash holds (read back at start, then kept in step).
     long_applied: BTreeMap<u32, u32>,
@@ -293,14 +276,15 @@ pub trait KernelMaps: Send {
     fn dir24_long_entries(&self) -> Option<usize> {
         None
     }
-    /// DIR-24 palette entries naming a leaf, or `None` with the LPM engine.
-    fn dir24_palette_entries(&self) -> Option<usize> {
+    /// /16s the DIR-24 summary answers for (their 256 slots agree), or `None` with the LPM
+    /// engine.
+    fn dir24_summarised(&self) -> Option<usize> {
         None
     }
-    /// Makes the DIR-24 program read the index table first (`Some(true)`), or the full table
-    /// directly (`Some(false)`), whatever the palette's use; `None` goes back to choosing by
-    /// it. For tests and benchmarks that compare both ways; no-op without DIR-24.
-    fn force_dir24_index(&mut self, _index: Option<bool>) -> Result<(), DatapathError> {
+    /// Makes the DIR-24 program read the /16 summary first (`Some(true)`, and `None`: the
+    /// default) or the /24 table directly (`Some(false)`). For tests and benchmarks that
+    /// compare both read paths; no-op without DIR-24.
+    fn force_dir24_summary(&mut self, _summary: Option<bool>) -> Result<(), DatapathError> {
         Ok(())
     }
     /// The IPv6 lookup engine these maps are maintained for.
@@ -342,12 +326,16 @@ impl KernelMaps for Datapath {
     fn dir24_long_entries(&self) -> Option<usize> {
         self.dir24.as_ref().map(|d| d.long_applied.len())
     }
-    fn dir24_palette_entries(&self) -> Option<usize> {
-        self.dir24.as_ref().map(|d| d.palette.used())
+    fn dir24_summarised(&self) -> Option<usize> {
+        self.dir24.as_ref().map(|d| {
+            (0..SUMMARY_ENTRIES)
+                .filter(|&b| d.summary.get(b) != leaf::MIXED)
+                .count()
+        })
     }
-    fn force_dir24_index(&mut self, index: Option<bool>) -> Result<(), DatapathError> {
+    fn force_dir24_summary(&mut self, summary: Option<bool>) -> Result<(), DatapathError> {
         if let Some(dir24) = &mut self.dir24 {
-            dir24.force_index = index;
+            dir24.force_summary = summary;
         }
         self.switch_engine()
     }
@@ -410,17 +398,11 @@ impl Datapath {
                     DIR24_MAP_ENTRIES,
                     DIR24_ENTRIES as usize,
                 )?;
-                let index = Mapped::open(
-                    mapped(map_names::V4_TBL8)?,
-                    map_names::V4_TBL8,
-                    DIR24_INDEX_MAP_ENTRIES,
-                    DIR24_ENTRIES as usize,
-                )?;
-                let palette_map = Mapped::open(
-                    mapped(map_names::V4_PALETTE)?,
-                    map_names::V4_PALETTE,
-                    PALETTE_MAP_ENTRIES,
-                    PALETTE_ENTRIES as usize,
+                let summary = Mapped::open(
+                    mapped(map_names::V4_TBL16)?,
+                    map_names::V4_TBL16,
+                    SUMMARY_MAP_ENTRIES,
+                    SUMMARY_ENTRIES as usize,
                 )?;
                 let long: HashMap<MapData, [u8; 4], u32> =
                     HashMap::try_from(take(ebpf, map_names::V4_LONG)?)
@@ -430,17 +412,13 @@ impl Datapath {
                     let (addr, leaf) = entry.map_err(map_err(map_names::V4_LONG))?;
                     long_applied.insert(u32::from_be_bytes(addr), leaf);
                 }
-                let barrier = RcuBarrier::new()?;
-                let (palette, reindexed) =
-                    Dir24::read_palette(&table, &index, &palette_map, &barrier)?;
-                tracing::debug!(reindexed, "DIR-24 index table read back");
+                // Whatever a previous daemon (or none: a summary new to these pins) left.
+                let changed = Dir24::summarise(&table, &summary, 0..SUMMARY_ENTRIES);
+                tracing::debug!(changed, "DIR-24 /16 summary checked");
                 Some(Dir24 {
                     table,
-                    index,
-                    palette_map,
-                    palette,
-                    barrier,
-                    force_index: None,
+                    summary,
+                    force_summary: None,
                     long,
                     long_applied,
                     allow: TrieContents::new(),
@@ -506,9 +484,9 @@ impl Datapath {
     fn switch_engine(&mut self) -> Result<(), DatapathError> {
         let current = self.lookup.get(&0, 0).map_err(map_err(map_names::LOOKUP))?;
         let v4 = match &self.dir24 {
-            Some(dir24) if dir24.repaint_all => current & (lookup::DIR24 | lookup::DIR24_INDEX),
-            Some(dir24) if dir24.force_index.unwrap_or(dir24.palette.prefers_index()) => {
-                lookup::DIR24 | lookup::DIR24_INDEX
+            Some(dir24) if dir24.repaint_all => current & (lookup::DIR24 | lookup::DIR24_SUMMARY),
+            Some(dir24) if dir24.force_summary.unwrap_or(true) => {
+                lookup::DIR24 | lookup::DIR24_SUMMARY
             }
             Some(_) => lookup::DIR24,
             None => lookup::LPM,
@@ -746,88 +724,28 @@ impl Datapath {
 }
 
 impl Dir24 {
-    /// The palette's books from the kernel's index table and palette, with every slot whose
-    /// index does not name its full leaf (an index table new to these pins, a daemon stopped
-    /// between the two writes) or escapes although its leaf is shareable given a fitting
-    /// index. Returns the books and how many slots were re-indexed.
-    fn read_palette(
+    /// Brings the summary entries of the /16s in `blocks` in line with the table: the leaf all
+    /// 256 slots hold, unless one holds longer prefixes (`LONG`) or a single address; else
+    /// `MIXED`. Called after the slots changed, so a packet reading an entry finds either the
+    /// old answer or the new one. Returns how many entries changed.
+    fn summarise(
         table: &Mapped<AtomicU32>,
-        index: &Mapped<AtomicU8>,
-        palette_map: &Mapped<AtomicU32>,
-        barrier: &RcuBarrier,
-    ) -> Result<(Palette, usize), DatapathError> {
-        let mut leaves = [0u32; PALETTE_ENTRIES as usize];
-        for (i, leaf) in leaves.iter_mut().enumerate() {
-            *leaf = palette_map.get(i as u32);
-        }
-        // Judged against the palette as read, in both passes.
-        let names_leaf = |slot: u32| {
-            let leaf = table.get(slot);
-            match index.get(slot) {
-                0 => leaf == xdpwall_shared::leaf::NONE,
-                PALETTE_ESCAPE => !palette::shareable(leaf),
-                i => leaves[i as usize] == leaf && palette::shareable(leaf),
-            }
-        };
-        // A slot whose index is wrong escapes to its full leaf first (always right), so no
-        // packet follows it into a palette entry rewritten below.
-        let mut counts = vec![0u32; PALETTE_ENTRIES as usize];
-        for slot in 0..DIR24_ENTRIES {
-            if names_leaf(slot) {
-                counts[index.get(slot) as usize] += 1;
-            } else {
-                index.set(slot, PALETTE_ESCAPE);
-                // Shareable ones are re-indexed (and counted) below.
-                if !palette::shareable(table.get(slot)) {
-                    counts[PALETTE_ESCAPE as usize] += 1;
-                }
+        summary: &Mapped<AtomicU32>,
+        blocks: impl IntoIterator<Item = u32>,
+    ) -> usize {
+        let mut changed = 0;
+        for block in blocks {
+            let first = table.get(block << 8);
+            let uniform = first & leaf::LONG == 0
+                && first & leaf::KIND_MASK != leaf::SINGLE
+                && (1..256).all(|i| table.get((block << 8) | i) == first);
+            let wanted = if uniform { first } else { leaf::MIXED };
+            if summary.get(block) != wanted {
+                summary.set(block, wanted);
+                changed += 1;
             }
         }
-        let mut palette = Palette::from_kernel(leaves, &counts);
-        // Indexes no slot names are free once packets that read them are gone.
-        barrier.wait()?;
-        palette.grace_period_passed();
-        let mut reindexed = 0;
-        for slot in 0..DIR24_ENTRIES {
-            let leaf = table.get(slot);
-            if index.get(slot) != PALETTE_ESCAPE || !palette::shareable(leaf) {
-                continue;
-            }
-            let i = palette.index_for(leaf);
-            if let palette::Index::New(i) = i {
-                palette_map.set(u32::from(i), leaf);
-            }
-            if i.get() != PALETTE_ESCAPE {
-                index.set(slot, i.get());
-                reindexed += 1;
-            }
-        }
-        Ok((palette, reindexed))
-    }
-
-    /// Points `slot`'s index at `leaf` (already in the full table): a palette entry when one
-    /// names it or one is free (written before the index), else the escape index. Waits for
-    /// at most one RCU grace period per change (`waited`) to reuse released entries.
-    fn set_index(&mut self, slot: u32, leaf: u32, waited: &mut bool) {
-        let old = self.index.get(slot);
-        let mut i = self.palette.index_for(leaf);
-        if i == palette::Index::Fixed(PALETTE_ESCAPE)
-            && palette::shareable(leaf)
-            && self.palette.needs_grace_period()
-            && !*waited
-        {
-            *waited = true;
-            // A failed wait only costs speed: the slot escapes to the full table.
-            if self.barrier.wait().is_ok() {
-                self.palette.grace_period_passed();
-                i = self.palette.index_for(leaf);
-            }
-        }
-        if let palette::Index::New(n) = i {
-            self.palette_map.set(u32::from(n), leaf);
-        }
-        self.index.set(slot, i.get());
-        self.palette.release(old);
+        changed
     }
 
     /// Takes the IPv4 part of `diff` into the prefix sets and paints the slots it touches (all
@@ -898,12 +816,13 @@ impl Dir24 {
         for (addr, leaf) in &writes.long_upserts {
             self.long_applied.insert(*addr, *leaf);
         }
-        let mut waited = false;
         for (slot, leaf) in &writes.slots {
-            // The full leaf first: a packet that reads the escape index finds the new leaf.
             self.table.set(*slot, *leaf);
-            self.set_index(*slot, *leaf, &mut waited);
         }
+        // Slots are written in order, so their /16s come sorted.
+        let mut blocks: Vec<u32> = writes.slots.iter().map(|(slot, _)| slot >> 8).collect();
+        blocks.dedup();
+        Self::summarise(&self.table, &self.summary, blocks);
         let keys: Vec<[u8; 4]> = writes
             .long_removes
             .iter()

@@ -294,16 +294,16 @@ impl Engine {
         self.maps.dir24_long_entries()
     }
 
-    /// DIR-24 palette entries naming a leaf, or `None` with the LPM engine.
-    pub fn dir24_palette_entries(&self) -> Option<usize> {
-        self.maps.dir24_palette_entries()
+    /// /16s the DIR-24 summary answers for, or `None` with the LPM engine.
+    pub fn dir24_summarised(&self) -> Option<usize> {
+        self.maps.dir24_summarised()
     }
 
-    /// Forces the DIR-24 program to read the index table first (`Some(true)`) or the full
-    /// table directly (`Some(false)`); `None`: chosen by the palette's use (the default). For
-    /// tests and benchmarks that compare both read paths.
-    pub fn force_dir24_index(&mut self, index: Option<bool>) -> Result<(), DatapathError> {
-        self.maps.force_dir24_index(index)
+    /// Makes the DIR-24 program read the /16 summary first (`Some(true)`; `None` is the
+    /// default, also on) or the /24 table directly (`Some(false)`). For tests and benchmarks
+    /// that compare both read paths.
+    pub fn force_dir24_summary(&mut self, summary: Option<bool>) -> Result<(), DatapathError> {
+        self.maps.force_dir24_summary(summary)
     }
 
     /// The IPv4 lookup engine the kernel maps are maintained for.

@@ -27,7 +27,6 @@ pub mod events;
 pub mod feeds;
 pub mod loader;
 pub mod metrics;
-pub mod palette;
 pub mod pins;
 pub mod rules;
 pub mod sdnotify;

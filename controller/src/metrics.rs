@@ -120,10 +120,12 @@ impl Snapshot {
         if let Some(long) = long_entries {
             let slots = i64::from(xdpwall_shared::DIR24_ENTRIES);
             snapshot.maps.push((map_names::V4_TBL24, slots, slots));
-            snapshot.maps.push((map_names::V4_TBL8, slots, slots));
-            let palette = engine.dir24_palette_entries().unwrap_or(0) as i64;
-            // Indexes 1 to 254 name leaves (0 is "no match", 255 the escape).
-            snapshot.maps.push((map_names::V4_PALETTE, palette, 254));
+            // Entries: the /16s the summary answers for (all 256 slots agree).
+            snapshot.maps.push((
+                map_names::V4_TBL16,
+                engine.dir24_summarised().unwrap_or(0) as i64,
+                i64::from(xdpwall_shared::SUMMARY_ENTRIES),
+            ));
             snapshot.maps.push((
                 map_names::V4_LONG,
                 long as i64,

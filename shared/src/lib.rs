@@ -38,12 +38,11 @@ pub mod map_names {
     /// Hash, IPv4 address (network byte order) -> leaf: the second level of the DIR-24 engine,
     /// consulted only when the first-level leaf carries [`super::leaf::LONG`].
     pub const V4_LONG: &str = "XW_V4_LONG";
-    /// Memory-mappable array, one byte per /24 (eight per element): the palette index of the
-    /// /24's leaf, or [`super::PALETTE_ESCAPE`]. The DIR-24 engine reads this first.
-    pub const V4_TBL8: &str = "XW_V4_TBL8";
-    /// Memory-mappable array of [`super::PALETTE_ENTRIES`] leaves, two per element: the leaves
-    /// the index table names.
-    pub const V4_PALETTE: &str = "XW_V4_PALETTE";
+    /// Memory-mappable array of [`super::SUMMARY_ENTRIES`] entries, two per element, indexed by
+    /// the top 16 bits of an IPv4 source: the leaf of a /16 whose 256 slots all hold it (no
+    /// longer prefixes inside), or [`super::leaf::MIXED`]. With
+    /// [`super::lookup::DIR24_SUMMARY`] the program reads this first.
+    pub const V4_TBL16: &str = "XW_V4_TBL16";
 
     /// Array of two [`super::V6Lengths`], one per generation: the prefix lengths present in the
     /// IPv6 hash engine, sorted, searched by binary search.
@@ -55,9 +54,9 @@ pub mod map_names {
     pub const V6_TBL1: &str = "XW_V6_TBL1";
 
     /// Every map the ingress program owns, for pin management and status.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 15] = [
         ALLOW_V4, ALLOW_V6, BLOCK_V4, BLOCK_V6, RULE_STATS, FEED_STATS, VERDICTS, CONFIG, LOOKUP,
-        V4_TBL24, V4_LONG, V4_TBL8, V4_PALETTE, V6_LENS, V6_TBL0, V6_TBL1,
+        V4_TBL24, V4_LONG, V4_TBL16, V6_LENS, V6_TBL0, V6_TBL1,
     ];
 }
 
@@ -71,9 +70,9 @@ pub mod lookup {
     pub const V6_HASH: u32 = 2;
     /// With [`V6_HASH`]: the program reads generation 1 (`XW_V6_TBL1`, `XW_V6_LENS[1]`), else 0.
     pub const V6_GEN1: u32 = 4;
-    /// With [`DIR24`]: the program reads the /24's palette index
-    /// ([`super::map_names::V4_TBL8`]) first, and the full table only for the escape index.
-    pub const DIR24_INDEX: u32 = 8;
+    /// With [`DIR24`]: the program reads the /16 summary ([`super::map_names::V4_TBL16`])
+    /// first, and the /24 table only for a /16 whose slots differ.
+    pub const DIR24_SUMMARY: u32 = 8;
 }
 
 /// Capacity of each generation of the IPv6 hash engine: prefixes plus search markers.
@@ -146,16 +145,10 @@ pub const DIR24_ENTRIES: u32 = 1 << 24;
 /// element holds two 32-bit slots (`[u32; 2]`, slot `2k` then `2k + 1`); mapped into memory the
 /// slots are then one dense array of `u32`, 64 MiB in all instead of 128.
 pub const DIR24_MAP_ENTRIES: u32 = DIR24_ENTRIES / 2;
-/// Elements of the DIR-24 index table ([`map_names::V4_TBL8`]): one byte per /24, eight per
-/// element, 16 MiB.
-pub const DIR24_INDEX_MAP_ENTRIES: u32 = DIR24_ENTRIES / 8;
-/// Entries of the DIR-24 palette ([`map_names::V4_PALETTE`]): index 0 is "no match", 1 to 254
-/// name shared leaves, [`PALETTE_ESCAPE`] sends the lookup to the full table.
-pub const PALETTE_ENTRIES: u32 = 256;
-/// The index-table value meaning "read the leaf from [`map_names::V4_TBL24`]".
-pub const PALETTE_ESCAPE: u8 = 255;
-/// Elements of the palette map: two 32-bit leaves each, like the first-level table.
-pub const PALETTE_MAP_ENTRIES: u32 = PALETTE_ENTRIES / 2;
+/// Entries of the DIR-24 /16 summary ([`map_names::V4_TBL16`]): one per /16.
+pub const SUMMARY_ENTRIES: u32 = 1 << 16;
+/// Elements of the summary map: two 32-bit entries each, like the first-level table (256 KiB).
+pub const SUMMARY_MAP_ENTRIES: u32 = SUMMARY_ENTRIES / 2;
 /// Capacity of the DIR-24 long-prefix hash (addresses under prefixes longer than /24, expanded).
 pub const V4_LONG_MAX_ENTRIES: u32 = 1 << 20;
 
@@ -197,6 +190,10 @@ pub mod leaf {
     pub const SINGLE: u32 = 3 << 29;
     pub const SINGLE_ALLOW: u32 = 1 << 27;
     pub const SINGLE_ID_MASK: u32 = (1 << 19) - 1;
+    /// In the /16 summary: the /16's slots differ (or some hold longer prefixes); read the /24
+    /// table. Unambiguous there: a /16 with any [`LONG`] slot is mixed, so no summarised leaf
+    /// has the bit.
+    pub const MIXED: u32 = LONG;
 
     /// The single-address form of `leaf` (a block or allow leaf) for the address whose last
     /// octet is `octet`, or `None` if the id needs more than 19 bits.

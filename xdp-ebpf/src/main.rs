@@ -19,11 +19,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use xdpwall_shared::{
-    ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, DIR24_INDEX_MAP_ENTRIES, DIR24_MAP_ENTRIES,
-    DatapathConfig, FEED_STATS_ENTRIES, PALETTE_ESCAPE, PALETTE_MAP_ENTRIES,
-    RULE_STATS_MAX_ENTRIES, RuleCounters, V4_LONG_MAX_ENTRIES, V6_HASH_MAX_ENTRIES,
-    V6_SEARCH_STEPS, V6Key, V6Lengths, VERDICT_ENTRIES, feed_stats_slot, leaf, lookup, map_names,
-    verdict, verdict_slot,
+    ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig, FEED_STATS_ENTRIES,
+    RULE_STATS_MAX_ENTRIES, RuleCounters, SUMMARY_MAP_ENTRIES, V4_LONG_MAX_ENTRIES,
+    V6_HASH_MAX_ENTRIES, V6_SEARCH_STEPS, V6Key, V6Lengths, VERDICT_ENTRIES, feed_stats_slot, leaf,
+    lookup, map_names, verdict, verdict_slot,
 };
 
 use crate::parse::{Parsed, SourceAddr};
@@ -53,11 +52,9 @@ static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(VERDICT_ENTRIES, 0);
 static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 #[map(name = "XW_LOOKUP")]
 static LOOKUP: Array<u32> = Array::pinned(1, 0);
-// The controller shrinks these four to one entry when the DIR-24 engine is not in use.
-#[map(name = "XW_V4_TBL8")]
-static V4_TBL8: Array<[u8; 8]> = Array::pinned(DIR24_INDEX_MAP_ENTRIES, BPF_F_MMAPABLE);
-#[map(name = "XW_V4_PALETTE")]
-static V4_PALETTE: Array<[u32; 2]> = Array::pinned(PALETTE_MAP_ENTRIES, BPF_F_MMAPABLE);
+// The controller shrinks these three to one entry when the DIR-24 engine is not in use.
+#[map(name = "XW_V4_TBL16")]
+static V4_TBL16: Array<[u32; 2]> = Array::pinned(SUMMARY_MAP_ENTRIES, BPF_F_MMAPABLE);
 #[map(name = "XW_V4_TBL24")]
 static V4_TBL24: Array<[u32; 2]> = Array::pinned(DIR24_MAP_ENTRIES, BPF_F_MMAPABLE);
 #[map(name = "XW_V4_LONG")]
@@ -97,8 +94,7 @@ const _: () = assert!(same(map_names::CONFIG, "XW_CONFIG"));
 const _: () = assert!(same(map_names::LOOKUP, "XW_LOOKUP"));
 const _: () = assert!(same(map_names::V4_TBL24, "XW_V4_TBL24"));
 const _: () = assert!(same(map_names::V4_LONG, "XW_V4_LONG"));
-const _: () = assert!(same(map_names::V4_TBL8, "XW_V4_TBL8"));
-const _: () = assert!(same(map_names::V4_PALETTE, "XW_V4_PALETTE"));
+const _: () = assert!(same(map_names::V4_TBL16, "XW_V4_TBL16"));
 const _: () = assert!(same(map_names::V6_LENS, "XW_V6_LENS"));
 const _: () = assert!(same(map_names::V6_TBL0, "XW_V6_TBL0"));
 const _: () = assert!(same(map_names::V6_TBL1, "XW_V6_TBL1"));
@@ -132,7 +128,7 @@ fn decide(ctx: &XdpContext, config: &DatapathConfig) -> (u32, u32) {
     let engines = LOOKUP.get(0).copied().unwrap_or(lookup::LPM);
     let blocking_rule = match source {
         SourceAddr::V4(addr) if engines & lookup::DIR24 != 0 => {
-            match leaf_verdict(dir24_leaf(addr, engines & lookup::DIR24_INDEX != 0)) {
+            match leaf_verdict(dir24_leaf(addr, engines & lookup::DIR24_SUMMARY != 0)) {
                 Ok(rule) => rule,
                 Err(allowed) => return allowed,
             }
@@ -174,32 +170,27 @@ fn decide(ctx: &XdpContext, config: &DatapathConfig) -> (u32, u32) {
     }
 }
 
-/// The DIR-24 engine: when `indexed` (the controller's choice, `lookup::DIR24_INDEX`), the
-/// /24's one-byte palette index (a 16 MiB table) and its leaf from the palette (256 entries,
-/// always cached), the 64 MiB full table only for the escape index; else the full table
-/// directly. A hash lookup only for the /24s that hold longer prefixes. The tables already
-/// fold allow over block and longest match, so the leaf is the answer.
+/// The DIR-24 engine. With `summary` (`lookup::DIR24_SUMMARY`), first the /16's entry in a
+/// 256 KiB summary that stays in the cache: the answer for a /16 whose 256 slots agree (a large
+/// prefix, or nothing listed). Else one read of the /24's slot in the 64 MiB table, and one
+/// hash lookup only for the /24s that hold longer prefixes. The tables already fold allow over
+/// block and longest match, so the leaf is the answer.
 #[inline(always)]
-fn dir24_leaf(addr: [u8; 4], indexed: bool) -> u32 {
-    let slot = u32::from_be_bytes(addr) >> 8;
-    let index = if !indexed {
-        PALETTE_ESCAPE
-    } else {
-        match V4_TBL8.get(slot >> 3) {
-            Some(bytes) => bytes[(slot & 7) as usize],
-            None => 0,
+fn dir24_leaf(addr: [u8; 4], summary: bool) -> u32 {
+    let source = u32::from_be_bytes(addr);
+    if summary {
+        let block = source >> 16;
+        if let Some(pair) = V4_TBL16.get(block >> 1) {
+            let summarised = pair[(block & 1) as usize];
+            if summarised != leaf::MIXED {
+                return summarised;
+            }
         }
-    };
-    let first = if index == PALETTE_ESCAPE {
-        match V4_TBL24.get(slot >> 1) {
-            Some(pair) => pair[(slot & 1) as usize],
-            None => leaf::NONE,
-        }
-    } else {
-        match V4_PALETTE.get(index as u32 >> 1) {
-            Some(pair) => pair[(index & 1) as usize],
-            None => leaf::NONE,
-        }
+    }
+    let slot = source >> 8;
+    let first = match V4_TBL24.get(slot >> 1) {
+        Some(pair) => pair[(slot & 1) as usize],
+        None => leaf::NONE,
     };
     if first & leaf::LONG == 0 {
         if first & leaf::KIND_MASK == leaf::SINGLE {

@@ -52,27 +52,27 @@ use crate::feed::PinDirGuard;
 pub(crate) struct XdpwallVariant {
     pub label: &'static str,
     pub ipv4_lookup: Ipv4Lookup,
-    /// With DIR-24: force the index table on or off (`None`: the daemon's own choice).
-    pub dir24_index: Option<bool>,
+    /// With DIR-24: force the /16 summary on or off (`None`: the daemon's default, on).
+    pub dir24_summary: Option<bool>,
 }
 
 pub(crate) const XDPWALL_VARIANTS: &[XdpwallVariant] = &[
     XdpwallVariant {
         label: "xdpwall (lpm)",
         ipv4_lookup: Ipv4Lookup::Lpm,
-        dir24_index: None,
+        dir24_summary: None,
     },
     XdpwallVariant {
         label: "xdpwall (dir24)",
         ipv4_lookup: Ipv4Lookup::Dir24,
-        dir24_index: None,
+        dir24_summary: None,
     },
-    // The DIR-24 table read directly, without the index table and palette in front: what
-    // the index table saves (or costs), measured side by side.
+    // The /24 table read directly, without the /16 summary in front: what the summary saves
+    // (or costs), measured side by side.
     XdpwallVariant {
         label: "xdpwall (dir24, direct)",
         ipv4_lookup: Ipv4Lookup::Dir24,
-        dir24_index: Some(false),
+        dir24_summary: Some(false),
     },
 ];
 
@@ -319,8 +319,8 @@ impl<'lab> Systems<'lab> {
             .apply_feed(FEED_NAME, FEED_ID_BASE + 1, Action::Block, entries)
             .context("applying the list to xdpwall")?;
         let load_time = started.elapsed();
-        if variant.dir24_index.is_some() {
-            engine.force_dir24_index(variant.dir24_index)?;
+        if variant.dir24_summary.is_some() {
+            engine.force_dir24_summary(variant.dir24_summary)?;
         }
         let map_pins: Vec<PathBuf> = std::fs::read_dir(PinLayout::new(&pins.0).maps_dir())?
             .map(|e| e.map(|e| e.path()))
