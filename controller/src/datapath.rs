@@ -13,14 +13,12 @@ use std::{
 use aya::{
     Ebpf,
     maps::{
-        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
-        lpm_trie::Key,
+        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key,
     },
 };
 use xdpwall_shared::{
-    DIR24_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig, FEED_ID_BASE, FEED_STATS_ENTRIES,
-    RuleCounters, SUMMARY_ENTRIES, SUMMARY_MAP_ENTRIES, V4_LONG_MAX_ENTRIES, V6_HASH_MAX_ENTRIES,
-    V6Key, V6Lengths, feed_stats_slot, leaf, lookup, map_names, verdict, verdict_slot,
+    DIR24_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig, RuleCounters, V4_LONG_MAX_ENTRIES,
+    V6_HASH_MAX_ENTRIES, V6Key, V6Lengths, lookup, map_names, verdict, verdict_slot,
 };
 
 use crate::{
@@ -122,12 +120,6 @@ pub enum DatapathError {
         #[source]
         source: std::io::Error,
     },
-    #[error("map {map}: {source}")]
-    Io {
-        map: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("mapping {map} into memory failed: {source}")]
     Mmap {
         map: &'static str,
@@ -147,7 +139,6 @@ pub struct Datapath {
     block_v4: LpmTrie<MapData, [u8; 4], u32>,
     block_v6: LpmTrie<MapData, [u8; 16], u32>,
     rule_stats: PerCpuHashMap<MapData, u32, RuleCounters>,
-    feed_stats: PerCpuArray<MapData, RuleCounters>,
     verdicts: PerCpuArray<MapData, u64>,
     config: Array<MapData, DatapathConfig>,
     lookup: Array<MapData, u32>,
@@ -157,41 +148,36 @@ pub struct Datapath {
     v6hash: Option<V6Hash>,
 }
 
-/// A memory-mappable array map mapped into this process as `len` atomics of type `A`: items
-/// are read and written with plain aligned loads and stores, which the XDP program sees at once.
-struct Mapped<A> {
-    items: NonNull<A>,
+/// The first level of the DIR-24 table, mapped into this process: slots are read and written
+/// with plain aligned 32-bit loads and stores, which the XDP program sees at once.
+struct MappedTable {
+    slots: NonNull<AtomicU32>,
     len: usize,
     // Keeps the map alive as long as the mapping.
     _map: MapData,
 }
 
 // SAFETY: the mapping is shared memory accessed only through atomics.
-unsafe impl<A> Send for Mapped<A> {}
+unsafe impl Send for MappedTable {}
 
-impl<A> Mapped<A> {
-    /// Maps `map` (named `name`), which must have `map_entries` elements holding `len` items
-    /// of `A` in all, with no padding between them.
-    fn open(
-        map: MapData,
-        name: &'static str,
-        map_entries: u32,
-        len: usize,
-    ) -> Result<Self, DatapathError> {
+impl MappedTable {
+    fn open(map: MapData) -> Result<Self, DatapathError> {
+        let name = map_names::V4_TBL24;
         let found = map.info().map_err(map_err(name))?.max_entries();
-        if found != map_entries {
+        if found != DIR24_MAP_ENTRIES {
             return Err(DatapathError::WrongSize {
                 map: name,
                 found,
-                needed: map_entries,
+                needed: DIR24_MAP_ENTRIES,
             });
         }
-        // SAFETY: mapping a BPF_F_MMAPABLE array map whose elements are 8-byte values (no
-        // padding), `len` items of `A` in all, shared, at a fresh address.
+        let len = DIR24_ENTRIES as usize;
+        // SAFETY: mapping a BPF_F_MMAPABLE array map of `len / 2` elements of `[u32; 2]` (no
+        // padding: 8-byte values), shared, at a fresh address.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len * size_of::<A>(),
+                len * 4,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 map.fd().as_fd().as_raw_fd(),
@@ -205,43 +191,35 @@ impl<A> Mapped<A> {
             });
         }
         Ok(Self {
-            items: NonNull::new(ptr.cast()).expect("mmap does not return NULL on success"),
+            slots: NonNull::new(ptr.cast()).expect("mmap does not return NULL on success"),
             len,
             _map: map,
         })
     }
 
-    fn items(&self) -> &[A] {
+    fn slots(&self) -> &[AtomicU32] {
         // SAFETY: `len` atomics mapped in `open`, alive until drop.
-        unsafe { std::slice::from_raw_parts(self.items.as_ptr(), self.len) }
+        unsafe { std::slice::from_raw_parts(self.slots.as_ptr(), self.len) }
+    }
+
+    fn get(&self, slot: u32) -> u32 {
+        self.slots()[slot as usize].load(Ordering::Relaxed)
+    }
+
+    fn set(&self, slot: u32, leaf: u32) {
+        self.slots()[slot as usize].store(leaf, Ordering::Release);
     }
 }
 
-impl<A> Drop for Mapped<A> {
+impl Drop for MappedTable {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `open` mapped.
-        unsafe { libc::munmap(self.items.as_ptr().cast(), self.len * size_of::<A>()) };
-    }
-}
-
-impl Mapped<AtomicU32> {
-    fn get(&self, i: u32) -> u32 {
-        self.items()[i as usize].load(Ordering::Relaxed)
-    }
-
-    fn set(&self, i: u32, value: u32) {
-        self.items()[i as usize].store(value, Ordering::Release);
+        unsafe { libc::munmap(self.slots.as_ptr().cast(), self.len * 4) };
     }
 }
 
 struct Dir24 {
-    /// The leaf of every /24.
-    table: Mapped<AtomicU32>,
-    /// Per /16, the leaf all its slots hold, or `leaf::MIXED`; what the program reads first.
-    summary: Mapped<AtomicU32>,
-    /// Whether the program reads the summary first (default: yes). Tests and benchmarks
-    /// compare both read paths.
-    force_summary: Option<bool>,
+    table: MappedTable,
     long: HashMap<MapData, [u8; 4], u32>,
     /// What the long-prefix hash holds (read back at start, then kept in step).
     long_applied: BTreeMap<u32, u32>,
@@ -275,17 +253,6 @@ pub trait KernelMaps: Send {
     /// Entries in the DIR-24 long-prefix hash, or `None` with the LPM engine.
     fn dir24_long_entries(&self) -> Option<usize> {
         None
-    }
-    /// /16s the DIR-24 summary answers for (their 256 slots agree), or `None` with the LPM
-    /// engine.
-    fn dir24_summarised(&self) -> Option<usize> {
-        None
-    }
-    /// Makes the DIR-24 program read the /16 summary first (`Some(true)`, and `None`: the
-    /// default) or the /24 table directly (`Some(false)`). For tests and benchmarks that
-    /// compare both read paths; no-op without DIR-24.
-    fn force_dir24_summary(&mut self, _summary: Option<bool>) -> Result<(), DatapathError> {
-        Ok(())
     }
     /// The IPv6 lookup engine these maps are maintained for.
     fn ipv6_lookup(&self) -> Ipv6Lookup {
@@ -325,19 +292,6 @@ impl KernelMaps for Datapath {
     }
     fn dir24_long_entries(&self) -> Option<usize> {
         self.dir24.as_ref().map(|d| d.long_applied.len())
-    }
-    fn dir24_summarised(&self) -> Option<usize> {
-        self.dir24.as_ref().map(|d| {
-            (0..SUMMARY_ENTRIES)
-                .filter(|&b| d.summary.get(b) != leaf::MIXED)
-                .count()
-        })
-    }
-    fn force_dir24_summary(&mut self, summary: Option<bool>) -> Result<(), DatapathError> {
-        if let Some(dir24) = &mut self.dir24 {
-            dir24.force_summary = summary;
-        }
-        self.switch_engine()
     }
     fn ipv6_lookup(&self) -> Ipv6Lookup {
         Datapath::ipv6_lookup(self)
@@ -388,22 +342,10 @@ impl Datapath {
         let dir24 = match engines.ipv4 {
             Ipv4Lookup::Lpm => None,
             Ipv4Lookup::Dir24 => {
-                let mut mapped = |name: &'static str| match take(ebpf, name)? {
-                    Map::Array(data) => Ok(data),
-                    _ => Err(DatapathError::MissingMap(name)),
+                let table = match take(ebpf, map_names::V4_TBL24)? {
+                    Map::Array(data) => MappedTable::open(data)?,
+                    _ => return Err(DatapathError::MissingMap(map_names::V4_TBL24)),
                 };
-                let table = Mapped::open(
-                    mapped(map_names::V4_TBL24)?,
-                    map_names::V4_TBL24,
-                    DIR24_MAP_ENTRIES,
-                    DIR24_ENTRIES as usize,
-                )?;
-                let summary = Mapped::open(
-                    mapped(map_names::V4_TBL16)?,
-                    map_names::V4_TBL16,
-                    SUMMARY_MAP_ENTRIES,
-                    SUMMARY_ENTRIES as usize,
-                )?;
                 let long: HashMap<MapData, [u8; 4], u32> =
                     HashMap::try_from(take(ebpf, map_names::V4_LONG)?)
                         .map_err(map_err(map_names::V4_LONG))?;
@@ -412,13 +354,8 @@ impl Datapath {
                     let (addr, leaf) = entry.map_err(map_err(map_names::V4_LONG))?;
                     long_applied.insert(u32::from_be_bytes(addr), leaf);
                 }
-                // Whatever a previous daemon (or none: a summary new to these pins) left.
-                let changed = Dir24::summarise(&table, &summary, 0..SUMMARY_ENTRIES);
-                tracing::debug!(changed, "DIR-24 /16 summary checked");
                 Some(Dir24 {
                     table,
-                    summary,
-                    force_summary: None,
                     long,
                     long_applied,
                     allow: TrieContents::new(),
@@ -438,8 +375,6 @@ impl Datapath {
                 .map_err(map_err(map_names::BLOCK_V6))?,
             rule_stats: PerCpuHashMap::try_from(take(ebpf, map_names::RULE_STATS)?)
                 .map_err(map_err(map_names::RULE_STATS))?,
-            feed_stats: PerCpuArray::try_from(take(ebpf, map_names::FEED_STATS)?)
-                .map_err(map_err(map_names::FEED_STATS))?,
             verdicts: PerCpuArray::try_from(take(ebpf, map_names::VERDICTS)?)
                 .map_err(map_err(map_names::VERDICTS))?,
             config: Array::try_from(take(ebpf, map_names::CONFIG)?)
@@ -484,10 +419,7 @@ impl Datapath {
     fn switch_engine(&mut self) -> Result<(), DatapathError> {
         let current = self.lookup.get(&0, 0).map_err(map_err(map_names::LOOKUP))?;
         let v4 = match &self.dir24 {
-            Some(dir24) if dir24.repaint_all => current & (lookup::DIR24 | lookup::DIR24_SUMMARY),
-            Some(dir24) if dir24.force_summary.unwrap_or(true) => {
-                lookup::DIR24 | lookup::DIR24_SUMMARY
-            }
+            Some(dir24) if dir24.repaint_all => current & lookup::DIR24,
             Some(_) => lookup::DIR24,
             None => lookup::LPM,
         };
@@ -669,85 +601,30 @@ impl Datapath {
 
     /// Packet and byte counts per rule id, summed over CPUs. Rules never hit are absent.
     pub fn rule_counters(&self) -> Result<BTreeMap<RuleId, RuleCounters>, DatapathError> {
-        fn sum(per_cpu: &[RuleCounters]) -> RuleCounters {
-            per_cpu
+        let mut out = BTreeMap::new();
+        for entry in self.rule_stats.iter() {
+            let (id, per_cpu) = entry.map_err(map_err(map_names::RULE_STATS))?;
+            let sum = per_cpu
                 .iter()
                 .fold(RuleCounters::default(), |acc, c| RuleCounters {
                     packets: acc.packets + c.packets,
                     bytes: acc.bytes + c.bytes,
-                })
-        }
-        let mut out = BTreeMap::new();
-        for entry in self.rule_stats.iter() {
-            let (id, per_cpu) = entry.map_err(map_err(map_names::RULE_STATS))?;
-            out.insert(id, sum(&per_cpu));
-        }
-        for slot in 0..FEED_STATS_ENTRIES {
-            let per_cpu = self
-                .feed_stats
-                .get(&slot, 0)
-                .map_err(map_err(map_names::FEED_STATS))?;
-            let counters = sum(&per_cpu);
-            if counters.packets != 0 {
-                out.insert(FEED_ID_BASE + slot, counters);
-            }
+                });
+            out.insert(id, sum);
         }
         Ok(out)
     }
 
     /// Forgets the counters of rules that no longer exist (their ids are never reused).
     pub fn drop_rule_counters(&mut self, ids: &[RuleId]) -> Result<(), DatapathError> {
-        for &id in ids {
-            match feed_stats_slot(id) {
-                Some(slot) => {
-                    // As many zeroed copies as the kernel keeps (one per possible CPU).
-                    let cpus = self
-                        .feed_stats
-                        .get(&slot, 0)
-                        .map_err(map_err(map_names::FEED_STATS))?
-                        .len();
-                    let zeros = PerCpuValues::try_from(vec![RuleCounters::default(); cpus])
-                        .map_err(|source| DatapathError::Io {
-                            map: map_names::FEED_STATS,
-                            source,
-                        })?;
-                    self.feed_stats
-                        .set(slot, zeros, 0)
-                        .map_err(map_err(map_names::FEED_STATS))?;
-                }
-                None => ignore_missing(self.rule_stats.remove(&id))
-                    .map_err(map_err(map_names::RULE_STATS))?,
-            }
+        for id in ids {
+            ignore_missing(self.rule_stats.remove(id)).map_err(map_err(map_names::RULE_STATS))?;
         }
         Ok(())
     }
 }
 
 impl Dir24 {
-    /// Brings the summary entries of the /16s in `blocks` in line with the table: the leaf all
-    /// 256 slots hold, unless one holds longer prefixes (`LONG`) or a single address; else
-    /// `MIXED`. Called after the slots changed, so a packet reading an entry finds either the
-    /// old answer or the new one. Returns how many entries changed.
-    fn summarise(
-        table: &Mapped<AtomicU32>,
-        summary: &Mapped<AtomicU32>,
-        blocks: impl IntoIterator<Item = u32>,
-    ) -> usize {
-        let mut changed = 0;
-        for block in blocks {
-            let first = table.get(block << 8);
-            let uniform = first & leaf::LONG == 0
-                && first & leaf::KIND_MASK != leaf::SINGLE
-                && (1..256).all(|i| table.get((block << 8) | i) == first);
-            let wanted = if uniform { first } else { leaf::MIXED };
-            if summary.get(block) != wanted {
-                summary.set(block, wanted);
-                changed += 1;
-            }
-        }
-        changed
-    }
-
     /// Takes the IPv4 part of `diff` into the prefix sets and paints the slots it touches (all
     /// of them on the first call). Returns the writes; [`Self::undo_plan`] reverts the sets.
     fn plan(&mut self, diff: &MapDiff, before: &MapContents) -> Result<Writes, DatapathError> {
@@ -819,10 +696,6 @@ impl Dir24 {
         for (slot, leaf) in &writes.slots {
             self.table.set(*slot, *leaf);
         }
-        // Slots are written in order, so their /16s come sorted.
-        let mut blocks: Vec<u32> = writes.slots.iter().map(|(slot, _)| slot >> 8).collect();
-        blocks.dedup();
-        Self::summarise(&self.table, &self.summary, blocks);
         let keys: Vec<[u8; 4]> = writes
             .long_removes
             .iter()

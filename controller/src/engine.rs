@@ -294,18 +294,6 @@ impl Engine {
         self.maps.dir24_long_entries()
     }
 
-    /// /16s the DIR-24 summary answers for, or `None` with the LPM engine.
-    pub fn dir24_summarised(&self) -> Option<usize> {
-        self.maps.dir24_summarised()
-    }
-
-    /// Makes the DIR-24 program read the /16 summary first (`Some(true)`; `None` is the
-    /// default, also on) or the /24 table directly (`Some(false)`). For tests and benchmarks
-    /// that compare both read paths.
-    pub fn force_dir24_summary(&mut self, summary: Option<bool>) -> Result<(), DatapathError> {
-        self.maps.force_dir24_summary(summary)
-    }
-
     /// The IPv4 lookup engine the kernel maps are maintained for.
     pub fn ipv4_lookup(&self) -> crate::datapath::Ipv4Lookup {
         self.maps.ipv4_lookup()

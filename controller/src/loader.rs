@@ -23,8 +23,8 @@ use aya::{
 };
 use tracing::{info, warn};
 use xdpwall_shared::{
-    DIR24_MAP_ENTRIES, IFACE_SLOTS, SUMMARY_MAP_ENTRIES, V4_LONG_MAX_ENTRIES, V6_HASH_MAX_ENTRIES,
-    XDP_PROGRAM, map_names,
+    DIR24_MAP_ENTRIES, IFACE_SLOTS, V4_LONG_MAX_ENTRIES, V6_HASH_MAX_ENTRIES, XDP_PROGRAM,
+    map_names,
 };
 
 use crate::{
@@ -186,17 +186,13 @@ pub fn load_object(
         Ipv4Lookup::Dir24 => {
             drop_undersized_pins(
                 pins,
-                &[map_names::V4_TBL24, map_names::V4_LONG, map_names::V4_TBL16],
+                &[map_names::V4_TBL24, map_names::V4_LONG],
                 DIR24_MAP_ENTRIES,
                 "the DIR-24 table",
             )?;
             (DIR24_MAP_ENTRIES, V4_LONG_MAX_ENTRIES)
         }
         Ipv4Lookup::Lpm => (1, 1),
-    };
-    let summary_entries = match engines.ipv4 {
-        Ipv4Lookup::Dir24 => SUMMARY_MAP_ENTRIES,
-        Ipv4Lookup::Lpm => 1,
     };
     let v6_entries = match engines.ipv6 {
         Ipv6Lookup::Hash => {
@@ -214,7 +210,6 @@ pub fn load_object(
         .default_map_pin_directory(pins.maps_dir())
         .map_max_entries(map_names::V4_TBL24, table_entries)
         .map_max_entries(map_names::V4_LONG, long_entries)
-        .map_max_entries(map_names::V4_TBL16, summary_entries)
         .map_max_entries(map_names::V6_TBL0, v6_entries)
         .map_max_entries(map_names::V6_TBL1, v6_entries)
         .load(EBPF_OBJECT)

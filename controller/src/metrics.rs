@@ -120,12 +120,6 @@ impl Snapshot {
         if let Some(long) = long_entries {
             let slots = i64::from(xdpwall_shared::DIR24_ENTRIES);
             snapshot.maps.push((map_names::V4_TBL24, slots, slots));
-            // Entries: the /16s the summary answers for (all 256 slots agree).
-            snapshot.maps.push((
-                map_names::V4_TBL16,
-                engine.dir24_summarised().unwrap_or(0) as i64,
-                i64::from(xdpwall_shared::SUMMARY_ENTRIES),
-            ));
             snapshot.maps.push((
                 map_names::V4_LONG,
                 long as i64,

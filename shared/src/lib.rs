@@ -19,12 +19,8 @@ pub mod map_names {
     pub const BLOCK_V4: &str = "XW_BLOCK_V4";
     /// LPM trie, IPv6 sources to drop. Key `lpm_trie::Key<[u8; 16]>`, value rule id.
     pub const BLOCK_V6: &str = "XW_BLOCK_V6";
-    /// Per-CPU hash, rule id -> [`super::RuleCounters`], for every rule [`FEED_STATS`] does
-    /// not count.
+    /// Per-CPU hash, rule id -> [`super::RuleCounters`].
     pub const RULE_STATS: &str = "XW_RULE_STATS";
-    /// Per-CPU array of [`super::RuleCounters`], index [`super::feed_stats_slot`]: the counters
-    /// of feeds (the rules that hold most prefixes), an array slot instead of a hash lookup.
-    pub const FEED_STATS: &str = "XW_FEED_STATS";
     /// Per-CPU array of `u64`, index [`super::verdict_slot`].
     pub const VERDICTS: &str = "XW_VERDICTS";
     /// Array with one [`super::DatapathConfig`].
@@ -38,11 +34,6 @@ pub mod map_names {
     /// Hash, IPv4 address (network byte order) -> leaf: the second level of the DIR-24 engine,
     /// consulted only when the first-level leaf carries [`super::leaf::LONG`].
     pub const V4_LONG: &str = "XW_V4_LONG";
-    /// Memory-mappable array of [`super::SUMMARY_ENTRIES`] entries, two per element, indexed by
-    /// the top 16 bits of an IPv4 source: the leaf of a /16 whose 256 slots all hold it (no
-    /// longer prefixes inside), or [`super::leaf::MIXED`]. With
-    /// [`super::lookup::DIR24_SUMMARY`] the program reads this first.
-    pub const V4_TBL16: &str = "XW_V4_TBL16";
 
     /// Array of two [`super::V6Lengths`], one per generation: the prefix lengths present in the
     /// IPv6 hash engine, sorted, searched by binary search.
@@ -54,9 +45,9 @@ pub mod map_names {
     pub const V6_TBL1: &str = "XW_V6_TBL1";
 
     /// Every map the ingress program owns, for pin management and status.
-    pub const ALL: [&str; 15] = [
-        ALLOW_V4, ALLOW_V6, BLOCK_V4, BLOCK_V6, RULE_STATS, FEED_STATS, VERDICTS, CONFIG, LOOKUP,
-        V4_TBL24, V4_LONG, V4_TBL16, V6_LENS, V6_TBL0, V6_TBL1,
+    pub const ALL: [&str; 13] = [
+        ALLOW_V4, ALLOW_V6, BLOCK_V4, BLOCK_V6, RULE_STATS, VERDICTS, CONFIG, LOOKUP, V4_TBL24,
+        V4_LONG, V6_LENS, V6_TBL0, V6_TBL1,
     ];
 }
 
@@ -70,9 +61,6 @@ pub mod lookup {
     pub const V6_HASH: u32 = 2;
     /// With [`V6_HASH`]: the program reads generation 1 (`XW_V6_TBL1`, `XW_V6_LENS[1]`), else 0.
     pub const V6_GEN1: u32 = 4;
-    /// With [`DIR24`]: the program reads the /16 summary ([`super::map_names::V4_TBL16`])
-    /// first, and the /24 table only for a /16 whose slots differ.
-    pub const DIR24_SUMMARY: u32 = 8;
 }
 
 /// Capacity of each generation of the IPv6 hash engine: prefixes plus search markers.
@@ -145,10 +133,6 @@ pub const DIR24_ENTRIES: u32 = 1 << 24;
 /// element holds two 32-bit slots (`[u32; 2]`, slot `2k` then `2k + 1`); mapped into memory the
 /// slots are then one dense array of `u32`, 64 MiB in all instead of 128.
 pub const DIR24_MAP_ENTRIES: u32 = DIR24_ENTRIES / 2;
-/// Entries of the DIR-24 /16 summary ([`map_names::V4_TBL16`]): one per /16.
-pub const SUMMARY_ENTRIES: u32 = 1 << 16;
-/// Elements of the summary map: two 32-bit entries each, like the first-level table (256 KiB).
-pub const SUMMARY_MAP_ENTRIES: u32 = SUMMARY_ENTRIES / 2;
 /// Capacity of the DIR-24 long-prefix hash (addresses under prefixes longer than /24, expanded).
 pub const V4_LONG_MAX_ENTRIES: u32 = 1 << 20;
 
@@ -190,10 +174,6 @@ pub mod leaf {
     pub const SINGLE: u32 = 3 << 29;
     pub const SINGLE_ALLOW: u32 = 1 << 27;
     pub const SINGLE_ID_MASK: u32 = (1 << 19) - 1;
-    /// In the /16 summary: the /16's slots differ (or some hold longer prefixes); read the /24
-    /// table. Unambiguous there: a /16 with any [`LONG`] slot is mixed, so no summarised leaf
-    /// has the bit.
-    pub const MIXED: u32 = LONG;
 
     /// The single-address form of `leaf` (a block or allow leaf) for the address whose last
     /// octet is `octet`, or `None` if the id needs more than 19 bits.
@@ -260,19 +240,6 @@ pub const ALLOW_MAX_ENTRIES: u32 = 1 << 16;
 /// Capacity of the per-rule counter map: rules that were hit at least once (feeds count as one
 /// rule each). The map is not preallocated, so unused capacity costs no memory.
 pub const RULE_STATS_MAX_ENTRIES: u32 = 1 << 20;
-/// Feeds counted in [`map_names::FEED_STATS`] (feed ids `FEED_ID_BASE` to
-/// `FEED_ID_BASE + FEED_STATS_ENTRIES - 1`); later feeds are counted in the hash. 16 KiB per CPU.
-pub const FEED_STATS_ENTRIES: u32 = 1024;
-
-/// The [`map_names::FEED_STATS`] slot that counts `rule_id`, if it is a feed with a slot.
-#[inline(always)]
-pub const fn feed_stats_slot(rule_id: u32) -> Option<u32> {
-    if rule_id >= FEED_ID_BASE && rule_id - FEED_ID_BASE < FEED_STATS_ENTRIES {
-        Some(rule_id - FEED_ID_BASE)
-    } else {
-        None
-    }
-}
 
 /// Why a packet got its verdict. The value is the index inside an interface's counter slots.
 pub mod verdict {

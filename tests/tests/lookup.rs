@@ -278,7 +278,7 @@ fn dir24_and_lpm_agree_with_the_reference_on_random_rule_sets() {
     with_default.push((net(0, 0), Action::Block));
 
     for (name, set) in [("overlap", base), ("default-route", with_default)] {
-        let (mut dir24, rules) = load(&format!("lookup-dir24-{name}"), Ipv4Lookup::Dir24, &set);
+        let (dir24, rules) = load(&format!("lookup-dir24-{name}"), Ipv4Lookup::Dir24, &set);
         let (lpm, lpm_rules) = load(&format!("lookup-lpm-{name}"), Ipv4Lookup::Lpm, &set);
         assert_eq!(
             rules.iter().map(|r| (r.id, r.cidr)).collect::<Vec<_>>(),
@@ -298,35 +298,22 @@ fn dir24_and_lpm_agree_with_the_reference_on_random_rule_sets() {
         }
         let probes = probes(&mut rng, &rules, per_set);
         let started = Instant::now();
-        // DIR-24 both ways: through the /16 summary, and the /24 table directly.
-        let mut dir24_outcomes = Vec::new();
-        for summary in [true, false] {
-            dir24.parts().0.force_dir24_summary(Some(summary)).unwrap();
-            dir24_outcomes.push((
-                summary,
-                check_engine(&dir24, &rules, &reference, &probes, seed),
-            ));
-        }
+        let dir24_outcome = check_engine(&dir24, &rules, &reference, &probes, seed);
         let lpm_outcome = check_engine(&lpm, &rules, &reference, &probes, seed);
         eprintln!(
-            "{name}: {} rules, {} lookups per engine in {:.1?} ({:?} /16s summarised): dir24 \
-             summary {} mismatches, direct {}, lpm {}",
+            "{name}: {} rules, {} lookups per engine in {:.1?}: dir24 {} mismatches, lpm {}",
             rules.len(),
             probes.len(),
             started.elapsed(),
-            dir24.parts().0.dir24_summarised(),
-            dir24_outcomes[0].1.mismatches,
-            dir24_outcomes[1].1.mismatches,
+            dir24_outcome.mismatches,
             lpm_outcome.mismatches
         );
-        for (summary, outcome) in dir24_outcomes {
-            assert_eq!(
-                outcome.mismatches,
-                0,
-                "DIR-24 (summary: {summary}): {}",
-                outcome.first.unwrap_or_default()
-            );
-        }
+        assert_eq!(
+            dir24_outcome.mismatches,
+            0,
+            "DIR-24: {}",
+            dir24_outcome.first.unwrap_or_default()
+        );
         assert_eq!(
             lpm_outcome.mismatches,
             0,
@@ -346,8 +333,6 @@ fn dir24_answers_stay_right_while_other_rules_change() {
     let mut rng = StdRng::seed_from_u64(seed);
     let stable = random_rule_set(&mut rng, 5_000);
     let (mut program, rules) = load("lookup-dir24-churn", Ipv4Lookup::Dir24, &stable);
-    // Through the /16 summary: the churn's changes move /16s between summarised and mixed.
-    program.parts().0.force_dir24_summary(Some(true)).unwrap();
     let reference = Reference::new(&rules);
     let churn_region = net(0xac10_0000, 12);
     let in_churn = |addr: u32| churn_region.contains(&Ipv4Addr::from(addr));
@@ -414,41 +399,4 @@ fn dir24_answers_stay_right_while_other_rules_change() {
         Ipv4Addr::from(mismatches[0]),
         covering(&rules, mismatches[0])
     );
-}
-
-/// The /16 summary answers only for /16s whose slots agree on a final answer: a /16 whose every
-/// /24 holds the same longer prefix (a feed's `.5` in each /24, an allowed /25 in each /24 of a
-/// blocked /16) has 256 equal slots, but they are not the answer for the whole /16.
-#[test]
-fn summary_never_hides_longer_prefixes() {
-    require_privileges!();
-    let mut program =
-        TestProgram::load_with("lookup-summary-edges", Ipv4Lookup::Dir24).expect("load");
-    let mut rules = vec![("10.98.0.0/16".to_string(), Action::Block)];
-    rules.extend((0..256).map(|i| (format!("10.98.{i}.0/25"), Action::Allow)));
-    let refs: Vec<(&str, Action)> = rules.iter().map(|(c, a)| (c.as_str(), *a)).collect();
-    program.set_rules(&refs).unwrap();
-    let feed: std::collections::BTreeSet<IpNet> = (0..256)
-        .map(|i| format!("10.99.{i}.5/32").parse().unwrap())
-        .collect();
-    let (engine, _) = program.parts();
-    engine
-        .apply_feed(
-            "edges",
-            xdpwall::engine::FEED_ID_BASE + 1,
-            Action::Block,
-            feed,
-        )
-        .unwrap();
-    engine.force_dir24_summary(Some(true)).unwrap();
-    for (source, want) in [
-        ("10.98.7.1", XDP_PASS),
-        ("10.98.7.200", XDP_DROP),
-        ("10.99.7.5", XDP_DROP),
-        ("10.99.7.6", XDP_PASS),
-        ("10.97.7.5", XDP_PASS),
-    ] {
-        let frame = frames::udp_v4(source, DST);
-        assert_eq!(program.run(&frame.bytes).unwrap(), want, "{source}");
-    }
 }

@@ -1,16 +1,11 @@
 //! Verdicts of the XDP program through BPF_PROG_TEST_RUN: crafted frames in, actions and
 //! counters out. Nothing is attached and nothing leaves the kernel.
 
-use std::{collections::BTreeSet, net::IpAddr};
-
-use ipnet::IpNet;
+use std::net::IpAddr;
 
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
-use xdpwall::{
-    datapath::Ipv4Lookup,
-    rules::{Action, Verdict, decide},
-};
-use xdpwall_shared::{DatapathConfig, FEED_ID_BASE, FEED_STATS_ENTRIES};
+use xdpwall::rules::{Action, Verdict, decide};
+use xdpwall_shared::DatapathConfig;
 use xdpwall_tests::{
     frames::{self, Frame},
     require_privileges,
@@ -87,38 +82,6 @@ fn per_rule_counters_count_packets_and_bytes() {
     assert_eq!(counters[&1].bytes, 5 * frame.bytes.len() as u64);
     assert_eq!(counters[&2].packets, 1);
     assert_eq!(counters[&2].bytes, frame6.bytes.len() as u64);
-}
-
-/// Feeds are counted in a per-CPU array slot (the first `FEED_STATS_ENTRIES` feeds) or, beyond
-/// it, in the per-rule hash; either way under the feed's rule id, in both IPv4 engines.
-#[test]
-fn feed_hits_are_counted_under_the_feed_id() {
-    require_privileges!();
-    let in_array = FEED_ID_BASE + 7;
-    let in_hash = FEED_ID_BASE + FEED_STATS_ENTRIES + 7;
-    for lookup in [Ipv4Lookup::Lpm, Ipv4Lookup::Dir24] {
-        let mut program =
-            TestProgram::load_with(&format!("feedcount-{lookup:?}"), lookup).expect("load");
-        let (engine, _) = program.parts();
-        let net = |s: &str| -> BTreeSet<IpNet> { [s.parse().unwrap()].into() };
-        engine
-            .apply_feed("array", in_array, Action::Block, net("192.0.2.0/24"))
-            .unwrap();
-        engine
-            .apply_feed("hash", in_hash, Action::Block, net("198.51.100.0/24"))
-            .unwrap();
-        let a = frames::udp_v4("192.0.2.9", DST_V4);
-        let h = frames::udp_v4("198.51.100.9", DST_V4);
-        for _ in 0..3 {
-            assert_eq!(program.run(&a.bytes).unwrap(), XDP_DROP, "{lookup:?}");
-        }
-        assert_eq!(program.run(&h.bytes).unwrap(), XDP_DROP, "{lookup:?}");
-        let counters = program.rule_counters().unwrap();
-        assert_eq!(counters.len(), 2, "{lookup:?}: {counters:?}");
-        assert_eq!(counters[&in_array].packets, 3, "{lookup:?}");
-        assert_eq!(counters[&in_array].bytes, 3 * a.bytes.len() as u64);
-        assert_eq!(counters[&in_hash].packets, 1, "{lookup:?}");
-    }
 }
 
 #[test]

@@ -19,10 +19,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use xdpwall_shared::{
-    ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig, FEED_STATS_ENTRIES,
-    RULE_STATS_MAX_ENTRIES, RuleCounters, SUMMARY_MAP_ENTRIES, V4_LONG_MAX_ENTRIES,
-    V6_HASH_MAX_ENTRIES, V6_SEARCH_STEPS, V6Key, V6Lengths, VERDICT_ENTRIES, feed_stats_slot, leaf,
-    lookup, map_names, verdict, verdict_slot,
+    ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig,
+    RULE_STATS_MAX_ENTRIES, RuleCounters, V4_LONG_MAX_ENTRIES, V6_HASH_MAX_ENTRIES,
+    V6_SEARCH_STEPS, V6Key, V6Lengths, VERDICT_ENTRIES, leaf, lookup, map_names, verdict,
+    verdict_slot,
 };
 
 use crate::parse::{Parsed, SourceAddr};
@@ -42,19 +42,13 @@ static BLOCK_V6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(BLOCK_MAX_ENTRIES, 0);
 #[map(name = "XW_RULE_STATS")]
 static RULE_STATS: PerCpuHashMap<u32, RuleCounters> =
     PerCpuHashMap::pinned(RULE_STATS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
-// Feeds hold most prefixes and take most hits: their counters are an array slot, which the
-// verifier turns into an address computation instead of a hash lookup.
-#[map(name = "XW_FEED_STATS")]
-static FEED_STATS: PerCpuArray<RuleCounters> = PerCpuArray::pinned(FEED_STATS_ENTRIES, 0);
 #[map(name = "XW_VERDICTS")]
 static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(VERDICT_ENTRIES, 0);
 #[map(name = "XW_CONFIG")]
 static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 #[map(name = "XW_LOOKUP")]
 static LOOKUP: Array<u32> = Array::pinned(1, 0);
-// The controller shrinks these three to one entry when the DIR-24 engine is not in use.
-#[map(name = "XW_V4_TBL16")]
-static V4_TBL16: Array<[u32; 2]> = Array::pinned(SUMMARY_MAP_ENTRIES, BPF_F_MMAPABLE);
+// The controller shrinks these two to one entry when the DIR-24 engine is not in use.
 #[map(name = "XW_V4_TBL24")]
 static V4_TBL24: Array<[u32; 2]> = Array::pinned(DIR24_MAP_ENTRIES, BPF_F_MMAPABLE);
 #[map(name = "XW_V4_LONG")]
@@ -88,13 +82,11 @@ const _: () = assert!(same(map_names::ALLOW_V6, "XW_ALLOW_V6"));
 const _: () = assert!(same(map_names::BLOCK_V4, "XW_BLOCK_V4"));
 const _: () = assert!(same(map_names::BLOCK_V6, "XW_BLOCK_V6"));
 const _: () = assert!(same(map_names::RULE_STATS, "XW_RULE_STATS"));
-const _: () = assert!(same(map_names::FEED_STATS, "XW_FEED_STATS"));
 const _: () = assert!(same(map_names::VERDICTS, "XW_VERDICTS"));
 const _: () = assert!(same(map_names::CONFIG, "XW_CONFIG"));
 const _: () = assert!(same(map_names::LOOKUP, "XW_LOOKUP"));
 const _: () = assert!(same(map_names::V4_TBL24, "XW_V4_TBL24"));
 const _: () = assert!(same(map_names::V4_LONG, "XW_V4_LONG"));
-const _: () = assert!(same(map_names::V4_TBL16, "XW_V4_TBL16"));
 const _: () = assert!(same(map_names::V6_LENS, "XW_V6_LENS"));
 const _: () = assert!(same(map_names::V6_TBL0, "XW_V6_TBL0"));
 const _: () = assert!(same(map_names::V6_TBL1, "XW_V6_TBL1"));
@@ -128,7 +120,7 @@ fn decide(ctx: &XdpContext, config: &DatapathConfig) -> (u32, u32) {
     let engines = LOOKUP.get(0).copied().unwrap_or(lookup::LPM);
     let blocking_rule = match source {
         SourceAddr::V4(addr) if engines & lookup::DIR24 != 0 => {
-            match leaf_verdict(dir24_leaf(addr, engines & lookup::DIR24_SUMMARY != 0)) {
+            match leaf_verdict(dir24_leaf(addr)) {
                 Ok(rule) => rule,
                 Err(allowed) => return allowed,
             }
@@ -170,24 +162,12 @@ fn decide(ctx: &XdpContext, config: &DatapathConfig) -> (u32, u32) {
     }
 }
 
-/// The DIR-24 engine. With `summary` (`lookup::DIR24_SUMMARY`), first the /16's entry in a
-/// 256 KiB summary that stays in the cache: the answer for a /16 whose 256 slots agree (a large
-/// prefix, or nothing listed). Else one read of the /24's slot in the 64 MiB table, and one
-/// hash lookup only for the /24s that hold longer prefixes. The tables already fold allow over
-/// block and longest match, so the leaf is the answer.
+/// The DIR-24 engine: one array read for the /24, and one hash lookup only for the /24s that
+/// hold longer prefixes. The table already folds allow over block and longest match, so the
+/// leaf is the answer.
 #[inline(always)]
-fn dir24_leaf(addr: [u8; 4], summary: bool) -> u32 {
-    let source = u32::from_be_bytes(addr);
-    if summary {
-        let block = source >> 16;
-        if let Some(pair) = V4_TBL16.get(block >> 1) {
-            let summarised = pair[(block & 1) as usize];
-            if summarised != leaf::MIXED {
-                return summarised;
-            }
-        }
-    }
-    let slot = source >> 8;
+fn dir24_leaf(addr: [u8; 4]) -> u32 {
+    let slot = u32::from_be_bytes(addr) >> 8;
     let first = match V4_TBL24.get(slot >> 1) {
         Some(pair) => pair[(slot & 1) as usize],
         None => leaf::NONE,
@@ -265,16 +245,6 @@ fn count_verdict(ifindex: u32, verdict: u32) {
 
 #[inline(always)]
 fn count_rule(rule_id: u32, bytes: u64) {
-    if let Some(slot) = feed_stats_slot(rule_id) {
-        if let Some(counters) = FEED_STATS.get_ptr_mut(slot) {
-            // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-            unsafe {
-                (*counters).packets += 1;
-                (*counters).bytes += bytes;
-            }
-        }
-        return;
-    }
     match RULE_STATS.get_ptr_mut(rule_id) {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         Some(counters) => unsafe {

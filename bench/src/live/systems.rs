@@ -52,27 +52,16 @@ use crate::feed::PinDirGuard;
 pub(crate) struct XdpwallVariant {
     pub label: &'static str,
     pub ipv4_lookup: Ipv4Lookup,
-    /// With DIR-24: force the /16 summary on or off (`None`: the daemon's default, on).
-    pub dir24_summary: Option<bool>,
 }
 
 pub(crate) const XDPWALL_VARIANTS: &[XdpwallVariant] = &[
     XdpwallVariant {
         label: "xdpwall (lpm)",
         ipv4_lookup: Ipv4Lookup::Lpm,
-        dir24_summary: None,
     },
     XdpwallVariant {
         label: "xdpwall (dir24)",
         ipv4_lookup: Ipv4Lookup::Dir24,
-        dir24_summary: None,
-    },
-    // The /24 table read directly, without the /16 summary in front: what the summary saves
-    // (or costs), measured side by side.
-    XdpwallVariant {
-        label: "xdpwall (dir24, direct)",
-        ipv4_lookup: Ipv4Lookup::Dir24,
-        dir24_summary: Some(false),
     },
 ];
 
@@ -319,9 +308,6 @@ impl<'lab> Systems<'lab> {
             .apply_feed(FEED_NAME, FEED_ID_BASE + 1, Action::Block, entries)
             .context("applying the list to xdpwall")?;
         let load_time = started.elapsed();
-        if variant.dir24_summary.is_some() {
-            engine.force_dir24_summary(variant.dir24_summary)?;
-        }
         let map_pins: Vec<PathBuf> = std::fs::read_dir(PinLayout::new(&pins.0).maps_dir())?
             .map(|e| e.map(|e| e.path()))
             .collect::<Result<_, _>>()?;
