@@ -7,6 +7,7 @@
 //! - [`testrun`]: the XDP program loaded for BPF_PROG_TEST_RUN, with its maps
 //! - [`frames`]: test frames built with etherparse
 //! - [`parser_check`]: the rule set and source offset the packet parser is checked against
+//! - [`reference`]: the reference matcher and differential check of the lookup tests
 pub mod crowdsec;
 pub mod daemon;
 pub mod fixture;
@@ -14,6 +15,7 @@ pub mod frames;
 pub mod parser_check;
 pub use xdpwall_netlab as lab;
 pub mod privileges;
+pub mod reference;
 pub mod testrun;
 
 /// Skips the calling test with a reason when `privileges::missing()` says it cannot run.

@@ -8,7 +8,6 @@
 //! 1,000,000).
 
 use std::{
-    collections::{BTreeMap, HashMap},
     net::Ipv4Addr,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -21,29 +20,10 @@ use xdpwall::{
     rules::{Action, Rule, Verdict, decide},
 };
 use xdpwall_tests::{
-    frames, require_privileges,
+    reference::{Address as _, Reference, check_engine, covering, lookups, probes, seed},
+    require_privileges,
     testrun::{TestProgram, XDP_DROP, XDP_PASS, new_rule, run_program},
 };
-
-const DST: &str = "203.0.113.1";
-/// Offset of the IPv4 source address in an untagged Ethernet frame.
-const SRC_OFFSET: usize = 14 + 12;
-
-fn seed() -> u64 {
-    let seed = std::env::var("XDPWALL_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("seed={seed} (replay with XDPWALL_TEST_SEED={seed})");
-    seed
-}
-
-fn lookups() -> usize {
-    std::env::var("XDPWALL_LOOKUPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000)
-}
 
 fn net(addr: u32, len: u8) -> Ipv4Net {
     Ipv4Net::new(Ipv4Addr::from(addr), len).unwrap().trunc()
@@ -93,171 +73,6 @@ fn random_rule_set(rng: &mut StdRng, count: usize) -> Vec<(Ipv4Net, Action)> {
     out
 }
 
-/// The reference: per prefix length, longest allow wins over any block, else longest block;
-/// equal prefixes keep the lowest rule id. Checked against `rules::decide` on a sample.
-struct Reference {
-    allow: Vec<HashMap<u32, u32>>,
-    block: Vec<HashMap<u32, u32>>,
-}
-
-fn mask(len: u32, addr: u32) -> u32 {
-    if len == 0 {
-        0
-    } else {
-        addr & (u32::MAX << (32 - len))
-    }
-}
-
-impl Reference {
-    fn new(rules: &[Rule]) -> Self {
-        let mut allow = vec![HashMap::new(); 33];
-        let mut block = vec![HashMap::new(); 33];
-        for rule in rules {
-            let IpNet::V4(net) = rule.cidr else { continue };
-            let len = usize::from(net.prefix_len());
-            let table = match rule.action {
-                Action::Allow => &mut allow[len],
-                Action::Block => &mut block[len],
-                Action::Watch => continue,
-            };
-            let id = table.entry(u32::from(net.network())).or_insert(rule.id);
-            *id = (*id).min(rule.id);
-        }
-        Self { allow, block }
-    }
-
-    fn decide(&self, addr: u32) -> (Verdict, Option<u32>) {
-        for len in (0..=32u32).rev() {
-            if let Some(id) = self.allow[len as usize].get(&mask(len, addr)) {
-                return (Verdict::Allow, Some(*id));
-            }
-        }
-        for len in (0..=32u32).rev() {
-            if let Some(id) = self.block[len as usize].get(&mask(len, addr)) {
-                return (Verdict::Block, Some(*id));
-            }
-        }
-        (Verdict::Pass, None)
-    }
-}
-
-/// Addresses worth asking about: inside random rules, at and around their edges, anywhere.
-fn probes(rng: &mut StdRng, rules: &[Rule], count: usize) -> Vec<u32> {
-    (0..count)
-        .map(|_| {
-            let rule = &rules[rng.random_range(0..rules.len())];
-            let IpNet::V4(net) = rule.cidr else {
-                unreachable!("IPv4 rules only")
-            };
-            let (start, end) = (u32::from(net.network()), u32::from(net.broadcast()));
-            match rng.random_range(0..8) {
-                0 => start,
-                1 => end,
-                2 => start.wrapping_sub(1),
-                3 => end.wrapping_add(1),
-                4 => rng.random(),
-                _ => start + rng.random_range(0..=end - start),
-            }
-        })
-        .collect()
-}
-
-fn frame_template() -> Vec<u8> {
-    frames::udp_v4("0.0.0.0", DST).bytes
-}
-
-/// The rules covering `addr`: the smallest case to look at when a lookup disagrees.
-fn covering(rules: &[Rule], addr: u32) -> Vec<String> {
-    rules
-        .iter()
-        .filter(|r| {
-            r.cidr
-                .contains(&std::net::IpAddr::from(Ipv4Addr::from(addr)))
-        })
-        .map(|r| format!("#{} {} {}", r.id, r.cidr, r.action))
-        .collect()
-}
-
-struct Outcome {
-    mismatches: usize,
-    first: Option<String>,
-}
-
-/// Runs every probe through `program`, compares with the reference, and checks the per-rule
-/// counters and the allowed counter against what the reference says they must be.
-fn check_engine(
-    program: &TestProgram,
-    rules: &[Rule],
-    reference: &Reference,
-    probes: &[u32],
-    seed: u64,
-) -> Outcome {
-    let counters_before = program.rule_counters().unwrap();
-    let allowed_before = program.verdicts().unwrap()["allowed"];
-    let mut expected_hits: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut expected_allowed = 0u64;
-    let mut frame = frame_template();
-    let mut outcome = Outcome {
-        mismatches: 0,
-        first: None,
-    };
-    for &addr in probes {
-        frame[SRC_OFFSET..SRC_OFFSET + 4].copy_from_slice(&addr.to_be_bytes());
-        let action = program.run(&frame).unwrap();
-        let (verdict, rule) = reference.decide(addr);
-        let want = match verdict {
-            Verdict::Block => {
-                *expected_hits.entry(rule.unwrap()).or_default() += 1;
-                XDP_DROP
-            }
-            Verdict::Allow => {
-                expected_allowed += 1;
-                XDP_PASS
-            }
-            Verdict::Pass => XDP_PASS,
-        };
-        if action != want {
-            outcome.mismatches += 1;
-            outcome.first.get_or_insert_with(|| {
-                format!(
-                    "seed {seed}: {} gave action {action}, reference says {verdict:?} {rule:?}; \
-                     covering rules: {:?}",
-                    Ipv4Addr::from(addr),
-                    covering(rules, addr)
-                )
-            });
-        }
-    }
-    if outcome.mismatches > 0 {
-        // The action comparison says more than the counters; report it first.
-        return outcome;
-    }
-    let counters = program.rule_counters().unwrap();
-    for (id, hits) in &expected_hits {
-        let before = counters_before.get(id).map_or(0, |c| c.packets);
-        let now = counters.get(id).map_or(0, |c| c.packets);
-        assert_eq!(
-            now - before,
-            *hits,
-            "seed {seed}: rule {id} counted {} drops, the reference says {hits}",
-            now - before
-        );
-    }
-    let counted: u64 = counters.values().map(|c| c.packets).sum::<u64>()
-        - counters_before.values().map(|c| c.packets).sum::<u64>();
-    assert_eq!(
-        counted,
-        expected_hits.values().sum::<u64>(),
-        "seed {seed}: drops counted against rules the reference does not name"
-    );
-    assert_eq!(
-        program.verdicts().unwrap()["allowed"] - allowed_before,
-        expected_allowed,
-        "seed {seed}: allowed counter"
-    );
-    outcome
-}
-
 fn load(tag: &str, engine: Ipv4Lookup, set: &[(Ipv4Net, Action)]) -> (TestProgram, Vec<Rule>) {
     let mut program = TestProgram::load_with(tag, engine).expect("load the XDP program");
     let cidrs: Vec<(String, Action)> = set.iter().map(|(n, a)| (n.to_string(), *a)).collect();
@@ -285,7 +100,7 @@ fn dir24_and_lpm_agree_with_the_reference_on_random_rule_sets() {
             lpm_rules.iter().map(|r| (r.id, r.cidr)).collect::<Vec<_>>(),
             "both engines got the same rules with the same ids"
         );
-        let reference = Reference::new(&rules);
+        let reference = Reference::<u32>::new(&rules);
         // The fast reference is the plain one, faster: check that on a sample.
         for addr in probes(&mut rng, &rules, 2_000) {
             let (verdict, rule) = decide(&rules, Ipv4Addr::from(addr).into());
@@ -344,7 +159,7 @@ fn dir24_answers_stay_right_while_other_rules_change() {
 
     let done = AtomicBool::new(false);
     let (engine, xdp) = program.parts();
-    let mut frame = frame_template();
+    let mut frame = u32::template();
     let (mismatches, rounds) = std::thread::scope(|scope| {
         let churn = scope.spawn(|| {
             let mut rounds = 0u32;
@@ -373,7 +188,7 @@ fn dir24_answers_stay_right_while_other_rules_change() {
         });
         let mut mismatches = Vec::new();
         for &addr in &probes {
-            frame[SRC_OFFSET..SRC_OFFSET + 4].copy_from_slice(&addr.to_be_bytes());
+            addr.write_source(&mut frame);
             let action = run_program(xdp, &frame).unwrap();
             let want = match reference.decide(addr).0 {
                 Verdict::Block => XDP_DROP,

@@ -9,7 +9,7 @@
 //! 1,000,000).
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::BTreeSet,
     net::Ipv6Addr,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -22,42 +22,16 @@ use xdpwall::{
     rules::{Action, Rule, Verdict, decide},
 };
 use xdpwall_tests::{
-    frames, require_privileges,
+    reference::{Address as _, Reference, check_engine, covering, lookups, probes, seed},
+    require_privileges,
     testrun::{TestProgram, XDP_DROP, XDP_PASS, new_rule, run_program},
 };
 
-const DST: &str = "2001:db8:ffff::1";
-/// Offset of the IPv6 source address in an untagged Ethernet frame.
-const SRC_OFFSET: usize = 14 + 8;
 /// The nested chains and the churn live in 2001:db8::/32.
 const REGION: u128 = 0x2001_0db8 << 96;
 
-fn seed() -> u64 {
-    let seed = std::env::var("XDPWALL_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("seed={seed} (replay with XDPWALL_TEST_SEED={seed})");
-    seed
-}
-
-fn lookups() -> usize {
-    std::env::var("XDPWALL_LOOKUPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000)
-}
-
 fn net(addr: u128, len: u8) -> Ipv6Net {
     Ipv6Net::new(Ipv6Addr::from(addr), len).unwrap().trunc()
-}
-
-fn mask(len: u32, addr: u128) -> u128 {
-    if len == 0 {
-        0
-    } else {
-        addr & (u128::MAX << (128 - len))
-    }
 }
 
 /// A routing-table-like length mix: /48 most, then /32, /44, /40, /36, /29, /28, the rest
@@ -116,158 +90,6 @@ fn random_rule_set(rng: &mut StdRng, count: usize) -> Vec<(Ipv6Net, Action)> {
     }
     out
 }
-
-/// The reference: longest allow wins over any block, else longest block; equal prefixes keep
-/// the lowest rule id. Checked against `rules::decide` on a sample.
-struct Reference {
-    allow: Vec<HashMap<u128, u32>>,
-    block: Vec<HashMap<u128, u32>>,
-}
-
-impl Reference {
-    fn new(rules: &[Rule]) -> Self {
-        let mut allow = vec![HashMap::new(); 129];
-        let mut block = vec![HashMap::new(); 129];
-        for rule in rules {
-            let IpNet::V6(net) = rule.cidr else { continue };
-            let len = usize::from(net.prefix_len());
-            let table = match rule.action {
-                Action::Allow => &mut allow[len],
-                Action::Block => &mut block[len],
-                Action::Watch => continue,
-            };
-            let id = table.entry(u128::from(net.network())).or_insert(rule.id);
-            *id = (*id).min(rule.id);
-        }
-        Self { allow, block }
-    }
-
-    fn decide(&self, addr: u128) -> (Verdict, Option<u32>) {
-        for len in (0..=128u32).rev() {
-            if let Some(id) = self.allow[len as usize].get(&mask(len, addr)) {
-                return (Verdict::Allow, Some(*id));
-            }
-        }
-        for len in (0..=128u32).rev() {
-            if let Some(id) = self.block[len as usize].get(&mask(len, addr)) {
-                return (Verdict::Block, Some(*id));
-            }
-        }
-        (Verdict::Pass, None)
-    }
-}
-
-/// Addresses worth asking about: inside random rules, at and around their edges, anywhere.
-fn probes(rng: &mut StdRng, rules: &[Rule], count: usize) -> Vec<u128> {
-    (0..count)
-        .map(|_| {
-            let rule = &rules[rng.random_range(0..rules.len())];
-            let IpNet::V6(net) = rule.cidr else {
-                unreachable!("IPv6 rules only")
-            };
-            let (start, end) = (u128::from(net.network()), u128::from(net.broadcast()));
-            match rng.random_range(0..8) {
-                0 => start,
-                1 => end,
-                2 => start.wrapping_sub(1),
-                3 => end.wrapping_add(1),
-                4 => rng.random(),
-                _ => start | (rng.random::<u128>() & (end - start)),
-            }
-        })
-        .collect()
-}
-
-fn frame_template() -> Vec<u8> {
-    frames::udp_v6("::", DST).bytes
-}
-
-/// The rules covering `addr`: the smallest case to look at when a lookup disagrees.
-fn covering(rules: &[Rule], addr: u128) -> Vec<String> {
-    rules
-        .iter()
-        .filter(|r| {
-            r.cidr
-                .contains(&std::net::IpAddr::from(Ipv6Addr::from(addr)))
-        })
-        .map(|r| format!("#{} {} {}", r.id, r.cidr, r.action))
-        .collect()
-}
-
-fn set_source(frame: &mut [u8], addr: u128) {
-    frame[SRC_OFFSET..SRC_OFFSET + 16].copy_from_slice(&addr.to_be_bytes());
-}
-
-/// Runs every probe through `program` and compares with the reference; checks the per-rule
-/// counters and the allowed counter. Returns the number of wrong verdicts and the first one.
-fn check_engine(
-    program: &TestProgram,
-    rules: &[Rule],
-    reference: &Reference,
-    probes: &[u128],
-    seed: u64,
-) -> (usize, Option<String>) {
-    let counters_before = program.rule_counters().unwrap();
-    let allowed_before = program.verdicts().unwrap()["allowed"];
-    let mut expected_hits: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut expected_allowed = 0u64;
-    let mut frame = frame_template();
-    let (mut mismatches, mut first) = (0, None);
-    for &addr in probes {
-        set_source(&mut frame, addr);
-        let action = program.run(&frame).unwrap();
-        let (verdict, rule) = reference.decide(addr);
-        let want = match verdict {
-            Verdict::Block => {
-                *expected_hits.entry(rule.unwrap()).or_default() += 1;
-                XDP_DROP
-            }
-            Verdict::Allow => {
-                expected_allowed += 1;
-                XDP_PASS
-            }
-            Verdict::Pass => XDP_PASS,
-        };
-        if action != want {
-            mismatches += 1;
-            first.get_or_insert_with(|| {
-                format!(
-                    "seed {seed}: {} gave action {action}, reference says {verdict:?} {rule:?}; \
-                     covering rules: {:?}",
-                    Ipv6Addr::from(addr),
-                    covering(rules, addr)
-                )
-            });
-        }
-    }
-    if mismatches > 0 {
-        return (mismatches, first);
-    }
-    let counters = program.rule_counters().unwrap();
-    for (id, hits) in &expected_hits {
-        let before = counters_before.get(id).map_or(0, |c| c.packets);
-        let now = counters.get(id).map_or(0, |c| c.packets);
-        assert_eq!(
-            now - before,
-            *hits,
-            "seed {seed}: drops counted for rule {id}"
-        );
-    }
-    let counted: u64 = counters.values().map(|c| c.packets).sum::<u64>()
-        - counters_before.values().map(|c| c.packets).sum::<u64>();
-    assert_eq!(
-        counted,
-        expected_hits.values().sum::<u64>(),
-        "seed {seed}: drops counted against rules the reference does not name"
-    );
-    assert_eq!(
-        program.verdicts().unwrap()["allowed"] - allowed_before,
-        expected_allowed,
-        "seed {seed}: allowed counter"
-    );
-    (0, None)
-}
-
 fn engines(ipv6: Ipv6Lookup) -> Engines {
     Engines {
         ipv4: Ipv4Lookup::Lpm,
@@ -301,7 +123,7 @@ fn v6_hash_and_lpm_agree_with_the_reference_on_random_rule_sets() {
             lpm_rules.iter().map(|r| (r.id, r.cidr)).collect::<Vec<_>>(),
             "both engines got the same rules with the same ids"
         );
-        let reference = Reference::new(&rules);
+        let reference = Reference::<u128>::new(&rules);
         for addr in probes(&mut rng, &rules, 2_000) {
             let (verdict, rule) = decide(&rules, Ipv6Addr::from(addr).into());
             assert_eq!(
@@ -313,8 +135,10 @@ fn v6_hash_and_lpm_agree_with_the_reference_on_random_rule_sets() {
         }
         let probes = probes(&mut rng, &rules, per_set);
         let started = Instant::now();
-        let (hash_wrong, hash_first) = check_engine(&hash, &rules, &reference, &probes, seed);
-        let (lpm_wrong, lpm_first) = check_engine(&lpm, &rules, &reference, &probes, seed);
+        let hash_outcome = check_engine(&hash, &rules, &reference, &probes, seed);
+        let lpm_outcome = check_engine(&lpm, &rules, &reference, &probes, seed);
+        let (hash_wrong, hash_first) = (hash_outcome.mismatches, hash_outcome.first);
+        let (lpm_wrong, lpm_first) = (lpm_outcome.mismatches, lpm_outcome.first);
         eprintln!(
             "{name}: {} rules, {} lookups per engine in {:.1?}: hash {hash_wrong} mismatches, \
              lpm {lpm_wrong}",
@@ -356,7 +180,7 @@ fn v6_hash_answers_stay_right_while_the_search_structure_changes() {
 
     let done = AtomicBool::new(false);
     let (engine, xdp) = program.parts();
-    let mut frame = frame_template();
+    let mut frame = u128::template();
     let (mismatches, rounds) = std::thread::scope(|scope| {
         let churn = scope.spawn(|| {
             let mut rounds = 0u32;
@@ -384,7 +208,7 @@ fn v6_hash_answers_stay_right_while_the_search_structure_changes() {
         });
         let mut mismatches = Vec::new();
         for &addr in &probes {
-            set_source(&mut frame, addr);
+            addr.write_source(&mut frame);
             let action = run_program(xdp, &frame).unwrap();
             let want = match reference.decide(addr).0 {
                 Verdict::Block => XDP_DROP,

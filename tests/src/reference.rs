@@ -1,0 +1,289 @@
+//! The differential check behind the lookup tests (`lookup.rs` for IPv4, `lookup_v6.rs` for
+//! IPv6): a plain longest-prefix reference matcher, probe addresses worth asking about, and a
+//! run of every probe through the XDP program compared verdict by verdict and counter by counter.
+//! Generic over the address width ([`Address`]: `u32` or `u128`).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::Hash,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use ipnet::IpNet;
+use rand::{Rng, distr::StandardUniform, prelude::Distribution, rngs::StdRng};
+use xdpwall::rules::{Action, Rule, Verdict};
+
+use crate::{
+    frames,
+    testrun::{TestProgram, XDP_DROP, XDP_PASS},
+};
+
+/// The seed of this run, printed so a failure can be replayed with `XDPWALL_TEST_SEED`.
+pub fn seed() -> u64 {
+    let seed = std::env::var("XDPWALL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("seed={seed} (replay with XDPWALL_TEST_SEED={seed})");
+    seed
+}
+
+/// Lookups per engine: `XDPWALL_LOOKUPS`, default 1,000,000.
+pub fn lookups() -> usize {
+    std::env::var("XDPWALL_LOOKUPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+/// An IPv4 (`u32`) or IPv6 (`u128`) address as an integer, network order in the frame.
+pub trait Address: Copy + Eq + Hash + Ord + std::fmt::Debug + 'static
+where
+    StandardUniform: Distribution<Self>,
+{
+    const BITS: u32;
+    /// The network and broadcast address of `cidr` if it is of this family.
+    fn bounds(cidr: &IpNet) -> Option<(Self, Self)>;
+    /// `self` with only its first `len` bits kept.
+    fn mask(self, len: u32) -> Self;
+    fn ip(self) -> IpAddr;
+    /// A UDP frame of this family (to a documentation address), its source to be overwritten.
+    fn template() -> Vec<u8>;
+    /// Writes `self` as the source address of a frame made by [`Self::template`]. The IPv4
+    /// header checksum is left stale: the program does not check it.
+    fn write_source(self, frame: &mut [u8]);
+    fn wrapping_inc(self) -> Self;
+    fn wrapping_dec(self) -> Self;
+    /// A random address inside `[start, end]`, a prefix's range.
+    fn random_within(rng: &mut StdRng, start: Self, end: Self) -> Self;
+}
+
+impl Address for u32 {
+    const BITS: u32 = 32;
+    fn bounds(cidr: &IpNet) -> Option<(Self, Self)> {
+        match cidr {
+            IpNet::V4(net) => Some((net.network().into(), net.broadcast().into())),
+            IpNet::V6(_) => None,
+        }
+    }
+    fn mask(self, len: u32) -> Self {
+        if len == 0 {
+            0
+        } else {
+            self & (u32::MAX << (32 - len))
+        }
+    }
+    fn ip(self) -> IpAddr {
+        Ipv4Addr::from(self).into()
+    }
+    fn template() -> Vec<u8> {
+        frames::udp_v4("0.0.0.0", "203.0.113.1").bytes
+    }
+    fn write_source(self, frame: &mut [u8]) {
+        frame[14 + 12..14 + 16].copy_from_slice(&self.to_be_bytes());
+    }
+    fn wrapping_inc(self) -> Self {
+        self.wrapping_add(1)
+    }
+    fn wrapping_dec(self) -> Self {
+        self.wrapping_sub(1)
+    }
+    fn random_within(rng: &mut StdRng, start: Self, end: Self) -> Self {
+        start | (rng.random::<u32>() & (end - start))
+    }
+}
+
+impl Address for u128 {
+    const BITS: u32 = 128;
+    fn bounds(cidr: &IpNet) -> Option<(Self, Self)> {
+        match cidr {
+            IpNet::V6(net) => Some((net.network().into(), net.broadcast().into())),
+            IpNet::V4(_) => None,
+        }
+    }
+    fn mask(self, len: u32) -> Self {
+        if len == 0 {
+            0
+        } else {
+            self & (u128::MAX << (128 - len))
+        }
+    }
+    fn ip(self) -> IpAddr {
+        Ipv6Addr::from(self).into()
+    }
+    fn template() -> Vec<u8> {
+        frames::udp_v6("::", "2001:db8:ffff::1").bytes
+    }
+    fn write_source(self, frame: &mut [u8]) {
+        frame[14 + 8..14 + 24].copy_from_slice(&self.to_be_bytes());
+    }
+    fn wrapping_inc(self) -> Self {
+        self.wrapping_add(1)
+    }
+    fn wrapping_dec(self) -> Self {
+        self.wrapping_sub(1)
+    }
+    fn random_within(rng: &mut StdRng, start: Self, end: Self) -> Self {
+        start | (rng.random::<u128>() & (end - start))
+    }
+}
+
+/// The reference: longest allow wins over any block, else longest block; equal prefixes keep
+/// the lowest rule id. The tests check it against `rules::decide` on a sample.
+pub struct Reference<A> {
+    allow: Vec<HashMap<A, u32>>,
+    block: Vec<HashMap<A, u32>>,
+}
+
+impl<A: Address> Reference<A>
+where
+    StandardUniform: Distribution<A>,
+{
+    pub fn new(rules: &[Rule]) -> Self {
+        let lengths = A::BITS as usize + 1;
+        let mut allow = vec![HashMap::new(); lengths];
+        let mut block = vec![HashMap::new(); lengths];
+        for rule in rules {
+            let Some((network, _)) = A::bounds(&rule.cidr) else {
+                continue;
+            };
+            let len = usize::from(rule.cidr.prefix_len());
+            let table = match rule.action {
+                Action::Allow => &mut allow[len],
+                Action::Block => &mut block[len],
+                Action::Watch => continue,
+            };
+            let id = table.entry(network).or_insert(rule.id);
+            *id = (*id).min(rule.id);
+        }
+        Self { allow, block }
+    }
+
+    pub fn decide(&self, addr: A) -> (Verdict, Option<u32>) {
+        for (verdict, tables) in [(Verdict::Allow, &self.allow), (Verdict::Block, &self.block)] {
+            for len in (0..=A::BITS).rev() {
+                if let Some(id) = tables[len as usize].get(&addr.mask(len)) {
+                    return (verdict, Some(*id));
+                }
+            }
+        }
+        (Verdict::Pass, None)
+    }
+}
+
+/// Addresses worth asking about: inside random rules, at and around their edges, anywhere.
+pub fn probes<A: Address>(rng: &mut StdRng, rules: &[Rule], count: usize) -> Vec<A>
+where
+    StandardUniform: Distribution<A>,
+{
+    (0..count)
+        .map(|_| {
+            let rule = &rules[rng.random_range(0..rules.len())];
+            let (start, end) = A::bounds(&rule.cidr).expect("rules of one family");
+            match rng.random_range(0..8) {
+                0 => start,
+                1 => end,
+                2 => start.wrapping_dec(),
+                3 => end.wrapping_inc(),
+                4 => rng.random(),
+                _ => A::random_within(rng, start, end),
+            }
+        })
+        .collect()
+}
+
+/// The rules covering `addr`: the smallest case to look at when a lookup disagrees.
+pub fn covering<A: Address>(rules: &[Rule], addr: A) -> Vec<String>
+where
+    StandardUniform: Distribution<A>,
+{
+    rules
+        .iter()
+        .filter(|r| r.cidr.contains(&addr.ip()))
+        .map(|r| format!("#{} {} {}", r.id, r.cidr, r.action))
+        .collect()
+}
+
+pub struct Outcome {
+    pub mismatches: usize,
+    /// The first wrong verdict, with the seed and the rules covering the address.
+    pub first: Option<String>,
+}
+
+/// Runs every probe through `program`, compares with the reference, and checks the per-rule
+/// counters and the allowed counter against what the reference says they must be.
+pub fn check_engine<A: Address>(
+    program: &TestProgram,
+    rules: &[Rule],
+    reference: &Reference<A>,
+    probes: &[A],
+    seed: u64,
+) -> Outcome
+where
+    StandardUniform: Distribution<A>,
+{
+    let counters_before = program.rule_counters().unwrap();
+    let allowed_before = program.verdicts().unwrap()["allowed"];
+    let mut expected_hits: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut expected_allowed = 0u64;
+    let mut frame = A::template();
+    let mut outcome = Outcome {
+        mismatches: 0,
+        first: None,
+    };
+    for &addr in probes {
+        addr.write_source(&mut frame);
+        let action = program.run(&frame).unwrap();
+        let (verdict, rule) = reference.decide(addr);
+        let want = match verdict {
+            Verdict::Block => {
+                *expected_hits.entry(rule.unwrap()).or_default() += 1;
+                XDP_DROP
+            }
+            Verdict::Allow => {
+                expected_allowed += 1;
+                XDP_PASS
+            }
+            Verdict::Pass => XDP_PASS,
+        };
+        if action != want {
+            outcome.mismatches += 1;
+            outcome.first.get_or_insert_with(|| {
+                format!(
+                    "seed {seed}: {} gave action {action}, reference says {verdict:?} {rule:?}; \
+                     covering rules: {:?}",
+                    addr.ip(),
+                    covering(rules, addr)
+                )
+            });
+        }
+    }
+    if outcome.mismatches > 0 {
+        // The action comparison says more than the counters; report it first.
+        return outcome;
+    }
+    let counters = program.rule_counters().unwrap();
+    for (id, hits) in &expected_hits {
+        let before = counters_before.get(id).map_or(0, |c| c.packets);
+        let now = counters.get(id).map_or(0, |c| c.packets);
+        assert_eq!(
+            now - before,
+            *hits,
+            "seed {seed}: rule {id} counted {} drops, the reference says {hits}",
+            now - before
+        );
+    }
+    let counted: u64 = counters.values().map(|c| c.packets).sum::<u64>()
+        - counters_before.values().map(|c| c.packets).sum::<u64>();
+    assert_eq!(
+        counted,
+        expected_hits.values().sum::<u64>(),
+        "seed {seed}: drops counted against rules the reference does not name"
+    );
+    assert_eq!(
+        program.verdicts().unwrap()["allowed"] - allowed_before,
+        expected_allowed,
+        "seed {seed}: allowed counter"
+    );
+    outcome
+}
