@@ -58,75 +58,67 @@ where
     fn random_within(rng: &mut StdRng, start: Self, end: Self) -> Self;
 }
 
-impl Address for u32 {
-    const BITS: u32 = 32;
-    fn bounds(cidr: &IpNet) -> Option<(Self, Self)> {
-        match cidr {
-            IpNet::V4(net) => Some((net.network().into(), net.broadcast().into())),
-            IpNet::V6(_) => None,
+/// The two impls differ only in these parts.
+macro_rules! address {
+    ($int:ty, $variant:ident, $ip:ty, $source_at:expr, $src:literal, $dst:literal, $udp:path) => {
+        impl Address for $int {
+            const BITS: u32 = <$int>::BITS;
+            fn bounds(cidr: &IpNet) -> Option<(Self, Self)> {
+                match cidr {
+                    IpNet::$variant(net) => Some((net.network().into(), net.broadcast().into())),
+                    _ => None,
+                }
+            }
+            fn mask(self, len: u32) -> Self {
+                if len == 0 {
+                    0
+                } else {
+                    self & (<$int>::MAX << (Self::BITS - len))
+                }
+            }
+            fn ip(self) -> IpAddr {
+                <$ip>::from(self).into()
+            }
+            fn template() -> Vec<u8> {
+                $udp($src, $dst).bytes
+            }
+            fn write_source(self, frame: &mut [u8]) {
+                let at = $source_at;
+                frame[at..at + Self::BITS as usize / 8].copy_from_slice(&self.to_be_bytes());
+            }
+            fn wrapping_inc(self) -> Self {
+                self.wrapping_add(1)
+            }
+            fn wrapping_dec(self) -> Self {
+                self.wrapping_sub(1)
+            }
+            fn random_within(rng: &mut StdRng, start: Self, end: Self) -> Self {
+                // A prefix's range is a run of host bits: masking a random value is uniform.
+                start | (rng.random::<$int>() & (end - start))
+            }
         }
-    }
-    fn mask(self, len: u32) -> Self {
-        if len == 0 {
-            0
-        } else {
-            self & (u32::MAX << (32 - len))
-        }
-    }
-    fn ip(self) -> IpAddr {
-        Ipv4Addr::from(self).into()
-    }
-    fn template() -> Vec<u8> {
-        frames::udp_v4("0.0.0.0", "203.0.113.1").bytes
-    }
-    fn write_source(self, frame: &mut [u8]) {
-        frame[14 + 12..14 + 16].copy_from_slice(&self.to_be_bytes());
-    }
-    fn wrapping_inc(self) -> Self {
-        self.wrapping_add(1)
-    }
-    fn wrapping_dec(self) -> Self {
-        self.wrapping_sub(1)
-    }
-    fn random_within(rng: &mut StdRng, start: Self, end: Self) -> Self {
-        start | (rng.random::<u32>() & (end - start))
-    }
+    };
 }
 
-impl Address for u128 {
-    const BITS: u32 = 128;
-    fn bounds(cidr: &IpNet) -> Option<(Self, Self)> {
-        match cidr {
-            IpNet::V6(net) => Some((net.network().into(), net.broadcast().into())),
-            IpNet::V4(_) => None,
-        }
-    }
-    fn mask(self, len: u32) -> Self {
-        if len == 0 {
-            0
-        } else {
-            self & (u128::MAX << (128 - len))
-        }
-    }
-    fn ip(self) -> IpAddr {
-        Ipv6Addr::from(self).into()
-    }
-    fn template() -> Vec<u8> {
-        frames::udp_v6("::", "2001:db8:ffff::1").bytes
-    }
-    fn write_source(self, frame: &mut [u8]) {
-        frame[14 + 8..14 + 24].copy_from_slice(&self.to_be_bytes());
-    }
-    fn wrapping_inc(self) -> Self {
-        self.wrapping_add(1)
-    }
-    fn wrapping_dec(self) -> Self {
-        self.wrapping_sub(1)
-    }
-    fn random_within(rng: &mut StdRng, start: Self, end: Self) -> Self {
-        start | (rng.random::<u128>() & (end - start))
-    }
-}
+// The source address sits after Ethernet, at offset 12 of IPv4 and 8 of IPv6.
+address!(
+    u32,
+    V4,
+    Ipv4Addr,
+    14 + 12,
+    "0.0.0.0",
+    "203.0.113.1",
+    frames::udp_v4
+);
+address!(
+    u128,
+    V6,
+    Ipv6Addr,
+    14 + 8,
+    "::",
+    "2001:db8:ffff::1",
+    frames::udp_v6
+);
 
 /// The reference: longest allow wins over any block, else longest block; equal prefixes keep
 /// the lowest rule id. The tests check it against `rules::decide` on a sample.
