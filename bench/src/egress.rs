@@ -155,29 +155,17 @@ pub fn run_egress(args: &EgressArgs, pin_dir: &std::path::Path) -> anyhow::Resul
         .context("bench_tc_pass")?
         .try_into()?;
 
-    let mut samples: Vec<(Subject, Vec<f64>)> = SUBJECTS.iter().map(|s| (*s, Vec::new())).collect();
-    for rep in 0..args.reps {
-        for k in 0..SUBJECTS.len() {
-            let subject = SUBJECTS[(rep + k) % SUBJECTS.len()];
-            let ns = match subject {
-                Subject::Bare => ns_per_packet(bare, &unflagged, args.repeat)?,
-                Subject::Unflagged => ns_per_packet(object.program(), &unflagged, args.repeat)?,
-                Subject::UnflaggedNoScan => {
-                    object.configure(&no_scan)?;
-                    let ns = ns_per_packet(object.program(), &unflagged, args.repeat);
-                    object.configure(&defaults)?;
-                    ns?
-                }
-                Subject::Flagged => ns_per_packet(object.program(), &flagged, args.repeat)?,
-            };
-            samples
-                .iter_mut()
-                .find(|(s, _)| *s == subject)
-                .expect("subject")
-                .1
-                .push(ns);
+    let samples = crate::interleaved(&SUBJECTS, args.reps, |subject| match subject {
+        Subject::Bare => ns_per_packet(bare, &unflagged, args.repeat),
+        Subject::Unflagged => ns_per_packet(object.program(), &unflagged, args.repeat),
+        Subject::UnflaggedNoScan => {
+            object.configure(&no_scan)?;
+            let ns = ns_per_packet(object.program(), &unflagged, args.repeat);
+            object.configure(&defaults)?;
+            ns
         }
-    }
+        Subject::Flagged => ns_per_packet(object.program(), &flagged, args.repeat),
+    })?;
     let flows = object.stats.flows()?.len();
     anyhow::ensure!(
         flows == args.frames,

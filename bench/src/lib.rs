@@ -174,30 +174,18 @@ pub fn run(args: &Args, pin_dir: &std::path::Path) -> anyhow::Result<String> {
         let hit_frames = prefixes::frames(&prefixes::hit_sources(&mut rng, &prefixes, args.frames));
         let miss_frames = prefixes::frames(&prefixes::miss_sources(&mut rng, args.frames));
 
-        let mut samples: Vec<(Subject, Vec<f64>)> =
-            SUBJECTS.iter().map(|s| (*s, Vec::new())).collect();
-        for rep in 0..args.reps {
-            // Rotate the order each repetition so drift hits every subject alike.
-            for k in 0..SUBJECTS.len() {
-                let subject = SUBJECTS[(rep + k) % SUBJECTS.len()];
-                let (program, frames): (&Xdp, &[Vec<u8>]) = match subject {
-                    Subject::Pass => (program(&bench_obj, "bench_pass")?, &miss_frames),
-                    Subject::StockHit => (program(&bench_obj, "bench_stock_lpm")?, &hit_frames),
-                    Subject::StockMiss => (program(&bench_obj, "bench_stock_lpm")?, &miss_frames),
-                    Subject::XdpwallHit => (loader::xdp_program(&xdpwall_obj), &hit_frames),
-                    Subject::XdpwallMiss => (loader::xdp_program(&xdpwall_obj), &miss_frames),
-                    Subject::Dir24Hit => (loader::xdp_program(&dir24_obj), &hit_frames),
-                    Subject::Dir24Miss => (loader::xdp_program(&dir24_obj), &miss_frames),
-                };
-                let ns = mean_ns_per_packet(program, frames, args.repeat)?;
-                samples
-                    .iter_mut()
-                    .find(|(s, _)| *s == subject)
-                    .expect("subject")
-                    .1
-                    .push(ns);
-            }
-        }
+        let samples = interleaved(&SUBJECTS, args.reps, |subject| {
+            let (program, frames): (&Xdp, &[Vec<u8>]) = match subject {
+                Subject::Pass => (program(&bench_obj, "bench_pass")?, &miss_frames),
+                Subject::StockHit => (program(&bench_obj, "bench_stock_lpm")?, &hit_frames),
+                Subject::StockMiss => (program(&bench_obj, "bench_stock_lpm")?, &miss_frames),
+                Subject::XdpwallHit => (loader::xdp_program(&xdpwall_obj), &hit_frames),
+                Subject::XdpwallMiss => (loader::xdp_program(&xdpwall_obj), &miss_frames),
+                Subject::Dir24Hit => (loader::xdp_program(&dir24_obj), &hit_frames),
+                Subject::Dir24Miss => (loader::xdp_program(&dir24_obj), &miss_frames),
+            };
+            mean_ns_per_packet(program, frames, args.repeat)
+        })?;
         if size == 0 {
             // With an empty list nothing can hit: the hit rows measure misses too.
             eprintln!("bench: size 0 has no hits; hit rows are misses");
@@ -231,6 +219,24 @@ pub(crate) fn open_xdpwall(
     let (engine, _) = Engine::open(Box::new(datapath), store, Vec::new(), Vec::new())
         .context("opening the engine over the freshly pinned maps")?;
     Ok((ebpf, engine))
+}
+
+/// Measures every subject once per repetition, `reps` times, rotating the order each
+/// repetition so drift on a shared machine hits every subject alike; the samples per subject.
+pub(crate) fn interleaved<S: Copy>(
+    subjects: &[S],
+    reps: usize,
+    mut measure: impl FnMut(S) -> anyhow::Result<f64>,
+) -> anyhow::Result<Vec<(S, Vec<f64>)>> {
+    let mut samples: Vec<(S, Vec<f64>)> = subjects.iter().map(|s| (*s, Vec::new())).collect();
+    for rep in 0..reps {
+        for k in 0..subjects.len() {
+            let i = (rep + k) % subjects.len();
+            let ns = measure(subjects[i])?;
+            samples[i].1.push(ns);
+        }
+    }
+    Ok(samples)
 }
 
 pub(crate) fn program<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a Xdp> {

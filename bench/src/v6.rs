@@ -27,7 +27,10 @@ use xdpwall::{
     store::NewRule,
 };
 
-use crate::{kernel, machine, mean_ns_per_packet, median, open_xdpwall, prefixes, program, today};
+use crate::{
+    interleaved, kernel, machine, mean_ns_per_packet, median, open_xdpwall, prefixes, program,
+    today,
+};
 
 #[derive(Parser, Debug, Clone)]
 pub struct V6Args {
@@ -172,29 +175,18 @@ pub fn run_v6(args: &V6Args, pin_dir: &std::path::Path) -> anyhow::Result<String
         let hit = prefixes::frames_v6(&prefixes::hit_sources_v6(&mut rng, &list, args.frames));
         let miss = prefixes::frames_v6(&prefixes::miss_sources_v6(&mut rng, args.frames));
 
-        let mut samples: Vec<(Subject, Vec<f64>)> =
-            SUBJECTS.iter().map(|s| (*s, Vec::new())).collect();
-        for rep in 0..args.reps {
-            for k in 0..SUBJECTS.len() {
-                let subject = SUBJECTS[(rep + k) % SUBJECTS.len()];
-                let (prog, frames): (&Xdp, &[Vec<u8>]) = match subject {
-                    Subject::Pass => (program(&bench_obj, "bench_pass")?, &miss),
-                    Subject::StockHit => (program(&bench_obj, "bench_stock_lpm_v6")?, &hit),
-                    Subject::StockMiss => (program(&bench_obj, "bench_stock_lpm_v6")?, &miss),
-                    Subject::LpmHit => (loader::xdp_program(&lpm_obj), &hit),
-                    Subject::LpmMiss => (loader::xdp_program(&lpm_obj), &miss),
-                    Subject::HashHit => (loader::xdp_program(&hash_obj), &hit),
-                    Subject::HashMiss => (loader::xdp_program(&hash_obj), &miss),
-                };
-                let ns = mean_ns_per_packet(prog, frames, args.repeat)?;
-                samples
-                    .iter_mut()
-                    .find(|(s, _)| *s == subject)
-                    .expect("subject")
-                    .1
-                    .push(ns);
-            }
-        }
+        let samples = interleaved(&SUBJECTS, args.reps, |subject| {
+            let (prog, frames): (&Xdp, &[Vec<u8>]) = match subject {
+                Subject::Pass => (program(&bench_obj, "bench_pass")?, &miss),
+                Subject::StockHit => (program(&bench_obj, "bench_stock_lpm_v6")?, &hit),
+                Subject::StockMiss => (program(&bench_obj, "bench_stock_lpm_v6")?, &miss),
+                Subject::LpmHit => (loader::xdp_program(&lpm_obj), &hit),
+                Subject::LpmMiss => (loader::xdp_program(&lpm_obj), &miss),
+                Subject::HashHit => (loader::xdp_program(&hash_obj), &hit),
+                Subject::HashMiss => (loader::xdp_program(&hash_obj), &miss),
+            };
+            mean_ns_per_packet(prog, frames, args.repeat)
+        })?;
         results.push(SizeResult {
             size,
             lengths: lengths.len(),
