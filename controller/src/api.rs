@@ -781,7 +781,8 @@ pub struct Status {
     pub monitor: bool,
     #[schema(value_type = Vec<Object>)]
     pub interfaces: Vec<serde_json::Value>,
-    /// Interfaces the TC egress flagger is attached to: {"iface","reused"}.
+    /// Interfaces the TC egress flagger is attached to: {"iface","reused","attach"} (`attach`:
+    /// "tcx" or "netlink").
     #[schema(value_type = Vec<Object>)]
     pub egress: Vec<serde_json::Value>,
     pub rules: usize,

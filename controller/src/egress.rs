@@ -1,6 +1,7 @@
 //! The TC egress flagger: its settings (`[egress]`), loading and attaching the `xdp-egress`
 //! object next to the XDP filter (TCX links pinned as `links/tc-<iface>`, reused on restart,
-//! removed by `xdpwall detach`), and the watchlist tries that `watch` rules and feeds fill.
+//! removed by `xdpwall detach`; on kernels before 6.6 a filter on the clsact qdisc instead),
+//! and the watchlist tries that `watch` rules and feeds fill.
 //!
 //! Watch rules flag by default; a watch rule whose list (or a watch feed whose name) is in
 //! `[egress] block_lists` stops the flow instead (TC_ACT_SHOT).
@@ -18,8 +19,9 @@ use aya::{
     programs::{
         LinkOrder, SchedClassifier,
         links::{FdLink, PinnedLink},
-        tc::{SchedClassifierLink, TcAttachOptions, TcAttachType},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcAttachType},
     },
+    util::KernelVersion,
 };
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -105,6 +107,47 @@ pub struct EgressSection {
     /// skb mark for flagged packets (0: leave marks alone).
     #[serde(default = "default_mark")]
     pub mark: u32,
+    /// How the program is attached: TCX where the kernel has it, else a clsact filter.
+    #[serde(default)]
+    pub attach: AttachMode,
+}
+
+/// `[egress] attach`: how the TC program hooks into each interface's egress path.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// TCX on Linux 6.6 and later, else netlink.
+    #[default]
+    Auto,
+    /// A TCX link (Linux >= 6.6), pinned: a restart replaces the program without a gap.
+    Tcx,
+    /// A direct-action filter on the interface's clsact qdisc (created if missing; any kernel
+    /// xdpwall runs on). It stays after the daemon exits; a restart replaces it, leaving the
+    /// egress path unflagged for the few milliseconds in between. `xdpwall detach` removes it.
+    Netlink,
+}
+
+impl AttachMode {
+    /// `Auto` resolved for the running kernel.
+    pub fn resolve(self) -> Self {
+        match self {
+            Self::Auto => match KernelVersion::current() {
+                Ok(v) if v >= KernelVersion::new(6, 6, 0) => Self::Tcx,
+                // An unreadable version: TCX is the one that fails with a clear error.
+                Err(_) => Self::Tcx,
+                Ok(_) => Self::Netlink,
+            },
+            mode => mode,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Tcx => "tcx",
+            Self::Netlink => "netlink",
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -462,6 +505,8 @@ pub struct EgressAttachment {
     pub iface: String,
     /// The pinned TCX link of an earlier run was kept and its program replaced.
     pub reused: bool,
+    /// `tcx` or `netlink` ([`AttachMode`]).
+    pub attach: &'static str,
 }
 
 /// The egress object loaded, its maps open.
@@ -555,13 +600,17 @@ pub fn load_object(pins: &PinLayout, ring_bytes: Option<u32>) -> Result<EgressOb
     })
 }
 
-/// Attaches the loaded program to the egress side of every interface, reusing pinned TCX links
-/// (the program behind them is replaced atomically) and pinning new ones.
+/// Attaches the loaded program to the egress side of every interface. With TCX: reusing pinned
+/// links (the program behind them is replaced atomically) and pinning new ones. With netlink:
+/// replacing the filter an earlier run left on the clsact qdisc. Whatever the other mode left
+/// is removed, so a program is never attached twice.
 pub fn attach(
     object: &mut EgressObject,
     pins: &PinLayout,
     ifaces: &[String],
+    mode: AttachMode,
 ) -> Result<Vec<EgressAttachment>, EgressError> {
+    let mode = mode.resolve();
     let program: &mut SchedClassifier = object
         .ebpf
         .program_mut(TC_PROGRAM)
@@ -571,6 +620,18 @@ pub fn attach(
     let mut out = Vec::new();
     for iface in ifaces {
         let link_pin = pins.tc_link(iface);
+        if mode == AttachMode::Netlink {
+            remove_link_pin(&link_pin)?;
+            attach_netlink(program, iface)?;
+            info!(iface, attach = "netlink", "TC egress flagger attached");
+            out.push(EgressAttachment {
+                iface: iface.clone(),
+                reused: false,
+                attach: mode.as_str(),
+            });
+            continue;
+        }
+        remove_netlink(iface);
         let reused = reuse_link(program, &link_pin)?;
         if !reused {
             let id = program
@@ -595,31 +656,72 @@ pub fn attach(
                 message: e.to_string(),
             })?;
         }
-        info!(iface, reused, "TC egress flagger attached");
+        info!(iface, reused, attach = "tcx", "TC egress flagger attached");
         out.push(EgressAttachment {
             iface: iface.clone(),
             reused,
+            attach: mode.as_str(),
         });
     }
     Ok(out)
 }
 
-/// Removes the pinned TCX links of `ifaces` (which detaches the program from them).
+/// A direct-action filter on `iface`'s clsact qdisc (created when missing), replacing the one
+/// an earlier run left. The filter outlives this process, like a pinned link.
+fn attach_netlink(program: &mut SchedClassifier, iface: &str) -> Result<(), EgressError> {
+    let attach_err = |source: aya::programs::ProgramError| EgressError::Attach {
+        iface: iface.to_string(),
+        source: Box::new(source),
+    };
+    // Another user's clsact qdisc is shared, never removed.
+    if let Err(e) = tc::qdisc_add_clsact(iface)
+        && !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
+    {
+        return Err(attach_err(e.into()));
+    }
+    remove_netlink(iface);
+    let id = program
+        .attach_with_options(
+            iface,
+            TcAttachType::Egress,
+            TcAttachOptions::Netlink(NlOptions::default()),
+        )
+        .map_err(attach_err)?;
+    // Dropping the link would remove the filter; it must stay when the daemon exits.
+    let link = program
+        .take_link(id)
+        .map_err(|e| EgressError::Program(Box::new(e)))?;
+    std::mem::forget(link);
+    Ok(())
+}
+
+/// Removes xdpwall's filter from `iface`'s clsact qdisc; true if there was one. Failures (no
+/// such interface, no qdisc) mean there is nothing of ours to remove.
+pub fn remove_netlink(iface: &str) -> bool {
+    tc::qdisc_detach_program(iface, TcAttachType::Egress, TC_PROGRAM).is_ok()
+}
+
+fn remove_link_pin(link_pin: &Path) -> Result<bool, EgressError> {
+    match fs::remove_file(link_pin) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(EgressError::Pin {
+            path: link_pin.into(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Removes the flagger from `ifaces`: the pinned TCX links (which detaches the program) and
+/// the clsact filters.
 pub fn detach(pins: &PinLayout, ifaces: &[String]) -> Result<(), EgressError> {
     for iface in ifaces {
-        let link_pin = pins.tc_link(iface);
-        match fs::remove_file(&link_pin) {
-            Ok(()) => info!(
+        let pinned = remove_link_pin(&pins.tc_link(iface))?;
+        if remove_netlink(iface) || pinned {
+            info!(
                 iface,
                 "TC egress flagger detached ([egress] enabled = false)"
-            ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(EgressError::Pin {
-                    path: link_pin,
-                    message: e.to_string(),
-                });
-            }
+            );
         }
     }
     Ok(())
@@ -782,6 +884,28 @@ mod tests {
         assert_eq!(config.scan_action, action::FLAG);
         assert_eq!(config.mark, DEFAULT_MARK);
         assert_eq!(config.ports_enabled, 1);
+    }
+
+    #[test]
+    fn attach_mode_defaults_to_auto_and_resolves_by_kernel() {
+        assert_eq!(EgressSection::default().attach, AttachMode::Auto);
+        let section: EgressSection = toml::from_str("attach = \"netlink\"").unwrap();
+        assert_eq!(section.attach.resolve(), AttachMode::Netlink);
+        assert_eq!(AttachMode::Tcx.resolve(), AttachMode::Tcx);
+        let tcx = KernelVersion::current().unwrap() >= KernelVersion::new(6, 6, 0);
+        let auto = AttachMode::Auto.resolve();
+        assert_eq!(
+            auto,
+            if tcx {
+                AttachMode::Tcx
+            } else {
+                AttachMode::Netlink
+            }
+        );
+        let err = toml::from_str::<EgressSection>("attach = \"clsact\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auto") && err.contains("netlink"), "{err}");
     }
 
     #[test]

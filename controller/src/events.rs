@@ -573,7 +573,7 @@ pub async fn start(
             }
             let mut object = egress::load_object(&pins, None)?;
             object.configure(&section)?;
-            let attachments = egress::attach(&mut object, &pins, &ifaces)?;
+            let attachments = egress::attach(&mut object, &pins, &ifaces, section.attach)?;
             Ok(Some((object, attachments)))
         })
         .await

@@ -455,7 +455,21 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 );
             }
             let pins = PinLayout::new(pin_dir.unwrap_or(config.pin_dir));
-            let detached = loader::detach(&pins, &ifaces)?;
+            let mut detached = loader::detach(&pins, &ifaces)?;
+            // A flagger attached as a clsact filter (`[egress] attach = "netlink"`) has no pin:
+            // look for it on the interfaces named, else the configured ones.
+            let tc_ifaces = if ifaces.is_empty() {
+                &config.interfaces
+            } else {
+                &ifaces
+            };
+            for iface in tc_ifaces {
+                if xdpwall::egress::remove_netlink(iface) {
+                    detached
+                        .links
+                        .push(format!("TC egress flagger (clsact filter) from {iface}"));
+                }
+            }
             if detached.links.is_empty() {
                 println!("nothing attached under {}", pins.root().display());
             }
@@ -615,8 +629,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             for iface in status["egress"].as_array().into_iter().flatten() {
                 println!(
-                    "egress    {} (TC egress flagger, {})",
+                    "egress    {} (TC egress flagger, {}, {})",
                     iface["iface"].as_str().unwrap_or("?"),
+                    iface["attach"].as_str().unwrap_or("tcx"),
                     if iface["reused"] == true {
                         "pinned link reused"
                     } else {

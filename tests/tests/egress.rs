@@ -2,8 +2,9 @@
 //! namespace to the lab peer. A watch rule flags exactly one flow per 5-tuple with exact
 //! packet counts and one event each; a watch rule in a block list stops the packets; the port
 //! policy and scan detection flag; ordinary traffic is not flagged and makes no events; the
-//! TCX link is reused across a restart and removed by `xdpwall detach`. Also ingress drop
-//! sampling: dropped pings show up in `GET /v1/drops`.
+//! TCX link is reused across a restart and removed by `xdpwall detach`; the clsact filter of
+//! `attach = "netlink"` (kernels before 6.6) is replaced on restart and removed by detach. Also
+//! ingress drop sampling: dropped pings show up in `GET /v1/drops`.
 
 use std::{
     net::UdpSocket,
@@ -453,4 +454,88 @@ fn ipv6_watch_rule_flags_its_flow() {
     assert_eq!(list[0]["dst"], PEER_V6, "{flows}");
     assert_eq!(list[0]["packets"], 100, "{flows}");
     assert_eq!(list[0]["reason"], "watch", "{flows}");
+}
+
+/// xdpwall's filters on the egress side of the firewall interface's clsact qdisc (one line
+/// each in `tc filter show`, which names the filter and its program).
+fn clsact_filters(lab: &Lab) -> usize {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.fw_ns, "tc", "filter", "show", "dev"])
+        .args([lab.fw_if.as_str(), "egress"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("xdpwall_egress"))
+        .count()
+}
+
+/// `[egress] attach = "netlink"` (what `auto` picks before Linux 6.6): a clsact filter instead
+/// of a pinned TCX link; flags, is replaced (not doubled) on restart, and `xdpwall detach`
+/// removes it. Switching back to TCX removes the filter.
+#[test]
+fn netlink_attach_flags_is_replaced_on_restart_and_removed_by_detach() {
+    require_privileges!();
+    let lab = Lab::new("egnl").unwrap();
+    let mut daemon = Daemon::start(&lab, "egnl", "[egress]\nattach = \"netlink\"\n").unwrap();
+    let link = daemon
+        .pin_dir
+        .join("links")
+        .join(format!("tc-{}", lab.fw_if));
+    assert!(!link.exists(), "no TCX link pinned in netlink mode");
+    assert_eq!(clsact_filters(&lab), 1, "{}", daemon.log());
+    let status = daemon.get_json("/v1/status").unwrap();
+    assert_eq!(status["egress"][0]["attach"], "netlink", "{status}");
+    warm_neighbours(&lab);
+    add_watch(&daemon, &format!("{PEER_V4}/32"), "lab");
+    send_udp(&daemon, 40011, 7004, 5);
+    let flows = flows_until(&daemon, |f| flow_list(f).len() == 1);
+    assert_eq!(flow_list(&flows)[0]["packets"], 5, "{flows}");
+
+    // kill -9 leaves the filter; the restarted daemon replaces it, one filter still flags.
+    daemon.kill9();
+    assert_eq!(clsact_filters(&lab), 1, "the filter outlives the daemon");
+    daemon.spawn().unwrap();
+    assert_eq!(
+        clsact_filters(&lab),
+        1,
+        "replaced, not doubled: {}",
+        daemon.log()
+    );
+    send_udp(&daemon, 40012, 7004, 4);
+    let flows = flows_until(&daemon, |f| {
+        flow_list(f)
+            .iter()
+            .any(|x| x["sport"] == 40012 && x["packets"] == 4)
+    });
+    assert!(!flow_list(&flows).is_empty());
+
+    // Back to TCX: the filter goes, the link comes.
+    daemon.stop();
+    let config = std::fs::read_to_string(&daemon.config_path).unwrap();
+    let tcx = config.replace("attach = \"netlink\"", "attach = \"tcx\"");
+    std::fs::write(&daemon.config_path, &tcx).unwrap();
+    daemon.spawn().unwrap();
+    assert_eq!(clsact_filters(&lab), 0, "{}", daemon.log());
+    assert!(link.exists());
+
+    // And back to netlink; then `xdpwall detach` removes the filter.
+    daemon.stop();
+    std::fs::write(&daemon.config_path, &config).unwrap();
+    daemon.spawn().unwrap();
+    assert!(!link.exists(), "{}", daemon.log());
+    assert_eq!(clsact_filters(&lab), 1);
+    daemon.stop();
+    // In the firewall's network namespace, where the interface is (the pins are global).
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", daemon.netns_path))
+        .arg(xdpwall_tests::daemon::binary().unwrap())
+        .args(["detach", "--config"])
+        .arg(&daemon.config_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("clsact filter"), "{text}");
+    assert_eq!(clsact_filters(&lab), 0, "{text}");
 }
