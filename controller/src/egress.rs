@@ -747,14 +747,7 @@ fn reuse_link(program: &mut SchedClassifier, link_pin: &Path) -> Result<bool, Eg
         Ok(()) => Ok(true),
         Err(error) => {
             warn!(pin = %link_pin.display(), error, "removing stale TC egress link pin");
-            match fs::remove_file(link_pin) {
-                Ok(()) => Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-                Err(e) => Err(EgressError::Pin {
-                    path: link_pin.into(),
-                    message: e.to_string(),
-                }),
-            }
+            remove_link_pin(link_pin).map(|_| false)
         }
     }
 }

@@ -268,15 +268,45 @@ fn port_policy_and_scan_detection_flag_but_ordinary_traffic_does_not() {
     );
 }
 
+/// Watches the lab peer and sends `count` datagrams from `sport`: the first flagged flow, with
+/// exactly those packets.
+fn watch_peer_and_flag_one_flow(daemon: &Daemon, lab: &Lab, sport: u16, count: usize) {
+    warm_neighbours(lab);
+    add_watch(daemon, &format!("{PEER_V4}/32"), "lab");
+    send_udp(daemon, sport, 7003, count);
+    let flows = flows_until(daemon, |f| flow_list(f).len() == 1);
+    assert_eq!(flow_list(&flows)[0]["packets"], count as u64, "{flows}");
+}
+
+/// Where the daemon pins the TCX link of the firewall interface.
+fn tc_link_pin(daemon: &Daemon, lab: &Lab) -> std::path::PathBuf {
+    daemon
+        .pin_dir
+        .join("links")
+        .join(format!("tc-{}", lab.fw_if))
+}
+
+/// `xdpwall detach` with the daemon's config, in the firewall's network namespace (where the
+/// interface is; the pins are global); its output, after checking it succeeded.
+fn detach(daemon: &Daemon) -> String {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", daemon.netns_path))
+        .arg(xdpwall_tests::daemon::binary().unwrap())
+        .args(["detach", "--config"])
+        .arg(&daemon.config_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    text
+}
+
 #[test]
 fn tcx_link_is_reused_on_restart_and_removed_by_detach() {
     require_privileges!();
     let lab = Lab::new("egpin").unwrap();
     let mut daemon = Daemon::start(&lab, "egpin", "").unwrap();
-    let link = daemon
-        .pin_dir
-        .join("links")
-        .join(format!("tc-{}", lab.fw_if));
+    let link = tc_link_pin(&daemon, &lab);
     assert!(link.exists(), "TCX link pinned at {}", link.display());
     let status = daemon.get_json("/v1/status").unwrap();
     assert_eq!(status["egress"][0]["iface"], lab.fw_if.as_str(), "{status}");
@@ -289,11 +319,7 @@ fn tcx_link_is_reused_on_restart_and_removed_by_detach() {
         daemon.log()
     );
     // Still flagging after the restart.
-    warm_neighbours(&lab);
-    add_watch(&daemon, &format!("{PEER_V4}/32"), "lab");
-    send_udp(&daemon, 40008, 7003, 3);
-    let flows = flows_until(&daemon, |f| flow_list(f).len() == 1);
-    assert_eq!(flow_list(&flows)[0]["packets"], 3, "{flows}");
+    watch_peer_and_flag_one_flow(&daemon, &lab, 40008, 3);
 
     // Turned off, the flagger goes away at the next start.
     daemon.stop();
@@ -308,13 +334,7 @@ fn tcx_link_is_reused_on_restart_and_removed_by_detach() {
     assert!(link.exists());
 
     daemon.stop();
-    let out = std::process::Command::new(xdpwall_tests::daemon::binary().unwrap())
-        .args(["detach", "--config"])
-        .arg(&daemon.config_path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let text = detach(&daemon);
     assert!(text.contains("TC egress flagger"), "{text}");
     assert!(!link.exists());
     let tc = std::process::Command::new("ip")
@@ -478,19 +498,12 @@ fn netlink_attach_flags_is_replaced_on_restart_and_removed_by_detach() {
     require_privileges!();
     let lab = Lab::new("egnl").unwrap();
     let mut daemon = Daemon::start(&lab, "egnl", "[egress]\nattach = \"netlink\"\n").unwrap();
-    let link = daemon
-        .pin_dir
-        .join("links")
-        .join(format!("tc-{}", lab.fw_if));
+    let link = tc_link_pin(&daemon, &lab);
     assert!(!link.exists(), "no TCX link pinned in netlink mode");
     assert_eq!(clsact_filters(&lab), 1, "{}", daemon.log());
     let status = daemon.get_json("/v1/status").unwrap();
     assert_eq!(status["egress"][0]["attach"], "netlink", "{status}");
-    warm_neighbours(&lab);
-    add_watch(&daemon, &format!("{PEER_V4}/32"), "lab");
-    send_udp(&daemon, 40011, 7004, 5);
-    let flows = flows_until(&daemon, |f| flow_list(f).len() == 1);
-    assert_eq!(flow_list(&flows)[0]["packets"], 5, "{flows}");
+    watch_peer_and_flag_one_flow(&daemon, &lab, 40011, 5);
 
     // kill -9 leaves the filter; the restarted daemon replaces it, one filter still flags.
     daemon.kill9();
@@ -526,16 +539,7 @@ fn netlink_attach_flags_is_replaced_on_restart_and_removed_by_detach() {
     assert!(!link.exists(), "{}", daemon.log());
     assert_eq!(clsact_filters(&lab), 1);
     daemon.stop();
-    // In the firewall's network namespace, where the interface is (the pins are global).
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", daemon.netns_path))
-        .arg(xdpwall_tests::daemon::binary().unwrap())
-        .args(["detach", "--config"])
-        .arg(&daemon.config_path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let text = detach(&daemon);
     assert!(text.contains("clsact filter"), "{text}");
     assert_eq!(clsact_filters(&lab), 0, "{text}");
 }
