@@ -156,14 +156,18 @@ enum Command {
         #[arg(long, short, env = "XDPWALL_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
-    /// Remove the XDP filter: its links, then (when none remain) its pinned maps.
+    /// Remove the XDP filter and the TC egress flagger: their pinned links and the flagger's
+    /// clsact filters (`[egress] attach = "netlink"`), then (when no link remains) the pinned
+    /// maps.
     ///
-    /// Refuses while a daemon owns the state directory: stop it first.
+    /// Refuses while a daemon owns the state directory: stop it first. Run it in the network
+    /// namespace of the interfaces (clsact filters are found by interface name).
     Detach {
-        /// Interface to detach from (repeatable); all when omitted.
+        /// Interface to detach from (repeatable); all when omitted (for clsact filters: the
+        /// configured interfaces).
         #[arg(long = "iface")]
         ifaces: Vec<String>,
-        /// Config file, for pin_dir and state_dir.
+        /// Config file, for pin_dir, state_dir and interfaces.
         #[arg(long, short, env = "XDPWALL_CONFIG")]
         config: Option<PathBuf>,
         /// bpffs directory of the pins (overrides the config).
