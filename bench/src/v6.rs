@@ -96,7 +96,7 @@ impl Subject {
 struct SizeResult {
     size: usize,
     lengths: usize,
-    hash_entries: usize,
+    hash_entries: xdpwall::datapath::V6HashEntries,
     load: [Duration; 2],
     churn: [Duration; 2],
     samples: Vec<(Subject, Vec<f64>)>,
@@ -190,7 +190,7 @@ pub fn run_v6(args: &V6Args, pin_dir: &std::path::Path) -> anyhow::Result<String
         results.push(SizeResult {
             size,
             lengths: lengths.len(),
-            hash_entries: hash.v6_hash_entries().unwrap_or(0),
+            hash_entries: hash.v6_hash_entries().unwrap_or_default(),
             load,
             churn,
             samples,
@@ -237,25 +237,26 @@ fn report(args: &V6Args, results: &[SizeResult]) -> String {
     let _ = writeln!(
         out,
         "\nLoad of the whole list and a 1% churn (that many prefixes replaced) through the rules \
-         engine (in-memory store, diff, map writes), per engine; the hash engine's entries \
-         (prefixes + search markers) per generation:\n"
+         engine (in-memory store, diff, map writes), per engine; the hash engine's entries per \
+         generation (guides, one per /32 with something under it; prefixes longer than /32):\n"
     );
     let _ = writeln!(
         out,
-        "| prefixes | present lengths | load lpm | load hash | 1% churn lpm | 1% churn hash | hash entries |"
+        "| prefixes | present lengths | load lpm | load hash | 1% churn lpm | 1% churn hash | guides | longer prefixes |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in results {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.3} s | {:.3} s | {:.3} s | {:.3} s | {} |",
+            "| {} | {} | {:.3} s | {:.3} s | {:.3} s | {:.3} s | {} | {} |",
             r.size,
             r.lengths,
             r.load[0].as_secs_f64(),
             r.load[1].as_secs_f64(),
             r.churn[0].as_secs_f64(),
             r.churn[1].as_secs_f64(),
-            r.hash_entries
+            r.hash_entries.guides,
+            r.hash_entries.prefixes
         );
     }
     let _ = writeln!(
@@ -274,8 +275,9 @@ fn report(args: &V6Args, results: &[SizeResult]) -> String {
         out,
         "\nNotes: BPF_PROG_TEST_RUN repeats one frame back to back, so caches are warm; the \
          figures compare the programs' own lookup cost. xdpwall (lpm) does two trie lookups \
-         (allow, then block); the hash engine does one binary search over the present lengths \
-         (at most 8 hash lookups) with allow already folded in."
+         (allow, then block); the hash engine reads the /20's first-level slot, the /32's guide \
+         and then probes the lengths the guide lists, longest first, with allow already folded \
+         in."
     );
     out
 }

@@ -17,8 +17,8 @@ use aya::{
     },
 };
 use xdpwall_shared::{
-    DIR24_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig, RuleCounters, V4_LONG_MAX_ENTRIES,
-    V6_HASH_MAX_ENTRIES, V6Key, V6Lengths, lookup, map_names, verdict, verdict_slot,
+    DIR24_MAP_ENTRIES, DatapathConfig, RuleCounters, V4_LONG_MAX_ENTRIES, V6_GUIDE_MAX_ENTRIES,
+    V6_HASH_MAX_ENTRIES, V6_TOP_SLOTS, V6Guide, V6Key, lookup, map_names, verdict, verdict_slot,
 };
 
 use crate::{
@@ -53,8 +53,9 @@ impl Ipv4Lookup {
 pub enum Ipv6Lookup {
     /// The allow and block LPM tries (the reference path).
     Lpm,
-    /// Per-length hashes searched by binary search on the present prefix lengths: at most 8
-    /// hash lookups per packet, allow and block in one search.
+    /// A first-level array per /20, a guide per /32 listing the longer lengths present, and
+    /// the longer prefixes by length: one array read, then one hash lookup per listed length
+    /// (typically one to three), allow and block in one search.
     Hash,
 }
 
@@ -65,6 +66,15 @@ impl Ipv6Lookup {
             Self::Hash => "hash",
         }
     }
+}
+
+/// Entries of one generation of the IPv6 hash engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V6HashEntries {
+    /// Guides, one per /32 with something under it ([`map_names::V6_GUIDE0`]).
+    pub guides: usize,
+    /// Prefixes longer than /32 ([`map_names::V6_TBL0`]).
+    pub prefixes: usize,
 }
 
 /// The lookup engine per address family.
@@ -161,17 +171,17 @@ struct MappedTable {
 unsafe impl Send for MappedTable {}
 
 impl MappedTable {
-    fn open(map: MapData) -> Result<Self, DatapathError> {
-        let name = map_names::V4_TBL24;
+    /// Maps `map`, an array of `elements` elements of `[u32; 2]`, as `2 * elements` slots.
+    fn open(map: MapData, name: &'static str, elements: u32) -> Result<Self, DatapathError> {
         let found = map.info().map_err(map_err(name))?.max_entries();
-        if found != DIR24_MAP_ENTRIES {
+        if found != elements {
             return Err(DatapathError::WrongSize {
                 map: name,
                 found,
-                needed: DIR24_MAP_ENTRIES,
+                needed: elements,
             });
         }
-        let len = DIR24_ENTRIES as usize;
+        let len = 2 * elements as usize;
         // SAFETY: mapping a BPF_F_MMAPABLE array map of `len / 2` elements of `[u32; 2]` (no
         // padding: 8-byte values), shared, at a fresh address.
         let ptr = unsafe {
@@ -258,9 +268,8 @@ pub trait KernelMaps: Send {
     fn ipv6_lookup(&self) -> Ipv6Lookup {
         Ipv6Lookup::Lpm
     }
-    /// Entries (prefixes and markers) in the live generation of the IPv6 hash engine, or `None`
-    /// with the LPM engine.
-    fn v6_hash_entries(&self) -> Option<usize> {
+    /// Entries of the IPv6 hash engine's live generation, or `None` with the LPM engine.
+    fn v6_hash_entries(&self) -> Option<V6HashEntries> {
         None
     }
 }
@@ -296,8 +305,11 @@ impl KernelMaps for Datapath {
     fn ipv6_lookup(&self) -> Ipv6Lookup {
         Datapath::ipv6_lookup(self)
     }
-    fn v6_hash_entries(&self) -> Option<usize> {
-        self.v6hash.as_ref().map(|v| v.target.entries.len())
+    fn v6_hash_entries(&self) -> Option<V6HashEntries> {
+        self.v6hash.as_ref().map(|v| V6HashEntries {
+            guides: v.target.guides.len(),
+            prefixes: v.target.prefixes.len(),
+        })
     }
 }
 
@@ -316,34 +328,48 @@ impl Datapath {
         let v6hash = match engines.ipv6 {
             Ipv6Lookup::Lpm => None,
             Ipv6Lookup::Hash => {
-                let mut hash = |name: &'static str| -> Result<_, DatapathError> {
-                    let map: HashMap<MapData, V6Key, u32> =
+                fn hash<K: aya::Pod, V: aya::Pod>(
+                    ebpf: &mut Ebpf,
+                    name: &'static str,
+                    needed: u32,
+                ) -> Result<HashMap<MapData, K, V>, DatapathError> {
+                    let map: HashMap<MapData, K, V> =
                         HashMap::try_from(take(ebpf, name)?).map_err(map_err(name))?;
                     let found = aya::maps::IterableMap::map(&map)
                         .info()
                         .map_err(map_err(name))?
                         .max_entries();
-                    if found != V6_HASH_MAX_ENTRIES {
+                    if found != needed {
                         return Err(DatapathError::WrongSize {
                             map: name,
                             found,
-                            needed: V6_HASH_MAX_ENTRIES,
+                            needed,
                         });
                     }
                     Ok(map)
+                }
+                let guides = [
+                    hash(ebpf, map_names::V6_GUIDE0, V6_GUIDE_MAX_ENTRIES)?,
+                    hash(ebpf, map_names::V6_GUIDE1, V6_GUIDE_MAX_ENTRIES)?,
+                ];
+                let prefixes = [
+                    hash(ebpf, map_names::V6_TBL0, V6_HASH_MAX_ENTRIES)?,
+                    hash(ebpf, map_names::V6_TBL1, V6_HASH_MAX_ENTRIES)?,
+                ];
+                let top = match take(ebpf, map_names::V6_TOP20)? {
+                    Map::Array(data) => MappedTable::open(data, map_names::V6_TOP20, V6_TOP_SLOTS)?,
+                    _ => return Err(DatapathError::MissingMap(map_names::V6_TOP20)),
                 };
-                let tables = [hash(map_names::V6_TBL0)?, hash(map_names::V6_TBL1)?];
-                let lengths: Array<MapData, V6Lengths> =
-                    Array::try_from(take(ebpf, map_names::V6_LENS)?)
-                        .map_err(map_err(map_names::V6_LENS))?;
-                Some(V6Hash::open(tables, lengths, switch)?)
+                Some(V6Hash::open(top, guides, prefixes, switch)?)
             }
         };
         let dir24 = match engines.ipv4 {
             Ipv4Lookup::Lpm => None,
             Ipv4Lookup::Dir24 => {
                 let table = match take(ebpf, map_names::V4_TBL24)? {
-                    Map::Array(data) => MappedTable::open(data)?,
+                    Map::Array(data) => {
+                        MappedTable::open(data, map_names::V4_TBL24, DIR24_MAP_ENTRIES)?
+                    }
                     _ => return Err(DatapathError::MissingMap(map_names::V4_TBL24)),
                 };
                 let long: HashMap<MapData, [u8; 4], u32> =
@@ -721,15 +747,17 @@ impl Dir24 {
     }
 }
 
-/// The IPv6 hash engine's maps: two generations of (lengths, hash), the program reading the one
-/// the switch word names.
+/// The IPv6 hash engine's maps: two generations of (first level, guides, longer prefixes), the
+/// program reading the one the switch word names.
 struct V6Hash {
-    tables: [HashMap<MapData, V6Key, u32>; 2],
-    lengths: Array<MapData, V6Lengths>,
-    /// What each generation holds (read back at start, then kept in step); `None`: unknown
-    /// after a failed write, read back before the next one.
-    held: [Option<StdHashMap<V6Key, u32>>; 2],
-    held_lengths: [V6Lengths; 2],
+    /// Both generations' first levels, slot `2 * i + generation` for /20 number `i`.
+    top: MappedTable,
+    guides: [HashMap<MapData, [u8; 4], V6Guide>; 2],
+    prefixes: [HashMap<MapData, V6Key, u32>; 2],
+    /// What each generation's hashes hold (read back at start, then kept in step); `None`:
+    /// unknown after a failed write, read back before the next one. The first level is read
+    /// from the mapping itself.
+    held: [Option<V6Held>; 2],
     /// The generation the switch word names (or is about to name): the one packets read.
     /// Changes go to the other one first.
     live: usize,
@@ -743,21 +771,26 @@ struct V6Hash {
     barrier: RcuBarrier,
 }
 
+/// What one generation's two hashes hold.
+#[derive(Clone, Default)]
+struct V6Held {
+    guides: StdHashMap<[u8; 4], V6Guide>,
+    prefixes: StdHashMap<V6Key, u32>,
+}
+
 impl V6Hash {
     /// `switch` is the current switch word: a generation a previous daemon left live stays
     /// live until the first apply has written the other one.
     fn open(
-        tables: [HashMap<MapData, V6Key, u32>; 2],
-        lengths: Array<MapData, V6Lengths>,
+        top: MappedTable,
+        guides: [HashMap<MapData, [u8; 4], V6Guide>; 2],
+        prefixes: [HashMap<MapData, V6Key, u32>; 2],
         switch: u32,
     ) -> Result<Self, DatapathError> {
         let mut this = Self {
-            tables,
-            held_lengths: [
-                lengths.get(&0, 0).map_err(map_err(map_names::V6_LENS))?,
-                lengths.get(&1, 0).map_err(map_err(map_names::V6_LENS))?,
-            ],
-            lengths,
+            top,
+            guides,
+            prefixes,
             held: [None, None],
             live: usize::from(switch & lookup::V6_GEN1 != 0),
             synced: false,
@@ -772,16 +805,23 @@ impl V6Hash {
         Ok(this)
     }
 
-    fn name(generation: usize) -> &'static str {
-        [map_names::V6_TBL0, map_names::V6_TBL1][generation]
+    fn names(generation: usize) -> (&'static str, &'static str) {
+        [
+            (map_names::V6_GUIDE0, map_names::V6_TBL0),
+            (map_names::V6_GUIDE1, map_names::V6_TBL1),
+        ][generation]
     }
 
     fn read_back(&mut self, generation: usize) -> Result<(), DatapathError> {
-        let name = Self::name(generation);
-        let mut held = StdHashMap::new();
-        for entry in self.tables[generation].iter() {
-            let (key, leaf) = entry.map_err(map_err(name))?;
-            held.insert(key, leaf);
+        let (guides_name, prefixes_name) = Self::names(generation);
+        let mut held = V6Held::default();
+        for entry in self.guides[generation].iter() {
+            let (key, guide) = entry.map_err(map_err(guides_name))?;
+            held.guides.insert(key, guide);
+        }
+        for entry in self.prefixes[generation].iter() {
+            let (key, leaf) = entry.map_err(map_err(prefixes_name))?;
+            held.prefixes.insert(key, leaf);
         }
         self.held[generation] = Some(held);
         Ok(())
@@ -845,40 +885,61 @@ impl V6Hash {
     }
 
     fn write(&mut self, generation: usize) -> Result<(), DatapathError> {
-        let name = Self::name(generation);
         if self.held[generation].is_none() {
             self.read_back(generation)?;
         }
-        let held = self.held[generation].as_ref().expect("read back above");
-        let changes = Changes::between(held, &self.target.entries);
-        let lengths = self.target.kernel_lengths();
-        if changes.is_empty() && self.held_lengths[generation] == lengths {
-            return Ok(());
+        let held = self.held[generation].take().expect("read back above");
+        // Whatever happens below, this generation's contents are now known only to the kernel
+        // (`held` stays `None` until every write succeeded).
+        let (guides_name, prefixes_name) = Self::names(generation);
+        write_changes(
+            map_fd(&self.prefixes[generation]),
+            prefixes_name,
+            V6_HASH_MAX_ENTRIES,
+            &Changes::between(&held.prefixes, &self.target.prefixes),
+        )?;
+        write_changes(
+            map_fd(&self.guides[generation]),
+            guides_name,
+            V6_GUIDE_MAX_ENTRIES,
+            &Changes::between(&held.guides, &self.target.guides),
+        )?;
+        // No packet reads this generation: the order of the writes does not matter.
+        for slot in 0..V6_TOP_SLOTS as usize {
+            let mapped = (2 * slot + generation) as u32;
+            let wanted = self.target.top_slot(slot);
+            if self.top.get(mapped) != wanted {
+                self.top.set(mapped, wanted);
+            }
         }
-        let fd = map_fd(&self.tables[generation]);
-        let (keys, values): (Vec<V6Key>, Vec<u32>) = changes.upserts.iter().copied().unzip();
-        // Whatever happens below, this generation's contents are now known only to the kernel.
-        self.held[generation] = None;
-        update_batch(fd, &keys, &values).map_err(|err| match err.raw_os_error() {
-            Some(libc::E2BIG | libc::ENOSPC) => DatapathError::Full {
-                map: name,
-                capacity: V6_HASH_MAX_ENTRIES,
-                pending: changes.upserts.len(),
-            },
-            _ => DatapathError::Batch {
-                map: name,
-                source: err,
-            },
-        })?;
-        delete_batch(fd, &changes.removes)
-            .map_err(|source| DatapathError::Batch { map: name, source })?;
-        self.lengths
-            .set(generation as u32, lengths, 0)
-            .map_err(map_err(map_names::V6_LENS))?;
-        self.held_lengths[generation] = lengths;
-        self.held[generation] = Some(self.target.entries.clone());
+        self.held[generation] = Some(V6Held {
+            guides: self.target.guides.clone(),
+            prefixes: self.target.prefixes.clone(),
+        });
         Ok(())
     }
+}
+
+/// Writes `changes` to the hash map `fd` with batch operations.
+fn write_changes<K: aya::Pod, V: aya::Pod>(
+    fd: u32,
+    name: &'static str,
+    capacity: u32,
+    changes: &Changes<K, V>,
+) -> Result<(), DatapathError> {
+    let (keys, values): (Vec<K>, Vec<V>) = changes.upserts.iter().copied().unzip();
+    update_batch(fd, &keys, &values).map_err(|err| match err.raw_os_error() {
+        Some(libc::E2BIG | libc::ENOSPC) => DatapathError::Full {
+            map: name,
+            capacity,
+            pending: changes.upserts.len(),
+        },
+        _ => DatapathError::Batch {
+            map: name,
+            source: err,
+        },
+    })?;
+    delete_batch(fd, &changes.removes).map_err(|source| DatapathError::Batch { map: name, source })
 }
 
 /// Waits for an RCU grace period, after which no XDP program run that started before the call

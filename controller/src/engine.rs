@@ -304,9 +304,8 @@ impl Engine {
         self.maps.ipv6_lookup()
     }
 
-    /// Entries (prefixes and markers) per generation of the IPv6 hash engine, or `None` with
-    /// the LPM engine.
-    pub fn v6_hash_entries(&self) -> Option<usize> {
+    /// Entries per generation of the IPv6 hash engine, or `None` with the LPM engine.
+    pub fn v6_hash_entries(&self) -> Option<crate::datapath::V6HashEntries> {
         self.maps.v6_hash_entries()
     }
 

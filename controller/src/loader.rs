@@ -23,8 +23,8 @@ use aya::{
 };
 use tracing::{info, warn};
 use xdpwall_shared::{
-    DIR24_MAP_ENTRIES, IFACE_SLOTS, V4_LONG_MAX_ENTRIES, V6_HASH_MAX_ENTRIES, XDP_PROGRAM,
-    map_names,
+    DIR24_MAP_ENTRIES, IFACE_SLOTS, V4_LONG_MAX_ENTRIES, V6_GUIDE_MAX_ENTRIES, V6_HASH_MAX_ENTRIES,
+    V6_TOP_SLOTS, XDP_PROGRAM, map_names,
 };
 
 use crate::{
@@ -194,24 +194,39 @@ pub fn load_object(
         }
         Ipv4Lookup::Lpm => (1, 1),
     };
-    let v6_entries = match engines.ipv6 {
+    let (v6_top, v6_guides, v6_prefixes) = match engines.ipv6 {
         Ipv6Lookup::Hash => {
+            drop_undersized_pins(
+                pins,
+                &[map_names::V6_TOP20],
+                V6_TOP_SLOTS,
+                "the IPv6 hash engine",
+            )?;
+            drop_undersized_pins(
+                pins,
+                &[map_names::V6_GUIDE0, map_names::V6_GUIDE1],
+                V6_GUIDE_MAX_ENTRIES,
+                "the IPv6 hash engine",
+            )?;
             drop_undersized_pins(
                 pins,
                 &[map_names::V6_TBL0, map_names::V6_TBL1],
                 V6_HASH_MAX_ENTRIES,
-                "the IPv6 hash tables",
+                "the IPv6 hash engine",
             )?;
-            V6_HASH_MAX_ENTRIES
+            (V6_TOP_SLOTS, V6_GUIDE_MAX_ENTRIES, V6_HASH_MAX_ENTRIES)
         }
-        Ipv6Lookup::Lpm => 1,
+        Ipv6Lookup::Lpm => (1, 1, 1),
     };
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pins.maps_dir())
         .map_max_entries(map_names::V4_TBL24, table_entries)
         .map_max_entries(map_names::V4_LONG, long_entries)
-        .map_max_entries(map_names::V6_TBL0, v6_entries)
-        .map_max_entries(map_names::V6_TBL1, v6_entries)
+        .map_max_entries(map_names::V6_TOP20, v6_top)
+        .map_max_entries(map_names::V6_GUIDE0, v6_guides)
+        .map_max_entries(map_names::V6_GUIDE1, v6_guides)
+        .map_max_entries(map_names::V6_TBL0, v6_prefixes)
+        .map_max_entries(map_names::V6_TBL1, v6_prefixes)
         .load(EBPF_OBJECT)
         .map_err(|e| LoaderError::Load(Box::new(e)))?;
     let datapath = Datapath::from_ebpf(&mut ebpf, engines)?;

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use prometheus::{Encoder as _, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
-use xdpwall_shared::map_names;
+use xdpwall_shared::{V6_GUIDE_MAX_ENTRIES, V6_HASH_MAX_ENTRIES, map_names};
 
 use crate::{
     datapath::{DatapathError, trie_capacity},
@@ -127,13 +127,16 @@ impl Snapshot {
             ));
         }
         if let Some(entries) = v6_hash_entries {
+            let slots = i64::from(xdpwall_shared::V6_TOP_SLOTS);
+            snapshot.maps.push((map_names::V6_TOP20, slots, slots));
             // Both generations hold the same entries between changes.
-            for name in [map_names::V6_TBL0, map_names::V6_TBL1] {
-                snapshot.maps.push((
-                    name,
-                    entries as i64,
-                    i64::from(xdpwall_shared::V6_HASH_MAX_ENTRIES),
-                ));
+            for (name, len, capacity) in [
+                (map_names::V6_GUIDE0, entries.guides, V6_GUIDE_MAX_ENTRIES),
+                (map_names::V6_GUIDE1, entries.guides, V6_GUIDE_MAX_ENTRIES),
+                (map_names::V6_TBL0, entries.prefixes, V6_HASH_MAX_ENTRIES),
+                (map_names::V6_TBL1, entries.prefixes, V6_HASH_MAX_ENTRIES),
+            ] {
+                snapshot.maps.push((name, len as i64, i64::from(capacity)));
             }
         }
         Ok(snapshot)

@@ -1,25 +1,32 @@
-//! The IPv6 hash lookup engine, user side: turns the IPv6 allow and block prefixes into the
-//! per-length hash the XDP program searches by binary search on prefix lengths.
+//! The IPv6 hash engine, user side: turns the IPv6 allow and block prefixes into the three
+//! levels the XDP program reads.
 //!
-//! Every prefix is one hash entry keyed by (length, masked address). The program does not try
-//! every present length (up to 129 lookups on a miss); it binary-searches the sorted list of
-//! present lengths, at most [`V6_SEARCH_STEPS`] lookups: a hit goes longer, a miss shorter. For
-//! that to find a long prefix, every length where the search passes on its way to it (and turns
-//! longer) holds a *marker*: the prefix masked to that length. Each entry, prefix or marker,
-//! stores the final answer for the longest real prefix covering it (allow folded over block:
-//! longest covering allow if any, else the longest block), so the last hit of the search is the
-//! answer. This is binary search on prefix lengths (Waldvogel et al., 1997).
+//! 1. **First level**, one leaf per /20 (the top 20 bits of the source, an array): the answer
+//!    folded from the prefixes of /20 and shorter, and a `LONG` bit when longer prefixes lie
+//!    under the /20. Most sources of an unlisted region end here after one array read.
+//! 2. **Guides**, one per /32 that a prefix of /21 to /32 covers or that holds longer prefixes
+//!    (a hash keyed by the top 32 bits): the answer folded from the prefixes of /32 and shorter,
+//!    and a bitmap of the lengths longer than /32 present under it. A prefix of /21 to /31 is
+//!    expanded to the /32s it covers (a /29 is 8 guides, a /24 256).
+//! 3. **Prefixes longer than /32**, keyed by (length, masked address): the program probes the
+//!    lengths the guide lists, longest first; the first prefix found is the longest match.
 //!
-//! The whole table is computed from the rule set on every change (sorting and one pass; about
-//! 0.1 s for 100k prefixes) and compared with what each generation holds; only differences are
-//! written. Two generations keep packets from seeing a half-updated search structure: the
-//! generation the program does not read is brought up to date, the switch word flips, and after
-//! an RCU grace period (no packet still reads the old generation) the old one gets the same
-//! writes.
+//! Every leaf is the final answer for the longest prefix it stands for — the longest covering
+//! allow if any, else the longest block — so the program stops at the first one it finds. With
+//! a BGP-like mix (prefixes mostly /32 to /48, a few lengths per /32) that is one array read,
+//! one guide and one or two probes, instead of a binary search over all present lengths (about
+//! six probes with ~50 lengths) or a trie walk.
+//!
+//! The whole table is computed from the rule set on every change (sorting and one pass) and
+//! compared with what each generation holds; only differences are written. Two generations keep
+//! packets from seeing a half-updated structure: the generation the program does not read is
+//! brought up to date, the switch word flips, and after an RCU grace period (no packet still
+//! reads the old generation) the old one gets the same writes.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 
-use xdpwall_shared::{V6_LENGTHS, V6_SEARCH_STEPS, V6Key, V6Lengths, leaf};
+use xdpwall_shared::{V6_TOP_BITS, V6_TOP_SLOTS, V6Guide, V6Key, leaf};
 
 use crate::{
     dir24::IdTooLarge,
@@ -29,66 +36,47 @@ use crate::{
 /// What one generation of the engine must hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Table {
-    /// Present prefix lengths, ascending.
-    pub lengths: Vec<u8>,
-    /// Prefixes and markers -> leaf.
-    pub entries: HashMap<V6Key, u32>,
+    /// First-level leaf per /20 (empty: every slot [`leaf::NONE`]).
+    pub top: Vec<u32>,
+    /// Top 32 bits (network order) -> guide.
+    pub guides: HashMap<[u8; 4], V6Guide>,
+    /// Prefixes longer than /32 -> leaf.
+    pub prefixes: HashMap<V6Key, u32>,
 }
 
 impl Table {
-    /// The lengths in the kernel's layout.
-    pub fn kernel_lengths(&self) -> V6Lengths {
-        let mut out = V6Lengths {
-            count: self.lengths.len() as u32,
-            ..V6Lengths::default()
-        };
-        out.lens[..self.lengths.len()].copy_from_slice(&self.lengths);
-        out
+    /// First-level slot `index`.
+    pub fn top_slot(&self, index: usize) -> u32 {
+        self.top.get(index).copied().unwrap_or(leaf::NONE)
+    }
+
+    /// Entries of the two hashes.
+    pub fn hash_entries(&self) -> usize {
+        self.guides.len() + self.prefixes.len()
     }
 
     /// What the XDP program answers for `addr`, step for step (for tests and `lookup`).
     pub fn lookup(&self, addr: [u8; 16]) -> u32 {
-        search(&self.lengths, addr, |key| self.entries.get(key).copied())
-    }
-}
-
-/// The program's search, over any entry source.
-pub fn search(lengths: &[u8], addr: [u8; 16], get: impl Fn(&V6Key) -> Option<u32>) -> u32 {
-    let mut best = leaf::NONE;
-    let (mut lo, mut hi) = (0i32, lengths.len() as i32 - 1);
-    let mut step = 0;
-    while step < V6_SEARCH_STEPS && lo <= hi {
-        step += 1;
-        let mid = (lo + hi) / 2;
-        match get(&V6Key::new(lengths[mid as usize] as u32, addr)) {
-            Some(leaf) => {
-                best = leaf;
-                lo = mid + 1;
-            }
-            None => hi = mid - 1,
+        let top = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
+        let first = self.top_slot((top >> (32 - V6_TOP_BITS)) as usize);
+        if first & leaf::LONG == 0 {
+            return first;
         }
-    }
-    best
-}
-
-/// Lengths where the search, on its way to the length at `index`, hits and turns longer.
-fn marker_lengths(lengths: &[u8], index: usize) -> impl Iterator<Item = u8> + '_ {
-    let (mut lo, mut hi) = (0i32, lengths.len() as i32 - 1);
-    let target = index as i32;
-    std::iter::from_fn(move || {
-        while lo <= hi {
-            let mid = (lo + hi) / 2;
-            if mid == target {
-                return None;
+        let Some(guide) = self.guides.get(&top.to_be_bytes()) else {
+            return first & !leaf::LONG;
+        };
+        for (lengths, base) in [
+            (guide.lengths_65_128, 65),
+            (u64::from(guide.lengths_33_64), 33),
+        ] {
+            for bit in (0..64u32).rev().filter(|b| lengths & (1 << b) != 0) {
+                if let Some(found) = self.prefixes.get(&V6Key::new(base + bit, addr)) {
+                    return *found;
+                }
             }
-            if mid < target {
-                lo = mid + 1;
-                return Some(lengths[mid as usize]);
-            }
-            hi = mid - 1;
         }
-        None
-    })
+        guide.leaf
+    }
 }
 
 /// One prefix of the rule set with its folded answer.
@@ -102,6 +90,10 @@ struct Node {
 
 fn as_u128(addr: [u8; 16]) -> u128 {
     u128::from_be_bytes(addr)
+}
+
+fn top32(key: &V6Key) -> u32 {
+    u32::from_be_bytes([key.addr[0], key.addr[1], key.addr[2], key.addr[3]])
 }
 
 fn covers(outer: &V6Key, inner: &V6Key) -> bool {
@@ -152,75 +144,106 @@ pub fn build(allow: &TrieContents<16>, block: &TrieContents<16>) -> Result<Table
         nodes.push(Node { key, parent, leaf });
     }
 
-    let mut present = [false; V6_LENGTHS];
-    for node in &nodes {
-        present[node.key.prefix_len as usize] = true;
-    }
-    let lengths: Vec<u8> = (0..V6_LENGTHS as u8)
-        .filter(|l| present[*l as usize])
-        .collect();
-    let mut index_of = [0usize; V6_LENGTHS];
-    for (i, len) in lengths.iter().enumerate() {
-        index_of[*len as usize] = i;
-    }
-
-    let mut entries: HashMap<V6Key, u32> = HashMap::with_capacity(nodes.len() * 2);
-    for node in &nodes {
-        entries.insert(node.key, node.leaf);
-    }
-    for node in &nodes {
-        let index = index_of[node.key.prefix_len as usize];
-        for len in marker_lengths(&lengths, index) {
-            let marker = V6Key::new(len as u32, node.key.addr);
-            if entries.contains_key(&marker) {
-                continue;
+    let mut table = Table {
+        top: vec![leaf::NONE; V6_TOP_SLOTS as usize],
+        guides: HashMap::new(),
+        prefixes: HashMap::new(),
+    };
+    // Shorter prefixes first, so that a longer one overwrites the slots (guides) it covers.
+    let mut by_length: Vec<usize> = (0..nodes.len()).collect();
+    by_length.sort_by_key(|i| nodes[*i].key.prefix_len);
+    for &i in &by_length {
+        let node = &nodes[i];
+        let len = node.key.prefix_len;
+        if len <= V6_TOP_BITS {
+            let first = (top32(&node.key) >> (32 - V6_TOP_BITS)) as usize;
+            let count = 1usize << (V6_TOP_BITS - len);
+            table.top[first..first + count].fill(node.leaf);
+        } else if len <= 32 {
+            let first = u64::from(top32(&node.key));
+            for g in first..first + (1u64 << (32 - len)) {
+                table
+                    .guides
+                    .entry((g as u32).to_be_bytes())
+                    .or_default()
+                    .leaf = node.leaf;
             }
-            // The longest real prefix covering the marker is the nearest ancestor no longer
-            // than the marker.
-            let mut covering = node.parent;
-            while let Some(p) = covering {
-                if nodes[p].key.prefix_len <= len as u32 {
-                    break;
-                }
-                covering = nodes[p].parent;
+        } else {
+            table.prefixes.insert(node.key, node.leaf);
+            let guide = table
+                .guides
+                .entry(top32(&node.key).to_be_bytes())
+                .or_insert_with(|| {
+                    // No prefix of /21 to /32 covers this /32 (it would have made the guide):
+                    // the answer is the longest covering prefix of /20 or shorter.
+                    let mut covering = node.parent;
+                    while let Some(p) = covering {
+                        if nodes[p].key.prefix_len <= 32 {
+                            break;
+                        }
+                        covering = nodes[p].parent;
+                    }
+                    V6Guide {
+                        leaf: covering.map_or(leaf::NONE, |p| nodes[p].leaf),
+                        ..V6Guide::default()
+                    }
+                });
+            if len > 64 {
+                guide.lengths_65_128 |= 1 << (len - 65);
+            } else {
+                guide.lengths_33_64 |= 1 << (len - 33);
             }
-            entries.insert(marker, covering.map_or(leaf::NONE, |p| nodes[p].leaf));
         }
     }
-    Ok(Table { lengths, entries })
+    for g in table.guides.keys() {
+        table.top[(u32::from_be_bytes(*g) >> (32 - V6_TOP_BITS)) as usize] |= leaf::LONG;
+    }
+    Ok(table)
 }
 
 fn encode(kind: u32, id: RuleId) -> Result<u32, IdTooLarge> {
     leaf::encode(kind, id).ok_or(IdTooLarge(id))
 }
 
-/// Writes that bring a generation holding `held` to `target`.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Changes {
-    pub upserts: Vec<(V6Key, u32)>,
-    pub removes: Vec<V6Key>,
+/// Writes that bring one hash of a generation holding `held` to `target`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Changes<K, V> {
+    pub upserts: Vec<(K, V)>,
+    pub removes: Vec<K>,
 }
 
-impl Changes {
-    pub fn between(held: &HashMap<V6Key, u32>, target: &HashMap<V6Key, u32>) -> Self {
-        let mut upserts: Vec<(V6Key, u32)> = target
+impl<K: Copy + Ord + Hash, V: Copy + PartialEq> Changes<K, V> {
+    pub fn between(held: &HashMap<K, V>, target: &HashMap<K, V>) -> Self {
+        let mut upserts: Vec<(K, V)> = target
             .iter()
             .filter(|(k, v)| held.get(*k) != Some(*v))
             .map(|(k, v)| (*k, *v))
             .collect();
-        let mut removes: Vec<V6Key> = held
+        let mut removes: Vec<K> = held
             .keys()
             .filter(|k| !target.contains_key(*k))
             .copied()
             .collect();
         // Deterministic order makes failures reproducible.
-        upserts.sort_unstable();
+        upserts.sort_unstable_by_key(|(k, _)| *k);
         removes.sort_unstable();
         Self { upserts, removes }
     }
 
     pub fn is_empty(&self) -> bool {
         self.upserts.is_empty() && self.removes.is_empty()
+    }
+
+    /// `held` with these changes applied.
+    pub fn applied_to(&self, held: &HashMap<K, V>) -> HashMap<K, V> {
+        let mut out = held.clone();
+        for (k, v) in &self.upserts {
+            out.insert(*k, *v);
+        }
+        for k in &self.removes {
+            out.remove(k);
+        }
+        out
     }
 }
 
@@ -272,7 +295,13 @@ mod tests {
             rule(5, "2001:db8:2::1/128", Action::Allow),
         ];
         let t = table(&rules);
-        assert_eq!(t.lengths, vec![32, 48, 64, 128]);
+        // Four prefixes longer than /32, all under one /32 whose guide lists their lengths.
+        assert_eq!(t.prefixes.len(), 4);
+        let guide = t.guides[&[0x20, 0x01, 0x0d, 0xb8]];
+        assert_eq!(guide.lengths_33_64, 1 << (48 - 33) | 1 << (64 - 33));
+        assert_eq!(guide.lengths_65_128, 1 << (128 - 65));
+        assert_eq!(guide.leaf, leaf::encode(leaf::BLOCK, 1).unwrap());
+        assert_eq!(t.guides.len(), 1);
         for addr in [
             "2001:db8::1",
             "2001:db8:1::1",
@@ -305,8 +334,43 @@ mod tests {
     #[test]
     fn empty_set_answers_nothing() {
         let t = table(&[]);
-        assert!(t.entries.is_empty());
+        assert_eq!(t.hash_entries(), 0);
         assert_eq!(t.lookup([0x20; 16]), leaf::NONE);
+    }
+
+    /// Prefixes of /21 to /31 become one guide per /32 they cover; /20 and shorter stay in the
+    /// first level, which marks the /20s that hold anything longer.
+    #[test]
+    fn short_prefixes_fill_the_first_level_and_mid_ones_expand_to_guides() {
+        let rules = [
+            rule(1, "2001:db8::/16", Action::Block),
+            rule(2, "2001:db8::/29", Action::Allow),
+            rule(3, "2001:1000::/20", Action::Allow),
+        ];
+        let t = table(&rules);
+        assert_eq!(t.guides.len(), 8, "a /29 is eight /32s");
+        assert!(t.prefixes.is_empty());
+        let slot = |a: &str| {
+            let a: Ipv6Addr = a.parse().unwrap();
+            t.top_slot((u128::from(a) >> (128 - V6_TOP_BITS)) as usize)
+        };
+        assert_eq!(
+            slot("2001:db8::"),
+            leaf::encode(leaf::BLOCK, 1).unwrap() | leaf::LONG
+        );
+        assert_eq!(slot("2001:1000::"), leaf::encode(leaf::ALLOW, 3).unwrap());
+        assert_eq!(slot("2001:2000::"), leaf::encode(leaf::BLOCK, 1).unwrap());
+        assert_eq!(slot("2002::"), leaf::NONE);
+        for addr in [
+            "2001:db8::1",
+            "2001:dbf:ffff::1",
+            "2001:dc0::1",
+            "2001:1000::1",
+            "2001:2000::1",
+        ] {
+            let a: Ipv6Addr = addr.parse().unwrap();
+            assert_eq!(t.lookup(a.octets()), expected(&rules, a), "{addr}");
+        }
     }
 
     #[test]
@@ -338,7 +402,7 @@ mod tests {
         eprintln!("v6hash seed {seed} (XDPWALL_TEST_SEED={seed} replays)");
         let mut rng = StdRng::seed_from_u64(seed);
         let lens = [
-            20u8, 24, 28, 29, 32, 36, 40, 44, 46, 47, 48, 56, 64, 96, 127, 128,
+            8u8, 20, 21, 24, 28, 29, 31, 32, 33, 36, 40, 44, 46, 47, 48, 56, 64, 65, 96, 127, 128,
         ];
         for round in 0..20 {
             let mut rules = Vec::new();
@@ -381,15 +445,18 @@ mod tests {
                 build(&contents.allow_v6, &contents.block_v6).unwrap(),
                 rebuilt
             );
-            let changes = Changes::between(&t.entries, &rebuilt.entries);
-            let mut applied = t.entries.clone();
-            for (k, v) in &changes.upserts {
-                applied.insert(*k, *v);
-            }
-            for k in &changes.removes {
-                applied.remove(k);
-            }
-            assert_eq!(applied, rebuilt.entries, "seed {seed} round {round}");
+            let guides = Changes::between(&t.guides, &rebuilt.guides);
+            assert_eq!(
+                guides.applied_to(&t.guides),
+                rebuilt.guides,
+                "seed {seed} round {round}"
+            );
+            let prefixes = Changes::between(&t.prefixes, &rebuilt.prefixes);
+            assert_eq!(
+                prefixes.applied_to(&t.prefixes),
+                rebuilt.prefixes,
+                "seed {seed} round {round}"
+            );
         }
     }
 }

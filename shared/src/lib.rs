@@ -35,19 +35,28 @@ pub mod map_names {
     /// consulted only when the first-level leaf carries [`super::leaf::LONG`].
     pub const V4_LONG: &str = "XW_V4_LONG";
 
-    /// Array of two [`super::V6Lengths`], one per generation: the prefix lengths present in the
-    /// IPv6 hash engine, sorted, searched by binary search.
-    pub const V6_LENS: &str = "XW_V6_LENS";
-    /// Hash, [`super::V6Key`] -> leaf ([`super::leaf`]): generation 0 of the IPv6 hash engine.
+    /// Memory-mappable array of [`super::V6_TOP_SLOTS`] elements `[gen0, gen1]`, one per /20 of
+    /// an IPv6 source (its top 20 bits): the first level of the IPv6 hash engine, both
+    /// generations side by side. A leaf ([`super::leaf`]) folded from the prefixes of /20 and
+    /// shorter; [`super::leaf::LONG`] when longer prefixes lie under the /20.
+    pub const V6_TOP20: &str = "XW_V6_TOP20";
+    /// Hash, top 32 bits of an IPv6 source -> [`super::V6Guide`]: generation 0 of the IPv6 hash
+    /// engine's second level, one entry per /32 that prefixes of /21 to /32 cover or that holds
+    /// longer prefixes.
+    pub const V6_GUIDE0: &str = "XW_V6_GUIDE0";
+    /// Generation 1 of [`V6_GUIDE0`].
+    pub const V6_GUIDE1: &str = "XW_V6_GUIDE1";
+    /// Hash, [`super::V6Key`] -> leaf: generation 0 of the IPv6 hash engine's prefixes longer
+    /// than /32, probed at the lengths the /32's guide lists.
     pub const V6_TBL0: &str = "XW_V6_TBL0";
-    /// Generation 1 of the IPv6 hash engine; the [`super::lookup::V6_GEN1`] bit says which one
+    /// Generation 1 of [`V6_TBL0`]; the [`super::lookup::V6_GEN1`] bit says which generation
     /// the program reads.
     pub const V6_TBL1: &str = "XW_V6_TBL1";
 
     /// Every map the ingress program owns, for pin management and status.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 15] = [
         ALLOW_V4, ALLOW_V6, BLOCK_V4, BLOCK_V6, RULE_STATS, VERDICTS, CONFIG, LOOKUP, V4_TBL24,
-        V4_LONG, V6_LENS, V6_TBL0, V6_TBL1,
+        V4_LONG, V6_TOP20, V6_GUIDE0, V6_GUIDE1, V6_TBL0, V6_TBL1,
     ];
 }
 
@@ -57,18 +66,39 @@ pub mod lookup {
     pub const LPM: u32 = 0;
     /// IPv4 sources are looked up in the DIR-24 table (and the long-prefix hash).
     pub const DIR24: u32 = 1;
-    /// IPv6 sources are looked up in the per-length hashes ([`super::map_names::V6_TBL0`]).
+    /// IPv6 sources are looked up in the IPv6 hash engine ([`super::map_names::V6_TOP20`], a
+    /// guide per /32, the prefixes longer than /32 by length).
     pub const V6_HASH: u32 = 2;
-    /// With [`V6_HASH`]: the program reads generation 1 (`XW_V6_TBL1`, `XW_V6_LENS[1]`), else 0.
+    /// With [`V6_HASH`]: the program reads generation 1 (`XW_V6_TOP20[..][1]`, `XW_V6_GUIDE1`,
+    /// `XW_V6_TBL1`), else 0.
     pub const V6_GEN1: u32 = 4;
 }
 
-/// Capacity of each generation of the IPv6 hash engine: prefixes plus search markers.
+/// First-level slots of the IPv6 hash engine: one per /20.
+pub const V6_TOP_SLOTS: u32 = 1 << 20;
+/// Bits of an IPv6 source that index the first level.
+pub const V6_TOP_BITS: u32 = 20;
+/// Capacity of each generation's guides. A prefix of /21 to /31 takes one guide per /32 it
+/// covers (a /24 256, a /29 8), a longer one at most one.
+pub const V6_GUIDE_MAX_ENTRIES: u32 = 1 << 20;
+/// Capacity of each generation's prefixes longer than /32.
 pub const V6_HASH_MAX_ENTRIES: u32 = 1 << 20;
-/// Prefix lengths an IPv6 prefix can have (0 to 128).
-pub const V6_LENGTHS: usize = 129;
-/// Steps of the binary search over the present lengths: enough for all 129.
-pub const V6_SEARCH_STEPS: u32 = 8;
+
+/// What the IPv6 hash engine knows about one /32: the answer for its addresses that no longer
+/// prefix covers, and which lengths longer than /32 hold prefixes under it. The program probes
+/// those lengths longest first; the first prefix found is the longest match, and its leaf
+/// (allow already folded over block) the answer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct V6Guide {
+    /// Bit `i`: prefixes of length `65 + i` lie under this /32.
+    pub lengths_65_128: u64,
+    /// Bit `i`: prefixes of length `33 + i` lie under this /32.
+    pub lengths_33_64: u32,
+    /// The leaf for addresses of this /32 that no prefix longer than /32 covers.
+    pub leaf: u32,
+}
+const _: () = assert!(size_of::<V6Guide>() == 16);
 
 /// Key of the IPv6 hash engine: a prefix length and the address masked to it.
 #[repr(C)]
@@ -103,26 +133,6 @@ impl V6Key {
         Self {
             prefix_len,
             addr: out,
-        }
-    }
-}
-
-/// The prefix lengths present in one generation of the IPv6 hash engine, ascending. The
-/// program searches them by binary search (`mid = (lo + hi) / 2`, a hit goes longer, a miss
-/// shorter); user space puts a marker on the way to every prefix so that the search finds it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct V6Lengths {
-    pub count: u32,
-    pub lens: [u8; 132],
-}
-const _: () = assert!(size_of::<V6Lengths>() == 136);
-
-impl Default for V6Lengths {
-    fn default() -> Self {
-        Self {
-            count: 0,
-            lens: [0; 132],
         }
     }
 }
@@ -314,6 +324,6 @@ mod user {
     unsafe impl aya::Pod for super::DatapathConfig {}
     // SAFETY: #[repr(C)], a u32 and a byte array, no padding (size asserted).
     unsafe impl aya::Pod for super::V6Key {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::V6Lengths {}
+    // SAFETY: #[repr(C)], u64 then two u32, no padding (size asserted).
+    unsafe impl aya::Pod for super::V6Guide {}
 }

@@ -20,9 +20,9 @@ use aya_ebpf::{
 };
 use xdpwall_shared::{
     ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig,
-    RULE_STATS_MAX_ENTRIES, RuleCounters, V4_LONG_MAX_ENTRIES, V6_HASH_MAX_ENTRIES,
-    V6_SEARCH_STEPS, V6Key, V6Lengths, VERDICT_ENTRIES, leaf, lookup, map_names, verdict,
-    verdict_slot,
+    RULE_STATS_MAX_ENTRIES, RuleCounters, V4_LONG_MAX_ENTRIES, V6_GUIDE_MAX_ENTRIES,
+    V6_HASH_MAX_ENTRIES, V6_TOP_BITS, V6_TOP_SLOTS, V6Guide, V6Key, VERDICT_ENTRIES, leaf, lookup,
+    map_names, verdict, verdict_slot,
 };
 
 use crate::parse::{Parsed, SourceAddr};
@@ -54,10 +54,15 @@ static V4_TBL24: Array<[u32; 2]> = Array::pinned(DIR24_MAP_ENTRIES, BPF_F_MMAPAB
 #[map(name = "XW_V4_LONG")]
 static V4_LONG: HashMap<[u8; 4], u32> = HashMap::pinned(V4_LONG_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
-// The controller shrinks the two generations to one entry when the IPv6 hash engine is not in
-// use.
-#[map(name = "XW_V6_LENS")]
-static V6_LENS: Array<V6Lengths> = Array::pinned(2, 0);
+// The controller shrinks these to one entry when the IPv6 hash engine is not in use.
+#[map(name = "XW_V6_TOP20")]
+static V6_TOP20: Array<[u32; 2]> = Array::pinned(V6_TOP_SLOTS, BPF_F_MMAPABLE);
+#[map(name = "XW_V6_GUIDE0")]
+static V6_GUIDE0: HashMap<[u8; 4], V6Guide> =
+    HashMap::pinned(V6_GUIDE_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "XW_V6_GUIDE1")]
+static V6_GUIDE1: HashMap<[u8; 4], V6Guide> =
+    HashMap::pinned(V6_GUIDE_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 #[map(name = "XW_V6_TBL0")]
 static V6_TBL0: HashMap<V6Key, u32> = HashMap::pinned(V6_HASH_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 #[map(name = "XW_V6_TBL1")]
@@ -87,7 +92,9 @@ const _: () = assert!(same(map_names::CONFIG, "XW_CONFIG"));
 const _: () = assert!(same(map_names::LOOKUP, "XW_LOOKUP"));
 const _: () = assert!(same(map_names::V4_TBL24, "XW_V4_TBL24"));
 const _: () = assert!(same(map_names::V4_LONG, "XW_V4_LONG"));
-const _: () = assert!(same(map_names::V6_LENS, "XW_V6_LENS"));
+const _: () = assert!(same(map_names::V6_TOP20, "XW_V6_TOP20"));
+const _: () = assert!(same(map_names::V6_GUIDE0, "XW_V6_GUIDE0"));
+const _: () = assert!(same(map_names::V6_GUIDE1, "XW_V6_GUIDE1"));
 const _: () = assert!(same(map_names::V6_TBL0, "XW_V6_TBL0"));
 const _: () = assert!(same(map_names::V6_TBL1, "XW_V6_TBL1"));
 
@@ -195,44 +202,62 @@ fn leaf_verdict(leaf: u32) -> Result<Option<u32>, (u32, u32)> {
     }
 }
 
-/// The IPv6 hash engine: binary search over the present prefix lengths, one hash lookup per
-/// step (at most [`V6_SEARCH_STEPS`]). A hit (a prefix or a marker user space put on the way to
-/// a longer prefix) remembers its leaf and goes longer; a miss goes shorter. The last leaf
-/// remembered is the answer: user space stores in every entry the leaf of the longest prefix
-/// covering it, allow already folded over block.
+/// The IPv6 hash engine, in the generation the switch word names: one array read for the /20;
+/// where longer prefixes lie under it, the /32's guide; where the guide lists lengths longer
+/// than /32, one hash lookup per listed length, longest first, until one hits. User space folds
+/// allow over block and longest match into every leaf, so the first leaf found is the answer.
 #[inline(always)]
 fn v6_hash_leaf(addr: [u8; 16], gen1: bool) -> u32 {
-    let lengths = match V6_LENS.get(gen1 as u32) {
-        Some(lengths) => lengths,
-        None => return leaf::NONE,
+    let top = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
+    let first = match V6_TOP20.get(top >> (32 - V6_TOP_BITS)) {
+        Some(pair) => pair[gen1 as usize],
+        None => leaf::NONE,
     };
-    let mut best = leaf::NONE;
-    let mut lo: i32 = 0;
-    let mut hi: i32 = lengths.count as i32 - 1;
-    let mut step = 0;
-    while step < V6_SEARCH_STEPS && lo <= hi {
-        step += 1;
-        let mid = (lo + hi) / 2;
-        let len = match lengths.lens.get(mid as usize) {
-            Some(len) => *len as u32,
-            None => break,
-        };
-        let key = V6Key::new(len, addr);
+    if first & leaf::LONG == 0 {
+        return first;
+    }
+    let key = [addr[0], addr[1], addr[2], addr[3]];
+    let found = if gen1 {
+        V6_GUIDE1.get_ptr(&key)
+    } else {
+        V6_GUIDE0.get_ptr(&key)
+    };
+    let guide = match found {
+        // SAFETY: a hash value pointer is valid for the duration of the program run.
+        Some(guide) => unsafe { *guide },
+        None => return first & !leaf::LONG,
+    };
+    if let Some(found) = probe_lengths(guide.lengths_65_128, 65, addr, gen1) {
+        return found;
+    }
+    if let Some(found) = probe_lengths(guide.lengths_33_64 as u64, 33, addr, gen1) {
+        return found;
+    }
+    guide.leaf
+}
+
+/// Probes the prefix hash at length `base + i` for every bit `i` set in `lengths`, highest
+/// first; the leaf of the first prefix found.
+#[inline(always)]
+fn probe_lengths(mut lengths: u64, base: u32, addr: [u8; 16], gen1: bool) -> Option<u32> {
+    // At most 64 probes (the verifier needs the bound); the loop ends when no bit is left.
+    let mut probes = 0;
+    while lengths != 0 && probes < 64 {
+        probes += 1;
+        let bit = 63 - lengths.leading_zeros();
+        lengths &= !(1u64 << bit);
+        let key = V6Key::new(base + bit, addr);
         let found = if gen1 {
             V6_TBL1.get_ptr(&key)
         } else {
             V6_TBL0.get_ptr(&key)
         };
-        match found {
-            Some(leaf) => {
-                // SAFETY: a hash value pointer is valid for the duration of the program run.
-                best = unsafe { *leaf };
-                lo = mid + 1;
-            }
-            None => hi = mid - 1,
+        if let Some(leaf) = found {
+            // SAFETY: a hash value pointer is valid for the duration of the program run.
+            return Some(unsafe { *leaf });
         }
     }
-    best
+    None
 }
 
 #[inline(always)]
