@@ -171,8 +171,13 @@ struct MappedTable {
 unsafe impl Send for MappedTable {}
 
 impl MappedTable {
-    /// Maps `map`, an array of `elements` elements of `[u32; 2]`, as `2 * elements` slots.
-    fn open(map: MapData, name: &'static str, elements: u32) -> Result<Self, DatapathError> {
+    /// Maps `map`, an array of `elements` elements of `[u32; WORDS]`, as `WORDS * elements`
+    /// slots.
+    fn open<const WORDS: usize>(
+        map: MapData,
+        name: &'static str,
+        elements: u32,
+    ) -> Result<Self, DatapathError> {
         let found = map.info().map_err(map_err(name))?.max_entries();
         if found != elements {
             return Err(DatapathError::WrongSize {
@@ -181,9 +186,9 @@ impl MappedTable {
                 needed: elements,
             });
         }
-        let len = 2 * elements as usize;
-        // SAFETY: mapping a BPF_F_MMAPABLE array map of `len / 2` elements of `[u32; 2]` (no
-        // padding: 8-byte values), shared, at a fresh address.
+        let len = WORDS * elements as usize;
+        // SAFETY: mapping a BPF_F_MMAPABLE array map of `elements` elements of `[u32; WORDS]`
+        // (WORDS even: 8-byte aligned values, so no padding), shared, at a fresh address.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -357,7 +362,9 @@ impl Datapath {
                     hash(ebpf, map_names::V6_TBL1, V6_HASH_MAX_ENTRIES)?,
                 ];
                 let top = match take(ebpf, map_names::V6_TOP20)? {
-                    Map::Array(data) => MappedTable::open(data, map_names::V6_TOP20, V6_TOP_SLOTS)?,
+                    Map::Array(data) => {
+                        MappedTable::open::<4>(data, map_names::V6_TOP20, V6_TOP_SLOTS)?
+                    }
                     _ => return Err(DatapathError::MissingMap(map_names::V6_TOP20)),
                 };
                 Some(V6Hash::open(top, guides, prefixes, switch)?)
@@ -368,7 +375,7 @@ impl Datapath {
             Ipv4Lookup::Dir24 => {
                 let table = match take(ebpf, map_names::V4_TBL24)? {
                     Map::Array(data) => {
-                        MappedTable::open(data, map_names::V4_TBL24, DIR24_MAP_ENTRIES)?
+                        MappedTable::open::<2>(data, map_names::V4_TBL24, DIR24_MAP_ENTRIES)?
                     }
                     _ => return Err(DatapathError::MissingMap(map_names::V4_TBL24)),
                 };
@@ -750,7 +757,8 @@ impl Dir24 {
 /// The IPv6 hash engine's maps: two generations of (first level, guides, longer prefixes), the
 /// program reading the one the switch word names.
 struct V6Hash {
-    /// Both generations' first levels, slot `2 * i + generation` for /20 number `i`.
+    /// Both generations' first levels: for /20 number `i`, the leaf at `4 * i + 2 * generation`
+    /// and the lengths /21 to /32 right after it.
     top: MappedTable,
     guides: [HashMap<MapData, [u8; 4], V6Guide>; 2],
     prefixes: [HashMap<MapData, V6Key, u32>; 2],
@@ -906,10 +914,14 @@ impl V6Hash {
         )?;
         // No packet reads this generation: the order of the writes does not matter.
         for slot in 0..V6_TOP_SLOTS as usize {
-            let mapped = (2 * slot + generation) as u32;
-            let wanted = self.target.top_slot(slot);
-            if self.top.get(mapped) != wanted {
-                self.top.set(mapped, wanted);
+            let mapped = (4 * slot + 2 * generation) as u32;
+            for (word, wanted) in [
+                (mapped, self.target.top_slot(slot)),
+                (mapped + 1, self.target.top_lengths(slot)),
+            ] {
+                if self.top.get(word) != wanted {
+                    self.top.set(word, wanted);
+                }
             }
         }
         self.held[generation] = Some(V6Held {

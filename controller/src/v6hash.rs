@@ -1,15 +1,16 @@
 //! The IPv6 hash engine, user side: turns the IPv6 allow and block prefixes into the three
 //! levels the XDP program reads.
 //!
-//! 1. **First level**, one leaf per /20 (the top 20 bits of the source, an array): the answer
-//!    folded from the prefixes of /20 and shorter, and a `LONG` bit when longer prefixes lie
-//!    under the /20. Most sources of an unlisted region end here after one array read.
-//! 2. **Guides**, one per /32 that a prefix of /21 to /32 covers or that holds longer prefixes
-//!    (a hash keyed by the top 32 bits): the answer folded from the prefixes of /32 and shorter,
-//!    and a bitmap of the lengths longer than /32 present under it. A prefix of /21 to /31 is
-//!    expanded to the /32s it covers (a /29 is 8 guides, a /24 256).
-//! 3. **Prefixes longer than /32**, keyed by (length, masked address): the program probes the
-//!    lengths the guide lists, longest first; the first prefix found is the longest match.
+//! 1. **First level**, one slot per /20 (the top 20 bits of the source, an array): the answer
+//!    folded from the prefixes of /20 and shorter, a bitmap of the lengths /21 to /32 present
+//!    under the /20, and a `LONG` bit when prefixes longer than /32 lie under it. Sources of an
+//!    unlisted region end here after one array read.
+//! 2. **Guides**, one per /32 that holds prefixes longer than /32 (a hash keyed by the top 32
+//!    bits): the answer folded from the prefixes of /32 and shorter covering it, and a bitmap of
+//!    the lengths longer than /32 present under it.
+//! 3. **Prefixes longer than /20**, keyed by (length, masked address): the program probes the
+//!    lengths the guide lists (or, without a guide, the /20's lengths), longest first; the first
+//!    prefix found is the longest match.
 //!
 //! Every leaf is the final answer for the longest prefix it stands for — the longest covering
 //! allow if any, else the longest block — so the program stops at the first one it finds. With
@@ -38,16 +39,23 @@ use crate::{
 pub struct Table {
     /// First-level leaf per /20 (empty: every slot [`leaf::NONE`]).
     pub top: Vec<u32>,
+    /// Per /20, bit `i`: prefixes of length `21 + i` lie under it (empty: none anywhere).
+    pub top_lengths: Vec<u32>,
     /// Top 32 bits (network order) -> guide.
     pub guides: HashMap<[u8; 4], V6Guide>,
-    /// Prefixes longer than /32 -> leaf.
+    /// Prefixes longer than /20 -> leaf.
     pub prefixes: HashMap<V6Key, u32>,
 }
 
 impl Table {
-    /// First-level slot `index`.
+    /// First-level leaf of /20 number `index`.
     pub fn top_slot(&self, index: usize) -> u32 {
         self.top.get(index).copied().unwrap_or(leaf::NONE)
+    }
+
+    /// Lengths /21 to /32 present under /20 number `index`.
+    pub fn top_lengths(&self, index: usize) -> u32 {
+        self.top_lengths.get(index).copied().unwrap_or(0)
     }
 
     /// Entries of the two hashes.
@@ -58,24 +66,22 @@ impl Table {
     /// What the XDP program answers for `addr`, step for step (for tests and `lookup`).
     pub fn lookup(&self, addr: [u8; 16]) -> u32 {
         let top = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
-        let first = self.top_slot((top >> (32 - V6_TOP_BITS)) as usize);
-        if first & leaf::LONG == 0 {
-            return first;
-        }
-        let Some(guide) = self.guides.get(&top.to_be_bytes()) else {
-            return first & !leaf::LONG;
+        let slot = (top >> (32 - V6_TOP_BITS)) as usize;
+        let first = self.top_slot(slot);
+        let probe = |lengths: u64, base: u32| {
+            (0..64u32)
+                .rev()
+                .filter(|b| lengths & (1 << b) != 0)
+                .find_map(|bit| self.prefixes.get(&V6Key::new(base + bit, addr)).copied())
         };
-        for (lengths, base) in [
-            (guide.lengths_65_128, 65),
-            (u64::from(guide.lengths_33_64), 33),
-        ] {
-            for bit in (0..64u32).rev().filter(|b| lengths & (1 << b) != 0) {
-                if let Some(found) = self.prefixes.get(&V6Key::new(base + bit, addr)) {
-                    return *found;
-                }
-            }
+        if first & leaf::LONG != 0
+            && let Some(guide) = self.guides.get(&top.to_be_bytes())
+        {
+            return probe(guide.lengths_65_128, 65)
+                .or_else(|| probe(u64::from(guide.lengths_33_64), 33))
+                .unwrap_or(guide.leaf);
         }
-        guide.leaf
+        probe(u64::from(self.top_lengths(slot)), 21).unwrap_or(first & !leaf::LONG)
     }
 }
 
@@ -146,6 +152,7 @@ pub fn build(allow: &TrieContents<16>, block: &TrieContents<16>) -> Result<Table
 
     let mut table = Table {
         top: vec![leaf::NONE; V6_TOP_SLOTS as usize],
+        top_lengths: vec![0; V6_TOP_SLOTS as usize],
         guides: HashMap::new(),
         prefixes: HashMap::new(),
     };
@@ -155,27 +162,21 @@ pub fn build(allow: &TrieContents<16>, block: &TrieContents<16>) -> Result<Table
     for &i in &by_length {
         let node = &nodes[i];
         let len = node.key.prefix_len;
+        let slot = (top32(&node.key) >> (32 - V6_TOP_BITS)) as usize;
         if len <= V6_TOP_BITS {
-            let first = (top32(&node.key) >> (32 - V6_TOP_BITS)) as usize;
             let count = 1usize << (V6_TOP_BITS - len);
-            table.top[first..first + count].fill(node.leaf);
+            table.top[slot..slot + count].fill(node.leaf);
         } else if len <= 32 {
-            let first = u64::from(top32(&node.key));
-            for g in first..first + (1u64 << (32 - len)) {
-                table
-                    .guides
-                    .entry((g as u32).to_be_bytes())
-                    .or_default()
-                    .leaf = node.leaf;
-            }
+            table.prefixes.insert(node.key, node.leaf);
+            table.top_lengths[slot] |= 1 << (len - V6_TOP_BITS - 1);
         } else {
             table.prefixes.insert(node.key, node.leaf);
             let guide = table
                 .guides
                 .entry(top32(&node.key).to_be_bytes())
                 .or_insert_with(|| {
-                    // No prefix of /21 to /32 covers this /32 (it would have made the guide):
-                    // the answer is the longest covering prefix of /20 or shorter.
+                    // The answer where no longer prefix matches: the longest covering prefix
+                    // of /32 or shorter.
                     let mut covering = node.parent;
                     while let Some(p) = covering {
                         if nodes[p].key.prefix_len <= 32 {
@@ -295,8 +296,8 @@ mod tests {
             rule(5, "2001:db8:2::1/128", Action::Allow),
         ];
         let t = table(&rules);
-        // Four prefixes longer than /32, all under one /32 whose guide lists their lengths.
-        assert_eq!(t.prefixes.len(), 4);
+        // The /32 and four longer prefixes under it, whose lengths its guide lists.
+        assert_eq!(t.prefixes.len(), 5);
         let guide = t.guides[&[0x20, 0x01, 0x0d, 0xb8]];
         assert_eq!(guide.lengths_33_64, 1 << (48 - 33) | 1 << (64 - 33));
         assert_eq!(guide.lengths_65_128, 1 << (128 - 65));
@@ -338,31 +339,46 @@ mod tests {
         assert_eq!(t.lookup([0x20; 16]), leaf::NONE);
     }
 
-    /// Prefixes of /21 to /31 become one guide per /32 they cover; /20 and shorter stay in the
-    /// first level, which marks the /20s that hold anything longer.
+    /// /20 and shorter stay in the first level; /21 to /32 are listed by length in their /20's
+    /// slot; a guide exists only for a /32 holding longer prefixes, and its leaf folds the /32
+    /// and shorter prefixes covering it.
     #[test]
-    fn short_prefixes_fill_the_first_level_and_mid_ones_expand_to_guides() {
+    fn first_level_lists_mid_lengths_and_guides_fold_what_covers_them() {
         let rules = [
             rule(1, "2001:db8::/16", Action::Block),
             rule(2, "2001:db8::/29", Action::Allow),
             rule(3, "2001:1000::/20", Action::Allow),
+            rule(4, "2001:db8:5::/48", Action::Block),
+            rule(5, "2001:db8::/32", Action::Block),
         ];
         let t = table(&rules);
-        assert_eq!(t.guides.len(), 8, "a /29 is eight /32s");
-        assert!(t.prefixes.is_empty());
-        let slot = |a: &str| {
-            let a: Ipv6Addr = a.parse().unwrap();
-            t.top_slot((u128::from(a) >> (128 - V6_TOP_BITS)) as usize)
-        };
+        assert_eq!(t.prefixes.len(), 3, "the /29, /32 and /48");
+        assert_eq!(
+            t.guides.len(),
+            1,
+            "only the /32 holding the /48 has a guide"
+        );
+        let guide = t.guides[&[0x20, 0x01, 0x0d, 0xb8]];
+        assert_eq!(guide.leaf, leaf::encode(leaf::ALLOW, 2).unwrap());
+        assert_eq!(guide.lengths_33_64, 1 << (48 - 33));
+        let index = |a: &str| (u128::from(a.parse::<Ipv6Addr>().unwrap()) >> 108) as usize;
+        let slot = |a: &str| t.top_slot(index(a));
         assert_eq!(
             slot("2001:db8::"),
             leaf::encode(leaf::BLOCK, 1).unwrap() | leaf::LONG
         );
+        assert_eq!(
+            t.top_lengths(index("2001:db8::")),
+            1 << (29 - 21) | 1 << (32 - 21)
+        );
         assert_eq!(slot("2001:1000::"), leaf::encode(leaf::ALLOW, 3).unwrap());
         assert_eq!(slot("2001:2000::"), leaf::encode(leaf::BLOCK, 1).unwrap());
+        assert_eq!(t.top_lengths(index("2001:2000::")), 0);
         assert_eq!(slot("2002::"), leaf::NONE);
         for addr in [
             "2001:db8::1",
+            "2001:db8:5::1",
+            "2001:db9::1",
             "2001:dbf:ffff::1",
             "2001:dc0::1",
             "2001:1000::1",

@@ -35,19 +35,20 @@ pub mod map_names {
     /// consulted only when the first-level leaf carries [`super::leaf::LONG`].
     pub const V4_LONG: &str = "XW_V4_LONG";
 
-    /// Memory-mappable array of [`super::V6_TOP_SLOTS`] elements `[gen0, gen1]`, one per /20 of
-    /// an IPv6 source (its top 20 bits): the first level of the IPv6 hash engine, both
-    /// generations side by side. A leaf ([`super::leaf`]) folded from the prefixes of /20 and
-    /// shorter; [`super::leaf::LONG`] when longer prefixes lie under the /20.
+    /// Memory-mappable array of [`super::V6_TOP_SLOTS`] elements `[leaf0, lengths0, leaf1,
+    /// lengths1]`, one per /20 of an IPv6 source (its top 20 bits): the first level of the IPv6
+    /// hash engine, both generations side by side. The leaf ([`super::leaf`]) is folded from the
+    /// prefixes of /20 and shorter and carries [`super::leaf::LONG`] when prefixes longer than
+    /// /32 lie under the /20; bit `i` of `lengths` says prefixes of length `21 + i` (up to /32)
+    /// lie under it.
     pub const V6_TOP20: &str = "XW_V6_TOP20";
     /// Hash, top 32 bits of an IPv6 source -> [`super::V6Guide`]: generation 0 of the IPv6 hash
-    /// engine's second level, one entry per /32 that prefixes of /21 to /32 cover or that holds
-    /// longer prefixes.
+    /// engine's guides, one per /32 that holds prefixes longer than /32.
     pub const V6_GUIDE0: &str = "XW_V6_GUIDE0";
     /// Generation 1 of [`V6_GUIDE0`].
     pub const V6_GUIDE1: &str = "XW_V6_GUIDE1";
     /// Hash, [`super::V6Key`] -> leaf: generation 0 of the IPv6 hash engine's prefixes longer
-    /// than /32, probed at the lengths the /32's guide lists.
+    /// than /20, probed at the lengths the /20's slot or the /32's guide lists.
     pub const V6_TBL0: &str = "XW_V6_TBL0";
     /// Generation 1 of [`V6_TBL0`]; the [`super::lookup::V6_GEN1`] bit says which generation
     /// the program reads.
@@ -78,14 +79,13 @@ pub mod lookup {
 pub const V6_TOP_SLOTS: u32 = 1 << 20;
 /// Bits of an IPv6 source that index the first level.
 pub const V6_TOP_BITS: u32 = 20;
-/// Capacity of each generation's guides. A prefix of /21 to /31 takes one guide per /32 it
-/// covers (a /24 256, a /29 8), a longer one at most one.
+/// Capacity of each generation's guides (at most one per prefix longer than /32).
 pub const V6_GUIDE_MAX_ENTRIES: u32 = 1 << 20;
-/// Capacity of each generation's prefixes longer than /32.
+/// Capacity of each generation's prefixes longer than /20.
 pub const V6_HASH_MAX_ENTRIES: u32 = 1 << 20;
 
-/// What the IPv6 hash engine knows about one /32: the answer for its addresses that no longer
-/// prefix covers, and which lengths longer than /32 hold prefixes under it. The program probes
+/// What the IPv6 hash engine knows about a /32 that holds prefixes longer than /32: the answer
+/// for its addresses that no longer prefix covers, and which lengths hold prefixes under it. The program probes
 /// those lengths longest first; the first prefix found is the longest match, and its leaf
 /// (allow already folded over block) the answer.
 #[repr(C)]
@@ -95,7 +95,8 @@ pub struct V6Guide {
     pub lengths_65_128: u64,
     /// Bit `i`: prefixes of length `33 + i` lie under this /32.
     pub lengths_33_64: u32,
-    /// The leaf for addresses of this /32 that no prefix longer than /32 covers.
+    /// The leaf for addresses of this /32 that no prefix longer than /32 covers (folded from
+    /// every prefix of /32 and shorter covering it).
     pub leaf: u32,
 }
 const _: () = assert!(size_of::<V6Guide>() == 16);

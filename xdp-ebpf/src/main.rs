@@ -56,7 +56,7 @@ static V4_LONG: HashMap<[u8; 4], u32> = HashMap::pinned(V4_LONG_MAX_ENTRIES, BPF
 
 // The controller shrinks these to one entry when the IPv6 hash engine is not in use.
 #[map(name = "XW_V6_TOP20")]
-static V6_TOP20: Array<[u32; 2]> = Array::pinned(V6_TOP_SLOTS, BPF_F_MMAPABLE);
+static V6_TOP20: Array<[u32; 4]> = Array::pinned(V6_TOP_SLOTS, BPF_F_MMAPABLE);
 #[map(name = "XW_V6_GUIDE0")]
 static V6_GUIDE0: HashMap<[u8; 4], V6Guide> =
     HashMap::pinned(V6_GUIDE_MAX_ENTRIES, BPF_F_NO_PREALLOC);
@@ -203,37 +203,41 @@ fn leaf_verdict(leaf: u32) -> Result<Option<u32>, (u32, u32)> {
 }
 
 /// The IPv6 hash engine, in the generation the switch word names: one array read for the /20;
-/// where longer prefixes lie under it, the /32's guide; where the guide lists lengths longer
-/// than /32, one hash lookup per listed length, longest first, until one hits. User space folds
-/// allow over block and longest match into every leaf, so the first leaf found is the answer.
+/// where prefixes longer than /32 lie under it, the /32's guide and one hash lookup per length
+/// it lists, longest first; else one per length of /21 to /32 the /20's slot lists. User space
+/// folds allow over block and longest match into every leaf (the guide's own leaf included),
+/// so the first leaf found is the answer.
 #[inline(always)]
 fn v6_hash_leaf(addr: [u8; 16], gen1: bool) -> u32 {
     let top = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
-    let first = match V6_TOP20.get(top >> (32 - V6_TOP_BITS)) {
-        Some(pair) => pair[gen1 as usize],
-        None => leaf::NONE,
+    let (first, lengths_21_32) = match V6_TOP20.get(top >> (32 - V6_TOP_BITS)) {
+        Some(slot) if gen1 => (slot[2], slot[3]),
+        Some(slot) => (slot[0], slot[1]),
+        None => return leaf::NONE,
     };
-    if first & leaf::LONG == 0 {
-        return first;
+    if first & leaf::LONG != 0 {
+        let key = [addr[0], addr[1], addr[2], addr[3]];
+        let found = if gen1 {
+            V6_GUIDE1.get_ptr(&key)
+        } else {
+            V6_GUIDE0.get_ptr(&key)
+        };
+        if let Some(guide) = found {
+            // SAFETY: a hash value pointer is valid for the duration of the program run.
+            let guide = unsafe { *guide };
+            if let Some(found) = probe_lengths(guide.lengths_65_128, 65, addr, gen1) {
+                return found;
+            }
+            if let Some(found) = probe_lengths(guide.lengths_33_64 as u64, 33, addr, gen1) {
+                return found;
+            }
+            return guide.leaf;
+        }
     }
-    let key = [addr[0], addr[1], addr[2], addr[3]];
-    let found = if gen1 {
-        V6_GUIDE1.get_ptr(&key)
-    } else {
-        V6_GUIDE0.get_ptr(&key)
-    };
-    let guide = match found {
-        // SAFETY: a hash value pointer is valid for the duration of the program run.
-        Some(guide) => unsafe { *guide },
-        None => return first & !leaf::LONG,
-    };
-    if let Some(found) = probe_lengths(guide.lengths_65_128, 65, addr, gen1) {
+    if let Some(found) = probe_lengths(lengths_21_32 as u64, 21, addr, gen1) {
         return found;
     }
-    if let Some(found) = probe_lengths(guide.lengths_33_64 as u64, 33, addr, gen1) {
-        return found;
-    }
-    guide.leaf
+    first & !leaf::LONG
 }
 
 /// Probes the prefix hash at length `base + i` for every bit `i` set in `lengths`, highest
