@@ -1,5 +1,5 @@
 //! `xdpwall-bench v6`: the IPv6 lookup engines through BPF_PROG_TEST_RUN at growing BGP-like
-//! list sizes — xdpwall's per-length hashes and its LPM tries, side by side with a stock
+//! list sizes — xdpwall's hash engine and its LPM tries, side by side with a stock
 //! one-trie IPv6 filter and the XDP_PASS bracket — plus load and 1% churn times per engine.
 //! Repetitions are interleaved (rotating order); medians with min–max; ratios to XDP_PASS.
 
@@ -238,7 +238,7 @@ fn report(args: &V6Args, results: &[SizeResult]) -> String {
         out,
         "\nLoad of the whole list and a 1% churn (that many prefixes replaced) through the rules \
          engine (in-memory store, diff, map writes), per engine; the hash engine's entries per \
-         generation (guides, one per /32 with something under it; prefixes longer than /32):\n"
+         generation (guides, one per /32 holding prefixes longer than /32; prefixes longer than /20):\n"
     );
     let _ = writeln!(
         out,

@@ -86,6 +86,9 @@ pub enum Ipv4LookupSetting {
 /// `ipv4_lookup = "auto"` picks DIR-24 from this many IPv4 entries at start.
 pub const AUTO_DIR24_MIN_ENTRIES: usize = 10_000;
 
+/// IPv6 entries at start from which `ipv6_lookup = "auto"` picks the hash engine.
+pub const AUTO_V6_HASH_MIN_ENTRIES: usize = 100_000;
+
 impl Ipv4LookupSetting {
     /// The engine to load, given the IPv4 entries and feeds known at start.
     pub fn resolve(self, ipv4_entries: usize, has_feeds: bool) -> crate::datapath::Ipv4Lookup {
@@ -117,25 +120,29 @@ impl FromStr for Ipv4LookupSetting {
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Ipv6LookupSetting {
-    /// The LPM tries: on this machine kind they measured faster than the hashes at every list
-    /// size (bench/results/*-v6*.md), so `auto` does not pick the hashes yet.
+    /// The hash engine when at least [`AUTO_V6_HASH_MIN_ENTRIES`] IPv6 entries exist at start,
+    /// the LPM tries otherwise: below that the tries measured as fast or faster for listed
+    /// sources (bench/results/2026-11-27-v6*.md).
     #[default]
     Auto,
     /// Always the LPM tries.
     Lpm,
-    /// Always the per-length hashes (binary search on prefix lengths, at most 8 hash lookups
-    /// per packet, two generations switched atomically); about 3.5 entries per prefix per
-    /// generation. Experimental: correct, but not faster than the tries here.
+    /// Always the hash engine: a first-level slot per /20, a guide per /32 holding prefixes
+    /// longer than /32, and one hash lookup per length present there, longest first (typically
+    /// one to three per packet); two generations switched atomically; 16 MiB fixed plus about
+    /// one entry per prefix per generation.
     Hash,
 }
 
 impl Ipv6LookupSetting {
-    /// The engine to load.
-    pub fn resolve(self) -> crate::datapath::Ipv6Lookup {
+    /// The engine to load, given the IPv6 entries known at start.
+    pub fn resolve(self, ipv6_entries: usize) -> crate::datapath::Ipv6Lookup {
         use crate::datapath::Ipv6Lookup;
         match self {
-            Self::Auto | Self::Lpm => Ipv6Lookup::Lpm,
+            Self::Lpm => Ipv6Lookup::Lpm,
             Self::Hash => Ipv6Lookup::Hash,
+            Self::Auto if ipv6_entries >= AUTO_V6_HASH_MIN_ENTRIES => Ipv6Lookup::Hash,
+            Self::Auto => Ipv6Lookup::Lpm,
         }
     }
 }
@@ -590,6 +597,17 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn ipv6_auto_picks_the_hash_engine_for_large_lists_only() {
+        use crate::datapath::Ipv6Lookup;
+        let auto = parse("").unwrap().ipv6_lookup;
+        assert_eq!(auto, Ipv6LookupSetting::Auto);
+        assert_eq!(auto.resolve(AUTO_V6_HASH_MIN_ENTRIES - 1), Ipv6Lookup::Lpm);
+        assert_eq!(auto.resolve(AUTO_V6_HASH_MIN_ENTRIES), Ipv6Lookup::Hash);
+        assert_eq!(Ipv6LookupSetting::Lpm.resolve(1 << 20), Ipv6Lookup::Lpm);
+        assert_eq!(Ipv6LookupSetting::Hash.resolve(0), Ipv6Lookup::Hash);
     }
 
     #[test]

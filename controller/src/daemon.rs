@@ -183,11 +183,22 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
             .flat_map(|feed| &feed.entries)
             .filter(|net| net.addr().is_ipv4())
             .count();
+    let ipv6_entries = store.ipv6_rule_count()?
+        + validated
+            .rules
+            .iter()
+            .filter(|(net, _)| net.addr().is_ipv6())
+            .count()
+        + last_good
+            .iter()
+            .flat_map(|feed| &feed.entries)
+            .filter(|net| net.addr().is_ipv6())
+            .count();
     let engines = Engines {
         ipv4: config
             .ipv4_lookup
             .resolve(ipv4_entries, !validated.feeds.is_empty()),
-        ipv6: config.ipv6_lookup.resolve(),
+        ipv6: config.ipv6_lookup.resolve(ipv6_entries),
     };
     info!(
         ipv4 = engines.ipv4.as_str(),

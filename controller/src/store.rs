@@ -184,6 +184,16 @@ impl Store {
         Ok(count as usize)
     }
 
+    /// Stored IPv6 rules (for choosing the IPv6 lookup engine at start).
+    pub fn ipv6_rule_count(&self) -> Result<usize, StoreError> {
+        let count: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM rules WHERE instr(cidr, ':') > 0",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(count as usize)
+    }
+
     /// The newest `limit` audit rows, newest first.
     pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
