@@ -17,14 +17,14 @@ mod report;
 mod systems;
 
 use std::{
-    net::Ipv4Addr,
+    net::IpAddr,
     path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 
 use self::{
@@ -32,16 +32,46 @@ use self::{
     lab::{Counters, RateLab},
     systems::{LoadInfo, SystemKind, Systems, all_systems, tool_missing},
 };
-use crate::{feed::spaced_prefixes, prefixes::miss_sources, today};
+use crate::{
+    feed::spaced_prefixes,
+    prefixes::{hit_sources_v6, miss_sources, miss_sources_v6, random_v6_bgp},
+    today,
+};
+
+/// The address family of a run: its lists, its traffic, its systems.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Family {
+    /// Feed-shaped IPv4 lists, 64-byte IPv4/UDP frames.
+    #[default]
+    Ipv4,
+    /// BGP-like IPv6 lists, 66-byte IPv6/UDP frames.
+    Ipv6,
+}
+
+impl Family {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "IPv4",
+            Self::Ipv6 => "IPv6",
+        }
+    }
+
+    fn default_sizes(self) -> Vec<usize> {
+        match self {
+            Self::Ipv4 => vec![1, 1000, 10_000, 100_000, 1_000_000],
+            Self::Ipv6 => vec![1, 1000, 10_000, 100_000, 200_000],
+        }
+    }
+}
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LiveArgs {
-    /// List sizes (IPv4 prefixes) to measure.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "1,1000,10000,100000,1000000"
-    )]
+    /// Address family of the lists and the traffic.
+    #[arg(long, value_enum, default_value_t = Family::Ipv4)]
+    pub family: Family,
+    /// List sizes (prefixes) to measure [default: 1,1000,10000,100000,1000000 for IPv4,
+    /// 1,1000,10000,100000,200000 for IPv6].
+    #[arg(long, value_delimiter = ',')]
     pub sizes: Vec<usize>,
     /// Interleaved repetitions per size and workload.
     #[arg(long, default_value_t = 3)]
@@ -52,7 +82,8 @@ pub struct LiveArgs {
     /// Traffic before the window opens, in milliseconds.
     #[arg(long, default_value_t = 500)]
     pub warmup_ms: u64,
-    /// Systems to run (default: all): pass, drop, stock, xdpwall, nft, iptables, xdp-filter.
+    /// Systems to run (default: all): pass, drop, stock, xdpwall, nft, iptables, xdp-filter
+    /// (IPv4 only).
     #[arg(long, value_delimiter = ',')]
     pub systems: Vec<String>,
     /// Where the Markdown report and the PNG plots go.
@@ -70,6 +101,15 @@ pub struct LiveArgs {
 }
 
 impl LiveArgs {
+    /// The sizes to measure: the given ones, else the family's default.
+    pub fn sizes(&self) -> Vec<usize> {
+        if self.sizes.is_empty() {
+            self.family.default_sizes()
+        } else {
+            self.sizes.clone()
+        }
+    }
+
     /// The arguments to reproduce this run on the command line.
     fn command_line(&self) -> String {
         let join = |v: &[usize]| {
@@ -78,9 +118,13 @@ impl LiveArgs {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        let family = match self.family {
+            Family::Ipv4 => "",
+            Family::Ipv6 => " --family ipv6",
+        };
         let mut line = format!(
-            "cargo xtask bench -- live --sizes {} --reps {} --window-ms {} --warmup-ms {}",
-            join(&self.sizes),
+            "cargo xtask bench -- live{family} --sizes {} --reps {} --window-ms {} --warmup-ms {}",
+            join(&self.sizes()),
             self.reps,
             self.window_ms,
             self.warmup_ms
@@ -154,9 +198,9 @@ pub(crate) struct SizeResult {
 /// ipset + iptables and xdp-filter (a system whose tool is missing is reported as not run).
 pub fn run_live(args: &LiveArgs) -> anyhow::Result<String> {
     ensure!(args.reps > 0, "--reps must be at least 1");
-    ensure!(!args.sizes.is_empty(), "--sizes needs at least one size");
+    let sizes = args.sizes();
     ensure!(
-        args.sizes.iter().all(|&s| s > 0),
+        sizes.iter().all(|&s| s > 0),
         "list sizes must be at least 1"
     );
     ensure!(args.window_ms > 0, "--window-ms must be at least 1");
@@ -168,22 +212,25 @@ pub fn run_live(args: &LiveArgs) -> anyhow::Result<String> {
         args.gen_cpu,
         args.rx_cpu
     );
-    let selected = select_systems(&args.systems)?;
+    let selected = select_systems(args.family, &args.systems)?;
     let mut rng = StdRng::seed_from_u64(args.seed);
 
     // Declared first, dropped last: the systems live in its namespaces.
     let lab = RateLab::new().context("creating the lab")?;
-    let mut generator =
-        Generator::new(&lab.tx_netns_path(), lab.tx_mac, lab.rx_mac, lab.tx_ifindex)?;
-    let mut systems = Systems::new(&lab)?;
+    let mut generator = Generator::new(
+        args.family,
+        &lab.tx_netns_path(),
+        lab.tx_mac,
+        lab.rx_mac,
+        lab.tx_ifindex,
+    )?;
+    let mut systems = Systems::new(&lab, args.family)?;
     let started = Instant::now();
 
     let mut results = Vec::new();
-    for &size in &args.sizes {
-        eprintln!("live bench: {size} prefixes");
-        let list = spaced_prefixes(&mut rng, size);
-        let hit = hit_sources(&mut rng, &list);
-        let miss = miss_sources(&mut rng, GEN_SOURCES);
+    for &size in &sizes {
+        eprintln!("live bench: {size} {} prefixes", args.family.label());
+        let (list, hit, miss) = workload_lists(&mut rng, args.family, size);
         let mut size_result = SizeResult {
             size,
             systems: Vec::new(),
@@ -262,16 +309,20 @@ pub fn run_live(args: &LiveArgs) -> anyhow::Result<String> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let date = today();
+    let family = match args.family {
+        Family::Ipv4 => "",
+        Family::Ipv6 => "-v6",
+    };
     let mut plots = Vec::new();
     for workload in WORKLOADS {
         let name = format!(
-            "{date}-live-{}.png",
+            "{date}-live{family}-{}.png",
             match workload {
                 Workload::Hit => "hit",
                 Workload::Miss => "miss",
             }
         );
-        plot::draw(&args.out.join(&name), workload, &results)
+        plot::draw(&args.out.join(&name), workload, args.family, &results)
             .with_context(|| format!("drawing {name}"))?;
         plots.push((workload, name));
     }
@@ -284,14 +335,21 @@ pub fn run_live(args: &LiveArgs) -> anyhow::Result<String> {
     ))
 }
 
-/// The label of every system the benchmark knows (its table rows), in report order.
-pub fn system_labels() -> Vec<&'static str> {
-    all_systems().into_iter().map(SystemKind::label).collect()
+/// The label of every system the benchmark knows for `family` (its table rows), in report
+/// order.
+pub fn system_labels(family: Family) -> Vec<&'static str> {
+    all_systems(family)
+        .into_iter()
+        .map(SystemKind::label)
+        .collect()
 }
 
 /// The selected systems, each with the reason it cannot run here (if so).
-fn select_systems(keys: &[String]) -> anyhow::Result<Vec<(SystemKind, Option<String>)>> {
-    let all = all_systems();
+fn select_systems(
+    family: Family,
+    keys: &[String],
+) -> anyhow::Result<Vec<(SystemKind, Option<String>)>> {
+    let all = all_systems(family);
     for key in keys {
         if !all.iter().any(|s| s.key() == key) {
             bail!(
@@ -313,12 +371,43 @@ fn select_systems(keys: &[String]) -> anyhow::Result<Vec<(SystemKind, Option<Str
         .collect())
 }
 
-/// Sources for 100%-hit traffic: the network address of random listed prefixes, so the same
-/// traffic also hits xdp-filter, which matches exact addresses only.
-fn hit_sources(rng: &mut StdRng, list: &[Ipv4Net]) -> Vec<Ipv4Addr> {
-    (0..GEN_SOURCES)
-        .map(|_| list[rng.random_range(0..list.len())].network())
-        .collect()
+/// The list of `size` prefixes, and the sources of the 100%-hit and 0%-hit traffic.
+///
+/// IPv4: a feed-shaped disjoint list (nft interval sets refuse overlaps); hits from the network
+/// address of random listed prefixes, so the same traffic also hits xdp-filter, which matches
+/// exact addresses only; misses from 100.64.0.0/10. IPv6: a BGP-like list (nested under shared
+/// /32 allocations); hits from random addresses inside random listed prefixes; misses from
+/// fd00::/8.
+fn workload_lists(
+    rng: &mut StdRng,
+    family: Family,
+    size: usize,
+) -> (Vec<IpNet>, Vec<IpAddr>, Vec<IpAddr>) {
+    match family {
+        Family::Ipv4 => {
+            let list = spaced_prefixes(rng, size);
+            let hit = (0..GEN_SOURCES)
+                .map(|_| IpAddr::V4(list[rng.random_range(0..list.len())].network()))
+                .collect();
+            let miss = miss_sources(rng, GEN_SOURCES)
+                .into_iter()
+                .map(IpAddr::V4)
+                .collect();
+            (list.into_iter().map(IpNet::V4).collect(), hit, miss)
+        }
+        Family::Ipv6 => {
+            let list = random_v6_bgp(rng, size);
+            let hit = hit_sources_v6(rng, &list, GEN_SOURCES)
+                .into_iter()
+                .map(IpAddr::V6)
+                .collect();
+            let miss = miss_sources_v6(rng, GEN_SOURCES)
+                .into_iter()
+                .map(IpAddr::V6)
+                .collect();
+            (list.into_iter().map(IpNet::V6).collect(), hit, miss)
+        }
+    }
 }
 
 /// Switches `system` on, sends for warm-up + window, reads the counters around the window,

@@ -3,7 +3,7 @@
 
 use xdpwall_bench::{
     Args,
-    live::{LiveArgs, run_live, system_labels},
+    live::{Family, LiveArgs, run_live, system_labels},
 };
 use xdpwall_tests::require_privileges;
 
@@ -57,15 +57,28 @@ fn harness_produces_a_well_formed_report() {
 /// received something, and both plots are PNG images. Rates are not judged.
 #[test]
 fn live_harness_produces_a_report_and_plots() {
+    live_smoke(Family::Ipv4);
+}
+
+/// The same for an IPv6 run: the IPv6 generator's frames reach the receiver, and the IPv6
+/// systems (stock IPv6 trie, xdpwall's hash engine, nft, ip6tables + ipset) have rows.
+#[test]
+fn live_harness_runs_ipv6() {
+    live_smoke(Family::Ipv6);
+}
+
+fn live_smoke(family: Family) {
     require_privileges!();
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-        eprintln!(
-            "SKIP live_harness_produces_a_report_and_plots: needs 2 CPUs (generator and receiver)"
-        );
+        eprintln!("SKIP live harness ({family:?}): needs 2 CPUs (generator and receiver)");
         return;
     }
-    let out = std::env::temp_dir().join(format!("xwbench-live-smoke-{}", std::process::id()));
+    let out = std::env::temp_dir().join(format!(
+        "xwbench-live-smoke-{family:?}-{}",
+        std::process::id()
+    ));
     let args = LiveArgs {
+        family,
         sizes: vec![1, 1000],
         reps: 1,
         window_ms: 300,
@@ -88,8 +101,14 @@ fn live_harness_produces_a_report_and_plots() {
     let _ = std::fs::remove_dir_all(&out);
     let report = report.unwrap();
 
+    let labels = system_labels(family);
+    assert_eq!(
+        labels.contains(&"xdpwall (hash)"),
+        family == Family::Ipv6,
+        "{labels:?}"
+    );
     for size in [1, 1000] {
-        for label in system_labels() {
+        for label in &labels {
             assert!(
                 report.contains(&format!("| {size} | {label} |")),
                 "no row for {label} at {size}:\n{report}"

@@ -1,12 +1,12 @@
-//! The packet generator: `bench_gen` (xdp-ebpf/src/bin/xdp-bench.rs) run through
-//! BPF_PROG_TEST_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES) on a thread that has
-//! entered the sending namespace and is pinned to its own CPU. The program stamps one of
-//! [`GEN_SOURCES`] source addresses (and the matching IPv4 header checksum, computed here) into
-//! a 64-byte UDP frame and returns XDP_TX, which the kernel turns into a transmit out of the
-//! sending veth named in the context, i.e. to the receiver.
+//! The packet generator: `bench_gen` or, for IPv6, `bench_gen6` (xdp-ebpf/src/bin/xdp-bench.rs)
+//! run through BPF_PROG_TEST_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES) on a thread
+//! that has entered the sending namespace and is pinned to its own CPU. The program stamps one
+//! of [`GEN_SOURCES`] source addresses (and the matching IPv4 header checksum or IPv6 UDP
+//! checksum, computed here) into a minimal UDP frame and returns XDP_TX, which the kernel turns
+//! into a transmit out of the sending veth named in the context, i.e. to the receiver.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -20,9 +20,12 @@ use aya::{
 };
 use etherparse::PacketBuilder;
 use xdpwall::ebpf_object::BENCH_OBJECT;
-use xdpwall_netlab::FW_V4;
+use xdpwall_netlab::{FW_V4, FW_V6};
 
-use super::lab::{attach_xdp_mode, enter_netns, raise_priority, set_affinity};
+use super::{
+    Family,
+    lab::{attach_xdp_mode, enter_netns, raise_priority, set_affinity},
+};
 
 /// Entries of BENCH_GEN_SRC (must match xdp-bench.rs).
 pub(crate) const GEN_SOURCES: usize = 16384;
@@ -38,10 +41,18 @@ const LOOPBACK_IFINDEX: u32 = 1;
 /// Offsets in the frame.
 const IP_OFFSET: usize = 14;
 const UDP_CHECKSUM_OFFSET: usize = IP_OFFSET + 20 + 6;
+const UDP6_CHECKSUM_OFFSET: usize = IP_OFFSET + 40 + 6;
+/// UDP payload of the IPv6 frame: Ethernet + IPv6 + UDP is already 62 bytes (66 on the wire).
+const PAYLOAD_V6: usize = 0;
 
 pub(crate) struct Generator {
     ebpf: Ebpf,
+    family: Family,
+    /// `bench_gen` or `bench_gen6`.
+    program: &'static str,
     frame: Vec<u8>,
+    tx_mac: [u8; 6],
+    rx_mac: [u8; 6],
     /// `struct xdp_md` for the run: data 0, data_end = frame length, ingress_ifindex = the
     /// sending veth (XDP_TX leaves through it), everything else 0.
     ctx: [u8; 24],
@@ -51,17 +62,19 @@ impl Generator {
     /// Loads the generator for the sending veth `tx_ifindex` in the namespace at
     /// `tx_netns_path`.
     pub fn new(
+        family: Family,
         tx_netns_path: &str,
         tx_mac: [u8; 6],
         rx_mac: [u8; 6],
         tx_ifindex: u32,
     ) -> anyhow::Result<Self> {
+        let name = match family {
+            Family::Ipv4 => "bench_gen",
+            Family::Ipv6 => "bench_gen6",
+        };
         let mut ebpf = Ebpf::load(BENCH_OBJECT).context("loading the baseline object")?;
-        let program: &mut Xdp = ebpf
-            .program_mut("bench_gen")
-            .context("bench_gen")?
-            .try_into()?;
-        program.load().context("loading bench_gen")?;
+        let program: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
+        program.load().with_context(|| format!("loading {name}"))?;
         // Every BPF_PROG_TEST_RUN of an XDP program adds it to the kernel's XDP dispatcher and
         // removes it after, each time with a synchronize_rcu() (tens of ms, the generator idle)
         // unless the program is already in the dispatcher because it is attached somewhere.
@@ -69,31 +82,89 @@ impl Generator {
         // packet ever arrives (nothing in that namespace sends to itself). Dropping the object
         // detaches it.
         attach_xdp_mode(program, tx_netns_path, LOOPBACK_IFINDEX, XdpMode::Skb)
-            .context("attaching bench_gen to the sending namespace's loopback")?;
-        let destination: Ipv4Addr = FW_V4.parse().expect("valid address");
-        let mut frame = Vec::new();
-        PacketBuilder::ethernet2(tx_mac, rx_mac)
-            .ipv4([0, 0, 0, 0], destination.octets(), 64)
-            .udp(40000, DEST_PORT)
-            .write(&mut frame, &[0u8; 18])
-            .context("building the frame")?;
-        // UDP checksum 0 ("none", legal for IPv4): it covers the source address, which the
-        // program changes per packet.
-        frame[UDP_CHECKSUM_OFFSET..UDP_CHECKSUM_OFFSET + 2].copy_from_slice(&[0, 0]);
+            .with_context(|| format!("attaching {name} to the sending namespace's loopback"))?;
+        let frame = match family {
+            Family::Ipv4 => {
+                let destination: Ipv4Addr = FW_V4.parse().expect("valid address");
+                let mut frame = Vec::new();
+                PacketBuilder::ethernet2(tx_mac, rx_mac)
+                    .ipv4([0, 0, 0, 0], destination.octets(), 64)
+                    .udp(40000, DEST_PORT)
+                    .write(&mut frame, &[0u8; 18])
+                    .context("building the frame")?;
+                // UDP checksum 0 ("none", legal for IPv4): it covers the source address, which
+                // the program changes per packet.
+                frame[UDP_CHECKSUM_OFFSET..UDP_CHECKSUM_OFFSET + 2].copy_from_slice(&[0, 0]);
+                frame
+            }
+            Family::Ipv6 => frame_v6(tx_mac, rx_mac, Ipv6Addr::UNSPECIFIED)?,
+        };
         let mut ctx = [0u8; 24];
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&tx_ifindex.to_ne_bytes());
-        Ok(Self { ebpf, frame, ctx })
+        Ok(Self {
+            ebpf,
+            family,
+            program: name,
+            frame,
+            tx_mac,
+            rx_mac,
+            ctx,
+        })
     }
 
-    /// The frame without its FCS (60 bytes: 64 on the wire).
+    /// The frame without its FCS (IPv4 60 bytes: 64 on the wire; IPv6 62: 66).
     pub fn frame_len(&self) -> usize {
         self.frame.len()
     }
 
-    /// Fills the source table from `sources` (cycled when shorter than the table).
-    pub fn set_sources(&mut self, sources: &[Ipv4Addr]) -> anyhow::Result<()> {
+    /// Fills the source table from `sources` (cycled when shorter than the table), all of the
+    /// generator's family.
+    pub fn set_sources(&mut self, sources: &[IpAddr]) -> anyhow::Result<()> {
         anyhow::ensure!(!sources.is_empty(), "no source addresses");
+        match self.family {
+            Family::Ipv4 => {
+                let v4: Vec<Ipv4Addr> = sources
+                    .iter()
+                    .map(|a| match a {
+                        IpAddr::V4(a) => Ok(*a),
+                        IpAddr::V6(a) => Err(anyhow::anyhow!("{a} in an IPv4 run")),
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                self.set_sources_v4(&v4)
+            }
+            Family::Ipv6 => {
+                let v6: Vec<Ipv6Addr> = sources
+                    .iter()
+                    .map(|a| match a {
+                        IpAddr::V6(a) => Ok(*a),
+                        IpAddr::V4(a) => Err(anyhow::anyhow!("{a} in an IPv6 run")),
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                self.set_sources_v6(&v6)
+            }
+        }
+    }
+
+    fn set_sources_v6(&mut self, sources: &[Ipv6Addr]) -> anyhow::Result<()> {
+        let mut table: Array<_, [u8; 24]> = Array::try_from(
+            self.ebpf
+                .map_mut("BENCH_GEN_SRC6")
+                .context("BENCH_GEN_SRC6")?,
+        )?;
+        for i in 0..GEN_SOURCES {
+            let source = sources[i % sources.len()];
+            // The whole frame for this source, for its UDP checksum (pseudo-header included).
+            let frame = frame_v6(self.tx_mac, self.rx_mac, source)?;
+            let mut entry = [0u8; 24];
+            entry[..16].copy_from_slice(&source.octets());
+            entry[16..18].copy_from_slice(&frame[UDP6_CHECKSUM_OFFSET..UDP6_CHECKSUM_OFFSET + 2]);
+            table.set(i as u32, entry, 0)?;
+        }
+        Ok(())
+    }
+
+    fn set_sources_v4(&mut self, sources: &[Ipv4Addr]) -> anyhow::Result<()> {
         let header: [u8; 20] = self.frame[IP_OFFSET..IP_OFFSET + 20]
             .try_into()
             .expect("20 bytes");
@@ -128,8 +199,8 @@ impl Generator {
         block_signals();
         let program: &Xdp = self
             .ebpf
-            .program("bench_gen")
-            .context("bench_gen")?
+            .program(self.program)
+            .context(self.program)?
             .try_into()?;
         let deadline = Instant::now() + limit;
         let mut sent = 0u64;
@@ -148,7 +219,9 @@ impl Generator {
                 Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
                     if io_error.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) => {
-                    return Err(e).context("BPF_PROG_TEST_RUN (live frames) of bench_gen");
+                    return Err(e).with_context(|| {
+                        format!("BPF_PROG_TEST_RUN (live frames) of {}", self.program)
+                    });
                 }
             }
         }
@@ -165,6 +238,18 @@ fn block_signals() {
         libc::sigfillset(&mut set);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
+}
+
+/// The IPv6 UDP frame from `source` to the receiver's address, checksums filled in.
+fn frame_v6(tx_mac: [u8; 6], rx_mac: [u8; 6], source: Ipv6Addr) -> anyhow::Result<Vec<u8>> {
+    let destination: Ipv6Addr = FW_V6.parse().expect("valid address");
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(tx_mac, rx_mac)
+        .ipv6(source.octets(), destination.octets(), 64)
+        .udp(40000, DEST_PORT)
+        .write(&mut frame, &[0u8; PAYLOAD_V6])
+        .context("building the IPv6 frame")?;
+    Ok(frame)
 }
 
 /// The IPv4 header checksum of `header` with `source` as its source address.

@@ -237,21 +237,35 @@ fn stat(stats: &Value, direction: &str, name: &str) -> u64 {
     stats[direction][name].as_u64().unwrap_or(0)
 }
 
-/// `Udp: NoPorts` from the namespace's /proc/net/snmp.
+/// `Udp: NoPorts` from the namespace's /proc/net/snmp plus `Udp6NoPorts` from
+/// /proc/net/snmp6: UDP datagrams of either family that reached the closed port.
 fn udp_no_ports(netns: &str) -> anyhow::Result<u64> {
     let out = Command::new("ip")
-        .args(["netns", "exec", netns, "cat", "/proc/net/snmp"])
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "cat",
+            "/proc/net/snmp",
+            "/proc/net/snmp6",
+        ])
         .output()
-        .context("reading /proc/net/snmp in the receiving namespace")?;
+        .context("reading /proc/net/snmp and snmp6 in the receiving namespace")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut udp = text.lines().filter(|l| l.starts_with("Udp: "));
     let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
         bail!("no Udp lines in /proc/net/snmp");
     };
-    names
+    let v4: u64 = names
         .split_whitespace()
         .zip(values.split_whitespace())
         .find(|(n, _)| *n == "NoPorts")
         .and_then(|(_, v)| v.parse().ok())
-        .context("no Udp NoPorts in /proc/net/snmp")
+        .context("no Udp NoPorts in /proc/net/snmp")?;
+    let v6: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Udp6NoPorts"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no Udp6NoPorts in /proc/net/snmp6")?;
+    Ok(v4 + v6)
 }

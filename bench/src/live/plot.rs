@@ -10,7 +10,7 @@ use plotters::{
     style::{FontStyle, register_font},
 };
 
-use super::{SizeResult, Workload, summary};
+use super::{Family, SizeResult, Workload, summary};
 
 const FONT_PATHS: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -50,7 +50,12 @@ fn register_sans() -> anyhow::Result<()> {
         .map_err(|e| anyhow!(e))
 }
 
-pub(crate) fn draw(path: &Path, workload: Workload, results: &[SizeResult]) -> anyhow::Result<()> {
+pub(crate) fn draw(
+    path: &Path,
+    workload: Workload,
+    family: Family,
+    results: &[SizeResult],
+) -> anyhow::Result<()> {
     register_sans()?;
     let Some(first) = results.first() else {
         return Ok(());
@@ -96,7 +101,10 @@ pub(crate) fn draw(path: &Path, workload: Workload, results: &[SizeResult]) -> a
         .map_err(|e| anyhow!("{e:?}"))?;
     chart
         .configure_mesh()
-        .x_desc("list size (IPv4 prefixes, log scale)")
+        .x_desc(format!(
+            "list size ({} prefixes, log scale)",
+            family.label()
+        ))
         .y_desc("Mpps (median)")
         .x_label_formatter(&|x| format_size(*x))
         .label_style(("sans-serif", 16))

@@ -3,7 +3,7 @@
 use std::{fmt::Write as _, process::Command, time::Duration};
 
 use super::{
-    LiveArgs, SizeResult, SystemResult, WORKLOADS, Workload, summary, systems::SystemKind,
+    Family, LiveArgs, SizeResult, SystemResult, WORKLOADS, Workload, summary, systems::SystemKind,
 };
 use crate::{kernel, machine, today};
 
@@ -81,7 +81,12 @@ pub(crate) fn render(
     frame_len: usize,
 ) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "# xdpwall packet-rate benchmark, {}\n", today());
+    let _ = writeln!(
+        out,
+        "# xdpwall packet-rate benchmark ({}), {}\n",
+        args.family.label(),
+        today()
+    );
     let _ = writeln!(
         out,
         "Receive rate of a veth in NAPI mode (XDP attached) while each system filters it, in \
@@ -232,6 +237,39 @@ pub(crate) fn render(
     }
 
     let _ = writeln!(out, "## Method\n");
+    let v6 = args.family == Family::Ipv6;
+    let frame = if v6 {
+        format!(
+            "Frames are {frame_len} bytes + FCS = {} bytes, IPv6/UDP to the receiver's own \
+             address, port 9 (closed), from {} sources cycled per CPU; the program (`bench_gen6`) \
+             writes the source and the matching UDP checksum (precomputed) into every frame.",
+            frame_len + 4,
+            super::GEN_SOURCES
+        )
+    } else {
+        format!(
+            "Frames are {frame_len} bytes + FCS = 64 bytes, IPv4/UDP to the receiver's own \
+             address, port 9 (closed; UDP checksum 0), from {} sources cycled per CPU; the program \
+             writes the source and the matching IPv4 header checksum (precomputed) into every \
+             frame.",
+            super::GEN_SOURCES
+        )
+    };
+    let traffic_and_lists = if v6 {
+        "Traffic: 100% hit comes from random addresses inside random listed prefixes; 0% hit \
+         from fd00::/8, which no list overlaps. Passed packets go up the receiver's stack and end \
+         as `Udp6NoPorts`. Lists: BGP-like IPv6 prefixes (about 45% /48, 15% /32, 7% /44, 6% \
+         /40, 5% /36, 4% /29, 3% /28, 10% /16–/64, 5% /128; most nested under shared /32 \
+         allocations), the same list for every system at a size."
+    } else {
+        "Traffic: 100% hit comes from the network address of random listed prefixes; 0% hit \
+         from 100.64.0.0/10, which no list overlaps. Passed packets go up the receiver's stack \
+         and end as `Udp: NoPorts` (the port-unreachable replies are rate-limited and have no \
+         route), so the pass-through rate includes the stack's cost for every system. Lists: \
+         random IPv4 prefixes (about 60% /32, 35% /24, 5% /20–/23), disjoint and non-adjacent \
+         (nft interval sets refuse overlaps; nothing aggregates), the same list for every \
+         system at a size."
+    };
     let notes = [
         format!(
             "Lab: two network namespaces joined by a veth pair, documentation addresses only, \
@@ -243,37 +281,25 @@ pub(crate) fn render(
             "Generator: the XDP program `bench_gen` run through BPF_PROG_TEST_RUN with \
              BPF_F_TEST_XDP_LIVE_FRAMES (batches of 64, 65,536 frames per call) from a thread \
              in the sending namespace, with an `xdp_md` context naming the sending veth as \
-             ingress interface, so XDP_TX transmits to the receiver. Frames are {} bytes + FCS \
-             = 64 bytes, IPv4/UDP to the receiver's own address, port 9 (closed; UDP checksum 0), \
-             from {} sources cycled per CPU; the program writes the source and the matching IPv4 \
-             header checksum (precomputed) into every frame.",
-            frame_len,
-            super::GEN_SOURCES
+             ingress interface, so XDP_TX transmits to the receiver. {frame}"
         ),
         "Rate: `rx_packets` of the receiving veth (`ip -s -j link`), which for veth in NAPI \
          mode counts every frame its XDP path processed, dropped or passed, read before and after \
          the window. Frames the receiver's ring refused are not in it (see the sanity table)."
             .into(),
-        "Traffic: 100% hit comes from the network address of random listed prefixes; 0% hit \
-         from 100.64.0.0/10, which no list overlaps. Passed packets go up the receiver's stack \
-         and end as `Udp: NoPorts` (the port-unreachable replies are rate-limited and have no \
-         route), so the pass-through rate includes the stack's cost for every system."
-            .into(),
-        "Lists: random IPv4 prefixes (about 60% /32, 35% /24, 5% /20–/23), disjoint and \
-         non-adjacent (nft interval sets refuse overlaps; nothing aggregates), the same list \
-         for every system at a size."
-            .into(),
+        traffic_and_lists.into(),
         "xdpwall: the library as the daemon uses it: `loader::load_object` (maps pinned under \
          a directory of this run), `Engine::apply_feed` of the whole list (as a feed sync \
          does; the load time is that call: diff plus one map update per entry), its XDP program \
          attached in native mode. A fresh instance per size."
             .into(),
-        "stock LPM: `bench_stock_lpm`, one BPF LPM trie lookup of the source, loaded with one \
-         map update per prefix."
+        "stock LPM: `bench_stock_lpm` (IPv6: `bench_stock_lpm_v6`), one BPF LPM trie lookup of \
+         the source, loaded with one map update per prefix."
             .into(),
-        "nftables: `table netdev` with a `flags interval` set and an `ingress` base chain on the \
-         veth jumping to `ip saddr @blocked drop`; loaded with one `nft -f`. iptables: `ipset \
-         restore` into a `hash:net` set, and `iptables -t raw -I PREROUTING -m set \
+        "nftables: `table netdev` with a `flags interval` set (IPv6: with `auto-merge`, the \
+         list nests) and an `ingress` base chain on the veth jumping to `ip saddr @blocked drop` \
+         (`ip6 saddr`); loaded with one `nft -f`. iptables: `ipset restore` into a `hash:net` \
+         set (`family inet6`), and `iptables` (`ip6tables`) `-t raw -I PREROUTING -m set \
          --match-set … src -j DROP`. For both, `bench_pass` is attached so the veth is in NAPI \
          mode and packets reach them as skbs. Their hooks are added before and removed after \
          each sample; the set stays loaded."
@@ -284,7 +310,9 @@ pub(crate) fn render(
              the network address of each prefix, which is also what the hit traffic uses, so \
              it gets the same packets but a simpler job). Its map holds {} entries, so it runs \
              only at sizes up to that. `xdp-filter unload` removes its maps, so it is loaded \
-             again for every sample; the load time is the first fill.",
+             again for every sample; the load time is the first fill. Not run for IPv6 (its \
+             IPv6 map matches exact addresses, and the IPv6 hit traffic is not from network \
+             addresses).",
             super::systems::XDP_FILTER_CAPACITY
         ),
         "Kernel memory: BPF maps: `bytes_memlock` from `bpftool map show` (xdpwall: the sum \

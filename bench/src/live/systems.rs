@@ -3,16 +3,19 @@
 //! repetitions can rotate over them.
 //!
 //! - XDP_PASS / XDP_DROP brackets and the stock one-LPM-trie program: `bench_pass`,
-//!   `bench_drop`, `bench_stock_lpm` from xdp-ebpf/src/bin/xdp-bench.rs.
+//!   `bench_drop`, `bench_stock_lpm` (IPv6: `bench_stock_lpm_v6`) from
+//!   xdp-ebpf/src/bin/xdp-bench.rs.
 //! - xdpwall: the library exactly as the daemon uses it (`loader::load_object` with maps
 //!   pinned under a directory of this run, `Engine::apply_feed` for the list, as a feed sync
 //!   does), its XDP program attached in native mode. Variants are rows of [`XDPWALL_VARIANTS`].
 //! - nftables: a `netdev` table with an interval set and an `ingress` base chain on the veth
-//!   (`ip saddr @blocked drop`); the veth runs `bench_pass` so it is in NAPI mode.
+//!   (`ip saddr @blocked drop`; IPv6 `ip6 saddr`, with `auto-merge` since BGP-like lists nest);
+//!   the veth runs `bench_pass` so it is in NAPI mode.
 //! - iptables: an ipset `hash:net` set and a `raw PREROUTING -m set --match-set … src -j DROP`
-//!   rule; `bench_pass` on the veth as for nftables.
+//!   rule (IPv6: `family inet6` and ip6tables); `bench_pass` on the veth as for nftables.
 //! - xdp-filter (xdp-tools): exact IPv4 source addresses only, loaded per turn (`xdp-filter
-//!   unload` removes its maps), its `filter_ipv4` map filled directly through the pin.
+//!   unload` removes its maps), its `filter_ipv4` map filled directly through the pin. Not run
+//!   for IPv6.
 //!
 //! Everything lives in the lab's namespaces (deleting them removes the tables, sets, rules and
 //! attachments) or under pin directories removed by guards; xdp-filter's global pin directory
@@ -20,7 +23,7 @@
 
 use std::{
     fmt::Write as _,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -32,9 +35,9 @@ use aya::{
     maps::{LpmTrie, MapData, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
     programs::{Xdp, xdp::XdpLinkId},
 };
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use xdpwall::{
-    datapath::Ipv4Lookup,
+    datapath::{Engines, Ipv4Lookup, Ipv6Lookup},
     ebpf_object::BENCH_OBJECT,
     engine::{Engine, FEED_ID_BASE},
     pins::PinLayout,
@@ -42,28 +45,65 @@ use xdpwall::{
 };
 use xdpwall_shared::XDP_PROGRAM;
 
-use super::lab::{RateLab, attach_xdp};
+use super::{
+    Family,
+    lab::{RateLab, attach_xdp},
+};
 use crate::feed::PinDirGuard;
 
 /// One xdpwall configuration to measure. Adding a variant is one more row in
-/// [`XDPWALL_VARIANTS`]; its settings are applied in [`load_xdpwall`] (today: the IPv4 lookup
-/// structure, the `ipv4_lookup` config key resolved to what the daemon would load).
+/// [`XDPWALL_VARIANTS`] (IPv4 runs) or [`XDPWALL_VARIANTS_V6`] (IPv6 runs); its settings are
+/// the lookup engines, the `ipv4_lookup` / `ipv6_lookup` config keys resolved to what the
+/// daemon would load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct XdpwallVariant {
     pub label: &'static str,
     pub ipv4_lookup: Ipv4Lookup,
+    pub ipv6_lookup: Ipv6Lookup,
+}
+
+impl XdpwallVariant {
+    fn engines(self) -> Engines {
+        Engines {
+            ipv4: self.ipv4_lookup,
+            ipv6: self.ipv6_lookup,
+        }
+    }
 }
 
 pub(crate) const XDPWALL_VARIANTS: &[XdpwallVariant] = &[
     XdpwallVariant {
         label: "xdpwall (lpm)",
         ipv4_lookup: Ipv4Lookup::Lpm,
+        ipv6_lookup: Ipv6Lookup::Lpm,
     },
     XdpwallVariant {
         label: "xdpwall (dir24)",
         ipv4_lookup: Ipv4Lookup::Dir24,
+        ipv6_lookup: Ipv6Lookup::Lpm,
     },
 ];
+
+pub(crate) const XDPWALL_VARIANTS_V6: &[XdpwallVariant] = &[
+    XdpwallVariant {
+        label: "xdpwall (lpm)",
+        ipv4_lookup: Ipv4Lookup::Lpm,
+        ipv6_lookup: Ipv6Lookup::Lpm,
+    },
+    XdpwallVariant {
+        label: "xdpwall (hash)",
+        ipv4_lookup: Ipv4Lookup::Lpm,
+        ipv6_lookup: Ipv6Lookup::Hash,
+    },
+];
+
+/// The xdpwall variants of a `family` run.
+pub(crate) fn variants(family: Family) -> &'static [XdpwallVariant] {
+    match family {
+        Family::Ipv4 => XDPWALL_VARIANTS,
+        Family::Ipv6 => XDPWALL_VARIANTS_V6,
+    }
+}
 
 /// Largest list xdp-filter holds: its `filter_ipv4` map has 10,000 entries.
 pub(crate) const XDP_FILTER_CAPACITY: usize = 10_000;
@@ -134,10 +174,13 @@ impl SystemKind {
     }
 }
 
-pub(crate) fn all_systems() -> Vec<SystemKind> {
+pub(crate) fn all_systems(family: Family) -> Vec<SystemKind> {
     let mut all = vec![SystemKind::Pass, SystemKind::Drop, SystemKind::StockLpm];
-    all.extend(XDPWALL_VARIANTS.iter().map(|v| SystemKind::Xdpwall(*v)));
-    all.extend([SystemKind::Nft, SystemKind::Iptables, SystemKind::XdpFilter]);
+    all.extend(variants(family).iter().map(|v| SystemKind::Xdpwall(*v)));
+    all.extend([SystemKind::Nft, SystemKind::Iptables]);
+    if family == Family::Ipv4 {
+        all.push(SystemKind::XdpFilter);
+    }
     all
 }
 
@@ -188,6 +231,7 @@ impl Drop for XdpFilterGuard {
 
 pub(crate) struct Systems<'lab> {
     lab: &'lab RateLab,
+    family: Family,
     run_id: String,
     scratch: PathBuf,
     bench: Ebpf,
@@ -202,7 +246,7 @@ pub(crate) struct Systems<'lab> {
 }
 
 impl<'lab> Systems<'lab> {
-    pub fn new(lab: &'lab RateLab) -> anyhow::Result<Self> {
+    pub fn new(lab: &'lab RateLab, family: Family) -> anyhow::Result<Self> {
         let run_id = format!("{}", std::process::id());
         let scratch = std::env::temp_dir().join(format!("xwbench-live-{run_id}"));
         std::fs::create_dir_all(&scratch)?;
@@ -212,22 +256,24 @@ impl<'lab> Systems<'lab> {
         std::fs::create_dir_all(&bench_pins.0)
             .with_context(|| format!("creating {}", bench_pins.0.display()))?;
         let mut bench = Ebpf::load(BENCH_OBJECT).context("loading the baseline object")?;
-        for name in ["bench_pass", "bench_drop", "bench_stock_lpm"] {
+        for name in ["bench_pass", "bench_drop", stock_program(family)] {
             let program: &mut Xdp = bench.program_mut(name).context(name)?.try_into()?;
             program.load().with_context(|| format!("loading {name}"))?;
         }
         // Pinned only so its memory can be read with bpftool like every other map.
+        let trie = stock_map(family);
         bench
-            .map("BENCH_LPM_V4")
-            .context("BENCH_LPM_V4")?
-            .pin(bench_pins.0.join("BENCH_LPM_V4"))
-            .context("pinning BENCH_LPM_V4")?;
+            .map(trie)
+            .context(trie)?
+            .pin(bench_pins.0.join(trie))
+            .with_context(|| format!("pinning {trie}"))?;
         Ok(Self {
             lab,
+            family,
             scratch,
             bench,
             bench_pins,
-            xdpwall: XDPWALL_VARIANTS.iter().map(|_| None).collect(),
+            xdpwall: variants(family).iter().map(|_| None).collect(),
             xdp_filter: XdpFilterGuard {
                 netns_path: lab.rx_netns_path(),
                 iface: lab.lab.fw_if.clone(),
@@ -242,7 +288,7 @@ impl<'lab> Systems<'lab> {
     }
 
     /// Replaces whatever `system` holds with `list`.
-    pub fn load(&mut self, system: SystemKind, list: &[Ipv4Net]) -> anyhow::Result<LoadInfo> {
+    pub fn load(&mut self, system: SystemKind, list: &[IpNet]) -> anyhow::Result<LoadInfo> {
         match system {
             SystemKind::Pass | SystemKind::Drop => Ok(LoadInfo::default()),
             SystemKind::StockLpm => self.load_stock(list),
@@ -255,7 +301,15 @@ impl<'lab> Systems<'lab> {
                 }
                 // Exact addresses only: each prefix's network address (the hit traffic of
                 // every system is sent from these addresses).
-                self.xdp_filter_list = list.iter().map(Ipv4Net::network).collect();
+                self.xdp_filter_list = list
+                    .iter()
+                    .map(|net| match net.network() {
+                        IpAddr::V4(addr) => Ok(addr),
+                        IpAddr::V6(addr) => {
+                            Err(anyhow::anyhow!("xdp-filter runs IPv4 only: {addr}"))
+                        }
+                    })
+                    .collect::<anyhow::Result<_>>()?;
                 self.xdp_filter_loaded_once = false;
                 // Loaded on each activation; the first one's fill time is the load time.
                 Ok(LoadInfo::default())
@@ -263,22 +317,19 @@ impl<'lab> Systems<'lab> {
         }
     }
 
-    fn load_stock(&mut self, list: &[Ipv4Net]) -> anyhow::Result<LoadInfo> {
-        let mut trie: LpmTrie<_, [u8; 4], u32> =
-            LpmTrie::try_from(self.bench.map_mut("BENCH_LPM_V4").context("BENCH_LPM_V4")?)?;
-        for key in trie.keys().collect::<Result<Vec<_>, _>>()? {
-            trie.remove(&key)?;
-        }
-        let started = Instant::now();
-        for (i, net) in list.iter().enumerate() {
-            trie.insert(
-                &Key::new(u32::from(net.prefix_len()), net.network().octets()),
-                i as u32 + 1,
-                0,
-            )?;
-        }
-        let load_time = started.elapsed();
-        let memory = memlock_of_pins(&[self.bench_pins.0.join("BENCH_LPM_V4")])?;
+    fn load_stock(&mut self, list: &[IpNet]) -> anyhow::Result<LoadInfo> {
+        let name = stock_map(self.family);
+        let load_time = match self.family {
+            Family::Ipv4 => fill_trie::<4>(&mut self.bench, name, list, |addr| match addr {
+                IpAddr::V4(a) => Some(a.octets()),
+                IpAddr::V6(_) => None,
+            })?,
+            Family::Ipv6 => fill_trie::<16>(&mut self.bench, name, list, |addr| match addr {
+                IpAddr::V6(a) => Some(a.octets()),
+                IpAddr::V4(_) => None,
+            })?,
+        };
+        let memory = memlock_of_pins(&[self.bench_pins.0.join(name)])?;
         Ok(LoadInfo {
             load_time: Some(load_time),
             memory: Some((memory, "bpftool bytes_memlock of the trie")),
@@ -288,9 +339,9 @@ impl<'lab> Systems<'lab> {
     fn load_xdpwall(
         &mut self,
         variant: XdpwallVariant,
-        list: &[Ipv4Net],
+        list: &[IpNet],
     ) -> anyhow::Result<LoadInfo> {
-        let index = XDPWALL_VARIANTS
+        let index = variants(self.family)
             .iter()
             .position(|v| *v == variant)
             .expect("a listed variant");
@@ -300,9 +351,9 @@ impl<'lab> Systems<'lab> {
             "/sys/fs/bpf/xdpwall-bench-live-{}-x{index}",
             self.run_id
         )));
-        let (ebpf, mut engine) = crate::open_xdpwall(&pins.0, variant.ipv4_lookup)
+        let (ebpf, mut engine) = crate::open_xdpwall(&pins.0, variant.engines())
             .with_context(|| format!("opening {}", variant.label))?;
-        let entries = list.iter().map(|n| IpNet::V4(*n)).collect();
+        let entries = list.iter().copied().collect();
         let started = Instant::now();
         engine
             .apply_feed(FEED_NAME, FEED_ID_BASE + 1, Action::Block, entries)
@@ -323,7 +374,7 @@ impl<'lab> Systems<'lab> {
         })
     }
 
-    fn load_nft(&mut self, list: &[Ipv4Net]) -> anyhow::Result<LoadInfo> {
+    fn load_nft(&mut self, list: &[IpNet]) -> anyhow::Result<LoadInfo> {
         let netns = self.lab.rx_netns_path();
         if self.nft_loaded {
             ns_command(
@@ -335,9 +386,14 @@ impl<'lab> Systems<'lab> {
             self.nft_loaded = false;
         }
         let mut script = String::with_capacity(list.len() * 20 + 256);
+        // IPv6 lists nest (BGP-like); an interval set refuses overlaps unless it merges them.
+        let (set_type, flags, selector) = match self.family {
+            Family::Ipv4 => ("ipv4_addr", "flags interval", "ip saddr"),
+            Family::Ipv6 => ("ipv6_addr", "flags interval\n\t\tauto-merge", "ip6 saddr"),
+        };
         let _ = writeln!(
             script,
-            "table netdev {NFT_TABLE} {{\n\tset blocked {{\n\t\ttype ipv4_addr\n\t\tflags interval"
+            "table netdev {NFT_TABLE} {{\n\tset blocked {{\n\t\ttype {set_type}\n\t\t{flags}"
         );
         if !list.is_empty() {
             script.push_str("\t\telements = {\n");
@@ -348,7 +404,10 @@ impl<'lab> Systems<'lab> {
         }
         // The rule lives in a regular chain; activation only adds the base chain jumping to
         // it, so nft never has to read the (large) set back.
-        script.push_str("\t}\n\tchain filter {\n\t\tip saddr @blocked drop\n\t}\n}\n");
+        let _ = write!(
+            script,
+            "\t}}\n\tchain filter {{\n\t\t{selector} @blocked drop\n\t}}\n}}\n"
+        );
         let path = self.scratch.join("nft-load.nft");
         std::fs::write(&path, script)?;
         let slab_before = slab_bytes()?;
@@ -364,7 +423,7 @@ impl<'lab> Systems<'lab> {
         })
     }
 
-    fn load_ipset(&mut self, list: &[Ipv4Net]) -> anyhow::Result<LoadInfo> {
+    fn load_ipset(&mut self, list: &[IpNet]) -> anyhow::Result<LoadInfo> {
         let netns = self.lab.rx_netns_path();
         if self.ipset_loaded {
             ns_command(&netns, "ipset", &["destroy", IPSET_SET], None)?;
@@ -375,7 +434,11 @@ impl<'lab> Systems<'lab> {
         let mut script = String::with_capacity(list.len() * 28 + 128);
         let _ = writeln!(
             script,
-            "create {IPSET_SET} hash:net family inet hashsize {hashsize} maxelem {maxelem}"
+            "create {IPSET_SET} hash:net family {} hashsize {hashsize} maxelem {maxelem}",
+            match self.family {
+                Family::Ipv4 => "inet",
+                Family::Ipv6 => "inet6",
+            }
         );
         for net in list {
             let _ = writeln!(script, "add {IPSET_SET} {net}");
@@ -406,13 +469,13 @@ impl<'lab> Systems<'lab> {
                 let name = match system {
                     SystemKind::Pass => "bench_pass",
                     SystemKind::Drop => "bench_drop",
-                    _ => "bench_stock_lpm",
+                    _ => stock_program(self.family),
                 };
                 let link = attach_xdp(bench_program(&mut self.bench, name)?, &netns, ifindex)?;
                 Active::Bench(name, link)
             }
             SystemKind::Xdpwall(variant) => {
-                let index = XDPWALL_VARIANTS
+                let index = variants(self.family)
                     .iter()
                     .position(|v| *v == variant)
                     .expect("a listed variant");
@@ -444,7 +507,7 @@ impl<'lab> Systems<'lab> {
                 } else {
                     ns_command(
                         &netns,
-                        "iptables",
+                        self.iptables(),
                         &[
                             "-t",
                             "raw",
@@ -541,7 +604,7 @@ impl<'lab> Systems<'lab> {
                 } else {
                     ns_command(
                         &netns,
-                        "iptables",
+                        self.iptables(),
                         &[
                             "-t",
                             "raw",
@@ -579,7 +642,58 @@ impl Drop for Systems<'_> {
     }
 }
 
-/// Loads xdpwall's object for `variant`. This is the one place a variant's settings are applied.
+impl Systems<'_> {
+    /// iptables or ip6tables, by the run's family.
+    fn iptables(&self) -> &'static str {
+        match self.family {
+            Family::Ipv4 => "iptables",
+            Family::Ipv6 => "ip6tables",
+        }
+    }
+}
+
+/// The stock one-trie program of `family`.
+fn stock_program(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => "bench_stock_lpm",
+        Family::Ipv6 => "bench_stock_lpm_v6",
+    }
+}
+
+/// The stock program's trie.
+fn stock_map(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => "BENCH_LPM_V4",
+        Family::Ipv6 => "BENCH_LPM_V6",
+    }
+}
+
+/// Empties the LPM trie `name` of the baseline object and inserts `list` (addresses of `N`
+/// bytes, `octets` giving them), one map update per prefix; the time of the inserts.
+fn fill_trie<const N: usize>(
+    bench: &mut Ebpf,
+    name: &str,
+    list: &[IpNet],
+    octets: impl Fn(IpAddr) -> Option<[u8; N]>,
+) -> anyhow::Result<Duration> {
+    let mut trie: LpmTrie<_, [u8; N], u32> =
+        LpmTrie::try_from(bench.map_mut(name).context(name.to_string())?)?;
+    for key in trie.keys().collect::<Result<Vec<_>, _>>()? {
+        trie.remove(&key)?;
+    }
+    let started = Instant::now();
+    for (i, net) in list.iter().enumerate() {
+        let addr =
+            octets(net.network()).with_context(|| format!("{net} is not of the run's family"))?;
+        trie.insert(
+            &Key::new(u32::from(net.prefix_len()), addr),
+            i as u32 + 1,
+            0,
+        )?;
+    }
+    Ok(started.elapsed())
+}
+
 fn bench_program<'a>(bench: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
     Ok(bench
         .program_mut(name)

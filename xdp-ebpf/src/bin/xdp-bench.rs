@@ -1,7 +1,7 @@
 //! Baseline XDP programs for the benchmarks: the XDP_PASS and XDP_DROP brackets and "stock"
 //! filters (IPv4 or IPv6 source, one LPM trie lookup, drop on hit) as a typical hand-written
 //! program;
-//! and `bench_gen`, the packet generator of the packet-rate benchmark (run through
+//! and `bench_gen` / `bench_gen6`, the packet generators of the packet-rate benchmark (run through
 //! BPF_PROG_TEST_RUN in live-frames mode, never attached). Never attached by xdpwall itself.
 #![no_std]
 #![no_main]
@@ -25,6 +25,12 @@ const GEN_SOURCES: u32 = 16384;
 /// frame with that source in bytes 4..6, both computed in user space.
 #[map(name = "BENCH_GEN_SRC")]
 static BENCH_GEN_SRC: Array<[u8; 8]> = Array::with_max_entries(GEN_SOURCES, 0);
+
+/// Per source of the IPv6 generator: the address in bytes 0..16 and the UDP checksum of the
+/// frame with that source in bytes 16..18 (IPv6 has no header checksum, but the UDP one is
+/// mandatory and covers the source), both computed in user space.
+#[map(name = "BENCH_GEN_SRC6")]
+static BENCH_GEN_SRC6: Array<[u8; 24]> = Array::with_max_entries(GEN_SOURCES, 0);
 
 /// Per CPU: how many frames this CPU has generated (indexes BENCH_GEN_SRC).
 #[map(name = "BENCH_GEN_NEXT")]
@@ -59,6 +65,39 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
         core::ptr::write_unaligned(
             (start + 14 + 12) as *mut [u8; 4],
             [entry[0], entry[1], entry[2], entry[3]],
+        );
+    }
+    xdp_action::XDP_TX
+}
+
+/// The IPv6 counterpart of `bench_gen`: stamps the next source address and its UDP checksum.
+#[xdp]
+pub fn bench_gen6(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    // Ethernet (14) + IPv6 header (40) + UDP header (8).
+    if start + 14 + 40 + 8 > end {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Some(next) = BENCH_GEN_NEXT.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: a valid per-CPU slot; only this CPU's program touches it.
+    let index = unsafe {
+        let index = *next;
+        *next = index.wrapping_add(1);
+        index
+    };
+    let Some(entry) = BENCH_GEN_SRC6.get(index & (GEN_SOURCES - 1)) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let mut source = [0u8; 16];
+    source.copy_from_slice(&entry[..16]);
+    // SAFETY: bounds checked above.
+    unsafe {
+        core::ptr::write_unaligned((start + 14 + 8) as *mut [u8; 16], source);
+        core::ptr::write_unaligned(
+            (start + 14 + 40 + 6) as *mut [u8; 2],
+            [entry[16], entry[17]],
         );
     }
     xdp_action::XDP_TX
