@@ -361,11 +361,11 @@ impl Datapath {
                     hash(ebpf, map_names::V6_TBL0, V6_HASH_MAX_ENTRIES)?,
                     hash(ebpf, map_names::V6_TBL1, V6_HASH_MAX_ENTRIES)?,
                 ];
-                let top = match take(ebpf, map_names::V6_TOP20)? {
+                let top = match take(ebpf, map_names::V6_TOP)? {
                     Map::Array(data) => {
-                        MappedTable::open::<4>(data, map_names::V6_TOP20, V6_TOP_SLOTS)?
+                        MappedTable::open::<4>(data, map_names::V6_TOP, V6_TOP_SLOTS)?
                     }
-                    _ => return Err(DatapathError::MissingMap(map_names::V6_TOP20)),
+                    _ => return Err(DatapathError::MissingMap(map_names::V6_TOP)),
                 };
                 Some(V6Hash::open(top, guides, prefixes, switch)?)
             }

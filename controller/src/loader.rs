@@ -198,7 +198,7 @@ pub fn load_object(
         Ipv6Lookup::Hash => {
             drop_undersized_pins(
                 pins,
-                &[map_names::V6_TOP20],
+                &[map_names::V6_TOP],
                 V6_TOP_SLOTS,
                 "the IPv6 hash engine",
             )?;
@@ -222,7 +222,7 @@ pub fn load_object(
         .default_map_pin_directory(pins.maps_dir())
         .map_max_entries(map_names::V4_TBL24, table_entries)
         .map_max_entries(map_names::V4_LONG, long_entries)
-        .map_max_entries(map_names::V6_TOP20, v6_top)
+        .map_max_entries(map_names::V6_TOP, v6_top)
         .map_max_entries(map_names::V6_GUIDE0, v6_guides)
         .map_max_entries(map_names::V6_GUIDE1, v6_guides)
         .map_max_entries(map_names::V6_TBL0, v6_prefixes)

@@ -128,7 +128,7 @@ impl Snapshot {
         }
         if let Some(entries) = v6_hash_entries {
             let slots = i64::from(xdpwall_shared::V6_TOP_SLOTS);
-            snapshot.maps.push((map_names::V6_TOP20, slots, slots));
+            snapshot.maps.push((map_names::V6_TOP, slots, slots));
             // Both generations hold the same entries between changes.
             for (name, len, capacity) in [
                 (map_names::V6_GUIDE0, entries.guides, V6_GUIDE_MAX_ENTRIES),

@@ -1,15 +1,15 @@
 //! The IPv6 hash engine, user side: turns the IPv6 allow and block prefixes into the three
 //! levels the XDP program reads.
 //!
-//! 1. **First level**, one slot per /20 (the top 20 bits of the source, an array): the answer
-//!    folded from the prefixes of /20 and shorter, a bitmap of the lengths /21 to /32 present
-//!    under the /20, and a `LONG` bit when prefixes longer than /32 lie under it. Sources of an
-//!    unlisted region end here after one array read.
+//! 1. **First level**, one slot per /16 (the top 16 bits of the source, an array of 1 MiB
+//!    that stays in the caches): the answer folded from the prefixes of /16 and shorter, a
+//!    bitmap of the lengths /17 to /32 present under the /16, and a `LONG` bit when prefixes
+//!    longer than /32 lie under it. Sources of an unlisted region end here after one read.
 //! 2. **Guides**, one per /32 that holds prefixes longer than /32 (a hash keyed by the top 32
 //!    bits): the answer folded from the prefixes of /32 and shorter covering it, and a bitmap of
 //!    the lengths longer than /32 present under it.
-//! 3. **Prefixes longer than /20**, keyed by (length, masked address): the program probes the
-//!    lengths the guide lists (or, without a guide, the /20's lengths), longest first; the first
+//! 3. **Prefixes longer than /16**, keyed by (length, masked address): the program probes the
+//!    lengths the guide lists (or, without a guide, the /16's lengths), longest first; the first
 //!    prefix found is the longest match.
 //!
 //! Every leaf is the final answer for the longest prefix it stands for — the longest covering
@@ -37,23 +37,23 @@ use crate::{
 /// What one generation of the engine must hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Table {
-    /// First-level leaf per /20 (empty: every slot [`leaf::NONE`]).
+    /// First-level leaf per /16 (empty: every slot [`leaf::NONE`]).
     pub top: Vec<u32>,
-    /// Per /20, bit `i`: prefixes of length `21 + i` lie under it (empty: none anywhere).
+    /// Per /16, bit `i`: prefixes of length `17 + i` lie under it (empty: none anywhere).
     pub top_lengths: Vec<u32>,
     /// Top 32 bits (network order) -> guide.
     pub guides: HashMap<[u8; 4], V6Guide>,
-    /// Prefixes longer than /20 -> leaf.
+    /// Prefixes longer than /16 -> leaf.
     pub prefixes: HashMap<V6Key, u32>,
 }
 
 impl Table {
-    /// First-level leaf of /20 number `index`.
+    /// First-level leaf of /16 number `index`.
     pub fn top_slot(&self, index: usize) -> u32 {
         self.top.get(index).copied().unwrap_or(leaf::NONE)
     }
 
-    /// Lengths /21 to /32 present under /20 number `index`.
+    /// Lengths /17 to /32 present under /16 number `index`.
     pub fn top_lengths(&self, index: usize) -> u32 {
         self.top_lengths.get(index).copied().unwrap_or(0)
     }
@@ -81,7 +81,7 @@ impl Table {
                 .or_else(|| probe(u64::from(guide.lengths_33_64), 33))
                 .unwrap_or(guide.leaf);
         }
-        probe(u64::from(self.top_lengths(slot)), 21).unwrap_or(first & !leaf::LONG)
+        probe(u64::from(self.top_lengths(slot)), V6_TOP_BITS + 1).unwrap_or(first & !leaf::LONG)
     }
 }
 
@@ -339,20 +339,21 @@ mod tests {
         assert_eq!(t.lookup([0x20; 16]), leaf::NONE);
     }
 
-    /// /20 and shorter stay in the first level; /21 to /32 are listed by length in their /20's
+    /// /16 and shorter stay in the first level; /17 to /32 are listed by length in their /16's
     /// slot; a guide exists only for a /32 holding longer prefixes, and its leaf folds the /32
     /// and shorter prefixes covering it.
     #[test]
     fn first_level_lists_mid_lengths_and_guides_fold_what_covers_them() {
         let rules = [
-            rule(1, "2001:db8::/16", Action::Block),
+            rule(1, "2001::/16", Action::Block),
             rule(2, "2001:db8::/29", Action::Allow),
             rule(3, "2001:1000::/20", Action::Allow),
             rule(4, "2001:db8:5::/48", Action::Block),
             rule(5, "2001:db8::/32", Action::Block),
+            rule(6, "2400::/12", Action::Block),
         ];
         let t = table(&rules);
-        assert_eq!(t.prefixes.len(), 3, "the /29, /32 and /48");
+        assert_eq!(t.prefixes.len(), 4, "the /20, /29, /32 and /48");
         assert_eq!(
             t.guides.len(),
             1,
@@ -361,19 +362,21 @@ mod tests {
         let guide = t.guides[&[0x20, 0x01, 0x0d, 0xb8]];
         assert_eq!(guide.leaf, leaf::encode(leaf::ALLOW, 2).unwrap());
         assert_eq!(guide.lengths_33_64, 1 << (48 - 33));
-        let index = |a: &str| (u128::from(a.parse::<Ipv6Addr>().unwrap()) >> 108) as usize;
+        let index = |a: &str| (u128::from(a.parse::<Ipv6Addr>().unwrap()) >> 112) as usize;
         let slot = |a: &str| t.top_slot(index(a));
         assert_eq!(
-            slot("2001:db8::"),
+            slot("2001::"),
             leaf::encode(leaf::BLOCK, 1).unwrap() | leaf::LONG
         );
         assert_eq!(
-            t.top_lengths(index("2001:db8::")),
-            1 << (29 - 21) | 1 << (32 - 21)
+            t.top_lengths(index("2001::")),
+            1 << (20 - 17) | 1 << (29 - 17) | 1 << (32 - 17)
         );
-        assert_eq!(slot("2001:1000::"), leaf::encode(leaf::ALLOW, 3).unwrap());
-        assert_eq!(slot("2001:2000::"), leaf::encode(leaf::BLOCK, 1).unwrap());
-        assert_eq!(t.top_lengths(index("2001:2000::")), 0);
+        for covered in ["2400::", "2401::", "240f::"] {
+            assert_eq!(slot(covered), leaf::encode(leaf::BLOCK, 6).unwrap());
+            assert_eq!(t.top_lengths(index(covered)), 0);
+        }
+        assert_eq!(slot("2410::"), leaf::NONE);
         assert_eq!(slot("2002::"), leaf::NONE);
         for addr in [
             "2001:db8::1",
@@ -383,6 +386,8 @@ mod tests {
             "2001:dc0::1",
             "2001:1000::1",
             "2001:2000::1",
+            "2401::1",
+            "2410::1",
         ] {
             let a: Ipv6Addr = addr.parse().unwrap();
             assert_eq!(t.lookup(a.octets()), expected(&rules, a), "{addr}");

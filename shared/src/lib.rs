@@ -36,19 +36,19 @@ pub mod map_names {
     pub const V4_LONG: &str = "XW_V4_LONG";
 
     /// Memory-mappable array of [`super::V6_TOP_SLOTS`] elements `[leaf0, lengths0, leaf1,
-    /// lengths1]`, one per /20 of an IPv6 source (its top 20 bits): the first level of the IPv6
-    /// hash engine, both generations side by side. The leaf ([`super::leaf`]) is folded from the
-    /// prefixes of /20 and shorter and carries [`super::leaf::LONG`] when prefixes longer than
-    /// /32 lie under the /20; bit `i` of `lengths` says prefixes of length `21 + i` (up to /32)
-    /// lie under it.
-    pub const V6_TOP20: &str = "XW_V6_TOP20";
+    /// lengths1]`, one per /16 of an IPv6 source (its top [`super::V6_TOP_BITS`] bits): the
+    /// first level of the IPv6 hash engine, both generations side by side (1 MiB: it stays in
+    /// the caches and the TLB). The leaf ([`super::leaf`]) is folded from the prefixes of /16
+    /// and shorter and carries [`super::leaf::LONG`] when prefixes longer than /32 lie under
+    /// the /16; bit `i` of `lengths` says prefixes of length `17 + i` (up to /32) lie under it.
+    pub const V6_TOP: &str = "XW_V6_TOP";
     /// Hash, top 32 bits of an IPv6 source -> [`super::V6Guide`]: generation 0 of the IPv6 hash
     /// engine's guides, one per /32 that holds prefixes longer than /32.
     pub const V6_GUIDE0: &str = "XW_V6_GUIDE0";
     /// Generation 1 of [`V6_GUIDE0`].
     pub const V6_GUIDE1: &str = "XW_V6_GUIDE1";
     /// Hash, [`super::V6Key`] -> leaf: generation 0 of the IPv6 hash engine's prefixes longer
-    /// than /20, probed at the lengths the /20's slot or the /32's guide lists.
+    /// than /16, probed at the lengths the /16's slot or the /32's guide lists.
     pub const V6_TBL0: &str = "XW_V6_TBL0";
     /// Generation 1 of [`V6_TBL0`]; the [`super::lookup::V6_GEN1`] bit says which generation
     /// the program reads.
@@ -57,7 +57,7 @@ pub mod map_names {
     /// Every map the ingress program owns, for pin management and status.
     pub const ALL: [&str; 15] = [
         ALLOW_V4, ALLOW_V6, BLOCK_V4, BLOCK_V6, RULE_STATS, VERDICTS, CONFIG, LOOKUP, V4_TBL24,
-        V4_LONG, V6_TOP20, V6_GUIDE0, V6_GUIDE1, V6_TBL0, V6_TBL1,
+        V4_LONG, V6_TOP, V6_GUIDE0, V6_GUIDE1, V6_TBL0, V6_TBL1,
     ];
 }
 
@@ -67,21 +67,21 @@ pub mod lookup {
     pub const LPM: u32 = 0;
     /// IPv4 sources are looked up in the DIR-24 table (and the long-prefix hash).
     pub const DIR24: u32 = 1;
-    /// IPv6 sources are looked up in the IPv6 hash engine ([`super::map_names::V6_TOP20`], a
+    /// IPv6 sources are looked up in the IPv6 hash engine ([`super::map_names::V6_TOP`], a
     /// guide per /32, the prefixes longer than /32 by length).
     pub const V6_HASH: u32 = 2;
-    /// With [`V6_HASH`]: the program reads generation 1 (`XW_V6_TOP20[..][1]`, `XW_V6_GUIDE1`,
+    /// With [`V6_HASH`]: the program reads generation 1 (`XW_V6_TOP[..][1]`, `XW_V6_GUIDE1`,
     /// `XW_V6_TBL1`), else 0.
     pub const V6_GEN1: u32 = 4;
 }
 
-/// First-level slots of the IPv6 hash engine: one per /20.
-pub const V6_TOP_SLOTS: u32 = 1 << 20;
+/// First-level slots of the IPv6 hash engine: one per /16.
+pub const V6_TOP_SLOTS: u32 = 1 << V6_TOP_BITS;
 /// Bits of an IPv6 source that index the first level.
-pub const V6_TOP_BITS: u32 = 20;
+pub const V6_TOP_BITS: u32 = 16;
 /// Capacity of each generation's guides (at most one per prefix longer than /32).
 pub const V6_GUIDE_MAX_ENTRIES: u32 = 1 << 20;
-/// Capacity of each generation's prefixes longer than /20.
+/// Capacity of each generation's prefixes longer than /16.
 pub const V6_HASH_MAX_ENTRIES: u32 = 1 << 20;
 
 /// What the IPv6 hash engine knows about a /32 that holds prefixes longer than /32: the answer

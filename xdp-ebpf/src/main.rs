@@ -55,8 +55,8 @@ static V4_TBL24: Array<[u32; 2]> = Array::pinned(DIR24_MAP_ENTRIES, BPF_F_MMAPAB
 static V4_LONG: HashMap<[u8; 4], u32> = HashMap::pinned(V4_LONG_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 // The controller shrinks these to one entry when the IPv6 hash engine is not in use.
-#[map(name = "XW_V6_TOP20")]
-static V6_TOP20: Array<[u32; 4]> = Array::pinned(V6_TOP_SLOTS, BPF_F_MMAPABLE);
+#[map(name = "XW_V6_TOP")]
+static V6_TOP: Array<[u32; 4]> = Array::pinned(V6_TOP_SLOTS, BPF_F_MMAPABLE);
 #[map(name = "XW_V6_GUIDE0")]
 static V6_GUIDE0: HashMap<[u8; 4], V6Guide> =
     HashMap::pinned(V6_GUIDE_MAX_ENTRIES, BPF_F_NO_PREALLOC);
@@ -92,7 +92,7 @@ const _: () = assert!(same(map_names::CONFIG, "XW_CONFIG"));
 const _: () = assert!(same(map_names::LOOKUP, "XW_LOOKUP"));
 const _: () = assert!(same(map_names::V4_TBL24, "XW_V4_TBL24"));
 const _: () = assert!(same(map_names::V4_LONG, "XW_V4_LONG"));
-const _: () = assert!(same(map_names::V6_TOP20, "XW_V6_TOP20"));
+const _: () = assert!(same(map_names::V6_TOP, "XW_V6_TOP"));
 const _: () = assert!(same(map_names::V6_GUIDE0, "XW_V6_GUIDE0"));
 const _: () = assert!(same(map_names::V6_GUIDE1, "XW_V6_GUIDE1"));
 const _: () = assert!(same(map_names::V6_TBL0, "XW_V6_TBL0"));
@@ -202,15 +202,15 @@ fn leaf_verdict(leaf: u32) -> Result<Option<u32>, (u32, u32)> {
     }
 }
 
-/// The IPv6 hash engine, in the generation the switch word names: one array read for the /20;
+/// The IPv6 hash engine, in the generation the switch word names: one array read for the /16;
 /// where prefixes longer than /32 lie under it, the /32's guide and one hash lookup per length
-/// it lists, longest first; else one per length of /21 to /32 the /20's slot lists. User space
+/// it lists, longest first; else one per length of /17 to /32 the /16's slot lists. User space
 /// folds allow over block and longest match into every leaf (the guide's own leaf included),
 /// so the first leaf found is the answer.
 #[inline(always)]
 fn v6_hash_leaf(addr: [u8; 16], gen1: bool) -> u32 {
     let top = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
-    let (first, lengths_21_32) = match V6_TOP20.get(top >> (32 - V6_TOP_BITS)) {
+    let (first, lengths_to_32) = match V6_TOP.get(top >> (32 - V6_TOP_BITS)) {
         Some(slot) if gen1 => (slot[2], slot[3]),
         Some(slot) => (slot[0], slot[1]),
         None => return leaf::NONE,
@@ -234,7 +234,7 @@ fn v6_hash_leaf(addr: [u8; 16], gen1: bool) -> u32 {
             return guide.leaf;
         }
     }
-    if let Some(found) = probe_lengths(lengths_21_32 as u64, 21, addr, gen1) {
+    if let Some(found) = probe_lengths(lengths_to_32 as u64, V6_TOP_BITS + 1, addr, gen1) {
         return found;
     }
     first & !leaf::LONG
