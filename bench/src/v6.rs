@@ -239,7 +239,7 @@ fn report(args: &V6Args, results: &[SizeResult]) -> String {
         "\nLoad of the whole list and a 1% churn (that many prefixes replaced) through the rules \
          engine (in-memory store, diff, map writes), per engine; the hash engine's entries per \
          generation (guides, one per /32 holding prefixes longer than /32; \
-         prefixes longer than /20):\n"
+         prefixes longer than /16):\n"
     );
     let _ = writeln!(
         out,
@@ -276,7 +276,7 @@ fn report(args: &V6Args, results: &[SizeResult]) -> String {
         out,
         "\nNotes: BPF_PROG_TEST_RUN repeats one frame back to back, so caches are warm; the \
          figures compare the programs' own lookup cost. xdpwall (lpm) does two trie lookups \
-         (allow, then block); the hash engine reads the /20's first-level slot, then the /32's \
+         (allow, then block); the hash engine reads the /16's first-level slot, then the /32's \
          guide if one exists, and probes the lengths the guide (or else the slot) lists, longest \
          first, with allow already folded in."
     );

@@ -127,9 +127,9 @@ pub enum Ipv6LookupSetting {
     Auto,
     /// Always the LPM tries.
     Lpm,
-    /// Always the hash engine: a first-level slot per /20, a guide per /32 holding prefixes
+    /// Always the hash engine: a first-level slot per /16, a guide per /32 holding prefixes
     /// longer than /32, and one hash lookup per length present there, longest first (typically
-    /// one to three per packet); two generations switched atomically; 16 MiB fixed plus about
+    /// one to three per packet); two generations switched atomically; 1 MiB fixed plus about
     /// one entry per prefix per generation.
     Hash,
 }

@@ -53,7 +53,7 @@ impl Ipv4Lookup {
 pub enum Ipv6Lookup {
     /// The allow and block LPM tries (the reference path).
     Lpm,
-    /// A first-level array per /20, a guide per /32 listing the longer lengths present, and
+    /// A first-level array per /16, a guide per /32 listing the longer lengths present, and
     /// the longer prefixes by length: one array read, then one hash lookup per listed length
     /// (typically one to three), allow and block in one search.
     Hash,
@@ -71,9 +71,9 @@ impl Ipv6Lookup {
 /// Entries of one generation of the IPv6 hash engine.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct V6HashEntries {
-    /// Guides, one per /32 with something under it ([`map_names::V6_GUIDE0`]).
+    /// Guides, one per /32 holding prefixes longer than /32 ([`map_names::V6_GUIDE0`]).
     pub guides: usize,
-    /// Prefixes longer than /32 ([`map_names::V6_TBL0`]).
+    /// Prefixes longer than /16 ([`map_names::V6_TBL0`]).
     pub prefixes: usize,
 }
 
@@ -757,8 +757,8 @@ impl Dir24 {
 /// The IPv6 hash engine's maps: two generations of (first level, guides, longer prefixes), the
 /// program reading the one the switch word names.
 struct V6Hash {
-    /// Both generations' first levels: for /20 number `i`, the leaf at `4 * i + 2 * generation`
-    /// and the lengths /21 to /32 right after it.
+    /// Both generations' first levels: for /16 number `i`, the leaf at `4 * i + 2 * generation`
+    /// and the lengths /17 to /32 right after it.
     top: MappedTable,
     guides: [HashMap<MapData, [u8; 4], V6Guide>; 2],
     prefixes: [HashMap<MapData, V6Key, u32>; 2],

@@ -1,5 +1,5 @@
 //! The IPv6 lookup engines through BPF_PROG_TEST_RUN against a plain Rust reference matcher:
-//! the hash engine (first level per /20, guide per /32, longer prefixes probed longest first) and
+//! the hash engine (first level per /16, guide per /32, longer prefixes probed longest first) and
 //! the LPM tries get the same random BGP-like rule sets (lengths /16../64 weighted like a routing
 //! table, plus /128 hosts, nested chains of alternating actions, nested chains of blocks only,
 //! adjacent halves, a forced ::/0) and must give the verdict and
