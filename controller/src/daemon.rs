@@ -172,28 +172,18 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
     let store = Store::open(&store_path)?;
     // Last good copies go in with the first reconcile: enforcement at boot without network.
     let last_good = feeds.last_good_sets(&store)?;
-    let ipv4_entries = store.ipv4_rule_count()?
-        + validated
-            .rules
-            .iter()
-            .filter(|(net, _)| net.addr().is_ipv4())
+    // Entries of one family known at start (stored rules, config rules, feeds' last good
+    // copies), for choosing the lookup engines.
+    let config_and_feeds = |ipv4: bool| {
+        let rules = validated.rules.iter().map(|(net, _)| net);
+        let feeds = last_good.iter().flat_map(|feed| &feed.entries);
+        rules
+            .chain(feeds)
+            .filter(|net| net.addr().is_ipv4() == ipv4)
             .count()
-        + last_good
-            .iter()
-            .flat_map(|feed| &feed.entries)
-            .filter(|net| net.addr().is_ipv4())
-            .count();
-    let ipv6_entries = store.ipv6_rule_count()?
-        + validated
-            .rules
-            .iter()
-            .filter(|(net, _)| net.addr().is_ipv6())
-            .count()
-        + last_good
-            .iter()
-            .flat_map(|feed| &feed.entries)
-            .filter(|net| net.addr().is_ipv6())
-            .count();
+    };
+    let ipv4_entries = store.ipv4_rule_count()? + config_and_feeds(true);
+    let ipv6_entries = store.ipv6_rule_count()? + config_and_feeds(false);
     let engines = Engines {
         ipv4: config
             .ipv4_lookup

@@ -176,18 +176,17 @@ impl Store {
     /// with a colon). Counted in SQL: the daemon needs it before loading, without reading every
     /// rule twice.
     pub fn ipv4_rule_count(&self) -> Result<usize, StoreError> {
-        let count: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM rules WHERE instr(cidr, ':') = 0",
-            [],
-            |row| row.get(0),
-        )?;
-        Ok(count as usize)
+        self.rule_count("instr(cidr, ':') = 0")
     }
 
     /// Stored IPv6 rules (for choosing the IPv6 lookup engine at start).
     pub fn ipv6_rule_count(&self) -> Result<usize, StoreError> {
+        self.rule_count("instr(cidr, ':') > 0")
+    }
+
+    fn rule_count(&self, condition: &str) -> Result<usize, StoreError> {
         let count: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM rules WHERE instr(cidr, ':') > 0",
+            &format!("SELECT COUNT(*) FROM rules WHERE {condition}"),
             [],
             |row| row.get(0),
         )?;
@@ -462,6 +461,7 @@ mod tests {
         tx.commit().unwrap();
         // The v4-mapped address is stored as IPv4.
         assert_eq!(store.ipv4_rule_count().unwrap(), 3);
+        assert_eq!(store.ipv6_rule_count().unwrap(), 1);
     }
 
     #[test]

@@ -122,13 +122,15 @@ impl Generator {
     /// generator's family.
     pub fn set_sources(&mut self, sources: &[IpAddr]) -> anyhow::Result<()> {
         anyhow::ensure!(!sources.is_empty(), "no source addresses");
-        match self.family {
+        let family = self.family;
+        let wrong = |a: &IpAddr| anyhow::anyhow!("{a} in an {} run", family.label());
+        match family {
             Family::Ipv4 => {
                 let v4: Vec<Ipv4Addr> = sources
                     .iter()
                     .map(|a| match a {
-                        IpAddr::V4(a) => Ok(*a),
-                        IpAddr::V6(a) => Err(anyhow::anyhow!("{a} in an IPv4 run")),
+                        IpAddr::V4(v4) => Ok(*v4),
+                        IpAddr::V6(_) => Err(wrong(a)),
                     })
                     .collect::<anyhow::Result<_>>()?;
                 self.set_sources_v4(&v4)
@@ -137,8 +139,8 @@ impl Generator {
                 let v6: Vec<Ipv6Addr> = sources
                     .iter()
                     .map(|a| match a {
-                        IpAddr::V6(a) => Ok(*a),
-                        IpAddr::V4(a) => Err(anyhow::anyhow!("{a} in an IPv6 run")),
+                        IpAddr::V6(v6) => Ok(*v6),
+                        IpAddr::V4(_) => Err(wrong(a)),
                     })
                     .collect::<anyhow::Result<_>>()?;
                 self.set_sources_v6(&v6)

@@ -47,16 +47,10 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
     if start + 14 + 16 > end {
         return xdp_action::XDP_ABORTED;
     }
-    let Some(next) = BENCH_GEN_NEXT.get_ptr_mut(0) else {
+    let Some(index) = next_source() else {
         return xdp_action::XDP_ABORTED;
     };
-    // SAFETY: a valid per-CPU slot; only this CPU's program touches it.
-    let index = unsafe {
-        let index = *next;
-        *next = index.wrapping_add(1);
-        index
-    };
-    let Some(entry) = BENCH_GEN_SRC.get(index & (GEN_SOURCES - 1)) else {
+    let Some(entry) = BENCH_GEN_SRC.get(index) else {
         return xdp_action::XDP_ABORTED;
     };
     // SAFETY: bounds checked above.
@@ -78,16 +72,10 @@ pub fn bench_gen6(ctx: XdpContext) -> u32 {
     if start + 14 + 40 + 8 > end {
         return xdp_action::XDP_ABORTED;
     }
-    let Some(next) = BENCH_GEN_NEXT.get_ptr_mut(0) else {
+    let Some(index) = next_source() else {
         return xdp_action::XDP_ABORTED;
     };
-    // SAFETY: a valid per-CPU slot; only this CPU's program touches it.
-    let index = unsafe {
-        let index = *next;
-        *next = index.wrapping_add(1);
-        index
-    };
-    let Some(entry) = BENCH_GEN_SRC6.get(index & (GEN_SOURCES - 1)) else {
+    let Some(entry) = BENCH_GEN_SRC6.get(index) else {
         return xdp_action::XDP_ABORTED;
     };
     let mut source = [0u8; 16];
@@ -101,6 +89,19 @@ pub fn bench_gen6(ctx: XdpContext) -> u32 {
         );
     }
     xdp_action::XDP_TX
+}
+
+/// The index of this CPU's next source (cycling through the table).
+#[inline(always)]
+fn next_source() -> Option<u32> {
+    let next = BENCH_GEN_NEXT.get_ptr_mut(0)?;
+    // SAFETY: a valid per-CPU slot; only this CPU's program touches it.
+    let index = unsafe {
+        let index = *next;
+        *next = index.wrapping_add(1);
+        index
+    };
+    Some(index & (GEN_SOURCES - 1))
 }
 
 #[xdp]
