@@ -157,20 +157,11 @@ pub fn run(args: &Args, pin_dir: &std::path::Path) -> anyhow::Result<String> {
         let started = Instant::now();
         dir24_engine.replace_all(rules, "bench", 0)?;
         let dir24_load_time = started.elapsed();
-        {
-            let mut stock: LpmTrie<_, [u8; 4], u32> =
-                LpmTrie::try_from(bench_obj.map_mut("BENCH_LPM_V4").context("BENCH_LPM_V4")?)?;
-            for key in stock.keys().collect::<Result<Vec<_>, _>>()? {
-                stock.remove(&key)?;
-            }
-            for (i, net) in prefixes.iter().enumerate() {
-                stock.insert(
-                    &Key::new(u32::from(net.prefix_len()), net.network().octets()),
-                    i as u32 + 1,
-                    0,
-                )?;
-            }
-        }
+        let stock: Vec<_> = prefixes
+            .iter()
+            .map(|net| (net.prefix_len(), net.network().octets()))
+            .collect();
+        fill_stock_trie(&mut bench_obj, "BENCH_LPM_V4", &stock)?;
         let hit_frames = prefixes::frames(&prefixes::hit_sources(&mut rng, &prefixes, args.frames));
         let miss_frames = prefixes::frames(&prefixes::miss_sources(&mut rng, args.frames));
 
@@ -198,6 +189,25 @@ pub fn run(args: &Args, pin_dir: &std::path::Path) -> anyhow::Result<String> {
         });
     }
     Ok(report(args, &results))
+}
+
+/// Empties the LPM trie `name` of the baseline object and inserts `prefixes` (length, network
+/// address) with ids 1, 2, ..., one map update each; returns the time of the inserts.
+pub(crate) fn fill_stock_trie<const N: usize>(
+    bench: &mut Ebpf,
+    name: &str,
+    prefixes: &[(u8, [u8; N])],
+) -> anyhow::Result<Duration> {
+    let mut trie: LpmTrie<_, [u8; N], u32> =
+        LpmTrie::try_from(bench.map_mut(name).context(name.to_string())?)?;
+    for key in trie.keys().collect::<Result<Vec<_>, _>>()? {
+        trie.remove(&key)?;
+    }
+    let started = Instant::now();
+    for (i, (len, network)) in prefixes.iter().enumerate() {
+        trie.insert(&Key::new(u32::from(*len), *network), i as u32 + 1, 0)?;
+    }
+    Ok(started.elapsed())
 }
 
 /// The xdpwall object with its maps pinned under `pin_dir`, and an engine over them with an

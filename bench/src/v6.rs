@@ -10,11 +10,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::{
-    Ebpf,
-    maps::{LpmTrie, lpm_trie::Key},
-    programs::Xdp,
-};
+use aya::{Ebpf, programs::Xdp};
 use clap::Parser;
 use ipnet::Ipv6Net;
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
@@ -155,20 +151,11 @@ pub fn run_v6(args: &V6Args, pin_dir: &std::path::Path) -> anyhow::Result<String
         }
         let churn = [timed(&mut lpm, &churned)?, timed(&mut hash, &churned)?];
         let list = churned;
-        {
-            let mut stock: LpmTrie<_, [u8; 16], u32> =
-                LpmTrie::try_from(bench_obj.map_mut("BENCH_LPM_V6").context("BENCH_LPM_V6")?)?;
-            for key in stock.keys().collect::<Result<Vec<_>, _>>()? {
-                stock.remove(&key)?;
-            }
-            for (i, net) in list.iter().enumerate() {
-                stock.insert(
-                    &Key::new(u32::from(net.prefix_len()), net.network().octets()),
-                    i as u32 + 1,
-                    0,
-                )?;
-            }
-        }
+        let stock: Vec<_> = list
+            .iter()
+            .map(|net| (net.prefix_len(), net.network().octets()))
+            .collect();
+        crate::fill_stock_trie(&mut bench_obj, "BENCH_LPM_V6", &stock)?;
         let mut lengths: Vec<u8> = list.iter().map(Ipv6Net::prefix_len).collect();
         lengths.sort_unstable();
         lengths.dedup();

@@ -32,7 +32,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf,
-    maps::{LpmTrie, MapData, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    maps::{MapData, PerCpuHashMap, PerCpuValues},
     programs::{Xdp, xdp::XdpLinkId},
 };
 use ipnet::IpNet;
@@ -49,7 +49,7 @@ use super::{
     Family,
     lab::{RateLab, attach_xdp},
 };
-use crate::feed::PinDirGuard;
+use crate::{feed::PinDirGuard, fill_stock_trie};
 
 /// One xdpwall configuration to measure. Adding a variant is one more row in
 /// [`XDPWALL_VARIANTS`] (IPv4 runs) or [`XDPWALL_VARIANTS_V6`] (IPv6 runs); its settings are
@@ -320,14 +320,20 @@ impl<'lab> Systems<'lab> {
     fn load_stock(&mut self, list: &[IpNet]) -> anyhow::Result<LoadInfo> {
         let name = stock_map(self.family);
         let load_time = match self.family {
-            Family::Ipv4 => fill_trie::<4>(&mut self.bench, name, list, |addr| match addr {
-                IpAddr::V4(a) => Some(a.octets()),
-                IpAddr::V6(_) => None,
-            })?,
-            Family::Ipv6 => fill_trie::<16>(&mut self.bench, name, list, |addr| match addr {
-                IpAddr::V6(a) => Some(a.octets()),
-                IpAddr::V4(_) => None,
-            })?,
+            Family::Ipv4 => {
+                let prefixes = stock_prefixes(list, |addr| match addr {
+                    IpAddr::V4(a) => Some(a.octets()),
+                    IpAddr::V6(_) => None,
+                })?;
+                fill_stock_trie(&mut self.bench, name, &prefixes)?
+            }
+            Family::Ipv6 => {
+                let prefixes = stock_prefixes(list, |addr| match addr {
+                    IpAddr::V6(a) => Some(a.octets()),
+                    IpAddr::V4(_) => None,
+                })?;
+                fill_stock_trie(&mut self.bench, name, &prefixes)?
+            }
         };
         let memory = memlock_of_pins(&[self.bench_pins.0.join(name)])?;
         Ok(LoadInfo {
@@ -668,30 +674,19 @@ fn stock_map(family: Family) -> &'static str {
     }
 }
 
-/// Empties the LPM trie `name` of the baseline object and inserts `list` (addresses of `N`
-/// bytes, `octets` giving them), one map update per prefix; the time of the inserts.
-fn fill_trie<const N: usize>(
-    bench: &mut Ebpf,
-    name: &str,
+/// The (length, network address) pairs of `list`, each of which `octets` must accept (the
+/// run's family).
+fn stock_prefixes<const N: usize>(
     list: &[IpNet],
     octets: impl Fn(IpAddr) -> Option<[u8; N]>,
-) -> anyhow::Result<Duration> {
-    let mut trie: LpmTrie<_, [u8; N], u32> =
-        LpmTrie::try_from(bench.map_mut(name).context(name.to_string())?)?;
-    for key in trie.keys().collect::<Result<Vec<_>, _>>()? {
-        trie.remove(&key)?;
-    }
-    let started = Instant::now();
-    for (i, net) in list.iter().enumerate() {
-        let addr =
-            octets(net.network()).with_context(|| format!("{net} is not of the run's family"))?;
-        trie.insert(
-            &Key::new(u32::from(net.prefix_len()), addr),
-            i as u32 + 1,
-            0,
-        )?;
-    }
-    Ok(started.elapsed())
+) -> anyhow::Result<Vec<(u8, [u8; N])>> {
+    list.iter()
+        .map(|net| {
+            octets(net.network())
+                .map(|addr| (net.prefix_len(), addr))
+                .with_context(|| format!("{net} is not of the run's family"))
+        })
+        .collect()
 }
 
 fn bench_program<'a>(bench: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
