@@ -58,15 +58,10 @@ impl Table {
         self.top_lengths.get(index).copied().unwrap_or(0)
     }
 
-    /// Entries of the two hashes.
-    pub fn hash_entries(&self) -> usize {
-        self.guides.len() + self.prefixes.len()
-    }
-
     /// What the XDP program answers for `addr`, step for step (for tests and `lookup`).
     pub fn lookup(&self, addr: [u8; 16]) -> u32 {
         let top = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
-        let slot = (top >> (32 - V6_TOP_BITS)) as usize;
+        let slot = slot_of(top);
         let first = self.top_slot(slot);
         let probe = |lengths: u64, base: u32| {
             (0..64u32)
@@ -100,6 +95,11 @@ fn as_u128(addr: [u8; 16]) -> u128 {
 
 fn top32(key: &V6Key) -> u32 {
     u32::from_be_bytes([key.addr[0], key.addr[1], key.addr[2], key.addr[3]])
+}
+
+/// The first-level slot of an address whose top 32 bits are `top32`.
+fn slot_of(top32: u32) -> usize {
+    (top32 >> (32 - V6_TOP_BITS)) as usize
 }
 
 fn covers(outer: &V6Key, inner: &V6Key) -> bool {
@@ -162,7 +162,7 @@ pub fn build(allow: &TrieContents<16>, block: &TrieContents<16>) -> Result<Table
     for &i in &by_length {
         let node = &nodes[i];
         let len = node.key.prefix_len;
-        let slot = (top32(&node.key) >> (32 - V6_TOP_BITS)) as usize;
+        let slot = slot_of(top32(&node.key));
         if len <= V6_TOP_BITS {
             let count = 1usize << (V6_TOP_BITS - len);
             table.top[slot..slot + count].fill(node.leaf);
@@ -197,7 +197,7 @@ pub fn build(allow: &TrieContents<16>, block: &TrieContents<16>) -> Result<Table
         }
     }
     for g in table.guides.keys() {
-        table.top[(u32::from_be_bytes(*g) >> (32 - V6_TOP_BITS)) as usize] |= leaf::LONG;
+        table.top[slot_of(u32::from_be_bytes(*g))] |= leaf::LONG;
     }
     Ok(table)
 }
@@ -235,7 +235,8 @@ impl<K: Copy + Ord + Hash, V: Copy + PartialEq> Changes<K, V> {
         self.upserts.is_empty() && self.removes.is_empty()
     }
 
-    /// `held` with these changes applied.
+    /// `held` with these changes applied (what the kernel map holds after the writes).
+    #[cfg(test)]
     pub fn applied_to(&self, held: &HashMap<K, V>) -> HashMap<K, V> {
         let mut out = held.clone();
         for (k, v) in &self.upserts {
@@ -335,7 +336,7 @@ mod tests {
     #[test]
     fn empty_set_answers_nothing() {
         let t = table(&[]);
-        assert_eq!(t.hash_entries(), 0);
+        assert!(t.guides.is_empty() && t.prefixes.is_empty());
         assert_eq!(t.lookup([0x20; 16]), leaf::NONE);
     }
 
