@@ -45,7 +45,8 @@ pub static SPECIAL_RANGES: LazyLock<Vec<IpNet>> = LazyLock::new(|| {
     .collect()
 });
 
-/// The special ranges as numeric (first, last) intervals per family: two prefixes overlap
+/// The special ranges as numeric (first, last) intervals per family, sorted and joined where
+/// they touch, so a binary search finds the one candidate: two prefixes overlap
 /// exactly when their intervals do, and comparing integers is far cheaper than
 /// `IpNet::contains` both ways for every entry of a million-entry feed.
 struct SpecialIntervals {
@@ -68,22 +69,43 @@ static SPECIAL_INTERVALS: LazyLock<SpecialIntervals> = LazyLock::new(|| {
                 .push((u128::from(n.network()), u128::from(n.broadcast()))),
         }
     }
-    intervals
+    SpecialIntervals {
+        v4: merged(intervals.v4, |a| a.checked_add(1)),
+        v6: merged(intervals.v6, |a| a.checked_add(1)),
+    }
 });
 
 /// Whether `net` overlaps a special-purpose range.
 pub fn is_special(net: &IpNet) -> bool {
     let SpecialIntervals { v4, v6 } = &*SPECIAL_INTERVALS;
     match net {
-        IpNet::V4(n) => {
-            let (first, last) = (u32::from(n.network()), u32::from(n.broadcast()));
-            v4.iter().any(|&(s, e)| first <= e && last >= s)
-        }
-        IpNet::V6(n) => {
-            let (first, last) = (u128::from(n.network()), u128::from(n.broadcast()));
-            v6.iter().any(|&(s, e)| first <= e && last >= s)
+        IpNet::V4(n) => overlaps(v4, u32::from(n.network()), u32::from(n.broadcast())),
+        IpNet::V6(n) => overlaps(v6, u128::from(n.network()), u128::from(n.broadcast())),
+    }
+}
+
+/// Whether `first..=last` overlaps one of `intervals` (sorted, disjoint): the first interval
+/// ending at or after `first` is the only candidate.
+fn overlaps<T: Ord + Copy>(intervals: &[(T, T)], first: T, last: T) -> bool {
+    let candidate = intervals.partition_point(|&(_, end)| end < first);
+    intervals
+        .get(candidate)
+        .is_some_and(|&(start, _)| start <= last)
+}
+
+/// Sorts `intervals` and joins the overlapping and adjacent ones.
+fn merged<T: Ord + Copy>(mut intervals: Vec<(T, T)>, next: impl Fn(T) -> Option<T>) -> Vec<(T, T)> {
+    intervals.sort_unstable();
+    let mut out: Vec<(T, T)> = Vec::with_capacity(intervals.len());
+    for (start, end) in intervals {
+        match out.last_mut() {
+            Some((_, last_end)) if next(*last_end).is_none_or(|n| start <= n) => {
+                *last_end = (*last_end).max(end)
+            }
+            _ => out.push((start, end)),
         }
     }
+    out
 }
 
 /// Per-feed limits.
@@ -217,6 +239,11 @@ pub fn check(
 
 #[cfg(test)]
 mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use ipnet::{Ipv4Net, Ipv6Net};
+    use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+
     use super::*;
     use crate::feeds::parse::{CsvOptions, FeedFormat, parse};
 
@@ -254,12 +281,59 @@ mod tests {
             "::/0",
             "2a00::/16",
         ];
+        let slow = |net: &IpNet| {
+            SPECIAL_RANGES
+                .iter()
+                .any(|s| s.contains(net) || net.contains(s))
+        };
         for entry in entries {
             let net: IpNet = entry.parse().unwrap();
-            let slow = SPECIAL_RANGES
-                .iter()
-                .any(|s| s.contains(&net) || net.contains(s));
-            assert_eq!(is_special(&net), slow, "{entry}");
+            assert_eq!(is_special(&net), slow(&net), "{entry}");
+        }
+        // Every range's edges and the addresses just outside them, then random prefixes.
+        let mut nets = Vec::new();
+        for range in SPECIAL_RANGES.iter() {
+            nets.push(*range);
+            for edge in [range.network(), range.broadcast()] {
+                let (below, above) = match edge {
+                    IpAddr::V4(a) => {
+                        let a = u32::from(a);
+                        (
+                            a.checked_sub(1).map(|b| IpAddr::from(Ipv4Addr::from(b))),
+                            a.checked_add(1).map(|b| IpAddr::from(Ipv4Addr::from(b))),
+                        )
+                    }
+                    IpAddr::V6(a) => {
+                        let a = u128::from(a);
+                        (
+                            a.checked_sub(1).map(|b| IpAddr::from(Ipv6Addr::from(b))),
+                            a.checked_add(1).map(|b| IpAddr::from(Ipv6Addr::from(b))),
+                        )
+                    }
+                };
+                nets.extend(
+                    [Some(edge), below, above]
+                        .into_iter()
+                        .flatten()
+                        .map(IpNet::from),
+                );
+            }
+        }
+        let mut rng = StdRng::seed_from_u64(20261127);
+        for _ in 0..50_000 {
+            let v4 = Ipv4Net::new(
+                Ipv4Addr::from(rng.random::<u32>()),
+                rng.random_range(0..=32),
+            );
+            let v6 = Ipv6Net::new(
+                Ipv6Addr::from(rng.random::<u128>()),
+                rng.random_range(0..=128),
+            );
+            nets.push(IpNet::V4(v4.unwrap().trunc()));
+            nets.push(IpNet::V6(v6.unwrap().trunc()));
+        }
+        for net in nets {
+            assert_eq!(is_special(&net), slow(&net), "{net}");
         }
     }
 
