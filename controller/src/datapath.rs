@@ -670,16 +670,18 @@ impl Dir24 {
         };
         let prefixes = Prefixes::new(&self.allow, &self.block);
         let mut writes = Writes::default();
-        for range in ranges {
-            match dir24::paint(prefixes, range) {
-                Ok(painted) => writes.add(&painted, |s| self.table.get(s), &self.long_applied),
-                Err(err) => {
-                    self.restore_sets(diff, before);
-                    return Err(err.into());
+        match dir24::paint_ranges(prefixes, &ranges) {
+            Ok(painted) => {
+                for painted in &painted {
+                    writes.add(painted, |s| self.table.get(s), &self.long_applied);
                 }
+                Ok(writes)
+            }
+            Err(err) => {
+                self.restore_sets(diff, before);
+                Err(err.into())
             }
         }
-        Ok(writes)
     }
 
     /// Takes the IPv4 part of `diff` back out of the prefix sets. `before` holds (at least)

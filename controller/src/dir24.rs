@@ -153,39 +153,25 @@ pub fn paint(prefixes: Prefixes<'_>, range: SlotRange) -> Result<Painted, IdTooL
     )?;
 
     let mut slots = vec![leaf::NONE; (last - first) as usize + 1];
-    // Prefixes longer than /24, by their /24, in painting order.
-    let mut long: BTreeMap<u32, Vec<(u32, u32, u32)>> = BTreeMap::new();
+    // Prefixes longer than /24 as (start, end, leaf), in painting order.
+    let mut long: Vec<(u32, u32, u32)> = Vec::new();
     for &(len, p_start, p_end, value) in blocks.iter().chain(&allows) {
         if len > 24 {
-            long.entry(p_start >> 8)
-                .or_default()
-                .push((p_start, p_end, value));
+            long.push((p_start, p_end, value));
             continue;
         }
         let from = (p_start.max(start) >> 8) - first;
         let to = (p_end.min(end) >> 8) - first;
         slots[from as usize..=to as usize].fill(value);
     }
+    // Grouped by /24; a stable sort keeps the painting order inside each group.
+    long.sort_by_key(|&(p_start, _, _)| p_start >> 8);
 
     let mut long_entries = BTreeMap::new();
-    for (slot, prefixes) in long {
+    for group in long.chunk_by(|a, b| a.0 >> 8 == b.0 >> 8) {
+        let slot = group[0].0 >> 8;
         let base = slots[(slot - first) as usize];
-        let mut cells = [base; 256];
-        for (p_start, p_end, value) in prefixes {
-            for cell in &mut cells[(p_start & 0xff) as usize..=(p_end & 0xff) as usize] {
-                // Allows come after every block, so a block never overwrites an allow here.
-                if value & leaf::KIND_MASK == leaf::ALLOW || *cell & leaf::KIND_MASK != leaf::ALLOW
-                {
-                    *cell = value;
-                }
-            }
-        }
-        let differing: Vec<(usize, u32)> = cells
-            .iter()
-            .enumerate()
-            .filter(|(_, cell)| **cell != base)
-            .map(|(offset, cell)| (offset, *cell))
-            .collect();
+        let differing = differing_cells(base, group);
         let single = match differing.as_slice() {
             [(offset, cell)] if base == leaf::NONE => leaf::single(*offset as u8, *cell),
             _ => None,
@@ -204,6 +190,76 @@ pub fn paint(prefixes: Prefixes<'_>, range: SlotRange) -> Result<Painted, IdTooL
         slots,
         long: long_entries,
     })
+}
+
+/// Paints `ranges` (sorted, disjoint), in order. Large jobs (the whole table, or thousands of
+/// ranges) are split in two halves painted on two threads when there are two CPUs: painting
+/// is a pure function of the prefixes, so the halves are exactly what one pass would paint.
+pub fn paint_ranges(
+    prefixes: Prefixes<'_>,
+    ranges: &[SlotRange],
+) -> Result<Vec<Painted>, IdTooLarge> {
+    const SPLIT_SLOTS: u64 = 1 << 20;
+    const SPLIT_RANGES: usize = 4096;
+    let slots: u64 = ranges.iter().map(|(f, l)| u64::from(l - f) + 1).sum();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 || (slots < SPLIT_SLOTS && ranges.len() < SPLIT_RANGES) {
+        return ranges.iter().map(|range| paint(prefixes, *range)).collect();
+    }
+    let (head, tail): (Vec<SlotRange>, Vec<SlotRange>) = match ranges {
+        [(first, last)] => {
+            let middle = first + (last - first) / 2;
+            (vec![(*first, middle)], vec![(middle + 1, *last)])
+        }
+        _ => {
+            let (head, tail) = ranges.split_at(ranges.len() / 2);
+            (head.to_vec(), tail.to_vec())
+        }
+    };
+    let paint_all = |ranges: &[SlotRange]| -> Result<Vec<Painted>, IdTooLarge> {
+        ranges.iter().map(|range| paint(prefixes, *range)).collect()
+    };
+    let (head, tail) = std::thread::scope(|scope| {
+        let tail = scope.spawn(|| paint_all(&tail));
+        let head = paint_all(&head);
+        (head, tail.join().expect("painting does not panic"))
+    });
+    let mut painted = head?;
+    painted.extend(tail?);
+    Ok(painted)
+}
+
+/// The cells (offset in the /24, leaf) of one /24 whose answer differs from the /24's leaf
+/// `base`, given the longer prefixes inside it in painting order (blocks, then allows, each by
+/// increasing length).
+fn differing_cells(base: u32, prefixes: &[(u32, u32, u32)]) -> Vec<(usize, u32)> {
+    // Allows come after every block, so a block never overwrites an allow.
+    let paints = |cell: u32, value: u32| {
+        value & leaf::KIND_MASK == leaf::ALLOW || cell & leaf::KIND_MASK != leaf::ALLOW
+    };
+    if let [(p_start, p_end, value)] = prefixes {
+        // The usual case (one address or small block listed in its /24) without the 256 cells.
+        if *value == base || !paints(base, *value) {
+            return Vec::new();
+        }
+        return ((p_start & 0xff) as usize..=(p_end & 0xff) as usize)
+            .map(|offset| (offset, *value))
+            .collect();
+    }
+    let mut cells = [base; 256];
+    for (p_start, p_end, value) in prefixes {
+        for cell in &mut cells[(p_start & 0xff) as usize..=(p_end & 0xff) as usize] {
+            if paints(*cell, *value) {
+                *cell = *value;
+            }
+        }
+    }
+    cells
+        .iter()
+        .enumerate()
+        .filter(|(_, cell)| **cell != base)
+        .map(|(offset, cell)| (offset, *cell))
+        .collect()
 }
 
 /// Above this many separate ranges one pass over the whole table is cheaper than painting
@@ -312,8 +368,8 @@ mod tests {
         fn update(&mut self, contents: &MapContents, ranges: &[SlotRange]) {
             let prefixes = Prefixes::new(&contents.allow_v4, &contents.block_v4);
             let mut writes = Writes::default();
-            for range in ranges {
-                let painted = paint(prefixes, *range).unwrap();
+            // As the datapath paints: the whole table in two halves on two threads.
+            for painted in paint_ranges(prefixes, ranges).unwrap() {
                 writes.add(&painted, |s| self.slots[s as usize], &self.long);
             }
             for (addr, leaf) in writes.long_upserts {
@@ -349,6 +405,51 @@ mod tests {
     }
 
     /// Random overlapping prefixes in a small region (so hits and nesting are frequent).
+    #[test]
+    fn painting_in_halves_equals_one_pass() {
+        // Prefixes on both sides of the split and across it (the whole table splits at slot
+        // 0x7f_ffff / 0x80_0000, i.e. between 127.255.255.255 and 128.0.0.0).
+        let nets = [
+            ("127.255.255.0/24", Action::Block),
+            ("127.255.255.255/32", Action::Allow),
+            ("128.0.0.0/24", Action::Block),
+            ("128.0.0.7/32", Action::Block),
+            ("128.0.0.0/1", Action::Block),
+            ("126.0.0.0/7", Action::Block),
+            ("127.0.0.0/8", Action::Allow),
+            ("10.0.0.0/8", Action::Block),
+            ("200.1.2.3/32", Action::Block),
+        ];
+        let rules: Vec<Rule> = nets
+            .iter()
+            .enumerate()
+            .map(|(i, (net, action))| rule(i as RuleId + 1, net.parse().unwrap(), *action))
+            .collect();
+        let contents = MapContents::from_rules(&rules);
+        let prefixes = Prefixes::new(&contents.allow_v4, &contents.block_v4);
+        let whole = paint(prefixes, FULL_RANGE).unwrap();
+        let halves = paint_ranges(prefixes, &[FULL_RANGE]).unwrap();
+        assert_eq!(halves.len(), 2, "the whole table is painted in two halves");
+        assert_eq!(halves[0].first, 0);
+        let slots: Vec<u32> = halves
+            .iter()
+            .flat_map(|p| p.slots.iter().copied())
+            .collect();
+        assert!(
+            slots == whole.slots,
+            "the halves' slots differ from one pass"
+        );
+        let long: BTreeMap<u32, u32> = halves.iter().flat_map(|p| p.long.clone()).collect();
+        assert_eq!(long, whole.long);
+        // Many small ranges split by count instead.
+        let ranges: Vec<SlotRange> = (0..5000u32).map(|i| (i * 3000, i * 3000 + 1)).collect();
+        let sequential: Vec<Painted> = ranges
+            .iter()
+            .map(|r| paint(prefixes, *r).unwrap())
+            .collect();
+        assert_eq!(paint_ranges(prefixes, &ranges).unwrap(), sequential);
+    }
+
     fn random_rules(rng: &mut StdRng, count: usize, first_id: RuleId) -> Vec<Rule> {
         (0..count)
             .map(|i| {

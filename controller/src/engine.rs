@@ -895,7 +895,18 @@ impl Engine {
     }
 
     /// Records the owners a committed change left for the keys it touched.
-    fn settle_owners(&mut self, touched: Owners) {
+    fn settle_owners(&mut self, mut touched: Owners) {
+        if touched.len() > self.owners.len() {
+            // A feed's first load touches more keys than exist: keep the bigger map and fold the
+            // smaller one in, instead of a million inserts into the smaller.
+            std::mem::swap(&mut self.owners, &mut touched);
+            for (key, ids) in touched {
+                // Keys in both: the touched (now held) value is the newer one.
+                self.owners.entry(key).or_insert(ids);
+            }
+            self.owners.retain(|_, ids| !ids.is_empty());
+            return;
+        }
         self.owners.reserve(touched.len());
         for (key, ids) in touched {
             if ids.is_empty() {
@@ -1016,6 +1027,9 @@ impl OwnerIds {
 }
 
 /// The owners of `key` as a change will leave them, seeded from the current owners.
+// Inlined: called once per feed entry, and as a call it made each iteration wait for the
+// cache miss of the entry it had just written (a million-entry load took twice as long).
+#[inline(always)]
 fn owners_slot<'a>(
     touched: &'a mut Owners,
     current: &Owners,
