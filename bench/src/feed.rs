@@ -1414,7 +1414,7 @@ fn render_report(args: &FeedArgs, environment: &Environment, sizes: &[SizeResult
     for size in sizes {
         render_size(&mut out, args, size, sizes.len() > 1);
     }
-    render_notes(&mut out, sizes);
+    render_notes(&mut out, args, sizes);
     out
 }
 
@@ -1566,7 +1566,7 @@ fn render_goal(out: &mut String, args: &FeedArgs, size: &SizeResult) {
     }
 }
 
-fn render_notes(out: &mut String, sizes: &[SizeResult]) {
+fn render_notes(out: &mut String, args: &FeedArgs, sizes: &[SizeResult]) {
     let overheads: Vec<String> = sizes
         .iter()
         .map(|s| format!("{:.1} ms", s.command_overhead.as_secs_f64() * 1e3))
@@ -1576,15 +1576,25 @@ fn render_notes(out: &mut String, sizes: &[SizeResult]) {
         .map(|s| format!("`{}`", s.ipset_options))
         .collect();
     let _ = writeln!(out, "## Notes\n");
+    let kernel_writes = match args.ipv4_lookup {
+        Ipv4Lookup::Lpm => {
+            "one BPF map syscall per changed entry (inserts before removes) on the real, pinned \
+             LPM tries"
+        }
+        Ipv4Lookup::Dir24 => {
+            "the DIR-24 slots the change touches repainted (the whole table, on two threads, \
+             when the change is large) and written through the memory-mapped table, plus batch \
+             updates of the long-prefix hash, on the real, pinned maps"
+        }
+    };
     let _ = writeln!(
         out,
         "- What xdpwall's times include: `check_body` on the whole feed text held in memory \
-         (line parsing, CIDR normalisation, the special-range filter, `IpNet::aggregate`, the \
-         size and shrink checks), collecting the result into the `BTreeSet` `apply_feed` takes, \
-         and `Engine::apply_feed`: the diff against the feed's previous entries in user space \
-         plus one BPF map syscall per changed entry (inserts before removes) on the real, \
-         pinned LPM tries. Not included: the HTTP fetch, writing the last good copy (with \
-         fsync) and saving the feed state in SQLite, which `xdpwall feeds sync` also does."
+         (line parsing, CIDR normalisation, the special-range filter, aggregation, the size and \
+         shrink checks), collecting the result into the `BTreeSet` `apply_feed` takes, and \
+         `Engine::apply_feed`: the diff against the feed's previous entries in user space plus \
+         {kernel_writes}. Not included: the HTTP fetch, writing the last good copy (with fsync) \
+         and saving the feed state in SQLite, which `xdpwall feeds sync` also does."
     );
     let _ = writeln!(
         out,

@@ -384,14 +384,41 @@ impl FeedManager {
     }
 }
 
-/// The last good copy's file content: one normalised CIDR per line.
+/// The last good copy's file content: one normalised CIDR per line, as `IpNet`'s `Display`
+/// writes it. IPv4 is written digit by digit: through `Display`, a million lines took ~150 ms
+/// of every sync.
 fn render_last_good(entries: &[IpNet]) -> String {
     let mut text = String::with_capacity(entries.len() * 20);
     for entry in entries {
-        text.push_str(&entry.to_string());
+        match entry {
+            IpNet::V4(net) => {
+                for (i, octet) in net.addr().octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push('.');
+                    }
+                    push_decimal(&mut text, octet);
+                }
+                text.push('/');
+                push_decimal(&mut text, net.prefix_len());
+            }
+            IpNet::V6(_) => {
+                use std::fmt::Write as _;
+                write!(text, "{entry}").expect("writing to a String cannot fail");
+            }
+        }
         text.push('\n');
     }
     text
+}
+
+fn push_decimal(text: &mut String, value: u8) {
+    if value >= 100 {
+        text.push(char::from(b'0' + value / 100));
+    }
+    if value >= 10 {
+        text.push(char::from(b'0' + value / 10 % 10));
+    }
+    text.push(char::from(b'0' + value % 10));
 }
 
 /// Body → entries to apply, or why not.
@@ -725,6 +752,23 @@ mod tests {
         assert_eq!(sets.len(), 1);
         assert_eq!(sets[0].entries.len(), 5);
         assert_eq!(Some(&sets[0]), guard.as_ref().unwrap().feed("testfeed"));
+    }
+
+    #[test]
+    fn last_good_copy_is_written_as_display_writes_it() {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(20261127);
+        let mut entries: Vec<IpNet> = ["0.0.0.0/0", "255.255.255.255/32", "10.0.0.0/8", "::/0"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        for _ in 0..20_000 {
+            let v4 = ipnet::Ipv4Net::new(rng.random::<u32>().into(), rng.random_range(0..=32));
+            entries.push(IpNet::V4(v4.unwrap().trunc()));
+        }
+        entries.push("2001:db8::/32".parse().unwrap());
+        let expected: String = entries.iter().map(|e| format!("{e}\n")).collect();
+        assert_eq!(render_last_good(&entries), expected);
     }
 
     #[test]
