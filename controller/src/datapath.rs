@@ -4,7 +4,7 @@
 //! entry present before and after a change is never absent in between.
 
 use std::{
-    collections::{BTreeMap, HashMap as StdHashMap},
+    collections::BTreeMap,
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
     ptr::NonNull,
     sync::atomic::{AtomicU32, Ordering},
@@ -16,6 +16,7 @@ use aya::{
         Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key,
     },
 };
+use rustc_hash::FxHashMap;
 use xdpwall_shared::{
     DIR24_MAP_ENTRIES, DatapathConfig, RuleCounters, V4_LONG_MAX_ENTRIES, V6_GUIDE_MAX_ENTRIES,
     V6_HASH_MAX_ENTRIES, V6_TOP_SLOTS, V6Guide, V6Key, lookup, map_names, verdict, verdict_slot,
@@ -573,10 +574,8 @@ impl Datapath {
                 dir24.upsert_long(writes)?;
             }
             // The generation the program does not read: nothing a packet sees changes yet.
-            if let Some(v6) = &mut self.v6hash
-                && v6_previous.is_some()
-            {
-                v6.write_standby()?;
+            if let (Some(v6), Some(previous)) = (&mut self.v6hash, &v6_previous) {
+                v6.write_standby(previous)?;
             }
             Ok(())
         })();
@@ -611,10 +610,8 @@ impl Datapath {
         }
         // Flips the IPv6 generation (and any engine switch).
         self.switch_engine()?;
-        if let Some(v6) = &mut self.v6hash
-            && v6_previous.is_some()
-        {
-            v6.catch_up_old_generation();
+        if let (Some(v6), Some(previous)) = (&mut self.v6hash, &v6_previous) {
+            v6.catch_up_old_generation(previous);
         }
         Ok(())
     }
@@ -767,7 +764,12 @@ struct V6Hash {
     /// What each generation's hashes hold (read back at start, then kept in step); `None`:
     /// unknown after a failed write, read back before the next one. The first level is read
     /// from the mapping itself.
-    held: [Option<V6Held>; 2],
+    held: [Held; 2],
+    /// Version of `target`: one more for every change planned.
+    version: u64,
+    /// The writes from the previous target to this version's, computed for the first
+    /// generation written and reused for the second (both held the previous target).
+    transition: Option<Transition>,
     /// The generation the switch word names (or is about to name): the one packets read.
     /// Changes go to the other one first.
     live: usize,
@@ -781,11 +783,33 @@ struct V6Hash {
     barrier: RcuBarrier,
 }
 
+/// What one generation's hashes hold, as far as this handle knows.
+enum Held {
+    /// Unknown (a write failed part way): read back before the next write.
+    Unknown,
+    /// Read back from the kernel (at start, or after a failure).
+    Read(V6Held),
+    /// Exactly the target of this version. No copy is kept: the engine's previous target
+    /// (which it holds while a change is applied) is what a generation one version behind
+    /// holds, so the writes are one diff of two tables.
+    Version(u64),
+}
+
+/// The writes that take a generation to the target of version `to`.
+struct Transition {
+    to: u64,
+    /// From the target of version `to - 1` (so another generation holding it can reuse them),
+    /// not from contents read back.
+    from_previous: bool,
+    guides: Changes<[u8; 4], V6Guide>,
+    prefixes: Changes<V6Key, u32>,
+}
+
 /// What one generation's two hashes hold.
 #[derive(Clone, Default)]
 struct V6Held {
-    guides: StdHashMap<[u8; 4], V6Guide>,
-    prefixes: StdHashMap<V6Key, u32>,
+    guides: FxHashMap<[u8; 4], V6Guide>,
+    prefixes: FxHashMap<V6Key, u32>,
 }
 
 impl V6Hash {
@@ -801,7 +825,9 @@ impl V6Hash {
             top,
             guides,
             prefixes,
-            held: [None, None],
+            held: [Held::Unknown, Held::Unknown],
+            version: 0,
+            transition: None,
             live: usize::from(switch & lookup::V6_GEN1 != 0),
             synced: false,
             target: v6hash::Table::default(),
@@ -810,7 +836,7 @@ impl V6Hash {
             barrier: RcuBarrier::new()?,
         };
         for generation in 0..2 {
-            this.read_back(generation)?;
+            this.held[generation] = Held::Read(this.read_back(generation)?);
         }
         Ok(this)
     }
@@ -822,7 +848,7 @@ impl V6Hash {
         ][generation]
     }
 
-    fn read_back(&mut self, generation: usize) -> Result<(), DatapathError> {
+    fn read_back(&self, generation: usize) -> Result<V6Held, DatapathError> {
         let (guides_name, prefixes_name) = Self::names(generation);
         let mut held = V6Held::default();
         for entry in self.guides[generation].iter() {
@@ -833,8 +859,7 @@ impl V6Hash {
             let (key, leaf) = entry.map_err(map_err(prefixes_name))?;
             held.prefixes.insert(key, leaf);
         }
-        self.held[generation] = Some(held);
-        Ok(())
+        Ok(held)
     }
 
     /// Takes the IPv6 part of `diff` into the prefix sets and computes the table. Returns the
@@ -850,7 +875,10 @@ impl V6Hash {
         diff.allow_v6.apply_to(&mut self.allow);
         diff.block_v6.apply_to(&mut self.block);
         match v6hash::build(&self.allow, &self.block) {
-            Ok(table) => Ok(Some(std::mem::replace(&mut self.target, table))),
+            Ok(table) => {
+                self.version += 1;
+                Ok(Some(std::mem::replace(&mut self.target, table)))
+            }
             Err(err) => {
                 self.restore_sets(diff, before);
                 Err(err.into())
@@ -869,13 +897,21 @@ impl V6Hash {
     fn undo_plan(&mut self, diff: &MapDiff, before: &MapContents, previous: v6hash::Table) {
         self.restore_sets(diff, before);
         self.target = previous;
+        self.version -= 1;
+        self.transition = None;
+        // A generation written to the undone version no longer holds any target we know.
+        for held in &mut self.held {
+            if matches!(held, Held::Version(v) if *v > self.version) {
+                *held = Held::Unknown;
+            }
+        }
     }
 
     /// Brings the generation packets do not read to the target; on success it becomes the
     /// live one (the switch word is written next).
-    fn write_standby(&mut self) -> Result<(), DatapathError> {
+    fn write_standby(&mut self, previous: &v6hash::Table) -> Result<(), DatapathError> {
         let standby = 1 - self.live;
-        self.write(standby)?;
+        self.write(standby, previous)?;
         self.live = standby;
         self.synced = true;
         Ok(())
@@ -885,35 +921,61 @@ impl V6Hash {
     /// the old one, then brings it to the target as well, so the next change starts from two
     /// equal generations. A failure here changes nothing a packet sees; it is logged, and the
     /// next apply rewrites that generation first anyway.
-    fn catch_up_old_generation(&mut self) {
+    fn catch_up_old_generation(&mut self, previous: &v6hash::Table) {
         let old = 1 - self.live;
-        if let Err(err) = self.barrier.wait().and_then(|()| self.write(old)) {
+        if let Err(err) = self.barrier.wait().and_then(|()| self.write(old, previous)) {
             tracing::warn!(error = %err, generation = old, "IPv6 hash: the standby generation \
                 could not be brought up to date; it will be rewritten by the next change");
-            self.held[old] = None;
+            self.held[old] = Held::Unknown;
         }
+        self.transition = None;
     }
 
-    fn write(&mut self, generation: usize) -> Result<(), DatapathError> {
-        if self.held[generation].is_none() {
-            self.read_back(generation)?;
-        }
-        let held = self.held[generation].take().expect("read back above");
+    /// Brings `generation` to the target; `previous` is the target before the change being
+    /// applied.
+    fn write(&mut self, generation: usize, previous: &v6hash::Table) -> Result<(), DatapathError> {
         // Whatever happens below, this generation's contents are now known only to the kernel
-        // (`held` stays `None` until every write succeeded).
-        let (guides_name, prefixes_name) = Self::names(generation);
-        write_changes(
-            map_fd(&self.prefixes[generation]),
-            prefixes_name,
-            V6_HASH_MAX_ENTRIES,
-            &Changes::between(&held.prefixes, &self.target.prefixes),
-        )?;
-        write_changes(
-            map_fd(&self.guides[generation]),
-            guides_name,
-            V6_GUIDE_MAX_ENTRIES,
-            &Changes::between(&held.guides, &self.target.guides),
-        )?;
+        // (`held` stays `Unknown` until every write succeeded).
+        let held = std::mem::replace(&mut self.held[generation], Held::Unknown);
+        let transition = match held {
+            Held::Version(v) if v == self.version => None,
+            Held::Version(v) if v + 1 == self.version => Some(match self.transition.take() {
+                Some(t) if t.to == self.version => t,
+                _ => Transition {
+                    to: self.version,
+                    from_previous: true,
+                    guides: Changes::between(&previous.guides, &self.target.guides),
+                    prefixes: Changes::between(&previous.prefixes, &self.target.prefixes),
+                },
+            }),
+            held => {
+                let held = match held {
+                    Held::Read(held) => held,
+                    _ => self.read_back(generation)?,
+                };
+                Some(Transition {
+                    to: self.version,
+                    from_previous: false,
+                    guides: Changes::between(&held.guides, &self.target.guides),
+                    prefixes: Changes::between(&held.prefixes, &self.target.prefixes),
+                })
+            }
+        };
+        if let Some(transition) = &transition {
+            let (guides_name, prefixes_name) = Self::names(generation);
+            write_changes(
+                map_fd(&self.prefixes[generation]),
+                prefixes_name,
+                V6_HASH_MAX_ENTRIES,
+                &transition.prefixes,
+            )?;
+            write_changes(
+                map_fd(&self.guides[generation]),
+                guides_name,
+                V6_GUIDE_MAX_ENTRIES,
+                &transition.guides,
+            )?;
+        }
         // No packet reads this generation: the order of the writes does not matter.
         for slot in 0..V6_TOP_SLOTS as usize {
             let mapped = (4 * slot + 2 * generation) as u32;
@@ -926,21 +988,26 @@ impl V6Hash {
                 }
             }
         }
-        self.held[generation] = Some(V6Held {
-            guides: self.target.guides.clone(),
-            prefixes: self.target.prefixes.clone(),
-        });
+        self.held[generation] = Held::Version(self.version);
+        // Kept for the other generation, if it holds the same previous target.
+        if let Some(transition) = transition.filter(|t| t.from_previous) {
+            self.transition = Some(transition);
+        }
         Ok(())
     }
 }
 
-/// Writes `changes` to the hash map `fd` with batch operations.
+/// Writes `changes` to the hash map `fd` of a generation no packet reads, with batch
+/// operations. Removes go first: after a write that failed because the map was full, the map
+/// is still full of that write's entries, and the next change must make room before it adds.
 fn write_changes<K: aya::Pod, V: aya::Pod>(
     fd: u32,
     name: &'static str,
     capacity: u32,
     changes: &Changes<K, V>,
 ) -> Result<(), DatapathError> {
+    delete_batch(fd, &changes.removes)
+        .map_err(|source| DatapathError::Batch { map: name, source })?;
     let (keys, values): (Vec<K>, Vec<V>) = changes.upserts.iter().copied().unzip();
     update_batch(fd, &keys, &values).map_err(|err| match err.raw_os_error() {
         Some(libc::E2BIG | libc::ENOSPC) => DatapathError::Full {
@@ -952,8 +1019,7 @@ fn write_changes<K: aya::Pod, V: aya::Pod>(
             map: name,
             source: err,
         },
-    })?;
-    delete_batch(fd, &changes.removes).map_err(|source| DatapathError::Batch { map: name, source })
+    })
 }
 
 /// Waits for an RCU grace period, after which no XDP program run that started before the call

@@ -24,8 +24,12 @@
 //! brought up to date, the switch word flips, and after an RCU grace period (no packet still
 //! reads the old generation) the old one gets the same writes.
 
-use std::collections::HashMap;
-use std::hash::Hash;
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, Hash},
+};
+
+use rustc_hash::FxHashMap;
 
 use xdpwall_shared::{V6_TOP_BITS, V6_TOP_SLOTS, V6Guide, V6Key, leaf};
 
@@ -42,9 +46,9 @@ pub struct Table {
     /// Per /16, bit `i`: prefixes of length `17 + i` lie under it (empty: none anywhere).
     pub top_lengths: Vec<u32>,
     /// Top 32 bits (network order) -> guide.
-    pub guides: HashMap<[u8; 4], V6Guide>,
+    pub guides: FxHashMap<[u8; 4], V6Guide>,
     /// Prefixes longer than /16 -> leaf.
-    pub prefixes: HashMap<V6Key, u32>,
+    pub prefixes: FxHashMap<V6Key, u32>,
 }
 
 impl Table {
@@ -112,7 +116,8 @@ pub fn build(allow: &TrieContents<16>, block: &TrieContents<16>) -> Result<Table
     // Prefix -> (allow id, block id).
     let mut prefixes: Vec<(V6Key, Option<RuleId>, Option<RuleId>)> = Vec::new();
     {
-        let mut by_key: HashMap<V6Key, (Option<RuleId>, Option<RuleId>)> = HashMap::new();
+        let mut by_key: FxHashMap<V6Key, (Option<RuleId>, Option<RuleId>)> = FxHashMap::default();
+        by_key.reserve(allow.len() + block.len());
         for ((len, addr), id) in allow {
             by_key.entry(V6Key::new(*len, *addr)).or_default().0 = Some(*id);
         }
@@ -153,9 +158,10 @@ pub fn build(allow: &TrieContents<16>, block: &TrieContents<16>) -> Result<Table
     let mut table = Table {
         top: vec![leaf::NONE; V6_TOP_SLOTS as usize],
         top_lengths: vec![0; V6_TOP_SLOTS as usize],
-        guides: HashMap::new(),
-        prefixes: HashMap::new(),
+        guides: FxHashMap::default(),
+        prefixes: FxHashMap::default(),
     };
+    table.prefixes.reserve(nodes.len());
     // Shorter prefixes first, so that a longer one overwrites the slots (guides) it covers.
     let mut by_length: Vec<usize> = (0..nodes.len()).collect();
     by_length.sort_by_key(|i| nodes[*i].key.prefix_len);
@@ -214,7 +220,7 @@ pub struct Changes<K, V> {
 }
 
 impl<K: Copy + Ord + Hash, V: Copy + PartialEq> Changes<K, V> {
-    pub fn between(held: &HashMap<K, V>, target: &HashMap<K, V>) -> Self {
+    pub fn between<S: BuildHasher>(held: &HashMap<K, V, S>, target: &HashMap<K, V, S>) -> Self {
         let mut upserts: Vec<(K, V)> = target
             .iter()
             .filter(|(k, v)| held.get(*k) != Some(*v))
@@ -237,7 +243,7 @@ impl<K: Copy + Ord + Hash, V: Copy + PartialEq> Changes<K, V> {
 
     /// `held` with these changes applied (what the kernel map holds after the writes).
     #[cfg(test)]
-    pub fn applied_to(&self, held: &HashMap<K, V>) -> HashMap<K, V> {
+    pub fn applied_to<S: BuildHasher + Clone>(&self, held: &HashMap<K, V, S>) -> HashMap<K, V, S> {
         let mut out = held.clone();
         for (k, v) in &self.upserts {
             out.insert(*k, *v);

@@ -53,6 +53,11 @@ impl TestProgram {
         })
     }
 
+    /// Where this program's maps are pinned.
+    pub fn pins(&self) -> PinLayout {
+        PinLayout::new(&self.pin_dir)
+    }
+
     /// Replaces the rule set with `(cidr, action)` pairs; the first set gets ids 1, 2, ... in
     /// order. Returns the stored rules.
     pub fn set_rules(&mut self, rules: &[(&str, Action)]) -> anyhow::Result<Vec<Rule>> {

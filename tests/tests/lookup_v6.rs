@@ -16,12 +16,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::{HashMap as AyaHashMap, Map, MapData};
 use ipnet::{IpNet, Ipv6Net};
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use xdpwall::{
     datapath::{Engines, Ipv4Lookup, Ipv6Lookup},
+    engine::FEED_ID_BASE,
     rules::{Action, Rule, Verdict, decide},
 };
+use xdpwall_shared::{V6Guide, V6Key, map_names};
 use xdpwall_tests::{
     reference::{Address as _, Reference, check_engine, covering, lookups, probes, seed},
     require_privileges,
@@ -248,4 +251,78 @@ fn v6_hash_answers_stay_right_while_the_search_structure_changes() {
         Ipv6Addr::from(mismatches[0]),
         covering(&rules, mismatches[0])
     );
+}
+
+/// A feed with more prefixes than the engine's hashes hold fails as a whole and changes nothing
+/// packets see; the engine then reads back what the failed write left in the standby generation
+/// and the next changes land in both generations.
+#[test]
+fn v6_hash_apply_that_overflows_a_map_changes_nothing_packets_see() {
+    require_privileges!();
+    let (mut program, _) = load(
+        "lookup6-full",
+        Ipv6Lookup::Hash,
+        &[
+            (net(REGION, 32), Action::Block),
+            (net(REGION | 1 << 80, 48), Action::Allow),
+        ],
+    );
+    let mut frame = u128::template();
+    let mut action = |program: &TestProgram, addr: u128| {
+        addr.write_source(&mut frame);
+        program.run(&frame).unwrap()
+    };
+    let blocked = REGION | 5;
+    let allowed = REGION | 1 << 80 | 5;
+    // One /48 in each of 2^20 + 1 /32s under 2400::/8: one more than a hash holds.
+    let flood_at = |i: u128| (0x24u128 << 120) | (i << 96);
+    let flood: BTreeSet<IpNet> = (0..=u128::from(xdpwall_shared::V6_HASH_MAX_ENTRIES))
+        .map(|i| IpNet::V6(net(flood_at(i), 48)))
+        .collect();
+    let (engine, _) = program.parts();
+    let err = engine
+        .apply_feed("flood", FEED_ID_BASE + 1, Action::Block, flood)
+        .expect_err("more prefixes than the hashes hold");
+    assert!(err.to_string().contains("is full"), "{err}");
+    assert_eq!(action(&program, blocked), XDP_DROP);
+    assert_eq!(action(&program, allowed), XDP_PASS);
+    assert_eq!(
+        action(&program, flood_at(7) | 1),
+        XDP_PASS,
+        "no flood prefix in force"
+    );
+
+    // Two changes, so each generation is written (and read) at least once after the failure.
+    let extra = [REGION | 2 << 80, REGION | 3 << 80];
+    for (i, addr) in extra.iter().enumerate() {
+        let (engine, _) = program.parts();
+        let entries = extra[..=i].iter().map(|a| IpNet::V6(net(*a, 48))).collect();
+        engine
+            .apply_feed("small", FEED_ID_BASE + 2, Action::Allow, entries)
+            .expect("a small change after the failed one");
+        assert_eq!(
+            action(&program, addr | 9),
+            XDP_PASS,
+            "the new allow is in force"
+        );
+        assert_eq!(action(&program, blocked), XDP_DROP);
+        assert_eq!(action(&program, allowed), XDP_PASS);
+        assert_eq!(action(&program, flood_at(7) | 1), XDP_PASS);
+    }
+    // What the failed write left in a generation is gone from both: the guide of 2001:db8::/32
+    // and the four prefixes longer than /16, nothing else.
+    for (guides, prefixes) in [
+        (map_names::V6_GUIDE0, map_names::V6_TBL0),
+        (map_names::V6_GUIDE1, map_names::V6_TBL1),
+    ] {
+        let pinned = |name: &str| {
+            Map::HashMap(MapData::from_pin(program.pins().map(name)).expect("pinned map"))
+        };
+        let guide_map: AyaHashMap<MapData, [u8; 4], V6Guide> =
+            AyaHashMap::try_from(pinned(guides)).unwrap();
+        let prefix_map: AyaHashMap<MapData, V6Key, u32> =
+            AyaHashMap::try_from(pinned(prefixes)).unwrap();
+        let count = (guide_map.keys().count(), prefix_map.keys().count());
+        assert_eq!(count, (1, 4), "{guides} / {prefixes}");
+    }
 }
