@@ -12,12 +12,12 @@ use std::{
 use anyhow::Context as _;
 use aya::{Ebpf, programs::Xdp};
 use clap::Parser;
-use ipnet::Ipv6Net;
+use ipnet::{IpNet, Ipv6Net};
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use xdpwall::{
     datapath::{Engines, Ipv4Lookup, Ipv6Lookup},
     ebpf_object::BENCH_OBJECT,
-    engine::Engine,
+    engine::{Engine, FEED_ID_BASE},
     loader,
     rules::{Action, RuleSource},
     store::NewRule,
@@ -95,6 +95,8 @@ struct SizeResult {
     hash_entries: xdpwall::datapath::V6HashEntries,
     load: [Duration; 2],
     churn: [Duration; 2],
+    feed_load: [Duration; 2],
+    feed_churn: [Duration; 2],
     samples: Vec<(Subject, Vec<f64>)>,
 }
 
@@ -125,6 +127,15 @@ fn timed(engine: &mut Engine, prefixes: &[Ipv6Net]) -> anyhow::Result<Duration> 
     Ok(started.elapsed())
 }
 
+/// The same list as a feed (`Engine::apply_feed`, as a feed sync applies it): no store, so
+/// this is the engine's own cost.
+fn timed_feed(engine: &mut Engine, prefixes: &[Ipv6Net]) -> anyhow::Result<Duration> {
+    let entries = prefixes.iter().map(|n| IpNet::V6(*n)).collect();
+    let started = Instant::now();
+    engine.apply_feed("bench-feed", FEED_ID_BASE + 1, Action::Block, entries)?;
+    Ok(started.elapsed())
+}
+
 /// Runs the benchmark and returns the Markdown report (needs root; maps pinned under
 /// `pin_dir`, which the caller removes).
 pub fn run_v6(args: &V6Args, pin_dir: &std::path::Path) -> anyhow::Result<String> {
@@ -141,6 +152,19 @@ pub fn run_v6(args: &V6Args, pin_dir: &std::path::Path) -> anyhow::Result<String
     for &size in &args.sizes {
         eprintln!("bench v6: {size} prefixes");
         let list = prefixes::random_v6_bgp(&mut rng, size);
+        let fresh_feed = prefixes::random_v6_bgp(&mut rng, size / 100 + 1);
+        let mut churned_feed = list.clone();
+        for net in fresh_feed {
+            let i = rng.random_range(0..churned_feed.len());
+            churned_feed[i] = net;
+        }
+        let feed_load = [timed_feed(&mut lpm, &list)?, timed_feed(&mut hash, &list)?];
+        let feed_churn = [
+            timed_feed(&mut lpm, &churned_feed)?,
+            timed_feed(&mut hash, &churned_feed)?,
+        ];
+        timed_feed(&mut lpm, &[])?;
+        timed_feed(&mut hash, &[])?;
         let load = [timed(&mut lpm, &list)?, timed(&mut hash, &list)?];
         // 1% churn: that many prefixes replaced by new ones.
         let mut churned = list.clone();
@@ -180,6 +204,8 @@ pub fn run_v6(args: &V6Args, pin_dir: &std::path::Path) -> anyhow::Result<String
             hash_entries: hash.v6_hash_entries().unwrap_or_default(),
             load,
             churn,
+            feed_load,
+            feed_churn,
             samples,
         });
     }
@@ -223,26 +249,33 @@ fn report(args: &V6Args, results: &[SizeResult]) -> String {
     }
     let _ = writeln!(
         out,
-        "\nLoad of the whole list and a 1% churn (that many prefixes replaced) through the rules \
-         engine (in-memory store, diff, map writes), per engine; the hash engine's entries per \
-         generation (guides, one per /32 holding prefixes longer than /32; \
-         prefixes longer than /16):\n"
+        "\nLoad of the whole list and a 1% churn (that many prefixes replaced), per engine, two \
+         ways: as a feed (`Engine::apply_feed`, what a feed sync runs: diff and map writes, the \
+         engine's own cost; measured first, on empty maps) and as API rules (`replace_all`: \
+         also every rule stored and audited in an in-memory store); the hash engine's entries \
+         per generation (guides, one per /32 holding prefixes longer than /32; prefixes longer \
+         than /16):\n"
     );
     let _ = writeln!(
         out,
-        "| prefixes | present lengths | load lpm | load hash | 1% churn lpm | 1% churn hash | guides | longer prefixes |"
+        "| prefixes | present lengths | feed load lpm | feed load hash | feed 1% churn lpm | feed 1% churn hash | rules load lpm | rules load hash | rules 1% churn lpm | rules 1% churn hash | guides | longer prefixes |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for r in results {
+        let secs =
+            |d: [Duration; 2]| format!("{:.3} s | {:.3} s", d[0].as_secs_f64(), d[1].as_secs_f64());
         let _ = writeln!(
             out,
-            "| {} | {} | {:.3} s | {:.3} s | {:.3} s | {:.3} s | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r.size,
             r.lengths,
-            r.load[0].as_secs_f64(),
-            r.load[1].as_secs_f64(),
-            r.churn[0].as_secs_f64(),
-            r.churn[1].as_secs_f64(),
+            secs(r.feed_load),
+            secs(r.feed_churn),
+            secs(r.load),
+            secs(r.churn),
             r.hash_entries.guides,
             r.hash_entries.prefixes
         );
