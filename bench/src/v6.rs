@@ -158,6 +158,9 @@ pub fn run_v6(args: &V6Args, pin_dir: &std::path::Path) -> anyhow::Result<String
             let i = rng.random_range(0..churned_feed.len());
             churned_feed[i] = net;
         }
+        // On empty maps: the previous size's rules out first (untimed).
+        timed(&mut lpm, &[])?;
+        timed(&mut hash, &[])?;
         let feed_load = [timed_feed(&mut lpm, &list)?, timed_feed(&mut hash, &list)?];
         let feed_churn = [
             timed_feed(&mut lpm, &churned_feed)?,

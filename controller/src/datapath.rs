@@ -761,9 +761,9 @@ struct V6Hash {
     top: MappedTable,
     guides: [HashMap<MapData, [u8; 4], V6Guide>; 2],
     prefixes: [HashMap<MapData, V6Key, u32>; 2],
-    /// What each generation's hashes hold (read back at start, then kept in step); `None`:
-    /// unknown after a failed write, read back before the next one. The first level is read
-    /// from the mapping itself.
+    /// What each generation's hashes hold (read back at start, then a version of `target`;
+    /// unknown after a failed write, and read back before the next one). The first level is
+    /// read from the mapping itself.
     held: [Held; 2],
     /// Version of `target`: one more for every change planned.
     version: u64,
@@ -806,7 +806,7 @@ struct Transition {
 }
 
 /// What one generation's two hashes hold.
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct V6Held {
     guides: FxHashMap<[u8; 4], V6Guide>,
     prefixes: FxHashMap<V6Key, u32>,
