@@ -94,13 +94,17 @@ pub fn slot_range(len: u32, network: [u8; 4]) -> SlotRange {
     (start >> 8, end >> 8)
 }
 
-/// Sorts and joins overlapping or adjacent ranges.
-pub fn merge_ranges(mut ranges: Vec<SlotRange>) -> Vec<SlotRange> {
+/// Sorts inclusive `(first, last)` ranges and joins the overlapping and adjacent ones; `next`
+/// is the successor of a value (`None` at the top of the type).
+pub fn merge_ranges<T: Ord + Copy>(
+    mut ranges: Vec<(T, T)>,
+    next: impl Fn(T) -> Option<T>,
+) -> Vec<(T, T)> {
     ranges.sort_unstable();
-    let mut out: Vec<SlotRange> = Vec::with_capacity(ranges.len());
+    let mut out: Vec<(T, T)> = Vec::with_capacity(ranges.len());
     for (first, last) in ranges {
         match out.last_mut() {
-            Some(prev) if first <= prev.1.saturating_add(1) => prev.1 = prev.1.max(last),
+            Some(prev) if next(prev.1).is_none_or(|n| first <= n) => prev.1 = prev.1.max(last),
             _ => out.push((first, last)),
         }
     }
@@ -275,6 +279,7 @@ pub fn changed_ranges<'a>(changed: impl IntoIterator<Item = &'a (u32, [u8; 4])>)
             .into_iter()
             .map(|(len, network)| slot_range(*len, *network))
             .collect(),
+        |slot| slot.checked_add(1),
     );
     if ranges.len() > FULL_REPAINT_RANGES {
         vec![FULL_RANGE]
@@ -618,7 +623,9 @@ mod tests {
     #[test]
     fn ranges_merge_when_they_touch() {
         assert_eq!(
-            merge_ranges(vec![(5, 9), (0, 2), (3, 4), (20, 20), (8, 12)]),
+            merge_ranges(vec![(5, 9), (0, 2), (3, 4), (20, 20), (8, 12)], |s: u32| {
+                s.checked_add(1)
+            }),
             vec![(0, 12), (20, 20)]
         );
         assert_eq!(slot_range(0, [0; 4]), FULL_RANGE);

@@ -6,6 +6,7 @@ use std::{net::Ipv4Addr, sync::LazyLock};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::parse::Parsed;
+use crate::dir24::merge_ranges;
 
 /// Special-purpose ranges (RFC 6890 and successors): private, loopback, link-local, CGNAT,
 /// documentation, benchmarking, multicast, reserved. Left out of block and watch feeds unless
@@ -70,8 +71,8 @@ static SPECIAL_INTERVALS: LazyLock<SpecialIntervals> = LazyLock::new(|| {
         }
     }
     SpecialIntervals {
-        v4: merged(intervals.v4, |a| a.checked_add(1)),
-        v6: merged(intervals.v6, |a| a.checked_add(1)),
+        v4: merge_ranges(intervals.v4, |a| a.checked_add(1)),
+        v6: merge_ranges(intervals.v6, |a| a.checked_add(1)),
     }
 });
 
@@ -91,21 +92,6 @@ fn overlaps<T: Ord + Copy>(intervals: &[(T, T)], first: T, last: T) -> bool {
     intervals
         .get(candidate)
         .is_some_and(|&(start, _)| start <= last)
-}
-
-/// Sorts `intervals` and joins the overlapping and adjacent ones.
-fn merged<T: Ord + Copy>(mut intervals: Vec<(T, T)>, next: impl Fn(T) -> Option<T>) -> Vec<(T, T)> {
-    intervals.sort_unstable();
-    let mut out: Vec<(T, T)> = Vec::with_capacity(intervals.len());
-    for (start, end) in intervals {
-        match out.last_mut() {
-            Some((_, last_end)) if next(*last_end).is_none_or(|n| start <= n) => {
-                *last_end = (*last_end).max(end)
-            }
-            _ => out.push((start, end)),
-        }
-    }
-    out
 }
 
 /// Per-feed limits.
