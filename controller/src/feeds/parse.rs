@@ -131,35 +131,39 @@ const PLAIN_SPLIT_BYTES: usize = 1 << 20;
 fn parse_plain(body: &str) -> Parsed {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if body.len() < PLAIN_SPLIT_BYTES || cpus < 2 {
-        return parse_plain_lines(body, 0);
+        return parse_plain_lines(body).0;
     }
-    // Cut after a line break, so no line is split; the second half's line numbers continue
-    // from the first half's.
+    // Cut after a line break, so no line is split.
     let middle = body.len() / 2;
     let cut = body.as_bytes()[middle..]
         .iter()
         .position(|&b| b == b'\n')
         .map_or(body.len(), |at| middle + at + 1);
     let (head, tail) = body.split_at(cut);
-    let head_lines = head.bytes().filter(|&b| b == b'\n').count();
-    let (mut out, rest) = std::thread::scope(|scope| {
-        let rest = scope.spawn(|| parse_plain_lines(tail, head_lines));
-        let out = parse_plain_lines(head, 0);
+    let ((mut out, head_lines), (rest, _)) = std::thread::scope(|scope| {
+        let rest = scope.spawn(|| parse_plain_lines(tail));
+        let out = parse_plain_lines(head);
         (out, rest.join().expect("the parser does not panic"))
     });
     out.entries.extend(rest.entries);
     out.data_lines += rest.data_lines;
     out.bad_lines += rest.bad_lines;
+    // The second half's line numbers continue from the first half's.
     let room = BAD_SAMPLES.saturating_sub(out.bad_samples.len());
     out.bad_samples
-        .extend(rest.bad_samples.into_iter().take(room));
+        .extend(rest.bad_samples.into_iter().take(room).map(|bad| BadLine {
+            line: bad.line + head_lines,
+            ..bad
+        }));
     out
 }
 
-/// [`parse_plain`] on one run of whole lines, the first of which is line `first_line + 1`.
-fn parse_plain_lines(body: &str, first_line: usize) -> Parsed {
+/// [`parse_plain`] on one run of whole lines (numbered from 1), and how many lines it had.
+fn parse_plain_lines(body: &str) -> (Parsed, usize) {
     let mut out = Parsed::default();
-    for (i, raw) in (first_line..).zip(body.lines()) {
+    let mut lines = 0;
+    for (i, raw) in body.lines().enumerate() {
+        lines = i + 1;
         let Some(token) = plain_entry(raw) else {
             continue;
         };
@@ -169,7 +173,7 @@ fn parse_plain_lines(body: &str, first_line: usize) -> Parsed {
             Err(_) => out.bad(i + 1, raw),
         }
     }
-    out
+    (out, lines)
 }
 
 fn parse_spamhaus_json(body: &str) -> Parsed {
@@ -300,7 +304,7 @@ mod tests {
             }
         }
         let halves = parse_plain(&body);
-        let whole = parse_plain_lines(&body, 0);
+        let (whole, _) = parse_plain_lines(&body);
         assert_eq!(whole.bad_lines, 4);
         assert_eq!(halves.entries, whole.entries);
         assert_eq!(halves.data_lines, whole.data_lines);
