@@ -176,6 +176,7 @@ pub fn load_object(
     for object in [EBPF_OBJECT, crate::ebpf_object::EGRESS_OBJECT] {
         check_pinned_layout(pins, object)?;
     }
+    remove_retired_pins(pins)?;
     for dir in [pins.maps_dir(), pins.links_dir()] {
         fs::create_dir_all(&dir).map_err(|source| LoaderError::Io {
             path: dir.clone(),
@@ -266,6 +267,20 @@ fn check_pinned_layout(pins: &PinLayout, object: &[u8]) -> Result<(), LoaderErro
                 key,
                 value,
             });
+        }
+    }
+    Ok(())
+}
+
+/// Unpins the maps earlier versions kept under names this one no longer uses
+/// ([`map_names::RETIRED`]). A program still attached keeps its maps until it is replaced.
+fn remove_retired_pins(pins: &PinLayout) -> Result<(), LoaderError> {
+    for name in map_names::RETIRED {
+        let path = pins.map(name);
+        match fs::remove_file(&path) {
+            Ok(()) => info!(map = name, "removed the pin of a map earlier versions used"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(LoaderError::Io { path, source }),
         }
     }
     Ok(())

@@ -31,7 +31,7 @@ use std::{
 
 use rustc_hash::FxHashMap;
 
-use xdpwall_shared::{V6_TOP_BITS, V6_TOP_SLOTS, V6Guide, V6Key, leaf};
+use xdpwall_shared::{V6_GUIDE_INLINE, V6_TOP_BITS, V6_TOP_SLOTS, V6Guide, V6Inline, V6Key, leaf};
 
 use crate::{
     dir24::IdTooLarge,
@@ -76,6 +76,15 @@ impl Table {
         if first & leaf::LONG != 0
             && let Some(guide) = self.guides.get(&top.to_be_bytes())
         {
+            let (hi, lo) = V6Inline::after_32(addr);
+            if let Some(prefix) = guide
+                .inline
+                .iter()
+                .take_while(|p| p.prefix_len != 0)
+                .find(|p| p.covers(hi, lo))
+            {
+                return prefix.leaf;
+            }
             return probe(guide.lengths_65_128, 65)
                 .or_else(|| probe(u64::from(guide.lengths_33_64), 33))
                 .unwrap_or(guide.leaf);
@@ -162,8 +171,10 @@ pub fn build(allow: &TrieContents<16>, block: &TrieContents<16>) -> Result<Table
         prefixes: FxHashMap::default(),
     };
     table.prefixes.reserve(nodes.len());
-    // Shorter prefixes first, so that a longer one overwrites the slots (guides) it covers.
-    let mut by_length: Vec<usize> = (0..nodes.len()).collect();
+    // Up to /32, shorter prefixes first, so that a longer one overwrites the slots it covers.
+    let mut by_length: Vec<usize> = (0..nodes.len())
+        .filter(|i| nodes[*i].key.prefix_len <= 32)
+        .collect();
     by_length.sort_by_key(|i| nodes[*i].key.prefix_len);
     for &i in &by_length {
         let node = &nodes[i];
@@ -172,40 +183,69 @@ pub fn build(allow: &TrieContents<16>, block: &TrieContents<16>) -> Result<Table
         if len <= V6_TOP_BITS {
             let count = 1usize << (V6_TOP_BITS - len);
             table.top[slot..slot + count].fill(node.leaf);
-        } else if len <= 32 {
-            table.prefixes.insert(node.key, node.leaf);
-            table.top_lengths[slot] |= 1 << (len - V6_TOP_BITS - 1);
         } else {
             table.prefixes.insert(node.key, node.leaf);
-            let guide = table
-                .guides
-                .entry(top32(&node.key).to_be_bytes())
-                .or_insert_with(|| {
-                    // The answer where no longer prefix matches: the longest covering prefix
-                    // of /32 or shorter.
-                    let mut covering = node.parent;
-                    while let Some(p) = covering {
-                        if nodes[p].key.prefix_len <= 32 {
-                            break;
-                        }
-                        covering = nodes[p].parent;
-                    }
-                    V6Guide {
-                        leaf: covering.map_or(leaf::NONE, |p| nodes[p].leaf),
-                        ..V6Guide::default()
-                    }
-                });
-            if len > 64 {
-                guide.lengths_65_128 |= 1 << (len - 65);
-            } else {
-                guide.lengths_33_64 |= 1 << (len - 33);
-            }
+            table.top_lengths[slot] |= 1 << (len - V6_TOP_BITS - 1);
         }
+    }
+    // Longer than /32: one guide per /32. In address order the prefixes under one /32 are
+    // contiguous (those of /32 and shorter among them are skipped).
+    let long: Vec<usize> = (0..nodes.len())
+        .filter(|i| nodes[*i].key.prefix_len > 32)
+        .collect();
+    let mut under: Vec<usize> = Vec::new();
+    for group in long.chunk_by(|a, b| top32(&nodes[*a].key) == top32(&nodes[*b].key)) {
+        under.clear();
+        under.extend_from_slice(group);
+        // Longest first (then address order, so the table does not depend on hash order).
+        under.sort_by_key(|i| std::cmp::Reverse(nodes[*i].key.prefix_len));
+        table.guides.insert(
+            top32(&nodes[group[0]].key).to_be_bytes(),
+            guide(&nodes, &under, &mut table.prefixes),
+        );
     }
     for g in table.guides.keys() {
         table.top[slot_of(u32::from_be_bytes(*g))] |= leaf::LONG;
     }
     Ok(table)
+}
+
+/// The guide of a /32 holding the prefixes `under` (indexes into `nodes`, longest first): the
+/// longest [`V6_GUIDE_INLINE`] inline, the others into `prefixes` with their lengths listed.
+/// Leaving out the shortest keeps the program's rule sound: an inline match is the longest.
+fn guide(nodes: &[Node], under: &[usize], prefixes: &mut FxHashMap<V6Key, u32>) -> V6Guide {
+    // The answer where no longer prefix matches: the longest covering prefix of /32 or shorter
+    // (the same for every prefix under the /32).
+    let mut covering = nodes[under[0]].parent;
+    while let Some(p) = covering {
+        if nodes[p].key.prefix_len <= 32 {
+            break;
+        }
+        covering = nodes[p].parent;
+    }
+    let mut guide = V6Guide {
+        leaf: covering.map_or(leaf::NONE, |p| nodes[p].leaf),
+        ..V6Guide::default()
+    };
+    let (inline, rest) = under.split_at(under.len().min(V6_GUIDE_INLINE));
+    for (slot, &i) in guide.inline.iter_mut().zip(inline) {
+        let node = &nodes[i];
+        *slot = V6Inline {
+            leaf: node.leaf,
+            ..V6Inline::new(node.key.prefix_len, node.key.addr)
+        };
+    }
+    for &i in rest {
+        let node = &nodes[i];
+        let len = node.key.prefix_len;
+        prefixes.insert(node.key, node.leaf);
+        if len > 64 {
+            guide.lengths_65_128 |= 1 << (len - 65);
+        } else {
+            guide.lengths_33_64 |= 1 << (len - 33);
+        }
+    }
+    guide
 }
 
 fn encode(kind: u32, id: RuleId) -> Result<u32, IdTooLarge> {
@@ -303,12 +343,32 @@ mod tests {
             rule(5, "2001:db8:2::1/128", Action::Allow),
         ];
         let t = table(&rules);
-        // The /32 and four longer prefixes under it, whose lengths its guide lists.
-        assert_eq!(t.prefixes.len(), 5);
+        // The /32 in the hash; the four longer prefixes under it inline in its guide, longest
+        // first, so no lengths are left to probe.
+        assert_eq!(t.prefixes.len(), 1);
         let guide = t.guides[&[0x20, 0x01, 0x0d, 0xb8]];
-        assert_eq!(guide.lengths_33_64, 1 << (48 - 33) | 1 << (64 - 33));
-        assert_eq!(guide.lengths_65_128, 1 << (128 - 65));
-        assert_eq!(guide.leaf, leaf::encode(leaf::BLOCK, 1).unwrap());
+        let inline: Vec<(u32, u32)> = guide
+            .inline
+            .iter()
+            .map(|p| (p.prefix_len, p.leaf))
+            .collect();
+        let allow = |id| leaf::encode(leaf::ALLOW, id).unwrap();
+        let block = |id| leaf::encode(leaf::BLOCK, id).unwrap();
+        assert_eq!(
+            inline,
+            [
+                (128, allow(5)),
+                (64, allow(2)),
+                (48, allow(2)),
+                (48, block(4)),
+                (0, 0),
+                (0, 0)
+            ]
+        );
+        assert_eq!(guide.inline[0].hi, 0x0002_0000_0000_0000);
+        assert_eq!(guide.inline[0].lo, 1);
+        assert_eq!((guide.lengths_33_64, guide.lengths_65_128), (0, 0));
+        assert_eq!(guide.leaf, block(1));
         assert_eq!(t.guides.len(), 1);
         for addr in [
             "2001:db8::1",
@@ -360,7 +420,7 @@ mod tests {
             rule(6, "2400::/12", Action::Block),
         ];
         let t = table(&rules);
-        assert_eq!(t.prefixes.len(), 4, "the /20, /29, /32 and /48");
+        assert_eq!(t.prefixes.len(), 3, "the /20, /29 and /32");
         assert_eq!(
             t.guides.len(),
             1,
@@ -368,7 +428,8 @@ mod tests {
         );
         let guide = t.guides[&[0x20, 0x01, 0x0d, 0xb8]];
         assert_eq!(guide.leaf, leaf::encode(leaf::ALLOW, 2).unwrap());
-        assert_eq!(guide.lengths_33_64, 1 << (48 - 33));
+        assert_eq!(guide.inline[0].prefix_len, 48, "the /48 inline");
+        assert_eq!(guide.lengths_33_64, 0);
         let index = |a: &str| (u128::from(a.parse::<Ipv6Addr>().unwrap()) >> 112) as usize;
         let slot = |a: &str| t.top_slot(index(a));
         assert_eq!(
@@ -395,6 +456,58 @@ mod tests {
             "2001:2000::1",
             "2401::1",
             "2410::1",
+        ] {
+            let a: Ipv6Addr = addr.parse().unwrap();
+            assert_eq!(t.lookup(a.octets()), expected(&rules, a), "{addr}");
+        }
+    }
+
+    /// A /32 with more prefixes under it than a guide carries: the longest inline, the
+    /// shortest in the hash with their lengths listed, and every address still answered by its
+    /// longest match (also where an inline prefix and a listed one nest).
+    #[test]
+    fn a_crowded_32_keeps_its_longest_prefixes_inline() {
+        let mut rules = vec![rule(1, "2001:db8::/32", Action::Allow)];
+        for (i, len) in [33u32, 36, 40, 44, 48, 56, 64, 96, 128]
+            .into_iter()
+            .enumerate()
+        {
+            // All nested at 2001:db8:: — so a short one covers every inline one.
+            let action = if i % 3 == 1 {
+                Action::Allow
+            } else {
+                Action::Block
+            };
+            rules.push(rule(10 + i as u32, &format!("2001:db8::/{len}"), action));
+        }
+        rules.push(rule(30, "2001:db8:8000::/33", Action::Block));
+        let t = table(&rules);
+        let guide = t.guides[&[0x20, 0x01, 0x0d, 0xb8]];
+        let inline: Vec<u32> = guide.inline.iter().map(|p| p.prefix_len).collect();
+        assert_eq!(inline, [128, 96, 64, 56, 48, 44]);
+        assert_eq!(
+            guide.lengths_33_64,
+            1 << (33 - 33) | 1 << (36 - 33) | 1 << (40 - 33)
+        );
+        assert_eq!(guide.lengths_65_128, 0);
+        assert_eq!(
+            t.prefixes.len(),
+            1 + 4,
+            "the /32, the two /33s, the /36 and the /40"
+        );
+        for addr in [
+            "2001:db8::",
+            "2001:db8::1",
+            "2001:db8::1:0:1",
+            "2001:db8:0:0:1::",
+            "2001:db8:0:1::",
+            "2001:db8:0:100::",
+            "2001:db8:1::",
+            "2001:db8:10::",
+            "2001:db8:100::",
+            "2001:db8:1000::",
+            "2001:db8:8000::1",
+            "2001:db8:ffff::1",
         ] {
             let a: Ipv6Addr = addr.parse().unwrap();
             assert_eq!(t.lookup(a.octets()), expected(&rules, a), "{addr}");
@@ -433,10 +546,13 @@ mod tests {
             8u8, 20, 21, 24, 28, 29, 31, 32, 33, 36, 40, 44, 46, 47, 48, 56, 64, 65, 96, 127, 128,
         ];
         for round in 0..20 {
+            // Some rounds crowd every prefix under one /32 or a few, so that guides hold more
+            // than they carry inline.
+            let spread = [20, 21, 22, 23, 32, 30][round % 6];
             let mut rules = Vec::new();
             for id in 1..=300u32 {
                 let len = lens[rng.random_range(0..lens.len())];
-                let addr = (0x2001_0db0u128 << 96) | (rng.random::<u128>() >> 20 >> (round % 4));
+                let addr = (0x2001_0db0u128 << 96) | (rng.random::<u128>() >> spread);
                 let net = Ipv6Net::new(Ipv6Addr::from(addr), len).unwrap().trunc();
                 let action = if rng.random_bool(0.3) {
                     Action::Allow
@@ -446,6 +562,12 @@ mod tests {
                 rules.push(rule(id, &net.to_string(), action));
             }
             let t = table(&rules);
+            if spread >= 30 {
+                assert!(
+                    !t.prefixes.keys().all(|k| k.prefix_len <= 32),
+                    "round {round}: some prefixes longer than /32 are not inline"
+                );
+            }
             for _ in 0..3000 {
                 let r = &rules[rng.random_range(0..rules.len())];
                 let IpNet::V6(net) = r.cidr else {

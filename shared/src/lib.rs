@@ -43,16 +43,24 @@ pub mod map_names {
     /// the /16; bit `i` of `lengths` says prefixes of length `17 + i` (up to /32) lie under it.
     pub const V6_TOP: &str = "XW_V6_TOP";
     /// Hash, top 32 bits of an IPv6 source -> [`super::V6Guide`]: generation 0 of the IPv6 hash
-    /// engine's guides, one per /32 that holds prefixes longer than /32.
-    pub const V6_GUIDE0: &str = "XW_V6_GUIDE0";
+    /// engine's guides, one per /32 that holds prefixes longer than /32. (Named anew when the
+    /// guides began to carry prefixes: see [`RETIRED`].)
+    pub const V6_GUIDE0: &str = "XW_V6_GUIDES0";
     /// Generation 1 of [`V6_GUIDE0`].
-    pub const V6_GUIDE1: &str = "XW_V6_GUIDE1";
+    pub const V6_GUIDE1: &str = "XW_V6_GUIDES1";
     /// Hash, [`super::V6Key`] -> leaf: generation 0 of the IPv6 hash engine's prefixes longer
     /// than /16, probed at the lengths the /16's slot or the /32's guide lists.
     pub const V6_TBL0: &str = "XW_V6_TBL0";
     /// Generation 1 of [`V6_TBL0`]; the [`super::lookup::V6_GEN1`] bit says which generation
     /// the program reads.
     pub const V6_TBL1: &str = "XW_V6_TBL1";
+
+    /// Maps earlier versions pinned under names this version no longer uses (their layout
+    /// changed, so the maps got new names instead of failing the pinned-layout check on
+    /// upgrade). Their pins are removed at start; a program still reading them keeps them
+    /// alive until it is replaced. `XW_V6_GUIDE0/1`: the 16-byte guides of the first hash-engine
+    /// versions, before guides carried prefixes themselves.
+    pub const RETIRED: [&str; 2] = ["XW_V6_GUIDE0", "XW_V6_GUIDE1"];
 
     /// Every map the ingress program owns, for pin management and status.
     pub const ALL: [&str; 15] = [
@@ -84,22 +92,99 @@ pub const V6_GUIDE_MAX_ENTRIES: u32 = 1 << 20;
 /// Capacity of each generation's prefixes longer than /16.
 pub const V6_HASH_MAX_ENTRIES: u32 = 1 << 20;
 
-/// What the IPv6 hash engine knows about a /32 that holds prefixes longer than /32: the answer
-/// for its addresses that no longer prefix covers, and which lengths hold prefixes under it. The program probes
-/// those lengths longest first; the first prefix found is the longest match, and its leaf
-/// (allow already folded over block) the answer.
+/// Prefixes longer than /32 a guide carries itself: the longest ones under its /32. A guide
+/// with this many fits one 256-byte kernel allocation with the hash element around it.
+pub const V6_GUIDE_INLINE: usize = 6;
+
+/// What the IPv6 hash engine knows about a /32 that holds prefixes longer than /32: up to
+/// [`V6_GUIDE_INLINE`] of them inline (the longest, longest first), which lengths the others
+/// have, and the answer for its addresses that none of them covers.
+///
+/// The program scans the inline prefixes first: the first that matches is the longest match,
+/// because every prefix left out is at most as long as the shortest one kept. Only when none
+/// matches does it probe the listed lengths, longest first. Every leaf has allow already folded
+/// over block, so the first one found is the answer. One guide read answers a /32 with up to
+/// six announcements under it, instead of a guide and a hash probe per length.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct V6Guide {
-    /// Bit `i`: prefixes of length `65 + i` lie under this /32.
+    /// Bit `i`: prefixes of length `65 + i` lie under this /32 and are not inline.
     pub lengths_65_128: u64,
-    /// Bit `i`: prefixes of length `33 + i` lie under this /32.
+    /// Bit `i`: prefixes of length `33 + i` lie under this /32 and are not inline.
     pub lengths_33_64: u32,
     /// The leaf for addresses of this /32 that no prefix longer than /32 covers (folded from
     /// every prefix of /32 and shorter covering it).
     pub leaf: u32,
+    /// The longest prefixes under this /32, longest first; unused entries (length 0) last.
+    pub inline: [V6Inline; V6_GUIDE_INLINE],
 }
-const _: () = assert!(size_of::<V6Guide>() == 16);
+const _: () = assert!(size_of::<V6Guide>() == 16 + 24 * V6_GUIDE_INLINE);
+
+/// A prefix longer than /32 carried in its /32's [`V6Guide`]: the 96 address bits after the
+/// /32, masked to the prefix, as two big-endian numbers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct V6Inline {
+    /// Address bits 32..96.
+    pub hi: u64,
+    /// Address bits 96..128.
+    pub lo: u32,
+    /// 33..=128; 0 marks an unused entry.
+    pub prefix_len: u32,
+    /// The answer for addresses whose longest match is this prefix.
+    pub leaf: u32,
+    /// Keeps the size a multiple of 8 without implicit padding (aya's `Pod`); always 0.
+    pub reserved: u32,
+}
+const _: () = assert!(size_of::<V6Inline>() == 24);
+
+impl V6Inline {
+    /// The entry for a prefix of `prefix_len` (33..=128) bits of `addr`.
+    pub fn new(prefix_len: u32, addr: [u8; 16]) -> Self {
+        let key = V6Key::new(prefix_len, addr);
+        let (hi, lo) = Self::after_32(key.addr);
+        Self {
+            hi,
+            lo,
+            prefix_len,
+            leaf: 0,
+            reserved: 0,
+        }
+    }
+
+    /// Address bits 32..96 and 96..128 of `addr`.
+    #[inline(always)]
+    pub fn after_32(addr: [u8; 16]) -> (u64, u32) {
+        let hi = u64::from_be_bytes([
+            addr[4], addr[5], addr[6], addr[7], addr[8], addr[9], addr[10], addr[11],
+        ]);
+        let lo = u32::from_be_bytes([addr[12], addr[13], addr[14], addr[15]]);
+        (hi, lo)
+    }
+
+    /// Whether this prefix covers the address whose bits after the /32 are `hi` and `lo`
+    /// ([`Self::after_32`]), given the address is under the guide's /32. False for an unused
+    /// entry.
+    #[inline(always)]
+    pub fn covers(&self, hi: u64, lo: u32) -> bool {
+        // Bits of the prefix after the /32: 1..=96 for a used entry.
+        let bits = self.prefix_len.wrapping_sub(32);
+        if bits == 0 || bits > 96 {
+            return false;
+        }
+        let mask_hi = if bits >= 64 {
+            u64::MAX
+        } else {
+            u64::MAX << (64 - bits)
+        };
+        let mask_lo = if bits <= 64 {
+            0
+        } else {
+            u32::MAX << (96 - bits)
+        };
+        hi & mask_hi == self.hi && lo & mask_lo == self.lo
+    }
+}
 
 /// Key of the IPv6 hash engine: a prefix length and the address masked to it.
 #[repr(C)]
@@ -325,6 +410,9 @@ mod user {
     unsafe impl aya::Pod for super::DatapathConfig {}
     // SAFETY: #[repr(C)], a u32 and a byte array, no padding (size asserted).
     unsafe impl aya::Pod for super::V6Key {}
-    // SAFETY: #[repr(C)], u64 then two u32, no padding (size asserted).
+    // SAFETY: #[repr(C)], u64 then two u32 then an array of V6Inline, no padding (size
+    // asserted).
     unsafe impl aya::Pod for super::V6Guide {}
+    // SAFETY: #[repr(C)], u64 then four u32, no padding (size asserted).
+    unsafe impl aya::Pod for super::V6Inline {}
 }

@@ -314,9 +314,10 @@ fn v6_hash_engine_enforces_and_engines_switch_across_restarts() {
     assert_eq!(status["ipv6_lookup"], "hash", "{status}");
     let (_, metrics) = daemon.http("GET", "/metrics", None).unwrap();
     assert!(
-        metrics.contains("xdpwall_map_entries{map=\"XW_V6_TBL0\"} 1")
+        metrics.contains("xdpwall_map_entries{map=\"XW_V6_GUIDES0\"} 1")
+            && metrics.contains("xdpwall_map_entries{map=\"XW_V6_TBL0\"} 0")
             && metrics.contains("xdpwall_map_entries{map=\"XW_BLOCK_V6\"} 0"),
-        "the /120 block is the hash's one entry and the IPv6 trie is empty:\n{metrics}"
+        "the /120 block is inline in the engine's one guide and the IPv6 trie is empty:\n{metrics}"
     );
 
     // A block through the API takes effect at once (a new generation), its removal too.

@@ -274,10 +274,10 @@ fn v6_hash_apply_that_overflows_a_map_changes_nothing_packets_see() {
     };
     let blocked = REGION | 5;
     let allowed = REGION | 1 << 80 | 5;
-    // One /48 in each of 2^20 + 1 /32s under 2400::/8: one more than a hash holds.
+    // 2^20 + 1 /32s under 2400::/8: one more than the prefix hash holds.
     let flood_at = |i: u128| (0x24u128 << 120) | (i << 96);
     let flood: BTreeSet<IpNet> = (0..=u128::from(xdpwall_shared::V6_HASH_MAX_ENTRIES))
-        .map(|i| IpNet::V6(net(flood_at(i), 48)))
+        .map(|i| IpNet::V6(net(flood_at(i), 32)))
         .collect();
     let (engine, _) = program.parts();
     let err = engine
@@ -310,7 +310,7 @@ fn v6_hash_apply_that_overflows_a_map_changes_nothing_packets_see() {
         assert_eq!(action(&program, flood_at(7) | 1), XDP_PASS);
     }
     // What the failed write left in a generation is gone from both: the guide of 2001:db8::/32
-    // and the four prefixes longer than /16, nothing else.
+    // carrying the three /48s, and the /32 in the prefix hash, nothing else.
     for (guides, prefixes) in [
         (map_names::V6_GUIDE0, map_names::V6_TBL0),
         (map_names::V6_GUIDE1, map_names::V6_TBL1),
@@ -323,6 +323,11 @@ fn v6_hash_apply_that_overflows_a_map_changes_nothing_packets_see() {
         let prefix_map: AyaHashMap<MapData, V6Key, u32> =
             AyaHashMap::try_from(pinned(prefixes)).unwrap();
         let count = (guide_map.keys().count(), prefix_map.keys().count());
-        assert_eq!(count, (1, 4), "{guides} / {prefixes}");
+        assert_eq!(count, (1, 1), "{guides} / {prefixes}");
+        let guide = guide_map
+            .get(&[0x20, 0x01, 0x0d, 0xb8], 0)
+            .expect("the guide");
+        let inline = guide.inline.iter().filter(|p| p.prefix_len == 48).count();
+        assert_eq!(inline, 3, "{guides}: {guide:?}");
     }
 }

@@ -546,6 +546,32 @@ fn a_pinned_map_with_another_layout_is_refused_with_what_to_do() {
     let _ = std::fs::remove_dir_all(&pin_dir);
 }
 
+/// Maps an earlier version pinned under names this one retired (their layout changed, e.g.
+/// the 16-byte IPv6 guides) do not stop the start — they are not this version's maps — and
+/// their pins are removed instead of lingering; the maps under the new names are pinned.
+#[test]
+fn pins_of_retired_maps_are_removed_at_start() {
+    require_privileges!();
+    let lab = Lab::new("retired").unwrap();
+    let (pin_dir, state_dir) = Daemon::dirs("retired");
+    let pins = PinLayout::new(&pin_dir);
+    std::fs::create_dir_all(pins.maps_dir()).unwrap();
+    for name in map_names::RETIRED {
+        pin_foreign_map(&pins.map(name), 16);
+        assert!(pins.map(name).exists());
+    }
+    let daemon = Daemon::start_with_dirs(&lab, pin_dir.clone(), state_dir, "")
+        .expect("a start over retired pins");
+    for name in map_names::RETIRED {
+        assert!(!pins.map(name).exists(), "{name} is still pinned");
+    }
+    for name in [map_names::V6_GUIDE0, map_names::V6_GUIDE1] {
+        assert!(pins.map(name).exists(), "{name} is not pinned");
+    }
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&pin_dir);
+}
+
 /// The release the upgrade test starts from: the last version that landed before the IPv6
 /// engine, egress flagging and drop sampling added maps (`XDPWALL_UPGRADE_FROM` overrides).
 const UPGRADE_FROM: &str = "9c600434db482ee2c7b0a88cdb9d73e36c782e9c";

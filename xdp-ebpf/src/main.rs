@@ -21,8 +21,8 @@ use aya_ebpf::{
 use xdpwall_shared::{
     ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig,
     RULE_STATS_MAX_ENTRIES, RuleCounters, V4_LONG_MAX_ENTRIES, V6_GUIDE_MAX_ENTRIES,
-    V6_HASH_MAX_ENTRIES, V6_TOP_BITS, V6_TOP_SLOTS, V6Guide, V6Key, VERDICT_ENTRIES, leaf, lookup,
-    map_names, verdict, verdict_slot,
+    V6_HASH_MAX_ENTRIES, V6_TOP_BITS, V6_TOP_SLOTS, V6Guide, V6Inline, V6Key, VERDICT_ENTRIES,
+    leaf, lookup, map_names, verdict, verdict_slot,
 };
 
 use crate::parse::{Parsed, SourceAddr};
@@ -57,10 +57,10 @@ static V4_LONG: HashMap<[u8; 4], u32> = HashMap::pinned(V4_LONG_MAX_ENTRIES, BPF
 // The controller shrinks these to one entry when the IPv6 hash engine is not in use.
 #[map(name = "XW_V6_TOP")]
 static V6_TOP: Array<[u32; 4]> = Array::pinned(V6_TOP_SLOTS, BPF_F_MMAPABLE);
-#[map(name = "XW_V6_GUIDE0")]
+#[map(name = "XW_V6_GUIDES0")]
 static V6_GUIDE0: HashMap<[u8; 4], V6Guide> =
     HashMap::pinned(V6_GUIDE_MAX_ENTRIES, BPF_F_NO_PREALLOC);
-#[map(name = "XW_V6_GUIDE1")]
+#[map(name = "XW_V6_GUIDES1")]
 static V6_GUIDE1: HashMap<[u8; 4], V6Guide> =
     HashMap::pinned(V6_GUIDE_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 #[map(name = "XW_V6_TBL0")]
@@ -93,8 +93,8 @@ const _: () = assert!(same(map_names::LOOKUP, "XW_LOOKUP"));
 const _: () = assert!(same(map_names::V4_TBL24, "XW_V4_TBL24"));
 const _: () = assert!(same(map_names::V4_LONG, "XW_V4_LONG"));
 const _: () = assert!(same(map_names::V6_TOP, "XW_V6_TOP"));
-const _: () = assert!(same(map_names::V6_GUIDE0, "XW_V6_GUIDE0"));
-const _: () = assert!(same(map_names::V6_GUIDE1, "XW_V6_GUIDE1"));
+const _: () = assert!(same(map_names::V6_GUIDE0, "XW_V6_GUIDES0"));
+const _: () = assert!(same(map_names::V6_GUIDE1, "XW_V6_GUIDES1"));
 const _: () = assert!(same(map_names::V6_TBL0, "XW_V6_TBL0"));
 const _: () = assert!(same(map_names::V6_TBL1, "XW_V6_TBL1"));
 
@@ -203,10 +203,11 @@ fn leaf_verdict(leaf: u32) -> Result<Option<u32>, (u32, u32)> {
 }
 
 /// The IPv6 hash engine, in the generation the switch word names: one array read for the /16;
-/// where prefixes longer than /32 lie under it, the /32's guide and one hash lookup per length
-/// it lists, longest first; else one per length of /17 to /32 the /16's slot lists. User space
-/// folds allow over block and longest match into every leaf (the guide's own leaf included),
-/// so the first leaf found is the answer.
+/// where prefixes longer than /32 lie under it, the /32's guide — its inline prefixes, longest
+/// first, then one hash lookup per length it lists for the others, longest first; else one per
+/// length of /17 to /32 the /16's slot lists. User space folds allow over block and longest
+/// match into every leaf (the guide's own leaf included), so the first leaf found is the
+/// answer.
 #[inline(always)]
 fn v6_hash_leaf(addr: [u8; 16], gen1: bool) -> u32 {
     let top = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
@@ -223,8 +224,18 @@ fn v6_hash_leaf(addr: [u8; 16], gen1: bool) -> u32 {
             V6_GUIDE0.get_ptr(&key)
         };
         if let Some(guide) = found {
-            // SAFETY: a hash value pointer is valid for the duration of the program run.
-            let guide = unsafe { *guide };
+            // SAFETY: a hash value pointer is valid for the duration of the program run. Read in
+            // place: the guide is 160 bytes, most of which a lookup does not need.
+            let guide = unsafe { &*guide };
+            let (hi, lo) = V6Inline::after_32(addr);
+            for prefix in &guide.inline {
+                if prefix.prefix_len == 0 {
+                    break;
+                }
+                if prefix.covers(hi, lo) {
+                    return prefix.leaf;
+                }
+            }
             if let Some(found) = probe_lengths(guide.lengths_65_128, 65, addr, gen1) {
                 return found;
             }
