@@ -256,12 +256,13 @@ fn report(args: &V6Args, results: &[SizeResult]) -> String {
          ways: as a feed (`Engine::apply_feed`, what a feed sync runs: diff and map writes, the \
          engine's own cost; measured first, on empty maps) and as API rules (`replace_all`: \
          also every rule stored and audited in an in-memory store); the hash engine's entries \
-         per generation (guides, one per /32 holding prefixes longer than /32; prefixes longer \
-         than /16):\n"
+         per generation (guides, one per /32 holding prefixes longer than /32, each carrying \
+         up to six of them; hashed prefixes: /17 to /32 and those longer than /32 that no \
+         guide carries):\n"
     );
     let _ = writeln!(
         out,
-        "| prefixes | present lengths | feed load lpm | feed load hash | feed 1% churn lpm | feed 1% churn hash | rules load lpm | rules load hash | rules 1% churn lpm | rules 1% churn hash | guides | longer prefixes |"
+        "| prefixes | present lengths | feed load lpm | feed load hash | feed 1% churn lpm | feed 1% churn hash | rules load lpm | rules load hash | rules 1% churn lpm | rules 1% churn hash | guides | hashed prefixes |"
     );
     let _ = writeln!(
         out,
@@ -297,11 +298,13 @@ fn report(args: &V6Args, results: &[SizeResult]) -> String {
     );
     let _ = writeln!(
         out,
-        "\nNotes: BPF_PROG_TEST_RUN repeats one frame back to back, so caches are warm; the \
-         figures compare the programs' own lookup cost. xdpwall (lpm) does two trie lookups \
-         (allow, then block); the hash engine reads the /16's first-level slot, then the /32's \
-         guide if one exists, and probes the lengths the guide (or else the slot) lists, longest \
-         first, with allow already folded in."
+        "\nNotes: BPF_PROG_TEST_RUN repeats one frame back to back, so with a large repeat \
+         count caches are warm and the figures compare the programs' own lookup cost; with \
+         `--repeat 1` and thousands of frames each lookup meets cold caches, as on a link with \
+         many sources. xdpwall (lpm) does two trie lookups (allow, then block); the hash engine \
+         reads the /16's first-level slot, then the /32's guide if one exists and scans the \
+         prefixes it carries, and only if none covers the source probes the lengths the guide \
+         (or else the slot) lists, longest first, with allow already folded in."
     );
     out
 }
