@@ -86,8 +86,10 @@ pub enum Ipv4LookupSetting {
 /// `ipv4_lookup = "auto"` picks DIR-24 from this many IPv4 entries at start.
 pub const AUTO_DIR24_MIN_ENTRIES: usize = 10_000;
 
-/// IPv6 entries at start from which `ipv6_lookup = "auto"` picks the hash engine.
-pub const AUTO_V6_HASH_MIN_ENTRIES: usize = 100_000;
+/// IPv6 entries at start from which `ipv6_lookup = "auto"` picks the hash engine: from 10k
+/// prefixes it drops listed sources 1.5× as fast as the tries for ~65 MiB more kernel memory
+/// (bench/results/2026-11-27-live-v6-inline-small.md); below, the tries' small footprint wins.
+pub const AUTO_V6_HASH_MIN_ENTRIES: usize = 10_000;
 
 impl Ipv4LookupSetting {
     /// The engine to load, given the IPv4 entries and feeds known at start.
@@ -121,8 +123,7 @@ impl FromStr for Ipv4LookupSetting {
 #[serde(rename_all = "lowercase")]
 pub enum Ipv6LookupSetting {
     /// The hash engine when at least [`AUTO_V6_HASH_MIN_ENTRIES`] IPv6 entries exist at start,
-    /// the LPM tries otherwise: below that the tries measured as fast or faster for listed
-    /// sources (bench/results/2026-11-27-v6*.md).
+    /// the LPM tries otherwise (a few MiB instead of ~80).
     #[default]
     Auto,
     /// Always the LPM tries.
