@@ -28,6 +28,7 @@ pub mod feeds;
 pub mod loader;
 pub mod metrics;
 pub mod pins;
+pub mod retired;
 pub mod rules;
 pub mod sdnotify;
 pub mod store;

@@ -32,6 +32,7 @@ use crate::{
     datapath::{Datapath, DatapathError, Engines, Ipv4Lookup, Ipv6Lookup},
     ebpf_object::EBPF_OBJECT,
     pins::PinLayout,
+    retired::RetiredMaps,
 };
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -176,7 +177,7 @@ pub fn load_object(
     for object in [EBPF_OBJECT, crate::ebpf_object::EGRESS_OBJECT] {
         check_pinned_layout(pins, object)?;
     }
-    remove_retired_pins(pins)?;
+    let retired = RetiredMaps::open(pins);
     for dir in [pins.maps_dir(), pins.links_dir()] {
         fs::create_dir_all(&dir).map_err(|source| LoaderError::Io {
             path: dir.clone(),
@@ -230,6 +231,10 @@ pub fn load_object(
         .map_max_entries(map_names::V6_TBL1, v6_prefixes)
         .load(EBPF_OBJECT)
         .map_err(|e| LoaderError::Load(Box::new(e)))?;
+    if engines.ipv6 == Ipv6Lookup::Hash {
+        retired.carry_over(&mut ebpf)?;
+    }
+    retired.unpin(pins)?;
     let datapath = Datapath::from_ebpf(&mut ebpf, engines)?;
     let program: &mut Xdp = ebpf
         .program_mut(XDP_PROGRAM)
@@ -267,20 +272,6 @@ fn check_pinned_layout(pins: &PinLayout, object: &[u8]) -> Result<(), LoaderErro
                 key,
                 value,
             });
-        }
-    }
-    Ok(())
-}
-
-/// Unpins the maps earlier versions kept under names this one no longer uses
-/// ([`map_names::RETIRED`]). A program still attached keeps its maps until it is replaced.
-fn remove_retired_pins(pins: &PinLayout) -> Result<(), LoaderError> {
-    for name in map_names::RETIRED {
-        let path = pins.map(name);
-        match fs::remove_file(&path) {
-            Ok(()) => info!(map = name, "removed the pin of a map earlier versions used"),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(LoaderError::Io { path, source }),
         }
     }
     Ok(())
