@@ -220,6 +220,14 @@ pub fn load_object(
         }
         Ipv6Lookup::Lpm => (1, 1, 1),
     };
+    // An upgrade from the old guide layout that also switches to the tries: the new program
+    // reads the hash engine the previous daemon left until the first apply, so the old guides
+    // are carried over into full-size maps in that case too.
+    let v6_guides = if retired.holds_guides() {
+        V6_GUIDE_MAX_ENTRIES
+    } else {
+        v6_guides
+    };
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pins.maps_dir())
         .map_max_entries(map_names::V4_TBL24, table_entries)
@@ -231,9 +239,7 @@ pub fn load_object(
         .map_max_entries(map_names::V6_TBL1, v6_prefixes)
         .load(EBPF_OBJECT)
         .map_err(|e| LoaderError::Load(Box::new(e)))?;
-    if engines.ipv6 == Ipv6Lookup::Hash {
-        retired.carry_over(&mut ebpf)?;
-    }
+    retired.carry_over(&mut ebpf)?;
     retired.unpin(pins)?;
     let datapath = Datapath::from_ebpf(&mut ebpf, engines)?;
     let program: &mut Xdp = ebpf

@@ -61,6 +61,16 @@ impl RetiredMaps {
         }
     }
 
+    /// Whether a retired guide map holds guides: then the new guide maps must hold them too,
+    /// whatever engine this start wants (the program reads the engine the previous daemon
+    /// left until the first apply has built the one wanted).
+    pub fn holds_guides(&self) -> bool {
+        self.guides
+            .iter()
+            .flatten()
+            .any(|map| map.keys().next().is_some())
+    }
+
     /// Copies the old guides of each generation into the new guide maps in `ebpf` (loaded,
     /// program not yet attached), as guides with nothing inline. Only into an empty map: after
     /// a start that stopped between this copy and [`Self::unpin`], the new maps may already

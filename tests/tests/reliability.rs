@@ -737,44 +737,62 @@ const UPGRADE_FROM_V6_GUIDES: &str = "79ef76861f015ad6ecae245a0dce94ad59a879aa";
 /// An upgrade from the release with the old guide layout, with the IPv6 hash engine enforcing
 /// a /120 block (a prefix longer than /32, so it sits under a guide): the new daemon carries
 /// the old guides over into its new guide maps before its program replaces the old one, so 0
-/// blocked IPv6 datagrams leak and 0 unlisted ones are lost, and the old pins are gone.
+/// blocked IPv6 datagrams leak and 0 unlisted ones are lost, and the old pins are gone. Also
+/// when the upgrade switches to the tries (`ipv6_lookup = "lpm"`): the new program reads the
+/// hash engine left behind until the tries hold the rules.
 #[test]
 fn upgrade_from_the_old_ipv6_guide_layout_under_traffic_leaks_nothing() {
     require_privileges!();
     let commit =
         std::env::var("XDPWALL_UPGRADE_FROM_V6").unwrap_or_else(|_| UPGRADE_FROM_V6_GUIDES.into());
     let old = release_binary(&commit).expect("the earlier release builds");
-    let lab = Lab::new("upgrade6").unwrap();
-    let config = format!(
-        "ipv6_lookup = \"hash\"\n[[rules]]\ncidr = \"{BLOCKED_PREFIX_V6}\"\naction = \"block\"\n"
-    );
-    let mut daemon = Daemon::start_with_binary(&lab, "upgrade6", &config, old).unwrap();
-    assert_eq!(lab.ping(PEER_V6, FW_V6, 2).unwrap(), 2);
-    assert_eq!(lab.ping(BLOCKED_V6, FW_V6, 2).unwrap(), 0);
-    let pins = PinLayout::new(&daemon.pin_dir);
-    for name in map_names::RETIRED {
-        assert!(pins.map(name).exists(), "the earlier release pinned {name}");
-    }
-    let old_program = xdp_program_id(&lab);
-    let counts = replace_under_traffic(&lab, &mut daemon, V6);
+    for engine in ["hash", "lpm"] {
+        let lab = Lab::new("upgrade6").unwrap();
+        // A second /32 with a longer prefix: two guides, more than the one-entry maps the
+        // tries engine would create.
+        let rules = format!(
+            "[[rules]]\ncidr = \"{BLOCKED_PREFIX_V6}\"\naction = \"block\"\n\
+             [[rules]]\ncidr = \"2001:db9:1::/48\"\naction = \"block\"\n"
+        );
+        let config = format!("ipv6_lookup = \"hash\"\n{rules}");
+        let mut daemon = Daemon::start_with_binary(&lab, "upgrade6", &config, old.clone()).unwrap();
+        assert_eq!(lab.ping(PEER_V6, FW_V6, 2).unwrap(), 2);
+        assert_eq!(lab.ping(BLOCKED_V6, FW_V6, 2).unwrap(), 0);
+        let pins = PinLayout::new(&daemon.pin_dir);
+        for name in map_names::RETIRED {
+            assert!(pins.map(name).exists(), "the earlier release pinned {name}");
+        }
+        // Read at the new daemon's start, not before.
+        let written = std::fs::read_to_string(&daemon.config_path).unwrap();
+        let switched = written.replace(
+            "ipv6_lookup = \"hash\"",
+            &format!("ipv6_lookup = \"{engine}\""),
+        );
+        std::fs::write(&daemon.config_path, switched).unwrap();
+        let old_program = xdp_program_id(&lab);
+        let counts = replace_under_traffic(&lab, &mut daemon, V6);
 
-    let after = daemon.get_json("/v1/status").unwrap();
-    assert_eq!(after["ipv6_lookup"], "hash", "{after}");
-    let new_program = xdp_program_id(&lab);
-    assert_ne!(
-        old_program, new_program,
-        "the new program replaced the old one"
-    );
-    assert_no_leak_no_loss(
-        &counts,
-        &format!("IPv6 upgrade ({commit:.7}) -> {}", after["version"]),
-        500,
-    );
-    for name in map_names::RETIRED {
-        assert!(!pins.map(name).exists(), "{name} is still pinned");
+        let after = daemon.get_json("/v1/status").unwrap();
+        assert_eq!(after["ipv6_lookup"], engine, "{after}");
+        let new_program = xdp_program_id(&lab);
+        assert_ne!(
+            old_program, new_program,
+            "the new program replaced the old one"
+        );
+        assert_no_leak_no_loss(
+            &counts,
+            &format!(
+                "IPv6 upgrade ({commit:.7}) -> {} with ipv6_lookup = {engine}",
+                after["version"]
+            ),
+            500,
+        );
+        for name in map_names::RETIRED {
+            assert!(!pins.map(name).exists(), "{name} is still pinned");
+        }
+        assert_eq!(lab.ping(BLOCKED_V6, FW_V6, PINGS).unwrap(), 0);
+        assert_eq!(lab.ping(PEER_V6, FW_V6, PINGS).unwrap(), PINGS);
     }
-    assert_eq!(lab.ping(BLOCKED_V6, FW_V6, PINGS).unwrap(), 0);
-    assert_eq!(lab.ping(PEER_V6, FW_V6, PINGS).unwrap(), PINGS);
 }
 
 /// A tmpfs mounted for one test, unmounted (lazily, so a still-open file cannot block it) on
