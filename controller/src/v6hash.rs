@@ -76,14 +76,8 @@ impl Table {
         if first & leaf::LONG != 0
             && let Some(guide) = self.guides.get(&top.to_be_bytes())
         {
-            let (hi, lo) = V6Inline::after_32(addr);
-            if let Some(prefix) = guide
-                .inline
-                .iter()
-                .take_while(|p| p.prefix_len != 0)
-                .find(|p| p.covers(hi, lo))
-            {
-                return prefix.leaf;
+            if let Some(leaf) = guide.inline_leaf(addr) {
+                return leaf;
             }
             return probe(guide.lengths_65_128, 65)
                 .or_else(|| probe(u64::from(guide.lengths_33_64), 33))

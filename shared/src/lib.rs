@@ -120,6 +120,25 @@ pub struct V6Guide {
 }
 const _: () = assert!(size_of::<V6Guide>() == 16 + 24 * V6_GUIDE_INLINE);
 
+impl V6Guide {
+    /// The leaf of the longest inline prefix covering `addr`, an address under this guide's
+    /// /32 (the first covering one, since they are kept longest first). The XDP program and
+    /// the controller's model of it both answer through this.
+    #[inline(always)]
+    pub fn inline_leaf(&self, addr: [u8; 16]) -> Option<u32> {
+        let (hi, lo) = V6Inline::after_32(addr);
+        for prefix in &self.inline {
+            if prefix.prefix_len == 0 {
+                break;
+            }
+            if prefix.covers(hi, lo) {
+                return Some(prefix.leaf);
+            }
+        }
+        None
+    }
+}
+
 /// A prefix longer than /32 carried in its /32's [`V6Guide`]: the 96 address bits after the
 /// /32, masked to the prefix, as two big-endian numbers.
 #[repr(C)]

@@ -21,8 +21,8 @@ use aya_ebpf::{
 use xdpwall_shared::{
     ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig,
     RULE_STATS_MAX_ENTRIES, RuleCounters, V4_LONG_MAX_ENTRIES, V6_GUIDE_MAX_ENTRIES,
-    V6_HASH_MAX_ENTRIES, V6_TOP_BITS, V6_TOP_SLOTS, V6Guide, V6Inline, V6Key, VERDICT_ENTRIES,
-    leaf, lookup, map_names, verdict, verdict_slot,
+    V6_HASH_MAX_ENTRIES, V6_TOP_BITS, V6_TOP_SLOTS, V6Guide, V6Key, VERDICT_ENTRIES, leaf, lookup,
+    map_names, verdict, verdict_slot,
 };
 
 use crate::parse::{Parsed, SourceAddr};
@@ -227,14 +227,8 @@ fn v6_hash_leaf(addr: [u8; 16], gen1: bool) -> u32 {
             // SAFETY: a hash value pointer is valid for the duration of the program run. Read in
             // place: the guide is 160 bytes, most of which a lookup does not need.
             let guide = unsafe { &*guide };
-            let (hi, lo) = V6Inline::after_32(addr);
-            for prefix in &guide.inline {
-                if prefix.prefix_len == 0 {
-                    break;
-                }
-                if prefix.covers(hi, lo) {
-                    return prefix.leaf;
-                }
+            if let Some(leaf) = guide.inline_leaf(addr) {
+                return leaf;
             }
             if let Some(found) = probe_lengths(guide.lengths_65_128, 65, addr, gen1) {
                 return found;
