@@ -139,7 +139,7 @@ pub enum DatapathError {
     },
 }
 
-fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+pub(crate) fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
     move |source| DatapathError::Map { map, source }
 }
 

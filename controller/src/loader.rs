@@ -301,14 +301,20 @@ fn drop_undersized_pins(
     }
     info!("creating {what} (the pinned ones were sized for the LPM engine)");
     for name in names {
-        let path = pins.map(name);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(LoaderError::Io { path, source }),
-        }
+        remove_map_pin(pins, name)?;
     }
     Ok(())
+}
+
+/// Removes the pin of map `name` if there is one; whether there was. The map lives on while a
+/// program or a handle still holds it.
+pub(crate) fn remove_map_pin(pins: &PinLayout, name: &str) -> Result<bool, LoaderError> {
+    let path = pins.map(name);
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(LoaderError::Io { path, source }),
+    }
 }
 
 /// Loads the object (maps from pins where present) and attaches to every interface.

@@ -18,7 +18,11 @@ use aya::{
 use tracing::{info, warn};
 use xdpwall_shared::{V6Guide, map_names};
 
-use crate::{datapath::DatapathError, loader::LoaderError, pins::PinLayout};
+use crate::{
+    datapath::{DatapathError, map_err},
+    loader::{self, LoaderError},
+    pins::PinLayout,
+};
 
 /// The layout of a guide before guides carried prefixes: [`V6Guide`] without `inline`.
 type LegacyGuide = [u8; 16];
@@ -86,15 +90,15 @@ impl RetiredMaps {
                 .map_mut(new_name)
                 .ok_or(DatapathError::MissingMap(new_name))?;
             let mut new: HashMap<&mut MapData, [u8; 4], V6Guide> =
-                HashMap::try_from(map).map_err(map_error(new_name))?;
+                HashMap::try_from(map).map_err(map_err(new_name))?;
             if new.keys().next().is_some() {
                 continue;
             }
             let mut copied = 0usize;
             for entry in old.iter() {
-                let (key, legacy) = entry.map_err(map_error(map_names::RETIRED[0]))?;
+                let (key, legacy) = entry.map_err(map_err(map_names::RETIRED[0]))?;
                 new.insert(key, from_legacy(legacy), 0)
-                    .map_err(map_error(new_name))?;
+                    .map_err(map_err(new_name))?;
                 copied += 1;
             }
             info!(
@@ -111,19 +115,12 @@ impl RetiredMaps {
     pub fn unpin(self, pins: &PinLayout) -> Result<(), LoaderError> {
         drop(self);
         for name in map_names::RETIRED {
-            let path = pins.map(name);
-            match std::fs::remove_file(&path) {
-                Ok(()) => info!(map = name, "removed the pin of a map earlier versions used"),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(LoaderError::Io { path, source }),
+            if loader::remove_map_pin(pins, name)? {
+                info!(map = name, "removed the pin of a map earlier versions used");
             }
         }
         Ok(())
     }
-}
-
-fn map_error(map: &'static str) -> impl FnOnce(MapError) -> LoaderError {
-    move |source| DatapathError::Map { map, source }.into()
 }
 
 /// An old guide: the lengths of the prefixes under its /32 (u64, then u32) and its leaf, in
