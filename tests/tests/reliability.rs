@@ -106,6 +106,42 @@ fn receiver(
     handle
 }
 
+/// A receiver and a sender of datagrams between `endpoints`, running until [`Self::finish`].
+struct Traffic {
+    counts: Arc<Counts>,
+    stop_sender: Arc<AtomicBool>,
+    stop_receiver: Arc<AtomicBool>,
+    tx: std::thread::JoinHandle<()>,
+    rx: std::thread::JoinHandle<()>,
+}
+
+impl Traffic {
+    fn start(lab: &Lab, endpoints: Endpoints) -> Self {
+        let counts = Arc::new(Counts::default());
+        let stop_sender = Arc::new(AtomicBool::new(false));
+        let stop_receiver = Arc::new(AtomicBool::new(false));
+        let rx = receiver(lab, endpoints, counts.clone(), stop_receiver.clone());
+        let tx = sender(lab, endpoints, counts.clone(), stop_sender.clone());
+        Self {
+            counts,
+            stop_sender,
+            stop_receiver,
+            tx,
+            rx,
+        }
+    }
+
+    /// Stops sending, lets the last datagrams arrive, stops receiving; the counts.
+    fn finish(self) -> Arc<Counts> {
+        self.stop_sender.store(true, Ordering::Release);
+        self.tx.join().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        self.stop_receiver.store(true, Ordering::Release);
+        self.rx.join().unwrap();
+        self.counts
+    }
+}
+
 /// Sends from `to.blocked` and `to.unlisted` in the peer namespace at RATE each until `stop`.
 fn sender(
     lab: &Lab,
@@ -150,12 +186,7 @@ fn kill9_under_traffic_leaks_nothing_and_loses_nothing() {
     // Neighbours resolved before counting starts.
     assert_eq!(lab.ping(PEER_V4, FW_V4, 2).unwrap(), 2);
 
-    let counts = Arc::new(Counts::default());
-    let stop_sender = Arc::new(AtomicBool::new(false));
-    let stop_receiver = Arc::new(AtomicBool::new(false));
-    let rx = receiver(&lab, V4, counts.clone(), stop_receiver.clone());
-    let tx = sender(&lab, V4, counts.clone(), stop_sender.clone());
-
+    let traffic = Traffic::start(&lab, V4);
     let started = Instant::now();
     for cycle in 0..kills {
         std::thread::sleep(Duration::from_millis(300));
@@ -169,12 +200,7 @@ fn kill9_under_traffic_leaks_nothing_and_loses_nothing() {
         );
     }
     std::thread::sleep(Duration::from_millis(300));
-    stop_sender.store(true, Ordering::Release);
-    tx.join().unwrap();
-    // Let the last datagrams arrive.
-    std::thread::sleep(Duration::from_millis(500));
-    stop_receiver.store(true, Ordering::Release);
-    rx.join().unwrap();
+    let counts = traffic.finish();
 
     let what = format!("{kills} kill -9 cycles in {:.1?}", started.elapsed());
     assert_no_leak_no_loss(&counts, &what, 1000);
@@ -689,11 +715,7 @@ fn upgrade_from_the_previous_release_under_traffic_leaks_and_loses_nothing() {
 /// Kills the running (earlier) daemon and starts this build over its pins while datagrams
 /// flow from `endpoints`' two sources; the counts of sent and received datagrams.
 fn replace_under_traffic(lab: &Lab, daemon: &mut Daemon, endpoints: Endpoints) -> Arc<Counts> {
-    let counts = Arc::new(Counts::default());
-    let stop_sender = Arc::new(AtomicBool::new(false));
-    let stop_receiver = Arc::new(AtomicBool::new(false));
-    let rx = receiver(lab, endpoints, counts.clone(), stop_receiver.clone());
-    let tx = sender(lab, endpoints, counts.clone(), stop_sender.clone());
+    let traffic = Traffic::start(lab, endpoints);
     std::thread::sleep(Duration::from_millis(500));
     daemon.kill9();
     daemon.bin = None;
@@ -701,12 +723,7 @@ fn replace_under_traffic(lab: &Lab, daemon: &mut Daemon, endpoints: Endpoints) -
         .spawn()
         .expect("the new version starts over the earlier one's pins");
     std::thread::sleep(Duration::from_millis(500));
-    stop_sender.store(true, Ordering::Release);
-    tx.join().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    stop_receiver.store(true, Ordering::Release);
-    rx.join().unwrap();
-    counts
+    traffic.finish()
 }
 
 /// Traffic ran throughout (more than `min_sent` datagrams from each source), no blocked
