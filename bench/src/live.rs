@@ -1,17 +1,23 @@
-//! Packet-rate benchmark (`xdpwall-bench live`): receive rate of a veth in NAPI mode with each
-//! system filtering it, at growing list sizes, for traffic that all hits the list (the drop
-//! rate) and traffic that all misses it (the pass-through rate).
+//! Packet-rate benchmark (`xdpwall-bench live`): what each system costs the receiving CPU per
+//! packet on a veth in NAPI mode, at growing list sizes, for traffic that all hits the list
+//! (dropped packets) and traffic that all misses it (passed through), and the receive rate.
 //!
 //! Two namespaces joined by a veth pair (the netlab [`xdpwall_netlab::Lab`]); a generator in
-//! the sending namespace built on BPF_PROG_TEST_RUN with live frames ([`generator`]), pinned to
-//! one CPU; the receiving veth's NAPI in a kernel thread pinned to the other ([`lab`]); the
-//! systems of [`systems`], each loaded with the same list and switched on in turn. The rate is
-//! the receiving veth's own `rx_packets` over a fixed window after a warm-up. Repetitions rotate
-//! the order of the systems; medians with min/max are reported, with ratios to the XDP_DROP
-//! bracket measured in the same run ([`report`], PNG plots in [`plot`]).
+//! the sending namespace pinned to one CPU ([`generator`]: live frames where the kernel allows
+//! them, else a packet socket); the receiving veth's NAPI in a kernel thread pinned to the other
+//! CPU ([`lab`]); the systems of [`systems`], each loaded with the same list and switched on in
+//! turn. Per window after a warm-up: packets the receiving veth processed (`rx_packets`) and
+//! the receiving CPU's busy time (the window less its idle and iowait time in /proc/stat); the
+//! headline is busy time per packet, because the generator may be slower than the receiver (a
+//! window whose receiver was not saturated says so). Repetitions rotate the order of the
+//! systems; medians with min/max are reported, with ratios to the brackets measured in the
+//! same run ([`report`], PNG plots in [`plot`]).
 
+mod frames;
 mod generator;
 mod lab;
+mod live_frames;
+mod packet_socket;
 mod plot;
 mod report;
 mod systems;
@@ -27,9 +33,11 @@ use anyhow::{Context as _, bail, ensure};
 use ipnet::IpNet;
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 
+pub use self::generator::GeneratorChoice;
 use self::{
-    generator::{GEN_SOURCES, Generator},
-    lab::{Counters, RateLab},
+    frames::GEN_SOURCES,
+    generator::Generator,
+    lab::{Counters, RateLab, cpu_idle, set_affinity_cpus, threads_runtime_ns},
     systems::{LoadInfo, SystemKind, Systems, all_systems, tool_missing},
 };
 use crate::{
@@ -98,7 +106,20 @@ pub struct LiveArgs {
     /// CPU the receiving veth's NAPI thread runs on.
     #[arg(long, default_value_t = 1)]
     pub rx_cpu: usize,
+    /// How frames are sent: live frames (BPF_PROG_TEST_RUN, fastest; some kernels refuse
+    /// them), a packet socket, or auto (live frames if a one-frame probe succeeds).
+    #[arg(long, value_enum, default_value_t = GeneratorChoice::Auto)]
+    pub generator: GeneratorChoice,
+    /// Poll the receiving veth again this many µs after a poll with work instead of waking it
+    /// for every burst the sender flushes, as a NIC coalesces interrupts (0: off) [default:
+    /// 200 with the socket generator, 0 with live frames].
+    #[arg(long)]
+    pub rx_coalesce_us: Option<u64>,
 }
+
+/// Receive coalescing with the socket generator: at its ~0.6 Mpps, ~120 frames per wake-up
+/// of the receiver (its ring holds 256), so a wake-up's cost is spread thin.
+const DEFAULT_SOCKET_COALESCE_US: u64 = 200;
 
 impl LiveArgs {
     /// The sizes to measure: the given ones, else the family's default.
@@ -132,6 +153,17 @@ impl LiveArgs {
         if !self.systems.is_empty() {
             line.push_str(&format!(" --systems {}", self.systems.join(",")));
         }
+        if let Some(us) = self.rx_coalesce_us {
+            line.push_str(&format!(" --rx-coalesce-us {us}"));
+        }
+        if self.generator != GeneratorChoice::Auto {
+            line.push_str(&format!(
+                " --generator {}",
+                clap::ValueEnum::to_possible_value(&self.generator)
+                    .expect("no skipped variants")
+                    .get_name()
+            ));
+        }
         line
     }
 }
@@ -155,10 +187,21 @@ impl Workload {
     }
 }
 
+/// A receiving CPU busier than this share of a window was saturated: the rate is the
+/// receiver's limit, not the generator's.
+pub(crate) const SATURATED: f64 = 0.95;
+
 /// One measurement window.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Sample {
     pub mpps: f64,
+    /// Busy time of the receiving CPU per packet received, in nanoseconds.
+    pub rx_ns: f64,
+    /// CPU time of the receiving veth's NAPI thread per packet received, in nanoseconds: the
+    /// thread's own share of `rx_ns`, untouched by anything else the CPU runs.
+    pub napi_ns: f64,
+    /// Share of the window the receiving CPU was busy (0..1).
+    pub rx_busy: f64,
     /// UDP datagrams that reached the receiver's UDP layer, per packet received.
     pub delivered: f64,
     /// Frames the receiver refused and the sender could not hand over, in the window.
@@ -204,7 +247,7 @@ pub fn run_live(args: &LiveArgs) -> anyhow::Result<String> {
         "list sizes must be at least 1"
     );
     ensure!(args.window_ms > 0, "--window-ms must be at least 1");
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = cpu_count();
     ensure!(
         args.gen_cpu != args.rx_cpu && args.gen_cpu < cpus && args.rx_cpu < cpus,
         "the generator and the receiver need two different CPUs of the {cpus} here \
@@ -217,13 +260,15 @@ pub fn run_live(args: &LiveArgs) -> anyhow::Result<String> {
 
     // Declared first, dropped last: the systems live in its namespaces.
     let lab = RateLab::new().context("creating the lab")?;
-    let mut generator = Generator::new(
-        args.family,
-        &lab.tx_netns_path(),
-        lab.tx_mac,
-        lab.rx_mac,
-        lab.tx_ifindex,
-    )?;
+    let (mut generator, why) = Generator::new(args.generator, args.family, &lab)?;
+    eprintln!("live bench: generator {} ({why})", generator.key());
+    let coalesce_us = args.rx_coalesce_us.unwrap_or(match generator {
+        Generator::Live(_) => 0,
+        Generator::Socket(_) => DEFAULT_SOCKET_COALESCE_US,
+    });
+    if coalesce_us > 0 {
+        lab.coalesce(coalesce_us * 1000)?;
+    }
     let mut systems = Systems::new(&lab, args.family)?;
     let started = Instant::now();
 
@@ -331,7 +376,12 @@ pub fn run_live(args: &LiveArgs) -> anyhow::Result<String> {
         &results,
         &plots,
         elapsed,
-        generator.frame_len(),
+        &report::GeneratorInfo {
+            key: generator.key(),
+            why,
+            frame_len: generator.frame_len(),
+            rx_coalesce_us: coalesce_us,
+        },
     ))
 }
 
@@ -426,7 +476,21 @@ fn measure(
 }
 
 fn sample_window(args: &LiveArgs, lab: &RateLab, generator: &Generator) -> anyhow::Result<Sample> {
-    lab.pin_napi(args.rx_cpu)?;
+    let napi = lab.pin_napi(args.rx_cpu)?;
+    // This thread and the `ip` commands it runs to read counters stay off the receiving CPU.
+    let all: Vec<usize> = (0..cpu_count()).collect();
+    set_affinity_cpus(0, &[args.gen_cpu])?;
+    let result = sample_window_pinned(args, lab, generator, &napi);
+    set_affinity_cpus(0, &all)?;
+    result
+}
+
+fn sample_window_pinned(
+    args: &LiveArgs,
+    lab: &RateLab,
+    generator: &Generator,
+    napi: &[libc::pid_t],
+) -> anyhow::Result<Sample> {
     let warmup = Duration::from_millis(args.warmup_ms);
     let window = Duration::from_millis(args.window_ms);
     // The generator stops on the flag; the limit only bounds it if this thread failed to set it.
@@ -439,19 +503,31 @@ fn sample_window(args: &LiveArgs, lab: &RateLab, generator: &Generator) -> anyho
             let sent = generator.transmit(&tx_netns, args.gen_cpu, &stop, limit);
             (sent, started.elapsed())
         });
-        let counted = (|| -> anyhow::Result<(Counters, Counters, Duration)> {
+        let counted = (|| -> anyhow::Result<(Counters, Counters, Duration, u64, u64)> {
             std::thread::sleep(warmup);
             let (before, t0) = counters_at(lab)?;
+            let napi0 = threads_runtime_ns(napi)?;
+            let idle0 = cpu_idle(args.rx_cpu)?;
+            let w0 = Instant::now();
             std::thread::sleep(window);
+            let idle1 = cpu_idle(args.rx_cpu)?;
+            let busy_window = w0.elapsed();
+            let napi_ns = threads_runtime_ns(napi)?.saturating_sub(napi0);
             let (after, t1) = counters_at(lab)?;
-            Ok((before, after, t1 - t0))
+            let idle = Duration::from_nanos(idle1.idle_ns.saturating_sub(idle0.idle_ns));
+            let busy = busy_window.saturating_sub(idle);
+            // The busy time is of [w0, w0 + busy_window], the packets of [t0, t1] (which holds
+            // it, and the counter reads): scale the busy time to the packets' span.
+            let busy_ns =
+                busy.as_nanos() as f64 * (t1 - t0).as_secs_f64() / busy_window.as_secs_f64();
+            Ok((before, after, t1 - t0, busy_ns as u64, napi_ns))
         })();
         stop.store(true, Ordering::Relaxed);
         let (sent, ran) = sender
             .join()
             .map_err(|_| anyhow::anyhow!("the generator thread panicked"))?;
         let sent = sent?;
-        let (before, after, elapsed) = counted?;
+        let (before, after, elapsed, busy_ns, napi_ns) = counted?;
         let received = after.rx_packets.saturating_sub(before.rx_packets);
         ensure!(
             received > 0,
@@ -459,6 +535,9 @@ fn sample_window(args: &LiveArgs, lab: &RateLab, generator: &Generator) -> anyho
         );
         Ok(Sample {
             mpps: received as f64 / elapsed.as_secs_f64() / 1e6,
+            rx_ns: busy_ns as f64 / received as f64,
+            napi_ns: napi_ns as f64 / received as f64,
+            rx_busy: (busy_ns as f64 / elapsed.as_nanos() as f64).min(1.0),
             delivered: after.udp_no_ports.saturating_sub(before.udp_no_ports) as f64
                 / received as f64,
             rx_dropped: after.rx_dropped.saturating_sub(before.rx_dropped),
@@ -466,6 +545,13 @@ fn sample_window(args: &LiveArgs, lab: &RateLab, generator: &Generator) -> anyho
             offered_mpps: sent as f64 / ran.as_secs_f64() / 1e6,
         })
     })
+}
+
+/// CPUs of this machine (not of the calling thread's affinity, which sampling narrows).
+fn cpu_count() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(online).unwrap_or(1).max(1)
 }
 
 /// The counters, and the moment they stand for (the middle of reading them).

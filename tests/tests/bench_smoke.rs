@@ -3,7 +3,7 @@
 
 use xdpwall_bench::{
     Args,
-    live::{Family, LiveArgs, run_live, system_labels},
+    live::{Family, GeneratorChoice, LiveArgs, run_live, system_labels},
 };
 use xdpwall_tests::require_privileges;
 
@@ -53,21 +53,23 @@ fn harness_produces_a_well_formed_report() {
     assert!(!pin_dir.exists());
 }
 
-/// The packet-rate harness at tiny size: every system has a row at every size, XDP_DROP
-/// received something, and both plots are PNG images. Rates are not judged.
+/// The packet-rate harness at tiny size with the socket generator (the one kernels that refuse
+/// live frames get): every system has a row at every size, XDP_DROP received packets and cost
+/// the receiving CPU something per packet, and both plots are PNG images. Rates are not judged.
 #[test]
 fn live_harness_produces_a_report_and_plots() {
-    live_smoke(Family::Ipv4);
+    live_smoke(Family::Ipv4, GeneratorChoice::Socket);
 }
 
-/// The same for an IPv6 run: the IPv6 generator's frames reach the receiver, and the IPv6
-/// systems (stock IPv6 trie, xdpwall's hash engine, nft, ip6tables + ipset) have rows.
+/// The same for an IPv6 run with the generator `auto` picks on this kernel: the IPv6 frames
+/// reach the receiver, and the IPv6 systems (stock IPv6 trie, xdpwall's hash engine, nft,
+/// ip6tables + ipset) have rows.
 #[test]
 fn live_harness_runs_ipv6() {
-    live_smoke(Family::Ipv6);
+    live_smoke(Family::Ipv6, GeneratorChoice::Auto);
 }
 
-fn live_smoke(family: Family) {
+fn live_smoke(family: Family, generator: GeneratorChoice) {
     require_privileges!();
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         eprintln!("SKIP live harness ({family:?}): needs 2 CPUs (generator and receiver)");
@@ -88,6 +90,8 @@ fn live_smoke(family: Family) {
         seed: 7,
         gen_cpu: 0,
         rx_cpu: 1,
+        generator,
+        rx_coalesce_us: None,
     };
     let report = run_live(&args);
     let pngs: Vec<std::path::PathBuf> = std::fs::read_dir(&out)
@@ -118,12 +122,36 @@ fn live_smoke(family: Family) {
             .lines()
             .find(|l| l.starts_with(&format!("| {size} | XDP_DROP |")))
             .unwrap();
+        // | prefixes | system | hit ns | hit × one-read | hit NAPI ns | hit Mpps | hit busy |
+        //   miss ns | miss × PASS | miss NAPI ns | miss Mpps | …
         let cells: Vec<&str> = drop_row.split('|').map(str::trim).collect();
-        for cell in [cells[3], cells[5]] {
-            let mpps: f64 = cell.split_whitespace().next().unwrap().parse().unwrap();
-            assert!(mpps > 0.0, "{drop_row}");
+        for cell in [cells[3], cells[5], cells[6], cells[8], cells[10], cells[11]] {
+            let value: f64 = cell
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches('*')
+                .parse()
+                .unwrap_or_else(|e| panic!("{cell:?}: {e} in {drop_row}"));
+            assert!(value > 0.0, "{drop_row}");
         }
     }
+    let generator_line = report
+        .lines()
+        .find(|l| l.starts_with("- Generator: "))
+        .unwrap_or_else(|| panic!("no generator line:\n{report}"));
+    match generator {
+        GeneratorChoice::Socket => assert!(
+            generator_line.starts_with("- Generator: socket (") && generator_line.contains("µs"),
+            "{generator_line}"
+        ),
+        _ => assert!(
+            generator_line.starts_with("- Generator: live (auto")
+                || generator_line.starts_with("- Generator: socket (auto"),
+            "{generator_line}"
+        ),
+    }
+    assert!(report.contains("× one-read"), "{report}");
     assert!(
         report.contains("Command: `cargo xtask bench -- live"),
         "{report}"

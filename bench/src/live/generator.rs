@@ -1,193 +1,104 @@
-//! The packet generator: `bench_gen` or, for IPv6, `bench_gen6` (xdp-ebpf/src/bin/xdp-bench.rs)
-//! run through BPF_PROG_TEST_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES) on a thread
-//! that has entered the sending namespace and is pinned to its own CPU. The program stamps one
-//! of [`GEN_SOURCES`] source addresses (and the matching IPv4 header checksum or IPv6 UDP
-//! checksum, computed here) into a minimal UDP frame and returns XDP_TX, which the kernel turns
-//! into a transmit out of the sending veth named in the context, i.e. to the receiver.
+//! The packet generator of the rate benchmark, in one of two ways: live frames
+//! ([`LiveFrames`], BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES, the faster) where the
+//! kernel allows them, else a packet socket ([`PacketSocket`]). Both send the same frames
+//! (one per source address of [`super::frames::GEN_SOURCES`], checksums valid) from a thread
+//! pinned to the generator's CPU, and both hand the receiver xdp_frames, so its per-packet
+//! work is the same whichever sends.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
-};
+use std::{net::IpAddr, sync::atomic::AtomicBool, time::Duration};
 
 use anyhow::Context as _;
-use aya::{
-    Ebpf,
-    maps::Array,
-    programs::{ProgramError, TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
-    sys::SyscallError,
-};
-use etherparse::PacketBuilder;
-use xdpwall::ebpf_object::BENCH_OBJECT;
-use xdpwall_netlab::{FW_V4, FW_V6};
 
-use super::{
-    Family,
-    lab::{attach_xdp_mode, enter_netns, raise_priority, set_affinity},
-};
+use super::{Family, lab::RateLab, live_frames::LiveFrames, packet_socket::PacketSocket};
 
-/// Entries of BENCH_GEN_SRC (must match xdp-bench.rs).
-pub(crate) const GEN_SOURCES: usize = 16384;
-/// Frames per BPF_PROG_TEST_RUN call: the stop flag is checked between calls.
-const FRAMES_PER_CALL: u32 = 1 << 16;
-/// Frames the kernel pushes through the program per batch (at most 256).
-const BATCH: u32 = 64;
-/// UDP destination port: discard, closed on the receiver, so datagrams that get through end
-/// as `Udp: NoPorts` (the ICMP errors this would provoke are rate-limited and unroutable).
-const DEST_PORT: u16 = 9;
-/// `lo` is interface 1 in every network namespace.
-const LOOPBACK_IFINDEX: u32 = 1;
-/// Offsets in the frame.
-const IP_OFFSET: usize = 14;
-const UDP_CHECKSUM_OFFSET: usize = IP_OFFSET + 20 + 6;
-const UDP6_CHECKSUM_OFFSET: usize = IP_OFFSET + 40 + 6;
-/// UDP payload of the IPv6 frame: Ethernet + IPv6 + UDP is already 62 bytes (66 on the wire).
-const PAYLOAD_V6: usize = 0;
+/// `--generator`: how frames are sent.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GeneratorChoice {
+    /// Live frames if the kernel allows them (probed once with one frame), else the socket.
+    #[default]
+    Auto,
+    /// BPF_PROG_TEST_RUN with live frames (fails where the kernel refuses them: EPERM).
+    Live,
+    /// An AF_PACKET socket into a veth pair whose XDP program forwards to the receiver.
+    Socket,
+}
 
-pub(crate) struct Generator {
-    ebpf: Ebpf,
-    family: Family,
-    /// `bench_gen` or `bench_gen6`.
-    program: &'static str,
-    frame: Vec<u8>,
-    tx_mac: [u8; 6],
-    rx_mac: [u8; 6],
-    /// `struct xdp_md` for the run: data 0, data_end = frame length, ingress_ifindex = the
-    /// sending veth (XDP_TX leaves through it), everything else 0.
-    ctx: [u8; 24],
+pub(crate) enum Generator {
+    Live(LiveFrames),
+    Socket(PacketSocket),
 }
 
 impl Generator {
-    /// Loads the generator for the sending veth `tx_ifindex` in the namespace at
-    /// `tx_netns_path`.
+    /// The generator `choice` asks for; for `auto`, also why it was chosen.
     pub fn new(
+        choice: GeneratorChoice,
         family: Family,
-        tx_netns_path: &str,
-        tx_mac: [u8; 6],
-        rx_mac: [u8; 6],
-        tx_ifindex: u32,
-    ) -> anyhow::Result<Self> {
-        let name = match family {
-            Family::Ipv4 => "bench_gen",
-            Family::Ipv6 => "bench_gen6",
+        lab: &RateLab,
+    ) -> anyhow::Result<(Self, String)> {
+        let live = || {
+            LiveFrames::new(
+                family,
+                &lab.tx_netns_path(),
+                lab.tx_mac,
+                lab.rx_mac,
+                lab.tx_ifindex,
+            )
         };
-        let mut ebpf = Ebpf::load(BENCH_OBJECT).context("loading the baseline object")?;
-        let program: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
-        program.load().with_context(|| format!("loading {name}"))?;
-        // Every BPF_PROG_TEST_RUN of an XDP program adds it to the kernel's XDP dispatcher and
-        // removes it after, each time with a synchronize_rcu() (tens of ms, the generator idle)
-        // unless the program is already in the dispatcher because it is attached somewhere.
-        // So it is attached, in generic mode, to the sending namespace's loopback, where no
-        // packet ever arrives (nothing in that namespace sends to itself). Dropping the object
-        // detaches it.
-        attach_xdp_mode(program, tx_netns_path, LOOPBACK_IFINDEX, XdpMode::Skb)
-            .with_context(|| format!("attaching {name} to the sending namespace's loopback"))?;
-        let frame = match family {
-            Family::Ipv4 => {
-                let destination: Ipv4Addr = FW_V4.parse().expect("valid address");
-                let mut frame = Vec::new();
-                PacketBuilder::ethernet2(tx_mac, rx_mac)
-                    .ipv4([0, 0, 0, 0], destination.octets(), 64)
-                    .udp(40000, DEST_PORT)
-                    .write(&mut frame, &[0u8; 18])
-                    .context("building the frame")?;
-                // UDP checksum 0 ("none", legal for IPv4): it covers the source address, which
-                // the program changes per packet.
-                frame[UDP_CHECKSUM_OFFSET..UDP_CHECKSUM_OFFSET + 2].copy_from_slice(&[0, 0]);
-                frame
+        let socket = || PacketSocket::new(family, lab).map(Self::Socket);
+        match choice {
+            GeneratorChoice::Live => {
+                let generator = live()?;
+                generator.probe(&lab.tx_netns_path()).context(
+                    "the kernel refuses BPF_PROG_TEST_RUN with live frames: use --generator \
+                     socket (or auto)",
+                )?;
+                Ok((Self::Live(generator), "chosen with --generator live".into()))
             }
-            Family::Ipv6 => frame_v6(tx_mac, rx_mac, Ipv6Addr::UNSPECIFIED)?,
-        };
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&tx_ifindex.to_ne_bytes());
-        Ok(Self {
-            ebpf,
-            family,
-            program: name,
-            frame,
-            tx_mac,
-            rx_mac,
-            ctx,
-        })
+            GeneratorChoice::Socket => Ok((socket()?, "chosen with --generator socket".into())),
+            GeneratorChoice::Auto => {
+                let generator = live()?;
+                match generator.probe(&lab.tx_netns_path()) {
+                    Ok(()) => Ok((
+                        Self::Live(generator),
+                        "auto: the kernel accepts live frames".into(),
+                    )),
+                    Err(e) => {
+                        drop(generator);
+                        Ok((
+                            socket()?,
+                            format!("auto: the kernel refuses live frames ({e:#})"),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+
+    /// `live` or `socket`.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::Live(_) => "live",
+            Self::Socket(_) => "socket",
+        }
     }
 
     /// The frame without its FCS (IPv4 60 bytes: 64 on the wire; IPv6 62: 66).
     pub fn frame_len(&self) -> usize {
-        self.frame.len()
+        match self {
+            Self::Live(g) => g.frame_len(),
+            Self::Socket(g) => g.frame_len(),
+        }
     }
 
-    /// Fills the source table from `sources` (cycled when shorter than the table), all of the
-    /// generator's family.
     pub fn set_sources(&mut self, sources: &[IpAddr]) -> anyhow::Result<()> {
-        anyhow::ensure!(!sources.is_empty(), "no source addresses");
-        let family = self.family;
-        let wrong = |a: &IpAddr| anyhow::anyhow!("{a} in an {} run", family.label());
-        match family {
-            Family::Ipv4 => {
-                let v4: Vec<Ipv4Addr> = sources
-                    .iter()
-                    .map(|a| match a {
-                        IpAddr::V4(v4) => Ok(*v4),
-                        IpAddr::V6(_) => Err(wrong(a)),
-                    })
-                    .collect::<anyhow::Result<_>>()?;
-                self.set_sources_v4(&v4)
-            }
-            Family::Ipv6 => {
-                let v6: Vec<Ipv6Addr> = sources
-                    .iter()
-                    .map(|a| match a {
-                        IpAddr::V6(v6) => Ok(*v6),
-                        IpAddr::V4(_) => Err(wrong(a)),
-                    })
-                    .collect::<anyhow::Result<_>>()?;
-                self.set_sources_v6(&v6)
-            }
+        match self {
+            Self::Live(g) => g.set_sources(sources),
+            Self::Socket(g) => g.set_sources(sources),
         }
     }
 
-    fn set_sources_v6(&mut self, sources: &[Ipv6Addr]) -> anyhow::Result<()> {
-        let mut table: Array<_, [u8; 24]> = Array::try_from(
-            self.ebpf
-                .map_mut("BENCH_GEN_SRC6")
-                .context("BENCH_GEN_SRC6")?,
-        )?;
-        for i in 0..GEN_SOURCES {
-            let source = sources[i % sources.len()];
-            // The whole frame for this source, for its UDP checksum (pseudo-header included).
-            let frame = frame_v6(self.tx_mac, self.rx_mac, source)?;
-            let mut entry = [0u8; 24];
-            entry[..16].copy_from_slice(&source.octets());
-            entry[16..18].copy_from_slice(&frame[UDP6_CHECKSUM_OFFSET..UDP6_CHECKSUM_OFFSET + 2]);
-            table.set(i as u32, entry, 0)?;
-        }
-        Ok(())
-    }
-
-    fn set_sources_v4(&mut self, sources: &[Ipv4Addr]) -> anyhow::Result<()> {
-        let header: [u8; 20] = self.frame[IP_OFFSET..IP_OFFSET + 20]
-            .try_into()
-            .expect("20 bytes");
-        let mut table: Array<_, [u8; 8]> = Array::try_from(
-            self.ebpf
-                .map_mut("BENCH_GEN_SRC")
-                .context("BENCH_GEN_SRC")?,
-        )?;
-        for i in 0..GEN_SOURCES {
-            let source = sources[i % sources.len()].octets();
-            let checksum = ipv4_checksum(&header, source);
-            let mut entry = [0u8; 8];
-            entry[..4].copy_from_slice(&source);
-            entry[4..6].copy_from_slice(&checksum.to_be_bytes());
-            table.set(i as u32, entry, 0)?;
-        }
-        Ok(())
-    }
-
-    /// Transmits from a thread in the namespace at `netns_path`, pinned to `cpu`, until `stop`
-    /// is set or `limit` has passed; returns the frames sent.
+    /// Sends from a thread in the namespace at `netns_path`, pinned to `cpu`, until `stop` is
+    /// set or `limit` has passed; returns the frames sent.
     pub fn transmit(
         &self,
         netns_path: &str,
@@ -195,97 +106,9 @@ impl Generator {
         stop: &AtomicBool,
         limit: Duration,
     ) -> anyhow::Result<u64> {
-        enter_netns(netns_path)?;
-        set_affinity(0, cpu)?;
-        raise_priority(0)?;
-        block_signals();
-        let program: &Xdp = self
-            .ebpf
-            .program(self.program)
-            .context(self.program)?
-            .try_into()?;
-        let deadline = Instant::now() + limit;
-        let mut sent = 0u64;
-        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-            let opts = TestRunOptions {
-                data_in: Some(&self.frame),
-                ctx_in: Some(&self.ctx),
-                repeat: FRAMES_PER_CALL,
-                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
-                ..TestRunOptions::default()
-            };
-            match program.test_run(opts) {
-                Ok(_) => sent += u64::from(FRAMES_PER_CALL),
-                // A signal cut the run short (how many frames it sent is not reported); the
-                // loop is bounded by the deadline, so just go on.
-                Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
-                    if io_error.raw_os_error() == Some(libc::EINTR) => {}
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!("BPF_PROG_TEST_RUN (live frames) of {}", self.program)
-                    });
-                }
-            }
+        match self {
+            Self::Live(g) => g.transmit(netns_path, cpu, stop, limit),
+            Self::Socket(g) => g.transmit(netns_path, cpu, stop, limit),
         }
-        Ok(sent)
-    }
-}
-
-/// Blocks every signal on the calling thread, so signals for the process (e.g. SIGCHLD of the
-/// `ip` commands the main thread runs) go to another thread instead of interrupting the run.
-fn block_signals() {
-    // SAFETY: a filled sigset_t from sigfillset; pthread_sigmask affects this thread only.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut set);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-}
-
-/// The IPv6 UDP frame from `source` to the receiver's address, checksums filled in.
-fn frame_v6(tx_mac: [u8; 6], rx_mac: [u8; 6], source: Ipv6Addr) -> anyhow::Result<Vec<u8>> {
-    let destination: Ipv6Addr = FW_V6.parse().expect("valid address");
-    let mut frame = Vec::new();
-    PacketBuilder::ethernet2(tx_mac, rx_mac)
-        .ipv6(source.octets(), destination.octets(), 64)
-        .udp(40000, DEST_PORT)
-        .write(&mut frame, &[0u8; PAYLOAD_V6])
-        .context("building the IPv6 frame")?;
-    Ok(frame)
-}
-
-/// The IPv4 header checksum of `header` with `source` as its source address.
-fn ipv4_checksum(header: &[u8; 20], source: [u8; 4]) -> u16 {
-    let mut h = *header;
-    h[10] = 0;
-    h[11] = 0;
-    h[12..16].copy_from_slice(&source);
-    let mut sum: u32 = h
-        .chunks_exact(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checksum_matches_etherparse() {
-        let source = [198, 51, 100, 7];
-        let mut frame = Vec::new();
-        PacketBuilder::ethernet2([0; 6], [0; 6])
-            .ipv4(source, [203, 0, 113, 1], 64)
-            .udp(40000, 9)
-            .write(&mut frame, &[0u8; 18])
-            .unwrap();
-        let header: [u8; 20] = frame[14..34].try_into().unwrap();
-        let expected = u16::from_be_bytes([header[10], header[11]]);
-        assert_ne!(ipv4_checksum(&header, [1, 2, 3, 4]), expected);
-        assert_eq!(ipv4_checksum(&header, source), expected);
     }
 }

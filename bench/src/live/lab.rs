@@ -69,49 +69,85 @@ impl RateLab {
     }
 
     /// Turns threaded NAPI on for the receiving veth and pins its NAPI kernel thread(s) to
-    /// `cpu`; returns how many were pinned. Threaded NAPI puts the receive path in a kernel
-    /// thread that can have a CPU of its own, instead of in softirq context on the generator's
-    /// CPU. veth has NAPI only while an XDP program is attached (the kernel refuses the
-    /// setting before that), so this runs after every attach.
-    pub fn pin_napi(&self, cpu: usize) -> anyhow::Result<usize> {
-        let wanted: String = format!("napi/{}-", self.lab.fw_if)
-            .chars()
-            .take(15)
-            .collect();
-        if threads_named(&wanted)?.is_empty() {
-            run(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    &self.lab.fw_ns,
-                    "sh",
-                    "-c",
-                    &format!("echo 1 > /sys/class/net/{}/threaded", self.lab.fw_if),
-                ],
-            )
-            .context("enabling threaded NAPI on the receiving veth")?;
+    /// `cpu` at nice -20; returns their thread ids. Threaded NAPI puts the receive path in a
+    /// kernel thread that can have a CPU of its own, instead of in softirq context on the
+    /// generator's CPU. veth has NAPI only while an XDP program is attached (the kernel refuses
+    /// the setting before that), so this runs after every attach.
+    pub fn pin_napi(&self, cpu: usize) -> anyhow::Result<Vec<libc::pid_t>> {
+        let pids = threaded_napi(&self.lab.fw_ns, &self.lab.fw_if, cpu)?;
+        for &pid in &pids {
+            raise_priority(pid)?;
         }
-        let deadline = std::time::Instant::now() + NAPI_THREAD_WAIT;
-        loop {
-            let pids = threads_named(&wanted)?;
-            if !pids.is_empty() {
-                for &pid in &pids {
-                    set_affinity(pid, cpu)
-                        .with_context(|| format!("pinning the NAPI thread {pid} to CPU {cpu}"))?;
-                    raise_priority(pid)?;
-                }
-                return Ok(pids.len());
+        Ok(pids)
+    }
+}
+
+/// Turns threaded NAPI on for `ifname` in `netns` (an XDP program must be attached) and pins
+/// its NAPI kernel thread(s) to `cpu`; returns their thread ids.
+pub(crate) fn threaded_napi(
+    netns: &str,
+    ifname: &str,
+    cpu: usize,
+) -> anyhow::Result<Vec<libc::pid_t>> {
+    let wanted: String = format!("napi/{ifname}-").chars().take(15).collect();
+    if threads_named(&wanted)?.is_empty() {
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                netns,
+                "sh",
+                "-c",
+                &format!("echo 1 > /sys/class/net/{ifname}/threaded"),
+            ],
+        )
+        .with_context(|| format!("enabling threaded NAPI on {ifname}"))?;
+    }
+    let deadline = std::time::Instant::now() + NAPI_THREAD_WAIT;
+    loop {
+        let pids = threads_named(&wanted)?;
+        if !pids.is_empty() {
+            for &pid in &pids {
+                set_affinity(pid, cpu)
+                    .with_context(|| format!("pinning the NAPI thread {pid} to CPU {cpu}"))?;
             }
-            if std::time::Instant::now() >= deadline {
-                bail!(
-                    "no NAPI kernel thread `{wanted}…` for {}: is threaded NAPI on and an XDP \
-                     program attached?",
-                    self.lab.fw_if
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            return Ok(pids);
         }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "no NAPI kernel thread `{wanted}…` for {ifname}: is threaded NAPI on and an XDP \
+                 program attached?"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl RateLab {
+    /// Coalesces the receiving veth's wake-ups as a NIC coalesces interrupts: once its NAPI
+    /// poll has had work, it is polled again after `timeout_ns` (`gro_flush_timeout`) instead of
+    /// being woken by every frame the sender flushes (`napi_defer_hard_irqs`: up to 2 empty
+    /// polls before it goes back to waiting). Without this, a generator that hands over one
+    /// frame at a time wakes the receiver once per frame, and the per-packet figure is mostly
+    /// the cost of a wake-up.
+    pub fn coalesce(&self, timeout_ns: u64) -> anyhow::Result<()> {
+        let dir = format!("/sys/class/net/{}", self.lab.fw_if);
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.lab.fw_ns,
+                "sh",
+                "-c",
+                &format!(
+                    "echo 2 > {dir}/napi_defer_hard_irqs && echo {timeout_ns} > {dir}/gro_flush_timeout"
+                ),
+            ],
+        )
+        .context("setting the receiving veth's NAPI coalescing")?;
+        Ok(())
     }
 }
 
@@ -157,13 +193,20 @@ pub(crate) fn enter_netns(netns_path: &str) -> anyhow::Result<()> {
 
 /// Pins thread `pid` (0: the calling thread) to `cpu`.
 pub(crate) fn set_affinity(pid: libc::pid_t, cpu: usize) -> anyhow::Result<()> {
+    set_affinity_cpus(pid, &[cpu])
+}
+
+/// Restricts thread `pid` (0: the calling thread) to `cpus`.
+pub(crate) fn set_affinity_cpus(pid: libc::pid_t, cpus: &[usize]) -> anyhow::Result<()> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays inside it for cpu < 1024.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
         if libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &set) != 0 {
             bail!(
-                "sched_setaffinity({pid}, CPU {cpu}): {}",
+                "sched_setaffinity({pid}, CPUs {cpus:?}): {}",
                 std::io::Error::last_os_error()
             );
         }
@@ -205,6 +248,52 @@ fn threads_named(prefix: &str) -> anyhow::Result<Vec<libc::pid_t>> {
     Ok(pids)
 }
 
+/// CPU time the threads `pids` have run, in nanoseconds (first field of
+/// /proc/PID/schedstat, exact).
+pub(crate) fn threads_runtime_ns(pids: &[libc::pid_t]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for pid in pids {
+        let path = format!("/proc/{pid}/schedstat");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        total += text
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse::<u64>().ok())
+            .with_context(|| format!("{path}: {text}"))?;
+    }
+    Ok(total)
+}
+
+/// One CPU's line of /proc/stat: time it was idle or waiting for I/O, in nanoseconds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CpuIdle {
+    pub idle_ns: u64,
+}
+
+/// Reads `cpu`'s idle and iowait time from /proc/stat (kept exact by the tickless kernel, in
+/// USER_HZ units). The CPU's busy time over a window is the window minus the change of this.
+pub(crate) fn cpu_idle(cpu: usize) -> anyhow::Result<CpuIdle> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let label = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(label.as_str()))
+        .with_context(|| format!("no {label} line in /proc/stat"))?;
+    // cpuN user nice system idle iowait irq softirq steal guest guest_nice
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().with_context(|| format!("/proc/stat: {line}")))
+        .collect::<anyhow::Result<_>>()?;
+    anyhow::ensure!(fields.len() >= 5, "/proc/stat: short line {line}");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    anyhow::ensure!(hz > 0, "sysconf(_SC_CLK_TCK) failed");
+    Ok(CpuIdle {
+        idle_ns: (fields[3] + fields[4]) * (1_000_000_000 / hz as u64),
+    })
+}
+
 fn ip_json(netns: &str, args: &[&str]) -> anyhow::Result<Value> {
     let mut all = vec!["-n", netns, "-j"];
     all.extend_from_slice(args);
@@ -212,7 +301,7 @@ fn ip_json(netns: &str, args: &[&str]) -> anyhow::Result<Value> {
     serde_json::from_slice(&out.stdout).context("parsing `ip -j` output")
 }
 
-fn link_identity(netns: &str, ifname: &str) -> anyhow::Result<(u32, [u8; 6])> {
+pub(crate) fn link_identity(netns: &str, ifname: &str) -> anyhow::Result<(u32, [u8; 6])> {
     let info = ip_json(netns, &["link", "show", "dev", ifname])?;
     let link = &info[0];
     let ifindex = link["ifindex"]

@@ -1,4 +1,5 @@
-//! PNG plots: Mpps over list size (log x), one line per system. Text is drawn with ab_glyph
+//! PNG plots: nanoseconds per packet on the receiving CPU over list size (both axes log), one
+//! line per system (lower is better). Text is drawn with ab_glyph
 //! from DejaVu Sans (Debian's fonts-dejavu-core, installed by `cargo xtask setup`), registered
 //! at run time, so no fontconfig is needed.
 
@@ -17,7 +18,7 @@ const FONT_PATHS: &[&str] = &[
     "/usr/share/fonts/dejavu/DejaVuSans.ttf",
 ];
 
-const PALETTE: [RGBColor; 9] = [
+const PALETTE: [RGBColor; 10] = [
     RGBColor(120, 120, 120),
     RGBColor(0, 0, 0),
     RGBColor(31, 119, 180),
@@ -27,6 +28,7 @@ const PALETTE: [RGBColor; 9] = [
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),
+    RGBColor(23, 190, 207),
 ];
 
 fn register_sans() -> anyhow::Result<()> {
@@ -60,14 +62,14 @@ pub(crate) fn draw(
     let Some(first) = results.first() else {
         return Ok(());
     };
-    // Per system: (size, median Mpps) where measured.
+    // Per system: (size, median ns per packet on the receiving CPU) where measured.
     let series: Vec<(&str, Vec<(f64, f64)>)> = (0..first.systems.len())
         .map(|i| {
             let points = results
                 .iter()
                 .filter_map(|s| {
                     let r = s.systems.get(i)?;
-                    let values: Vec<f64> = r.samples(workload).iter().map(|x| x.mpps).collect();
+                    let values: Vec<f64> = r.samples(workload).iter().map(|x| x.rx_ns).collect();
                     summary(&values).map(|(med, _, _)| (s.size as f64, med))
                 })
                 .collect();
@@ -75,21 +77,22 @@ pub(crate) fn draw(
         })
         .collect();
     let max_size = results.iter().map(|s| s.size).max().unwrap_or(1).max(10) as f64;
-    let max_rate = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|(_, y)| *y))
-        .fold(0.0f64, f64::max)
-        .max(0.1)
-        * 1.15;
+    let costs = || series.iter().flat_map(|(_, p)| p.iter().map(|(_, y)| *y));
+    let max_cost = costs().fold(0.0f64, f64::max).max(10.0) * 1.4;
+    let min_cost = costs()
+        .fold(f64::MAX, f64::min)
+        .min(max_cost / 2.0)
+        .max(1.0)
+        / 1.4;
 
     let root = BitMapBackend::new(path, (1000, 640)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e:?}"))?;
     let title = format!(
-        "Receive rate on a veth, {} ({})",
+        "Receiving CPU per packet, {} ({})",
         workload.label(),
         match workload {
-            Workload::Hit => "drop rate",
-            Workload::Miss => "pass-through rate",
+            Workload::Hit => "dropped",
+            Workload::Miss => "passed through",
         }
     );
     let mut chart = ChartBuilder::on(&root)
@@ -97,7 +100,10 @@ pub(crate) fn draw(
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64)
-        .build_cartesian_2d((0.8f64..max_size * 1.25).log_scale(), 0.0f64..max_rate)
+        .build_cartesian_2d(
+            (0.8f64..max_size * 1.25).log_scale(),
+            (min_cost..max_cost).log_scale(),
+        )
         .map_err(|e| anyhow!("{e:?}"))?;
     chart
         .configure_mesh()
@@ -105,7 +111,7 @@ pub(crate) fn draw(
             "list size ({} prefixes, log scale)",
             family.label()
         ))
-        .y_desc("Mpps (median)")
+        .y_desc("ns per packet (median, log scale; lower is better)")
         .x_label_formatter(&|x| format_size(*x))
         .label_style(("sans-serif", 16))
         .draw()
@@ -135,7 +141,7 @@ pub(crate) fn draw(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 16))

@@ -3,40 +3,140 @@
 use std::{fmt::Write as _, process::Command, time::Duration};
 
 use super::{
-    Family, LiveArgs, SizeResult, SystemResult, WORKLOADS, Workload, summary, systems::SystemKind,
+    Family, LiveArgs, SATURATED, Sample, SizeResult, SystemResult, WORKLOADS, Workload, summary,
+    systems::SystemKind,
 };
 use crate::{kernel, machine, today};
 
-fn mpps(result: &SystemResult, workload: Workload) -> Option<(f64, f64, f64)> {
-    summary(
-        &result
-            .samples(workload)
-            .iter()
-            .map(|s| s.mpps)
-            .collect::<Vec<_>>(),
-    )
+/// Median, min and max of one figure of `result`'s samples under `workload`.
+fn figure(
+    result: &SystemResult,
+    workload: Workload,
+    of: impl Fn(&Sample) -> f64,
+) -> Option<(f64, f64, f64)> {
+    summary(&result.samples(workload).iter().map(of).collect::<Vec<_>>())
 }
 
-fn drop_median(size: &SizeResult, workload: Workload) -> Option<f64> {
+fn ns(result: &SystemResult, workload: Workload) -> Option<f64> {
+    figure(result, workload, |s| s.rx_ns).map(|(med, _, _)| med)
+}
+
+/// The median ns per packet of `system` at this size and workload.
+fn system_ns(size: &SizeResult, system: SystemKind, workload: Workload) -> Option<f64> {
     size.systems
         .iter()
-        .find(|r| r.system == SystemKind::Drop)
-        .and_then(|r| mpps(r, workload))
-        .map(|(med, _, _)| med)
+        .find(|r| r.system == system)
+        .and_then(|r| ns(r, workload))
 }
 
-fn rate_cell(result: &SystemResult, workload: Workload) -> String {
-    match mpps(result, workload) {
-        Some((med, min, max)) => format!("{med:.2} ({min:.2}–{max:.2})"),
+fn ns_cell(result: &SystemResult, workload: Workload) -> String {
+    match figure(result, workload, |s| s.rx_ns) {
+        Some((med, min, max)) => format!("{med:.0} ({min:.0}–{max:.0})"),
         None => "—".into(),
     }
 }
 
-fn ratio_cell(size: &SizeResult, result: &SystemResult, workload: Workload) -> String {
-    match (mpps(result, workload), drop_median(size, workload)) {
-        (Some((med, _, _)), Some(drop)) if drop > 0.0 => format!("{:.2}", med / drop),
+/// Mpps, marked `*` when the receiving CPU was not saturated in some window (the generator
+/// set the rate).
+fn rate_cell(result: &SystemResult, workload: Workload) -> String {
+    let samples = result.samples(workload);
+    match figure(result, workload, |s| s.mpps) {
+        Some((med, _, _)) => {
+            let unsaturated = samples.iter().any(|s| s.rx_busy < SATURATED);
+            format!("{med:.2}{}", if unsaturated { "*" } else { "" })
+        }
+        None => "—".into(),
+    }
+}
+
+fn napi_cell(result: &SystemResult, workload: Workload) -> String {
+    figure(result, workload, |s| s.napi_ns).map_or("—".into(), |(med, _, _)| format!("{med:.0}"))
+}
+
+fn busy_cell(result: &SystemResult, workload: Workload) -> String {
+    figure(result, workload, |s| s.rx_busy)
+        .map_or("—".into(), |(med, _, _)| format!("{:.0}%", med * 100.0))
+}
+
+/// Bracket ns / system ns: how close the system comes to the bracket (1.00 = as cheap, higher
+/// is better).
+fn ratio_cell(
+    size: &SizeResult,
+    result: &SystemResult,
+    workload: Workload,
+    bracket: SystemKind,
+) -> String {
+    match (ns(result, workload), system_ns(size, bracket, workload)) {
+        (Some(system), Some(bracket)) if system > 0.0 => format!("{:.2}", bracket / system),
         _ => "—".into(),
     }
+}
+
+/// The hot-path goals, per xdpwall variant: dropped packets at the largest size against the
+/// one-read bracket and against the variant's own cost at the smallest size, passed packets
+/// against XDP_PASS.
+fn goals(out: &mut String, results: &[SizeResult]) {
+    let (Some(first), Some(last)) = (results.first(), results.last()) else {
+        return;
+    };
+    let mut lines = Vec::new();
+    for r in last
+        .systems
+        .iter()
+        .filter(|r| matches!(r.system, SystemKind::Xdpwall(_)))
+    {
+        let cost = |size: &SizeResult, w| system_ns(size, r.system, w);
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+            _ => "—".into(),
+        };
+        lines.push(format!(
+            "| {} | {} | {} | {} |",
+            r.system.label(),
+            ratio(
+                cost(last, Workload::Hit),
+                system_ns(last, SystemKind::OneRead, Workload::Hit)
+            ),
+            if first.size == last.size {
+                "—".into()
+            } else {
+                ratio(cost(last, Workload::Hit), cost(first, Workload::Hit))
+            },
+            ratio(
+                cost(last, Workload::Miss),
+                system_ns(last, SystemKind::Pass, Workload::Miss)
+            ),
+        ));
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "Cost multiples (system ns / reference ns; lower is better): dropped at {} prefixes \
+         against the one-read bracket (goal ≤ 1.15×) and against itself at {} (goal ≤ 1.3×); \
+         passed against XDP_PASS (goal ≤ 1.15×).\n",
+        last.size, first.size
+    );
+    let _ = writeln!(
+        out,
+        "| xdpwall | dropped × one-read | dropped × own at {} | passed × XDP_PASS |",
+        first.size
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|");
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = writeln!(out);
+}
+
+/// What sent the frames, for the report.
+pub(crate) struct GeneratorInfo {
+    pub key: &'static str,
+    pub why: String,
+    pub frame_len: usize,
+    /// Receive coalescing in force, µs (0: off).
+    pub rx_coalesce_us: u64,
 }
 
 fn bytes(value: u64) -> String {
@@ -78,7 +178,7 @@ pub(crate) fn render(
     results: &[SizeResult],
     plots: &[(Workload, String)],
     elapsed: Duration,
-    frame_len: usize,
+    generator: &GeneratorInfo,
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -89,14 +189,33 @@ pub(crate) fn render(
     );
     let _ = writeln!(
         out,
-        "Receive rate of a veth in NAPI mode (XDP attached) while each system filters it, in \
-         million packets per second (Mpps): median of {} interleaved repetitions, min–max in \
-         brackets, each a {} ms window after {} ms of warm-up. Ratios are to the XDP_DROP \
-         bracket at the same size and workload. **The machine is shared and noisy: absolute \
-         figures are context only; compare the ratios.**\n",
-        args.reps, args.window_ms, args.warmup_ms
+        "What each system costs **the receiving CPU per packet** (ns: its busy time over a \
+         window divided by the packets received) on a veth in NAPI mode, for traffic that all \
+         hits the list (every packet dropped) and traffic that all misses it (every packet \
+         passed to the stack): median of {} interleaved repetitions, min–max in brackets, each a \
+         {} ms window after {} ms of warm-up. Ratios are bracket ns / system ns at the same size \
+         and workload (higher is better; 1.00 = as cheap as the bracket): dropped packets \
+         against the one-read bracket (one read of a 64 MiB array at the source's /24, then \
+         drop: the floor for any table holding a million answers) and XDP_DROP, passed packets \
+         against XDP_PASS. Mpps is the receive rate; `*` marks a rate set by the generator (the \
+         receiving CPU was less than {:.0}% busy in some window), where only ns/packet compares. \
+         **The machine is shared and noisy: compare the ratios, not the absolute figures.**\n",
+        args.reps,
+        args.window_ms,
+        args.warmup_ms,
+        SATURATED * 100.0
     );
     let _ = writeln!(out, "- Machine: {}; kernel {}", machine(), kernel());
+    let _ = writeln!(
+        out,
+        "- Generator: {} ({}); receive coalescing: {}",
+        generator.key,
+        generator.why,
+        match generator.rx_coalesce_us {
+            0 => "off".to_string(),
+            us => format!("{us} µs"),
+        }
+    );
     let _ = writeln!(out, "- nft: `{}`", version("nft", &["-v"]));
     let _ = writeln!(out, "- iptables: `{}`", version("iptables", &["-V"]));
     let _ = writeln!(out, "- ipset: `{}`", version("ipset", &["-v"]));
@@ -118,31 +237,35 @@ pub(crate) fn render(
     if let Some(last) = results.last() {
         let _ = writeln!(
             out,
-            "## Headline: {} prefixes, ratio to XDP_DROP\n",
+            "## Headline: {} prefixes, ns per packet on the receiving CPU\n",
             last.size
         );
         let _ = writeln!(
             out,
-            "| system | 100% hit (drop rate) | × XDP_DROP | 0% hit (pass-through) | × XDP_DROP |"
+            "| system | dropped (100% hit) ns | × one-read | × XDP_DROP | Mpps | passed (0% hit) ns | × XDP_PASS | Mpps |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
         for r in &last.systems {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.system.label(),
+                ns_cell(r, Workload::Hit),
+                ratio_cell(last, r, Workload::Hit, SystemKind::OneRead),
+                ratio_cell(last, r, Workload::Hit, SystemKind::Drop),
                 rate_cell(r, Workload::Hit),
-                ratio_cell(last, r, Workload::Hit),
+                ns_cell(r, Workload::Miss),
+                ratio_cell(last, r, Workload::Miss, SystemKind::Pass),
                 rate_cell(r, Workload::Miss),
-                ratio_cell(last, r, Workload::Miss),
             );
         }
         let _ = writeln!(out);
+        goals(&mut out, results);
     }
     for (workload, name) in plots {
         let _ = writeln!(
             out,
-            "![Mpps over list size, {}]({name})\n",
+            "![ns per packet on the receiving CPU over list size, {}]({name})\n",
             workload.label()
         );
     }
@@ -150,9 +273,18 @@ pub(crate) fn render(
     let _ = writeln!(out, "## All sizes\n");
     let _ = writeln!(
         out,
-        "| prefixes | system | hit Mpps | hit × DROP | miss Mpps | miss × DROP | load time | kernel memory |"
+        "Busy: median share of the window the receiving CPU was busy. NAPI ns: CPU time of the \
+         receiving veth's NAPI thread alone per packet (from /proc/PID/schedstat): the part of \
+         the ns figure that no other task on that CPU can inflate.\n"
     );
-    let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "| prefixes | system | hit ns | hit × one-read | hit NAPI ns | hit Mpps | hit busy | miss ns | miss × PASS | miss NAPI ns | miss Mpps | miss busy | load time | kernel memory |"
+    );
+    let _ = writeln!(
+        out,
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for size in results {
         for r in &size.systems {
             let (load, memory) = match &r.skipped {
@@ -164,13 +296,19 @@ pub(crate) fn render(
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {load} | {memory} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {load} | {memory} |",
                 size.size,
                 r.system.label(),
+                ns_cell(r, Workload::Hit),
+                ratio_cell(size, r, Workload::Hit, SystemKind::OneRead),
+                napi_cell(r, Workload::Hit),
                 rate_cell(r, Workload::Hit),
-                ratio_cell(size, r, Workload::Hit),
+                busy_cell(r, Workload::Hit),
+                ns_cell(r, Workload::Miss),
+                ratio_cell(size, r, Workload::Miss, SystemKind::Pass),
+                napi_cell(r, Workload::Miss),
                 rate_cell(r, Workload::Miss),
-                ratio_cell(size, r, Workload::Miss),
+                busy_cell(r, Workload::Miss),
             );
         }
     }
@@ -238,20 +376,19 @@ pub(crate) fn render(
 
     let _ = writeln!(out, "## Method\n");
     let v6 = args.family == Family::Ipv6;
+    let frame_len = generator.frame_len;
     let frame = if v6 {
         format!(
             "Frames are {frame_len} bytes + FCS = {} bytes, IPv6/UDP to the receiver's own \
-             address, port 9 (closed), from {} sources cycled per CPU; the program (`bench_gen6`) \
-             writes the source and the matching UDP checksum (precomputed) into every frame.",
+             address, port 9 (closed), UDP checksum valid, from {} source addresses cycled.",
             frame_len + 4,
             super::GEN_SOURCES
         )
     } else {
         format!(
             "Frames are {frame_len} bytes + FCS = 64 bytes, IPv4/UDP to the receiver's own \
-             address, port 9 (closed; UDP checksum 0), from {} sources cycled per CPU; the program \
-             writes the source and the matching IPv4 header checksum (precomputed) into every \
-             frame.",
+             address, port 9 (closed; UDP checksum 0), IPv4 header checksum valid, from {} \
+             source addresses cycled.",
             super::GEN_SOURCES
         )
     };
@@ -278,10 +415,28 @@ pub(crate) fn render(
             args.rx_cpu, args.gen_cpu
         ),
         format!(
-            "Generator: the XDP program `bench_gen` run through BPF_PROG_TEST_RUN with \
-             BPF_F_TEST_XDP_LIVE_FRAMES (batches of 64, 65,536 frames per call) from a thread \
-             in the sending namespace, with an `xdp_md` context naming the sending veth as \
-             ingress interface, so XDP_TX transmits to the receiver. {frame}"
+            "Generator ({}): live frames: the XDP program `bench_gen` (`bench_gen6`) run \
+             through BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES (batches of 64, 65,536 \
+             frames per call) with an `xdp_md` context naming the sending veth as ingress \
+             interface, so XDP_TX transmits to the receiver; it writes each frame's source and \
+             checksum. Socket (for kernels that refuse live frames): an AF_PACKET raw socket \
+             with PACKET_QDISC_BYPASS sends prebuilt frames in `sendmmsg` batches of 256 into a \
+             second veth pair in the sending namespace, whose XDP program `bench_redirect` \
+             redirects each out of the sending veth, so the receiver gets xdp_frames as from \
+             live frames (written straight into the sending veth, each would reach the receiver \
+             as an skb that veth copies into a page first, ~400 ns of the receiving CPU). \
+             {frame}",
+            generator.key
+        ),
+        format!(
+            "Cost: busy time of the receiving CPU {} over the window (the window less the \
+             change of its idle and iowait time in /proc/stat, kept exact by the tickless \
+             kernel; time the hypervisor took from it counts as busy) divided by the packets \
+             received. Everything else stays off that CPU: the NAPI thread is the only task \
+             pinned there, the generator and this harness (and the `ip` commands it runs) are \
+             pinned to CPU {}. When the receiver is not saturated, the per-packet figure \
+             includes some per-wake-up cost of the NAPI thread, alike for every system.",
+            args.rx_cpu, args.gen_cpu
         ),
         "Rate: `rx_packets` of the receiving veth (`ip -s -j link`), which for veth in NAPI \
          mode counts every frame its XDP path processed, dropped or passed, read before and after \

@@ -2,8 +2,9 @@
 //! receiving veth's namespace, and switched on (attached, hooked) only while measured so the
 //! repetitions can rotate over them.
 //!
-//! - XDP_PASS / XDP_DROP brackets and the stock one-LPM-trie program: `bench_pass`,
-//!   `bench_drop`, `bench_stock_lpm` (IPv6: `bench_stock_lpm_v6`) from
+//! - XDP_PASS / XDP_DROP brackets, the one-read bracket (one read of a 64 MiB array at the
+//!   source's /24, then drop) and the stock one-LPM-trie program: `bench_pass`, `bench_drop`,
+//!   `bench_one_read`, `bench_stock_lpm` (IPv6: `bench_stock_lpm_v6`) from
 //!   xdp-ebpf/src/bin/xdp-bench.rs.
 //! - xdpwall: the library exactly as the daemon uses it (`loader::load_object` with maps
 //!   pinned under a directory of this run, `Engine::apply_feed` for the list, as a feed sync
@@ -122,6 +123,7 @@ const FEED_NAME: &str = "bench-live";
 pub(crate) enum SystemKind {
     Pass,
     Drop,
+    OneRead,
     StockLpm,
     Xdpwall(XdpwallVariant),
     Nft,
@@ -134,6 +136,7 @@ impl SystemKind {
         match self {
             Self::Pass => "XDP_PASS",
             Self::Drop => "XDP_DROP",
+            Self::OneRead => "one-read bracket",
             Self::StockLpm => "stock LPM (XDP)",
             Self::Xdpwall(v) => v.label,
             Self::Nft => "nftables",
@@ -147,6 +150,7 @@ impl SystemKind {
         match self {
             Self::Pass => "pass",
             Self::Drop => "drop",
+            Self::OneRead => "one-read",
             Self::StockLpm => "stock",
             Self::Xdpwall(_) => "xdpwall",
             Self::Nft => "nft",
@@ -175,7 +179,12 @@ impl SystemKind {
 }
 
 pub(crate) fn all_systems(family: Family) -> Vec<SystemKind> {
-    let mut all = vec![SystemKind::Pass, SystemKind::Drop, SystemKind::StockLpm];
+    let mut all = vec![
+        SystemKind::Pass,
+        SystemKind::Drop,
+        SystemKind::OneRead,
+        SystemKind::StockLpm,
+    ];
     all.extend(variants(family).iter().map(|v| SystemKind::Xdpwall(*v)));
     all.extend([SystemKind::Nft, SystemKind::Iptables]);
     if family == Family::Ipv4 {
@@ -256,7 +265,12 @@ impl<'lab> Systems<'lab> {
         std::fs::create_dir_all(&bench_pins.0)
             .with_context(|| format!("creating {}", bench_pins.0.display()))?;
         let mut bench = Ebpf::load(BENCH_OBJECT).context("loading the baseline object")?;
-        for name in ["bench_pass", "bench_drop", stock_program(family)] {
+        for name in [
+            "bench_pass",
+            "bench_drop",
+            "bench_one_read",
+            stock_program(family),
+        ] {
             let program: &mut Xdp = bench.program_mut(name).context(name)?.try_into()?;
             program.load().with_context(|| format!("loading {name}"))?;
         }
@@ -290,7 +304,7 @@ impl<'lab> Systems<'lab> {
     /// Replaces whatever `system` holds with `list`.
     pub fn load(&mut self, system: SystemKind, list: &[IpNet]) -> anyhow::Result<LoadInfo> {
         match system {
-            SystemKind::Pass | SystemKind::Drop => Ok(LoadInfo::default()),
+            SystemKind::Pass | SystemKind::Drop | SystemKind::OneRead => Ok(LoadInfo::default()),
             SystemKind::StockLpm => self.load_stock(list),
             SystemKind::Xdpwall(variant) => self.load_xdpwall(variant, list),
             SystemKind::Nft => self.load_nft(list),
@@ -471,10 +485,11 @@ impl<'lab> Systems<'lab> {
         let ifindex = self.lab.rx_ifindex;
         let mut info = LoadInfo::default();
         let active = match system {
-            SystemKind::Pass | SystemKind::Drop | SystemKind::StockLpm => {
+            SystemKind::Pass | SystemKind::Drop | SystemKind::OneRead | SystemKind::StockLpm => {
                 let name = match system {
                     SystemKind::Pass => "bench_pass",
                     SystemKind::Drop => "bench_drop",
+                    SystemKind::OneRead => "bench_one_read",
                     _ => stock_program(self.family),
                 };
                 let link = attach_xdp(bench_program(&mut self.bench, name)?, &netns, ifindex)?;

@@ -1,13 +1,16 @@
-//! Baseline XDP programs for the benchmarks: the XDP_PASS and XDP_DROP brackets and "stock"
-//! filters (IPv4 or IPv6 source, one LPM trie lookup, drop on hit) as a typical hand-written
-//! program;
-//! and `bench_gen` / `bench_gen6`, the packet generators of the packet-rate benchmark (run through
-//! BPF_PROG_TEST_RUN in live-frames mode, never attached). Never attached by xdpwall itself.
+//! Baseline XDP programs for the benchmarks: the XDP_PASS and XDP_DROP brackets, the one-read
+//! bracket (one read of a 64 MiB array at the source's /24, then drop: the floor for any table
+//! holding a million answers), and "stock" filters (IPv4 or IPv6 source, one LPM trie lookup,
+//! drop on hit) as a typical hand-written program; and the packet generators of the packet-rate
+//! benchmark: `bench_gen` / `bench_gen6` (run through BPF_PROG_TEST_RUN in live-frames mode,
+//! never attached) and `bench_redirect` (the socket generator's forwarder). Never attached by
+//! xdpwall itself.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::bpf_redirect,
     macros::{map, xdp},
     maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
@@ -102,6 +105,68 @@ fn next_source() -> Option<u32> {
         index
     };
     Some(index & (GEN_SOURCES - 1))
+}
+
+/// The interface `bench_redirect` sends every frame out of (index 0).
+#[map(name = "BENCH_REDIRECT")]
+static BENCH_REDIRECT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The socket generator's forwarder, attached to the far end of a veth pair in the sending
+/// namespace: every frame a packet socket sends into the pair is redirected out of the sending
+/// veth, so it reaches the receiver as an xdp_frame (as live frames do) instead of an skb the
+/// receiver would have to copy into a page before its XDP program runs.
+#[xdp]
+pub fn bench_redirect(_ctx: XdpContext) -> u32 {
+    match BENCH_REDIRECT.get(0) {
+        // SAFETY: a helper taking plain integers.
+        Some(&ifindex) => unsafe { bpf_redirect(ifindex, 0) as u32 },
+        None => xdp_action::XDP_ABORTED,
+    }
+}
+
+/// Entries of the one-read bracket's table: 2^24 four-byte answers, 64 MiB, one per IPv4 /24.
+const ONE_READ_ENTRIES: u32 = 1 << 24;
+
+/// The one-read bracket's table (all zero: every answer is "drop").
+#[map(name = "BENCH_ONE_READ")]
+static BENCH_ONE_READ: Array<u32> = Array::with_max_entries(ONE_READ_ENTRIES, 0);
+
+/// The one-read bracket: the least any filter holding a million answers must do per packet.
+/// Reads the answer for the source (IPv4: its /24; IPv6: the four 32-bit words of the source
+/// folded into 24 bits, so BGP-like sources spread like the IPv4 ones) from a 64 MiB array and
+/// drops unless the answer says otherwise (it never does; the branch keeps the read).
+#[xdp]
+pub fn bench_one_read(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 14 > end {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: bounds checked above.
+    let ethertype = unsafe { core::ptr::read_unaligned((start + 12) as *const [u8; 2]) };
+    let index = match ethertype {
+        [0x08, 0x00] => {
+            if start + 14 + 16 > end {
+                return xdp_action::XDP_PASS;
+            }
+            // SAFETY: bounds checked above.
+            let source = unsafe { core::ptr::read_unaligned((start + 14 + 12) as *const [u8; 4]) };
+            u32::from_be_bytes(source) >> 8
+        }
+        [0x86, 0xdd] => {
+            if start + 14 + 24 > end {
+                return xdp_action::XDP_PASS;
+            }
+            // SAFETY: bounds checked above.
+            let words = unsafe { core::ptr::read_unaligned((start + 14 + 8) as *const [u32; 4]) };
+            let folded = words[0] ^ words[1] ^ words[2] ^ words[3];
+            (folded ^ (folded >> 24)) & (ONE_READ_ENTRIES - 1)
+        }
+        _ => return xdp_action::XDP_PASS,
+    };
+    match BENCH_ONE_READ.get(index) {
+        Some(&answer) if answer != u32::MAX => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
+    }
 }
 
 #[xdp]
