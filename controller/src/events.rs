@@ -1,28 +1,34 @@
 //! Events from the datapath: flagged egress flows and sampled ingress drops.
 //!
-//! Two ring buffers are read asynchronously (aya `RingBuf` behind a tokio `AsyncFd`). Each new
-//! flow and each sampled drop is logged as one structured line, rate-limited (`[events]
-//! log_per_second`; what is over the limit is counted and summarised once a second), and kept
-//! in a bounded in-memory list. `GET /v1/flows` merges that list with the counters of the
-//! kernel's flow LRU (the source of truth for packets, bytes and last seen; it also holds flows
-//! whose event was lost to a full ring buffer).
+//! Two ring buffers are read asynchronously (aya `RingBuf` behind a tokio `AsyncFd`), when the
+//! kernel wakes the reader and every [`DROP_DRAIN_MS`] besides: the drop sampler wakes the
+//! reader only once per [`DROP_WAKE_BYTES`](xdpwall_shared::egress::DROP_WAKE_BYTES) of unread
+//! samples, not per sample. Each new flow and each sampled drop is logged as one structured
+//! line, rate-limited (`[events] log_per_second`; what is over the limit is counted and
+//! summarised once a second), and kept in a bounded in-memory list. `GET /v1/flows` merges that
+//! list with the counters of the kernel's flow LRU (the source of truth for packets, bytes and
+//! last seen; it also holds flows whose event was lost to a full ring buffer).
 
 use std::{
     collections::{HashMap, VecDeque},
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use serde::{Deserialize, Serialize};
-use tokio::io::{Interest, unix::AsyncFd};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    time::MissedTickBehavior,
+};
 use tracing::{info, warn};
 use utoipa::ToSchema;
 use xdpwall_shared::{
     egress::{
-        DropSample, FlowEvent, FlowKey, FlowStats, action, counter, drop_counter, map_names, reason,
+        DROP_DRAIN_MS, DropSample, FlowEvent, FlowKey, FlowStats, action, counter, drop_counter,
+        drop_sample_limit, map_names, reason,
     },
     verdict,
 };
@@ -147,7 +153,7 @@ pub fn unix_millis(mono_ns: u64) -> i64 {
 }
 
 fn rfc3339_millis(unix_ms: i64) -> String {
-    let t = UNIX_EPOCH + std::time::Duration::from_millis(unix_ms.max(0) as u64);
+    let t = UNIX_EPOCH + Duration::from_millis(unix_ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -334,7 +340,7 @@ impl Events {
             Array::try_from(Map::Array(open(map_names::DROP_SAMPLE)?))
                 .map_err(err(map_names::DROP_SAMPLE))?;
         sample
-            .set(0, self.settings.drop_sample_rate, 0)
+            .set(0, drop_sample_limit(self.settings.drop_sample_rate), 0)
             .map_err(err(map_names::DROP_SAMPLE))?;
         let mut state = self.lock();
         state.drop_counters = Some(counters);
@@ -600,23 +606,39 @@ pub async fn start(
     Ok(readers)
 }
 
-/// Reads `ring` until the task is aborted, handing each record to `on`.
+/// How often [`read_ring`] drains a ring whether woken or not.
+const DRAIN_PERIOD: Duration = Duration::from_millis(DROP_DRAIN_MS as u64);
+
+/// Reads `ring` until the task is aborted, handing each record to `on`: whenever the kernel
+/// wakes the reader, and every [`DRAIN_PERIOD`] (the drop sampler writes without waking it, so a
+/// few samples would otherwise wait for the next forced wake-up).
 async fn read_ring<T: Copy>(ring: RingBuf<MapData>, mut on: impl FnMut(T)) -> io::Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as long as the
     // AsyncFd owns the ring buffer.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(io::Error::from)?;
+    let mut drain = tokio::time::interval(DRAIN_PERIOD);
+    drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        let mut guard = fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            if item.len() >= size_of::<T>() {
-                // SAFETY: the record holds at least size_of::<T>() bytes written by the kernel
-                // program from a T (a #[repr(C)] plain-integer type); read unaligned.
-                on(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T>()) });
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                drain_ring(guard.get_inner_mut(), &mut on);
+                guard.clear_ready();
             }
+            _ = drain.tick() => drain_ring(fd.get_mut(), &mut on),
         }
-        guard.clear_ready();
+    }
+}
+
+/// Hands every record the ring holds to `on`.
+fn drain_ring<T: Copy>(ring: &mut RingBuf<MapData>, on: &mut impl FnMut(T)) {
+    while let Some(item) = ring.next() {
+        if item.len() >= size_of::<T>() {
+            // SAFETY: the record holds at least size_of::<T>() bytes written by the kernel
+            // program from a T (a #[repr(C)] plain-integer type); read unaligned.
+            on(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T>()) });
+        }
     }
 }
 
@@ -723,6 +745,94 @@ mod tests {
         assert_eq!(section.recent, DEFAULT_RECENT);
         let bad: EventsSection = toml::from_str("recent = 0").unwrap();
         assert_eq!(bad.validate().unwrap_err().0, "events.recent");
+    }
+
+    #[test]
+    fn sample_limit_keeps_the_odds_of_one_in_n() {
+        use xdpwall_shared::egress::drop_sampled;
+        let off = drop_sample_limit(0);
+        assert!(
+            !drop_sampled(0, off) && !drop_sampled(u32::MAX, off),
+            "0 = off"
+        );
+        let every = drop_sample_limit(1);
+        assert!(
+            drop_sampled(0, every) && drop_sampled(u32::MAX, every),
+            "1 = every drop"
+        );
+        for rate in [
+            2,
+            3,
+            7,
+            100,
+            1000,
+            65_537,
+            u32::MAX / 2,
+            u32::MAX - 1,
+            u32::MAX,
+        ] {
+            let limit = drop_sample_limit(rate);
+            // The random values `random % rate == 0` sampled, as many as `random <= limit` does.
+            let by_modulo = u64::from(u32::MAX) / u64::from(rate) + 1;
+            assert_eq!(u64::from(limit) + 1, by_modulo, "rate {rate}");
+            assert!(drop_sampled(limit, limit) && !drop_sampled(limit + 1, limit));
+        }
+        assert_eq!(drop_sample_limit(2), u32::MAX / 2, "exactly half");
+    }
+
+    #[test]
+    fn per_cpu_draws_sample_one_in_n() {
+        use xdpwall_shared::egress::{drop_rng_next, drop_sampled};
+        // The program's draw: xorshift64 from a seed as it makes one, high half vs the limit.
+        let limit = drop_sample_limit(100);
+        let mut state = (0x8bad_f00d_u64 << 32) | 1;
+        let (mut sampled, mut longest_gap, mut gap) = (0u32, 0u32, 0u32);
+        for _ in 0..1_000_000 {
+            state = drop_rng_next(state);
+            assert_ne!(state, 0);
+            gap += 1;
+            if drop_sampled((state >> 32) as u32, limit) {
+                sampled += 1;
+                longest_gap = longest_gap.max(gap);
+                gap = 0;
+            }
+        }
+        // 10,000 expected, σ = 99.5: ±6σ. Gaps are geometric: some far above 100.
+        assert!((9_400..=10_600).contains(&sampled), "{sampled}");
+        assert!(longest_gap > 500, "{longest_gap}");
+    }
+
+    #[test]
+    fn drop_samples_wake_the_reader_once_per_wake_step() {
+        use xdpwall_shared::egress::{
+            DROP_RECORD_BYTES, DROP_RING_BYTES, DROP_WAKE_BYTES, drop_sample_wakes,
+        };
+        let record = u64::from(DROP_RECORD_BYTES);
+        let step = u64::from(DROP_WAKE_BYTES);
+        // Samples written one after the other into an empty ring until it is full.
+        let fill = u64::from(DROP_RING_BYTES) / record;
+        let wakes: Vec<u64> = (0..fill)
+            .filter(|i| drop_sample_wakes(i * record))
+            .collect();
+        assert_eq!(wakes.len(), 7, "first: {:?}", &wakes[..wakes.len().min(8)]);
+        assert_eq!(
+            wakes[0],
+            step / record,
+            "the 1821st sample wakes the reader"
+        );
+        assert!(
+            !drop_sample_wakes(0),
+            "the first sample into an empty ring does not"
+        );
+        // Whatever the reader left unread: one wake-up per multiple of the step crossed.
+        for start in [0, 5000, step - 1, step, 3 * step + 71] {
+            let count = 4 * step / record;
+            let woken = (0..count)
+                .filter(|i| drop_sample_wakes(start + i * record))
+                .count() as u64;
+            let crossed = (start + count * record) / step - start / step;
+            assert_eq!(woken, crossed, "unread {start}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use aya::{
 use tracing::{info, warn};
 use xdpwall_shared::{
     DIR24_MAP_ENTRIES, IFACE_SLOTS, V4_LONG_MAX_ENTRIES, V6_GUIDE_MAX_ENTRIES, V6_HASH_MAX_ENTRIES,
-    V6_TOP_SLOTS, XDP_PROGRAM, map_names,
+    V6_TOP_SLOTS, XDP_PROGRAM, egress, map_names,
 };
 
 use crate::{
@@ -191,6 +191,7 @@ pub fn load_object(
                 &[map_names::V4_TBL24, map_names::V4_LONG],
                 DIR24_MAP_ENTRIES,
                 "the DIR-24 table",
+                SIZED_FOR_LPM,
             )?;
             (DIR24_MAP_ENTRIES, V4_LONG_MAX_ENTRIES)
         }
@@ -203,18 +204,21 @@ pub fn load_object(
                 &[map_names::V6_TOP],
                 V6_TOP_SLOTS,
                 "the IPv6 hash engine",
+                SIZED_FOR_LPM,
             )?;
             drop_undersized_pins(
                 pins,
                 &[map_names::V6_GUIDE0, map_names::V6_GUIDE1],
                 V6_GUIDE_MAX_ENTRIES,
                 "the IPv6 hash engine",
+                SIZED_FOR_LPM,
             )?;
             drop_undersized_pins(
                 pins,
                 &[map_names::V6_TBL0, map_names::V6_TBL1],
                 V6_HASH_MAX_ENTRIES,
                 "the IPv6 hash engine",
+                SIZED_FOR_LPM,
             )?;
             (V6_TOP_SLOTS, V6_GUIDE_MAX_ENTRIES, V6_HASH_MAX_ENTRIES)
         }
@@ -228,6 +232,14 @@ pub fn load_object(
     } else {
         v6_guides
     };
+    // Versions before 1 MiB drop rings pinned a 256 KiB one, which aya would reuse as it is.
+    drop_undersized_pins(
+        pins,
+        &[egress::map_names::DROP_RING],
+        egress::DROP_RING_BYTES,
+        "the drop-sample ring buffer",
+        "the pinned one is smaller",
+    )?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pins.maps_dir())
         .map_max_entries(map_names::V4_TBL24, table_entries)
@@ -283,15 +295,21 @@ fn check_pinned_layout(pins: &PinLayout, object: &[u8]) -> Result<(), LoaderErro
     Ok(())
 }
 
-/// A previous run with the LPM engine pinned one-entry maps for an engine now wanted. Their
-/// pins are removed so that this load creates full-size ones; the running program keeps the old
-/// maps, and keeps reading the LPM tries, until the new structure is complete (see
-/// `Datapath::switch_engine`). `names[0]` is the map whose size tells.
+/// Why [`drop_undersized_pins`] replaces the maps of a lookup engine.
+const SIZED_FOR_LPM: &str = "the pinned ones were sized for the LPM engine";
+
+/// Pinned maps smaller than this load wants (`max_entries`; bytes for a ring buffer): a
+/// previous run with the LPM engine pinned one-entry maps for an engine now wanted, or an older
+/// version a smaller ring buffer. Their pins are removed so that this load creates full-size
+/// ones; the running program keeps the old maps (and keeps reading the LPM tries until the new
+/// structure is complete, see `Datapath::switch_engine`). `names[0]` is the map whose size
+/// tells; `why` goes to the log.
 fn drop_undersized_pins(
     pins: &PinLayout,
     names: &[&str],
     needed: u32,
     what: &str,
+    why: &str,
 ) -> Result<(), LoaderError> {
     let Ok(info) = aya::maps::MapInfo::from_pin(pins.map(names[0])) else {
         return Ok(());
@@ -299,7 +317,7 @@ fn drop_undersized_pins(
     if info.max_entries() >= needed {
         return Ok(());
     }
-    info!("creating {what} (the pinned ones were sized for the LPM engine)");
+    info!("creating {what} ({why})");
     for name in names {
         remove_map_pin(pins, name)?;
     }

@@ -37,10 +37,14 @@ pub mod map_names {
 
     /// Ring buffer of [`super::DropSample`] from the XDP ingress program.
     pub const DROP_RING: &str = "XW_DROP_RING";
-    /// Array with one `u32`: sample 1 in N dropped packets (0: off).
+    /// Array with one `u32`: [`super::drop_sample_limit`] of the sampling rate (a drop is
+    /// sampled when a random `u32` is at most this; 0: off).
     pub const DROP_SAMPLE: &str = "XW_DROP_SAMPLE";
     /// Per-CPU array of `u64`, index [`super::drop_counter`].
     pub const DROP_COUNTERS: &str = "XW_DROP_COUNT";
+    /// Per-CPU array with one `u64`: the state of the drop sampler's random numbers
+    /// ([`super::drop_rng_next`]). Not pinned: any state will do.
+    pub const DROP_RNG: &str = "XW_DROP_RNG";
 
     /// Every map of the egress object.
     pub const EGRESS_ALL: [&str; 10] = [
@@ -71,8 +75,66 @@ pub const RULE_STATS_MAX_ENTRIES: u32 = 1 << 16;
 /// Capacity of the scan-detection LRUs (sources, and source/destination/port pairs).
 pub const SCAN_SOURCES_MAX_ENTRIES: u32 = 1 << 16;
 pub const SCAN_PAIRS_MAX_ENTRIES: u32 = 1 << 18;
-/// Default size of each ring buffer (bytes; a power of two, multiple of the page size).
+/// Size of the flagged-flow ring buffer (bytes; a power of two, multiple of the page size).
 pub const RING_BYTES: u32 = 256 * 1024;
+
+/// Size of the drop-sample ring buffer (bytes; a power of two, multiple of the page size):
+/// 14,563 samples, more than the 10,000 of one drain period ([`DROP_DRAIN_MS`]) at 10 Mpps
+/// dropped and sampled 1 in 100, so nothing is lost there even if no wake-up reached the
+/// reader.
+pub const DROP_RING_BYTES: u32 = 1 << 20;
+/// Bytes one [`DropSample`] takes in its ring buffer: the kernel's 8-byte record header plus the
+/// sample, rounded up to 8.
+pub const DROP_RECORD_BYTES: u32 = (size_of::<DropSample>() as u32 + 8 + 7) & !7;
+/// The controller drains the drop-sample ring this often (milliseconds) whether woken or not:
+/// samples are written without waking it (see [`drop_sample_wakes`]), so this bounds how late
+/// a sample shows up when drops are few.
+pub const DROP_DRAIN_MS: u32 = 100;
+/// The sampler wakes the reader each time the ring's unread data crosses a multiple of this
+/// (every 1,820 samples; 7 wake-ups until the ring is full).
+pub const DROP_WAKE_BYTES: u32 = DROP_RING_BYTES / 8;
+const _: () = assert!(DROP_RECORD_BYTES == 72);
+const _: () =
+    assert!(DROP_RING_BYTES / DROP_RECORD_BYTES >= 10_000_000 / 100 * DROP_DRAIN_MS / 1000);
+
+/// The value of [`map_names::DROP_SAMPLE`] for "sample 1 in `rate` drops" (0: off): the
+/// largest random `u32` that is sampled. A compare per drop instead of a division
+/// (`random % rate == 0`), with the same odds: ceil(2^32 / rate) of the 2^32 values sample.
+pub const fn drop_sample_limit(rate: u32) -> u32 {
+    if rate == 0 {
+        return 0;
+    }
+    ((1u64 << 32).div_ceil(rate as u64) - 1) as u32
+}
+
+/// The next state of the drop sampler's per-CPU random numbers (xorshift64: a non-zero state
+/// never becomes zero); its high 32 bits are the draw compared with the [`drop_sample_limit`].
+/// A few instructions on a per-CPU value instead of a `bpf_get_prandom_u32` call per drop (a
+/// helper call costs ~15 ns here, a fifth of a dropped packet); that helper only seeds it.
+#[inline(always)]
+pub const fn drop_rng_next(state: u64) -> u64 {
+    let mut x = state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
+/// Whether a drop is sampled, given a random `u32` and the [`drop_sample_limit`].
+#[inline(always)]
+pub const fn drop_sampled(random: u32, limit: u32) -> bool {
+    limit != 0 && random <= limit
+}
+
+/// Whether a drop sample written when the ring holds `unread` bytes wakes the reader: only the
+/// one that takes the unread data across a multiple of [`DROP_WAKE_BYTES`]. A wake-up is an
+/// interrupt (a VM exit under a hypervisor, ~9 µs), so one per sample would cost more than
+/// the drop; the reader also drains every [`DROP_DRAIN_MS`].
+#[inline(always)]
+pub const fn drop_sample_wakes(unread: u64) -> bool {
+    let wake = DROP_WAKE_BYTES as u64;
+    unread % wake + DROP_RECORD_BYTES as u64 >= wake
+}
 
 /// What a rule does to a flagged flow.
 pub mod action {

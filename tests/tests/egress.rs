@@ -4,7 +4,8 @@
 //! policy and scan detection flag; ordinary traffic is not flagged and makes no events; the
 //! TCX link is reused across a restart and removed by `xdpwall detach`; the clsact filter of
 //! `attach = "netlink"` (kernels before 6.6) is replaced on restart and removed by detach. Also
-//! ingress drop sampling: dropped pings show up in `GET /v1/drops`.
+//! ingress drop sampling: dropped pings show up in `GET /v1/drops`, a lone one within a second
+//! (samples do not wake the reader; it drains the ring on a timer).
 
 use std::{
     net::UdpSocket,
@@ -381,6 +382,40 @@ fn sampled_ingress_drops_are_listed() {
     let out = daemon.cli(&["drops"]).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains(BLOCKED_V4), "{text}");
+}
+
+#[test]
+fn a_lone_sampled_drop_is_listed_within_a_second() {
+    require_privileges!();
+    let lab = Lab::new("egdrop1").unwrap();
+    let config = format!(
+        "[[rules]]\ncidr = \"{BLOCKED_PREFIX_V4}\"\naction = \"block\"\n\n[events]\ndrop_sample_rate = 1\n"
+    );
+    let daemon = Daemon::start(&lab, "egdrop1", &config).unwrap();
+    // One sample is far below what wakes the reader (DROP_WAKE_BYTES of unread samples): only
+    // the reader's periodic drain (DROP_DRAIN_MS) lists it.
+    let (drops, listed_after) = thread::scope(|scope| {
+        let sent = Instant::now();
+        let ping = scope.spawn(|| lab.ping(BLOCKED_V4, FW_V4, 1).unwrap());
+        let drops = loop {
+            let drops = daemon.get_json("/v1/drops").unwrap();
+            if drops["drops"].as_array().is_some_and(|d| !d.is_empty())
+                || sent.elapsed() > Duration::from_secs(1)
+            {
+                break drops;
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let listed_after = sent.elapsed();
+        assert_eq!(ping.join().unwrap(), 0, "blocked");
+        (drops, listed_after)
+    });
+    let list = drops["drops"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "listed within a second of the ping: {drops}");
+    assert_eq!(list[0]["src"], BLOCKED_V4, "{drops}");
+    assert_eq!(drops["sampled"], 1, "{drops}");
+    assert_eq!(drops["lost"], 0, "{drops}");
+    eprintln!("lone drop sample listed {listed_after:?} after the ping started");
 }
 
 #[test]

@@ -1,8 +1,15 @@
 //! Ingress drop sampling: 1 in N dropped (or would-drop) packets go to a ring buffer with their
 //! 5-tuple and rule, for the controller's `GET /v1/drops` and logs. Only the drop path calls
 //! this; a full ring buffer loses the sample (counted), never changes the verdict.
+//!
+//! Kept cheap for the drop path: the random draw is a per-CPU xorshift step (no helper call),
+//! the rate is stored as a limit the draw is compared with (no division), and a sample wakes
+//! the reader only when it takes the ring's unread data across a multiple of
+//! `DROP_WAKE_BYTES` (a wake-up is an interrupt, a VM exit under a hypervisor); the controller
+//! drains the ring on a timer besides.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
@@ -12,27 +19,42 @@ use xdp_ebpf::{
     flow::{self, Frame},
     same,
 };
-use xdpwall_shared::egress::{DropSample, RING_BYTES, drop_counter, map_names};
+use xdpwall_shared::egress::{
+    DROP_RING_BYTES, DropSample, drop_counter, drop_rng_next, drop_sample_wakes, drop_sampled,
+    map_names,
+};
 
 #[map(name = "XW_DROP_RING")]
-static DROP_RING: RingBuf = RingBuf::pinned(RING_BYTES, 0);
+static DROP_RING: RingBuf = RingBuf::pinned(DROP_RING_BYTES, 0);
 #[map(name = "XW_DROP_SAMPLE")]
 static DROP_SAMPLE: Array<u32> = Array::pinned(1, 0);
 #[map(name = "XW_DROP_COUNT")]
 static DROP_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(drop_counter::COUNT, 0);
+#[map(name = "XW_DROP_RNG")]
+static DROP_RNG: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 const _: () = assert!(same(map_names::DROP_RING, "XW_DROP_RING"));
 const _: () = assert!(same(map_names::DROP_SAMPLE, "XW_DROP_SAMPLE"));
 const _: () = assert!(same(map_names::DROP_COUNTERS, "XW_DROP_COUNT"));
+const _: () = assert!(same(map_names::DROP_RNG, "XW_DROP_RNG"));
 
 #[inline(always)]
 pub fn sample(ctx: &XdpContext, rule: u32, verdict: u32) {
-    let rate = DROP_SAMPLE.get(0).copied().unwrap_or(0);
-    if rate == 0 {
+    let limit = DROP_SAMPLE.get(0).copied().unwrap_or(0);
+    if limit == 0 {
         return;
     }
-    // SAFETY: helpers without arguments.
-    if rate > 1 && unsafe { bpf_get_prandom_u32() } % rate != 0 {
+    let Some(state) = DROP_RNG.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, only this CPU uses it while the program runs.
+    let state = unsafe { &mut *state };
+    if *state == 0 {
+        // SAFETY: a helper without arguments. Once per CPU; `| 1`: xorshift needs non-zero.
+        *state = (u64::from(unsafe { bpf_get_prandom_u32() }) << 32) | 1;
+    }
+    *state = drop_rng_next(*state);
+    if !drop_sampled((*state >> 32) as u32, limit) {
         return;
     }
     let frame = Frame {
@@ -59,7 +81,12 @@ pub fn sample(ctx: &XdpContext, rule: u32, verdict: u32) {
         // SAFETY: a helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
     };
-    let slot = match DROP_RING.output::<DropSample>(&sample, 0) {
+    let wake = if drop_sample_wakes(DROP_RING.query(u64::from(BPF_RB_AVAIL_DATA))) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    let slot = match DROP_RING.output::<DropSample>(&sample, u64::from(wake)) {
         Ok(()) => drop_counter::SAMPLED,
         Err(_) => drop_counter::LOST,
     };
