@@ -90,8 +90,9 @@ pub struct LiveArgs {
     /// Traffic before the window opens, in milliseconds.
     #[arg(long, default_value_t = 500)]
     pub warmup_ms: u64,
-    /// Systems to run (default: all): pass, drop, stock, xdpwall, nft, iptables, xdp-filter
-    /// (IPv4 only).
+    /// Systems to run (default: all): pass, drop, one-read, stock, xdpwall (every variant, or
+    /// one: xdpwall-lpm, xdpwall-dir24, xdpwall-dir24-nosample, xdpwall-hash), nft, iptables,
+    /// xdp-filter (IPv4 only).
     #[arg(long, value_delimiter = ',')]
     pub systems: Vec<String>,
     /// Where the Markdown report and the PNG plots go.
@@ -129,6 +130,21 @@ impl LiveArgs {
         } else {
             self.sizes.clone()
         }
+    }
+
+    /// What the report and plot files are named after: `live`, `-v6` for IPv6, and the
+    /// generator when one was asked for (`-socket`, `-liveframes`).
+    pub fn report_kind(&self) -> String {
+        let family = match self.family {
+            Family::Ipv4 => "",
+            Family::Ipv6 => "-v6",
+        };
+        let generator = match self.generator {
+            GeneratorChoice::Auto => "",
+            GeneratorChoice::Live => "-liveframes",
+            GeneratorChoice::Socket => "-socket",
+        };
+        format!("live{family}{generator}")
     }
 
     /// The arguments to reproduce this run on the command line.
@@ -354,14 +370,11 @@ pub fn run_live(args: &LiveArgs) -> anyhow::Result<String> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let date = today();
-    let family = match args.family {
-        Family::Ipv4 => "",
-        Family::Ipv6 => "-v6",
-    };
+    let kind = args.report_kind();
     let mut plots = Vec::new();
     for workload in WORKLOADS {
         let name = format!(
-            "{date}-live{family}-{}.png",
+            "{date}-{kind}-{}.png",
             match workload {
                 Workload::Hit => "hit",
                 Workload::Miss => "miss",
@@ -400,17 +413,19 @@ fn select_systems(
     keys: &[String],
 ) -> anyhow::Result<Vec<(SystemKind, Option<String>)>> {
     let all = all_systems(family);
+    // A system is selected by its key, an xdpwall variant also by its own key.
+    let selects = |s: &SystemKind, key: &str| s.key() == key || s.variant_key() == Some(key);
     for key in keys {
-        if !all.iter().any(|s| s.key() == key) {
-            bail!(
-                "unknown system {key:?}: choose from {}",
-                all.iter().map(|s| s.key()).collect::<Vec<_>>().join(", ")
-            );
+        if !all.iter().any(|s| selects(s, key)) {
+            let mut known: Vec<&str> = all.iter().map(|s| s.key()).collect();
+            known.dedup();
+            known.extend(all.iter().filter_map(|s| s.variant_key()));
+            bail!("unknown system {key:?}: choose from {}", known.join(", "));
         }
     }
     Ok(all
         .into_iter()
-        .filter(|s| keys.is_empty() || keys.iter().any(|k| k == s.key()))
+        .filter(|s| keys.is_empty() || keys.iter().any(|k| selects(s, k)))
         .map(|s| {
             let skip = s
                 .tool()

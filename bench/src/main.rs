@@ -20,7 +20,7 @@ use xdpwall_bench::{
     api::{ApiArgs, run_api},
     egress::{EgressArgs, run_egress},
     feed::{FeedArgs, run_feed},
-    live::{Family, LiveArgs, run_live},
+    live::{LiveArgs, run_live},
     run, today,
     v6::{V6Args, run_v6},
 };
@@ -86,13 +86,7 @@ fn main() -> anyhow::Result<()> {
             };
             write_report(&args.out, kind, &run_feed(&args)?)
         }
-        Some(Mode::Live(args)) => {
-            let kind = match args.family {
-                Family::Ipv4 => "live",
-                Family::Ipv6 => "live-v6",
-            };
-            write_report(&args.out, kind, &run_live(&args)?)
-        }
+        Some(Mode::Live(args)) => write_report(&args.out, &args.report_kind(), &run_live(&args)?),
         Some(Mode::V6(args)) => {
             let pin_dir = PathBuf::from(format!(
                 "/sys/fs/bpf/xdpwall-bench-v6-{}",

@@ -27,13 +27,17 @@ use std::{
     net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuHashMap, PerCpuValues},
+    maps::{Array, MapData, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{Xdp, xdp::XdpLinkId},
 };
 use ipnet::IpNet;
@@ -41,10 +45,11 @@ use xdpwall::{
     datapath::{Engines, Ipv4Lookup, Ipv6Lookup},
     ebpf_object::BENCH_OBJECT,
     engine::{Engine, FEED_ID_BASE},
+    events::DEFAULT_DROP_SAMPLE_RATE,
     pins::PinLayout,
     rules::Action,
 };
-use xdpwall_shared::XDP_PROGRAM;
+use xdpwall_shared::{XDP_PROGRAM, egress};
 
 use super::{
     Family,
@@ -59,8 +64,13 @@ use crate::{feed::PinDirGuard, fill_stock_trie};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct XdpwallVariant {
     pub label: &'static str,
+    /// What `--systems` selects this variant alone by.
+    pub key: &'static str,
     pub ipv4_lookup: Ipv4Lookup,
     pub ipv6_lookup: Ipv6Lookup,
+    /// `[events] drop_sample_rate`: 1 in this many drops sampled to the ring buffer, which a
+    /// thread drains as the daemon's reader does (0: off).
+    pub drop_sample_rate: u32,
 }
 
 impl XdpwallVariant {
@@ -75,26 +85,42 @@ impl XdpwallVariant {
 pub(crate) const XDPWALL_VARIANTS: &[XdpwallVariant] = &[
     XdpwallVariant {
         label: "xdpwall (lpm)",
+        key: "xdpwall-lpm",
         ipv4_lookup: Ipv4Lookup::Lpm,
         ipv6_lookup: Ipv6Lookup::Lpm,
+        drop_sample_rate: DEFAULT_DROP_SAMPLE_RATE,
     },
     XdpwallVariant {
         label: "xdpwall (dir24)",
+        key: "xdpwall-dir24",
         ipv4_lookup: Ipv4Lookup::Dir24,
         ipv6_lookup: Ipv6Lookup::Lpm,
+        drop_sample_rate: DEFAULT_DROP_SAMPLE_RATE,
+    },
+    // What drop sampling at the default rate costs a dropped packet.
+    XdpwallVariant {
+        label: "xdpwall (dir24, no sampling)",
+        key: "xdpwall-dir24-nosample",
+        ipv4_lookup: Ipv4Lookup::Dir24,
+        ipv6_lookup: Ipv6Lookup::Lpm,
+        drop_sample_rate: 0,
     },
 ];
 
 pub(crate) const XDPWALL_VARIANTS_V6: &[XdpwallVariant] = &[
     XdpwallVariant {
         label: "xdpwall (lpm)",
+        key: "xdpwall-lpm",
         ipv4_lookup: Ipv4Lookup::Lpm,
         ipv6_lookup: Ipv6Lookup::Lpm,
+        drop_sample_rate: DEFAULT_DROP_SAMPLE_RATE,
     },
     XdpwallVariant {
         label: "xdpwall (hash)",
+        key: "xdpwall-hash",
         ipv4_lookup: Ipv4Lookup::Lpm,
         ipv6_lookup: Ipv6Lookup::Hash,
+        drop_sample_rate: DEFAULT_DROP_SAMPLE_RATE,
     },
 ];
 
@@ -159,6 +185,14 @@ impl SystemKind {
         }
     }
 
+    /// The key of an xdpwall variant (`--systems` selects it alone by this).
+    pub fn variant_key(self) -> Option<&'static str> {
+        match self {
+            Self::Xdpwall(v) => Some(v.key),
+            _ => None,
+        }
+    }
+
     /// The largest list the system can hold, if limited.
     pub fn capacity(self) -> Option<usize> {
         match self {
@@ -211,10 +245,59 @@ pub(crate) enum Active {
 }
 
 struct XdpwallInstance {
-    // Field order is drop order: the engine's maps and the program before their pins.
+    // Field order is drop order: the sample reader, then the engine's maps and the program
+    // before their pins.
+    _samples: Option<SampleDrain>,
     _engine: Engine,
     ebpf: Ebpf,
     _pins: PinDirGuard,
+}
+
+/// Drains xdpwall's drop-sample ring buffer every `DROP_DRAIN_MS` on a thread, as the daemon's
+/// reader does between its (rare) wake-ups, so the ring never fills and samples are not lost.
+struct SampleDrain {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl SampleDrain {
+    /// Sets the sampling rate of the program in `ebpf` and starts draining its ring.
+    fn start(ebpf: &mut Ebpf, rate: u32) -> anyhow::Result<Self> {
+        let mut limit: Array<_, u32> = Array::try_from(
+            ebpf.map_mut(egress::map_names::DROP_SAMPLE)
+                .context(egress::map_names::DROP_SAMPLE)?,
+        )?;
+        limit.set(0, egress::drop_sample_limit(rate), 0)?;
+        let mut ring = RingBuf::try_from(
+            ebpf.take_map(egress::map_names::DROP_RING)
+                .context(egress::map_names::DROP_RING)?,
+        )?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut read = 0u64;
+            while !stopped.load(Ordering::Relaxed) {
+                while ring.next().is_some() {
+                    read += 1;
+                }
+                std::thread::sleep(Duration::from_millis(u64::from(egress::DROP_DRAIN_MS)));
+            }
+            read
+        });
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for SampleDrain {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Removes xdp-filter from the veth and, if this run created it, its pin directory.
@@ -371,8 +454,12 @@ impl<'lab> Systems<'lab> {
             "/sys/fs/bpf/xdpwall-bench-live-{}-x{index}",
             self.run_id
         )));
-        let (ebpf, mut engine) = crate::open_xdpwall(&pins.0, variant.engines())
+        let (mut ebpf, mut engine) = crate::open_xdpwall(&pins.0, variant.engines())
             .with_context(|| format!("opening {}", variant.label))?;
+        let samples = match variant.drop_sample_rate {
+            0 => None,
+            rate => Some(SampleDrain::start(&mut ebpf, rate).context("drop sampling")?),
+        };
         let entries = list.iter().copied().collect();
         let started = Instant::now();
         engine
@@ -384,6 +471,7 @@ impl<'lab> Systems<'lab> {
             .collect::<Result<_, _>>()?;
         let memory = memlock_of_pins(&map_pins)?;
         self.xdpwall[index] = Some(XdpwallInstance {
+            _samples: samples,
             _engine: engine,
             ebpf,
             _pins: pins,
