@@ -39,7 +39,7 @@ use super::{
 };
 
 /// Frames per `sendmmsg` call: at most what the forwarder's ring (256 frames) holds.
-const BATCH: usize = 128;
+pub(crate) const BATCH: usize = 128;
 
 pub(crate) struct PacketSocket {
     family: Family,

@@ -420,13 +420,19 @@ pub(crate) fn render(
              frames per call) with an `xdp_md` context naming the sending veth as ingress \
              interface, so XDP_TX transmits to the receiver; it writes each frame's source and \
              checksum. Socket (for kernels that refuse live frames): an AF_PACKET raw socket \
-             with PACKET_QDISC_BYPASS sends prebuilt frames in `sendmmsg` batches of 256 into a \
-             second veth pair in the sending namespace, whose XDP program `bench_redirect` \
-             redirects each out of the sending veth, so the receiver gets xdp_frames as from \
-             live frames (written straight into the sending veth, each would reach the receiver \
-             as an skb that veth copies into a page first, ~400 ns of the receiving CPU). \
-             {frame}",
-            generator.key
+             with PACKET_QDISC_BYPASS sends prebuilt frames in `sendmmsg` batches of {} into \
+             a second veth pair in the sending namespace, whose XDP program `bench_redirect` \
+             (its NAPI in a thread on the generator's CPU, which the sender yields to after \
+             each batch) redirects each out of the sending veth in bursts of up to 64, so the \
+             receiver gets xdp_frames as from live frames (written straight into the sending \
+             veth, each would reach the receiver as an skb that veth copies into a page first, \
+             ~400 ns of the receiving CPU). The receiver then frees a page the sender's veth \
+             allocated for each frame, and wakes for each burst it is given (receive \
+             coalescing, `--rx-coalesce-us`, spreads that over more frames): with this \
+             generator every system's figure carries ~150–200 ns of that, the XDP_DROP \
+             bracket shows how much. {frame}",
+            generator.key,
+            super::packet_socket::BATCH
         ),
         format!(
             "Cost: busy time of the receiving CPU {} over the window (the window less the \
