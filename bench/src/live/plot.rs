@@ -102,7 +102,11 @@ pub(crate) fn draw(
         .y_label_area_size(64)
         .build_cartesian_2d(
             (0.8f64..max_size * 1.25).log_scale(),
-            (min_cost..max_cost).log_scale(),
+            (min_cost..max_cost)
+                .log_scale()
+                .with_key_points(vec![
+                    10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+                ]),
         )
         .map_err(|e| anyhow!("{e:?}"))?;
     chart
@@ -113,6 +117,7 @@ pub(crate) fn draw(
         ))
         .y_desc("ns per packet (median, log scale; lower is better)")
         .x_label_formatter(&|x| format_size(*x))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .label_style(("sans-serif", 16))
         .draw()
         .map_err(|e| anyhow!("{e:?}"))?;
