@@ -102,11 +102,9 @@ pub(crate) fn draw(
         .y_label_area_size(64)
         .build_cartesian_2d(
             (0.8f64..max_size * 1.25).log_scale(),
-            (min_cost..max_cost)
-                .log_scale()
-                .with_key_points(vec![
-                    10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
-                ]),
+            (min_cost..max_cost).log_scale().with_key_points(vec![
+                10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+            ]),
         )
         .map_err(|e| anyhow!("{e:?}"))?;
     chart
