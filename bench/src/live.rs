@@ -277,10 +277,10 @@ pub fn run_live(args: &LiveArgs) -> anyhow::Result<String> {
     // Declared first, dropped last: the systems live in its namespaces.
     let lab = RateLab::new().context("creating the lab")?;
     let (mut generator, why) = Generator::new(args.generator, args.family, &lab)?;
-    eprintln!("live bench: generator {} ({why})", generator.key());
-    let coalesce_us = args.rx_coalesce_us.unwrap_or(match generator {
-        Generator::Live(_) => 0,
-        Generator::Socket(_) => DEFAULT_SOCKET_COALESCE_US,
+    eprintln!("live bench: generator {} ({why})", generator.key);
+    let coalesce_us = args.rx_coalesce_us.unwrap_or(match generator.key {
+        "socket" => DEFAULT_SOCKET_COALESCE_US,
+        _ => 0,
     });
     if coalesce_us > 0 {
         lab.coalesce(coalesce_us * 1000)?;
@@ -324,7 +324,7 @@ pub fn run_live(args: &LiveArgs) -> anyhow::Result<String> {
         }
         for rep in 0..args.reps {
             for (w, &workload) in WORKLOADS.iter().enumerate() {
-                generator.set_sources(match workload {
+                generator.sender.set_sources(match workload {
                     Workload::Hit => &hit,
                     Workload::Miss => &miss,
                 })?;
@@ -390,9 +390,9 @@ pub fn run_live(args: &LiveArgs) -> anyhow::Result<String> {
         &plots,
         elapsed,
         &report::GeneratorInfo {
-            key: generator.key(),
+            key: generator.key,
             why,
-            frame_len: generator.frame_len(),
+            frame_len: generator.sender.frame_len(),
             rx_coalesce_us: coalesce_us,
         },
     ))
@@ -515,7 +515,9 @@ fn sample_window_pinned(
     std::thread::scope(|scope| {
         let sender = scope.spawn(|| {
             let started = Instant::now();
-            let sent = generator.transmit(&tx_netns, args.gen_cpu, &stop, limit);
+            let sent = generator
+                .sender
+                .transmit(&tx_netns, args.gen_cpu, &stop, limit);
             (sent, started.elapsed())
         });
         let counted = (|| -> anyhow::Result<(Counters, Counters, Duration, u64, u64)> {

@@ -23,9 +23,30 @@ pub enum GeneratorChoice {
     Socket,
 }
 
-pub(crate) enum Generator {
-    Live(LiveFrames),
-    Socket(PacketSocket),
+/// What both generators do; [`Generator`] holds one of them.
+pub(crate) trait FrameSender: Sync {
+    /// The frame without its FCS (IPv4 60 bytes: 64 on the wire; IPv6 62: 66).
+    fn frame_len(&self) -> usize;
+
+    /// Sends from [`super::frames::GEN_SOURCES`] sources (`sources` cycled when shorter),
+    /// all of the run's family, from now on.
+    fn set_sources(&mut self, sources: &[IpAddr]) -> anyhow::Result<()>;
+
+    /// Sends from a thread in the namespace at `netns_path`, pinned to `cpu`, until `stop` is
+    /// set or `limit` has passed; returns the frames sent.
+    fn transmit(
+        &self,
+        netns_path: &str,
+        cpu: usize,
+        stop: &AtomicBool,
+        limit: Duration,
+    ) -> anyhow::Result<u64>;
+}
+
+pub(crate) struct Generator {
+    /// `live` or `socket`.
+    pub key: &'static str,
+    pub sender: Box<dyn FrameSender>,
 }
 
 impl Generator {
@@ -44,7 +65,16 @@ impl Generator {
                 lab.tx_ifindex,
             )
         };
-        let socket = || PacketSocket::new(family, lab).map(Self::Socket);
+        let as_live = |g: LiveFrames| Self {
+            key: "live",
+            sender: Box::new(g),
+        };
+        let socket = || {
+            PacketSocket::new(family, lab).map(|g| Self {
+                key: "socket",
+                sender: Box::new(g),
+            })
+        };
         match choice {
             GeneratorChoice::Live => {
                 let generator = live()?;
@@ -52,14 +82,14 @@ impl Generator {
                     "the kernel refuses BPF_PROG_TEST_RUN with live frames: use --generator \
                      socket (or auto)",
                 )?;
-                Ok((Self::Live(generator), "chosen with --generator live".into()))
+                Ok((as_live(generator), "chosen with --generator live".into()))
             }
             GeneratorChoice::Socket => Ok((socket()?, "chosen with --generator socket".into())),
             GeneratorChoice::Auto => {
                 let generator = live()?;
                 match generator.probe(&lab.tx_netns_path()) {
                     Ok(()) => Ok((
-                        Self::Live(generator),
+                        as_live(generator),
                         "auto: the kernel accepts live frames".into(),
                     )),
                     Err(e) => {
@@ -71,44 +101,6 @@ impl Generator {
                     }
                 }
             }
-        }
-    }
-
-    /// `live` or `socket`.
-    pub fn key(&self) -> &'static str {
-        match self {
-            Self::Live(_) => "live",
-            Self::Socket(_) => "socket",
-        }
-    }
-
-    /// The frame without its FCS (IPv4 60 bytes: 64 on the wire; IPv6 62: 66).
-    pub fn frame_len(&self) -> usize {
-        match self {
-            Self::Live(g) => g.frame_len(),
-            Self::Socket(g) => g.frame_len(),
-        }
-    }
-
-    pub fn set_sources(&mut self, sources: &[IpAddr]) -> anyhow::Result<()> {
-        match self {
-            Self::Live(g) => g.set_sources(sources),
-            Self::Socket(g) => g.set_sources(sources),
-        }
-    }
-
-    /// Sends from a thread in the namespace at `netns_path`, pinned to `cpu`, until `stop` is
-    /// set or `limit` has passed; returns the frames sent.
-    pub fn transmit(
-        &self,
-        netns_path: &str,
-        cpu: usize,
-        stop: &AtomicBool,
-        limit: Duration,
-    ) -> anyhow::Result<u64> {
-        match self {
-            Self::Live(g) => g.transmit(netns_path, cpu, stop, limit),
-            Self::Socket(g) => g.transmit(netns_path, cpu, stop, limit),
         }
     }
 }

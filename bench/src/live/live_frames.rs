@@ -25,6 +25,7 @@ use xdpwall::ebpf_object::BENCH_OBJECT;
 use super::{
     Family,
     frames::{GEN_SOURCES, block_signals, frame_v4, frame_v6, ipv4_checksum},
+    generator::FrameSender,
     lab::{attach_xdp_mode, enter_netns, raise_priority, set_affinity},
 };
 /// Frames per BPF_PROG_TEST_RUN call: the stop flag is checked between calls.
@@ -93,41 +94,6 @@ impl LiveFrames {
         })
     }
 
-    /// The frame without its FCS (IPv4 60 bytes: 64 on the wire; IPv6 62: 66).
-    pub fn frame_len(&self) -> usize {
-        self.frame.len()
-    }
-
-    /// Fills the source table from `sources` (cycled when shorter than the table), all of the
-    /// generator's family.
-    pub fn set_sources(&mut self, sources: &[IpAddr]) -> anyhow::Result<()> {
-        anyhow::ensure!(!sources.is_empty(), "no source addresses");
-        let family = self.family;
-        let wrong = |a: &IpAddr| anyhow::anyhow!("{a} in an {} run", family.label());
-        match family {
-            Family::Ipv4 => {
-                let v4: Vec<Ipv4Addr> = sources
-                    .iter()
-                    .map(|a| match a {
-                        IpAddr::V4(v4) => Ok(*v4),
-                        IpAddr::V6(_) => Err(wrong(a)),
-                    })
-                    .collect::<anyhow::Result<_>>()?;
-                self.set_sources_v4(&v4)
-            }
-            Family::Ipv6 => {
-                let v6: Vec<Ipv6Addr> = sources
-                    .iter()
-                    .map(|a| match a {
-                        IpAddr::V6(v6) => Ok(*v6),
-                        IpAddr::V4(_) => Err(wrong(a)),
-                    })
-                    .collect::<anyhow::Result<_>>()?;
-                self.set_sources_v6(&v6)
-            }
-        }
-    }
-
     fn set_sources_v6(&mut self, sources: &[Ipv6Addr]) -> anyhow::Result<()> {
         let mut table: Array<_, [u8; 24]> = Array::try_from(
             self.ebpf
@@ -193,10 +159,42 @@ impl LiveFrames {
                 .map_err(|_| anyhow::anyhow!("the probing thread panicked"))?
         })
     }
+}
 
-    /// Transmits from a thread in the namespace at `netns_path`, pinned to `cpu`, until `stop`
-    /// is set or `limit` has passed; returns the frames sent.
-    pub fn transmit(
+impl FrameSender for LiveFrames {
+    fn frame_len(&self) -> usize {
+        self.frame.len()
+    }
+
+    fn set_sources(&mut self, sources: &[IpAddr]) -> anyhow::Result<()> {
+        anyhow::ensure!(!sources.is_empty(), "no source addresses");
+        let family = self.family;
+        let wrong = |a: &IpAddr| anyhow::anyhow!("{a} in an {} run", family.label());
+        match family {
+            Family::Ipv4 => {
+                let v4: Vec<Ipv4Addr> = sources
+                    .iter()
+                    .map(|a| match a {
+                        IpAddr::V4(v4) => Ok(*v4),
+                        IpAddr::V6(_) => Err(wrong(a)),
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                self.set_sources_v4(&v4)
+            }
+            Family::Ipv6 => {
+                let v6: Vec<Ipv6Addr> = sources
+                    .iter()
+                    .map(|a| match a {
+                        IpAddr::V6(v6) => Ok(*v6),
+                        IpAddr::V4(_) => Err(wrong(a)),
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                self.set_sources_v6(&v6)
+            }
+        }
+    }
+
+    fn transmit(
         &self,
         netns_path: &str,
         cpu: usize,

@@ -32,6 +32,7 @@ use xdpwall_netlab::run;
 use super::{
     Family,
     frames::{GEN_SOURCES, block_signals, frame_from},
+    generator::FrameSender,
     lab::{
         RateLab, attach_xdp, enter_netns, link_identity, raise_priority, set_affinity,
         threaded_napi,
@@ -143,13 +144,14 @@ impl PacketSocket {
             _pair: pair,
         })
     }
+}
 
-    pub fn frame_len(&self) -> usize {
+impl FrameSender for PacketSocket {
+    fn frame_len(&self) -> usize {
         self.frame_len
     }
 
-    /// Builds one frame per source, [`GEN_SOURCES`] in all (`sources` cycled when shorter).
-    pub fn set_sources(&mut self, sources: &[IpAddr]) -> anyhow::Result<()> {
+    fn set_sources(&mut self, sources: &[IpAddr]) -> anyhow::Result<()> {
         anyhow::ensure!(!sources.is_empty(), "no source addresses");
         // 64-byte slots: each frame starts a cache line.
         self.stride = self.frame_len.next_multiple_of(64);
@@ -166,9 +168,7 @@ impl PacketSocket {
         Ok(())
     }
 
-    /// Sends from a thread in the namespace at `netns_path`, pinned to `cpu`, until `stop` is
-    /// set or `limit` has passed; returns the frames the socket handed to the kernel.
-    pub fn transmit(
+    fn transmit(
         &self,
         netns_path: &str,
         cpu: usize,
