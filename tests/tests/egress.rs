@@ -110,9 +110,11 @@ fn add_watch(daemon: &Daemon, cidr: &str, list: &str) -> u64 {
 }
 
 /// Both directions learn each other's MAC before any flagged packet is sent, so no packet waits
-/// in (or overflows) the neighbour queue.
+/// in (or overflows) the neighbour queue. Up to five tries of one ping with a 1 s wait each: on
+/// a loaded machine the first echo (behind an ARP exchange) can take longer than one wait.
 fn warm_neighbours(lab: &Lab) {
-    assert_eq!(lab.ping(PEER_V4, FW_V4, 1).unwrap(), 1, "lab is up");
+    let answered = (0..5).any(|_| lab.ping(PEER_V4, FW_V4, 1).unwrap() == 1);
+    assert!(answered, "lab is up: no ping answered in five tries");
 }
 
 #[test]
