@@ -32,8 +32,17 @@ const APT_PACKAGES: &[&str] = &[
     "xdp-tools",
     // DejaVu Sans, the font the benchmark plots are drawn with (no fontconfig needed).
     "fonts-dejavu-core",
-    // A virtual environment for schemathesis (the API schema test).
+    // A virtual environment for schemathesis (the API schema test) and virtme-ng.
     "python3-venv",
+    // `cargo xtask vm-test`: QEMU, depmod for the unpacked kernel packages, busybox for
+    // virtme-ng's initramfs, file (virtme-ng reads the kernel's version with it), and the
+    // tools the guest script uses from the host's read-only root.
+    "qemu-system-x86",
+    "kmod",
+    "busybox-static",
+    "file",
+    "curl",
+    "jq",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Builds the Debian package (`cargo xtask deb`); 3.8 builds with rustc 1.95.
@@ -51,7 +60,7 @@ pub fn run() -> anyhow::Result<()> {
     cargo_deb()?;
     cargo_fuzz()?;
     bpffs()?;
-    schemathesis()?;
+    python_tools()?;
     println!("setup: all prerequisites present");
     Ok(())
 }
@@ -83,31 +92,36 @@ pub fn apt_packages(packages: &[&str]) -> anyhow::Result<()> {
     )
 }
 
-/// schemathesis from PyPI, pinned, in its own virtual environment (Debian's Python refuses
-/// system-wide pip installs). Used by tests/tests/schema.rs.
-pub const SCHEMATHESIS_VENV: &str = "/opt/xdpwall-py";
-const SCHEMATHESIS_VERSION: &str = "4.32.5";
+/// Python tools from PyPI, pinned, in one virtual environment (Debian's Python refuses
+/// system-wide pip installs): schemathesis for tests/tests/schema.rs, virtme-ng (`vng`) for
+/// `cargo xtask vm-test`.
+pub const PYTHON_VENV: &str = "/opt/xdpwall-py";
+const PYTHON_TOOLS: &[(&str, &str)] = &[("schemathesis", "4.32.5"), ("virtme-ng", "1.42")];
 
-fn schemathesis() -> anyhow::Result<()> {
-    let pip = Path::new(SCHEMATHESIS_VENV).join("bin/pip");
-    let installed = Command::new(&pip)
-        .args(["show", "schemathesis"])
-        .output()
-        .is_ok_and(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l == format!("Version: {SCHEMATHESIS_VERSION}"))
-        });
-    if installed {
+fn python_tools() -> anyhow::Result<()> {
+    let pip = Path::new(PYTHON_VENV).join("bin/pip");
+    let missing: Vec<String> = PYTHON_TOOLS
+        .iter()
+        .filter(|(name, version)| {
+            !Command::new(&pip)
+                .args(["show", name])
+                .output()
+                .is_ok_and(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .any(|l| l == format!("Version: {version}"))
+                })
+        })
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    println!("setup: installing schemathesis {SCHEMATHESIS_VERSION} into {SCHEMATHESIS_VENV}");
-    run_cmd(Command::new("python3").args(["-m", "venv", SCHEMATHESIS_VENV]))?;
-    run_cmd(Command::new(&pip).args([
-        "install",
-        "-q",
-        &format!("schemathesis=={SCHEMATHESIS_VERSION}"),
-    ]))
+    println!("setup: installing {} into {PYTHON_VENV}", missing.join(" "));
+    if !pip.exists() {
+        run_cmd(Command::new("python3").args(["-m", "venv", PYTHON_VENV]))?;
+    }
+    run_cmd(Command::new(&pip).args(["install", "-q"]).args(&missing))
 }
 
 /// Where the crowdsec package looks for Central API credentials; see [`crowdsec`].

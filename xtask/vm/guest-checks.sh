@@ -1,0 +1,339 @@
+#!/bin/bash
+# Privileged checks of xdpwall inside a virtual machine, run by `cargo xtask vm-test` as the
+# guest's command (virtme-ng: the host's root filesystem read-only, OUT shared read-write).
+#
+#   guest-checks.sh OUT XDPWALL
+#
+# Writes OUT/results (one "PASS name" / "FAIL name: why" / "INFO name: text" line per check),
+# OUT/kernel (uname -r) and, last, OUT/done. Everything else (state, pins, logs) lives in a
+# tmpfs and in the guest's own bpffs; the logs are copied to OUT at the end.
+#
+# The lab: two network namespaces joined by a veth pair, documentation addresses only
+# (203.0.113.0/24, 2001:db8:1::/64), no default route: no packet has anywhere else to go.
+
+set -u
+OUT=$1
+BIN=$2
+RESULTS=$OUT/results
+: >"$RESULTS"
+uname -r >"$OUT/kernel"
+echo started >"$OUT/booted"
+
+# The lab's addresses, as in tests/netlab/src/lib.rs.
+FW_V4=203.0.113.1
+FW_V6=2001:db8:1::1
+PEER_V4=203.0.113.2
+PEER_V6=2001:db8:1::2
+BLOCKED_V4=203.0.113.66
+BLOCKED_V6=2001:db8:1::105
+ALLOWED_IN_BLOCK_V4=203.0.113.70
+BLOCKED_PREFIX_V4=203.0.113.64/26
+BLOCKED_PREFIX_V6=2001:db8:1::100/120
+
+FW_NS=xwvm-fw
+PEER_NS=xwvm-peer
+FW_IF=xwvmf
+PEER_IF=xwvmp
+WORK=/run/xwvm
+PIN_ROOT=/sys/fs/bpf
+TOKEN=vm-test-write-token-0123456789abcdef
+DAEMON_PID=
+# A command the daemon runs under (set for the systemd unit's restrictions below).
+WRAPPER=
+# What init got from the kernel (64 KiB before 5.16, 8 MiB since), before anything raises it.
+DEFAULT_MEMLOCK_KIB=$(ulimit -l)
+
+pass() { echo "PASS $1" | tee -a "$RESULTS"; }
+fail() { echo "FAIL $1: $2" | tee -a "$RESULTS"; }
+info() { echo "INFO $1: $2" | tee -a "$RESULTS"; }
+# check NAME WHY-IF-NOT COMMAND...: PASS when COMMAND succeeds.
+check() {
+	local name=$1 why=$2
+	shift 2
+	if "$@"; then pass "$name"; else fail "$name" "$why"; fi
+}
+
+finish() {
+	[ -n "$DAEMON_PID" ] && kill -9 "$DAEMON_PID" 2>/dev/null
+	cp "$WORK"/*.log "$OUT"/ 2>/dev/null
+	ip netns del "$FW_NS" 2>/dev/null
+	ip netns del "$PEER_NS" 2>/dev/null
+	local passed failed
+	passed=$(grep -c '^PASS' "$RESULTS")
+	failed=$(grep -c '^FAIL' "$RESULTS")
+	echo "$passed passed, $failed failed" >"$OUT/summary"
+	echo done >"$OUT/done"
+	sync
+}
+trap finish EXIT
+
+in_fw() { nsenter --net=/run/netns/$FW_NS "$@"; }
+in_peer() { nsenter --net=/run/netns/$PEER_NS "$@"; }
+
+# replies SOURCE DEST [COUNT]: echo replies received by the peer pinging from SOURCE.
+replies() {
+	in_peer ping -n -q -c "${3:-3}" -i 0.2 -W 1 -I "$1" "$2" 2>/dev/null |
+		sed -n 's/.*transmitted, \([0-9]*\) received.*/\1/p'
+}
+passes() { [ "$(replies "$1" "$2")" = 3 ]; }
+dropped() { [ "$(replies "$1" "$2")" = 0 ]; }
+
+api() { in_fw curl -s --max-time 10 -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:9180$1"; }
+
+# start_daemon TAG EXTRA-CONFIG: writes WORK/TAG.toml, starts the daemon in the firewall
+# namespace (pins under PIN_ROOT/xdpwall-vm-TAG, state in WORK/TAG), waits for /readyz.
+start_daemon() {
+	local tag=$1 extra=$2
+	local state=$WORK/$tag
+	mkdir -p "$state"
+	printf '%s' "$TOKEN" >"$WORK/write.token"
+	CONFIG=$WORK/$tag.toml
+	PIN_DIR=$PIN_ROOT/xdpwall-vm-$tag
+	cat >"$CONFIG" <<EOF
+interfaces = ["$FW_IF"]
+state_dir = "$state"
+pin_dir = "$PIN_DIR"
+$extra
+
+[api]
+tokens = [ { name = "vm", scope = "write", file = "$WORK/write.token" } ]
+EOF
+	# nsenter execs the daemon, so $! is the daemon itself (kill -9 below hits it).
+	# shellcheck disable=SC2086 # WRAPPER is a command line
+	XDPWALL_LOG=info nsenter --net=/run/netns/$FW_NS $WRAPPER "$BIN" run --config "$CONFIG" \
+		>>"$WORK/daemon-$tag.log" 2>&1 &
+	DAEMON_PID=$!
+	# Generous: under TCG (no KVM) loading and verifying takes seconds.
+	local i
+	for i in $(seq 1 240); do
+		if [ "$(in_fw curl -s -o /dev/null -w '%{http_code}' --max-time 2 http://127.0.0.1:9180/readyz)" = 200 ]; then
+			return 0
+		fi
+		kill -0 "$DAEMON_PID" 2>/dev/null || break
+		sleep 0.5
+	done
+	echo "--- daemon-$tag.log" >&2
+	tail -20 "$WORK/daemon-$tag.log" >&2
+	return 1
+}
+
+# The egress flagger is expected on TCX from 6.6, on a clsact filter below.
+expected_egress_attach() {
+	local major minor
+	IFS=. read -r major minor _ <<<"$(uname -r)"
+	if [ "$major" -gt 6 ] || { [ "$major" -eq 6 ] && [ "$minor" -ge 6 ]; }; then
+		echo tcx
+	else
+		echo netlink
+	fi
+}
+
+# wait_for SECONDS COMMAND...: retries COMMAND every half second.
+wait_for() {
+	local tries=$(($1 * 2))
+	shift
+	while [ "$tries" -gt 0 ]; do
+		"$@" && return 0
+		sleep 0.5
+		tries=$((tries - 1))
+	done
+	return 1
+}
+
+flow_listed() { api /v1/flows | jq -e --arg d "$PEER_V4" '.flows | any(.dst == $d and .reason == "watch")' >/dev/null; }
+drop_listed() { api /v1/drops | jq -e --arg s "$BLOCKED_V4" '.drops | any(.src == $s)' >/dev/null; }
+xdp_attached() { in_fw ip -d link show dev "$FW_IF" | grep -q 'prog/xdp'; }
+egress_attached() {
+	in_fw tc filter show dev "$FW_IF" egress 2>/dev/null | grep -q xdpwall_egress ||
+		[ -e "$PIN_DIR/links/tc-$FW_IF" ]
+}
+pins_left() { [ -d "$PIN_DIR" ] && [ -n "$(find "$PIN_DIR" -mindepth 1 -not -type d 2>/dev/null)" ]; }
+
+# ---- the guest: bpffs, modules, the lab --------------------------------------------------
+mkdir -p "$WORK"
+grep -q ' /sys/fs/bpf bpf ' /proc/mounts || mount -t bpf bpf /sys/fs/bpf
+modprobe veth 2>/dev/null
+modprobe sch_ingress 2>/dev/null
+modprobe cls_bpf 2>/dev/null
+info kernel "$(uname -r)"
+
+lab_up() {
+	ip netns add "$FW_NS" && ip netns add "$PEER_NS" &&
+		ip link add "$FW_IF" netns "$FW_NS" type veth peer name "$PEER_IF" netns "$PEER_NS" &&
+		ip -n "$FW_NS" addr add "$FW_V4/24" dev "$FW_IF" &&
+		ip -n "$FW_NS" addr add "$FW_V6/64" dev "$FW_IF" nodad &&
+		for a in "$PEER_V4/24" "$BLOCKED_V4/24" "$ALLOWED_IN_BLOCK_V4/24"; do
+			ip -n "$PEER_NS" addr add "$a" dev "$PEER_IF" || return 1
+		done &&
+		ip -n "$PEER_NS" addr add "$PEER_V6/64" dev "$PEER_IF" nodad &&
+		ip -n "$PEER_NS" addr add "$BLOCKED_V6/64" dev "$PEER_IF" nodad &&
+		for ns in "$FW_NS" "$PEER_NS"; do
+			ip -n "$ns" link set lo up || return 1
+		done &&
+		ip -n "$FW_NS" link set "$FW_IF" up && ip -n "$PEER_NS" link set "$PEER_IF" up
+}
+if ! lab_up; then
+	fail lab "creating the namespaces and the veth pair failed"
+	exit 1
+fi
+check lab-ping "the lab does not answer pings without xdpwall" passes "$PEER_V4" "$FW_V4"
+
+RULES=$(
+	cat <<EOF
+[[rules]]
+cidr = "$BLOCKED_PREFIX_V4"
+action = "block"
+[[rules]]
+cidr = "$BLOCKED_PREFIX_V6"
+action = "block"
+[[rules]]
+cidr = "$ALLOWED_IN_BLOCK_V4/32"
+action = "allow"
+[[rules]]
+cidr = "$PEER_V4/32"
+action = "watch"
+EOF
+)
+
+# ---- the tries (lpm), egress flagging, drop sampling, kill -9, restart, detach ------------
+if ! start_daemon lpm "ipv4_lookup = \"lpm\"
+ipv6_lookup = \"lpm\"
+$RULES
+
+[events]
+drop_sample_rate = 1"; then
+	fail lpm-daemon-ready "xdpwall run did not become ready: $(grep -m1 -i 'error' "$WORK/daemon-lpm.log" | head -c 300)"
+	# Before 5.11 the kernel charges BPF maps to RLIMIT_MEMLOCK (64 KiB by default before
+	# 5.16): see whether that is why, so the remaining checks still run.
+	[ -n "$DAEMON_PID" ] && kill -9 "$DAEMON_PID" 2>/dev/null
+	DAEMON_PID=
+	in_fw "$BIN" detach --config "$CONFIG" >/dev/null 2>&1
+	ulimit -l unlimited
+	if ! start_daemon lpm "ipv4_lookup = \"lpm\"
+ipv6_lookup = \"lpm\"
+$RULES
+
+[events]
+drop_sample_rate = 1"; then
+		info memlock "not the reason: with ulimit -l unlimited it fails too"
+		exit 1
+	fi
+	info memlock "with ulimit -l unlimited (RLIMIT_MEMLOCK) the daemon starts; the remaining checks run with it"
+else
+	pass lpm-daemon-ready
+fi
+STATUS=$(api /v1/status)
+info lpm-status "$(echo "$STATUS" | jq -c '{interfaces, egress, ipv4_lookup, ipv6_lookup}')"
+check lpm-engines "status: $(echo "$STATUS" | jq -c '[.ipv4_lookup, .ipv6_lookup]')" \
+	test "$(echo "$STATUS" | jq -r '.ipv4_lookup + "/" + .ipv6_lookup')" = lpm/lpm
+EGRESS_ATTACH=$(expected_egress_attach)
+check "egress-attach-$EGRESS_ATTACH" "status: $(echo "$STATUS" | jq -c .egress)" \
+	test "$(echo "$STATUS" | jq -r '.egress[0].attach')" = "$EGRESS_ATTACH"
+
+check lpm-v4-unlisted-passes "pings from $PEER_V4 lost" passes "$PEER_V4" "$FW_V4"
+check lpm-v4-blocked-dropped "pings from $BLOCKED_V4 answered" dropped "$BLOCKED_V4" "$FW_V4"
+check lpm-v6-unlisted-passes "pings from $PEER_V6 lost" passes "$PEER_V6" "$FW_V6"
+check lpm-v6-blocked-dropped "pings from $BLOCKED_V6 answered" dropped "$BLOCKED_V6" "$FW_V6"
+check lpm-allow-beats-block "pings from $ALLOWED_IN_BLOCK_V4 (allowed inside a blocked /26) lost" \
+	passes "$ALLOWED_IN_BLOCK_V4" "$FW_V4"
+
+# Outbound: the firewall host pings the watched peer; its echo requests leave through the
+# egress flagger.
+in_fw ping -n -q -c 2 -i 0.2 -W 1 "$PEER_V4" >/dev/null 2>&1
+check egress-watch-flow-listed "no watch flow to $PEER_V4 in GET /v1/flows: $(api /v1/flows | head -c 400)" \
+	wait_for 15 flow_listed
+check drop-sample-listed "no sample from $BLOCKED_V4 in GET /v1/drops: $(api /v1/drops | head -c 400)" \
+	wait_for 15 drop_listed
+
+# A crash: the pinned filter goes on enforcing without the daemon.
+kill -9 "$DAEMON_PID"
+wait "$DAEMON_PID" 2>/dev/null
+DAEMON_PID=
+check kill9-still-blocks-v4 "pings from $BLOCKED_V4 answered after kill -9" dropped "$BLOCKED_V4" "$FW_V4"
+check kill9-still-blocks-v6 "pings from $BLOCKED_V6 answered after kill -9" dropped "$BLOCKED_V6" "$FW_V6"
+check kill9-still-passes "pings from $PEER_V4 lost after kill -9" passes "$PEER_V4" "$FW_V4"
+
+# The restart takes the pinned link over (mode "reused") and still enforces.
+if start_daemon lpm "ipv4_lookup = \"lpm\"
+ipv6_lookup = \"lpm\"
+$RULES"; then
+	pass restart-ready
+	STATUS=$(api /v1/status)
+	info restart-status "$(echo "$STATUS" | jq -c '{interfaces, egress}')"
+	check restart-reuses-xdp-link "status: $(echo "$STATUS" | jq -c .interfaces)" \
+		test "$(echo "$STATUS" | jq -r '.interfaces[0].mode')" = reused
+	check restart-blocks "pings from $BLOCKED_V4 answered after the restart" dropped "$BLOCKED_V4" "$FW_V4"
+	check restart-passes "pings from $PEER_V4 lost after the restart" passes "$PEER_V4" "$FW_V4"
+else
+	fail restart-ready "the restarted daemon did not become ready (see daemon-lpm.log)"
+fi
+
+# Stop, detach: nothing left attached or pinned.
+[ -n "$DAEMON_PID" ] && kill -TERM "$DAEMON_PID" && wait "$DAEMON_PID" 2>/dev/null
+DAEMON_PID=
+in_fw "$BIN" detach --config "$CONFIG" >>"$WORK/detach.log" 2>&1
+rc=$?
+check detach-exit "xdpwall detach exited $rc: $(tail -3 "$WORK/detach.log")" test "$rc" = 0
+if xdp_attached; then fail detach-no-xdp "XDP still attached to $FW_IF"; else pass detach-no-xdp; fi
+if egress_attached; then fail detach-no-egress "the egress flagger is still attached"; else pass detach-no-egress; fi
+if pins_left; then
+	fail detach-no-pins "left under $PIN_DIR: $(find "$PIN_DIR" -mindepth 1 -not -type d | head -5 | tr '\n' ' ')"
+else
+	pass detach-no-pins
+fi
+check detach-passes-blocked "pings from $BLOCKED_V4 still dropped after detach (a filter left behind)" passes "$BLOCKED_V4" "$FW_V4"
+
+# ---- the DIR-24 (IPv4) and hash (IPv6) engines -------------------------------------------
+if start_daemon fast "ipv4_lookup = \"dir24\"
+ipv6_lookup = \"hash\"
+$RULES"; then
+	pass fast-daemon-ready
+	STATUS=$(api /v1/status)
+	check fast-engines "status: $(echo "$STATUS" | jq -c '[.ipv4_lookup, .ipv6_lookup]')" \
+		test "$(echo "$STATUS" | jq -r '.ipv4_lookup + "/" + .ipv6_lookup')" = dir24/hash
+	check dir24-v4-unlisted-passes "pings from $PEER_V4 lost" passes "$PEER_V4" "$FW_V4"
+	check dir24-v4-blocked-dropped "pings from $BLOCKED_V4 answered" dropped "$BLOCKED_V4" "$FW_V4"
+	check dir24-allow-beats-block "pings from $ALLOWED_IN_BLOCK_V4 lost" passes "$ALLOWED_IN_BLOCK_V4" "$FW_V4"
+	check hash-v6-unlisted-passes "pings from $PEER_V6 lost" passes "$PEER_V6" "$FW_V6"
+	check hash-v6-blocked-dropped "pings from $BLOCKED_V6 answered" dropped "$BLOCKED_V6" "$FW_V6"
+	kill -TERM "$DAEMON_PID" && wait "$DAEMON_PID" 2>/dev/null
+	DAEMON_PID=
+	in_fw "$BIN" detach --config "$CONFIG" >>"$WORK/detach.log" 2>&1
+	if xdp_attached || pins_left; then
+		fail fast-detach "XDP or pins left after detach"
+	else
+		pass fast-detach
+	fi
+else
+	fail fast-daemon-ready "xdpwall run with dir24/hash did not become ready (see daemon-fast.log)"
+fi
+
+# ---- the shipped systemd unit's restrictions ---------------------------------------------
+# Root with only the unit's CapabilityBoundingSet, and its LimitMEMLOCK (else the default
+# limit): before 5.11 maps count against RLIMIT_MEMLOCK, and raising it needs
+# CAP_SYS_RESOURCE, which the unit does not grant.
+UNIT=$(dirname "$(readlink -f "$0")")/../../deploy/systemd/xdpwall.service
+CAPS=$(sed -n 's/^CapabilityBoundingSet=//p' "$UNIT" | tail -1 | tr 'A-Z' 'a-z' | sed 's/cap_/+/g; s/ /,/g')
+MEMLOCK=$(sed -n 's/^LimitMEMLOCK=//p' "$UNIT" | tail -1)
+case "$MEMLOCK" in
+infinity) MEMLOCK_ARG=unlimited ;;
+"") MEMLOCK_ARG=$((DEFAULT_MEMLOCK_KIB * 1024)) MEMLOCK="${DEFAULT_MEMLOCK_KIB} KiB (no LimitMEMLOCK: the default)" ;;
+*) MEMLOCK_ARG=$MEMLOCK ;;
+esac
+info unit-restrictions "capabilities $CAPS, RLIMIT_MEMLOCK $MEMLOCK"
+if [ -z "$CAPS" ]; then
+	fail unit-ready "no CapabilityBoundingSet in $UNIT"
+else
+	WRAPPER="prlimit --memlock=$MEMLOCK_ARG setpriv --bounding-set=-all,$CAPS --inh-caps=-all --no-new-privs"
+	if start_daemon unit "$RULES"; then
+		pass unit-ready
+		check unit-v4-blocked-dropped "pings from $BLOCKED_V4 answered" dropped "$BLOCKED_V4" "$FW_V4"
+		check unit-v4-unlisted-passes "pings from $PEER_V4 lost" passes "$PEER_V4" "$FW_V4"
+		kill -TERM "$DAEMON_PID" && wait "$DAEMON_PID" 2>/dev/null
+	else
+		fail unit-ready "xdpwall run under the unit's restrictions did not start: $(grep -m1 -i 'error' "$WORK/daemon-unit.log" | head -c 300)"
+	fi
+	DAEMON_PID=
+	WRAPPER=
+	in_fw "$BIN" detach --config "$CONFIG" >>"$WORK/detach.log" 2>&1
+fi
