@@ -37,7 +37,7 @@ pub use self::generator::GeneratorChoice;
 use self::{
     frames::GEN_SOURCES,
     generator::Generator,
-    lab::{Counters, RateLab, cpu_idle, set_affinity_cpus, threads_runtime_ns},
+    lab::{Counters, RateLab, cpu_idle_ns, set_affinity_cpus, threads_runtime_ns},
     systems::{LoadInfo, SystemKind, Systems, all_systems, tool_missing},
 };
 use crate::{
@@ -524,14 +524,14 @@ fn sample_window_pinned(
             std::thread::sleep(warmup);
             let (before, t0) = counters_at(lab)?;
             let napi0 = threads_runtime_ns(napi)?;
-            let idle0 = cpu_idle(args.rx_cpu)?;
+            let idle0 = cpu_idle_ns(args.rx_cpu)?;
             let w0 = Instant::now();
             std::thread::sleep(window);
-            let idle1 = cpu_idle(args.rx_cpu)?;
+            let idle1 = cpu_idle_ns(args.rx_cpu)?;
             let busy_window = w0.elapsed();
             let napi_ns = threads_runtime_ns(napi)?.saturating_sub(napi0);
             let (after, t1) = counters_at(lab)?;
-            let idle = Duration::from_nanos(idle1.idle_ns.saturating_sub(idle0.idle_ns));
+            let idle = Duration::from_nanos(idle1.saturating_sub(idle0));
             let busy = busy_window.saturating_sub(idle);
             // The busy time is of [w0, w0 + busy_window], the packets of [t0, t1] (which holds
             // it, and the counter reads): scale the busy time to the packets' span.

@@ -10,13 +10,12 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::{Ebpf, programs::Xdp};
+use aya::programs::Xdp;
 use clap::Parser;
 use ipnet::{IpNet, Ipv6Net};
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use xdpwall::{
     datapath::{Engines, Ipv4Lookup, Ipv6Lookup},
-    ebpf_object::BENCH_OBJECT,
     engine::{Engine, FEED_ID_BASE},
     loader,
     rules::{Action, RuleSource},
@@ -142,7 +141,7 @@ pub fn run_v6(args: &V6Args, pin_dir: &std::path::Path) -> anyhow::Result<String
     let mut rng = StdRng::seed_from_u64(args.seed);
     let (lpm_obj, mut lpm) = open_xdpwall(&pin_dir.join("lpm"), engines(Ipv6Lookup::Lpm))?;
     let (hash_obj, mut hash) = open_xdpwall(&pin_dir.join("hash"), engines(Ipv6Lookup::Hash))?;
-    let mut bench_obj = Ebpf::load(BENCH_OBJECT).context("loading the baseline object")?;
+    let mut bench_obj = crate::load_bench_object(false)?;
     for name in ["bench_pass", "bench_stock_lpm_v6"] {
         let program: &mut Xdp = bench_obj.program_mut(name).context(name)?.try_into()?;
         program.load()?;

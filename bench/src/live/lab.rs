@@ -80,6 +80,31 @@ impl RateLab {
         }
         Ok(pids)
     }
+
+    /// Coalesces the receiving veth's wake-ups as a NIC coalesces interrupts: once its NAPI
+    /// poll has had work, it is polled again after `timeout_ns` (`gro_flush_timeout`) instead of
+    /// being woken by every frame the sender flushes (`napi_defer_hard_irqs`: up to 2 empty
+    /// polls before it goes back to waiting). Without this, a generator that hands over one
+    /// frame at a time wakes the receiver once per frame, and the per-packet figure is mostly
+    /// the cost of a wake-up.
+    pub fn coalesce(&self, timeout_ns: u64) -> anyhow::Result<()> {
+        let dir = format!("/sys/class/net/{}", self.lab.fw_if);
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.lab.fw_ns,
+                "sh",
+                "-c",
+                &format!(
+                    "echo 2 > {dir}/napi_defer_hard_irqs && echo {timeout_ns} > {dir}/gro_flush_timeout"
+                ),
+            ],
+        )
+        .context("setting the receiving veth's NAPI coalescing")?;
+        Ok(())
+    }
 }
 
 /// Turns threaded NAPI on for `ifname` in `netns` (an XDP program must be attached) and pins
@@ -121,33 +146,6 @@ pub(crate) fn threaded_napi(
             );
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-impl RateLab {
-    /// Coalesces the receiving veth's wake-ups as a NIC coalesces interrupts: once its NAPI
-    /// poll has had work, it is polled again after `timeout_ns` (`gro_flush_timeout`) instead of
-    /// being woken by every frame the sender flushes (`napi_defer_hard_irqs`: up to 2 empty
-    /// polls before it goes back to waiting). Without this, a generator that hands over one
-    /// frame at a time wakes the receiver once per frame, and the per-packet figure is mostly
-    /// the cost of a wake-up.
-    pub fn coalesce(&self, timeout_ns: u64) -> anyhow::Result<()> {
-        let dir = format!("/sys/class/net/{}", self.lab.fw_if);
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.lab.fw_ns,
-                "sh",
-                "-c",
-                &format!(
-                    "echo 2 > {dir}/napi_defer_hard_irqs && echo {timeout_ns} > {dir}/gro_flush_timeout"
-                ),
-            ],
-        )
-        .context("setting the receiving veth's NAPI coalescing")?;
-        Ok(())
     }
 }
 
@@ -264,15 +262,9 @@ pub(crate) fn threads_runtime_ns(pids: &[libc::pid_t]) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-/// One CPU's line of /proc/stat: time it was idle or waiting for I/O, in nanoseconds.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct CpuIdle {
-    pub idle_ns: u64,
-}
-
-/// Reads `cpu`'s idle and iowait time from /proc/stat (kept exact by the tickless kernel, in
+/// Reads `cpu`'s idle and iowait time, in nanoseconds, from /proc/stat (kept exact by the tickless kernel, in
 /// USER_HZ units). The CPU's busy time over a window is the window minus the change of this.
-pub(crate) fn cpu_idle(cpu: usize) -> anyhow::Result<CpuIdle> {
+pub(crate) fn cpu_idle_ns(cpu: usize) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let label = format!("cpu{cpu}");
     let line = stat
@@ -289,9 +281,7 @@ pub(crate) fn cpu_idle(cpu: usize) -> anyhow::Result<CpuIdle> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     anyhow::ensure!(hz > 0, "sysconf(_SC_CLK_TCK) failed");
-    Ok(CpuIdle {
-        idle_ns: (fields[3] + fields[4]) * (1_000_000_000 / hz as u64),
-    })
+    Ok((fields[3] + fields[4]) * (1_000_000_000 / hz as u64))
 }
 
 fn ip_json(netns: &str, args: &[&str]) -> anyhow::Result<Value> {

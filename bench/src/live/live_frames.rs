@@ -20,7 +20,6 @@ use aya::{
     programs::{ProgramError, TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     sys::SyscallError,
 };
-use xdpwall::ebpf_object::BENCH_OBJECT;
 
 use super::{
     Family,
@@ -65,7 +64,7 @@ impl LiveFrames {
             Family::Ipv4 => "bench_gen",
             Family::Ipv6 => "bench_gen6",
         };
-        let mut ebpf = Ebpf::load(BENCH_OBJECT).context("loading the baseline object")?;
+        let mut ebpf = crate::load_bench_object(false)?;
         let program: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
         program.load().with_context(|| format!("loading {name}"))?;
         // Every BPF_PROG_TEST_RUN of an XDP program adds it to the kernel's XDP dispatcher and

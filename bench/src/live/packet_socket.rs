@@ -26,7 +26,6 @@ use aya::{
     maps::Array,
     programs::{Xdp, xdp::XdpLinkId},
 };
-use xdpwall::ebpf_object::BENCH_OBJECT;
 use xdpwall_netlab::run;
 
 use super::{
@@ -109,7 +108,7 @@ impl PacketSocket {
         let (inject_ifindex, _) = link_identity(&netns, &inject)?;
         let (forward_ifindex, _) = link_identity(&netns, &forward)?;
 
-        let mut ebpf = Ebpf::load(BENCH_OBJECT).context("loading the baseline object")?;
+        let mut ebpf = crate::load_bench_object(false)?;
         let mut target: Array<_, u32> =
             Array::try_from(ebpf.map_mut("BENCH_REDIRECT").context("BENCH_REDIRECT")?)?;
         target.set(0, lab.tx_ifindex, 0)?;

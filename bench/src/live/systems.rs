@@ -43,7 +43,6 @@ use aya::{
 use ipnet::IpNet;
 use xdpwall::{
     datapath::{Engines, Ipv4Lookup, Ipv6Lookup},
-    ebpf_object::BENCH_OBJECT,
     engine::{Engine, FEED_ID_BASE},
     events::DEFAULT_DROP_SAMPLE_RATE,
     pins::PinLayout,
@@ -347,7 +346,7 @@ impl<'lab> Systems<'lab> {
         )));
         std::fs::create_dir_all(&bench_pins.0)
             .with_context(|| format!("creating {}", bench_pins.0.display()))?;
-        let mut bench = Ebpf::load(BENCH_OBJECT).context("loading the baseline object")?;
+        let mut bench = crate::load_bench_object(true)?;
         for name in [
             "bench_pass",
             "bench_drop",
