@@ -59,6 +59,8 @@ pub struct AppState {
     pub events: Arc<Events>,
     /// The CrowdSec bouncer, when `[crowdsec]` is configured.
     pub crowdsec: Option<Arc<crate::crowdsec::CrowdsecBouncer>>,
+    /// The running kernel's features and the fallbacks in use (probed at start).
+    pub kernel: Option<crate::kernel::KernelReport>,
     pub version: &'static str,
 }
 
@@ -74,6 +76,7 @@ impl AppState {
             feeds: Arc::new(FeedManager::empty()),
             events: Arc::new(Events::new(Default::default())),
             crowdsec: None,
+            kernel: None,
             version: env!("CARGO_PKG_VERSION"),
         }
     }
@@ -256,7 +259,7 @@ async fn authenticate(
     ),
     components(schemas(RuleView, RuleBody, BatchBody, RuleList, BatchResult, LookupResult, Problem, Stats, Status,
         FeedView, FeedList, SyncReport, FlowView, FlowList, DropView, DropList,
-        crate::crowdsec::CrowdsecStatus)),
+        crate::crowdsec::CrowdsecStatus, crate::kernel::KernelReport, crate::kernel::FeatureState)),
     modifiers(&BearerAuth, &ProblemResponses),
     security(("bearer" = []))
 )]
@@ -795,6 +798,10 @@ pub struct Status {
     /// The CrowdSec bouncer's state; absent without `[crowdsec]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crowdsec: Option<crate::crowdsec::CrowdsecStatus>,
+    /// The running kernel (`uname -r`) and, per kernel feature xdpwall uses, whether it is
+    /// there and which fallback is in use without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<crate::kernel::KernelReport>,
 }
 
 /// Daemon status: version, readiness, interfaces and attach modes, rule counts.
@@ -827,6 +834,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Status>, ApiE
         ipv4_lookup: engine.ipv4_lookup().as_str().to_string(),
         ipv6_lookup: engine.ipv6_lookup().as_str().to_string(),
         crowdsec: state.crowdsec.as_ref().map(|c| c.status(&engine)),
+        kernel: state.kernel.clone(),
     }))
 }
 

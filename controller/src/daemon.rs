@@ -24,7 +24,7 @@ use crate::{
     engine::{Engine, config_rules},
     events::{self, Events},
     feeds::FeedManager,
-    loader,
+    kernel, loader,
     pins::PinLayout,
     sdnotify,
     store::Store,
@@ -113,6 +113,11 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
     let pins = PinLayout::new(&config.pin_dir);
     // Checked before the API binds, so a missing interface or privilege fails fast and clearly.
     loader::preflight(&pins, &config.interfaces)?;
+    // What the kernel offers: a missing required feature refuses the start here, naming it;
+    // fallbacks are said once (and shown in /v1/status).
+    let kernel = kernel::detect(kernel::Wanted {
+        egress_attach: config.egress.enabled.then_some(config.egress.attach),
+    })?;
 
     let tokens = api_tokens(&config, origin)?;
     let feeds = Arc::new(FeedManager::new(
@@ -137,6 +142,7 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         metrics_auth: config.api.metrics_auth,
         max_body_bytes: config.api.max_body_bytes,
         max_batch: config.api.max_batch,
+        kernel: Some(kernel.clone()),
         ..AppState::new(tokens)
     });
     let listener = api::bind(config.api.listen).await?;
@@ -203,7 +209,15 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         let ifaces = config.interfaces.clone();
         let mode = config.xdp_mode;
         tokio::task::spawn_blocking(move || -> anyhow::Result<(Engine, _)> {
-            let loaded = loader::load_and_attach(&pins, &ifaces, mode, engines)?;
+            let loaded = loader::load_and_attach(&pins, &ifaces, mode, engines).map_err(|e| {
+                // Before 5.11 a map that cannot be created is most likely RLIMIT_MEMLOCK.
+                match kernel.memlock_hint() {
+                    Some(hint) if e.to_string().contains("Operation not permitted") => {
+                        anyhow::Error::new(e).context(hint)
+                    }
+                    _ => e.into(),
+                }
+            })?;
             Ok(Engine::open(
                 Box::new(loaded.datapath),
                 store,

@@ -1032,15 +1032,16 @@ struct RcuBarrier {
     inner: OwnedFd,
 }
 
+/// The head of `union bpf_attr` for BPF_MAP_CREATE (the fields xdpwall sets).
 #[repr(C)]
 #[derive(Default)]
-struct MapCreateAttr {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-    inner_map_fd: u32,
+pub(crate) struct MapCreateAttr {
+    pub(crate) map_type: u32,
+    pub(crate) key_size: u32,
+    pub(crate) value_size: u32,
+    pub(crate) max_entries: u32,
+    pub(crate) map_flags: u32,
+    pub(crate) inner_map_fd: u32,
 }
 
 #[repr(C)]

@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: the TOML file, environment overrides, validation
 //! - [`rules`]: the rule model, trie contents and diffs, the reference matcher
+//! - [`kernel`]: what the running kernel offers (probed at start), fallbacks, refusals
 //! - [`loader`]: load, attach, pin, reuse, detach
 //! - [`datapath`]: reads and writes the kernel maps
 //! - [`dir24`], [`v6hash`]: the constant-time IPv4 and IPv6 lookup engines, user side
@@ -25,6 +26,7 @@ pub mod egress;
 pub mod engine;
 pub mod events;
 pub mod feeds;
+pub mod kernel;
 pub mod loader;
 pub mod metrics;
 pub mod pins;

@@ -657,6 +657,19 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     }
                 );
             }
+            let kernel = &status["kernel"];
+            if kernel.is_object() {
+                println!("kernel    {}", kernel["release"].as_str().unwrap_or("?"));
+                for feature in kernel["features"].as_array().into_iter().flatten() {
+                    if let Some(fallback) = feature["fallback"].as_str() {
+                        println!(
+                            "fallback  no {} (Linux {}): {fallback}",
+                            feature["name"].as_str().unwrap_or("?"),
+                            feature["since"].as_str().unwrap_or("?")
+                        );
+                    }
+                }
+            }
             Ok(())
         }
     }
