@@ -87,7 +87,9 @@ pub enum Memlock {
     NotNeeded,
     Unlimited,
     /// Raised to unlimited by xdpwall (it had CAP_SYS_RESOURCE).
-    Raised { from: u64 },
+    Raised {
+        from: u64,
+    },
     /// A finite limit that could not be raised (bytes).
     Limited(u64),
 }
@@ -129,7 +131,10 @@ pub fn observe() -> Observed {
 
 /// The report for what was observed, or the first required feature missing.
 pub fn decide(seen: &Observed, wanted: Wanted) -> Result<KernelReport, MissingFeature> {
-    let at_least = |major, minor| seen.version.map(|v| v >= KernelVersion::new(major, minor, 0));
+    let at_least = |major, minor| {
+        seen.version
+            .map(|v| v >= KernelVersion::new(major, minor, 0))
+    };
     let no_setting = "no setting avoids it; run xdpwall on Linux 5.9 or later".to_string();
     let mut features = Vec::new();
     let mut require = |name: &'static str,
@@ -275,7 +280,10 @@ impl KernelReport {
     /// A hint for a map that could not be created (EPERM), when RLIMIT_MEMLOCK is the likely
     /// reason: a kernel before 5.11 and a finite limit.
     pub fn memlock_hint(&self) -> Option<String> {
-        let memcg = self.features.iter().find(|f| f.name == "memcg_accounting")?;
+        let memcg = self
+            .features
+            .iter()
+            .find(|f| f.name == "memcg_accounting")?;
         let fallback = memcg.fallback.as_deref()?;
         fallback.contains("cannot be raised").then(|| {
             format!(
@@ -429,7 +437,10 @@ mod tests {
         let off = Wanted {
             egress_attach: None,
         };
-        assert_eq!(feature(&decide(&debian11(), off).unwrap(), "tcx").fallback, None);
+        assert_eq!(
+            feature(&decide(&debian11(), off).unwrap(), "tcx").fallback,
+            None
+        );
 
         let mut debian13 = debian11();
         debian13.version = Some(KernelVersion::new(6, 12, 57));
@@ -473,16 +484,30 @@ mod tests {
         let report = decide(&seen, auto_egress()).unwrap();
         let memcg = feature(&report, "memcg_accounting");
         assert_eq!(memcg.available, Some(false));
-        assert!(memcg.fallback.as_deref().unwrap().contains("raised from 64 KiB"));
+        assert!(
+            memcg
+                .fallback
+                .as_deref()
+                .unwrap()
+                .contains("raised from 64 KiB")
+        );
         assert_eq!(report.memlock_hint(), None);
 
         seen.memlock = Memlock::Limited(64 << 10);
         let err = decide(&seen, auto_egress()).unwrap_err().to_string();
-        assert!(err.contains("LimitMEMLOCK=infinity") && err.contains("64 KiB"), "{err}");
+        assert!(
+            err.contains("LimitMEMLOCK=infinity") && err.contains("64 KiB"),
+            "{err}"
+        );
 
         seen.memlock = Memlock::Limited(256 << 20);
         let report = decide(&seen, auto_egress()).unwrap();
-        assert!(report.memlock_hint().unwrap().contains("LimitMEMLOCK=infinity"));
+        assert!(
+            report
+                .memlock_hint()
+                .unwrap()
+                .contains("LimitMEMLOCK=infinity")
+        );
 
         let mut new = debian11();
         new.version = Some(KernelVersion::new(6, 1, 0));
