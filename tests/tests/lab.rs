@@ -191,6 +191,42 @@ fn second_daemon_for_the_same_state_dir_refuses() {
     assert_eq!(daemon.http("GET", "/readyz", None).unwrap().0, 200);
 }
 
+/// bpffs refuses file names with a dot, and VLAN interfaces are named `eth0.100`: the pins of
+/// such an interface must still be made, reused after a crash and removed by detach.
+#[test]
+fn an_interface_with_a_dot_in_its_name_is_pinned_reused_and_detached() {
+    require_privileges!();
+    let mut lab = Lab::new("dot").unwrap();
+    let name = format!("{}.7", lab.fw_if);
+    lab.rename_fw_if(&name).unwrap();
+    let mut daemon = Daemon::start(&lab, "dot", &block_config("auto")).unwrap();
+    assert_enforced(&lab, &daemon, "native");
+    daemon.kill9();
+    assert_eq!(
+        lab.ping(BLOCKED_V4, FW_V4, PINGS).unwrap(),
+        0,
+        "pinned after kill -9"
+    );
+    daemon.spawn().unwrap();
+    let status = daemon.get_json("/v1/status").unwrap();
+    assert_eq!(status["interfaces"][0]["iface"], name.as_str(), "{status}");
+    assert_eq!(status["interfaces"][0]["mode"], "reused", "{status}");
+    assert_eq!(daemon.stop(), Some(0), "{}", daemon.log());
+    let out = daemon
+        .cli(&["detach", "--config", daemon.config_path.to_str().unwrap()])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !lab.fw_link_details().unwrap().contains("prog/xdp"),
+        "no XDP program left on {name}"
+    );
+    assert!(!Path::new(&daemon.pin_dir).exists(), "no pins left");
+}
+
 #[test]
 fn detach_removes_program_links_and_pins() {
     require_privileges!();

@@ -168,6 +168,23 @@ impl Lab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Renames the firewall-side veth (its addresses stay), e.g. to a VLAN-style
+    /// `name.100`.
+    pub fn rename_fw_if(&mut self, name: &str) -> anyhow::Result<()> {
+        let ns = self.fw_ns.as_str();
+        run("ip", &["-n", ns, "link", "set", &self.fw_if, "down"])?;
+        run("ip", &["-n", ns, "link", "set", &self.fw_if, "name", name])?;
+        self.fw_if = name.to_string();
+        run("ip", &["-n", ns, "link", "set", name, "up"])?;
+        // Taking the link down dropped its IPv6 address.
+        let v6 = format!("{FW_V6}/64");
+        run(
+            "ip",
+            &["-n", ns, "addr", "replace", &v6, "dev", name, "nodad"],
+        )?;
+        Ok(())
+    }
+
     /// Path of the firewall namespace, for `nsenter --net=`.
     pub fn fw_netns_path(&self) -> String {
         format!("/run/netns/{}", self.fw_ns)
