@@ -498,7 +498,7 @@ pub fn detach(pins: &PinLayout, ifaces: &[String]) -> Result<Detached, LoaderErr
             }) else {
                 continue;
             };
-            if ifaces.is_empty() || ifaces.iter().any(|i| *i == iface) {
+            if ifaces.is_empty() || ifaces.contains(&iface) {
                 fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
                 detached.links.push(format!("{kind} from {iface}"));
             }
