@@ -12,6 +12,7 @@
 mod demo;
 mod fuzz;
 mod setup;
+mod vm_systemd;
 mod vm_test;
 
 use std::process::{Command, ExitCode};
@@ -84,6 +85,12 @@ enum Task {
         /// QEMU acceleration: auto tries KVM and falls back to TCG for the rest of the run.
         #[arg(long, value_enum, default_value_t = vm_test::Accel::Auto)]
         accel: vm_test::Accel,
+        /// Instead of the kernels: the Debian package under a real systemd. A Debian 12 root
+        /// filesystem (debootstrap, kept in target/vm/systemd/) booted with systemd as PID 1:
+        /// dpkg -i, systemctl enable --now (Type=notify, the hardened unit attaches), restart
+        /// with no gap on the same pins, the feeds timer's sync, stop and detach, dpkg -r/-P.
+        #[arg(long, conflicts_with = "kernel")]
+        systemd: bool,
     },
 }
 
@@ -106,7 +113,17 @@ fn main() -> ExitCode {
         }
         Task::Lint => lint(),
         Task::Deb => setup::run().and_then(|()| deb()),
-        Task::VmTest { kernel, accel } => setup::run().and_then(|()| vm_test::run(&kernel, accel)),
+        Task::VmTest {
+            kernel,
+            accel,
+            systemd,
+        } => setup::run().and_then(|()| {
+            if systemd {
+                vm_systemd::run(accel)
+            } else {
+                vm_test::run(&kernel, accel)
+            }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

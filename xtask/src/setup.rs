@@ -43,6 +43,11 @@ const APT_PACKAGES: &[&str] = &[
     "file",
     "curl",
     "jq",
+    // `cargo xtask vm-test --systemd`: a Debian 12 root filesystem made with debootstrap (from
+    // Debian's signed archive), packed into an ext4 image by mke2fs, read back with debugfs.
+    "debootstrap",
+    "debian-archive-keyring",
+    "e2fsprogs",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Builds the Debian package (`cargo xtask deb`); 3.8 builds with rustc 1.95.

@@ -64,7 +64,7 @@ const KERNELS: &[Kernel] = &[
 ];
 
 /// The keyring Debian's archives are signed with (package debian-archive-keyring).
-const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+pub(crate) const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// The guest waits this long for the first line of the checks before giving up on KVM.
 const KVM_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// A whole run of the checks in one guest (TCG is about ten times slower than KVM).
@@ -249,14 +249,14 @@ fn fetch_kernel(kernel: &Kernel, dir: &Path) -> anyhow::Result<(String, PathBuf)
     Ok((release, vmlinuz))
 }
 
-struct Mirrors {
-    main: String,
-    security: String,
+pub(crate) struct Mirrors {
+    pub(crate) main: String,
+    pub(crate) security: String,
 }
 
 /// The Debian archives the host's apt uses (main and security), so the kernels come from the
 /// same mirrors as every other package here.
-fn host_mirrors() -> anyhow::Result<Mirrors> {
+pub(crate) fn host_mirrors() -> anyhow::Result<Mirrors> {
     let mut entries: Vec<(String, Vec<String>)> = Vec::new();
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
@@ -503,7 +503,7 @@ fn run_guest(
 }
 
 /// The vng process group, ended when dropped (QEMU included).
-struct Guest(Child);
+pub(crate) struct Guest(pub(crate) Child);
 
 impl Drop for Guest {
     fn drop(&mut self) {
@@ -517,7 +517,7 @@ impl Drop for Guest {
     }
 }
 
-fn wait_timeout(child: &mut Child, timeout: Duration) -> anyhow::Result<bool> {
+pub(crate) fn wait_timeout(child: &mut Child, timeout: Duration) -> anyhow::Result<bool> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if child.try_wait()?.is_some() {
