@@ -77,7 +77,8 @@ enum Task {
     /// allow over block, the dir24 and hash engines, egress flows, drop samples, kill -9 and
     /// restart on the pins, detach, the systemd unit's capabilities. Kernel packages are downloaded once into target/vm/
     /// (never installed); TCG when KVM cannot boot them (about 2 minutes per kernel).
-    /// Prints PASS/FAIL per check and "N passed, N failed"; docs/kernels.md has the results.
+    /// `--kernel all` (the default) also runs the `--systemd` check below. Prints PASS/FAIL per
+    /// check and "N passed, N failed"; docs/kernels.md has the results.
     VmTest {
         /// Which kernel: 5.10 (Debian 11), 6.1 (Debian 12), 6.12 (Debian 12 backports), all.
         #[arg(long, default_value = "all", value_parser = clap::builder::PossibleValuesParser::new(vm_test::kernel_names()))]
@@ -85,7 +86,7 @@ enum Task {
         /// QEMU acceleration: auto tries KVM and falls back to TCG for the rest of the run.
         #[arg(long, value_enum, default_value_t = vm_test::Accel::Auto)]
         accel: vm_test::Accel,
-        /// Instead of the kernels: the Debian package under a real systemd. A Debian 12 root
+        /// Only the Debian package under a real systemd. A Debian 12 root
         /// filesystem (debootstrap, kept in target/vm/systemd/) booted with systemd as PID 1:
         /// dpkg -i, systemctl enable --now (Type=notify, the hardened unit attaches), restart
         /// with no gap on the same pins, the feeds timer's sync, stop and detach, dpkg -r/-P.

@@ -78,6 +78,13 @@ replies() {
 passes() { [ "$(replies "$1" "$2")" = 3 ]; }
 dropped() { [ "$(replies "$1" "$2")" = 0 ]; }
 
+# daemon_error TAG: the error a daemon's start ended with (its last "error:" line, else the
+# first ERROR-level log line).
+daemon_error() {
+	local log=$WORK/daemon-$1.log
+	{ grep '^error:' "$log" | tail -1; grep -m1 ' ERROR ' "$log"; } | head -1 | head -c 400
+}
+
 api() { in_fw curl -s --max-time 10 -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:9180$1"; }
 
 # start_daemon TAG EXTRA-CONFIG: writes WORK/TAG.toml, starts the daemon in the firewall
@@ -90,7 +97,7 @@ start_daemon() {
 	CONFIG=$WORK/$tag.toml
 	PIN_DIR=$PIN_ROOT/xdpwall-vm-$tag
 	cat >"$CONFIG" <<EOF
-interfaces = ["$FW_IF"]
+interfaces = [${IFACES_TOML:-"\"$FW_IF\""}]
 state_dir = "$state"
 pin_dir = "$PIN_DIR"
 $extra
@@ -202,7 +209,7 @@ $RULES
 
 [events]
 drop_sample_rate = 1"; then
-	fail lpm-daemon-ready "xdpwall run did not become ready: $(grep -m1 -i 'error' "$WORK/daemon-lpm.log" | head -c 300)"
+	fail lpm-daemon-ready "xdpwall run did not become ready: $(daemon_error lpm)"
 	# Before 5.11 the kernel charges BPF maps to RLIMIT_MEMLOCK (64 KiB by default before
 	# 5.16): see whether that is why, so the remaining checks still run.
 	[ -n "$DAEMON_PID" ] && kill -9 "$DAEMON_PID" 2>/dev/null
@@ -227,6 +234,21 @@ info lpm-status "$(echo "$STATUS" | jq -c '{interfaces, egress, ipv4_lookup, ipv
 check lpm-engines "status: $(echo "$STATUS" | jq -c '[.ipv4_lookup, .ipv6_lookup]')" \
 	test "$(echo "$STATUS" | jq -r '.ipv4_lookup + "/" + .ipv6_lookup')" = lpm/lpm
 EGRESS_ATTACH=$(expected_egress_attach)
+# What the kernel offers, said once at start and in the status.
+info kernel-features "$(echo "$STATUS" | jq -c '[.kernel.features[] | {(.name): (if .fallback then "fallback" else .available end)}] | add')"
+check kernel-release-in-status "status: $(echo "$STATUS" | jq -c .kernel.release)" \
+	test "$(echo "$STATUS" | jq -r .kernel.release)" = "$(uname -r)"
+check kernel-features-logged-once "\"kernel features\" logged $(grep -c 'kernel features' "$WORK/daemon-lpm.log") times" \
+	test "$(grep -c 'kernel features' "$WORK/daemon-lpm.log")" = 1
+TCX_FALLBACK=$(echo "$STATUS" | jq -r '.kernel.features[] | select(.name == "tcx") | .fallback // empty')
+if [ "$EGRESS_ATTACH" = tcx ]; then
+	check kernel-tcx-no-fallback "status claims a TCX fallback: $TCX_FALLBACK" test -z "$TCX_FALLBACK"
+else
+	check kernel-tcx-fallback-clsact "status names no clsact fallback for TCX: $TCX_FALLBACK" \
+		grep -q clsact <<<"$TCX_FALLBACK"
+	check kernel-tcx-fallback-logged "the log does not say the TCX fallback" \
+		grep -q 'kernel without tcx' "$WORK/daemon-lpm.log"
+fi
 check "egress-attach-$EGRESS_ATTACH" "status: $(echo "$STATUS" | jq -c .egress)" \
 	test "$(echo "$STATUS" | jq -r '.egress[0].attach')" = "$EGRESS_ATTACH"
 
@@ -331,9 +353,185 @@ else
 		check unit-v4-unlisted-passes "pings from $PEER_V4 lost" passes "$PEER_V4" "$FW_V4"
 		kill -TERM "$DAEMON_PID" && wait "$DAEMON_PID" 2>/dev/null
 	else
-		fail unit-ready "xdpwall run under the unit's restrictions did not start: $(grep -m1 -i 'error' "$WORK/daemon-unit.log" | head -c 300)"
+		fail unit-ready "xdpwall run under the unit's restrictions did not start: $(daemon_error unit)"
+	fi
+	DAEMON_PID=
+	in_fw "$BIN" detach --config "$CONFIG" >>"$WORK/detach.log" 2>&1
+	# The same restrictions with the kernel's default lock limit (no LimitMEMLOCK): from 5.11
+	# maps are charged to the memory cgroup and it starts; before, the start is refused,
+	# naming LimitMEMLOCK, instead of failing on the first map.
+	WRAPPER="prlimit --memlock=65536 setpriv --bounding-set=-all,$CAPS --inh-caps=-all --no-new-privs"
+	if [ "$(printf '%s\n' "$(uname -r)" 5.11 | sort -V | head -1)" = 5.11 ]; then
+		if start_daemon memlock "$RULES"; then
+			pass memlock-64k-starts
+			kill -TERM "$DAEMON_PID" && wait "$DAEMON_PID" 2>/dev/null
+		else
+			fail memlock-64k-starts "with RLIMIT_MEMLOCK 64 KiB on $(uname -r): $(daemon_error memlock)"
+		fi
+	elif start_daemon memlock "$RULES"; then
+		fail memlock-64k-refused "started with RLIMIT_MEMLOCK 64 KiB before 5.11"
+		kill -TERM "$DAEMON_PID" && wait "$DAEMON_PID" 2>/dev/null
+	else
+		info memlock-64k-refused "$(daemon_error memlock)"
+		check memlock-64k-refused-names-limitmemlock "the refusal does not name LimitMEMLOCK" \
+			grep -q 'LimitMEMLOCK=infinity' "$WORK/daemon-memlock.log"
 	fi
 	DAEMON_PID=
 	WRAPPER=
 	in_fw "$BIN" detach --config "$CONFIG" >>"$WORK/detach.log" 2>&1
 fi
+
+# [egress] attach = "tcx" on a kernel without TCX: refused, naming the feature and the key.
+if [ "$(expected_egress_attach)" != tcx ]; then
+	if start_daemon tcx-forced "$RULES
+
+[egress]
+attach = \"tcx\""; then
+		fail tcx-forced-refused "started with [egress] attach = \"tcx\" on $(uname -r)"
+		kill -TERM "$DAEMON_PID" && wait "$DAEMON_PID" 2>/dev/null
+	else
+		info tcx-forced-refused "$(daemon_error tcx-forced)"
+		check tcx-forced-refusal-names-feature-and-key "the refusal names neither TCX nor [egress] attach" \
+			grep -q 'TCX links.*\[egress\] attach' "$WORK/daemon-tcx-forced.log"
+		check tcx-forced-attaches-nothing "XDP attached after a refused start" test -z "$(in_fw ip -d link show dev "$FW_IF" | grep -o 'prog/xdp')"
+	fi
+	DAEMON_PID=
+	in_fw "$BIN" detach --config "$CONFIG" >>"$WORK/detach.log" 2>&1
+fi
+
+# ---- a real NIC driver: native XDP on virtio_net -------------------------------------------
+# `cargo xtask vm-test` gives the guest two virtio-net NICs joined by a QEMU hub (virtme-ng's
+# `--network loop`): eth0 is the firewall side, eth1 the peer, each in a namespace of its own.
+# Frames cross QEMU's virtio rings and hub, never the host's network. virtio_net wants a TX
+# queue per CPU for XDP_TX/redirect; with the one queue pair a hub offers, Debian's kernels
+# attach anyway and share a locked TX queue (xdpwall only drops and passes).
+virtio_lab_up() {
+	modprobe virtio_net 2>/dev/null
+	modprobe 8021q 2>/dev/null
+	local i
+	for i in $(seq 1 20); do
+		[ -e /sys/class/net/eth0 ] && [ -e /sys/class/net/eth1 ] && break
+		sleep 0.5
+	done
+	[ "$(basename "$(readlink -f /sys/class/net/eth0/device/driver)")" = virtio_net ] || return 1
+	ip netns add "$FW_NS" && ip netns add "$PEER_NS" &&
+		ip link set eth0 netns "$FW_NS" && ip link set eth1 netns "$PEER_NS" &&
+		ip -n "$FW_NS" link set eth0 name "$FW_IF" && ip -n "$PEER_NS" link set eth1 name "$PEER_IF" &&
+		ip -n "$FW_NS" addr add "$FW_V4/24" dev "$FW_IF" &&
+		ip -n "$PEER_NS" addr add "$PEER_V4/24" dev "$PEER_IF" &&
+		ip -n "$PEER_NS" addr add "$BLOCKED_V4/24" dev "$PEER_IF" &&
+		for ns in "$FW_NS" "$PEER_NS"; do
+			ip -n "$ns" link set lo up || return 1
+		done &&
+		ip -n "$FW_NS" link set "$FW_IF" up && ip -n "$PEER_NS" link set "$PEER_IF" up &&
+		# An 802.1Q VLAN over each NIC: a device whose driver has no native XDP.
+		ip -n "$FW_NS" link add link "$FW_IF" name "$FW_IF.7" type vlan id 7 &&
+		ip -n "$PEER_NS" link add link "$PEER_IF" name "$PEER_IF.7" type vlan id 7 &&
+		ip -n "$FW_NS" addr add "$FW_VLAN_V4/24" dev "$FW_IF.7" &&
+		ip -n "$PEER_NS" addr add "$PEER_VLAN_V4/24" dev "$PEER_IF.7" &&
+		ip -n "$PEER_NS" addr add "$BLOCKED_VLAN_V4/24" dev "$PEER_IF.7" &&
+		ip -n "$FW_NS" link set "$FW_IF.7" up && ip -n "$PEER_NS" link set "$PEER_IF.7" up
+}
+# The kernel's own word on the mode of DEV (default FW_IF): `ip link` says "xdp" for driver
+# (native) mode and "xdpgeneric" for generic.
+kernel_xdp_mode() { in_fw ip -d link show dev "${1:-$FW_IF}" | grep -o -m1 -w 'xdp\|xdpgeneric\|xdpoffload'; }
+
+ip netns del "$FW_NS" 2>/dev/null
+ip netns del "$PEER_NS" 2>/dev/null
+FW_NS=xwvm-vfw
+PEER_NS=xwvm-vpeer
+FW_IF=xwvirt0
+PEER_IF=xwvirt1
+FW_VLAN_V4=198.51.100.1
+PEER_VLAN_V4=198.51.100.2
+BLOCKED_VLAN_V4=198.51.100.66
+if ! virtio_lab_up; then
+	fail virtio-lab "no pair of virtio_net NICs (eth0, eth1) to build the lab on: $(ls /sys/class/net | tr '\n' ' ')"
+	exit 1
+fi
+check virtio-lab-ping "the virtio lab does not answer pings without xdpwall" wait_for 10 passes "$PEER_V4" "$FW_V4"
+check vlan-lab-ping "the VLAN over virtio does not answer pings without xdpwall" wait_for 10 passes "$PEER_VLAN_V4" "$FW_VLAN_V4"
+VIRTIO_RULES="[[rules]]
+cidr = \"$BLOCKED_PREFIX_V4\"
+action = \"block\"
+[[rules]]
+cidr = \"198.51.100.64/26\"
+action = \"block\""
+
+# xdp_mode = "native" on virtio_net: driver mode, blocks and passes, and keeps blocking with
+# the daemon stopped.
+if start_daemon virtio-native "xdp_mode = \"native\"
+$VIRTIO_RULES"; then
+	pass virtio-native-ready
+	STATUS=$(api /v1/status)
+	info virtio-native-status "$(echo "$STATUS" | jq -c .interfaces)"
+	check virtio-native-mode "status: $(echo "$STATUS" | jq -c .interfaces)" \
+		test "$(echo "$STATUS" | jq -r '.interfaces[0].mode')" = native
+	check virtio-native-kernel-mode "ip link: $(kernel_xdp_mode)" test "$(kernel_xdp_mode)" = xdp
+	info virtio-native-driver "$(dmesg | grep -i 'virtio_net.*xdp\|xdp.*queues' | tail -1)"
+	check virtio-native-passes "pings from $PEER_V4 lost over virtio_net" passes "$PEER_V4" "$FW_V4"
+	check virtio-native-blocks "pings from $BLOCKED_V4 answered over virtio_net" dropped "$BLOCKED_V4" "$FW_V4"
+	kill -TERM "$DAEMON_PID" && wait "$DAEMON_PID" 2>/dev/null
+	check virtio-native-blocks-stopped "pings from $BLOCKED_V4 answered with the daemon stopped" \
+		dropped "$BLOCKED_V4" "$FW_V4"
+else
+	fail virtio-native-ready "xdp_mode = native refused on virtio_net: $(daemon_error virtio-native)"
+fi
+DAEMON_PID=
+in_fw "$BIN" detach --config "$CONFIG" >>"$WORK/detach.log" 2>&1
+check virtio-detach "XDP still on $FW_IF after detach: $(kernel_xdp_mode)" test -z "$(kernel_xdp_mode)"
+
+# xdp_mode = "native" on a driver without it (the VLAN device): refused, saying what to set.
+FW_IF_NIC=$FW_IF
+FW_IF=$FW_IF_NIC.7
+if start_daemon vlan-native "xdp_mode = \"native\"
+$VIRTIO_RULES"; then
+	fail vlan-native-refused "xdp_mode = native started on a VLAN device, which has no native XDP"
+	kill -TERM "$DAEMON_PID" && wait "$DAEMON_PID" 2>/dev/null
+else
+	pass vlan-native-refused
+	check vlan-native-refusal-names-the-setting "the error does not point at xdp_mode: $(daemon_error vlan-native)" \
+		grep -q 'xdp_mode = \\"auto\\"\|xdp_mode = "auto"' "$WORK/daemon-vlan-native.log"
+fi
+DAEMON_PID=
+in_fw "$BIN" detach --config "$CONFIG" >>"$WORK/detach.log" 2>&1
+
+# xdp_mode = "auto": native on virtio_net, generic with a warning on the VLAN device; both
+# enforce.
+FW_IF=$FW_IF_NIC
+IFACES_TOML="\"$FW_IF_NIC\", \"$FW_IF_NIC.7\""
+if start_daemon virtio-auto "$VIRTIO_RULES"; then
+	pass virtio-auto-ready
+	STATUS=$(api /v1/status)
+	info virtio-auto-status "$(echo "$STATUS" | jq -c .interfaces)"
+	mode_of() { echo "$STATUS" | jq -r --arg i "$1" '.interfaces[] | select(.iface == $i) | .mode'; }
+	check virtio-auto-native "status: $(echo "$STATUS" | jq -c .interfaces)" test "$(mode_of "$FW_IF_NIC")" = native
+	check virtio-auto-kernel-xdp "ip link: $(kernel_xdp_mode)" test "$(kernel_xdp_mode)" = xdp
+	check vlan-auto-generic "status: $(echo "$STATUS" | jq -c .interfaces)" test "$(mode_of "$FW_IF_NIC.7")" = generic
+	check vlan-auto-kernel-xdpgeneric "ip link: $(kernel_xdp_mode "$FW_IF_NIC.7")" \
+		test "$(kernel_xdp_mode "$FW_IF_NIC.7")" = xdpgeneric
+	check vlan-auto-warns "no warning about the fallback in the log" \
+		grep -q 'falling back to generic' "$WORK/daemon-virtio-auto.log"
+	check virtio-auto-passes "pings from $PEER_V4 lost" passes "$PEER_V4" "$FW_V4"
+	check virtio-auto-blocks "pings from $BLOCKED_V4 answered" dropped "$BLOCKED_V4" "$FW_V4"
+	kill -TERM "$DAEMON_PID" && wait "$DAEMON_PID" 2>/dev/null
+else
+	fail virtio-auto-ready "xdp_mode = auto did not start on virtio_net + VLAN: $(daemon_error virtio-auto)"
+fi
+DAEMON_PID=
+in_fw "$BIN" detach --config "$CONFIG" >>"$WORK/detach.log" 2>&1
+# Generic mode enforcing on its own: the filter on the VLAN device only (with the NIC's
+# native program there too, the NIC would drop the tagged frames first).
+IFACES_TOML="\"$FW_IF_NIC.7\""
+if start_daemon vlan-auto "$VIRTIO_RULES"; then
+	check vlan-generic-passes "pings from $PEER_VLAN_V4 lost" passes "$PEER_VLAN_V4" "$FW_VLAN_V4"
+	check vlan-generic-blocks "pings from $BLOCKED_VLAN_V4 answered" dropped "$BLOCKED_VLAN_V4" "$FW_VLAN_V4"
+	kill -TERM "$DAEMON_PID" && wait "$DAEMON_PID" 2>/dev/null
+else
+	fail vlan-generic-ready "xdp_mode = auto did not start on the VLAN device: $(daemon_error vlan-auto)"
+fi
+IFACES_TOML=
+DAEMON_PID=
+in_fw "$BIN" detach --config "$CONFIG" >>"$WORK/detach.log" 2>&1
+check virtio-auto-detach "XDP still attached after detach: $(kernel_xdp_mode) $(kernel_xdp_mode "$FW_IF_NIC.7")" \
+	test -z "$(kernel_xdp_mode)$(kernel_xdp_mode "$FW_IF_NIC.7")"
