@@ -434,10 +434,6 @@ async fn engine(state: &AppState) -> Result<tokio::sync::MappedMutexGuard<'_, En
     })
 }
 
-fn unix_now() -> i64 {
-    crate::daemon::unix_now()
-}
-
 fn rfc3339(unix: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
@@ -575,7 +571,12 @@ async fn create_rule(
 ) -> Result<(StatusCode, Json<RuleView>), ApiError> {
     let ApiJson(body) = body?;
     let mut engine = engine(&state).await?;
-    let added = engine.add(&[body.into()], &caller.name, caller.addr, unix_now())?;
+    let added = engine.add(
+        &[body.into()],
+        &caller.name,
+        caller.addr,
+        crate::store::unix_now(),
+    )?;
     let added = added.into_iter().next().expect("one rule in, one out");
     let status = if added.created {
         StatusCode::CREATED
@@ -608,7 +609,12 @@ async fn batch_rules(
     }
     let requests: Vec<RuleRequest> = body.rules.into_iter().map(Into::into).collect();
     let mut engine = engine(&state).await?;
-    let added = engine.add(&requests, &caller.name, caller.addr, unix_now())?;
+    let added = engine.add(
+        &requests,
+        &caller.name,
+        caller.addr,
+        crate::store::unix_now(),
+    )?;
     Ok(Json(BatchResult {
         created: added.iter().filter(|a| a.created).count(),
         rules: added.iter().map(|a| RuleView::from(&a.rule)).collect(),
@@ -683,7 +689,7 @@ async fn delete_rule(
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&path_segment(id)?)?;
     let mut engine = engine(&state).await?;
-    engine.delete(id, &caller.name, unix_now())?;
+    engine.delete(id, &caller.name, crate::store::unix_now())?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -901,7 +907,7 @@ async fn sync_feed(
     let name = path_segment(name)?;
     let report = state
         .feeds
-        .sync(&state.engine, &name, unix_now())
+        .sync(&state.engine, &name, crate::store::unix_now())
         .await
         .map_err(|e| {
             let status = match &e {
@@ -1056,7 +1062,7 @@ mod tests {
         let management = vec![normalize_cidr("198.51.100.10/32").unwrap()];
         let config = vec![(
             normalize_cidr("203.0.113.0/24").unwrap(),
-            crate::config::StaticRule {
+            crate::engine::StaticRule {
                 cidr: "203.0.113.0/24".into(),
                 action: Action::Block,
                 reason: "config".into(),
@@ -1488,10 +1494,10 @@ mod tests {
             let mut guard = h.state.engine.lock().await;
             let engine = guard.as_mut().unwrap();
             assert!(
-                engine.expire(crate::daemon::unix_now()).unwrap().is_empty(),
+                engine.expire(crate::store::unix_now()).unwrap().is_empty(),
                 "not yet"
             );
-            let expired = engine.expire(crate::daemon::unix_now() + 4).unwrap();
+            let expired = engine.expire(crate::store::unix_now() + 4).unwrap();
             assert_eq!(expired.len(), 1);
             let log = engine.audit_log(1).unwrap();
             assert_eq!(log[0].what, "expire");

@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::rules::{Action, normalize_cidr};
+pub use crate::{engine::StaticRule, loader::XdpAttachMode};
 
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/xdpwall/xdpwall.toml";
@@ -39,33 +40,6 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
-}
-
-/// How the XDP program is attached.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpAttachMode {
-    /// Native (driver) mode, falling back to generic with a warning if the driver refuses.
-    #[default]
-    Auto,
-    /// Native (driver) mode only; fail if the driver has no XDP support.
-    Native,
-    /// Generic (skb) mode: works on every interface, slower.
-    Generic,
-}
-
-impl FromStr for XdpAttachMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "native" => Ok(Self::Native),
-            "generic" => Ok(Self::Generic),
-            other => Err(format!(
-                "unknown xdp_mode {other:?}: use auto, native or generic"
-            )),
-        }
-    }
 }
 
 /// Which IPv4 lookup structure the XDP program uses (`ipv4_lookup`).
@@ -325,18 +299,6 @@ impl ApiConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct StaticRule {
-    pub cidr: String,
-    #[serde(default = "default_action")]
-    pub action: Action,
-    #[serde(default)]
-    pub reason: String,
-    #[serde(default = "default_config_list")]
-    pub list: String,
-}
-
 fn default_state_dir() -> PathBuf {
     PathBuf::from(DEFAULT_STATE_DIR)
 }
@@ -354,12 +316,6 @@ fn default_max_body_bytes() -> usize {
 }
 fn default_max_batch() -> usize {
     1_000_000
-}
-fn default_action() -> Action {
-    Action::Block
-}
-fn default_config_list() -> String {
-    "config".to_string()
 }
 
 impl Default for Config {

@@ -115,7 +115,7 @@ impl CrowdsecConfig {
                 format!("{:?} must be between 1s and 1h", self.interval),
             ));
         }
-        crate::engine::validate_list(&self.list).map_err(|e| err("list", e.to_string()))?;
+        crate::rules::validate_list(&self.list).map_err(|e| err("list", e))?;
         match (&self.api_key_file, &self.api_key_env) {
             (Some(_), None) | (None, Some(_)) => {}
             _ => {

@@ -9,7 +9,6 @@ use std::{
     path::{Path, PathBuf},
     sync::{Arc, atomic::Ordering},
     time::Duration,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
@@ -27,7 +26,7 @@ use crate::{
     kernel, loader,
     pins::PinLayout,
     sdnotify,
-    store::Store,
+    store::{Store, unix_now},
 };
 
 /// An exclusive lock on `<state_dir>/xdpwall.lock`, held for the daemon's lifetime, so two
@@ -90,12 +89,6 @@ impl StateLock {
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
         rc != 0
     }
-}
-
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Runs the daemon until a shutdown signal.
@@ -230,7 +223,15 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
     };
     let (mut engine, reconciled) = engine;
     // The TC egress flagger and the ring-buffer readers (flagged flows, sampled drops).
-    let readers = events::start(&config, &pins, &mut engine, &events).await?;
+    let readers = events::start(
+        &config.egress,
+        config.monitor,
+        &config.interfaces,
+        &pins,
+        &mut engine,
+        &events,
+    )
+    .await?;
     info!(
         inserted = reconciled.inserted,
         removed = reconciled.removed,

@@ -1032,18 +1032,6 @@ struct RcuBarrier {
     inner: OwnedFd,
 }
 
-/// The head of `union bpf_attr` for BPF_MAP_CREATE (the fields xdpwall sets).
-#[repr(C)]
-#[derive(Default)]
-pub(crate) struct MapCreateAttr {
-    pub(crate) map_type: u32,
-    pub(crate) key_size: u32,
-    pub(crate) value_size: u32,
-    pub(crate) max_entries: u32,
-    pub(crate) map_flags: u32,
-    pub(crate) inner_map_fd: u32,
-}
-
 #[repr(C)]
 #[derive(Default)]
 struct ElemAttr {
@@ -1061,32 +1049,31 @@ impl RcuBarrier {
     const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
 
     fn new() -> Result<Self, DatapathError> {
-        let create = |attr: MapCreateAttr| -> Result<OwnedFd, DatapathError> {
+        let create = |attr: crate::sys::MapCreateAttr| -> Result<OwnedFd, DatapathError> {
             // SAFETY: a valid BPF_MAP_CREATE attribute; the returned fd is owned from here on.
-            let fd =
-                unsafe { crate::loader::bpf(Self::BPF_MAP_CREATE, &attr) }.map_err(|source| {
-                    DatapathError::Batch {
-                        map: "rcu barrier",
-                        source,
-                    }
-                })?;
+            let fd = unsafe { crate::sys::bpf(Self::BPF_MAP_CREATE, &attr) }.map_err(|source| {
+                DatapathError::Batch {
+                    map: "rcu barrier",
+                    source,
+                }
+            })?;
             // SAFETY: the kernel just returned this fd to us.
             Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
         };
-        let inner = create(MapCreateAttr {
+        let inner = create(crate::sys::MapCreateAttr {
             map_type: Self::BPF_MAP_TYPE_ARRAY,
             key_size: 4,
             value_size: 4,
             max_entries: 1,
-            ..MapCreateAttr::default()
+            ..Default::default()
         })?;
-        let outer = create(MapCreateAttr {
+        let outer = create(crate::sys::MapCreateAttr {
             map_type: Self::BPF_MAP_TYPE_ARRAY_OF_MAPS,
             key_size: 4,
             value_size: 4,
             max_entries: 1,
             inner_map_fd: inner.as_raw_fd() as u32,
-            ..MapCreateAttr::default()
+            ..Default::default()
         })?;
         Ok(Self { outer, inner })
     }
@@ -1101,7 +1088,7 @@ impl RcuBarrier {
             ..ElemAttr::default()
         };
         // SAFETY: key and value point at live u32s of the map's key and value size.
-        unsafe { crate::loader::bpf(Self::BPF_MAP_UPDATE_ELEM, &attr) }
+        unsafe { crate::sys::bpf(Self::BPF_MAP_UPDATE_ELEM, &attr) }
             .map(drop)
             .map_err(|source| DatapathError::Batch {
                 map: "rcu barrier",
@@ -1146,7 +1133,7 @@ fn update_batch<K: aya::Pod, V: aya::Pod>(
             ..BatchAttr::default()
         };
         // SAFETY: keys and values hold `count` entries of the map's key and value size.
-        unsafe { crate::loader::bpf(BPF_MAP_UPDATE_BATCH, &attr) }?;
+        unsafe { crate::sys::bpf(BPF_MAP_UPDATE_BATCH, &attr) }?;
     }
     Ok(())
 }
@@ -1161,7 +1148,7 @@ fn delete_batch<K: aya::Pod>(fd: u32, keys: &[K]) -> std::io::Result<()> {
             ..BatchAttr::default()
         };
         // SAFETY: keys holds `count` keys of the map's key size.
-        unsafe { crate::loader::bpf(BPF_MAP_DELETE_BATCH, &attr) }.map(drop)
+        unsafe { crate::sys::bpf(BPF_MAP_DELETE_BATCH, &attr) }.map(drop)
     };
     for chunk in keys.chunks(BATCH) {
         match delete(chunk) {

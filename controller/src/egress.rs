@@ -34,9 +34,8 @@ use xdpwall_shared::egress::{
 use crate::{
     datapath::DatapathError,
     ebpf_object::EGRESS_OBJECT,
-    engine::FeedSet,
     pins::PinLayout,
-    rules::{Action, Rule, RuleId, key_v4, key_v6},
+    rules::{Action, FeedSet, Rule, RuleId, key_v4, key_v6, validate_list},
 };
 
 /// Default policy ports: flows to these ports on non-private destinations are flagged.
@@ -199,8 +198,7 @@ impl EgressSection {
             }
         }
         for (i, list) in self.block_lists.iter().enumerate() {
-            crate::engine::validate_list(list)
-                .map_err(|e| (format!("egress.block_lists[{i}]"), e.to_string()))?;
+            validate_list(list).map_err(|e| (format!("egress.block_lists[{i}]"), e))?;
         }
         Ok(window)
     }

@@ -14,6 +14,7 @@ use std::{
 
 use ipnet::IpNet;
 use rustc_hash::FxHashMap;
+use serde::Deserialize;
 use smallvec::SmallVec;
 use tracing::{info, warn};
 use xdpwall_shared::{DatapathConfig, RuleCounters};
@@ -23,8 +24,8 @@ use crate::{
     egress::{WatchContents, WatchMaps},
     loader::Attachment,
     rules::{
-        Action, MapContents, MapDiff, Rule, RuleId, RuleSource, TrieDiff, Verdict, canonical_ip,
-        decide, key_v4, key_v6, normalize_cidr,
+        Action, FeedSet, MapContents, MapDiff, Rule, RuleId, RuleSource, TrieDiff, Verdict,
+        canonical_ip, decide, key_v4, key_v6, normalize_cidr, validate_list,
     },
     store::{AuditEntry, NewRule, Store, StoreError},
 };
@@ -37,13 +38,24 @@ pub const MIN_BLOCK_PREFIX_V6: u8 = 16;
 /// A feed is one "rule" for counters and metrics (`rule = "feed:NAME"`), however many entries.
 pub const FEED_ID_BASE: RuleId = xdpwall_shared::FEED_ID_BASE;
 
-/// The entries a feed currently enforces.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FeedSet {
-    pub name: String,
-    pub id: RuleId,
+/// A rule from the config file (`[[rules]]`): enforced while it is listed there.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticRule {
+    pub cidr: String,
+    #[serde(default = "default_action")]
     pub action: Action,
-    pub entries: BTreeSet<IpNet>,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default = "default_config_list")]
+    pub list: String,
+}
+
+fn default_action() -> Action {
+    Action::Block
+}
+fn default_config_list() -> String {
+    "config".to_string()
 }
 
 /// Longest accepted TTL.
@@ -151,22 +163,6 @@ pub fn parse_ttl(ttl: &str) -> Result<Duration, EngineError> {
         )));
     }
     Ok(d)
-}
-
-/// List names: short, printable, safe as metric labels.
-pub fn validate_list(list: &str) -> Result<(), EngineError> {
-    let ok = !list.is_empty()
-        && list.len() <= 64
-        && list
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
-    if ok {
-        Ok(())
-    } else {
-        Err(EngineError::Invalid(format!(
-            "list {list:?} is not a valid name: 1-64 characters from a-z, A-Z, 0-9, '-', '_', '.', ':'"
-        )))
-    }
 }
 
 pub struct Engine {
@@ -597,7 +593,7 @@ impl Engine {
         who: &str,
         now: i64,
     ) -> Result<ListReport, EngineError> {
-        validate_list(list)?;
+        validate_list(list).map_err(EngineError::Invalid)?;
         let mut report = ListReport::default();
         // One entry per CIDR: the latest expiry wins (two decisions for one address).
         let mut wanted: BTreeMap<IpNet, (i64, String)> = BTreeMap::new();
@@ -710,7 +706,7 @@ impl Engine {
             normalize_cidr(&request.cidr).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let action = request.action.unwrap_or(Action::Block);
         let list = request.list.clone().unwrap_or_else(|| "api".to_string());
-        validate_list(&list)?;
+        validate_list(&list).map_err(EngineError::Invalid)?;
         let reason = request.reason.clone().unwrap_or_default();
         if reason.len() > 1024 {
             return Err(EngineError::Invalid(
@@ -1089,10 +1085,7 @@ impl MapContents {
 }
 
 /// The config's management addresses and `[[rules]]` as rules to store (source "config").
-pub fn config_rules(
-    management: &[IpNet],
-    rules: &[(IpNet, crate::config::StaticRule)],
-) -> Vec<NewRule> {
+pub fn config_rules(management: &[IpNet], rules: &[(IpNet, StaticRule)]) -> Vec<NewRule> {
     management
         .iter()
         .map(|net| NewRule {

@@ -35,7 +35,7 @@ use xdpwall_shared::{
 
 use crate::{
     datapath::DatapathError,
-    egress::{EgressAttachment, EgressRules, EgressStats},
+    egress::{self, EgressAttachment, EgressRules, EgressStats},
     pins::PinLayout,
 };
 
@@ -559,18 +559,19 @@ fn remember(state: &mut State, cap: usize, key: FlowKey, stats: FlowStats) {
 /// egress flagger (or removes it when `[egress] enabled = false`), hands its watchlist to the
 /// engine and its counters to `events`, and spawns the ring-buffer readers (flows, drops).
 pub async fn start(
-    config: &crate::config::Config,
+    egress_section: &egress::EgressSection,
+    monitor: bool,
+    interfaces: &[String],
     pins: &PinLayout,
     engine: &mut crate::engine::Engine,
     events: &Arc<Events>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     use anyhow::Context as _;
 
-    use crate::egress;
-    let section = config.egress.for_monitor(config.monitor);
+    let section = egress_section.for_monitor(monitor);
     let mut readers = Vec::new();
     let loaded = {
-        let (pins, ifaces, section) = (pins.clone(), config.interfaces.clone(), section.clone());
+        let (pins, ifaces, section) = (pins.clone(), interfaces.to_vec(), section.clone());
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             if !section.enabled {
                 // Turned off: a flagger left attached by an earlier run goes too.

@@ -338,7 +338,7 @@ fn probe_mmapable_array() -> Option<bool> {
     const BPF_MAP_CREATE: libc::c_long = 0;
     const BPF_MAP_TYPE_ARRAY: u32 = 2;
     const BPF_F_MMAPABLE: u32 = 1 << 10;
-    let attr = crate::datapath::MapCreateAttr {
+    let attr = crate::sys::MapCreateAttr {
         map_type: BPF_MAP_TYPE_ARRAY,
         key_size: 4,
         value_size: 4,
@@ -347,7 +347,7 @@ fn probe_mmapable_array() -> Option<bool> {
         ..Default::default()
     };
     // SAFETY: a valid BPF_MAP_CREATE attribute without pointers.
-    match unsafe { crate::loader::bpf(BPF_MAP_CREATE, &attr) } {
+    match unsafe { crate::sys::bpf(BPF_MAP_CREATE, &attr) } {
         Ok(fd) => {
             // SAFETY: the kernel just returned this fd; closing it frees the map.
             drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });

@@ -4,6 +4,7 @@
 //! - [`rules`]: the rule model, trie contents and diffs, the reference matcher
 //! - [`kernel`]: what the running kernel offers (probed at start), fallbacks, refusals
 //! - [`loader`]: load, attach, pin, reuse, detach
+//! - [`sys`]: the raw bpf(2) calls aya does not offer
 //! - [`datapath`]: reads and writes the kernel maps
 //! - [`dir24`], [`v6hash`]: the constant-time IPv4 and IPv6 lookup engines, user side
 //! - [`engine`]: the one owner of the rule set and the maps
@@ -30,9 +31,9 @@ pub mod kernel;
 pub mod loader;
 pub mod metrics;
 pub mod pins;
-pub mod retired;
 pub mod rules;
 pub mod sdnotify;
 pub mod store;
+pub mod sys;
 pub mod tls;
 pub mod v6hash;

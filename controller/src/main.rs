@@ -12,9 +12,10 @@ use reqwest::Method;
 use serde_json::Value;
 use xdpwall::{
     client::{ApiClient, resolve_token},
-    config::{Config, DEFAULT_CONFIG_PATH, XdpAttachMode},
+    config::{Config, DEFAULT_CONFIG_PATH},
     daemon::{self, StateLock},
     loader,
+    loader::XdpAttachMode,
     pins::PinLayout,
     rules::Action,
 };

@@ -6,7 +6,7 @@
 //! address" with a plain reference matcher ([`decide`]) that the datapath is tested against.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
@@ -483,6 +483,31 @@ pub fn ip_from_v4(bytes: [u8; 4]) -> IpAddr {
 /// See [`ip_from_v4`].
 pub fn ip_from_v6(bytes: [u8; 16]) -> IpAddr {
     IpAddr::V6(Ipv6Addr::from(bytes))
+}
+
+/// The entries a feed currently enforces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedSet {
+    pub name: String,
+    pub id: RuleId,
+    pub action: Action,
+    pub entries: BTreeSet<IpNet>,
+}
+
+/// List names: short, printable, safe as metric labels.
+pub fn validate_list(list: &str) -> Result<(), String> {
+    let ok = !list.is_empty()
+        && list.len() <= 64
+        && list
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "list {list:?} is not a valid name: 1-64 characters from a-z, A-Z, 0-9, '-', '_', '.', ':'"
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -394,6 +394,13 @@ impl RawRule {
     }
 }
 
+/// Seconds since the Unix epoch: the clock every stored time (added, expires) is on.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@
 
 mod demo;
 mod fuzz;
+mod layers;
 mod setup;
 mod vm_systemd;
 mod vm_test;
@@ -67,7 +68,8 @@ enum Task {
         /// Targets to run (default: all).
         targets: Vec<String>,
     },
-    /// cargo fmt --check and cargo clippy --all-targets -D warnings.
+    /// cargo fmt --check, the controller's layering (xtask/src/layers.rs: imports only go
+    /// down a layer, no cycles) and cargo clippy --all-targets -D warnings.
     Lint,
     /// Build the Debian package target/debian/xdpwall_<version>-1_<arch>.deb: release binary,
     /// systemd units, default config, man pages and shell completions (cargo-deb).
@@ -243,6 +245,7 @@ fn deb() -> anyhow::Result<()> {
 
 fn lint() -> anyhow::Result<()> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    layers::check(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../controller/src"))?;
     run(cargo().args([
         "clippy",
         "--workspace",

@@ -87,7 +87,7 @@ impl FeedConfig {
     /// Fills in the catalogue defaults and validates. Errors name the key.
     pub fn resolve(&self) -> Result<Feed, (String, String)> {
         let err = |key: &str, msg: String| (key.to_string(), msg);
-        crate::engine::validate_list(&self.name).map_err(|e| err("name", e.to_string()))?;
+        crate::rules::validate_list(&self.name).map_err(|e| err("name", e))?;
         let known = catalogue().into_iter().find(|c| c.name == self.name);
         let url = match (&self.url, &known) {
             (Some(url), _) => url.clone(),

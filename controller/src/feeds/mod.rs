@@ -30,8 +30,8 @@ use self::{
     sanity::Refusal,
 };
 use crate::{
-    engine::{Engine, EngineError, FEED_ID_BASE, FeedSet},
-    rules::{Action, RuleId},
+    engine::{Engine, EngineError, FEED_ID_BASE},
+    rules::{Action, FeedSet, RuleId},
     store::{FeedState, Store, StoreError},
 };
 

@@ -28,12 +28,14 @@ use xdpwall_shared::{
 };
 
 use crate::{
-    config::XdpAttachMode,
     datapath::{Datapath, DatapathError, Engines, Ipv4Lookup, Ipv6Lookup},
     ebpf_object::EBPF_OBJECT,
     pins::PinLayout,
-    retired::RetiredMaps,
 };
+
+/// Maps of earlier versions whose layout changed: carried over, then unpinned.
+mod retired;
+use retired::RetiredMaps;
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const CAP_NET_ADMIN: u32 = 12;
@@ -100,6 +102,33 @@ pub enum LoaderError {
         #[source]
         source: io::Error,
     },
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, Default, serde::Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpAttachMode {
+    /// Native (driver) mode, falling back to generic with a warning if the driver refuses.
+    #[default]
+    Auto,
+    /// Native (driver) mode only; fail if the driver has no XDP support.
+    Native,
+    /// Generic (skb) mode: works on every interface, slower.
+    Generic,
+}
+
+impl std::str::FromStr for XdpAttachMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "native" => Ok(Self::Native),
+            "generic" => Ok(Self::Generic),
+            other => Err(format!(
+                "unknown xdp_mode {other:?}: use auto, native or generic"
+            )),
+        }
+    }
 }
 
 /// How the program ended up attached to an interface.
@@ -587,7 +616,7 @@ fn pinned_xdp_link_ifindex(path: &Path) -> io::Result<Option<u32>> {
         _pad: 0,
     };
     // SAFETY: attr is a valid bpf_attr prefix for BPF_OBJ_GET.
-    let fd = unsafe { bpf(BPF_OBJ_GET, &attr) }?;
+    let fd = unsafe { crate::sys::bpf(BPF_OBJ_GET, &attr) }?;
     // SAFETY: the syscall returned a new fd that we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
 
@@ -605,7 +634,7 @@ fn pinned_xdp_link_ifindex(path: &Path) -> io::Result<Option<u32>> {
         info: info.as_mut_ptr() as u64,
     };
     // SAFETY: attr points at a writable, zeroed buffer of info_len bytes.
-    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &attr) }?;
+    unsafe { crate::sys::bpf(BPF_OBJ_GET_INFO_BY_FD, &attr) }?;
     let link_type = info[0] as u32;
     if link_type != BPF_LINK_TYPE_XDP {
         return Err(io::Error::other(format!(
@@ -614,19 +643,4 @@ fn pinned_xdp_link_ifindex(path: &Path) -> io::Result<Option<u32>> {
     }
     let ifindex = info[2] as u32;
     Ok((ifindex != 0).then_some(ifindex))
-}
-
-/// The raw bpf(2) syscall with `attr` as its (prefix of) `union bpf_attr`.
-///
-/// # Safety
-/// `attr` must be a valid attribute layout for `cmd`, and every pointer inside it must be valid
-/// for what the kernel reads or writes during the call.
-pub(crate) unsafe fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
-    // SAFETY: upheld by the caller; the kernel reads at most size_of::<T>() bytes of attr.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>()) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
 }

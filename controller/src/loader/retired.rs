@@ -18,9 +18,9 @@ use aya::{
 use tracing::{info, warn};
 use xdpwall_shared::{V6Guide, map_names};
 
+use super::LoaderError;
 use crate::{
     datapath::{DatapathError, map_err},
-    loader::{self, LoaderError},
     pins::PinLayout,
 };
 
@@ -115,7 +115,7 @@ impl RetiredMaps {
     pub fn unpin(self, pins: &PinLayout) -> Result<(), LoaderError> {
         drop(self);
         for name in map_names::RETIRED {
-            if loader::remove_map_pin(pins, name)? {
+            if super::remove_map_pin(pins, name)? {
                 info!(map = name, "removed the pin of a map earlier versions used");
             }
         }
