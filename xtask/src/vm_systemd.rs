@@ -23,7 +23,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     run as run_cmd,
-    vm_test::{self, Accel, Guest},
+    vm_test::{self, Accel, Guest, with_kvm_fallback},
 };
 
 /// The Debian release of the guest, and what debootstrap installs besides the minimal base:
@@ -126,42 +126,10 @@ pub fn run_checks(accel: &mut Accel) -> anyhow::Result<Outcome> {
         payload.deb.display()
     );
     let started = Instant::now();
-    let use_kvm = match *accel {
-        Accel::Tcg => false,
-        Accel::Kvm => true,
-        Accel::Auto => fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_ok(),
-    };
-    if use_kvm {
-        match run_guest(&boot, &payload, &out, true, *accel == Accel::Auto)? {
-            Some((passed, failed)) => {
-                return Ok(Outcome {
-                    passed,
-                    failed,
-                    release: boot.release,
-                    accel: "kvm",
-                });
-            }
-            None if *accel == Accel::Kvm => bail!(
-                "the guest did not start under KVM; see {}",
-                out.join("console.log").display()
-            ),
-            None => {
-                let console = fs::read_to_string(out.join("console.log")).unwrap_or_default();
-                let last = console.lines().rev().find(|l| !l.trim().is_empty());
-                println!(
-                    "vm-test --systemd: the guest did not start under KVM ({}): using TCG (no KVM)",
-                    last.unwrap_or("no output").trim()
-                );
-                *accel = Accel::Tcg;
-            }
-        }
-    }
-    let (passed, failed) =
-        run_guest(&boot, &payload, &out, false, false)?.expect("only a KVM boot gives up early");
+    let ((passed, failed), accel) =
+        with_kvm_fallback(accel, &out.join("console.log"), |kvm, give_up| {
+            run_guest(&boot, &payload, &out, kvm, give_up)
+        })?;
     println!(
         "vm-test --systemd: the guest ran {} s (boot to power-off)",
         started.elapsed().as_secs()
@@ -170,7 +138,7 @@ pub fn run_checks(accel: &mut Accel) -> anyhow::Result<Outcome> {
         passed,
         failed,
         release: boot.release,
-        accel: "tcg",
+        accel,
     })
 }
 

@@ -373,6 +373,20 @@ fn boot(
     accel: &mut Accel,
 ) -> anyhow::Result<Outcome> {
     let out = dir.join("out");
+    let (counts, accel) = with_kvm_fallback(accel, &out.join("console.log"), |kvm, give_up| {
+        run_guest(vng, vmlinuz, &out, script, binary, kvm, give_up)
+    })?;
+    Ok(Outcome { counts, accel })
+}
+
+/// Runs `guest(kvm, give_up_early)` under KVM when `accel` allows it, and under TCG when the
+/// guest did not start under KVM (`guest` answered `None`), which `accel` then remembers for
+/// the rest of the run. Returns what the guest gave and "kvm" or "tcg".
+pub(crate) fn with_kvm_fallback<T>(
+    accel: &mut Accel,
+    console: &Path,
+    mut guest: impl FnMut(bool, bool) -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<(T, &'static str)> {
     let use_kvm = match *accel {
         Accel::Tcg => false,
         Accel::Kvm => true,
@@ -383,28 +397,15 @@ fn boot(
             .is_ok(),
     };
     if use_kvm {
-        match run_guest(
-            vng,
-            vmlinuz,
-            &out,
-            script,
-            binary,
-            true,
-            *accel == Accel::Auto,
-        )? {
-            Some(counts) => {
-                return Ok(Outcome {
-                    counts,
-                    accel: "kvm",
-                });
-            }
+        match guest(true, *accel == Accel::Auto)? {
+            Some(done) => return Ok((done, "kvm")),
             None if *accel == Accel::Kvm => bail!(
                 "the guest did not start under KVM; see {}",
-                out.join("console.log").display()
+                console.display()
             ),
             None => {
-                let console = fs::read_to_string(out.join("console.log")).unwrap_or_default();
-                let last = console.lines().rev().find(|l| !l.trim().is_empty());
+                let text = fs::read_to_string(console).unwrap_or_default();
+                let last = text.lines().rev().find(|l| !l.trim().is_empty());
                 println!(
                     "vm-test: the guest did not start under KVM ({}): using TCG (no KVM) from now on",
                     last.unwrap_or("no output").trim()
@@ -413,12 +414,8 @@ fn boot(
             }
         }
     }
-    let counts = run_guest(vng, vmlinuz, &out, script, binary, false, false)?
-        .expect("only a KVM boot gives up early");
-    Ok(Outcome {
-        counts,
-        accel: "tcg",
-    })
+    let done = guest(false, false)?.expect("only a KVM boot gives up early");
+    Ok((done, "tcg"))
 }
 
 /// One guest run. `None`: `give_up_early` and the checks did not start within
