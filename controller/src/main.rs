@@ -960,13 +960,16 @@ async fn feeds_command(command: FeedsCommand, client: &ClientArgs) -> anyhow::Re
                         if client.output == Output::Json {
                             println!("{report}");
                         } else {
+                            let result = report["result"].as_str().unwrap_or("?");
+                            // The detail only when it says more than the result.
+                            let detail = match report["detail"].as_str().unwrap_or("") {
+                                "" => String::new(),
+                                d if d == result => String::new(),
+                                d => format!(": {d}"),
+                            };
                             println!(
-                                "{name}: {} ({} entries, +{} -{}) {}",
-                                report["result"].as_str().unwrap_or("?"),
-                                report["entries"],
-                                report["inserted"],
-                                report["removed"],
-                                report["detail"].as_str().unwrap_or("")
+                                "{name}: {result} ({} entries, +{} -{}){detail}",
+                                report["entries"], report["inserted"], report["removed"],
                             );
                         }
                     }

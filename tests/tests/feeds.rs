@@ -104,7 +104,11 @@ fn feed_blocks_keeps_last_good_and_survives_restart_without_network() {
     std::thread::sleep(Duration::from_millis(1100));
     let out = daemon.cli(&["feeds", "sync", "lab"]).unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("not_modified"), "{}", text(&out));
+    assert!(
+        text(&out).contains("lab: not_modified (") && text(&out).contains("): not modified (304)"),
+        "{}",
+        text(&out)
+    );
 
     // The provider serves an error page: refused, non-zero, last good copy still enforced.
     server.serve("<html><body>502 Bad Gateway</body></html>", Some("\"v2\""));
