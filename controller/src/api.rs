@@ -3,7 +3,9 @@
 //!
 //! `app(state)` builds the router so tests can drive it in process; `serve` binds it. Handlers
 //! never touch BPF maps: they ask the engine, the one owner. Every error is
-//! `application/problem+json` with a detail that says what to fix.
+//! `application/problem+json`. A client error's detail says what to fix; a failure of the
+//! daemon (store, kernel maps, engine) answers with a category and a request id only, and the
+//! cause goes to the daemon's log under that id ([`log_server_errors`]).
 #![expect(
     unused_qualifications,
     reason = "utoipa's path macro expands to qualified paths"
@@ -20,7 +22,7 @@ use std::{
 use axum::{
     Extension, Json, Router,
     extract::{
-        ConnectInfo, DefaultBodyLimit, FromRequest, Path, Query, Request, State,
+        ConnectInfo, DefaultBodyLimit, FromRequest, MatchedPath, Path, Query, Request, State,
         connect_info::MockConnectInfo,
         rejection::{JsonRejection, PathRejection},
     },
@@ -32,6 +34,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
 use tokio::sync::Mutex;
+use tracing::error;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::{
@@ -42,6 +45,7 @@ use crate::{
     feeds::{FeedError, FeedManager, SyncReport},
     metrics,
     rules::{Action, Rule, RuleSource, Verdict, canonical_ip},
+    store::StoreError,
 };
 
 /// What handlers share.
@@ -97,6 +101,16 @@ pub struct Problem {
 pub struct ApiError {
     pub status: StatusCode,
     pub detail: String,
+    /// A failure of the daemon rather than of the request: logged, never sent.
+    cause: Option<ServerErrorCause>,
+}
+
+/// What went wrong on the server side, under the id the client's answer names. Travels from
+/// [`ApiError::into_response`] to [`log_server_errors`] in the response's extensions.
+#[derive(Clone, Debug)]
+struct ServerErrorCause {
+    request_id: String,
+    cause: String,
 }
 
 impl ApiError {
@@ -104,7 +118,32 @@ impl ApiError {
         Self {
             status,
             detail: detail.into(),
+            cause: None,
         }
+    }
+
+    /// A failure of the daemon: the client gets `summary` and a request id, the log gets
+    /// `cause` under the same id. Error text from SQLite, the kernel or the file system names
+    /// paths, maps and errno values that are no business of an API client.
+    pub fn server(
+        status: StatusCode,
+        summary: impl std::fmt::Display,
+        cause: impl ToString,
+    ) -> Self {
+        let request_id = format!("{:08x}", rand::random::<u32>());
+        Self {
+            status,
+            detail: format!("{summary}; the daemon's log has the cause (request id {request_id})"),
+            cause: Some(ServerErrorCause {
+                request_id,
+                cause: cause.to_string(),
+            }),
+        }
+    }
+
+    /// A 500: something failed that no request can fix.
+    pub fn internal(cause: impl ToString) -> Self {
+        Self::server(StatusCode::INTERNAL_SERVER_ERROR, "internal error", cause)
     }
 }
 
@@ -124,32 +163,107 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
         }
-        (
+        let mut response = (
             self.status,
             headers,
             serde_json::to_string(&body).expect("serializable"),
         )
-            .into_response()
+            .into_response();
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(cause);
+        }
+        response
     }
+}
+
+/// Logs the cause of every server-side failure once, at error level, with the route and the
+/// request id its answer names.
+async fn log_server_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().map_or_else(
+        || request.uri().path().to_string(),
+        |p| p.as_str().to_string(),
+    );
+    let mut response = next.run(request).await;
+    if let Some(ServerErrorCause { request_id, cause }) = response.extensions_mut().remove() {
+        error!(
+            %method,
+            %route,
+            status = response.status().as_u16(),
+            %request_id,
+            error = %cause,
+            "API request failed"
+        );
+    }
+    response
 }
 
 impl From<EngineError> for ApiError {
     fn from(err: EngineError) -> Self {
-        let status = match &err {
-            EngineError::Invalid(_) => StatusCode::BAD_REQUEST,
-            EngineError::LockOut(_) | EngineError::Conflict(_) => StatusCode::CONFLICT,
-            EngineError::NotFound(_) => StatusCode::NOT_FOUND,
-            EngineError::Datapath(DatapathError::Full { .. }) => StatusCode::INSUFFICIENT_STORAGE,
-            EngineError::Datapath(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            EngineError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        Self::new(status, err.to_string())
+        match err {
+            EngineError::Datapath(err) => err.into(),
+            EngineError::Store(err) => err.into(),
+            EngineError::Invalid(_) => Self::new(StatusCode::BAD_REQUEST, err.to_string()),
+            EngineError::LockOut(_) | EngineError::Conflict(_) => {
+                Self::new(StatusCode::CONFLICT, err.to_string())
+            }
+            EngineError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, err.to_string()),
+        }
     }
 }
 
 impl From<DatapathError> for ApiError {
     fn from(err: DatapathError) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+        match err {
+            // The one server-side failure a client can act on (send fewer rules, or have the
+            // capacity raised): its own text is the answer.
+            DatapathError::Full { .. } => {
+                Self::new(StatusCode::INSUFFICIENT_STORAGE, err.to_string())
+            }
+            err => Self::internal(err),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        Self::server(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the rule store cannot be read or written; the last applied rules stay in force",
+            err,
+        )
+    }
+}
+
+impl From<FeedError> for ApiError {
+    fn from(err: FeedError) -> Self {
+        match err {
+            FeedError::Unknown(_) => Self::new(StatusCode::NOT_FOUND, err.to_string()),
+            FeedError::Refused { .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, err.to_string())
+            }
+            // The upstream's answer or the transport error, for the URL the operator configured
+            // (also shown as `last_error` by GET /v1/feeds).
+            FeedError::Fetch { .. } => Self::new(StatusCode::BAD_GATEWAY, err.to_string()),
+            FeedError::NotReady => Self::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
+            FeedError::Store { ref feed, .. } => Self::server(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("feed {feed}: the rule store cannot be read or written"),
+                err,
+            ),
+            FeedError::LastGood { ref feed, .. } => Self::server(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("feed {feed}: writing the last good copy failed"),
+                err,
+            ),
+            FeedError::Apply { ref feed, .. } => Self::server(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "feed {feed}: applying to the kernel failed; the last good copy stays enforced"
+                ),
+                err,
+            ),
+        }
     }
 }
 
@@ -268,9 +382,9 @@ pub struct ApiDoc;
 struct BearerAuth;
 
 /// Documents the error answers every operation can give, as `application/problem+json` with
-/// the `Problem` schema: 401/403 (token) and 503 (store or engine unavailable) wherever a token
-/// is needed, 400/413/415/422 where a JSON body is read, 400 for bad query or path parameters,
-/// 404 where a path names a resource. The handlers' own error responses get the problem+json
+/// the `Problem` schema: 401/403 (token), 500 (the daemon failed) and 503 (store or engine
+/// unavailable) wherever a token is needed, 400/413/415/422 where a JSON body is read, 400 for
+/// bad query or path parameters, 404 where a path names a resource. The handlers' own error responses get the problem+json
 /// content type too. Checked against the real server by schemathesis (tests/tests/schema.rs).
 struct ProblemResponses;
 
@@ -321,6 +435,10 @@ impl utoipa::Modify for ProblemResponses {
                     add("401", "no valid bearer token");
                     add("403", "the token's scope does not allow this");
                     add("503", "the rule store or the engine is not available");
+                    add(
+                        "500",
+                        "the daemon failed, not the request: the detail gives a request id, the daemon's log the cause",
+                    );
                 }
                 if operation.request_body.is_some() {
                     add("400", "the body is not valid JSON for this operation");
@@ -381,6 +499,7 @@ pub fn app(state: Arc<AppState>) -> Router {
                 "no such endpoint: see /v1/openapi.json",
             )
         })
+        .layer(middleware::from_fn(log_server_errors))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .with_state(state)
 }
@@ -874,10 +993,7 @@ async fn list_feeds(State(state): State<Arc<AppState>>) -> Result<Json<FeedList>
     let engine = engine(&state).await?;
     let mut feeds = Vec::new();
     for feed in state.feeds.feeds() {
-        let s = engine
-            .store()
-            .feed_state(&feed.name)
-            .map_err(EngineError::from)?;
+        let s = engine.store().feed_state(&feed.name)?;
         feeds.push(FeedView {
             name: feed.name.clone(),
             url: feed.url.clone(),
@@ -908,19 +1024,7 @@ async fn sync_feed(
     let report = state
         .feeds
         .sync(&state.engine, &name, crate::store::unix_now())
-        .await
-        .map_err(|e| {
-            let status = match &e {
-                FeedError::Unknown(_) => StatusCode::NOT_FOUND,
-                FeedError::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-                FeedError::Fetch { .. } => StatusCode::BAD_GATEWAY,
-                FeedError::NotReady | FeedError::Store { .. } | FeedError::LastGood { .. } => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-                FeedError::Apply { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            ApiError::new(status, e.to_string())
-        })?;
+        .await?;
     Ok(Json(report))
 }
 
@@ -936,7 +1040,7 @@ async fn audit(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = query(q)?.limit.unwrap_or(100).min(10_000);
     let engine = engine(&state).await?;
-    let entries = engine.audit_log(limit).map_err(EngineError::from)?;
+    let entries = engine.audit_log(limit)?;
     Ok(Json(serde_json::json!({ "entries": entries })))
 }
 
@@ -968,7 +1072,7 @@ async fn flows(
     let list =
         tokio::task::spawn_blocking(move || events.flows(limit, |id| feed_names.get(&id).cloned()))
             .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+            .map_err(ApiError::internal)??;
     Ok(Json(list))
 }
 
@@ -995,8 +1099,7 @@ async fn metrics_endpoint(State(state): State<Arc<AppState>>) -> Result<Response
         }
         snapshot
     };
-    let text = metrics::render(&snapshot)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let text = metrics::render(&snapshot).map_err(ApiError::internal)?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -1618,5 +1721,186 @@ mod tests {
         }
         assert!(doc["components"]["schemas"]["FlowView"].is_object());
         assert!(doc["components"]["schemas"]["CrowdsecStatus"].is_object());
+    }
+
+    /// Captures what the API logs while the guard lives (current thread only).
+    fn capture_log() -> (
+        Arc<std::sync::Mutex<Vec<u8>>>,
+        tracing::subscriber::DefaultGuard,
+    ) {
+        #[derive(Clone)]
+        struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Sink(log.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        (log, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// A refused map syscall answers 500 with a request id only; the cause (map name, errno)
+    /// is logged once, at error level, with the route and the same id.
+    #[tokio::test]
+    async fn a_kernel_map_failure_is_a_500_without_internal_text() {
+        let maps = FakeMaps {
+            broken_counters: true,
+            ..FakeMaps::default()
+        };
+        let h = harness_with(maps, |_| {});
+        let (log, _guard) = capture_log();
+        let (status, p) = h.get("/v1/stats").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{p}");
+        let detail = p["detail"].as_str().unwrap();
+        for internal in ["XW_", "os error", "not permitted", "batch"] {
+            assert!(!detail.contains(internal), "{internal:?} in {p}");
+        }
+        let id = detail
+            .split("(request id ")
+            .nth(1)
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("no request id in {p}"));
+        let log = String::from_utf8(log.lock().unwrap().clone()).unwrap();
+        let line = log
+            .lines()
+            .find(|l| l.contains(id))
+            .unwrap_or_else(|| panic!("request id {id} not logged:\n{log}"));
+        assert!(line.contains("ERROR"), "{line}");
+        assert!(line.contains("route=/v1/stats"), "{line}");
+        assert!(
+            line.contains("XW_RULE_STATS") && line.contains("os error 1"),
+            "{line}"
+        );
+        assert_eq!(log.matches(id).count(), 1, "logged once:\n{log}");
+    }
+
+    /// One mapping per source error: client errors keep their text, a full map stays a specific
+    /// 507, and store, file system and kernel failures answer a category and a request id while
+    /// the cause (SQLite message, path, errno) stays for the log.
+    #[test]
+    fn each_source_error_maps_to_its_status_and_keeps_internal_text_for_the_log() {
+        let locked = || {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                Some("database is locked".into()),
+            ))
+        };
+        let io = || std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let cases: Vec<(ApiError, StatusCode, &str, &[&str])> = vec![
+            (
+                EngineError::Invalid("ttl \"soon\" is not a duration".into()).into(),
+                StatusCode::BAD_REQUEST,
+                "soon",
+                &[],
+            ),
+            (
+                EngineError::NotFound(7).into(),
+                StatusCode::NOT_FOUND,
+                "rule 7",
+                &[],
+            ),
+            (
+                EngineError::Datapath(DatapathError::Full {
+                    map: "XW_BLOCK_V4",
+                    capacity: 3,
+                    pending: 2,
+                })
+                .into(),
+                StatusCode::INSUFFICIENT_STORAGE,
+                "is full",
+                &[],
+            ),
+            (
+                EngineError::Store(locked()).into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "last applied rules stay in force",
+                &["locked", "sqlite", "SQLite"],
+            ),
+            (
+                StoreError::Open {
+                    path: "/var/lib/xdpwall/rules.sqlite".into(),
+                    source: rusqlite::Error::InvalidQuery,
+                }
+                .into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "rule store",
+                &["/var/lib", "sqlite"],
+            ),
+            (
+                DatapathError::Mmap {
+                    map: "XW_V4_TBL24",
+                    source: io(),
+                }
+                .into(),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+                &["XW_", "os error", "space"],
+            ),
+            (
+                FeedError::LastGood {
+                    feed: "spamhaus".into(),
+                    path: "/var/lib/xdpwall/feeds/spamhaus.list".into(),
+                    source: io(),
+                }
+                .into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "feed spamhaus",
+                &["/var/lib", "os error"],
+            ),
+            (
+                FeedError::Store {
+                    feed: "spamhaus".into(),
+                    source: locked(),
+                }
+                .into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "rule store",
+                &["locked"],
+            ),
+            (
+                FeedError::Apply {
+                    feed: "spamhaus".into(),
+                    source: EngineError::Datapath(DatapathError::Mmap {
+                        map: "XW_V4_TBL24",
+                        source: io(),
+                    }),
+                }
+                .into(),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "last good copy stays enforced",
+                &["XW_", "os error"],
+            ),
+        ];
+        for (err, status, says, hides) in cases {
+            assert_eq!(err.status, status, "{err:?}");
+            assert!(err.detail.contains(says), "{says:?} in {err:?}");
+            for internal in hides {
+                assert!(!err.detail.contains(internal), "{internal:?} in {err:?}");
+            }
+            match &err.cause {
+                Some(cause) => {
+                    assert!(err.detail.contains(&cause.request_id), "{err:?}");
+                    let logged = cause.cause.to_lowercase();
+                    assert!(
+                        hides.iter().any(|h| logged.contains(&h.to_lowercase())),
+                        "the log gets what the answer leaves out: {err:?}"
+                    );
+                }
+                // The one 5xx whose own text is the answer.
+                None => assert!(
+                    !status.is_server_error() || status == StatusCode::INSUFFICIENT_STORAGE,
+                    "{err:?}"
+                ),
+            }
+        }
     }
 }

@@ -10,6 +10,20 @@ pub struct FakeMaps {
     pub counters: BTreeMap<RuleId, RuleCounters>,
     /// Refuse applies that would grow the block tries past this many entries.
     pub block_capacity: Option<usize>,
+    /// Fail every read of the verdict and rule counters, as a refused map syscall would.
+    pub broken_counters: bool,
+}
+
+impl FakeMaps {
+    fn check_counters(&self, map: &'static str) -> Result<(), DatapathError> {
+        if self.broken_counters {
+            return Err(DatapathError::Batch {
+                map,
+                source: std::io::Error::from_raw_os_error(libc::EPERM),
+            });
+        }
+        Ok(())
+    }
 }
 
 fn apply_trie<const N: usize>(trie: &mut TrieContents<N>, diff: &TrieDiff<N>) {
@@ -44,9 +58,11 @@ impl KernelMaps for FakeMaps {
         Ok(())
     }
     fn verdict_counts(&self, _ifindex: u32) -> Result<VerdictCounts, DatapathError> {
+        self.check_counters(map_names::VERDICTS)?;
         Ok(verdict::NAMES.iter().map(|n| (*n, 0)).collect())
     }
     fn rule_counters(&self) -> Result<BTreeMap<RuleId, RuleCounters>, DatapathError> {
+        self.check_counters(map_names::RULE_STATS)?;
         Ok(self.counters.clone())
     }
     fn drop_rule_counters(&mut self, ids: &[RuleId]) -> Result<(), DatapathError> {
