@@ -256,6 +256,11 @@ impl From<FeedError> for ApiError {
                 format!("feed {feed}: writing the last good copy failed"),
                 err,
             ),
+            // A full map is a 507 as for rules: the text says which map and what to do.
+            FeedError::Apply {
+                source: EngineError::Datapath(DatapathError::Full { .. }),
+                ..
+            } => Self::new(StatusCode::INSUFFICIENT_STORAGE, err.to_string()),
             FeedError::Apply { ref feed, .. } => Self::server(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!(
@@ -1012,10 +1017,10 @@ async fn list_feeds(State(state): State<Arc<AppState>>) -> Result<Json<FeedList>
 }
 
 /// Fetch and apply one feed now (for cron). Refused or failed fetches keep the last good copy
-/// enforced and answer 422 or 502 with the reason.
+/// enforced and answer 422 or 502 with the reason; a feed the maps cannot hold, 507.
 #[utoipa::path(post, path = "/v1/feeds/{name}/sync", params(("name" = String, Path, description = "feed name")),
     responses((status = 200, body = SyncReport), (status = 404, body = Problem), (status = 422, body = Problem),
-        (status = 502, body = Problem)))]
+        (status = 502, body = Problem), (status = 507, description = "map full", body = Problem)))]
 async fn sync_feed(
     State(state): State<Arc<AppState>>,
     name: Result<Path<String>, PathRejection>,
@@ -1880,6 +1885,17 @@ mod tests {
                 &["XW_", "os error"],
             ),
         ];
+        let full_feed: ApiError = FeedError::Apply {
+            feed: "spamhaus".into(),
+            source: EngineError::Datapath(DatapathError::Full {
+                map: "XW_BLOCK_V4",
+                capacity: 3,
+                pending: 2,
+            }),
+        }
+        .into();
+        assert_eq!(full_feed.status, StatusCode::INSUFFICIENT_STORAGE);
+        assert!(full_feed.detail.contains("is full"), "{full_feed:?}");
         for (err, status, says, hides) in cases {
             assert_eq!(err.status, status, "{err:?}");
             assert!(err.detail.contains(says), "{says:?} in {err:?}");
