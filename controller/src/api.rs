@@ -29,7 +29,7 @@ use axum::{
     http::{HeaderMap, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{MethodFilter, MethodRouter},
 };
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
@@ -45,7 +45,7 @@ use crate::{
     feeds::{FeedError, FeedManager, SyncReport},
     metrics,
     rules::{Action, Rule, RuleSource, Verdict, canonical_ip},
-    store::StoreError,
+    store::{AuditEntry, StoreError},
 };
 
 /// What handlers share.
@@ -374,10 +374,11 @@ async fn authenticate(
     info(title = "xdpwall", description = "eBPF network-defense firewall API"),
     paths(
         create_rule, list_rules, get_rule, delete_rule, batch_rules, lookup, stats, status,
-        list_feeds, sync_feed, flows, drops, metrics_endpoint, healthz, readyz
+        audit, list_feeds, sync_feed, flows, drops, metrics_endpoint, healthz, readyz, openapi
     ),
     components(schemas(RuleView, RuleBody, BatchBody, RuleList, BatchResult, LookupResult, Problem, Stats, Status,
-        FeedView, FeedList, SyncReport, FlowView, FlowList, DropView, DropList,
+        FeedView, FeedList, SyncReport, FlowView, FlowList, DropView, DropList, AuditList,
+        crate::store::AuditEntry,
         crate::crowdsec::CrowdsecStatus, crate::kernel::KernelReport, crate::kernel::FeatureState)),
     modifiers(&BearerAuth, &ProblemResponses),
     security(("bearer" = []))
@@ -411,8 +412,7 @@ impl utoipa::Modify for ProblemResponses {
                     .build(),
             )
         };
-        for (path, item) in openapi.paths.paths.iter_mut() {
-            let public = path == "/healthz" || path == "/readyz";
+        for item in openapi.paths.paths.values_mut() {
             let operations: [&mut Option<Operation>; 4] = [
                 &mut item.get,
                 &mut item.post,
@@ -420,6 +420,7 @@ impl utoipa::Modify for ProblemResponses {
                 &mut item.delete,
             ];
             for operation in operations.into_iter().flatten() {
+                let public = is_public(operation);
                 let responses = &mut operation.responses.responses;
                 for (code, response) in responses.iter_mut() {
                     if code.starts_with('2') {
@@ -467,6 +468,15 @@ impl utoipa::Modify for ProblemResponses {
     }
 }
 
+/// An operation documented with `security(())`: no token needed.
+fn is_public(operation: &utoipa::openapi::path::Operation) -> bool {
+    operation.security.as_ref().is_some_and(|requirements| {
+        requirements
+            .iter()
+            .all(|r| *r == utoipa::openapi::security::SecurityRequirement::default())
+    })
+}
+
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -478,26 +488,91 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// Who may call a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// No token (probes, the OpenAPI document).
+    Public,
+    /// A bearer token: read scope for GET, write scope for the rest ([`authenticate`]).
+    Token,
+}
+
+/// One route: a method on a path, and its handler.
+struct Route {
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the handler routes by it; the OpenAPI test reads it"
+        )
+    )]
+    method: Method,
+    path: &'static str,
+    access: Access,
+    handler: MethodRouter<Arc<AppState>>,
+}
+
+fn route<H, T>(method: Method, path: &'static str, access: Access, handler: H) -> Route
+where
+    H: axum::handler::Handler<T, Arc<AppState>>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("a method axum routes");
+    Route {
+        method,
+        path,
+        access,
+        handler: axum::routing::on(filter, handler),
+    }
+}
+
+/// Every route of the API. [`app`] builds the router from this list and nothing else, so the
+/// test `every_route_is_in_the_openapi_document` holds the OpenAPI document ([`ApiDoc`])
+/// against what the router serves: a route added here must be documented there.
+fn routes() -> Vec<Route> {
+    use Access::{Public, Token};
+    vec![
+        route(Method::GET, "/v1/rules", Token, list_rules),
+        route(Method::POST, "/v1/rules", Token, create_rule),
+        route(Method::POST, "/v1/rules/batch", Token, batch_rules),
+        route(Method::GET, "/v1/rules/{id}", Token, get_rule),
+        route(Method::DELETE, "/v1/rules/{id}", Token, delete_rule),
+        route(Method::GET, "/v1/lookup", Token, lookup),
+        route(Method::GET, "/v1/stats", Token, stats),
+        route(Method::GET, "/v1/status", Token, status),
+        route(Method::GET, "/v1/audit", Token, audit),
+        route(Method::GET, "/v1/feeds", Token, list_feeds),
+        route(Method::POST, "/v1/feeds/{name}/sync", Token, sync_feed),
+        route(Method::GET, "/v1/flows", Token, flows),
+        route(Method::GET, "/v1/drops", Token, drops),
+        // Public when `[api] metrics_auth = false` ([`authenticate`] decides).
+        route(Method::GET, "/metrics", Token, metrics_endpoint),
+        route(Method::GET, "/healthz", Public, healthz),
+        route(Method::GET, "/readyz", Public, readyz),
+        route(Method::GET, "/v1/openapi.json", Public, openapi),
+    ]
+}
+
 pub fn app(state: Arc<AppState>) -> Router {
-    let protected = Router::new()
-        .route("/v1/rules", get(list_rules).post(create_rule))
-        .route("/v1/rules/batch", axum::routing::post(batch_rules))
-        .route("/v1/rules/{id}", get(get_rule).delete(delete_rule))
-        .route("/v1/lookup", get(lookup))
-        .route("/v1/stats", get(stats))
-        .route("/v1/status", get(status))
-        .route("/v1/audit", get(audit))
-        .route("/v1/feeds", get(list_feeds))
-        .route("/v1/feeds/{name}/sync", axum::routing::post(sync_feed))
-        .route("/v1/flows", get(flows))
-        .route("/v1/drops", get(drops))
-        .route("/metrics", get(metrics_endpoint))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let (mut public, mut protected) = (Router::new(), Router::new());
+    for Route {
+        path,
+        access,
+        handler,
+        ..
+    } in routes()
+    {
+        // Two methods on one path merge into one method router.
+        match access {
+            Access::Public => public = public.route(path, handler),
+            Access::Token => protected = protected.route(path, handler),
+        }
+    }
+    let protected =
+        protected.route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(protected)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/v1/openapi.json", get(openapi))
+        .merge(public)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -1033,20 +1108,31 @@ async fn sync_feed(
     Ok(Json(report))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct AuditQuery {
+pub struct AuditQuery {
+    /// Most entries to return (default 100, at most 10000).
     limit: Option<usize>,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditList {
+    /// Newest first.
+    pub entries: Vec<AuditEntry>,
+}
+
+/// The audit log: who added, deleted or expired which rule, when and why, newest first.
+#[utoipa::path(get, path = "/v1/audit", params(AuditQuery),
+    responses((status = 200, body = AuditList)))]
 async fn audit(
     State(state): State<Arc<AppState>>,
     q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<AuditList>, ApiError> {
     let limit = query(q)?.limit.unwrap_or(100).min(10_000);
     let engine = engine(&state).await?;
     let entries = engine.audit_log(limit)?;
-    Ok(Json(serde_json::json!({ "entries": entries })))
+    Ok(Json(AuditList { entries }))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -1136,6 +1222,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", security(()),
+    responses((status = 200, description = "the OpenAPI 3.1 document", body = Object)))]
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
@@ -1917,6 +2006,99 @@ mod tests {
                     "{err:?}"
                 ),
             }
+        }
+    }
+
+    /// Every route the router serves is in the OpenAPI document with its method and its access
+    /// (token or public), the document describes no route the router lacks, and every schema
+    /// it refers to is in it. `app` builds the router from `routes()` only, and each of those
+    /// routes answers (not the fallback's 404, not 405).
+    #[tokio::test]
+    async fn every_route_is_in_the_openapi_document() {
+        const METHODS: [&str; 8] = [
+            "get", "put", "post", "delete", "patch", "head", "options", "trace",
+        ];
+        let h = harness();
+        let (status, _, doc) = h.call("GET", "/v1/openapi.json", None, None).await;
+        assert_eq!(status, StatusCode::OK);
+        let mut documented = std::collections::BTreeMap::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                if METHODS.contains(&method.as_str()) {
+                    let public = operation["security"] == json!([{}]);
+                    documented.insert((method.to_uppercase(), path.clone()), public);
+                }
+            }
+        }
+        let routed: std::collections::BTreeMap<_, _> = routes()
+            .into_iter()
+            .map(|r| {
+                (
+                    (r.method.to_string(), r.path.to_string()),
+                    r.access == Access::Public,
+                )
+            })
+            .collect();
+        let undocumented: Vec<_> = routed
+            .keys()
+            .filter(|k| !documented.contains_key(*k))
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "routes missing from the OpenAPI document (give the handler #[utoipa::path] and list \
+             it in ApiDoc's paths): {undocumented:?}"
+        );
+        let unrouted: Vec<_> = documented
+            .keys()
+            .filter(|k| !routed.contains_key(*k))
+            .collect();
+        assert!(unrouted.is_empty(), "documented, not routed: {unrouted:?}");
+        assert_eq!(
+            routed, documented,
+            "public routes must be security(()), and only they"
+        );
+
+        fn refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+            match value {
+                Value::Object(map) => {
+                    for (key, v) in map {
+                        match (key.as_str(), v) {
+                            ("$ref", Value::String(r)) => out.push(r),
+                            _ => refs(v, out),
+                        }
+                    }
+                }
+                Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        for r in all {
+            let name = r
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("unexpected $ref {r}"));
+            assert!(
+                doc["components"]["schemas"][name].is_object(),
+                "{r} is not in components.schemas"
+            );
+        }
+
+        for route in routes() {
+            let path = route
+                .path
+                .replace("{id}", "1")
+                .replace("{name}", "no-such-feed");
+            let body = (route.method == Method::POST).then(|| "{}".to_string());
+            let (status, _, answer) = h
+                .call(route.method.as_str(), &path, Some(WRITE), body)
+                .await;
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{path}");
+            assert!(
+                !answer.to_string().contains("no such endpoint"),
+                "{} {path} is not routed: {answer}",
+                route.method
+            );
         }
     }
 }

@@ -62,8 +62,9 @@ pub struct FeedState {
 }
 
 /// One audit row: who changed what, when and why.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
+    /// Unix seconds.
     pub at: i64,
     /// Token name, "config", "ttl", ...
     pub who: String,
