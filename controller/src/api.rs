@@ -721,6 +721,7 @@ pub struct BatchResult {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RuleFilter {
     /// Only rules of this list.
@@ -893,6 +894,7 @@ async fn delete_rule(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LookupQuery {
     /// IPv4 or IPv6 address.
@@ -1136,6 +1138,7 @@ async fn audit(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Most entries to return (default 1000).
@@ -2057,6 +2060,22 @@ mod tests {
             routed, documented,
             "public routes must be security(()), and only they"
         );
+        // A query struct's fields default to `in: path` when utoipa cannot see the `Query`
+        // extractor (ours are wrapped in `Result`): every path parameter must be in the path.
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                    let name = parameter["name"].as_str().unwrap();
+                    if parameter["in"] == "path" {
+                        assert!(
+                            path.contains(&format!("{{{name}}}")),
+                            "{method} {path}: {name} is documented as a path parameter; give \
+                             its struct #[into_params(parameter_in = Query)]"
+                        );
+                    }
+                }
+            }
+        }
 
         fn refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
             match value {
