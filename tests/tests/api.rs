@@ -366,3 +366,118 @@ fn real_scrape_passes_promtool_check_metrics() {
         "{metrics}"
     );
 }
+
+/// The request id in a server-side failure's detail ("... (request id 1a2b3c4d)").
+fn request_id(problem: &Value) -> String {
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    detail
+        .split("(request id ")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("no request id in {problem}"))
+        .to_string()
+}
+
+/// Asserts the answer's detail names none of `internal` (nor the state directory), and the
+/// daemon's log has an error line with the detail's request id and each of `cause`.
+fn assert_cause_logged_not_answered(
+    daemon: &Daemon,
+    problem: &Value,
+    internal: &[&str],
+    cause: &[&str],
+) {
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    let lower = detail.to_lowercase();
+    let state_dir = daemon.state_dir.display().to_string();
+    assert!(
+        !detail.contains(&state_dir),
+        "a path in the answer: {problem}"
+    );
+    for text in internal.iter().chain(&["sqlite", "os error", "xw_"]) {
+        assert!(
+            !lower.contains(&text.to_lowercase()),
+            "{text:?} in the answer: {problem}"
+        );
+    }
+    let id = request_id(problem);
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("request_id={id}")))
+        .unwrap_or_else(|| panic!("request id {id} not in the daemon's log:\n{log}"));
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains("route=/v1/rules"), "{line}");
+    for text in cause {
+        assert!(line.contains(text), "{text:?} not logged: {line}");
+    }
+}
+
+/// Real failures of the daemon, not of the request: a rule id the DIR-24 leaves cannot hold
+/// (a 500 from the kernel-map layer) and a store another process holds the write lock of (a
+/// 503 from SQLite). The answers give a category and a request id, no SQLite message, path,
+/// map name or errno; the daemon's log has the cause under that id, with the route.
+#[test]
+fn server_failures_answer_without_internal_text_and_log_the_cause() {
+    require_privileges!();
+    let lab = Lab::new("api500").unwrap();
+    let daemon = Daemon::start(&lab, "api500", "ipv4_lookup = \"dir24\"").unwrap();
+    let store = daemon.state_dir.join("rules.sqlite");
+    let db = rusqlite::Connection::open(&store).unwrap();
+
+    // The next rule id is 1 << 28, one more than a DIR-24 leaf holds.
+    db.execute_batch(
+        "DELETE FROM sqlite_sequence WHERE name = 'rules';
+         INSERT INTO sqlite_sequence (name, seq) VALUES ('rules', 268435455);",
+    )
+    .unwrap();
+    let (status, problem) = daemon
+        .post_json("/v1/rules", &json!({"cidr": "203.0.113.64/26"}))
+        .unwrap();
+    eprintln!("rule id past the DIR-24 leaves: {status} {problem}");
+    assert_eq!(status, 500, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("internal error"),
+        "{problem}"
+    );
+    assert_cause_logged_not_answered(
+        &daemon,
+        &problem,
+        &["28-bit", "268435456", "dir-24"],
+        &["28-bit", "268435456"],
+    );
+    assert_eq!(
+        lab.ping(BLOCKED_V4, FW_V4, PINGS).unwrap(),
+        PINGS,
+        "the failed rule is not enforced"
+    );
+
+    // Another process holds the store's write lock: 503 after the busy timeout.
+    db.execute_batch("DELETE FROM sqlite_sequence WHERE name = 'rules'; BEGIN EXCLUSIVE")
+        .unwrap();
+    let (status, problem) = daemon
+        .post_json("/v1/rules", &json!({"cidr": "203.0.113.64/26"}))
+        .unwrap();
+    eprintln!("store locked by another process: {status} {problem}");
+    assert_eq!(status, 503, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("rule store cannot be read or written"),
+        "the category is given: {problem}"
+    );
+    assert_cause_logged_not_answered(
+        &daemon,
+        &problem,
+        &["locked", "database"],
+        &["database is locked"],
+    );
+    db.execute_batch("ROLLBACK").unwrap();
+    let (status, rule) = daemon
+        .post_json("/v1/rules", &json!({"cidr": "203.0.113.64/26"}))
+        .unwrap();
+    assert_eq!(status, 201, "{rule}");
+}
