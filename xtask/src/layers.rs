@@ -1,7 +1,8 @@
 //! `cargo xtask lint`'s layer check of the controller: every module of `controller/src` sits in
 //! one layer of [`LAYERS`], may import (`use crate::…` or a `crate::…` path, outside
 //! `#[cfg(test)]`) only modules of its own layer or below, and no two modules import each
-//! other, directly or round a circle. A submodule (`loader/retired.rs`) counts as its parent.
+//! other, directly or round a circle. A submodule (`loader/retired.rs`) counts as its parent;
+//! test code (`#[cfg(test)]` parts, `tests.rs` files, `tests/` folders) is not checked.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -114,11 +115,21 @@ fn collect(dir: &Path, files: &mut Vec<std::path::PathBuf>) -> anyhow::Result<()
         let path = entry?.path();
         if path.is_dir() {
             collect(&path, files)?;
-        } else if path.extension().is_some_and(|e| e == "rs") {
+        } else if path.extension().is_some_and(|e| e == "rs") && !is_test_code(&path) {
             files.push(path);
         }
     }
     Ok(())
+}
+
+/// A module's tests may live beside it (`engine/tests.rs`, `api/tests/…`): test code may
+/// import from any layer, as the `#[cfg(test)]` part of a file may.
+fn is_test_code(path: &Path) -> bool {
+    path.file_stem().is_some_and(|s| s == "tests")
+        || path
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|d| d == "tests")
 }
 
 /// The first segment of every `crate::` path in `code`, including each top-level item of a
