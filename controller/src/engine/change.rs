@@ -1,0 +1,279 @@
+//! The write path of stored rules (API, config, TTL, external lists). A change goes, in
+//! order: [`write_rows`] to a store transaction → [`owners_after`] the change →
+//! [`apply_ingress`] (the trie diff those owners give) → refill the egress watchlist → commit →
+//! [`Engine::settle_change`] (the in-memory view). If the kernel refuses the ingress diff, the
+//! maps roll themselves back and the transaction is dropped; if the watchlist or the commit
+//! fails, the steps already taken are undone ([`roll_back_watchlist_failure`],
+//! [`Engine::roll_back_commit_failure`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tracing::warn;
+
+use super::{
+    ApplyReport, Engine, EngineError,
+    owners::{Owners, diff_for, owners_slot},
+    watchlist::EgressWatch,
+};
+use crate::{
+    datapath::{DatapathError, KernelMaps},
+    rules::{Action, FeedSet, MapContents, MapDiff, Rule, RuleId, TrieContents, TrieDiff},
+    store::{AuditEntry, NewRule, StoreError, StoreTx},
+};
+
+/// Who makes a change and how the audit log words it.
+struct AuditNote<'a> {
+    at: i64,
+    who: &'a str,
+    /// Why, on every row; empty: each added rule's own reason.
+    why: &'a str,
+    /// The audit verb of a removal ("delete", "expire").
+    remove_verb: &'a str,
+}
+
+/// The rows a change wrote to the store transaction, not committed yet.
+struct Written {
+    removed: Vec<Rule>,
+    inserted: Vec<Rule>,
+}
+
+impl Written {
+    fn touches_watch(&self) -> bool {
+        self.inserted
+            .iter()
+            .chain(&self.removed)
+            .any(|r| r.action == Action::Watch)
+    }
+}
+
+/// The ingress trie diff of a change, and what the keys it touches held before it (what an
+/// undo restores).
+struct IngressDiff {
+    diff: MapDiff,
+    before: MapContents,
+}
+
+impl IngressDiff {
+    fn new(applied: &MapContents, touched: &Owners) -> Self {
+        let diff = diff_for(applied, touched);
+        let before = applied.clone_touched(&diff);
+        Self { diff, before }
+    }
+
+    /// Puts the kernel back to what the touched keys held before the diff.
+    fn undo(&self, maps: &mut dyn KernelMaps) -> Result<(), DatapathError> {
+        let after = self.before.with_diff(&self.diff);
+        let undo = MapDiff::between(&after, &self.before);
+        maps.apply(&undo, &after)
+    }
+
+    fn report(&self) -> ApplyReport {
+        ApplyReport {
+            inserted: self.diff.upserts(),
+            removed: self.diff.removes(),
+        }
+    }
+}
+
+impl Engine {
+    /// Inserts `add` and deletes `remove` in one store transaction and one kernel diff.
+    pub(super) fn change(
+        &mut self,
+        add: &[NewRule],
+        remove: &[RuleId],
+        who: &str,
+        why: &str,
+        remove_verb: &str,
+        now: i64,
+    ) -> Result<(Vec<Rule>, ApplyReport), EngineError> {
+        let note = AuditNote {
+            at: now,
+            who,
+            why,
+            remove_verb,
+        };
+        let tx = self.store.transaction()?;
+        let written = write_rows(&tx, &self.rules, add, remove, &note)?;
+        let touched = owners_after(&self.owners, &written);
+        let ingress = IngressDiff::new(&self.applied, &touched);
+        apply_ingress(self.maps.as_mut(), &ingress)?; // on error: maps rolled back, tx dropped
+        let touches_watch = written.touches_watch();
+        if touches_watch {
+            let removed_ids: BTreeSet<RuleId> = written.removed.iter().map(|r| r.id).collect();
+            let synced = self
+                .watch
+                .sync(&self.rules, &self.feeds, &written.inserted, &removed_ids);
+            if let Err(err) = synced {
+                roll_back_watchlist_failure(
+                    self.maps.as_mut(),
+                    &mut self.watch,
+                    &self.rules,
+                    &self.feeds,
+                    &ingress,
+                );
+                return Err(err.into());
+            }
+        }
+        if let Err(err) = tx.commit() {
+            self.roll_back_commit_failure(touches_watch, &ingress);
+            return Err(err.into());
+        }
+        let report = ingress.report();
+        self.settle_change(&written, touched, &ingress.diff)?;
+        Ok((written.inserted, report))
+    }
+
+    /// After the commit: the in-memory view (trie contents, owners, rules) takes the change, and
+    /// the counters of removed rules go.
+    fn settle_change(
+        &mut self,
+        written: &Written,
+        touched: Owners,
+        diff: &MapDiff,
+    ) -> Result<(), EngineError> {
+        self.applied.apply_diff(diff);
+        self.settle_owners(touched);
+        for rule in &written.removed {
+            self.rules.remove(&rule.id);
+        }
+        for rule in &written.inserted {
+            self.rules.insert(rule.id, rule.clone());
+        }
+        let gone: Vec<RuleId> = written.removed.iter().map(|r| r.id).collect();
+        if !gone.is_empty() {
+            self.maps.drop_rule_counters(&gone)?;
+        }
+        Ok(())
+    }
+
+    /// The store did not commit: the watchlist and the kernel go back to the rules as they
+    /// were, so kernel and store agree again.
+    fn roll_back_commit_failure(&mut self, touches_watch: bool, ingress: &IngressDiff) {
+        if touches_watch
+            && let Err(undo_err) = self
+                .watch
+                .sync(&self.rules, &self.feeds, &[], &BTreeSet::new())
+        {
+            warn!(error = %undo_err, "could not revert the watchlist after a failed store commit");
+        }
+        if let Err(undo_err) = ingress.undo(self.maps.as_mut()) {
+            warn!(error = %undo_err, "could not revert the kernel after a failed store commit");
+        }
+    }
+}
+
+/// Deletes `remove` and inserts `add` in the store transaction, each with its audit entry.
+fn write_rows(
+    tx: &StoreTx<'_>,
+    rules: &BTreeMap<RuleId, Rule>,
+    add: &[NewRule],
+    remove: &[RuleId],
+    note: &AuditNote<'_>,
+) -> Result<Written, StoreError> {
+    // Removes first: a rule replaced by one with the same (cidr, action, list) but a new
+    // expiry ([`Engine::apply_list`]) must leave the store before its successor goes in.
+    let mut removed = Vec::with_capacity(remove.len());
+    for id in remove {
+        if let Some(rule) = rules.get(id) {
+            tx.delete(*id)?;
+            tx.audit(&audit(note.at, note.who, note.remove_verb, rule, note.why))?;
+            removed.push(rule.clone());
+        }
+    }
+    let mut inserted = Vec::with_capacity(add.len());
+    for new in add {
+        let rule = tx.insert(new, note.at)?;
+        let why = if note.why.is_empty() {
+            &rule.reason
+        } else {
+            note.why
+        };
+        tx.audit(&audit(note.at, note.who, "add", &rule, why))?;
+        inserted.push(rule);
+    }
+    Ok(Written { removed, inserted })
+}
+
+/// The owners the change leaves, for the (cidr, action) keys it touches only.
+fn owners_after(current: &Owners, written: &Written) -> Owners {
+    let mut touched = Owners::default();
+    for rule in &written.inserted {
+        owners_slot(&mut touched, current, (rule.cidr, rule.action)).insert(rule.id);
+    }
+    for rule in &written.removed {
+        owners_slot(&mut touched, current, (rule.cidr, rule.action)).remove(&rule.id);
+    }
+    touched
+}
+
+/// Applies the ingress diff; on error the maps have rolled themselves back.
+fn apply_ingress(maps: &mut dyn KernelMaps, ingress: &IngressDiff) -> Result<(), DatapathError> {
+    if ingress.diff.is_empty() {
+        return Ok(());
+    }
+    maps.apply(&ingress.diff, &ingress.before)
+}
+
+/// The watchlist refused the change: the kernel and the watchlist go back to the rules as they
+/// were (the transaction is dropped by the caller).
+fn roll_back_watchlist_failure(
+    maps: &mut dyn KernelMaps,
+    watch: &mut EgressWatch,
+    rules: &BTreeMap<RuleId, Rule>,
+    feeds: &BTreeMap<String, FeedSet>,
+    ingress: &IngressDiff,
+) {
+    if !ingress.diff.is_empty()
+        && let Err(undo_err) = ingress.undo(maps)
+    {
+        warn!(error = %undo_err, "could not revert the kernel after a failed watchlist update");
+    }
+    if let Err(undo_err) = watch.sync(rules, feeds, &[], &BTreeSet::new()) {
+        warn!(error = %undo_err, "could not revert the watchlist");
+    }
+}
+
+fn audit(at: i64, who: &str, what: &str, rule: &Rule, why: &str) -> AuditEntry {
+    AuditEntry {
+        at,
+        who: who.to_string(),
+        what: what.to_string(),
+        rule_id: rule.id,
+        cidr: rule.cidr.to_string(),
+        action: rule.action.to_string(),
+        list: rule.list.clone(),
+        why: why.to_string(),
+    }
+}
+
+impl MapContents {
+    /// The current values of the keys `diff` touches (what a rollback must restore).
+    pub(super) fn clone_touched(&self, diff: &MapDiff) -> MapContents {
+        fn pick<const N: usize>(from: &TrieContents<N>, diff: &TrieDiff<N>) -> TrieContents<N> {
+            diff.keys()
+                .filter_map(|k| from.get(k).map(|v| (*k, *v)))
+                .collect()
+        }
+        MapContents {
+            allow_v4: pick(&self.allow_v4, &diff.allow_v4),
+            allow_v6: pick(&self.allow_v6, &diff.allow_v6),
+            block_v4: pick(&self.block_v4, &diff.block_v4),
+            block_v6: pick(&self.block_v6, &diff.block_v6),
+        }
+    }
+
+    /// These contents with `diff` applied (for small, touched-only contents).
+    fn with_diff(&self, diff: &MapDiff) -> MapContents {
+        let mut out = self.clone();
+        out.apply_diff(diff);
+        out
+    }
+
+    /// Applies `diff` in place.
+    pub(super) fn apply_diff(&mut self, diff: &MapDiff) {
+        diff.allow_v4.apply_to(&mut self.allow_v4);
+        diff.allow_v6.apply_to(&mut self.allow_v6);
+        diff.block_v4.apply_to(&mut self.block_v4);
+        diff.block_v6.apply_to(&mut self.block_v6);
+    }
+}

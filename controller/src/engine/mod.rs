@@ -1,0 +1,465 @@
+//! The rules engine: the one owner of the rule set, the store and the kernel maps.
+//!
+//! Every change follows the same order: validate → write to a store transaction → apply the
+//! resulting trie diff to the kernel → commit. If the kernel refuses (e.g. a full map), the
+//! transaction is dropped and the maps are rolled back; if the commit fails, the kernel change is
+//! reverted. So the API never confirms a rule that is not both enforced and durable, and a failed
+//! change leaves nothing half-applied.
+//!
+//! This file holds the [`Engine`] and its public calls; the parts it is made of:
+//! - [`requests`]: what callers ask and what the engine answers, and the checks a request passes
+//! - [`lists`]: whole lists kept by someone else (an external decision engine, a feed)
+//! - [`change`]: the write path of stored rules, step by step, with its rollbacks
+//! - [`owners`]: which rule owns each trie entry, and the kernel diff that follows
+//! - [`watchlist`]: the egress watchlist the engine keeps filled
+
+mod change;
+mod lists;
+mod owners;
+mod requests;
+mod watchlist;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+use tracing::info;
+use xdpwall_shared::{DatapathConfig, RuleCounters};
+
+pub use self::{
+    lists::{LIST_TTL_SLACK, ListBlock, ListChange, ListReport},
+    requests::{
+        Added, ApplyReport, MAX_TTL, MIN_BLOCK_PREFIX_V4, MIN_BLOCK_PREFIX_V6, RuleRequest,
+        StaticRule, config_rules, parse_ttl,
+    },
+};
+use self::{owners::Owners, watchlist::EgressWatch};
+use crate::{
+    datapath::{DatapathError, KernelMaps, VerdictCounts},
+    egress::WatchMaps,
+    loader::Attachment,
+    rules::{
+        Action, FeedSet, MapContents, MapDiff, Rule, RuleId, RuleSource, Verdict, canonical_ip,
+        decide,
+    },
+    store::{AuditEntry, NewRule, Store, StoreError},
+};
+
+/// Rule ids of feeds start here, so they never collide with ids the store assigns to rules.
+/// A feed is one "rule" for counters and metrics (`rule = "feed:NAME"`), however many entries.
+pub const FEED_ID_BASE: RuleId = xdpwall_shared::FEED_ID_BASE;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The request itself is wrong (bad CIDR, TTL, list name...).
+    #[error("{0}")]
+    Invalid(String),
+    /// A block that could lock operators out, refused without `force`.
+    #[error("{0}")]
+    LockOut(String),
+    #[error("rule {0} does not exist")]
+    NotFound(RuleId),
+    /// The change conflicts with how the rule is managed (e.g. deleting a config rule).
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The rule set (stored rules and feed contents) with the store and the kernel maps that
+/// hold it; every change to any of them goes through here.
+pub struct Engine {
+    maps: Box<dyn KernelMaps>,
+    store: Store,
+    attachments: Vec<Attachment>,
+    rules: BTreeMap<RuleId, Rule>,
+    /// Rules by (cidr, action): the lowest id owns the trie entry.
+    owners: Owners,
+    /// What the kernel tries hold (kept equal to `MapContents::from_rules(rules)`).
+    applied: MapContents,
+    management: Vec<IpNet>,
+    feeds: BTreeMap<String, FeedSet>,
+    /// The egress watchlist (watch rules and watch feeds).
+    watch: EgressWatch,
+}
+
+impl Engine {
+    /// Loads the rules from the store and makes the kernel maps match them, as a diff against
+    /// what the (possibly pinned, pre-existing) maps hold.
+    /// `feeds` are the last good copies, applied in the same reconcile so a restart never
+    /// removes feed entries from the kernel, even for a moment.
+    pub fn open(
+        maps: Box<dyn KernelMaps>,
+        store: Store,
+        attachments: Vec<Attachment>,
+        feeds: Vec<FeedSet>,
+    ) -> Result<(Self, ApplyReport), EngineError> {
+        let rules: BTreeMap<RuleId, Rule> = store.rules()?.into_iter().map(|r| (r.id, r)).collect();
+        let applied = maps.contents()?;
+        let mut engine = Self {
+            maps,
+            store,
+            attachments,
+            owners: Owners::default(),
+            rules: BTreeMap::new(),
+            applied,
+            management: Vec::new(),
+            feeds: BTreeMap::new(),
+            watch: EgressWatch::default(),
+        };
+        for feed in feeds {
+            for entry in &feed.entries {
+                engine
+                    .owners
+                    .entry((*entry, feed.action))
+                    .or_default()
+                    .insert(feed.id);
+            }
+            engine.feeds.insert(feed.name.clone(), feed);
+        }
+        for rule in rules.values() {
+            engine
+                .owners
+                .entry((rule.cidr, rule.action))
+                .or_default()
+                .insert(rule.id);
+        }
+        engine.rules = rules;
+        let report = engine.reconcile()?;
+        Ok((engine, report))
+    }
+
+    /// Makes the kernel tries equal to what the rules say (full diff).
+    pub fn reconcile(&mut self) -> Result<ApplyReport, EngineError> {
+        let mut desired = MapContents::from_rules(self.rules.values());
+        for feed in self.feeds.values() {
+            for entry in &feed.entries {
+                desired.insert(*entry, feed.action, feed.id);
+            }
+        }
+        let diff = MapDiff::between(&self.applied, &desired);
+        // Applied even when empty: a DIR-24 table repaints itself on its first apply, which
+        // also clears what a previous daemon left for rules deleted meanwhile.
+        self.maps.apply(&diff, &self.applied)?;
+        self.applied = desired;
+        Ok(ApplyReport {
+            inserted: diff.upserts(),
+            removed: diff.removes(),
+        })
+    }
+
+    /// Hands over the egress watchlist and fills it from the watch rules and feeds; from now
+    /// on every change to watch rules reaches it before the change is confirmed.
+    pub fn set_watchlist(
+        &mut self,
+        maps: Box<dyn WatchMaps>,
+        block_lists: BTreeSet<String>,
+    ) -> Result<(), EngineError> {
+        self.watch.attach(maps, block_lists);
+        Ok(self.sync_watch()?)
+    }
+
+    /// Makes the watchlist hold the watch rules and watch feeds.
+    fn sync_watch(&mut self) -> Result<(), DatapathError> {
+        self.watch
+            .sync(&self.rules, &self.feeds, &[], &BTreeSet::new())
+    }
+
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+
+    pub fn set_datapath_config(&mut self, config: DatapathConfig) -> Result<(), DatapathError> {
+        self.maps.set_config(config)
+    }
+
+    pub fn datapath_config(&self) -> Result<DatapathConfig, DatapathError> {
+        self.maps.config()
+    }
+
+    /// Entries in the DIR-24 long-prefix hash, or `None` with the LPM engine.
+    pub fn dir24_long_entries(&self) -> Option<usize> {
+        self.maps.dir24_long_entries()
+    }
+
+    /// The IPv4 lookup engine the kernel maps are maintained for.
+    pub fn ipv4_lookup(&self) -> crate::datapath::Ipv4Lookup {
+        self.maps.ipv4_lookup()
+    }
+
+    /// The IPv6 lookup engine the kernel maps are maintained for.
+    pub fn ipv6_lookup(&self) -> crate::datapath::Ipv6Lookup {
+        self.maps.ipv6_lookup()
+    }
+
+    /// Entries per generation of the IPv6 hash engine, or `None` with the LPM engine.
+    pub fn v6_hash_entries(&self) -> Option<crate::datapath::V6HashEntries> {
+        self.maps.v6_hash_entries()
+    }
+
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.values()
+    }
+
+    pub fn rule(&self, id: RuleId) -> Option<&Rule> {
+        self.rules.get(&id)
+    }
+
+    pub fn management(&self) -> &[IpNet] {
+        &self.management
+    }
+
+    /// Which rule decides `ip`, by the same logic as the datapath. A feed entry is reported as
+    /// a rule with the feed's id, the entry's CIDR and the feed's name as list.
+    pub fn lookup(&self, ip: IpAddr) -> (Verdict, Option<Rule>) {
+        let ip = canonical_ip(ip);
+        let feed_hits: Vec<Rule> = self
+            .feeds
+            .values()
+            .flat_map(|feed| {
+                feed.entries
+                    .iter()
+                    .filter(move |e| e.contains(&ip))
+                    .map(move |entry| Rule {
+                        id: feed.id,
+                        cidr: *entry,
+                        action: feed.action,
+                        list: feed.name.clone(),
+                        reason: format!("feed {}", feed.name),
+                        source: RuleSource::Feed,
+                        created_at: 0,
+                        expires_at: None,
+                    })
+            })
+            .collect();
+        let (verdict, rule) = decide(self.rules.values().chain(&feed_hits), ip);
+        (verdict, rule.cloned())
+    }
+
+    pub fn feed(&self, name: &str) -> Option<&FeedSet> {
+        self.feeds.get(name)
+    }
+
+    pub fn feed_by_id(&self, id: RuleId) -> Option<&FeedSet> {
+        self.feeds.values().find(|f| f.id == id)
+    }
+
+    pub fn feeds(&self) -> impl Iterator<Item = &FeedSet> {
+        self.feeds.values()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.store.audit_log(limit)
+    }
+
+    /// Makes the config-sourced rules (management allows and `[[rules]]`) in the store equal to
+    /// `wanted`: adds the missing, removes the ones no longer configured. Audited as "config".
+    pub fn sync_config(
+        &mut self,
+        management: Vec<IpNet>,
+        wanted: Vec<NewRule>,
+        now: i64,
+    ) -> Result<ApplyReport, EngineError> {
+        self.management = management;
+        let wanted_keys: BTreeSet<(IpNet, Action, String)> = wanted
+            .iter()
+            .map(|r| (r.cidr, r.action, r.list.clone()))
+            .collect();
+        let stale: Vec<RuleId> = self
+            .rules
+            .values()
+            .filter(|r| {
+                r.source == RuleSource::Config
+                    && !wanted_keys.contains(&(r.cidr, r.action, r.list.clone()))
+            })
+            .map(|r| r.id)
+            .collect();
+        let missing: Vec<NewRule> = wanted
+            .into_iter()
+            .filter(|w| {
+                !self
+                    .rules
+                    .values()
+                    .any(|r| r.cidr == w.cidr && r.action == w.action && r.list == w.list)
+            })
+            .collect();
+        if stale.is_empty() && missing.is_empty() {
+            return Ok(ApplyReport::default());
+        }
+        let (_, report) = self.change(&missing, &stale, "config", "config file", "delete", now)?;
+        Ok(report)
+    }
+
+    /// Adds rules all or nothing: one invalid request fails the whole call with its index.
+    pub fn add(
+        &mut self,
+        requests: &[RuleRequest],
+        who: &str,
+        client: Option<IpAddr>,
+        now: i64,
+    ) -> Result<Vec<Added>, EngineError> {
+        let mut new_rules = Vec::with_capacity(requests.len());
+        for (i, request) in requests.iter().enumerate() {
+            let prefix = if requests.len() > 1 {
+                format!("rules[{i}]: ")
+            } else {
+                String::new()
+            };
+            let rule = self.validate(request, client, now).map_err(|e| match e {
+                EngineError::Invalid(m) => EngineError::Invalid(format!("{prefix}{m}")),
+                EngineError::LockOut(m) => EngineError::LockOut(format!("{prefix}{m}")),
+                other => other,
+            })?;
+            new_rules.push(rule);
+        }
+        // Idempotence: an existing (cidr, action, list) is returned as is; duplicates inside one
+        // request collapse to the rule inserted for their first occurrence.
+        enum Plan {
+            Existing(Rule),
+            New(usize),
+            Duplicate(usize),
+        }
+        // Both look-ups are hashed: a batch of n rules costs O(n), not O(n²).
+        let mut to_insert: Vec<NewRule> = Vec::new();
+        let mut first_in_request: HashMap<(IpNet, Action, String), usize> = HashMap::new();
+        let mut plan = Vec::with_capacity(new_rules.len());
+        for rule in new_rules {
+            if let Some(existing) = self.find(rule.cidr, rule.action, &rule.list) {
+                plan.push(Plan::Existing(existing.clone()));
+                continue;
+            }
+            let key = (rule.cidr, rule.action, rule.list.clone());
+            match first_in_request.get(&key) {
+                Some(&pos) => plan.push(Plan::Duplicate(pos)),
+                None => {
+                    first_in_request.insert(key, to_insert.len());
+                    plan.push(Plan::New(to_insert.len()));
+                    to_insert.push(rule);
+                }
+            }
+        }
+        let (inserted, _) = self.change(&to_insert, &[], who, "", "delete", now)?;
+        Ok(plan
+            .into_iter()
+            .map(|p| match p {
+                Plan::Existing(rule) => Added {
+                    rule,
+                    created: false,
+                },
+                Plan::New(i) => Added {
+                    rule: inserted[i].clone(),
+                    created: true,
+                },
+                Plan::Duplicate(i) => Added {
+                    rule: inserted[i].clone(),
+                    created: false,
+                },
+            })
+            .collect())
+    }
+
+    /// Replaces every rule with `rules` in one change (tests and benchmarks load whole sets).
+    /// Repeated (cidr, action, list) triples are stored once.
+    pub fn replace_all(
+        &mut self,
+        rules: Vec<NewRule>,
+        who: &str,
+        now: i64,
+    ) -> Result<Vec<Rule>, EngineError> {
+        let mut seen = std::collections::HashSet::new();
+        let rules: Vec<NewRule> = rules
+            .into_iter()
+            .filter(|r| seen.insert((r.cidr, r.action, r.list.clone())))
+            .collect();
+        // Rules already present stay as they are (same id, no write); the rest is a diff.
+        let mut keep = std::collections::HashSet::new();
+        let add: Vec<NewRule> = rules
+            .iter()
+            .filter(|r| match self.find(r.cidr, r.action, &r.list) {
+                Some(existing) => {
+                    keep.insert(existing.id);
+                    false
+                }
+                None => true,
+            })
+            .cloned()
+            .collect();
+        let remove: Vec<RuleId> = self
+            .rules
+            .keys()
+            .copied()
+            .filter(|id| !keep.contains(id))
+            .collect();
+        self.change(&add, &remove, who, "replace", "delete", now)?;
+        Ok(rules
+            .iter()
+            .filter_map(|r| self.find(r.cidr, r.action, &r.list).cloned())
+            .collect())
+    }
+
+    /// Deletes an API rule.
+    pub fn delete(&mut self, id: RuleId, who: &str, now: i64) -> Result<Rule, EngineError> {
+        let rule = self
+            .rules
+            .get(&id)
+            .ok_or(EngineError::NotFound(id))?
+            .clone();
+        if rule.source == RuleSource::Config {
+            return Err(EngineError::Conflict(format!(
+                "rule {id} ({}) comes from the config file: remove it there and restart xdpwall",
+                rule.cidr
+            )));
+        }
+        self.change(&[], &[id], who, "", "delete", now)?;
+        Ok(rule)
+    }
+
+    /// Removes every rule whose TTL has passed; audited as "ttl".
+    pub fn expire(&mut self, now: i64) -> Result<Vec<Rule>, EngineError> {
+        let expired: Vec<RuleId> = self
+            .rules
+            .values()
+            .filter(|r| r.expires_at.is_some_and(|t| t <= now))
+            .map(|r| r.id)
+            .collect();
+        if expired.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rules: Vec<Rule> = expired.iter().map(|id| self.rules[id].clone()).collect();
+        self.change(&[], &expired, "ttl", "expired", "expire", now)?;
+        for rule in &rules {
+            info!(rule = rule.id, cidr = %rule.cidr, action = %rule.action, "rule expired");
+        }
+        Ok(rules)
+    }
+
+    pub fn verdict_counts(&self) -> Result<Vec<(Attachment, VerdictCounts)>, DatapathError> {
+        self.attachments
+            .iter()
+            .map(|a| Ok((a.clone(), self.maps.verdict_counts(a.ifindex)?)))
+            .collect()
+    }
+
+    /// Verdict counters of any ifindex (also ones the engine did not attach to, e.g. the
+    /// loopback device BPF_PROG_TEST_RUN reports).
+    pub fn datapath_verdict_counts(&self, ifindex: u32) -> Result<VerdictCounts, DatapathError> {
+        self.maps.verdict_counts(ifindex)
+    }
+
+    pub fn rule_counters(&self) -> Result<BTreeMap<RuleId, RuleCounters>, DatapathError> {
+        self.maps.rule_counters()
+    }
+
+    /// Entries held in the kernel tries.
+    pub fn applied(&self) -> &MapContents {
+        &self.applied
+    }
+}

@@ -1,0 +1,121 @@
+//! Rule ownership: every (cidr, action) the rules and feeds name, with the ids that name it.
+//! The lowest id owns the trie entry, so the kernel diff of a change follows from the owners
+//! it leaves for the keys it touches.
+
+use ipnet::IpNet;
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
+
+use super::Engine;
+use crate::rules::{Action, MapContents, MapDiff, Rule, RuleId, key_v4, key_v6};
+
+/// Rule ids per (cidr, action); the lowest id owns the trie entry. A fast non-cryptographic
+/// hash: the keys are the operator's own rules and feed entries, and a full load hashes a
+/// million of them.
+pub(super) type Owners = FxHashMap<(IpNet, Action), OwnerIds>;
+
+/// The rules naming one (cidr, action), sorted; almost always one, so no allocation for it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct OwnerIds(SmallVec<[RuleId; 2]>);
+
+impl OwnerIds {
+    /// The owner of the trie entry: the lowest id.
+    fn first(&self) -> Option<RuleId> {
+        self.0.first().copied()
+    }
+
+    pub(super) fn insert(&mut self, id: RuleId) {
+        if let Err(at) = self.0.binary_search(&id) {
+            self.0.insert(at, id);
+        }
+    }
+
+    pub(super) fn remove(&mut self, id: &RuleId) {
+        if let Ok(at) = self.0.binary_search(id) {
+            self.0.remove(at);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &RuleId> {
+        self.0.iter()
+    }
+}
+
+/// The owners of `key` as a change will leave them, seeded from the current owners.
+// Inlined: called once per feed entry, and as a call it made each iteration wait for the
+// cache miss of the entry it had just written (a million-entry load took twice as long).
+#[inline(always)]
+pub(super) fn owners_slot<'a>(
+    touched: &'a mut Owners,
+    current: &Owners,
+    key: (IpNet, Action),
+) -> &'a mut OwnerIds {
+    touched
+        .entry(key)
+        .or_insert_with(|| current.get(&key).cloned().unwrap_or_default())
+}
+
+/// The trie diff that gives each touched key its new owner (or removes it).
+pub(super) fn diff_for(applied: &MapContents, touched: &Owners) -> MapDiff {
+    // Collected unordered, then sorted once: building the ordered maps from sorted input is a
+    // bulk build instead of a million random-order inserts (a full feed load touches them all).
+    let mut desired = Vec::with_capacity(touched.len());
+    let mut current = Vec::new();
+    for ((cidr, action), ids) in touched {
+        if let Some(owner) = ids.first() {
+            desired.push((*cidr, *action, owner));
+        }
+        let existing = match (cidr, action) {
+            (IpNet::V4(n), Action::Allow) => applied.allow_v4.get(&key_v4(*n)).copied(),
+            (IpNet::V6(n), Action::Allow) => applied.allow_v6.get(&key_v6(*n)).copied(),
+            (IpNet::V4(n), Action::Block) => applied.block_v4.get(&key_v4(*n)).copied(),
+            (IpNet::V6(n), Action::Block) => applied.block_v6.get(&key_v6(*n)).copied(),
+            (_, Action::Watch) => None,
+        };
+        if let Some(id) = existing {
+            current.push((*cidr, *action, id));
+        }
+    }
+    MapDiff::between(
+        &MapContents::from_entries(current),
+        &MapContents::from_entries(desired),
+    )
+}
+
+impl Engine {
+    /// The stored rule with this (cidr, action, list), through the owners index.
+    pub(super) fn find(&self, cidr: IpNet, action: Action, list: &str) -> Option<&Rule> {
+        self.owners
+            .get(&(cidr, action))?
+            .iter()
+            .filter_map(|id| self.rules.get(id))
+            .find(|r| r.list == list)
+    }
+
+    /// Records the owners a committed change left for the keys it touched.
+    pub(super) fn settle_owners(&mut self, mut touched: Owners) {
+        if touched.len() > self.owners.len() {
+            // A feed's first load touches more keys than exist: keep the bigger map and fold the
+            // smaller one in, instead of a million inserts into the smaller.
+            std::mem::swap(&mut self.owners, &mut touched);
+            for (key, ids) in touched {
+                // Keys in both: the touched (now held) value is the newer one.
+                self.owners.entry(key).or_insert(ids);
+            }
+            self.owners.retain(|_, ids| !ids.is_empty());
+            return;
+        }
+        self.owners.reserve(touched.len());
+        for (key, ids) in touched {
+            if ids.is_empty() {
+                self.owners.remove(&key);
+            } else {
+                self.owners.insert(key, ids);
+            }
+        }
+    }
+}

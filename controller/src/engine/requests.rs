@@ -1,0 +1,176 @@
+//! What callers ask of the engine and what it answers: rule requests, config rules, reports,
+//! and the checks a request passes (CIDR, list, TTL, the lock-out guard) before it becomes a
+//! rule to store.
+
+use std::{net::IpAddr, time::Duration};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::{Engine, EngineError};
+use crate::{
+    rules::{Action, Rule, RuleSource, canonical_ip, normalize_cidr, validate_list},
+    store::NewRule,
+};
+
+/// Shortest prefixes a block may have without `force` (anything broader is a likely mistake).
+pub const MIN_BLOCK_PREFIX_V4: u8 = 8;
+/// See [`MIN_BLOCK_PREFIX_V4`].
+pub const MIN_BLOCK_PREFIX_V6: u8 = 16;
+
+/// A rule from the config file (`[[rules]]`): enforced while it is listed there.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticRule {
+    pub cidr: String,
+    #[serde(default = "default_action")]
+    pub action: Action,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default = "default_config_list")]
+    pub list: String,
+}
+
+fn default_action() -> Action {
+    Action::Block
+}
+fn default_config_list() -> String {
+    "config".to_string()
+}
+
+/// Longest accepted TTL.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// One rule as requested over the API or CLI.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleRequest {
+    pub cidr: String,
+    pub action: Option<Action>,
+    pub list: Option<String>,
+    pub ttl: Option<String>,
+    pub reason: Option<String>,
+    pub force: bool,
+}
+
+/// Result of adding one rule: the stored rule, and whether it is new (false: it already existed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Added {
+    pub rule: Rule,
+    pub created: bool,
+}
+
+/// Result of one apply: how many trie entries changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ApplyReport {
+    pub inserted: usize,
+    pub removed: usize,
+}
+
+/// Parses a TTL such as "90s", "15m", "4h" or "7d".
+pub fn parse_ttl(ttl: &str) -> Result<Duration, EngineError> {
+    let d = humantime::parse_duration(ttl.trim()).map_err(|e| {
+        EngineError::Invalid(format!(
+            "ttl {ttl:?} is not a duration ({e}); use e.g. \"90s\", \"15m\", \"4h\", \"7d\""
+        ))
+    })?;
+    if d < Duration::from_secs(1) || d > MAX_TTL {
+        return Err(EngineError::Invalid(format!(
+            "ttl {ttl:?} must be between 1s and 10 years"
+        )));
+    }
+    Ok(d)
+}
+
+/// The config's management addresses and `[[rules]]` as rules to store (source "config").
+pub fn config_rules(management: &[IpNet], rules: &[(IpNet, StaticRule)]) -> Vec<NewRule> {
+    management
+        .iter()
+        .map(|net| NewRule {
+            cidr: *net,
+            action: Action::Allow,
+            list: "management".into(),
+            reason: "management address (config)".into(),
+            source: RuleSource::Config,
+            expires_at: None,
+        })
+        .chain(rules.iter().map(|(net, rule)| NewRule {
+            cidr: *net,
+            action: rule.action,
+            list: rule.list.clone(),
+            reason: rule.reason.clone(),
+            source: RuleSource::Config,
+            expires_at: None,
+        }))
+        .collect()
+}
+
+impl Engine {
+    /// The rule `request` asks for, or why it is refused.
+    pub(super) fn validate(
+        &self,
+        request: &RuleRequest,
+        client: Option<IpAddr>,
+        now: i64,
+    ) -> Result<NewRule, EngineError> {
+        let cidr =
+            normalize_cidr(&request.cidr).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let action = request.action.unwrap_or(Action::Block);
+        let list = request.list.clone().unwrap_or_else(|| "api".to_string());
+        validate_list(&list).map_err(EngineError::Invalid)?;
+        let reason = request.reason.clone().unwrap_or_default();
+        if reason.len() > 1024 {
+            return Err(EngineError::Invalid(
+                "reason is longer than 1024 bytes".into(),
+            ));
+        }
+        let expires_at = match &request.ttl {
+            None => None,
+            Some(ttl) => Some(now + parse_ttl(ttl)?.as_secs() as i64),
+        };
+        if action == Action::Block && !request.force {
+            self.lockout_guard(cidr, client)?;
+        }
+        Ok(NewRule {
+            cidr,
+            action,
+            list,
+            reason,
+            source: RuleSource::Api,
+            expires_at,
+        })
+    }
+
+    /// Refuses blocks that would cut off everyone, the management addresses or the caller.
+    pub(super) fn lockout_guard(
+        &self,
+        cidr: IpNet,
+        client: Option<IpAddr>,
+    ) -> Result<(), EngineError> {
+        let (min, family) = match cidr {
+            IpNet::V4(_) => (MIN_BLOCK_PREFIX_V4, "IPv4"),
+            IpNet::V6(_) => (MIN_BLOCK_PREFIX_V6, "IPv6"),
+        };
+        if cidr.prefix_len() < min {
+            return Err(EngineError::LockOut(format!(
+                "refusing to block {cidr}: {family} prefixes shorter than /{min} cover too much of the Internet to be a deliberate block; send \"force\": true if you mean it"
+            )));
+        }
+        if let Some(m) = self
+            .management
+            .iter()
+            .find(|m| m.contains(&cidr) || cidr.contains(*m))
+        {
+            return Err(EngineError::LockOut(format!(
+                "refusing to block {cidr}: it overlaps the management address {m}, which must stay reachable (management addresses are always allowed anyway)"
+            )));
+        }
+        if let Some(client) = client.map(canonical_ip)
+            && cidr.contains(&client)
+        {
+            return Err(EngineError::LockOut(format!(
+                "refusing to block {cidr}: it contains {client}, the address this request came from, so you would lock yourself out; send \"force\": true if you mean it"
+            )));
+        }
+        Ok(())
+    }
+}
