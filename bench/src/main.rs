@@ -67,7 +67,7 @@ fn main() -> anyhow::Result<()> {
                 PathBuf::from(format!("/sys/fs/bpf/xdpwall-bench-{}", std::process::id()));
             let result = run(&args, &pin_dir);
             let _ = std::fs::remove_dir_all(&pin_dir);
-            write_report(&args.out, "testrun", &result?)
+            write_report(&args.run.out, "testrun", &result?)
         }
         Some(Mode::Egress(args)) => {
             let pin_dir = PathBuf::from(format!(
@@ -76,7 +76,7 @@ fn main() -> anyhow::Result<()> {
             ));
             let result = run_egress(&args, &pin_dir);
             let _ = std::fs::remove_dir_all(&pin_dir);
-            write_report(&args.out, "egress", &result?)
+            write_report(&args.run.out, "egress", &result?)
         }
         Some(Mode::Api(args)) => write_report(&args.out, "api", &run_api(&args)?),
         Some(Mode::Feed(args)) => {
@@ -94,7 +94,7 @@ fn main() -> anyhow::Result<()> {
             ));
             let result = run_v6(&args, &pin_dir);
             let _ = std::fs::remove_dir_all(&pin_dir);
-            write_report(&args.out, "v6", &result?)
+            write_report(&args.run.out, "v6", &result?)
         }
     }
 }

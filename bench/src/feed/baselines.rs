@@ -8,7 +8,7 @@ use ipnet::Ipv4Net;
 
 use super::{
     guards::{BaselineNetns, Stop},
-    measure::{count_check, membership_check},
+    measure::{check_full_load, count_check, membership_check},
     results::{Phase, SizeResult},
     workload::{Workload, entry_text},
 };
@@ -99,14 +99,9 @@ pub(super) fn measure_ipset(
     result
         .full
         .record(rep, System::Ipset, Phase::Total, load.elapsed);
-    if rep == 0 {
-        result.checks.push(count_check(
-            System::Ipset,
-            "after the full load",
-            workload.entries(),
-            ipset_len(netns, limit),
-        ));
-    }
+    check_full_load(result, rep, System::Ipset, workload, || {
+        ipset_len(netns, limit)
+    });
 
     let restore = netns.run(
         "ipset restore (churn: the new set)",
@@ -195,14 +190,7 @@ pub(super) fn measure_nft(
     result
         .full
         .record(rep, System::Nft, Phase::Total, load.elapsed);
-    if rep == 0 {
-        result.checks.push(count_check(
-            System::Nft,
-            "after the full load",
-            workload.entries(),
-            nft_len(netns, limit),
-        ));
-    }
+    check_full_load(result, rep, System::Nft, workload, || nft_len(netns, limit));
     for (phase, operation, script, moment) in [
         (
             Phase::Total,

@@ -148,6 +148,19 @@ struct XdpwallPass {
     report: ApplyReport,
 }
 
+impl XdpwallPass {
+    /// Records the pass's phases as xdpwall's rows of `table`.
+    fn record(&self, table: &mut Table, rep: usize) {
+        for (phase, elapsed) in [
+            (Phase::Check, self.check),
+            (Phase::Apply, self.apply),
+            (Phase::Total, self.total),
+        ] {
+            table.record(rep, System::Xdpwall, phase, elapsed);
+        }
+    }
+}
+
 /// `check_body` then `apply_feed`, as `FeedManager::sync` does between fetch and bookkeeping.
 fn xdpwall_pass(
     engine: &mut Engine,
@@ -183,23 +196,10 @@ fn measure_xdpwall(
     result: &mut SizeResult,
 ) -> anyhow::Result<()> {
     let full = xdpwall_pass(engine, feed, &workload.full_text, None)?;
-    result
-        .full
-        .record(rep, System::Xdpwall, Phase::Check, full.check);
-    result
-        .full
-        .record(rep, System::Xdpwall, Phase::Apply, full.apply);
-    result
-        .full
-        .record(rep, System::Xdpwall, Phase::Total, full.total);
-    if rep == 0 {
-        result.checks.push(count_check(
-            System::Xdpwall,
-            "after the full load",
-            workload.entries(),
-            Ok(engine.applied().block_v4.len()),
-        ));
-    }
+    full.record(&mut result.full, rep);
+    check_full_load(result, rep, System::Xdpwall, workload, || {
+        Ok(engine.applied().block_v4.len())
+    });
 
     let churn = xdpwall_pass(
         engine,
@@ -207,15 +207,7 @@ fn measure_xdpwall(
         &workload.churned_text,
         Some(full.checked_entries),
     )?;
-    result
-        .churn
-        .record(rep, System::Xdpwall, Phase::Check, churn.check);
-    result
-        .churn
-        .record(rep, System::Xdpwall, Phase::Apply, churn.apply);
-    result
-        .churn
-        .record(rep, System::Xdpwall, Phase::Total, churn.total);
+    churn.record(&mut result.churn, rep);
     if rep == 0 {
         result.facts = XdpwallFacts {
             checked_entries: full.checked_entries,
@@ -248,6 +240,25 @@ fn measure_xdpwall(
         engine.applied().len()
     );
     Ok(())
+}
+
+/// On the first repetition: whether `system` holds every entry after its full load (`count`
+/// is only asked then).
+pub(super) fn check_full_load(
+    result: &mut SizeResult,
+    rep: usize,
+    system: System,
+    workload: &Workload,
+    count: impl FnOnce() -> anyhow::Result<usize>,
+) {
+    if rep == 0 {
+        result.checks.push(count_check(
+            system,
+            "after the full load",
+            workload.entries(),
+            count(),
+        ));
+    }
 }
 
 pub(super) fn count_check(

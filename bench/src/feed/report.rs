@@ -72,14 +72,7 @@ pub(super) fn percent(fraction: f64) -> String {
 
 /// Median, min and max of the measured slots, or None when nothing was measured.
 fn spread(values: impl IntoIterator<Item = f64>) -> Option<(f64, f64, f64)> {
-    let values: Vec<f64> = values.into_iter().collect();
-    if values.is_empty() {
-        return None;
-    }
-    let (min, max) = values
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-    Some((crate::median(&values), min, max))
+    crate::summary(&values.into_iter().collect::<Vec<_>>())
 }
 
 fn seconds(per_rep: &[Option<Duration>]) -> Option<(f64, f64, f64)> {
