@@ -57,8 +57,7 @@ use xdpwall::{
 
 pub use self::testrun::RunArgs;
 use self::testrun::{
-    interleaved, mean_ns_per_packet, measured, sizes_arg, write_command, write_header,
-    write_size_rows,
+    measure_lookups, measured, sizes_arg, write_command, write_header, write_lookup_table,
 };
 
 #[derive(Parser, Debug, Clone)]
@@ -76,48 +75,12 @@ pub struct Args {
     pub seed: u64,
 }
 
-/// One measured program/workload pair.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Subject {
-    Pass,
-    StockHit,
-    StockMiss,
-    XdpwallHit,
-    XdpwallMiss,
-    Dir24Hit,
-    Dir24Miss,
-}
-
-const SUBJECTS: [Subject; 7] = [
-    Subject::Pass,
-    Subject::StockHit,
-    Subject::StockMiss,
-    Subject::XdpwallHit,
-    Subject::XdpwallMiss,
-    Subject::Dir24Hit,
-    Subject::Dir24Miss,
-];
-
-impl Subject {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Pass => "XDP_PASS bracket",
-            Self::StockHit => "stock LPM, 100% hit",
-            Self::StockMiss => "stock LPM, 0% hit",
-            Self::XdpwallHit => "xdpwall (lpm), 100% hit",
-            Self::XdpwallMiss => "xdpwall (lpm), 0% hit",
-            Self::Dir24Hit => "xdpwall (dir24), 100% hit",
-            Self::Dir24Miss => "xdpwall (dir24), 0% hit",
-        }
-    }
-}
-
 struct SizeResult {
     size: usize,
     load_time: Duration,
     dir24_load_time: Duration,
     /// Per subject: ns/packet of every repetition.
-    samples: Vec<(Subject, Vec<f64>)>,
+    samples: Vec<(String, Vec<f64>)>,
 }
 
 /// Runs the benchmark and returns the Markdown report. Needs root (loads BPF programs); the
@@ -162,18 +125,13 @@ pub fn run(args: &Args, pin_dir: &std::path::Path) -> anyhow::Result<String> {
             prefixes::frames(&prefixes::hit_sources(&mut rng, &prefixes, args.run.frames));
         let miss_frames = prefixes::frames(&prefixes::miss_sources(&mut rng, args.run.frames));
 
-        let samples = interleaved(&SUBJECTS, args.run.reps, |subject| {
-            let (program, frames): (&Xdp, &[Vec<u8>]) = match subject {
-                Subject::Pass => (program(&bench_obj, "bench_pass")?, &miss_frames),
-                Subject::StockHit => (program(&bench_obj, "bench_stock_lpm")?, &hit_frames),
-                Subject::StockMiss => (program(&bench_obj, "bench_stock_lpm")?, &miss_frames),
-                Subject::XdpwallHit => (loader::xdp_program(&xdpwall_obj), &hit_frames),
-                Subject::XdpwallMiss => (loader::xdp_program(&xdpwall_obj), &miss_frames),
-                Subject::Dir24Hit => (loader::xdp_program(&dir24_obj), &hit_frames),
-                Subject::Dir24Miss => (loader::xdp_program(&dir24_obj), &miss_frames),
-            };
-            mean_ns_per_packet(program, frames, args.run.repeat)
-        })?;
+        let lookups = [
+            ("stock LPM", program(&bench_obj, "bench_stock_lpm")?),
+            ("xdpwall (lpm)", loader::xdp_program(&xdpwall_obj)),
+            ("xdpwall (dir24)", loader::xdp_program(&dir24_obj)),
+        ];
+        let pass = program(&bench_obj, "bench_pass")?;
+        let samples = measure_lookups(&args.run, pass, &lookups, &hit_frames, &miss_frames)?;
         if size == 0 {
             // With an empty list nothing can hit: the hit rows measure misses too.
             eprintln!("bench: size 0 has no hits; hit rows are misses");
@@ -283,11 +241,10 @@ fn report(args: &Args, results: &[SizeResult]) -> String {
             args.seed
         ),
     );
-    let _ = writeln!(out, "| prefixes | subject | ns/packet | × XDP_PASS |");
-    let _ = writeln!(out, "|---:|---|---:|---:|");
-    for r in results {
-        write_size_rows(&mut out, r.size, &r.samples, Subject::Pass, Subject::label);
-    }
+    write_lookup_table(
+        &mut out,
+        results.iter().map(|r| (r.size, r.samples.as_slice())),
+    );
     let _ = writeln!(
         out,
         "\nLoad time of the whole list through the xdpwall rules engine (store transaction in memory, diff, per-entry map updates):\n"

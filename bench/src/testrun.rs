@@ -6,7 +6,7 @@ use std::{fmt::Write as _, path::PathBuf};
 
 use aya::{
     TestRunResult,
-    programs::{TestRun, TestRunOptions},
+    programs::{TestRun, TestRunOptions, Xdp},
 };
 
 use crate::{kernel, machine, median, summary, today};
@@ -89,30 +89,50 @@ pub(crate) fn ns_cell(values: &[f64]) -> (String, f64) {
     (format!("{med:.1} ({min:.1}–{max:.1})"), med)
 }
 
-/// The ns/packet table rows of one list size: `| size | subject | ns (min–max) | × bracket |`,
-/// the ratio to the median of the `bracket` subject's samples.
-pub(crate) fn write_size_rows<S: Copy + PartialEq>(
+/// One lookup program of a lookup benchmark (the default one, `v6`) and the name its report
+/// rows go by ("stock LPM", "xdpwall (lpm)").
+pub(crate) type Lookup<'a> = (&'static str, &'a Xdp);
+
+/// Times the XDP_PASS bracket on the miss frames, then each lookup program on the hit frames
+/// (100% hit) and on the miss frames (0% hit), all interleaved; the samples per report row,
+/// the bracket's first.
+pub(crate) fn measure_lookups(
+    run: &RunArgs,
+    pass: &Xdp,
+    lookups: &[Lookup<'_>],
+    hit: &[Vec<u8>],
+    miss: &[Vec<u8>],
+) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
+    let mut subjects = vec![("XDP_PASS bracket".to_string(), pass, miss)];
+    for &(name, program) in lookups {
+        subjects.push((format!("{name}, 100% hit"), program, hit));
+        subjects.push((format!("{name}, 0% hit"), program, miss));
+    }
+    let rows: Vec<usize> = (0..subjects.len()).collect();
+    let samples = interleaved(&rows, run.reps, |i| {
+        mean_ns_per_packet(subjects[i].1, subjects[i].2, run.repeat)
+    })?;
+    Ok(samples
+        .into_iter()
+        .map(|(i, values)| (subjects[i].0.clone(), values))
+        .collect())
+}
+
+/// The ns/packet table of a lookup benchmark, a row per list size and subject: `| size |
+/// subject | ns (min–max) | × XDP_PASS |`, the ratio to the median of the size's first
+/// subject (the bracket, see [`measure_lookups`]).
+pub(crate) fn write_lookup_table<'a>(
     out: &mut String,
-    size: usize,
-    samples: &[(S, Vec<f64>)],
-    bracket: S,
-    label: impl Fn(S) -> &'static str,
+    sizes: impl IntoIterator<Item = (usize, &'a [(String, Vec<f64>)])>,
 ) {
-    let bracket = median(
-        &samples
-            .iter()
-            .find(|(s, _)| *s == bracket)
-            .expect("the bracket is measured")
-            .1,
-    );
-    for (subject, values) in samples {
-        let (cell, med) = ns_cell(values);
-        let _ = writeln!(
-            out,
-            "| {size} | {} | {cell} | {:.2} |",
-            label(*subject),
-            med / bracket
-        );
+    let _ = writeln!(out, "| prefixes | subject | ns/packet | × XDP_PASS |");
+    let _ = writeln!(out, "|---:|---|---:|---:|");
+    for (size, samples) in sizes {
+        let bracket = median(&samples[0].1);
+        for (label, values) in samples {
+            let (cell, med) = ns_cell(values);
+            let _ = writeln!(out, "| {size} | {label} | {cell} | {:.2} |", med / bracket);
+        }
     }
 }
 

@@ -24,8 +24,8 @@ use xdpwall::{
 use crate::{
     open_xdpwall, prefixes, program,
     testrun::{
-        RunArgs, interleaved, mean_ns_per_packet, measured, sizes_arg, write_command, write_header,
-        write_size_rows,
+        RunArgs, measure_lookups, measured, sizes_arg, write_command, write_header,
+        write_lookup_table,
     },
 };
 
@@ -45,41 +45,6 @@ pub struct V6Args {
     pub seed: u64,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Subject {
-    Pass,
-    StockHit,
-    StockMiss,
-    LpmHit,
-    LpmMiss,
-    HashHit,
-    HashMiss,
-}
-
-const SUBJECTS: [Subject; 7] = [
-    Subject::Pass,
-    Subject::StockHit,
-    Subject::StockMiss,
-    Subject::LpmHit,
-    Subject::LpmMiss,
-    Subject::HashHit,
-    Subject::HashMiss,
-];
-
-impl Subject {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Pass => "XDP_PASS bracket",
-            Self::StockHit => "stock IPv6 LPM, 100% hit",
-            Self::StockMiss => "stock IPv6 LPM, 0% hit",
-            Self::LpmHit => "xdpwall (lpm), 100% hit",
-            Self::LpmMiss => "xdpwall (lpm), 0% hit",
-            Self::HashHit => "xdpwall (hash), 100% hit",
-            Self::HashMiss => "xdpwall (hash), 0% hit",
-        }
-    }
-}
-
 struct SizeResult {
     size: usize,
     lengths: usize,
@@ -88,7 +53,7 @@ struct SizeResult {
     churn: [Duration; 2],
     feed_load: [Duration; 2],
     feed_churn: [Duration; 2],
-    samples: Vec<(Subject, Vec<f64>)>,
+    samples: Vec<(String, Vec<f64>)>,
 }
 
 fn engines(ipv6: Ipv6Lookup) -> Engines {
@@ -180,18 +145,13 @@ pub fn run_v6(args: &V6Args, pin_dir: &std::path::Path) -> anyhow::Result<String
         let hit = prefixes::frames_v6(&prefixes::hit_sources_v6(&mut rng, &list, args.run.frames));
         let miss = prefixes::frames_v6(&prefixes::miss_sources_v6(&mut rng, args.run.frames));
 
-        let samples = interleaved(&SUBJECTS, args.run.reps, |subject| {
-            let (prog, frames): (&Xdp, &[Vec<u8>]) = match subject {
-                Subject::Pass => (program(&bench_obj, "bench_pass")?, &miss),
-                Subject::StockHit => (program(&bench_obj, "bench_stock_lpm_v6")?, &hit),
-                Subject::StockMiss => (program(&bench_obj, "bench_stock_lpm_v6")?, &miss),
-                Subject::LpmHit => (loader::xdp_program(&lpm_obj), &hit),
-                Subject::LpmMiss => (loader::xdp_program(&lpm_obj), &miss),
-                Subject::HashHit => (loader::xdp_program(&hash_obj), &hit),
-                Subject::HashMiss => (loader::xdp_program(&hash_obj), &miss),
-            };
-            mean_ns_per_packet(prog, frames, args.run.repeat)
-        })?;
+        let lookups = [
+            ("stock IPv6 LPM", program(&bench_obj, "bench_stock_lpm_v6")?),
+            ("xdpwall (lpm)", loader::xdp_program(&lpm_obj)),
+            ("xdpwall (hash)", loader::xdp_program(&hash_obj)),
+        ];
+        let pass = program(&bench_obj, "bench_pass")?;
+        let samples = measure_lookups(&args.run, pass, &lookups, &hit, &miss)?;
         results.push(SizeResult {
             size,
             lengths: lengths.len(),
@@ -221,11 +181,10 @@ fn report(args: &V6Args, results: &[SizeResult]) -> String {
             args.seed
         ),
     );
-    let _ = writeln!(out, "| prefixes | subject | ns/packet | × XDP_PASS |");
-    let _ = writeln!(out, "|---:|---|---:|---:|");
-    for r in results {
-        write_size_rows(&mut out, r.size, &r.samples, Subject::Pass, Subject::label);
-    }
+    write_lookup_table(
+        &mut out,
+        results.iter().map(|r| (r.size, r.samples.as_slice())),
+    );
     let _ = writeln!(
         out,
         "\nLoad of the whole list and a 1% churn (that many prefixes replaced), per engine, two \
