@@ -8,13 +8,10 @@
 //! (destinations on the watchlist) shows the cost of the per-flow accounting too. Repetitions
 //! are interleaved (rotating order); medians with min–max.
 
-use std::{collections::BTreeSet, fmt::Write as _, path::PathBuf};
+use std::{collections::BTreeSet, fmt::Write as _};
 
 use anyhow::Context as _;
-use aya::{
-    Ebpf,
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
-};
+use aya::{Ebpf, programs::SchedClassifier};
 use clap::Parser;
 use etherparse::PacketBuilder;
 use ipnet::IpNet;
@@ -26,7 +23,12 @@ use xdpwall::{
     rules::{Action, Rule, RuleSource},
 };
 
-use crate::{kernel, machine, median, prefixes, today};
+use crate::{
+    median, prefixes,
+    testrun::{
+        RunArgs, interleaved, mean_ns_per_packet, measured, ns_cell, write_command, write_header,
+    },
+};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "TC egress flagger cost on unflagged traffic vs a bare TC program")]
@@ -34,18 +36,8 @@ pub struct EgressArgs {
     /// Watchlist size (random IPv4 prefixes).
     #[arg(long, default_value_t = 10_000)]
     pub watch: usize,
-    /// Interleaved repetitions.
-    #[arg(long, default_value_t = 7)]
-    pub reps: usize,
-    /// BPF_PROG_TEST_RUN repeat count per frame.
-    #[arg(long, default_value_t = 2000)]
-    pub repeat: u32,
-    /// Distinct frames (destinations) per workload.
-    #[arg(long, default_value_t = 64)]
-    pub frames: usize,
-    /// Where to write the Markdown report.
-    #[arg(long, default_value = "bench/results")]
-    pub out: PathBuf,
+    #[command(flatten)]
+    pub run: RunArgs,
     #[arg(long, default_value_t = 20261127)]
     pub seed: u64,
 }
@@ -92,23 +84,6 @@ fn frames(destinations: &[std::net::Ipv4Addr]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn ns_per_packet(
-    program: &SchedClassifier,
-    frames: &[Vec<u8>],
-    repeat: u32,
-) -> anyhow::Result<f64> {
-    let mut total = 0.0;
-    for frame in frames {
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            repeat,
-            ..TestRunOptions::default()
-        };
-        total += program.test_run(opts)?.duration.as_nanos() as f64;
-    }
-    Ok(total / frames.len() as f64)
-}
-
 /// Runs the benchmark; returns the Markdown report. The egress maps are pinned under
 /// `pin_dir`, which the caller removes.
 pub fn run_egress(args: &EgressArgs, pin_dir: &std::path::Path) -> anyhow::Result<String> {
@@ -141,8 +116,8 @@ pub fn run_egress(args: &EgressArgs, pin_dir: &std::path::Path) -> anyhow::Resul
     object
         .watchlist
         .sync(&WatchContents::from_rules(&rules, [], &BTreeSet::new()))?;
-    let unflagged = frames(&prefixes::miss_sources(&mut rng, args.frames));
-    let flagged = frames(&prefixes::hit_sources(&mut rng, &watch, args.frames));
+    let unflagged = frames(&prefixes::miss_sources(&mut rng, args.run.frames));
+    let flagged = frames(&prefixes::hit_sources(&mut rng, &watch, args.run.frames));
 
     let mut bare_obj = Ebpf::load(TC_BENCH_OBJECT).context("loading the bare TC program")?;
     let bare: &mut SchedClassifier = bare_obj
@@ -155,64 +130,55 @@ pub fn run_egress(args: &EgressArgs, pin_dir: &std::path::Path) -> anyhow::Resul
         .context("bench_tc_pass")?
         .try_into()?;
 
-    let samples = crate::interleaved(&SUBJECTS, args.reps, |subject| match subject {
-        Subject::Bare => ns_per_packet(bare, &unflagged, args.repeat),
-        Subject::Unflagged => ns_per_packet(object.program(), &unflagged, args.repeat),
+    let samples = interleaved(&SUBJECTS, args.run.reps, |subject| match subject {
+        Subject::Bare => mean_ns_per_packet(bare, &unflagged, args.run.repeat),
+        Subject::Unflagged => mean_ns_per_packet(object.program(), &unflagged, args.run.repeat),
         Subject::UnflaggedNoScan => {
             object.configure(&no_scan)?;
-            let ns = ns_per_packet(object.program(), &unflagged, args.repeat);
+            let ns = mean_ns_per_packet(object.program(), &unflagged, args.run.repeat);
             object.configure(&defaults)?;
             ns
         }
-        Subject::Flagged => ns_per_packet(object.program(), &flagged, args.repeat),
+        Subject::Flagged => mean_ns_per_packet(object.program(), &flagged, args.run.repeat),
     })?;
     let flows = object.stats.flows()?.len();
     anyhow::ensure!(
-        flows == args.frames,
+        flows == args.run.frames,
         "expected {} flagged flows (one per flagged frame), found {flows}",
-        args.frames
+        args.run.frames
     );
     Ok(report(args, &samples))
 }
 
 fn report(args: &EgressArgs, samples: &[(Subject, Vec<f64>)]) -> String {
+    let run = &args.run;
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# xdpwall egress benchmark (BPF_PROG_TEST_RUN), {}\n",
-        today()
+    write_header(
+        &mut out,
+        "xdpwall egress benchmark (BPF_PROG_TEST_RUN)",
+        &format!(
+            "{}. The flagger runs with its default settings and a watchlist of {} random IPv4 \
+             prefixes, seed {}. Unflagged frames go to destinations outside the watchlist, port \
+             8080; flagged ones to watchlisted destinations.",
+            measured(run, "UDP"),
+            args.watch,
+            args.seed
+        ),
     );
-    let _ = writeln!(
-        out,
-        "ns per packet (median of {} interleaved repetitions, min–max in brackets); {} distinct \
-         UDP frames per workload, each run {} times by the kernel. The flagger runs with its \
-         default settings and a watchlist of {} random IPv4 prefixes, seed {}. Unflagged frames \
-         go to destinations outside the watchlist, port 8080; flagged ones to watchlisted \
-         destinations.\n",
-        args.reps, args.frames, args.repeat, args.watch, args.seed
-    );
-    let _ = writeln!(out, "Machine: {}; kernel {}\n", machine(), kernel());
     let _ = writeln!(out, "| subject | ns/packet | × bare | overhead ns |");
     let _ = writeln!(out, "|---|---:|---:|---:|");
     let bare = median(&samples[0].1);
     for (subject, values) in samples {
-        let med = median(values);
-        let (min, max) = values
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        let (cell, med) = ns_cell(values);
         let _ = writeln!(
             out,
-            "| {} | {med:.1} ({min:.1}–{max:.1}) | {:.2} | {:.1} |",
+            "| {} | {cell} | {:.2} | {:.1} |",
             subject.label(),
             med / bare,
             med - bare
         );
     }
-    let _ = writeln!(
-        out,
-        "\nCommand: `cargo xtask bench -- egress --watch {} --reps {} --repeat {} --frames {}`",
-        args.watch, args.reps, args.repeat, args.frames
-    );
+    write_command(&mut out, &format!("egress --watch {}", args.watch), run);
     let _ = writeln!(
         out,
         "\nNotes: BPF_PROG_TEST_RUN repeats one frame back to back (warm caches); the numbers \

@@ -9,6 +9,7 @@ pub mod egress;
 pub mod feed;
 pub mod live;
 pub mod prefixes;
+pub mod testrun;
 pub mod v6;
 
 /// The systems the control-plane benchmarks (API, feed) compare, side by side.
@@ -33,7 +34,6 @@ impl System {
 
 use std::{
     fmt::Write as _,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -41,7 +41,7 @@ use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{LpmTrie, lpm_trie::Key},
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    programs::Xdp,
 };
 use clap::Parser;
 use rand::{SeedableRng as _, rngs::StdRng};
@@ -55,6 +55,11 @@ use xdpwall::{
     store::{NewRule, Store},
 };
 
+pub use self::testrun::RunArgs;
+use self::testrun::{
+    measure_lookups, measured, sizes_arg, write_command, write_header, write_lookup_table,
+};
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     about = "xdpwall BPF_PROG_TEST_RUN benchmark (ns per packet vs XDP_PASS and a stock LPM filter)"
@@ -63,57 +68,11 @@ pub struct Args {
     /// Block-list sizes (IPv4 prefixes) to measure.
     #[arg(long, value_delimiter = ',', default_value = "0,1000,100000,1000000")]
     pub sizes: Vec<usize>,
-    /// Interleaved repetitions per size.
-    #[arg(long, default_value_t = 7)]
-    pub reps: usize,
-    /// BPF_PROG_TEST_RUN repeat count per frame (the kernel reports the mean per run).
-    #[arg(long, default_value_t = 2000)]
-    pub repeat: u32,
-    /// Distinct frames (source addresses) per workload.
-    #[arg(long, default_value_t = 64)]
-    pub frames: usize,
-    /// Where to write the Markdown report.
-    #[arg(long, default_value = "bench/results")]
-    pub out: PathBuf,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Seed for the prefix and address generator.
     #[arg(long, default_value_t = 20261125)]
     pub seed: u64,
-}
-
-/// One measured program/workload pair.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Subject {
-    Pass,
-    StockHit,
-    StockMiss,
-    XdpwallHit,
-    XdpwallMiss,
-    Dir24Hit,
-    Dir24Miss,
-}
-
-const SUBJECTS: [Subject; 7] = [
-    Subject::Pass,
-    Subject::StockHit,
-    Subject::StockMiss,
-    Subject::XdpwallHit,
-    Subject::XdpwallMiss,
-    Subject::Dir24Hit,
-    Subject::Dir24Miss,
-];
-
-impl Subject {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Pass => "XDP_PASS bracket",
-            Self::StockHit => "stock LPM, 100% hit",
-            Self::StockMiss => "stock LPM, 0% hit",
-            Self::XdpwallHit => "xdpwall (lpm), 100% hit",
-            Self::XdpwallMiss => "xdpwall (lpm), 0% hit",
-            Self::Dir24Hit => "xdpwall (dir24), 100% hit",
-            Self::Dir24Miss => "xdpwall (dir24), 0% hit",
-        }
-    }
 }
 
 struct SizeResult {
@@ -121,7 +80,7 @@ struct SizeResult {
     load_time: Duration,
     dir24_load_time: Duration,
     /// Per subject: ns/packet of every repetition.
-    samples: Vec<(Subject, Vec<f64>)>,
+    samples: Vec<(String, Vec<f64>)>,
 }
 
 /// Runs the benchmark and returns the Markdown report. Needs root (loads BPF programs); the
@@ -162,21 +121,17 @@ pub fn run(args: &Args, pin_dir: &std::path::Path) -> anyhow::Result<String> {
             .map(|net| (net.prefix_len(), net.network().octets()))
             .collect();
         fill_stock_trie(&mut bench_obj, "BENCH_LPM_V4", &stock)?;
-        let hit_frames = prefixes::frames(&prefixes::hit_sources(&mut rng, &prefixes, args.frames));
-        let miss_frames = prefixes::frames(&prefixes::miss_sources(&mut rng, args.frames));
+        let hit_frames =
+            prefixes::frames(&prefixes::hit_sources(&mut rng, &prefixes, args.run.frames));
+        let miss_frames = prefixes::frames(&prefixes::miss_sources(&mut rng, args.run.frames));
 
-        let samples = interleaved(&SUBJECTS, args.reps, |subject| {
-            let (program, frames): (&Xdp, &[Vec<u8>]) = match subject {
-                Subject::Pass => (program(&bench_obj, "bench_pass")?, &miss_frames),
-                Subject::StockHit => (program(&bench_obj, "bench_stock_lpm")?, &hit_frames),
-                Subject::StockMiss => (program(&bench_obj, "bench_stock_lpm")?, &miss_frames),
-                Subject::XdpwallHit => (loader::xdp_program(&xdpwall_obj), &hit_frames),
-                Subject::XdpwallMiss => (loader::xdp_program(&xdpwall_obj), &miss_frames),
-                Subject::Dir24Hit => (loader::xdp_program(&dir24_obj), &hit_frames),
-                Subject::Dir24Miss => (loader::xdp_program(&dir24_obj), &miss_frames),
-            };
-            mean_ns_per_packet(program, frames, args.repeat)
-        })?;
+        let lookups = [
+            ("stock LPM", program(&bench_obj, "bench_stock_lpm")?),
+            ("xdpwall (lpm)", loader::xdp_program(&xdpwall_obj)),
+            ("xdpwall (dir24)", loader::xdp_program(&dir24_obj)),
+        ];
+        let pass = program(&bench_obj, "bench_pass")?;
+        let samples = measure_lookups(&args.run, pass, &lookups, &hit_frames, &miss_frames)?;
         if size == 0 {
             // With an empty list nothing can hit: the hit rows measure misses too.
             eprintln!("bench: size 0 has no hits; hit rows are misses");
@@ -247,43 +202,8 @@ pub(crate) fn open_xdpwall(
     Ok((ebpf, engine))
 }
 
-/// Measures every subject once per repetition, `reps` times, rotating the order each
-/// repetition so drift on a shared machine hits every subject alike; the samples per subject.
-pub(crate) fn interleaved<S: Copy>(
-    subjects: &[S],
-    reps: usize,
-    mut measure: impl FnMut(S) -> anyhow::Result<f64>,
-) -> anyhow::Result<Vec<(S, Vec<f64>)>> {
-    let mut samples: Vec<(S, Vec<f64>)> = subjects.iter().map(|s| (*s, Vec::new())).collect();
-    for rep in 0..reps {
-        for k in 0..subjects.len() {
-            let i = (rep + k) % subjects.len();
-            let ns = measure(subjects[i])?;
-            samples[i].1.push(ns);
-        }
-    }
-    Ok(samples)
-}
-
 pub(crate) fn program<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a Xdp> {
     Ok(ebpf.program(name).context(name.to_string())?.try_into()?)
-}
-
-pub(crate) fn mean_ns_per_packet(
-    program: &Xdp,
-    frames: &[Vec<u8>],
-    repeat: u32,
-) -> anyhow::Result<f64> {
-    let mut total = 0.0;
-    for frame in frames {
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            repeat,
-            ..TestRunOptions::default()
-        };
-        total += program.test_run(opts)?.duration.as_nanos() as f64;
-    }
-    Ok(total / frames.len() as f64)
 }
 
 pub(crate) fn median(values: &[f64]) -> f64 {
@@ -297,42 +217,34 @@ pub(crate) fn median(values: &[f64]) -> f64 {
     }
 }
 
-fn report(args: &Args, results: &[SizeResult]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "# xdpwall BPF_PROG_TEST_RUN benchmark, {}\n", today());
-    let _ = writeln!(
-        out,
-        "ns per packet (median of {} interleaved repetitions, min–max in brackets); {} distinct \
-         64-byte-class UDP frames per workload, each run {} times by the kernel. Ratios are to the \
-         XDP_PASS bracket measured in the same repetitions. Lists are random IPv4 prefixes \
-         (45% /32, 35% /24, 15% /17–/23, 5% /12–/16), seed {}.\n",
-        args.reps, args.frames, args.repeat, args.seed
-    );
-    let _ = writeln!(out, "Machine: {}; kernel {}\n", machine(), kernel());
-    let _ = writeln!(out, "| prefixes | subject | ns/packet | × XDP_PASS |");
-    let _ = writeln!(out, "|---:|---|---:|---:|");
-    for r in results {
-        let pass = median(
-            &r.samples
-                .iter()
-                .find(|(s, _)| *s == Subject::Pass)
-                .expect("pass")
-                .1,
-        );
-        for (subject, values) in &r.samples {
-            let med = median(values);
-            let (min, max) = values
-                .iter()
-                .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-            let _ = writeln!(
-                out,
-                "| {} | {} | {med:.1} ({min:.1}–{max:.1}) | {:.2} |",
-                r.size,
-                subject.label(),
-                med / pass
-            );
-        }
+/// Median, min and max, or None when there are no values.
+pub(crate) fn summary(values: &[f64]) -> Option<(f64, f64, f64)> {
+    if values.is_empty() {
+        return None;
     }
+    let (min, max) = values
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    Some((median(values), min, max))
+}
+
+fn report(args: &Args, results: &[SizeResult]) -> String {
+    let run = &args.run;
+    let mut out = String::new();
+    write_header(
+        &mut out,
+        "xdpwall BPF_PROG_TEST_RUN benchmark",
+        &format!(
+            "{}. Ratios are to the XDP_PASS bracket measured in the same repetitions. Lists are \
+             random IPv4 prefixes (45% /32, 35% /24, 15% /17–/23, 5% /12–/16), seed {}.",
+            measured(run, "64-byte-class UDP"),
+            args.seed
+        ),
+    );
+    write_lookup_table(
+        &mut out,
+        results.iter().map(|r| (r.size, r.samples.as_slice())),
+    );
     let _ = writeln!(
         out,
         "\nLoad time of the whole list through the xdpwall rules engine (store transaction in memory, diff, per-entry map updates):\n"
@@ -348,17 +260,10 @@ fn report(args: &Args, results: &[SizeResult]) -> String {
             r.dir24_load_time.as_secs_f64()
         );
     }
-    let _ = writeln!(
-        out,
-        "\nCommand: `cargo xtask bench -- --sizes {} --reps {} --repeat {} --frames {}`",
-        args.sizes
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(","),
-        args.reps,
-        args.repeat,
-        args.frames
+    write_command(
+        &mut out,
+        &format!("--sizes {}", sizes_arg(&args.sizes)),
+        run,
     );
     let _ = writeln!(
         out,

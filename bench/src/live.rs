@@ -43,7 +43,7 @@ use self::{
 use crate::{
     feed::spaced_prefixes,
     prefixes::{hit_sources_v6, miss_sources, miss_sources_v6, random_v6_bgp},
-    today,
+    summary, today,
 };
 
 /// The address family of a run: its lists, its traffic, its systems.
@@ -577,15 +577,4 @@ fn counters_at(lab: &RateLab) -> anyhow::Result<(Counters, Instant)> {
     let counters = lab.counters()?;
     let after = Instant::now();
     Ok((counters, before + (after - before) / 2))
-}
-
-/// Median, min and max.
-pub(crate) fn summary(values: &[f64]) -> Option<(f64, f64, f64)> {
-    if values.is_empty() {
-        return None;
-    }
-    let (min, max) = values
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-    Some((crate::median(values), min, max))
 }

@@ -63,20 +63,12 @@ fn main() -> anyhow::Result<()> {
     match cli.mode {
         None => {
             let args = cli.testrun;
-            let pin_dir =
-                PathBuf::from(format!("/sys/fs/bpf/xdpwall-bench-{}", std::process::id()));
-            let result = run(&args, &pin_dir);
-            let _ = std::fs::remove_dir_all(&pin_dir);
-            write_report(&args.out, "testrun", &result?)
+            let report = with_pin_dir("xdpwall-bench", |pins| run(&args, pins))?;
+            write_report(&args.run.out, "testrun", &report)
         }
         Some(Mode::Egress(args)) => {
-            let pin_dir = PathBuf::from(format!(
-                "/sys/fs/bpf/xdpwall-bench-egress-{}",
-                std::process::id()
-            ));
-            let result = run_egress(&args, &pin_dir);
-            let _ = std::fs::remove_dir_all(&pin_dir);
-            write_report(&args.out, "egress", &result?)
+            let report = with_pin_dir("xdpwall-bench-egress", |pins| run_egress(&args, pins))?;
+            write_report(&args.run.out, "egress", &report)
         }
         Some(Mode::Api(args)) => write_report(&args.out, "api", &run_api(&args)?),
         Some(Mode::Feed(args)) => {
@@ -88,15 +80,22 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Mode::Live(args)) => write_report(&args.out, &args.report_kind(), &run_live(&args)?),
         Some(Mode::V6(args)) => {
-            let pin_dir = PathBuf::from(format!(
-                "/sys/fs/bpf/xdpwall-bench-v6-{}",
-                std::process::id()
-            ));
-            let result = run_v6(&args, &pin_dir);
-            let _ = std::fs::remove_dir_all(&pin_dir);
-            write_report(&args.out, "v6", &result?)
+            let report = with_pin_dir("xdpwall-bench-v6", |pins| run_v6(&args, pins))?;
+            write_report(&args.run.out, "v6", &report)
         }
     }
+}
+
+/// Runs a bench whose maps are pinned under `/sys/fs/bpf/<name>-<pid>`, and removes that
+/// directory afterwards, also when the bench failed.
+fn with_pin_dir(
+    name: &str,
+    bench: impl FnOnce(&Path) -> anyhow::Result<String>,
+) -> anyhow::Result<String> {
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{name}-{}", std::process::id()));
+    let result = bench(&pin_dir);
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    result
 }
 
 /// Writes `<out>/<date>-<kind>.md` and prints the report.

@@ -5,7 +5,6 @@
 
 use std::{
     fmt::Write as _,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -23,8 +22,11 @@ use xdpwall::{
 };
 
 use crate::{
-    interleaved, kernel, machine, mean_ns_per_packet, median, open_xdpwall, prefixes, program,
-    today,
+    open_xdpwall, prefixes, program,
+    testrun::{
+        RunArgs, measure_lookups, measured, sizes_arg, write_command, write_header,
+        write_lookup_table,
+    },
 };
 
 #[derive(Parser, Debug, Clone)]
@@ -36,56 +38,11 @@ pub struct V6Args {
         default_value = "1,1000,10000,100000,200000"
     )]
     pub sizes: Vec<usize>,
-    /// Interleaved repetitions per size.
-    #[arg(long, default_value_t = 7)]
-    pub reps: usize,
-    /// BPF_PROG_TEST_RUN repeat count per frame.
-    #[arg(long, default_value_t = 2000)]
-    pub repeat: u32,
-    /// Distinct frames (source addresses) per workload.
-    #[arg(long, default_value_t = 64)]
-    pub frames: usize,
-    /// Where to write the Markdown report.
-    #[arg(long, default_value = "bench/results")]
-    pub out: PathBuf,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Seed for the prefix and address generator.
     #[arg(long, default_value_t = 20261127)]
     pub seed: u64,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Subject {
-    Pass,
-    StockHit,
-    StockMiss,
-    LpmHit,
-    LpmMiss,
-    HashHit,
-    HashMiss,
-}
-
-const SUBJECTS: [Subject; 7] = [
-    Subject::Pass,
-    Subject::StockHit,
-    Subject::StockMiss,
-    Subject::LpmHit,
-    Subject::LpmMiss,
-    Subject::HashHit,
-    Subject::HashMiss,
-];
-
-impl Subject {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Pass => "XDP_PASS bracket",
-            Self::StockHit => "stock IPv6 LPM, 100% hit",
-            Self::StockMiss => "stock IPv6 LPM, 0% hit",
-            Self::LpmHit => "xdpwall (lpm), 100% hit",
-            Self::LpmMiss => "xdpwall (lpm), 0% hit",
-            Self::HashHit => "xdpwall (hash), 100% hit",
-            Self::HashMiss => "xdpwall (hash), 0% hit",
-        }
-    }
 }
 
 struct SizeResult {
@@ -96,7 +53,7 @@ struct SizeResult {
     churn: [Duration; 2],
     feed_load: [Duration; 2],
     feed_churn: [Duration; 2],
-    samples: Vec<(Subject, Vec<f64>)>,
+    samples: Vec<(String, Vec<f64>)>,
 }
 
 fn engines(ipv6: Ipv6Lookup) -> Engines {
@@ -185,21 +142,16 @@ pub fn run_v6(args: &V6Args, pin_dir: &std::path::Path) -> anyhow::Result<String
         let mut lengths: Vec<u8> = list.iter().map(Ipv6Net::prefix_len).collect();
         lengths.sort_unstable();
         lengths.dedup();
-        let hit = prefixes::frames_v6(&prefixes::hit_sources_v6(&mut rng, &list, args.frames));
-        let miss = prefixes::frames_v6(&prefixes::miss_sources_v6(&mut rng, args.frames));
+        let hit = prefixes::frames_v6(&prefixes::hit_sources_v6(&mut rng, &list, args.run.frames));
+        let miss = prefixes::frames_v6(&prefixes::miss_sources_v6(&mut rng, args.run.frames));
 
-        let samples = interleaved(&SUBJECTS, args.reps, |subject| {
-            let (prog, frames): (&Xdp, &[Vec<u8>]) = match subject {
-                Subject::Pass => (program(&bench_obj, "bench_pass")?, &miss),
-                Subject::StockHit => (program(&bench_obj, "bench_stock_lpm_v6")?, &hit),
-                Subject::StockMiss => (program(&bench_obj, "bench_stock_lpm_v6")?, &miss),
-                Subject::LpmHit => (loader::xdp_program(&lpm_obj), &hit),
-                Subject::LpmMiss => (loader::xdp_program(&lpm_obj), &miss),
-                Subject::HashHit => (loader::xdp_program(&hash_obj), &hit),
-                Subject::HashMiss => (loader::xdp_program(&hash_obj), &miss),
-            };
-            mean_ns_per_packet(prog, frames, args.repeat)
-        })?;
+        let lookups = [
+            ("stock IPv6 LPM", program(&bench_obj, "bench_stock_lpm_v6")?),
+            ("xdpwall (lpm)", loader::xdp_program(&lpm_obj)),
+            ("xdpwall (hash)", loader::xdp_program(&hash_obj)),
+        ];
+        let pass = program(&bench_obj, "bench_pass")?;
+        let samples = measure_lookups(&args.run, pass, &lookups, &hit, &miss)?;
         results.push(SizeResult {
             size,
             lengths: lengths.len(),
@@ -215,40 +167,24 @@ pub fn run_v6(args: &V6Args, pin_dir: &std::path::Path) -> anyhow::Result<String
 }
 
 fn report(args: &V6Args, results: &[SizeResult]) -> String {
+    let run = &args.run;
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# xdpwall IPv6 lookup benchmark (BPF_PROG_TEST_RUN), {}\n",
-        today()
+    write_header(
+        &mut out,
+        "xdpwall IPv6 lookup benchmark (BPF_PROG_TEST_RUN)",
+        &format!(
+            "{}; ratios to the XDP_PASS bracket of the same repetitions. Lists: BGP-like IPv6 \
+             prefixes (about 45% /48, 15% /32, 7% /44, 6% /40, 5% /36, 4% /29, 3% /28, 10% \
+             /16–/64, 5% /128; nested under shared /32 allocations), seed {}. Hit sources inside \
+             listed prefixes, miss sources from fd00::/8.",
+            measured(run, "UDP"),
+            args.seed
+        ),
     );
-    let _ = writeln!(
-        out,
-        "ns per packet (median of {} interleaved repetitions, min–max in brackets); {} distinct \
-         UDP frames per workload, each run {} times by the kernel; ratios to the XDP_PASS \
-         bracket of the same repetitions. Lists: BGP-like IPv6 prefixes (about 45% /48, 15% /32, \
-         7% /44, 6% /40, 5% /36, 4% /29, 3% /28, 10% /16–/64, 5% /128; nested under shared /32 \
-         allocations), seed {}. Hit sources inside listed prefixes, miss sources from fd00::/8.\n",
-        args.reps, args.frames, args.repeat, args.seed
+    write_lookup_table(
+        &mut out,
+        results.iter().map(|r| (r.size, r.samples.as_slice())),
     );
-    let _ = writeln!(out, "Machine: {}; kernel {}\n", machine(), kernel());
-    let _ = writeln!(out, "| prefixes | subject | ns/packet | × XDP_PASS |");
-    let _ = writeln!(out, "|---:|---|---:|---:|");
-    for r in results {
-        let pass = median(&r.samples[0].1);
-        for (subject, values) in &r.samples {
-            let med = median(values);
-            let (min, max) = values
-                .iter()
-                .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-            let _ = writeln!(
-                out,
-                "| {} | {} | {med:.1} ({min:.1}–{max:.1}) | {:.2} |",
-                r.size,
-                subject.label(),
-                med / pass
-            );
-        }
-    }
     let _ = writeln!(
         out,
         "\nLoad of the whole list and a 1% churn (that many prefixes replaced), per engine, two \
@@ -283,17 +219,10 @@ fn report(args: &V6Args, results: &[SizeResult]) -> String {
             r.hash_entries.prefixes
         );
     }
-    let _ = writeln!(
-        out,
-        "\nCommand: `cargo xtask bench -- v6 --sizes {} --reps {} --repeat {} --frames {}`",
-        args.sizes
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(","),
-        args.reps,
-        args.repeat,
-        args.frames
+    write_command(
+        &mut out,
+        &format!("v6 --sizes {}", sizes_arg(&args.sizes)),
+        run,
     );
     let _ = writeln!(
         out,

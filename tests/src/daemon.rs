@@ -260,24 +260,10 @@ impl Daemon {
             ),
             None => format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n{auth}\r\n"),
         };
-        let raw = in_netns(&self.netns_path, move || -> anyhow::Result<String> {
-            let mut stream = TcpStream::connect(("127.0.0.1", API_PORT))?;
-            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-            stream.write_all(request.as_bytes())?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response)?;
-            Ok(response)
-        })??;
-        let status = raw
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .context("malformed HTTP response")?;
-        let body = raw
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((status, body))
+        let raw = http_in_netns(&self.netns_path, API_PORT, request)?;
+        let (status, body) = split_response(&raw);
+        let status = status.context("malformed HTTP response")?;
+        Ok((status, body.to_string()))
     }
 
     /// One request over https with curl, trusting `ca`: (status, body).
@@ -364,3 +350,23 @@ impl Drop for Daemon {
 }
 
 pub use xdpwall_netlab::in_netns;
+
+/// One plain HTTP/1.0 exchange with 127.0.0.1:`port` inside the namespace at `netns_path`:
+/// sends `request`, reads the whole answer (the server closes the connection after it).
+pub fn http_in_netns(netns_path: &str, port: u16, request: String) -> anyhow::Result<String> {
+    in_netns(netns_path, move || -> anyhow::Result<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(request.as_bytes())?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    })?
+}
+
+/// An HTTP answer's status code (None if the status line is malformed) and its body.
+pub fn split_response(raw: &str) -> (Option<u16>, &str) {
+    let status = raw.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body)
+}

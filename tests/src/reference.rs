@@ -4,18 +4,23 @@
 //! Generic over the address width ([`Address`]: `u32` or `u128`).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     hash::Hash,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
 };
 
 use ipnet::IpNet;
 use rand::{Rng, rngs::StdRng};
-use xdpwall::rules::{Action, Rule, Verdict};
+use xdpwall::{
+    datapath::Engines,
+    rules::{Action, Rule, Verdict, decide},
+};
 
 use crate::{
     frames,
-    testrun::{TestProgram, XDP_DROP, XDP_PASS},
+    testrun::{TestProgram, XDP_DROP, XDP_PASS, new_rule, run_program},
 };
 
 /// The seed of this run, printed so a failure can be replayed with `XDPWALL_TEST_SEED`.
@@ -162,6 +167,105 @@ impl<A: Address> Reference<A> {
     }
 }
 
+/// The program loaded with `engines` and `set` applied (prefixes of one family), with the
+/// rules as applied (their ids are what the counters are kept by).
+pub fn load_rule_set<N: std::fmt::Display>(
+    tag: &str,
+    engines: impl Into<Engines>,
+    set: &[(N, Action)],
+) -> (TestProgram, Vec<Rule>) {
+    let mut program = TestProgram::load_with(tag, engines).expect("load the XDP program");
+    let cidrs: Vec<(String, Action)> = set.iter().map(|(n, a)| (n.to_string(), *a)).collect();
+    let refs: Vec<(&str, Action)> = cidrs.iter().map(|(c, a)| (c.as_str(), *a)).collect();
+    let rules = program.set_rules(&refs).expect("apply the rule set");
+    (program, rules)
+}
+
+/// An engine setting under test: its name in failure messages ("DIR-24"), its key in pin tags
+/// and the summary line ("dir24"), and what the program is loaded with.
+pub struct EngineUnderTest {
+    pub name: &'static str,
+    pub key: &'static str,
+    pub engines: Engines,
+}
+
+/// The differential test of a family's engines: for each named rule set, every engine gets the
+/// same rules (same ids), the reference is checked against `rules::decide`, and [`lookups`]` / 2`
+/// probes must give every engine the reference's verdicts and counts.
+pub fn assert_engines_agree<A: Address, N: std::fmt::Display>(
+    rng: &mut StdRng,
+    seed: u64,
+    tag: &str,
+    engines: &[EngineUnderTest],
+    sets: &[(&str, Vec<(N, Action)>)],
+) {
+    let per_set = lookups() / 2;
+    for (name, set) in sets {
+        let loaded: Vec<(TestProgram, Vec<Rule>)> = engines
+            .iter()
+            .map(|e| load_rule_set(&format!("{tag}-{}-{name}", e.key), e.engines, set))
+            .collect();
+        let rules = &loaded[0].1;
+        let ids = |rules: &[Rule]| rules.iter().map(|r| (r.id, r.cidr)).collect::<Vec<_>>();
+        for (_, other) in &loaded[1..] {
+            assert_eq!(
+                ids(rules),
+                ids(other),
+                "every engine got the same rules with the same ids"
+            );
+        }
+        let reference = Reference::<A>::new(rules);
+        check_reference(rng, rules, &reference, 2_000, seed);
+        let probes = probes(rng, rules, per_set);
+        let started = Instant::now();
+        let outcomes: Vec<Outcome> = loaded
+            .iter()
+            .map(|(program, _)| check_engine(program, rules, &reference, &probes, seed))
+            .collect();
+        let summary: Vec<String> = engines
+            .iter()
+            .zip(&outcomes)
+            .map(|(e, o)| format!("{} {} mismatches", e.key, o.mismatches))
+            .collect();
+        eprintln!(
+            "{name}: {} rules, {} lookups per engine in {:.1?}: {}",
+            rules.len(),
+            probes.len(),
+            started.elapsed(),
+            summary.join(", ")
+        );
+        for (engine, outcome) in engines.iter().zip(outcomes) {
+            assert_eq!(
+                outcome.mismatches,
+                0,
+                "{}: {}",
+                engine.name,
+                outcome.first.unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// The reference is the plain matcher (`rules::decide`), faster: checks that on `count`
+/// probes.
+pub fn check_reference<A: Address>(
+    rng: &mut StdRng,
+    rules: &[Rule],
+    reference: &Reference<A>,
+    count: usize,
+    seed: u64,
+) {
+    for addr in probes::<A>(rng, rules, count) {
+        let (verdict, rule) = decide(rules, addr.ip());
+        assert_eq!(
+            reference.decide(addr),
+            (verdict, rule.map(|r| r.id)),
+            "seed {seed}: reference matchers disagree on {}",
+            addr.ip()
+        );
+    }
+}
+
 /// Addresses worth asking about: inside random rules, at and around their edges, anywhere.
 pub fn probes<A: Address>(rng: &mut StdRng, rules: &[Rule], count: usize) -> Vec<A> {
     (0..count)
@@ -268,4 +372,66 @@ pub fn check_engine<A: Address>(
         "seed {seed}: allowed counter"
     );
     outcome
+}
+
+/// Runs every probe through the program while a thread replaces the rule set over and over
+/// (for up to 120 s): each round the applied `rules` plus what `churn_round` returns. The
+/// probes lie outside what the churn touches, so each must get the reference's verdict all
+/// along. Asserts that, and that the rules changed at least twice meanwhile.
+pub fn assert_stable_while_churning<A: Address>(
+    program: &mut TestProgram,
+    rules: &[Rule],
+    reference: &Reference<A>,
+    probes: &[A],
+    seed: u64,
+    mut churn_round: impl FnMut() -> Vec<(IpNet, Action)> + Send,
+) {
+    let stable_rules: Vec<_> = rules.iter().map(|r| (r.cidr, r.action)).collect();
+    let done = AtomicBool::new(false);
+    let (engine, xdp) = program.parts();
+    let mut frame = A::template();
+    let (mismatches, rounds) = std::thread::scope(|scope| {
+        let churn = scope.spawn(|| {
+            let mut rounds = 0u32;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !done.load(Ordering::Acquire) && Instant::now() < deadline {
+                let mut wanted: BTreeSet<(IpNet, Action)> = stable_rules.iter().copied().collect();
+                wanted.extend(churn_round());
+                let set = wanted
+                    .iter()
+                    .map(|(cidr, action)| new_rule(&cidr.to_string(), *action))
+                    .collect();
+                engine.replace_all(set, "churn", 0).expect("churn applies");
+                rounds += 1;
+            }
+            rounds
+        });
+        let mut mismatches = Vec::new();
+        for &addr in probes {
+            addr.write_source(&mut frame);
+            let action = run_program(xdp, &frame).unwrap();
+            let want = match reference.decide(addr).0 {
+                Verdict::Block => XDP_DROP,
+                _ => XDP_PASS,
+            };
+            if action != want {
+                mismatches.push(addr);
+            }
+        }
+        done.store(true, Ordering::Release);
+        (mismatches, churn.join().expect("churn thread"))
+    });
+    eprintln!(
+        "{} lookups during {rounds} rule-set replacements: {} mismatches",
+        probes.len(),
+        mismatches.len()
+    );
+    assert!(rounds >= 2, "the rules changed while lookups ran");
+    assert!(
+        mismatches.is_empty(),
+        "seed {seed}: {} lookups wrong while rules changed, first {}: covering {:?}",
+        mismatches.len(),
+        mismatches[0].ip(),
+        covering(rules, mismatches[0])
+    );
 }

@@ -2,7 +2,7 @@
 //! asserted (this machine is shared; speed is measured by `cargo xtask bench`, not by tests).
 
 use xdpwall_bench::{
-    Args,
+    Args, RunArgs,
     live::{Family, GeneratorChoice, LiveArgs, run_live, system_labels},
 };
 use xdpwall_tests::require_privileges;
@@ -12,10 +12,12 @@ fn harness_produces_a_well_formed_report() {
     require_privileges!();
     let args = Args {
         sizes: vec![0, 50],
-        reps: 2,
-        repeat: 10,
-        frames: 4,
-        out: std::env::temp_dir(),
+        run: RunArgs {
+            reps: 2,
+            repeat: 10,
+            frames: 4,
+            out: std::env::temp_dir(),
+        },
         seed: 7,
     };
     let pin_dir = std::path::PathBuf::from(format!(

@@ -292,10 +292,12 @@ fn egress_benchmark_harness_produces_a_report() {
     require_privileges!();
     let args = xdpwall_bench::egress::EgressArgs {
         watch: 100,
-        reps: 2,
-        repeat: 10,
-        frames: 4,
-        out: std::env::temp_dir(),
+        run: xdpwall_bench::RunArgs {
+            reps: 2,
+            repeat: 10,
+            frames: 4,
+            out: std::env::temp_dir(),
+        },
         seed: 7,
     };
     let pin_dir = PathBuf::from(format!(

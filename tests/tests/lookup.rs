@@ -7,22 +7,17 @@
 //! `XDPWALL_TEST_SEED` replays a run; `XDPWALL_LOOKUPS` sets the lookups per engine (default
 //! 1,000,000).
 
-use std::{
-    net::Ipv4Addr,
-    sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
-};
+use std::net::Ipv4Addr;
 
 use ipnet::{IpNet, Ipv4Net};
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
-use xdpwall::{
-    datapath::Ipv4Lookup,
-    rules::{Action, Rule, Verdict, decide},
-};
+use xdpwall::{datapath::Ipv4Lookup, rules::Action};
 use xdpwall_tests::{
-    reference::{Address as _, Reference, check_engine, covering, lookups, probes, seed},
+    reference::{
+        EngineUnderTest, Reference, assert_engines_agree, assert_stable_while_churning,
+        load_rule_set, lookups, probes, seed,
+    },
     require_privileges,
-    testrun::{TestProgram, XDP_DROP, XDP_PASS, new_rule, run_program},
 };
 
 fn net(addr: u32, len: u8) -> Ipv4Net {
@@ -85,69 +80,30 @@ fn random_rule_set(rng: &mut StdRng, count: usize) -> Vec<(Ipv4Net, Action)> {
     out
 }
 
-fn load(tag: &str, engine: Ipv4Lookup, set: &[(Ipv4Net, Action)]) -> (TestProgram, Vec<Rule>) {
-    let mut program = TestProgram::load_with(tag, engine).expect("load the XDP program");
-    let cidrs: Vec<(String, Action)> = set.iter().map(|(n, a)| (n.to_string(), *a)).collect();
-    let refs: Vec<(&str, Action)> = cidrs.iter().map(|(c, a)| (c.as_str(), *a)).collect();
-    let rules = program.set_rules(&refs).expect("apply the rule set");
-    (program, rules)
-}
-
 #[test]
 fn dir24_and_lpm_agree_with_the_reference_on_random_rule_sets() {
     require_privileges!();
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
-    let per_set = lookups() / 2;
     // Set one as generated; set two adds a forced 0.0.0.0/0 block under everything.
     let base = random_rule_set(&mut rng, 20_000);
     let mut with_default = base.clone();
     with_default.push((net(0, 0), Action::Block));
 
-    for (name, set) in [("overlap", base), ("default-route", with_default)] {
-        let (dir24, rules) = load(&format!("lookup-dir24-{name}"), Ipv4Lookup::Dir24, &set);
-        let (lpm, lpm_rules) = load(&format!("lookup-lpm-{name}"), Ipv4Lookup::Lpm, &set);
-        assert_eq!(
-            rules.iter().map(|r| (r.id, r.cidr)).collect::<Vec<_>>(),
-            lpm_rules.iter().map(|r| (r.id, r.cidr)).collect::<Vec<_>>(),
-            "both engines got the same rules with the same ids"
-        );
-        let reference = Reference::<u32>::new(&rules);
-        // The fast reference is the plain one, faster: check that on a sample.
-        for addr in probes(&mut rng, &rules, 2_000) {
-            let (verdict, rule) = decide(&rules, Ipv4Addr::from(addr).into());
-            assert_eq!(
-                reference.decide(addr),
-                (verdict, rule.map(|r| r.id)),
-                "seed {seed}: reference matchers disagree on {}",
-                Ipv4Addr::from(addr)
-            );
-        }
-        let probes = probes(&mut rng, &rules, per_set);
-        let started = Instant::now();
-        let dir24_outcome = check_engine(&dir24, &rules, &reference, &probes, seed);
-        let lpm_outcome = check_engine(&lpm, &rules, &reference, &probes, seed);
-        eprintln!(
-            "{name}: {} rules, {} lookups per engine in {:.1?}: dir24 {} mismatches, lpm {}",
-            rules.len(),
-            probes.len(),
-            started.elapsed(),
-            dir24_outcome.mismatches,
-            lpm_outcome.mismatches
-        );
-        assert_eq!(
-            dir24_outcome.mismatches,
-            0,
-            "DIR-24: {}",
-            dir24_outcome.first.unwrap_or_default()
-        );
-        assert_eq!(
-            lpm_outcome.mismatches,
-            0,
-            "LPM: {}",
-            lpm_outcome.first.unwrap_or_default()
-        );
-    }
+    let engines = [
+        EngineUnderTest {
+            name: "DIR-24",
+            key: "dir24",
+            engines: Ipv4Lookup::Dir24.into(),
+        },
+        EngineUnderTest {
+            name: "LPM",
+            key: "lpm",
+            engines: Ipv4Lookup::Lpm.into(),
+        },
+    ];
+    let sets = [("overlap", base), ("default-route", with_default)];
+    assert_engines_agree::<u32, _>(&mut rng, seed, "lookup", &engines, &sets);
 }
 
 /// Rules in 172.16.0.0/12 come and go while lookups run against a stable set elsewhere: the
@@ -159,7 +115,7 @@ fn dir24_answers_stay_right_while_other_rules_change() {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let stable = random_rule_set(&mut rng, 5_000);
-    let (mut program, rules) = load("lookup-dir24-churn", Ipv4Lookup::Dir24, &stable);
+    let (mut program, rules) = load_rule_set("lookup-dir24-churn", Ipv4Lookup::Dir24, &stable);
     let reference = Reference::new(&rules);
     let churn_region = net(0xac10_0000, 12);
     let in_churn = |addr: u32| churn_region.contains(&Ipv4Addr::from(addr));
@@ -167,63 +123,18 @@ fn dir24_answers_stay_right_while_other_rules_change() {
         .into_iter()
         .filter(|a| !in_churn(*a))
         .collect();
-    let stable_rules: Vec<_> = rules.iter().map(|r| (r.cidr, r.action)).collect();
-
-    let done = AtomicBool::new(false);
-    let (engine, xdp) = program.parts();
-    let mut frame = u32::template();
-    let (mismatches, rounds) = std::thread::scope(|scope| {
-        let churn = scope.spawn(|| {
-            let mut rounds = 0u32;
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !done.load(Ordering::Acquire) && Instant::now() < deadline {
-                let mut wanted: std::collections::BTreeSet<(IpNet, Action)> =
-                    stable_rules.iter().copied().collect();
-                for _ in 0..rng.random_range(50..500) {
-                    let addr = 0xac10_0000 | rng.random_range(0..0x0010_0000u32);
-                    let len = rng.random_range(13..=32);
-                    let action = if rng.random_range(0..4) == 0 {
-                        Action::Allow
-                    } else {
-                        Action::Block
-                    };
-                    wanted.insert((IpNet::V4(net(addr, len)), action));
-                }
-                let set = wanted
-                    .iter()
-                    .map(|(cidr, action)| new_rule(&cidr.to_string(), *action))
-                    .collect();
-                engine.replace_all(set, "churn", 0).expect("churn applies");
-                rounds += 1;
-            }
-            rounds
-        });
-        let mut mismatches = Vec::new();
-        for &addr in &probes {
-            addr.write_source(&mut frame);
-            let action = run_program(xdp, &frame).unwrap();
-            let want = match reference.decide(addr).0 {
-                Verdict::Block => XDP_DROP,
-                _ => XDP_PASS,
-            };
-            if action != want {
-                mismatches.push(addr);
-            }
-        }
-        done.store(true, Ordering::Release);
-        (mismatches, churn.join().expect("churn thread"))
+    assert_stable_while_churning(&mut program, &rules, &reference, &probes, seed, || {
+        (0..rng.random_range(50..500))
+            .map(|_| {
+                let addr = 0xac10_0000 | rng.random_range(0..0x0010_0000u32);
+                let len = rng.random_range(13..=32);
+                let action = if rng.random_range(0..4) == 0 {
+                    Action::Allow
+                } else {
+                    Action::Block
+                };
+                (IpNet::V4(net(addr, len)), action)
+            })
+            .collect()
     });
-    eprintln!(
-        "{} lookups during {rounds} rule-set replacements: {} mismatches",
-        probes.len(),
-        mismatches.len()
-    );
-    assert!(rounds >= 2, "the rules changed while lookups ran");
-    assert!(
-        mismatches.is_empty(),
-        "seed {seed}: {} lookups wrong while rules changed, first {}: covering {:?}",
-        mismatches.len(),
-        Ipv4Addr::from(mismatches[0]),
-        covering(&rules, mismatches[0])
-    );
 }

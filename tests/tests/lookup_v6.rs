@@ -9,12 +9,7 @@
 //! `XDPWALL_TEST_SEED` replays a run; `XDPWALL_LOOKUPS` sets the lookups per engine (default
 //! 1,000,000).
 
-use std::{
-    collections::BTreeSet,
-    net::Ipv6Addr,
-    sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, net::Ipv6Addr};
 
 use aya::maps::{HashMap as AyaHashMap, Map, MapData};
 use ipnet::{IpNet, Ipv6Net};
@@ -22,13 +17,16 @@ use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use xdpwall::{
     datapath::{Engines, Ipv4Lookup, Ipv6Lookup},
     engine::FEED_ID_BASE,
-    rules::{Action, Rule, Verdict, decide},
+    rules::{Action, Rule},
 };
 use xdpwall_shared::{V6Guide, V6Key, map_names};
 use xdpwall_tests::{
-    reference::{Address as _, Reference, check_engine, covering, lookups, probes, seed},
+    reference::{
+        Address as _, EngineUnderTest, Reference, assert_engines_agree,
+        assert_stable_while_churning, load_rule_set, lookups, probes, seed,
+    },
     require_privileges,
-    testrun::{TestProgram, XDP_DROP, XDP_PASS, new_rule, run_program},
+    testrun::{TestProgram, XDP_DROP, XDP_PASS},
 };
 
 /// The nested chains and the churn live in 2001:db8::/32.
@@ -115,11 +113,7 @@ fn engines(ipv6: Ipv6Lookup) -> Engines {
 }
 
 fn load(tag: &str, engine: Ipv6Lookup, set: &[(Ipv6Net, Action)]) -> (TestProgram, Vec<Rule>) {
-    let mut program = TestProgram::load_with(tag, engines(engine)).expect("load the XDP program");
-    let cidrs: Vec<(String, Action)> = set.iter().map(|(n, a)| (n.to_string(), *a)).collect();
-    let refs: Vec<(&str, Action)> = cidrs.iter().map(|(c, a)| (c.as_str(), *a)).collect();
-    let rules = program.set_rules(&refs).expect("apply the rule set");
-    (program, rules)
+    load_rule_set(tag, engines(engine), set)
 }
 
 #[test]
@@ -127,45 +121,24 @@ fn v6_hash_and_lpm_agree_with_the_reference_on_random_rule_sets() {
     require_privileges!();
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
-    let per_set = lookups() / 2;
     let base = random_rule_set(&mut rng, 20_000);
     let mut with_default = base.clone();
     with_default.push((net(0, 0), Action::Block));
 
-    for (name, set) in [("overlap", base), ("default-route", with_default)] {
-        let (hash, rules) = load(&format!("lookup6-hash-{name}"), Ipv6Lookup::Hash, &set);
-        let (lpm, lpm_rules) = load(&format!("lookup6-lpm-{name}"), Ipv6Lookup::Lpm, &set);
-        assert_eq!(
-            rules.iter().map(|r| (r.id, r.cidr)).collect::<Vec<_>>(),
-            lpm_rules.iter().map(|r| (r.id, r.cidr)).collect::<Vec<_>>(),
-            "both engines got the same rules with the same ids"
-        );
-        let reference = Reference::<u128>::new(&rules);
-        for addr in probes(&mut rng, &rules, 2_000) {
-            let (verdict, rule) = decide(&rules, Ipv6Addr::from(addr).into());
-            assert_eq!(
-                reference.decide(addr),
-                (verdict, rule.map(|r| r.id)),
-                "seed {seed}: reference matchers disagree on {}",
-                Ipv6Addr::from(addr)
-            );
-        }
-        let probes = probes(&mut rng, &rules, per_set);
-        let started = Instant::now();
-        let hash_outcome = check_engine(&hash, &rules, &reference, &probes, seed);
-        let lpm_outcome = check_engine(&lpm, &rules, &reference, &probes, seed);
-        let (hash_wrong, hash_first) = (hash_outcome.mismatches, hash_outcome.first);
-        let (lpm_wrong, lpm_first) = (lpm_outcome.mismatches, lpm_outcome.first);
-        eprintln!(
-            "{name}: {} rules, {} lookups per engine in {:.1?}: hash {hash_wrong} mismatches, \
-             lpm {lpm_wrong}",
-            rules.len(),
-            probes.len(),
-            started.elapsed(),
-        );
-        assert_eq!(hash_wrong, 0, "hash: {}", hash_first.unwrap_or_default());
-        assert_eq!(lpm_wrong, 0, "LPM: {}", lpm_first.unwrap_or_default());
-    }
+    let engines = [
+        EngineUnderTest {
+            name: "hash",
+            key: "hash",
+            engines: engines(Ipv6Lookup::Hash),
+        },
+        EngineUnderTest {
+            name: "LPM",
+            key: "lpm",
+            engines: engines(Ipv6Lookup::Lpm),
+        },
+    ];
+    let sets = [("overlap", base), ("default-route", with_default)];
+    assert_engines_agree::<u128, _>(&mut rng, seed, "lookup6", &engines, &sets);
 }
 
 /// Rules in 2001:db8:8000::/33 come and go, with lengths the stable set never uses (so the
@@ -189,68 +162,25 @@ fn v6_hash_answers_stay_right_while_the_search_structure_changes() {
         .into_iter()
         .filter(|a| !in_churn(*a))
         .collect();
-    let stable_rules: Vec<_> = rules.iter().map(|r| (r.cidr, r.action)).collect();
     let unused_lengths: Vec<u8> = (34..=127u8)
         .filter(|l| !stable.iter().any(|(n, _)| n.prefix_len() == *l))
         .collect();
     assert!(!unused_lengths.is_empty());
 
-    let done = AtomicBool::new(false);
-    let (engine, xdp) = program.parts();
-    let mut frame = u128::template();
-    let (mismatches, rounds) = std::thread::scope(|scope| {
-        let churn = scope.spawn(|| {
-            let mut rounds = 0u32;
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !done.load(Ordering::Acquire) && Instant::now() < deadline {
-                let mut wanted: BTreeSet<(IpNet, Action)> = stable_rules.iter().copied().collect();
-                for _ in 0..rng.random_range(20..200) {
-                    let addr = u128::from(churn_region.network()) | (rng.random::<u128>() >> 33);
-                    let len = unused_lengths[rng.random_range(0..unused_lengths.len())];
-                    let action = if rng.random_range(0..4) == 0 {
-                        Action::Allow
-                    } else {
-                        Action::Block
-                    };
-                    wanted.insert((IpNet::V6(net(addr, len)), action));
-                }
-                let set = wanted
-                    .iter()
-                    .map(|(cidr, action)| new_rule(&cidr.to_string(), *action))
-                    .collect();
-                engine.replace_all(set, "churn", 0).expect("churn applies");
-                rounds += 1;
-            }
-            rounds
-        });
-        let mut mismatches = Vec::new();
-        for &addr in &probes {
-            addr.write_source(&mut frame);
-            let action = run_program(xdp, &frame).unwrap();
-            let want = match reference.decide(addr).0 {
-                Verdict::Block => XDP_DROP,
-                _ => XDP_PASS,
-            };
-            if action != want {
-                mismatches.push(addr);
-            }
-        }
-        done.store(true, Ordering::Release);
-        (mismatches, churn.join().expect("churn thread"))
+    assert_stable_while_churning(&mut program, &rules, &reference, &probes, seed, || {
+        (0..rng.random_range(20..200))
+            .map(|_| {
+                let addr = u128::from(churn_region.network()) | (rng.random::<u128>() >> 33);
+                let len = unused_lengths[rng.random_range(0..unused_lengths.len())];
+                let action = if rng.random_range(0..4) == 0 {
+                    Action::Allow
+                } else {
+                    Action::Block
+                };
+                (IpNet::V6(net(addr, len)), action)
+            })
+            .collect()
     });
-    eprintln!(
-        "{} lookups during {rounds} rule-set replacements: {} mismatches",
-        probes.len(),
-        mismatches.len()
-    );
-    assert!(rounds >= 2, "the rules changed while lookups ran");
-    assert!(
-        mismatches.is_empty(),
-        "seed {seed}: {} lookups wrong while rules changed, first {}: covering {:?}",
-        mismatches.len(),
-        Ipv6Addr::from(mismatches[0]),
-        covering(&rules, mismatches[0])
-    );
 }
 
 /// A feed with more prefixes than the engine's hashes hold fails as a whole and changes nothing

@@ -3,8 +3,6 @@
 //! over a NOTIFY_SOCKET; and enforcing with only the capabilities of deploy/systemd's unit.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
     os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -13,8 +11,8 @@ use std::{
 
 use serde_json::{Value, json};
 use xdpwall_tests::{
-    daemon::{Daemon, READ_TOKEN, SpawnOptions},
-    lab::{BLOCKED_V4, FW_V4, Lab, PEER_V4, in_netns},
+    daemon::{Daemon, READ_TOKEN, SpawnOptions, http_in_netns, split_response},
+    lab::{BLOCKED_V4, FW_V4, Lab, PEER_V4},
     require_privileges,
 };
 
@@ -80,21 +78,12 @@ impl Prometheus {
     /// GET `path` from Prometheus's HTTP API; (status, JSON body).
     fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
         let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-        let raw = in_netns(&self.netns_path, move || -> anyhow::Result<String> {
-            let mut stream = TcpStream::connect(("127.0.0.1", PROMETHEUS_PORT))?;
-            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-            stream.write_all(request.as_bytes())?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response)?;
-            Ok(response)
-        })??;
-        let status = raw
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+        let raw = http_in_netns(&self.netns_path, PROMETHEUS_PORT, request)?;
+        let (status, body) = split_response(&raw);
+        Ok((
+            status.unwrap_or(0),
+            serde_json::from_str(body).unwrap_or(Value::Null),
+        ))
     }
 
     /// An instant query through /api/v1/query; (status, response document).
