@@ -1,7 +1,7 @@
 //! The API's one error type: [`ApiError`] answers `application/problem+json` ([`Problem`]),
 //! one `From` per source error (engine, kernel maps, store, feeds). A client error's detail says
 //! what to fix; a failure of the daemon answers a category and a request id, and
-//! [`log_server_errors`] logs the cause under that id.
+//! `log_server_errors` logs the cause under that id.
 
 use axum::{
     extract::{MatchedPath, Request},

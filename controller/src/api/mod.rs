@@ -5,14 +5,14 @@
 //! never touch BPF maps: they ask the engine, the one owner. Every error is
 //! `application/problem+json`. A client error's detail says what to fix; a failure of the
 //! daemon (store, kernel maps, engine) answers with a category and a request id only, and the
-//! cause goes to the daemon's log under that id ([`error::log_server_errors`]).
+//! cause goes to the daemon's log under that id (`error::log_server_errors`).
 //!
-//! - this file: [`AppState`], the route table ([`routes`]) and the router built from it
+//! - this file: [`AppState`], the route table (`routes`) and the router built from it
 //! - [`error`]: [`ApiError`], one `From` per source error, the problem+json answer
-//! - [`extract`]: body, query and path extractors whose rejections are problem+json
-//! - [`auth`]: the bearer-token check and the [`Caller`] it leaves for handlers
+//! - `extract.rs`: body, query and path extractors whose rejections are problem+json
+//! - `auth.rs`: the bearer-token check and the [`Caller`] it leaves for handlers
 //! - [`types`]: the request and answer bodies, shared with the CLI's typed client
-//! - [`rules`], [`feeds`], [`status`], [`observe`]: the handlers, by what they serve
+//! - `rules.rs`, `feeds.rs`, `status.rs`, `observe.rs`: the handlers, by what they serve
 //! - [`openapi`]: the OpenAPI document ([`ApiDoc`]) generated from the handlers
 
 mod auth;

@@ -1,6 +1,7 @@
 //! The OpenAPI document ([`ApiDoc`]), generated from the handlers' `#[utoipa::path]`
-//! attributes; every route of [`super::routes`] is in it (a test holds the two together). Its
-//! modifiers add the bearer scheme and the problem+json answers every operation can give.
+//! attributes; every route of the route table (`routes` in the module root) is in it, and a
+//! test holds the two together. Its modifiers add the bearer scheme and the problem+json answers
+//! every operation can give.
 
 use axum::Json;
 use utoipa::OpenApi;

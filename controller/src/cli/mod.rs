@@ -3,13 +3,13 @@
 //! commands talk to the daemon through the typed client ([`crate::client`]) and print tables for
 //! people or JSON for scripts (`-o json`).
 //!
-//! - `run` and `check-config` in [`run`], `detach` in [`detach`]
-//! - `block`, `allow` and `lookup` in [`rules`]
-//! - `export` and `import` in [`transfer`]
-//! - `feeds ls|sync` in [`feeds`]
-//! - `status` and `stats` in [`status`]
-//! - `flows` and `drops` in [`observe`]
-//! - `completions` and `man` in [`docs`]
+//! - `run.rs`: `run` and `check-config`; `detach.rs`: `detach`
+//! - `rules.rs`: `block`, `allow` and `lookup`
+//! - `transfer.rs`: `export` and `import`
+//! - `feeds.rs`: `feeds ls|sync`
+//! - `status.rs`: `status` and `stats`
+//! - `observe.rs`: `flows` and `drops`
+//! - `docs.rs`: `completions` and `man`
 
 mod detach;
 mod docs;
