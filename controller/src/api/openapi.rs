@@ -6,8 +6,14 @@
 use axum::Json;
 use utoipa::OpenApi;
 
+// The handlers and the `__path_*` items utoipa generates beside them, by name: a handler named
+// with its module (`rules::create_rule`) would get the module as an OpenAPI tag.
 use super::{
-    Problem, feeds, observe, rules, status,
+    Problem,
+    feeds::*,
+    observe::*,
+    rules::*,
+    status::*,
     types::{
         AuditEntry, AuditList, BatchBody, BatchResult, CrowdsecStatus, DropList, DropView,
         EgressView, FeatureState, FeedList, FeedView, FlowList, FlowView, InterfaceStats,
@@ -20,10 +26,8 @@ use super::{
 #[openapi(
     info(title = "xdpwall", description = "eBPF network-defense firewall API"),
     paths(
-        rules::create_rule, rules::list_rules, rules::get_rule, rules::delete_rule,
-        rules::batch_rules, rules::lookup, status::stats, status::status, observe::audit,
-        feeds::list_feeds, feeds::sync_feed, observe::flows, observe::drops,
-        observe::metrics_endpoint, status::healthz, status::readyz, openapi
+        create_rule, list_rules, get_rule, delete_rule, batch_rules, lookup, stats, status,
+        audit, list_feeds, sync_feed, flows, drops, metrics_endpoint, healthz, readyz, openapi
     ),
     components(schemas(RuleView, RuleBody, BatchBody, RuleList, BatchResult, LookupResult, Problem, Stats, Status,
         InterfaceStats, RuleStats, InterfaceView, EgressView,
