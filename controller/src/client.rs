@@ -1,10 +1,20 @@
-//! The HTTP client behind the CLI's client subcommands.
+//! The CLI's typed HTTP client: one method per API operation, sending and deserialising the
+//! API's own request and answer types ([`crate::api::types`]), so client and daemon cannot
+//! disagree on a field without the compiler noticing.
 
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, bail};
 use reqwest::Method;
-use serde_json::Value;
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::api::{
+    Problem,
+    types::{
+        BatchBody, BatchResult, DropList, EventsQuery, FeedList, FlowList, LookupQuery,
+        LookupResult, RuleBody, RuleFilter, RuleList, RuleView, Stats, Status, SyncReport,
+    },
+};
 
 /// Talks to a running daemon's API.
 pub struct ApiClient {
@@ -22,6 +32,9 @@ pub fn resolve_token(explicit: Option<String>, token_file: &Path) -> Option<Stri
             .map(|s| s.trim().to_string())
     })
 }
+
+/// No query string, no body.
+const NONE: Option<&()> = None;
 
 impl ApiClient {
     /// A client of the API at `base`. `ca_cert` (PEM) is trusted for an `https://` base whose
@@ -43,24 +56,101 @@ impl ApiClient {
         })
     }
 
-    pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
-        Ok(self
-            .send(Method::GET, path, None)
-            .await?
-            .unwrap_or(Value::Null))
+    /// `POST /v1/rules`: the rule, created or already present.
+    pub async fn add_rule(&self, rule: &RuleBody) -> anyhow::Result<RuleView> {
+        self.call(Method::POST, "/v1/rules", NONE, Some(rule)).await
     }
 
-    /// Sends a request; returns the JSON body (None for 204). Non-2xx answers become errors
-    /// carrying the problem+json detail.
-    pub async fn send(
+    /// `POST /v1/rules/batch`: all or nothing.
+    pub async fn add_rules(&self, batch: &BatchBody) -> anyhow::Result<BatchResult> {
+        self.call(Method::POST, "/v1/rules/batch", NONE, Some(batch))
+            .await
+    }
+
+    /// `GET /v1/rules`, filtered.
+    pub async fn rules(&self, filter: &RuleFilter) -> anyhow::Result<RuleList> {
+        self.call(Method::GET, "/v1/rules", Some(filter), NONE)
+            .await
+    }
+
+    /// `DELETE /v1/rules/{id}`.
+    pub async fn delete_rule(&self, id: u64) -> anyhow::Result<()> {
+        self.send(Method::DELETE, &format!("/v1/rules/{id}"), NONE, NONE)
+            .await
+            .map(drop)
+    }
+
+    /// `GET /v1/lookup`: which rule, if any, decides `ip`.
+    pub async fn lookup(&self, ip: &str) -> anyhow::Result<LookupResult> {
+        let query = LookupQuery { ip: ip.to_string() };
+        self.call(Method::GET, "/v1/lookup", Some(&query), NONE)
+            .await
+    }
+
+    /// `GET /v1/feeds`.
+    pub async fn feeds(&self) -> anyhow::Result<FeedList> {
+        self.call(Method::GET, "/v1/feeds", NONE, NONE).await
+    }
+
+    /// `POST /v1/feeds/{name}/sync`.
+    pub async fn sync_feed(&self, name: &str) -> anyhow::Result<SyncReport> {
+        let path = format!("/v1/feeds/{}/sync", path_segment(name));
+        self.call(Method::POST, &path, NONE, NONE).await
+    }
+
+    /// `GET /v1/stats`.
+    pub async fn stats(&self) -> anyhow::Result<Stats> {
+        self.call(Method::GET, "/v1/stats", NONE, NONE).await
+    }
+
+    /// `GET /v1/status`.
+    pub async fn status(&self) -> anyhow::Result<Status> {
+        self.call(Method::GET, "/v1/status", NONE, NONE).await
+    }
+
+    /// `GET /v1/flows`: at most `limit`, most recently active first.
+    pub async fn flows(&self, limit: usize) -> anyhow::Result<FlowList> {
+        let query = EventsQuery { limit: Some(limit) };
+        self.call(Method::GET, "/v1/flows", Some(&query), NONE)
+            .await
+    }
+
+    /// `GET /v1/drops`: at most `limit`, newest first.
+    pub async fn drops(&self, limit: usize) -> anyhow::Result<DropList> {
+        let query = EventsQuery { limit: Some(limit) };
+        self.call(Method::GET, "/v1/drops", Some(&query), NONE)
+            .await
+    }
+
+    /// [`Self::send`] for an operation that answers a body of type `T`.
+    async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<Option<Value>> {
+        query: Option<&impl Serialize>,
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<T> {
+        let text = self.send(method, path, query, body).await?;
+        serde_json::from_str(&text).with_context(|| {
+            format!("the daemon's answer to {path} is not what this client expects (a different xdpwall version?)")
+        })
+    }
+
+    /// Sends a request; returns the answer's text (empty for 204). Non-2xx answers become
+    /// errors carrying the problem+json detail.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: Option<&impl Serialize>,
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<String> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
+        }
+        if let Some(query) = query {
+            request = request.query(query);
         }
         if let Some(body) = body {
             request = request.json(body);
@@ -84,10 +174,7 @@ impl ApiClient {
             .await
             .context("reading the daemon's answer")?;
         if !status.is_success() {
-            let detail = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v.get("detail").and_then(Value::as_str).map(String::from))
-                .unwrap_or(text);
+            let detail = serde_json::from_str::<Problem>(&text).map_or(text, |p| p.detail);
             let hint = match status.as_u16() {
                 401 => " (pass --token or set XDPWALL_TOKEN)",
                 403 => " (this needs a write token)",
@@ -95,11 +182,16 @@ impl ApiClient {
             };
             bail!("the daemon answered {status}: {detail}{hint}");
         }
-        if text.is_empty() {
-            return Ok(None);
-        }
-        serde_json::from_str(&text)
-            .map(Some)
-            .with_context(|| format!("the daemon's answer to {path} is not JSON"))
+        Ok(text)
     }
+}
+
+/// `s` percent-encoded for one path segment (a feed name).
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

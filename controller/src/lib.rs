@@ -14,8 +14,10 @@
 //! - [`api`]: the HTTP API
 //! - [`daemon`]: `xdpwall run`
 //! - [`sdnotify`]: systemd readiness and watchdog notifications
-//! - [`client`]: the CLI's HTTP client
+//! - [`cli`]: the command line (clap definitions, one file per command group)
+//! - [`client`]: the CLI's typed HTTP client
 pub mod api;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod crowdsec;

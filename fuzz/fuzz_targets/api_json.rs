@@ -21,7 +21,10 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use tower::ServiceExt as _;
 use xdpwall::{
-    api::{AppState, BatchResult, RuleView, app},
+    api::{
+        AppState, app,
+        types::{BatchResult, RuleView},
+    },
     config::{ApiToken, StaticRule, TokenScope},
     datapath::fake::FakeMaps,
     engine::{Engine, config_rules},

@@ -16,15 +16,7 @@ use anyhow::{Context as _, bail};
 pub const LAYERS: &[(&str, &[&str])] = &[
     (
         "base: the rule model, pin paths, raw syscalls, embedded objects, small helpers",
-        &[
-            "rules",
-            "pins",
-            "sys",
-            "ebpf_object",
-            "sdnotify",
-            "tls",
-            "client",
-        ],
+        &["rules", "pins", "sys", "ebpf_object", "sdnotify", "tls"],
     ),
     (
         "the rule store and the lookup engines' layouts",
@@ -43,6 +35,10 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("the configuration file", &["config"]),
     ("the HTTP API", &["api"]),
     ("the daemon's wiring", &["daemon"]),
+    (
+        "the command line and its typed HTTP client",
+        &["cli", "client"],
+    ),
 ];
 
 /// Modules of the library that are not layered: the crate root and the binary.

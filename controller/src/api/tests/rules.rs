@@ -1,0 +1,266 @@
+//! Rules: add, list, get, delete, batches, the lock-out guard, lookups and TTLs.
+
+use super::*;
+
+#[tokio::test]
+async fn create_normalises_is_idempotent_and_enforces() {
+    let h = harness();
+    let before = h.block_entries().await;
+    let (status, rule) = h
+        .post(
+            "/v1/rules",
+            json!({"cidr": "192.0.2.77/26", "reason": "scanner"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rule}");
+    assert_eq!(rule["cidr"], "192.0.2.64/26");
+    assert_eq!(rule["action"], "block");
+    assert_eq!(rule["list"], "api");
+    assert_eq!(rule["source"], "api");
+    assert_eq!(rule["expires_at"], Value::Null);
+    assert_eq!(
+        h.block_entries().await,
+        before + 1,
+        "in the kernel maps before the answer"
+    );
+    let (status, again) = h.post("/v1/rules", json!({"cidr": "192.0.2.64/26"})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["id"], rule["id"]);
+    let (status, mapped) = h
+        .post(
+            "/v1/rules",
+            json!({"cidr": "::ffff:192.0.2.200/120", "action": "allow"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(mapped["cidr"], "192.0.2.0/24", "IPv4-mapped IPv6 is IPv4");
+}
+
+#[tokio::test]
+async fn bad_requests_are_problems_that_say_what_to_fix() {
+    let h = harness();
+    let (status, p) = h.post("/v1/rules", json!({"cidr": "192.0.2.0/33"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(p["detail"].as_str().unwrap().contains("/33"), "{p}");
+    let (status, p) = h
+        .post("/v1/rules", json!({"cidr": "192.0.2.1", "colour": "red"}))
+        .await;
+    assert!(status.is_client_error());
+    assert!(p["detail"].as_str().unwrap().contains("colour"), "{p}");
+    let (status, _, _) = h
+        .call("POST", "/v1/rules", Some(WRITE), Some("{not json".into()))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, p) = h
+        .post("/v1/rules", json!({"cidr": "192.0.2.1", "ttl": "soon"}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(p["detail"].as_str().unwrap().contains("90s"), "{p}");
+    let (status, _) = h
+        .post(
+            "/v1/rules",
+            json!({"cidr": "192.0.2.1", "list": "bad list!"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(h.get("/v1/rules/abc").await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(h.get("/v1/rules/999").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(h.get("/v1/lookup?ip=nope").await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        h.get("/v1/rules?action=explode").await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(h.get("/v1/nothing-here").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn lockout_guard_refuses_unless_forced() {
+    let h = harness();
+    for (cidr, why) in [
+        ("0.0.0.0/0", "shorter than /8"),
+        ("10.0.0.0/7", "shorter than /8"),
+        ("2001::/15", "shorter than /16"),
+        ("198.51.100.0/24", "management"),
+        ("192.0.2.0/24", CLIENT),
+    ] {
+        let (status, p) = h.post("/v1/rules", json!({"cidr": cidr})).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{cidr}: {p}");
+        assert!(p["detail"].as_str().unwrap().contains(why), "{cidr}: {p}");
+    }
+    let (status, _) = h
+        .post("/v1/rules", json!({"cidr": "192.0.2.0/24", "force": true}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    // Allow rules are never refused by the guard.
+    let (status, _) = h
+        .post("/v1/rules", json!({"cidr": "0.0.0.0/0", "action": "allow"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn list_get_filter_and_delete() {
+    let h = harness();
+    let (_, a) = h
+        .post(
+            "/v1/rules",
+            json!({"cidr": "192.0.2.128/25", "list": "scanners"}),
+        )
+        .await;
+    let (_, b) = h
+        .post(
+            "/v1/rules",
+            json!({"cidr": "2001:db8::/32", "action": "allow"}),
+        )
+        .await;
+    let (status, all) = h.get("/v1/rules").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        all["rules"].as_array().unwrap().len(),
+        4,
+        "management + config + 2: {all}"
+    );
+    let (_, scanners) = h.get("/v1/rules?list=scanners").await;
+    assert_eq!(scanners["rules"].as_array().unwrap().len(), 1);
+    let (_, allows) = h.get("/v1/rules?action=allow").await;
+    assert_eq!(allows["rules"].as_array().unwrap().len(), 2, "{allows}");
+    let (_, containing) = h.get("/v1/rules?ip=192.0.2.200").await;
+    assert_eq!(containing["rules"][0]["id"], a["id"]);
+    let (status, one) = h.get(&format!("/v1/rules/{}", b["id"])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one, b);
+    let before = h.block_entries().await;
+    let (status, _, _) = h
+        .call(
+            "DELETE",
+            &format!("/v1/rules/{}", a["id"]),
+            Some(WRITE),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        h.block_entries().await,
+        before - 1,
+        "removed from the kernel maps"
+    );
+    let (status, _, _) = h
+        .call(
+            "DELETE",
+            &format!("/v1/rules/{}", a["id"]),
+            Some(WRITE),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The config rule (id 2) cannot be deleted over the API.
+    let (status, _, p) = h.call("DELETE", "/v1/rules/2", Some(WRITE), None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(p["detail"].as_str().unwrap().contains("config file"), "{p}");
+}
+
+#[tokio::test]
+async fn batch_is_all_or_nothing() {
+    let h = harness();
+    let (_, before) = h.get("/v1/rules").await;
+    let entries_before = h.block_entries().await;
+    let (status, p) = h
+        .post(
+            "/v1/rules/batch",
+            json!({"rules": [{"cidr": "192.0.2.1"}, {"cidr": "bogus"}, {"cidr": "192.0.2.3"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(p["detail"].as_str().unwrap().contains("rules[1]"), "{p}");
+    assert_eq!(h.get("/v1/rules").await.1, before, "nothing stored");
+    assert_eq!(h.block_entries().await, entries_before, "nothing applied");
+    let (status, ok) = h
+        .post(
+            "/v1/rules/batch",
+            json!({"rules": [{"cidr": "192.0.2.1"}, {"cidr": "192.0.2.1"}, {"cidr": "2001:db8::1", "ttl": "1h"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{ok}");
+    assert_eq!(ok["created"], 2, "duplicates collapse: {ok}");
+    assert_eq!(ok["rules"][0]["id"], ok["rules"][1]["id"]);
+    assert!(ok["rules"][2]["expires_at"].is_string());
+}
+
+#[tokio::test]
+async fn full_map_is_507_and_nothing_half_applied() {
+    // The harness already holds one config block (203.0.113.0/24); capacity 3 fits 2 more.
+    let maps = FakeMaps {
+        block_capacity: Some(3),
+        ..FakeMaps::default()
+    };
+    let h = harness_with(maps, |_| {});
+    let (_, before) = h.get("/v1/rules").await;
+    let (status, p) = h
+        .post(
+            "/v1/rules/batch",
+            json!({"rules": [{"cidr": "192.0.2.1"}, {"cidr": "192.0.2.2"}, {"cidr": "192.0.2.3"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("full"), "{p}");
+    assert_eq!(h.get("/v1/rules").await.1, before, "store unchanged");
+    assert_eq!(h.block_entries().await, 1, "kernel unchanged");
+    let (status, _) = h
+        .post(
+            "/v1/rules/batch",
+            json!({"rules": [{"cidr": "192.0.2.1"}, {"cidr": "192.0.2.2"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn lookup_reports_the_deciding_rule() {
+    let h = harness();
+    h.post("/v1/rules", json!({"cidr": "192.0.2.128/25"})).await;
+    let (_, allow) = h
+        .post(
+            "/v1/rules",
+            json!({"cidr": "192.0.2.200/32", "action": "allow"}),
+        )
+        .await;
+    let (_, v) = h.get("/v1/lookup?ip=192.0.2.130").await;
+    assert_eq!(v["verdict"], "block");
+    assert_eq!(v["rule"]["cidr"], "192.0.2.128/25");
+    let (_, v) = h.get("/v1/lookup?ip=192.0.2.200").await;
+    assert_eq!(v["verdict"], "allow");
+    assert_eq!(v["rule"]["id"], allow["id"]);
+    let (_, v) = h.get("/v1/lookup?ip=::ffff:192.0.2.130").await;
+    assert_eq!(v["verdict"], "block", "mapped address handled as IPv4");
+    let (_, v) = h.get("/v1/lookup?ip=2001:db8::1").await;
+    assert_eq!(v["verdict"], "pass");
+    assert_eq!(v["rule"], Value::Null);
+}
+
+#[tokio::test]
+async fn ttl_expiry_removes_from_store_and_maps() {
+    let h = harness();
+    let (_, rule) = h
+        .post("/v1/rules", json!({"cidr": "192.0.2.128/25", "ttl": "3s"}))
+        .await;
+    assert!(rule["expires_at"].is_string());
+    let entries = h.block_entries().await;
+    {
+        let mut guard = h.state.engine.lock().await;
+        let engine = guard.as_mut().unwrap();
+        assert!(
+            engine.expire(crate::store::unix_now()).unwrap().is_empty(),
+            "not yet"
+        );
+        let expired = engine.expire(crate::store::unix_now() + 4).unwrap();
+        assert_eq!(expired.len(), 1);
+        let log = engine.audit_log(1).unwrap();
+        assert_eq!(log[0].what, "expire");
+        assert_eq!(log[0].who, "ttl");
+    }
+    assert_eq!(h.block_entries().await, entries - 1);
+    assert_eq!(
+        h.get(&format!("/v1/rules/{}", rule["id"])).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
