@@ -5,11 +5,12 @@
 //! - `test`:  the README's second command: unit and privileged integration tests
 //! - `bench`: the benchmark harnesses in bench/ (alone: per-packet cost, then packet rates)
 //! - `fuzz`:  the coverage-guided fuzz targets in fuzz/ (cargo-fuzz on nightly), bounded
-//! - `lint`:  cargo fmt --check and clippy -D warnings
+//! - `lint`:  cargo fmt --check, the layer and file-size checks, clippy -D warnings
 //! - `deb`:   the Debian package (binary, units, config, man pages, completions)
 //! - `vm-test`: the release binary's privileged checks on Debian's kernels 5.10, 6.1, 6.12 (QEMU)
 
 mod demo;
+mod file_sizes;
 mod fuzz;
 mod layers;
 mod setup;
@@ -69,7 +70,8 @@ enum Task {
         targets: Vec<String>,
     },
     /// cargo fmt --check, the controller's layering (xtask/src/layers.rs: imports only go
-    /// down a layer, no cycles) and cargo clippy --all-targets -D warnings.
+    /// down a layer, no cycles), no source file over 800 lines outside tests
+    /// (xtask/src/file_sizes.rs) and cargo clippy --all-targets -D warnings.
     Lint,
     /// Build the Debian package target/debian/xdpwall_<version>-1_<arch>.deb: release binary,
     /// systemd units, default config, man pages and shell completions (cargo-deb).
@@ -245,7 +247,9 @@ fn deb() -> anyhow::Result<()> {
 
 fn lint() -> anyhow::Result<()> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    layers::check(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../controller/src"))?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    layers::check(&root.join("controller/src"))?;
+    file_sizes::check(&root)?;
     run(cargo().args([
         "clippy",
         "--workspace",
