@@ -81,7 +81,7 @@ pub fn sample(ctx: &XdpContext, rule: u32, verdict: u32) {
         _pad: 0,
         rule,
         ifindex: ctx.ingress_ifindex() as u32,
-        len: frame.len() as u32,
+        len: (frame.end - frame.start) as u32,
         _pad2: 0,
         // SAFETY: a helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },

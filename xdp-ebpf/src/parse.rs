@@ -76,12 +76,6 @@ impl Frame {
     fn reaches(&self, offset: usize) -> bool {
         self.start + offset <= self.end
     }
-
-    /// The frame's length in bytes.
-    #[inline(always)]
-    pub fn len(&self) -> usize {
-        self.end - self.start
-    }
 }
 
 /// The IP version, with the numbers `FlowKey` and `DropSample` use.
