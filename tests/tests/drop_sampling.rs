@@ -2,7 +2,8 @@
 //! sent): `[events] drop_sample_rate` keeps its odds now that the program compares a random
 //! number with a limit instead of dividing, samples wake the ring's reader once per
 //! `DROP_WAKE_BYTES` of unread data instead of once per sample, and a smaller ring pinned by an
-//! older version is replaced.
+//! older version is replaced. Samples carry the 5-tuple the packet parser (the one the filter
+//! and the egress flagger use) finds behind VLAN tags and IPv6 extension headers.
 
 use std::{
     io,
@@ -101,6 +102,56 @@ fn sample_rate_keeps_one_in_n() {
     );
     assert_eq!(lost, 0);
     assert_eq!(drain(&mut ring).len() as u64, sampled);
+}
+
+/// A sample holds what the shared parser found: addresses (IPv4-mapped for IPv4), ports and
+/// protocol behind VLAN tags, IPv4 options and IPv6 extension headers. A frame cut inside its
+/// headers is malformed (passed), never sampled.
+#[test]
+fn samples_carry_the_parsed_five_tuple() {
+    require_privileges!();
+    let mut program = TestProgram::load("dstuple").expect("load XDP program");
+    program
+        .set_rules(&[
+            ("198.51.100.0/24", Action::Block),
+            ("2001:db8:bad::/48", Action::Block),
+        ])
+        .expect("apply rules");
+    let (_events, mut ring) = sampling(&program, 1);
+    let blocked_v6 = "2001:db8:bad::5";
+    let dst_v6 = "2001:db8:1::1";
+    let cases = [
+        (frames::udp_v4(BLOCKED_V4, DST_V4), 4u8, 1u32),
+        (frames::udp_v4_single_vlan(BLOCKED_V4, DST_V4), 4, 1),
+        (frames::udp_v4_with_options(BLOCKED_V4, DST_V4), 4, 1),
+        (frames::udp_v6(blocked_v6, dst_v6), 6, 2),
+        (frames::udp_v6_double_vlan(blocked_v6, dst_v6), 6, 2),
+        (frames::udp_v6_with_extensions(blocked_v6, dst_v6), 6, 2),
+    ];
+    let mapped = |s: &str| match s.parse::<std::net::IpAddr>().unwrap() {
+        std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(a) => a.octets(),
+    };
+    for (frame, family, rule) in &cases {
+        assert_eq!(program.run(&frame.bytes).unwrap(), XDP_DROP);
+        // Cut inside the headers: malformed, passed, no sample.
+        assert_ne!(
+            program.run(&frame.bytes[..frame.headers_len - 1]).unwrap(),
+            XDP_DROP
+        );
+        let samples = drain(&mut ring);
+        assert_eq!(samples.len(), 1, "one sample per dropped frame");
+        let s = samples[0];
+        let (src, dst) = if *family == 4 {
+            (BLOCKED_V4, DST_V4)
+        } else {
+            (blocked_v6, dst_v6)
+        };
+        assert_eq!((s.src, s.dst), (mapped(src), mapped(dst)));
+        assert_eq!((s.sport, s.dport, s.proto), (40000, 53, 17));
+        assert_eq!((s.family, s.rule), (*family, *rule));
+        assert_eq!(s.len as usize, frame.bytes.len());
+    }
 }
 
 /// An epoll instance watching one fd for readability (level-triggered).

@@ -1,18 +1,22 @@
 //! The TC egress program through BPF_PROG_TEST_RUN (nothing attached, nothing sent): verdicts
-//! and flow records for IPv4, IPv6 and VLAN-tagged frames, exactly one event per flow, and a
-//! full ring buffer that loses events (counted) but never changes a packet's verdict.
+//! and flow records for IPv4, IPv6 and VLAN-tagged frames, exactly one event per flow, a full
+//! ring buffer that loses events (counted) but never changes a packet's verdict, and the packet
+//! parser it shares with the ingress filter on truncated and mutated frames.
 
 use std::{collections::BTreeSet, path::PathBuf};
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use etherparse::{PacketBuilder, VlanId};
+use proptest::prelude::*;
 use xdpwall::{
     egress::{self, EgressObject, EgressSection, WatchContents, WatchMaps as _},
     pins::PinLayout,
     rules::{Action, Rule, RuleSource, normalize_cidr},
 };
 use xdpwall_shared::egress::{FlowEvent, counter};
-use xdpwall_tests::{daemon::Daemon, require_privileges};
+use xdpwall_tests::{
+    daemon::Daemon, frames, parser_check::destination_at_fixed_offset, require_privileges,
+};
 
 /// TC_ACT_UNSPEC (-1, "next program / pass") as the u32 the kernel reports.
 const PASS: u32 = u32::MAX;
@@ -105,6 +109,24 @@ impl Harness {
             ..TestRunOptions::default()
         };
         self.object.program().test_run(opts).unwrap().return_value
+    }
+
+    /// Runs `frame`; `None` when BPF_PROG_TEST_RUN refuses it (EINVAL: the kernel's skb test
+    /// run wants the whole IPv4 or IPv6 header of an untagged IP frame).
+    fn try_run(&self, frame: &[u8]) -> Option<u32> {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        };
+        match self.object.program().test_run(opts) {
+            Ok(result) => Some(result.return_value),
+            Err(aya::programs::ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(22) =>
+            {
+                None
+            }
+            Err(e) => panic!("test run: {e}"),
+        }
     }
 
     /// Runs `frame` with a `struct __sk_buff` context; returns the skb mark the program left.
@@ -283,6 +305,142 @@ fn a_full_ring_buffer_loses_events_never_packets() {
     // Drained, the ring takes events again.
     assert_eq!(h.run(&udp_v4(WATCHED_V4, 29000, 53)), PASS);
     assert_eq!(h.events().len(), 1);
+}
+
+/// The egress program's frames for the parser checks: to the watched address in the block
+/// list (IPv4: SHOT when parsed) and to the watched IPv6 address (flagged, passed).
+fn parser_frames() -> Vec<(&'static str, frames::Frame)> {
+    let blocked = std::net::Ipv4Addr::from(BLOCKED_V4).to_string();
+    let watched = std::net::Ipv6Addr::from(WATCHED_V6).to_string();
+    let (v4, v6) = ("192.0.2.1", "2001:db8:1::1");
+    vec![
+        ("v4", frames::udp_v4(v4, &blocked)),
+        ("v4 802.1Q", frames::udp_v4_single_vlan(v4, &blocked)),
+        ("v4 options", frames::udp_v4_with_options(v4, &blocked)),
+        ("v6", frames::udp_v6(v6, &watched)),
+        (
+            "v6 802.1ad+802.1Q",
+            frames::udp_v6_double_vlan(v6, &watched),
+        ),
+        (
+            "v6 extensions",
+            frames::udp_v6_with_extensions(v6, &watched),
+        ),
+    ]
+}
+
+/// The ingress filter's truncation check, on egress: a frame cut inside its headers (the IP
+/// header, an IPv6 extension header, the ports) is no flow and passes untouched; with all of
+/// them it is flagged. A TCP header cut before its flags byte is no flow either. (The kernel's
+/// skb test run refuses untagged IP frames shorter than the IP header; those cuts are skipped.)
+#[test]
+fn every_truncation_is_no_flow() {
+    require_privileges!();
+    let h = Harness::load("trunc", None, "ports = []\nscan_threshold = 0");
+    let mut flagged = 0;
+    for (name, frame) in parser_frames() {
+        for len in 14..=frame.bytes.len() {
+            let complete = len >= frame.headers_len;
+            let Some(action) = h.try_run(&frame.bytes[..len]) else {
+                assert!(!complete, "{name}: the kernel refused {len} bytes");
+                continue;
+            };
+            let want = if complete && name.starts_with("v4") {
+                SHOT
+            } else {
+                PASS
+            };
+            assert_eq!(action, want, "{name} cut to {len} bytes");
+            flagged += u64::from(complete);
+        }
+    }
+    assert_eq!(h.counter(counter::FLAGGED_PACKETS), flagged);
+    // IPv6 / hop-by-hop (16 bytes) / no next header: cut inside the extension header, which
+    // the ingress filter calls malformed, it is no flow here either (the egress parser used to
+    // flag it: it read only the first two bytes of each extension header).
+    let mut ext = Vec::new();
+    ext.extend_from_slice(&DST_MAC);
+    ext.extend_from_slice(&SRC_MAC);
+    ext.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 16, 0, 64]);
+    ext.extend_from_slice(&LOCAL_V6);
+    ext.extend_from_slice(&WATCHED_V6);
+    ext.extend_from_slice(&[59, 1, 1, 12]);
+    ext.extend_from_slice(&[0; 12]);
+    for len in 14 + 40..ext.len() {
+        assert_eq!(h.run(&ext[..len]), PASS, "hop-by-hop cut to {len} bytes");
+    }
+    assert_eq!(h.counter(counter::FLAGGED_PACKETS), flagged);
+    assert_eq!(h.run(&ext), PASS);
+    assert_eq!(h.counter(counter::FLAGGED_PACKETS), flagged + 1);
+    let mut tcp = Vec::new();
+    PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv4(LOCAL_V4, BLOCKED_V4, 64)
+        .tcp(40000, 443, 1, 1024)
+        .syn()
+        .write(&mut tcp, b"")
+        .unwrap();
+    for len in 14 + 20..=tcp.len() {
+        let want = if len >= 14 + 20 + 14 { SHOT } else { PASS };
+        assert_eq!(h.run(&tcp[..len]), want, "TCP cut to {len} bytes");
+    }
+}
+
+/// Mutated and truncated frames never make the egress program fail or stop a packet whose
+/// destination (where the parser reads it) no block-list rule names; intact frames get exactly
+/// their verdict. `PROPTEST_CASES` sets the cases (default 1,000).
+#[test]
+fn mutated_frames_are_only_stopped_for_a_blocked_destination() {
+    require_privileges!();
+    let h = Harness::load("mutate", None, "ports = []\nscan_threshold = 0");
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let frames = parser_frames();
+    let strategy = (
+        0..frames.len(),
+        proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        any::<prop::sample::Index>(),
+        any::<bool>(),
+    );
+    let result = runner.run(&strategy, |(kind, mutations, cut, truncate)| {
+        let (name, frame) = &frames[kind];
+        let mut bytes = frame.bytes.clone();
+        for (at, value) in &mutations {
+            let i = at.index(bytes.len());
+            bytes[i] = *value;
+        }
+        if truncate {
+            bytes.truncate(14 + cut.index(bytes.len() - 14 + 1));
+        }
+        let Some(action) = h.try_run(&bytes) else {
+            // The kernel's skb test run refuses an IP frame shorter than its IP header.
+            return Ok(());
+        };
+        prop_assert!(action == PASS || action == SHOT, "action {action}");
+        if bytes == frame.bytes {
+            let want = if name.starts_with("v4") { SHOT } else { PASS };
+            prop_assert_eq!(action, want, "intact {} frame", name);
+        }
+        if action == SHOT {
+            let dst = destination_at_fixed_offset(&bytes);
+            prop_assert_eq!(
+                dst,
+                Some(std::net::IpAddr::from(BLOCKED_V4)),
+                "stopped a frame to no blocked destination: {:02x?}",
+                bytes
+            );
+        }
+        Ok(())
+    });
+    if let Err(err) = result {
+        panic!("{err}");
+    }
 }
 
 /// The egress benchmark harness at tiny size: a well-formed report with every subject. No

@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use xdp_ebpf::{
-    flow::{self, Frame},
+    parse::{self, Frame, Parsed},
     same,
 };
 use xdpwall_shared::egress::{
@@ -57,26 +57,31 @@ pub fn sample(ctx: &XdpContext, rule: u32, verdict: u32) {
     if !drop_sampled((*state >> 32) as u32, limit) {
         return;
     }
+    // The walk again, only for a sampled drop, from fresh packet pointers: carrying the ingress
+    // walk's packet (its offsets, or pointers with the range it checked) through the lookups
+    // makes the verifier walk the lookups once per header layout, over its 1M-instruction limit.
     let frame = Frame {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let Some(parsed) = flow::parse(frame) else {
+    let Parsed::Ip(packet) = parse::parse(frame) else {
         return;
     };
-    let key = parsed.key;
+    if packet.tcp_cut {
+        return;
+    }
     let sample = DropSample {
-        src: key.src,
-        dst: key.dst,
-        sport: key.sport,
-        dport: key.dport,
-        proto: key.proto,
-        family: key.family,
+        src: packet.source().mapped(),
+        dst: packet.destination().mapped(),
+        sport: packet.sport,
+        dport: packet.dport,
+        proto: packet.proto,
+        family: packet.family as u8,
         verdict: verdict as u8,
         _pad: 0,
         rule,
         ifindex: ctx.ingress_ifindex() as u32,
-        len: (ctx.data_end() - ctx.data()) as u32,
+        len: (frame.end - frame.start) as u32,
         _pad2: 0,
         // SAFETY: a helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },

@@ -10,7 +10,6 @@
 #![no_main]
 
 mod drops;
-mod parse;
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, xdp_action},
@@ -18,14 +17,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::XdpContext,
 };
+use xdp_ebpf::parse::{self, Addr, Frame, Parsed};
 use xdpwall_shared::{
     ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig,
     RULE_STATS_MAX_ENTRIES, RuleCounters, V4_LONG_MAX_ENTRIES, V6_GUIDE_MAX_ENTRIES,
     V6_HASH_MAX_ENTRIES, V6_TOP_BITS, V6_TOP_SLOTS, V6Guide, V6Key, VERDICT_ENTRIES, leaf, lookup,
     map_names, verdict, verdict_slot,
 };
-
-use crate::parse::{Parsed, SourceAddr};
 
 // Map names must match `xdpwall_shared::map_names`; the `#[map]` attribute only takes a
 // literal, so the equality is checked at compile time below.
@@ -109,43 +107,39 @@ pub fn xdpwall_ingress(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn decide(ctx: &XdpContext, config: &DatapathConfig) -> (u32, u32) {
-    let source = match parse::parse(ctx) {
-        Parsed::NonIp => return (verdict::NON_IP, xdp_action::XDP_PASS),
-        Parsed::Malformed => {
-            let action = if config.drop_malformed != 0 {
-                xdp_action::XDP_DROP
-            } else {
-                xdp_action::XDP_PASS
-            };
-            return (verdict::MALFORMED, action);
-        }
-        Parsed::Ip(source) => source,
+    let frame = Frame {
+        start: ctx.data(),
+        end: ctx.data_end(),
     };
+    let packet = match parse::parse(frame) {
+        Parsed::NonIp => return (verdict::NON_IP, xdp_action::XDP_PASS),
+        Parsed::Malformed => return malformed(config),
+        Parsed::Ip(packet) => packet,
+    };
+    let source = packet.source();
 
     // Allow first: an allowlisted source is never dropped, whatever the block set says. The
     // DIR-24 and hash engines fold that into their leaves already.
     let engines = LOOKUP.get(0).copied().unwrap_or(lookup::LPM);
     let blocking_rule = match source {
-        SourceAddr::V4(addr) if engines & lookup::DIR24 != 0 => {
-            match leaf_verdict(dir24_leaf(addr)) {
-                Ok(rule) => rule,
-                Err(allowed) => return allowed,
-            }
-        }
-        SourceAddr::V6(addr) if engines & lookup::V6_HASH != 0 => {
+        Addr::V4(addr) if engines & lookup::DIR24 != 0 => match leaf_verdict(dir24_leaf(addr)) {
+            Ok(rule) => rule,
+            Err(allowed) => return allowed,
+        },
+        Addr::V6(addr) if engines & lookup::V6_HASH != 0 => {
             match leaf_verdict(v6_hash_leaf(addr, engines & lookup::V6_GEN1 != 0)) {
                 Ok(rule) => rule,
                 Err(allowed) => return allowed,
             }
         }
-        SourceAddr::V4(addr) => {
+        Addr::V4(addr) => {
             let key = Key::new(32, addr);
             if ALLOW_V4.get(&key).is_some() {
                 return (verdict::ALLOWED, xdp_action::XDP_PASS);
             }
             BLOCK_V4.get(&key).copied()
         }
-        SourceAddr::V6(addr) => {
+        Addr::V6(addr) => {
             let key = Key::new(128, addr);
             if ALLOW_V6.get(&key).is_some() {
                 return (verdict::ALLOWED, xdp_action::XDP_PASS);
@@ -157,6 +151,7 @@ fn decide(ctx: &XdpContext, config: &DatapathConfig) -> (u32, u32) {
     match blocking_rule {
         None => (verdict::PASS, xdp_action::XDP_PASS),
         Some(rule_id) => {
+            // From the context, not `frame`: see `drops::sample`.
             count_rule(rule_id, (ctx.data_end() - ctx.data()) as u64);
             let decision = if config.monitor != 0 {
                 (verdict::WOULD_DROP, xdp_action::XDP_PASS)
@@ -167,6 +162,16 @@ fn decide(ctx: &XdpContext, config: &DatapathConfig) -> (u32, u32) {
             decision
         }
     }
+}
+
+#[inline(always)]
+fn malformed(config: &DatapathConfig) -> (u32, u32) {
+    let action = if config.drop_malformed != 0 {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    };
+    (verdict::MALFORMED, action)
 }
 
 /// The DIR-24 engine: one array read for the /24, and one hash lookup only for the /24s that

@@ -1,13 +1,21 @@
-//! Bounds-checked header parsing: Ethernet, VLAN, IPv4, IPv6 and its extension headers.
+//! The one packet parser: Ethernet, up to two VLAN tags (802.1Q / 802.1ad), IPv4 (with options)
+//! or IPv6 (walking its extension headers) to the L4 header, then the ports of TCP, UDP and SCTP
+//! and the TCP flags. The XDP ingress filter, its drop sampler and the TC egress flagger all use
+//! this walk, so they agree on what a packet is and where its fields are.
 //!
-//! The parser reads what the filter needs (the source address) and checks that every header the
-//! frame claims is present: Ethernet, each VLAN tag, the IP header with its options or extension
-//! headers, and the first four bytes (the ports) of TCP, UDP and SCTP in unfragmented packets or
-//! first fragments. A frame shorter than that is [`Parsed::Malformed`].
+//! Every header the frame claims must be present: Ethernet, each VLAN tag, the IP header with
+//! its options, each IPv6 extension header (all of its length), and the first four bytes (the
+//! ports) of TCP, UDP and SCTP in unfragmented packets or first fragments. A frame shorter than
+//! that is [`Parsed::Malformed`]. Works on any context that exposes `[data, data_end)` (XDP and
+//! TC). Everything is inlined: a program pays only for the fields it uses (the ingress filter
+//! reads the source; the ports, flags and destination loads are dropped by the compiler), but
+//! every bounds check stays, so all three programs call the same frames malformed.
+//!
+//! The addresses are copied out of the IP header during the walk rather than re-read later
+//! through the header offset: an offset kept live past the walk makes the verifier explore
+//! the code after it once per header layout (0, 1 or 2 VLAN tags, IPv6 extension chains).
 
 use core::mem::size_of;
-
-use aya_ebpf::programs::XdpContext;
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -18,7 +26,7 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const IPV6_HLEN: usize = 40;
 
 const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
@@ -27,40 +35,116 @@ const IPPROTO_DSTOPTS: u8 = 60;
 const IPPROTO_MH: u8 = 135;
 const IPPROTO_SCTP: u8 = 132;
 
-/// IPv6 extension headers followed before giving up on finding L4 (the packet still passes
-/// through the filter by source; only the L4 check is skipped).
+/// TCP flags byte: SYN without ACK marks a connection attempt.
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+/// IPv6 extension headers followed before giving up on finding L4 (the packet is still an IP
+/// packet with its addresses; only its ports are unknown).
 const MAX_IPV6_EXT_HEADERS: usize = 8;
 /// Offsets are clamped to this so the verifier can bound every access; no legitimate header
 /// chain we parse is longer.
 const MAX_HEADER_OFFSET: usize = 1024;
 
-pub enum SourceAddr {
+/// The frame between two addresses of packet memory (`data` and `data_end`).
+#[derive(Clone, Copy)]
+pub struct Frame {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Frame {
+    /// Reads a `T` at `offset` if the frame is long enough for it.
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: usize) -> Option<T> {
+        if offset > MAX_HEADER_OFFSET || self.start + offset + size_of::<T>() > self.end {
+            return None;
+        }
+        // SAFETY: [start + offset, start + offset + size_of::<T>()) lies inside the frame,
+        // checked just above; unaligned because headers are not aligned.
+        Some(unsafe { core::ptr::read_unaligned((self.start + offset) as *const T) })
+    }
+
+    #[inline(always)]
+    fn has_bytes(&self, offset: usize, len: usize) -> bool {
+        offset <= MAX_HEADER_OFFSET && self.start + offset + len <= self.end
+    }
+
+    /// Whether the frame is at least `offset` bytes long (`offset` need not be clamped: the
+    /// callers' offsets are bounded).
+    #[inline(always)]
+    fn reaches(&self, offset: usize) -> bool {
+        self.start + offset <= self.end
+    }
+}
+
+/// The IP version, with the numbers `FlowKey` and `DropSample` use.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Family {
+    V4 = 4,
+    V6 = 6,
+}
+
+/// An IP address as the frame carries it.
+#[derive(Clone, Copy)]
+pub enum Addr {
     V4([u8; 4]),
     V6([u8; 16]),
 }
 
+impl Addr {
+    /// The address as 16 bytes: IPv4 in its IPv4-mapped IPv6 form.
+    #[inline(always)]
+    pub fn mapped(self) -> [u8; 16] {
+        match self {
+            Addr::V4(a) => [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+            ],
+            Addr::V6(a) => a,
+        }
+    }
+}
+
+/// An IP packet whose headers the walk found complete.
+#[derive(Clone, Copy)]
+pub struct Packet {
+    pub family: Family,
+    /// Offset of the IP header in the frame (the addresses are already in the packet).
+    pub l3: usize,
+    /// IPv4's protocol; for IPv6 the header after the extension headers walked.
+    pub proto: u8,
+    /// Source and destination port of TCP, UDP and SCTP in an unfragmented packet or a first
+    /// fragment; 0 otherwise.
+    pub sport: u16,
+    pub dport: u16,
+    /// The TCP flags byte; 0 when the packet has no TCP header or it ends before the byte.
+    pub tcp_flags: u8,
+    /// A TCP header that ends before its flags byte. Still a packet (the filter needs only the
+    /// ports), but not a flow the egress flagger or the drop sampler records.
+    pub tcp_cut: bool,
+    source: Addr,
+    destination: Addr,
+}
+
+impl Packet {
+    /// The source address, as read from the IP header.
+    #[inline(always)]
+    pub fn source(&self) -> Addr {
+        self.source
+    }
+
+    /// The destination address, as read from the IP header.
+    #[inline(always)]
+    pub fn destination(&self) -> Addr {
+        self.destination
+    }
+}
+
 pub enum Parsed {
-    Ip(SourceAddr),
+    Ip(Packet),
     NonIp,
     Malformed,
-}
-
-/// Reads a `T` at `offset` if the frame is long enough for it.
-#[inline(always)]
-fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if offset > MAX_HEADER_OFFSET || start + offset + size_of::<T>() > end {
-        return None;
-    }
-    // SAFETY: the range [start + offset, start + offset + size_of::<T>()) lies inside the frame,
-    // checked just above; the read is unaligned because headers are not aligned.
-    Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) })
-}
-
-#[inline(always)]
-fn has_bytes(ctx: &XdpContext, offset: usize, len: usize) -> bool {
-    offset <= MAX_HEADER_OFFSET && ctx.data() + offset + len <= ctx.data_end()
 }
 
 #[inline(always)]
@@ -69,8 +153,8 @@ fn has_ports(proto: u8) -> bool {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Parsed {
-    let Some(mut ethertype) = read::<[u8; 2]>(ctx, 12).map(u16::from_be_bytes) else {
+pub fn parse(frame: Frame) -> Parsed {
+    let Some(mut ethertype) = frame.read::<[u8; 2]>(12).map(u16::from_be_bytes) else {
         return Parsed::Malformed;
     };
     let mut offset = ETH_HLEN;
@@ -79,70 +163,75 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        let Some(inner) = read::<[u8; 2]>(ctx, offset + 2) else {
+        let Some(inner) = frame.read::<[u8; 2]>(offset + 2) else {
             return Parsed::Malformed;
         };
         ethertype = u16::from_be_bytes(inner);
         offset += VLAN_HLEN;
     }
     match ethertype {
-        ETH_P_IP => parse_ipv4(ctx, offset),
-        ETH_P_IPV6 => parse_ipv6(ctx, offset),
+        ETH_P_IP => parse_ipv4(frame, offset),
+        ETH_P_IPV6 => parse_ipv6(frame, offset),
         _ => Parsed::NonIp,
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Parsed {
+fn parse_ipv4(frame: Frame, l3: usize) -> Parsed {
     // Fixed part of the header: version/IHL .. destination address.
-    let Some(header) = read::<[u8; 20]>(ctx, offset) else {
+    let Some(header) = frame.read::<[u8; 20]>(l3) else {
         return Parsed::Malformed;
     };
     if header[0] >> 4 != 4 {
         return Parsed::Malformed;
     }
     let header_len = ((header[0] & 0x0f) as usize) * 4;
-    if header_len < 20 || !has_bytes(ctx, offset, header_len) {
+    if header_len < 20 || !frame.has_bytes(l3, header_len) {
         return Parsed::Malformed;
     }
-    let fragment_offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
-    let proto = header[9];
-    if fragment_offset == 0 && has_ports(proto) && !has_bytes(ctx, offset + header_len, 4) {
-        return Parsed::Malformed;
-    }
-    Parsed::Ip(SourceAddr::V4([
-        header[12], header[13], header[14], header[15],
-    ]))
+    let first_fragment = u16::from_be_bytes([header[6], header[7]]) & 0x1fff == 0;
+    let ip = Ip {
+        family: Family::V4,
+        l3,
+        source: Addr::V4([header[12], header[13], header[14], header[15]]),
+        destination: Addr::V4([header[16], header[17], header[18], header[19]]),
+    };
+    transport(frame, ip, header[9], l3 + header_len, first_fragment)
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
-    let Some(first) = read::<[u8; 8]>(ctx, offset) else {
+fn parse_ipv6(frame: Frame, l3: usize) -> Parsed {
+    let Some(header) = frame.read::<[u8; IPV6_HLEN]>(l3) else {
         return Parsed::Malformed;
     };
-    if first[0] >> 4 != 6 {
+    if header[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
-    let Some(source) = read::<[u8; 16]>(ctx, offset + 8) else {
-        return Parsed::Malformed;
+    // The addresses are taken here, not read through `l3` later (see the module docs).
+    let mut source = [0u8; 16];
+    source.copy_from_slice(&header[8..24]);
+    let mut destination = [0u8; 16];
+    destination.copy_from_slice(&header[24..40]);
+    let ip = Ip {
+        family: Family::V6,
+        l3,
+        source: Addr::V6(source),
+        destination: Addr::V6(destination),
     };
-    if !has_bytes(ctx, offset, IPV6_HLEN) {
-        return Parsed::Malformed;
-    }
-    let mut next_header = first[6];
-    let mut cursor = offset + IPV6_HLEN;
+    let mut next_header = header[6];
+    let mut cursor = l3 + IPV6_HLEN;
     let mut first_fragment = true;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         let header_len = match next_header {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH => {
-                let Some(ext) = read::<[u8; 2]>(ctx, cursor) else {
+                let Some(ext) = frame.read::<[u8; 2]>(cursor) else {
                     return Parsed::Malformed;
                 };
                 next_header = ext[0];
                 (ext[1] as usize + 1) * 8
             }
             IPPROTO_FRAGMENT => {
-                let Some(ext) = read::<[u8; 4]>(ctx, cursor) else {
+                let Some(ext) = frame.read::<[u8; 4]>(cursor) else {
                     return Parsed::Malformed;
                 };
                 next_header = ext[0];
@@ -152,7 +241,7 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
                 8
             }
             IPPROTO_AH => {
-                let Some(ext) = read::<[u8; 2]>(ctx, cursor) else {
+                let Some(ext) = frame.read::<[u8; 2]>(cursor) else {
                     return Parsed::Malformed;
                 };
                 next_header = ext[0];
@@ -160,17 +249,58 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
             }
             _ => break,
         };
-        if !has_bytes(ctx, cursor, header_len) {
-            return Parsed::Malformed;
-        }
         cursor += header_len;
         if cursor > MAX_HEADER_OFFSET {
-            // Longer than anything we follow: classify by source, skip the L4 check.
-            return Parsed::Ip(SourceAddr::V6(source));
+            // Longer than anything we follow: an IP packet whose ports are unknown.
+            if !frame.reaches(cursor) {
+                return Parsed::Malformed;
+            }
+            return transport(frame, ip, next_header, cursor, false);
         }
     }
-    if first_fragment && has_ports(next_header) && !has_bytes(ctx, cursor, 4) {
+    // Headers are back to back: every extension header walked is there in full when the frame
+    // reaches the end of the last one. (Checked once here rather than per header, which the
+    // verifier would follow once per combination of header lengths.)
+    if !frame.reaches(cursor) {
         return Parsed::Malformed;
     }
-    Parsed::Ip(SourceAddr::V6(source))
+    transport(frame, ip, next_header, cursor, first_fragment)
+}
+
+/// The network-layer part of a packet.
+struct Ip {
+    family: Family,
+    l3: usize,
+    source: Addr,
+    destination: Addr,
+}
+
+/// The packet, with its ports (and TCP flags) when it carries the L4 header at `l4`.
+#[inline(always)]
+fn transport(frame: Frame, ip: Ip, proto: u8, l4: usize, first_fragment: bool) -> Parsed {
+    let mut packet = Packet {
+        family: ip.family,
+        l3: ip.l3,
+        proto,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        tcp_cut: false,
+        source: ip.source,
+        destination: ip.destination,
+    };
+    if first_fragment && has_ports(proto) {
+        let Some(p) = frame.read::<[u8; 4]>(l4) else {
+            return Parsed::Malformed;
+        };
+        packet.sport = u16::from_be_bytes([p[0], p[1]]);
+        packet.dport = u16::from_be_bytes([p[2], p[3]]);
+        if proto == IPPROTO_TCP {
+            match frame.read::<u8>(l4 + 13) {
+                Some(flags) => packet.tcp_flags = flags,
+                None => packet.tcp_cut = true,
+            }
+        }
+    }
+    Parsed::Ip(packet)
 }

@@ -22,7 +22,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use xdp_ebpf::{
-    flow::{self, Frame, IPPROTO_TCP, TCP_ACK, TCP_SYN},
+    parse::{self, Frame, IPPROTO_TCP, Packet, Parsed, TCP_ACK, TCP_SYN},
     same,
 };
 use xdpwall_shared::egress::{
@@ -71,6 +71,12 @@ const _: () = assert!(same(TC_PROGRAM, "xdpwall_egress"));
 /// few extension headers, the ports and TCP flags.
 const HEADER_PULL: u32 = 128;
 
+/// A packet's 5-tuple and, for TCP, its flags byte.
+struct Flow {
+    key: FlowKey,
+    tcp_flags: u8,
+}
+
 /// Why a packet is flagged and what to do with it.
 struct Flagged {
     reason: u32,
@@ -90,7 +96,10 @@ pub fn xdpwall_egress(ctx: TcContext) -> i32 {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let Some(parsed) = flow::parse(frame) else {
+    let Parsed::Ip(packet) = parse::parse(frame) else {
+        return TC_ACT_UNSPEC;
+    };
+    let Some(parsed) = flow(&packet) else {
         return TC_ACT_UNSPEC;
     };
     let config = CONFIG.get(0).copied().unwrap_or_default();
@@ -117,9 +126,31 @@ pub fn xdpwall_egress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// The packet's flow; `None` for a TCP header cut before its flags (no flow is recorded for
+/// it).
+#[inline(always)]
+fn flow(packet: &Packet) -> Option<Flow> {
+    if packet.tcp_cut {
+        return None;
+    }
+    let key = FlowKey {
+        src: packet.source().mapped(),
+        dst: packet.destination().mapped(),
+        sport: packet.sport,
+        dport: packet.dport,
+        proto: packet.proto,
+        family: packet.family as u8,
+        ..FlowKey::default()
+    };
+    Some(Flow {
+        key,
+        tcp_flags: packet.tcp_flags,
+    })
+}
+
 /// The cheapest checks first: one trie lookup, one array read, then the scan state.
 #[inline(always)]
-fn classify(parsed: &flow::Flow, config: &EgressConfig) -> Option<Flagged> {
+fn classify(parsed: &Flow, config: &EgressConfig) -> Option<Flagged> {
     let key = &parsed.key;
     let watched = if key.family == 4 {
         let d = &key.dst;
@@ -181,7 +212,7 @@ fn is_private(key: &FlowKey) -> bool {
 /// state. TCP is only looked at on connection attempts (SYN without ACK), so established flows
 /// do not pay for it.
 #[inline(always)]
-fn scanning(parsed: &flow::Flow, config: &EgressConfig) -> bool {
+fn scanning(parsed: &Flow, config: &EgressConfig) -> bool {
     let key = &parsed.key;
     if key.proto == IPPROTO_TCP && parsed.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
         return false;
