@@ -55,6 +55,20 @@ pub fn udp_v6(src: &str, dst: &str) -> Frame {
     }
 }
 
+/// Ethernet / IPv6 / ICMPv6 of `icmp_type` (code 0), sent with `hop_limit`: neighbour
+/// discovery (133-137) from the link has hop limit 255, an echo request (128) anything.
+pub fn icmpv6(src: &str, dst: &str, icmp_type: u8, hop_limit: u8) -> Frame {
+    let builder = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv6(v6(src), v6(dst), hop_limit)
+        .icmpv6_raw(icmp_type, 0, [0; 4]);
+    let mut bytes = Vec::new();
+    builder.write(&mut bytes, &PAYLOAD).expect("build frame");
+    Frame {
+        bytes,
+        headers_len: 14 + 40,
+    }
+}
+
 /// Ethernet / 802.1Q / IPv4 / UDP.
 pub fn udp_v4_single_vlan(src: &str, dst: &str) -> Frame {
     let builder = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)

@@ -182,6 +182,35 @@ fn non_ip_passes_and_is_counted() {
     assert_eq!(count(&program, "dropped"), 0);
 }
 
+/// Neighbour discovery from a blocked source passes (RFC 4861 messages from the link: types
+/// 133-137 with hop limit 255), so a block can never cut the host off its link; the same
+/// source's echo requests, and "neighbour discovery" with a routed hop limit, are dropped.
+#[test]
+fn neighbour_discovery_is_never_dropped() {
+    require_privileges!();
+    let program = program("nd");
+    for icmp_type in 133..=137 {
+        let frame = frames::icmpv6(BLOCKED_V6, DST_V6, icmp_type, 255);
+        assert_eq!(
+            program.run(&frame.bytes).unwrap(),
+            XDP_PASS,
+            "ICMPv6 type {icmp_type} from a blocked neighbour"
+        );
+    }
+    assert_eq!(count(&program, "dropped"), 0);
+    let echo = frames::icmpv6(BLOCKED_V6, DST_V6, 128, 255);
+    assert_eq!(program.run(&echo.bytes).unwrap(), XDP_DROP, "echo request");
+    let routed = frames::icmpv6(BLOCKED_V6, DST_V6, 135, 64);
+    assert_eq!(
+        program.run(&routed.bytes).unwrap(),
+        XDP_DROP,
+        "a neighbour solicitation with hop limit 64 is not from the link"
+    );
+    let cut = &routed.bytes[..14 + 40];
+    assert_eq!(program.run(cut).unwrap(), XDP_DROP, "ICMPv6 cut before its type");
+    assert_eq!(count(&program, "dropped"), 3);
+}
+
 /// Every truncation of valid frames from a blocked source: shorter than the headers → PASS and
 /// `malformed`; long enough → the normal verdict (DROP).
 #[test]

@@ -116,6 +116,11 @@ fn decide(ctx: &XdpContext, config: &DatapathConfig) -> (u32, u32) {
         Parsed::Malformed => return malformed(config),
         Parsed::Ip(packet) => packet,
     };
+    // Neighbour discovery is never dropped, whatever the rules say: blocking a neighbour's
+    // address (or fe80::/10) must not cut this host off its link. ARP is not IP and passes.
+    if packet.neighbour_discovery {
+        return (verdict::PASS, xdp_action::XDP_PASS);
+    }
     let source = packet.source();
 
     // Allow first: an allowlisted source is never dropped, whatever the block set says. The

@@ -34,6 +34,15 @@ const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
 const IPPROTO_MH: u8 = 135;
 const IPPROTO_SCTP: u8 = 132;
+const IPPROTO_ICMPV6: u8 = 58;
+
+/// ICMPv6 neighbour discovery (RFC 4861): router solicitation and advertisement (133, 134),
+/// neighbour solicitation and advertisement (135, 136), redirect (137).
+const ND_FIRST_TYPE: u8 = 133;
+const ND_LAST_TYPE: u8 = 137;
+/// RFC 4861: a node discards neighbour discovery messages whose hop limit is not 255, so only a
+/// message from the link itself is one.
+const ND_HOP_LIMIT: u8 = 255;
 
 /// TCP flags byte: SYN without ACK marks a connection attempt.
 pub const TCP_SYN: u8 = 0x02;
@@ -123,6 +132,9 @@ pub struct Packet {
     /// A TCP header that ends before its flags byte. Still a packet (the filter needs only the
     /// ports), but not a flow the egress flagger or the drop sampler records.
     pub tcp_cut: bool,
+    /// An ICMPv6 neighbour discovery message from the link (type 133-137, hop limit 255): no
+    /// rule may drop it, or a blocked neighbour's address would cut the host off its link.
+    pub neighbour_discovery: bool,
     source: Addr,
     destination: Addr,
 }
@@ -193,6 +205,7 @@ fn parse_ipv4(frame: Frame, l3: usize) -> Parsed {
     let ip = Ip {
         family: Family::V4,
         l3,
+        hop_limit: 0,
         source: Addr::V4([header[12], header[13], header[14], header[15]]),
         destination: Addr::V4([header[16], header[17], header[18], header[19]]),
     };
@@ -215,6 +228,7 @@ fn parse_ipv6(frame: Frame, l3: usize) -> Parsed {
     let ip = Ip {
         family: Family::V6,
         l3,
+        hop_limit: header[7],
         source: Addr::V6(source),
         destination: Addr::V6(destination),
     };
@@ -271,6 +285,8 @@ fn parse_ipv6(frame: Frame, l3: usize) -> Parsed {
 struct Ip {
     family: Family,
     l3: usize,
+    /// IPv6's hop limit (0 for IPv4, which has no neighbour discovery).
+    hop_limit: u8,
     source: Addr,
     destination: Addr,
 }
@@ -286,6 +302,7 @@ fn transport(frame: Frame, ip: Ip, proto: u8, l4: usize, first_fragment: bool) -
         dport: 0,
         tcp_flags: 0,
         tcp_cut: false,
+        neighbour_discovery: false,
         source: ip.source,
         destination: ip.destination,
     };
@@ -300,6 +317,14 @@ fn transport(frame: Frame, ip: Ip, proto: u8, l4: usize, first_fragment: bool) -
                 Some(flags) => packet.tcp_flags = flags,
                 None => packet.tcp_cut = true,
             }
+        }
+    }
+    if proto == IPPROTO_ICMPV6 && first_fragment && ip.hop_limit == ND_HOP_LIMIT {
+        // Type and code: a message cut before them is no neighbour discovery (and still a
+        // packet). Two bytes, not one: LLVM turns a one-byte bound into `>=`, which the
+        // verifier does not take as proof that the byte is in the packet.
+        if let Some([icmp_type, _code]) = frame.read::<[u8; 2]>(l4) {
+            packet.neighbour_discovery = (ND_FIRST_TYPE..=ND_LAST_TYPE).contains(&icmp_type);
         }
     }
     Parsed::Ip(packet)
