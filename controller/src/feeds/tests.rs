@@ -487,3 +487,51 @@ async fn a_country_table_fetches_its_locations() {
     );
     assert_eq!(s.entries().await, ["45.148.0.0/24", "2a00:1450::/32"]);
 }
+
+#[test]
+fn every_table_fixture_parses() {
+    let locations = Locations::parse(include_str!(
+        "../../../blocklists/fixtures/geolite2_country_locations_lab.csv"
+    ))
+    .unwrap();
+    let country = |code| table::CountryCode::from_config(code).unwrap();
+    for (format, body, selection, expected) in [
+        (
+            FeedFormat::Ip2asn,
+            include_str!("../../../blocklists/fixtures/ip2asn_lab.tsv"),
+            selection(&[64500]),
+            [
+                "203.0.113.64/26",
+                "203.0.113.128/31",
+                "203.0.113.130/32",
+                "2001:db8:1::100/120",
+            ]
+            .as_slice(),
+        ),
+        (
+            FeedFormat::Geolite2Asn,
+            include_str!("../../../blocklists/fixtures/geolite2_asn_lab.csv"),
+            selection(&[64503]),
+            ["203.0.113.240/28"].as_slice(),
+        ),
+        (
+            FeedFormat::Geolite2Country,
+            include_str!("../../../blocklists/fixtures/geolite2_country_lab.csv"),
+            table::Selection {
+                countries: [country("fr")].into(),
+                ..Default::default()
+            },
+            [
+                "203.0.113.160/27",
+                "203.0.113.192/27",
+                "2001:db8:1::200/120",
+            ]
+            .as_slice(),
+        ),
+    ] {
+        let parsed = table::parse(&format, body, &selection, Some(&locations));
+        let got: Vec<String> = parsed.entries.iter().map(ToString::to_string).collect();
+        assert_eq!(got, expected, "{format}");
+        assert_eq!(parsed.bad_lines, 0, "{format}: {:?}", parsed.bad_samples);
+    }
+}
