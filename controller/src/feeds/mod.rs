@@ -315,9 +315,10 @@ impl FeedManager {
                     Ok(FetchOutcome::Body { text, .. }) => {
                         Some(Locations::parse(&text).map_err(Refusal::Locations))
                     }
-                    Ok(FetchOutcome::NotModified) => {
-                        unreachable!("no conditional headers were sent")
-                    }
+                    // No conditional headers were sent: a 304 is the server's mistake.
+                    Ok(FetchOutcome::NotModified) => Some(Err(Refusal::Locations(
+                        "answered 304 Not Modified to a plain GET".into(),
+                    ))),
                     Err(source) => {
                         self.count(&feed.name, "error");
                         state.last_error = Some(source.to_string());
