@@ -1,8 +1,10 @@
 //! A tiny real HTTP server for feed fixtures, listening on 127.0.0.1 inside a lab namespace
 //! (where the daemon under test can reach it). It answers GET with the current body, sends an
-//! ETag and honours If-None-Match with 304. Stopped (and its thread joined) on drop.
+//! ETag and honours If-None-Match with 304; paths given their own body ([`FixtureServer::serve_at`])
+//! answer that one, without an ETag. Stopped (and its thread joined) on drop.
 
 use std::{
+    collections::HashMap,
     io::{BufRead as _, BufReader, Write as _},
     net::TcpListener,
     sync::{
@@ -19,6 +21,8 @@ use crate::daemon::in_netns;
 struct Content {
     body: String,
     etag: Option<String>,
+    /// Bodies of other paths than /feed.
+    paths: HashMap<String, String>,
     requests: usize,
 }
 
@@ -71,6 +75,16 @@ impl FixtureServer {
         c.etag = etag.map(String::from);
     }
 
+    /// Serves `body` at `path` (e.g. "/ip2asn.tsv"); its URL is [`Self::url_of`].
+    pub fn serve_at(&self, path: &str, body: &str) {
+        let mut c = self.content.lock().expect("not poisoned");
+        c.paths.insert(path.to_string(), body.to_string());
+    }
+
+    pub fn url_of(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
     pub fn requests(&self) -> usize {
         self.content.lock().expect("not poisoned").requests
     }
@@ -80,7 +94,8 @@ fn answer(stream: std::net::TcpStream, content: &Mutex<Content>) -> std::io::Res
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut if_none_match = None;
     let mut line = String::new();
-    reader.read_line(&mut line)?; // request line
+    reader.read_line(&mut line)?; // request line: GET /path HTTP/1.1
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" {
@@ -95,6 +110,14 @@ fn answer(stream: std::net::TcpStream, content: &Mutex<Content>) -> std::io::Res
     let mut c = content.lock().expect("not poisoned");
     c.requests += 1;
     let mut stream = stream;
+    if let Some(body) = c.paths.get(&path) {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes())?;
+        return stream.write_all(body.as_bytes());
+    }
     if c.etag.is_some() && c.etag == if_none_match {
         return stream.write_all(b"HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n");
     }

@@ -1,7 +1,8 @@
 //! Feeds with a real daemon in a veth lab, served by a real HTTP server inside the lab: a feed
 //! blocks real traffic, conditional fetches answer 304, a broken feed keeps the last good copy
 //! enforced, a restart with the feed server gone enforces the last good copy before any fetch,
-//! and special-purpose ranges stay out of block feeds unless allowed.
+//! special-purpose ranges stay out of block feeds unless allowed, and the ASN/country tables
+//! enforce only the prefixes their selection picks.
 
 use std::{
     process::Output,
@@ -12,7 +13,7 @@ use serde_json::Value;
 use xdpwall_tests::{
     daemon::{Daemon, READ_TOKEN},
     fixture::FixtureServer,
-    lab::{BLOCKED_V4, BLOCKED_V6, FW_V4, FW_V6, Lab, PEER_V4},
+    lab::{BLOCKED_V4, BLOCKED_V6, FW_V4, FW_V6, Lab, PEER_V4, PEER_V6},
     require_privileges,
 };
 
@@ -172,5 +173,126 @@ fn special_ranges_stay_out_of_block_feeds_by_default() {
         lab.ping(BLOCKED_V4, FW_V4, PINGS).unwrap(),
         PINGS,
         "nothing blocked"
+    );
+}
+
+/// The lab's addresses in each table format (`blocklists/fixtures/*_lab.*`), and what each
+/// feed's selection must pick: (address, the list that blocks it, or `None` for pass).
+const TABLE_PROBES: [(&str, Option<&str>); 12] = [
+    (PEER_V4, None),
+    (BLOCKED_V4, Some("asn-lab")),
+    ("203.0.113.130", Some("asn-lab")),
+    ("203.0.113.131", None),
+    ("203.0.113.150", None),
+    ("203.0.113.170", Some("country-lab")),
+    ("203.0.113.200", Some("country-lab")),
+    ("203.0.113.230", None),
+    ("203.0.113.241", Some("geoasn-lab")),
+    (BLOCKED_V6, Some("asn-lab")),
+    ("2001:db8:1::2", None),
+    ("2001:db8:1::205", Some("country-lab")),
+];
+
+fn table_config(server: &FixtureServer) -> String {
+    let common =
+        "action = \"block\"\ninterval = \"1h\"\nmin_interval = \"1s\"\nallow_special = true\n";
+    format!(
+        "[[feeds]]\nname = \"asn-lab\"\nurl = \"{}\"\nformat = \"ip2asn\"\nasn = [64500]\n{common}\n\
+         [[feeds]]\nname = \"geoasn-lab\"\nurl = \"{}\"\nformat = \"geolite2-asn\"\nasn = [64503]\n{common}\n\
+         [[feeds]]\nname = \"country-lab\"\nurl = \"{}\"\nformat = \"geolite2-country\"\n\
+         country = [\"fr\"]\nlocations_url = \"{}\"\n{common}",
+        server.url_of("/ip2asn-v4.tsv"),
+        server.url_of("/GeoLite2-ASN-Blocks.csv"),
+        server.url_of("/GeoLite2-Country-Blocks.csv"),
+        server.url_of("/GeoLite2-Country-Locations-en.csv"),
+    )
+}
+
+#[test]
+fn asn_and_country_tables_enforce_only_the_selected_prefixes() {
+    require_privileges!();
+    let lab = Lab::new("feedtable").unwrap();
+    let server = FixtureServer::start(&lab.fw_netns_path()).unwrap();
+    let fixture = |name| {
+        let path = format!(
+            "{}/../blocklists/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    server.serve_at("/ip2asn-v4.tsv", &fixture("ip2asn_lab.tsv"));
+    server.serve_at("/GeoLite2-ASN-Blocks.csv", &fixture("geolite2_asn_lab.csv"));
+    server.serve_at(
+        "/GeoLite2-Country-Blocks.csv",
+        &fixture("geolite2_country_lab.csv"),
+    );
+    server.serve_at(
+        "/GeoLite2-Country-Locations-en.csv",
+        &fixture("geolite2_country_locations_lab.csv"),
+    );
+    let daemon = Daemon::start(&lab, "feedtable", &table_config(&server)).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let feeds = loop {
+        let feeds = daemon.get_json("/v1/feeds").unwrap()["feeds"].clone();
+        let done = feeds
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| !f["last_attempt"].is_null());
+        if done {
+            break feeds;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all feeds fetched: {feeds}\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // ip2asn: AS 64500's range .64-.130 is three prefixes, plus its IPv6 /120; GeoLite2 ASN:
+    // AS 64503's /28; GeoLite2 Country: France located (.192/27, v6 ::200/120) or only
+    // registered (.160/27), with the codes from the locations file.
+    for (name, entries) in [("asn-lab", 4), ("geoasn-lab", 1), ("country-lab", 3)] {
+        let feed = feeds
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {feeds}"));
+        assert_eq!(feed["entries"], entries, "{name}: {feed}\n{}", daemon.log());
+        assert!(feed["last_error"].is_null(), "{name}: {feed}");
+    }
+
+    for (ip, list) in TABLE_PROBES {
+        let lookup = daemon.get_json(&format!("/v1/lookup?ip={ip}")).unwrap();
+        match list {
+            Some(list) => {
+                assert_eq!(lookup["verdict"], "block", "{ip}: {lookup}");
+                assert_eq!(lookup["rule"]["list"], list, "{ip}: {lookup}");
+            }
+            None => assert_eq!(lookup["verdict"], "pass", "{ip}: {lookup}"),
+        }
+    }
+    // The kernel agrees: the selected AS's address is dropped, the unselected AS's passes.
+    assert_eq!(
+        lab.ping(PEER_V4, FW_V4, PINGS).unwrap(),
+        PINGS,
+        "unselected AS passes"
+    );
+    assert_eq!(
+        lab.ping(BLOCKED_V4, FW_V4, PINGS).unwrap(),
+        0,
+        "selected AS dropped"
+    );
+    assert_eq!(
+        lab.ping(BLOCKED_V6, FW_V6, PINGS).unwrap(),
+        0,
+        "selected AS dropped (v6)"
+    );
+    assert_eq!(
+        lab.ping(PEER_V6, FW_V6, PINGS).unwrap(),
+        PINGS,
+        "unselected AS passes (v6)"
     );
 }

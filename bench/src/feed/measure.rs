@@ -49,6 +49,8 @@ pub(super) fn bench_feed(entries: usize) -> Feed {
         },
         csv: CsvOptions::default(),
         max_bytes: 64 << 20,
+        selection: Default::default(),
+        locations_url: None,
     }
 }
 
@@ -169,7 +171,7 @@ fn xdpwall_pass(
     previous: Option<usize>,
 ) -> anyhow::Result<XdpwallPass> {
     let started = Instant::now();
-    let checked = check_body(feed, text, previous).context("check_body refused the feed")?;
+    let checked = check_body(feed, text, None, previous).context("check_body refused the feed")?;
     let entries: BTreeSet<IpNet> = checked.entries.iter().copied().collect();
     let checked_at = Instant::now();
     let report = engine

@@ -59,8 +59,13 @@ fn churn_keeps_the_size_and_changes_the_given_fraction() {
 fn check_body_keeps_every_generated_entry() {
     let mut rng = StdRng::seed_from_u64(7);
     let lists = feed_lists(&mut rng, 5_000, 0.01);
-    let checked =
-        check_body(&bench_feed(5_000), &plain_feed_text(&lists.full), None).expect("accepted");
+    let checked = check_body(
+        &bench_feed(5_000),
+        &plain_feed_text(&lists.full),
+        None,
+        None,
+    )
+    .expect("accepted");
     assert_eq!(checked.entries.len(), 5_000);
     assert_eq!(checked.excluded_special, 0);
     assert_eq!(checked.bad_lines, 0);

@@ -10,10 +10,11 @@ pub mod catalogue;
 pub mod fetch;
 pub mod parse;
 pub mod sanity;
+pub mod table;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::Write as _,
+    io::{BufRead as _, Write as _},
     path::{Path, PathBuf},
     sync::Mutex,
     time::Duration,
@@ -28,6 +29,7 @@ use self::{
     fetch::{FetchError, FetchOutcome, FetchRequest},
     parse::looks_like_html,
     sanity::Refusal,
+    table::{Locations, is_table},
 };
 use crate::{
     engine::{Engine, EngineError, FEED_ID_BASE},
@@ -176,6 +178,16 @@ impl FeedManager {
         for feed in &self.feeds {
             let state = store.feed_state(&feed.name)?;
             let path = self.last_good_path(&feed.name);
+            if self.selection_changed(feed) {
+                if path.exists() {
+                    info!(
+                        feed = feed.name,
+                        "the last good copy was selected by another asn/country; not applied, \
+                         the next fetch selects anew"
+                    );
+                }
+                continue;
+            }
             let text = match std::fs::read_to_string(&path) {
                 Ok(text) => text,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -247,10 +259,13 @@ impl FeedManager {
             ));
         }
         state.last_attempt = Some(now);
+        // A table whose selection changed since the last good copy starts afresh: the
+        // unchanged table must be fetched (no 304) and the new selection is not "shrinking".
+        let reselect = self.selection_changed(&feed);
         let request = FetchRequest {
             url: feed.url.clone(),
-            etag: state.etag.clone(),
-            last_modified: state.last_modified.clone(),
+            etag: state.etag.clone().filter(|_| !reselect),
+            last_modified: state.last_modified.clone().filter(|_| !reselect),
             max_bytes: feed.max_bytes,
             attempts: 3,
         };
@@ -287,8 +302,43 @@ impl FeedManager {
             } => (text, etag, last_modified),
         };
 
-        let previous = (state.entries > 0).then_some(state.entries);
-        let checked = check_body(&feed, &text, previous);
+        let locations = match &feed.locations_url {
+            Some(url) => {
+                let request = FetchRequest {
+                    url: url.clone(),
+                    etag: None,
+                    last_modified: None,
+                    max_bytes: feed.max_bytes,
+                    attempts: 3,
+                };
+                match fetch::fetch(&self.client, &request).await {
+                    Ok(FetchOutcome::Body { text, .. }) => {
+                        Some(Locations::parse(&text).map_err(Refusal::Locations))
+                    }
+                    // No conditional headers were sent: a 304 is the server's mistake.
+                    Ok(FetchOutcome::NotModified) => Some(Err(Refusal::Locations(
+                        "answered 304 Not Modified to a plain GET".into(),
+                    ))),
+                    Err(source) => {
+                        self.count(&feed.name, "error");
+                        state.last_error = Some(source.to_string());
+                        self.save_state(engine, &state).await?;
+                        return Err(FeedError::Fetch {
+                            feed: feed.name.clone(),
+                            entries: state.entries,
+                            source,
+                        });
+                    }
+                }
+            }
+            None => None,
+        };
+        let previous = (state.entries > 0 && !reselect).then_some(state.entries);
+        let checked = match locations {
+            Some(Err(refusal)) => Err(refusal),
+            Some(Ok(locations)) => check_body(&feed, &text, Some(&locations), previous),
+            None => check_body(&feed, &text, None, previous),
+        };
         let checked = match checked {
             Ok(c) => c,
             Err(reason) => {
@@ -304,7 +354,11 @@ impl FeedManager {
             }
         };
         // Rendered now so the set can move into the engine without a copy.
-        let last_good = render_last_good(&checked.entries);
+        let mut last_good = String::new();
+        if is_table(&feed.format) {
+            last_good = format!("{SELECTION_MARK}{}\n", feed.selection);
+        }
+        last_good.push_str(&render_last_good(&checked.entries));
         let entries: BTreeSet<IpNet> = checked.entries.iter().copied().collect();
         let count = entries.len();
         let applied = {
@@ -350,6 +404,25 @@ impl FeedManager {
         })
     }
 
+    /// Whether `feed` is a table whose last good copy (if any) was made for another selection:
+    /// its first line records the selection.
+    fn selection_changed(&self, feed: &Feed) -> bool {
+        if !is_table(&feed.format) {
+            return false;
+        }
+        let mut first = String::new();
+        let recorded = std::fs::File::open(self.last_good_path(&feed.name))
+            .and_then(|file| std::io::BufReader::new(file).read_line(&mut first))
+            .ok()
+            .and_then(|_| {
+                first
+                    .trim_end()
+                    .strip_prefix(SELECTION_MARK)
+                    .map(String::from)
+            });
+        recorded != Some(feed.selection.to_string())
+    }
+
     async fn save_state(
         &self,
         engine: &tokio::sync::Mutex<Option<Engine>>,
@@ -383,6 +456,10 @@ impl FeedManager {
         Ok(())
     }
 }
+
+/// The first line of a table feed's last good copy: the selection it was made for (a comment,
+/// which readers of the copy skip).
+const SELECTION_MARK: &str = "# selection: ";
 
 /// The last good copy's file content: one normalised CIDR per line, as `IpNet`'s `Display`
 /// writes it. IPv4 is written digit by digit: through `Display`, a million lines took ~150 ms
@@ -421,10 +498,12 @@ fn push_decimal(text: &mut String, value: u8) {
     text.push(char::from(b'0' + value % 10));
 }
 
-/// Body → entries to apply, or why not.
+/// Body → entries to apply, or why not. `locations` gives a geolite2-country table its
+/// country codes.
 pub fn check_body(
     feed: &Feed,
     text: &str,
+    locations: Option<&Locations>,
     previous: Option<usize>,
 ) -> Result<sanity::Checked, Refusal> {
     if text.trim().is_empty() {
@@ -435,7 +514,14 @@ pub fn check_body(
             format: feed.format.to_string(),
         });
     }
-    let parsed = parse::parse(&feed.format, text, &feed.csv);
+    let parsed = if is_table(&feed.format) {
+        if feed.format == parse::FeedFormat::Geolite2Country && locations.is_none() {
+            return Err(Refusal::Locations("not fetched".into()));
+        }
+        table::parse(&feed.format, text, &feed.selection, locations)
+    } else {
+        parse::parse(&feed.format, text, &feed.csv)
+    };
     // Allow feeds may legitimately list private ranges (e.g. a LAN allowlist).
     let exclude_special = feed.action != Action::Allow;
     sanity::check(&parsed, previous, exclude_special, &feed.limits)

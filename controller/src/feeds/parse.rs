@@ -22,6 +22,16 @@ pub enum FeedFormat {
     Dshield,
     /// Comma-separated values; the address is in `column` (0-based).
     Csv,
+    /// iptoasn.com `ip2asn-v4.tsv`/`ip2asn-v6.tsv`: address ranges with their AS and country
+    /// (a table: see [`super::table`]).
+    Ip2asn,
+    /// MaxMind GeoLite2-ASN-Blocks-IPv4/IPv6.csv: networks with their AS (a table).
+    #[serde(rename = "geolite2-asn")]
+    Geolite2Asn,
+    /// MaxMind GeoLite2-Country-Blocks-IPv4/IPv6.csv, with the country codes from
+    /// GeoLite2-Country-Locations-en.csv (`locations_url`) (a table).
+    #[serde(rename = "geolite2-country")]
+    Geolite2Country,
 }
 
 impl std::fmt::Display for FeedFormat {
@@ -32,6 +42,9 @@ impl std::fmt::Display for FeedFormat {
             Self::SpamhausJson => "spamhaus-json",
             Self::Dshield => "dshield",
             Self::Csv => "csv",
+            Self::Ip2asn => "ip2asn",
+            Self::Geolite2Asn => "geolite2-asn",
+            Self::Geolite2Country => "geolite2-country",
         })
     }
 }
@@ -56,7 +69,7 @@ pub struct Parsed {
 const BAD_SAMPLES: usize = 5;
 
 impl Parsed {
-    fn bad(&mut self, line: usize, text: &str) {
+    pub(super) fn bad(&mut self, line: usize, text: &str) {
         self.bad_lines += 1;
         if self.bad_samples.len() < BAD_SAMPLES {
             self.bad_samples.push(BadLine {
@@ -83,13 +96,18 @@ impl Default for CsvOptions {
     }
 }
 
-/// Parses `body` in `format`.
+/// Parses `body` in `format`. A table format (ip2asn, geolite2-*) selects its rows by ASN or
+/// country, so it goes through [`super::table::parse`] with the feed's selection; here it
+/// selects nothing (and a geolite2-country row, without its locations, is a bad line).
 pub fn parse(format: &FeedFormat, body: &str, csv: &CsvOptions) -> Parsed {
     match format {
         FeedFormat::Plain | FeedFormat::Netset => parse_plain(body),
         FeedFormat::SpamhausJson => parse_spamhaus_json(body),
         FeedFormat::Dshield => parse_dshield(body),
         FeedFormat::Csv => parse_csv(body, csv),
+        FeedFormat::Ip2asn | FeedFormat::Geolite2Asn | FeedFormat::Geolite2Country => {
+            super::table::parse(format, body, &super::table::Selection::default(), None)
+        }
     }
 }
 

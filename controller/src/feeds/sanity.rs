@@ -134,6 +134,8 @@ pub enum Refusal {
         first_line: usize,
         first_text: String,
     },
+    #[error("the locations file (locations_url) is unusable: {0}")]
+    Locations(String),
     #[error("no usable entries (all {excluded} were in special-purpose ranges or none parsed)")]
     NoEntries { excluded: usize },
     #[error("{entries} entries is more than max_entries = {max}")]

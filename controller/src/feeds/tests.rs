@@ -98,6 +98,8 @@ async fn setup_with_maps(
         limits: SafetyLimits::default(),
         csv: CsvOptions::default(),
         max_bytes: 1 << 20,
+        selection: Default::default(),
+        locations_url: None,
     };
     tweak(&mut feed);
     let dir = tempfile::tempdir().unwrap();
@@ -369,6 +371,167 @@ fn every_fixture_parses() {
     ] {
         let parsed = parse::parse(&format, body, &csv);
         assert_eq!(parsed.entries.len(), expected, "{format}");
+        assert_eq!(parsed.bad_lines, 0, "{format}: {:?}", parsed.bad_samples);
+    }
+}
+
+/// An ip2asn table of public-looking space: AS 64500 has one /24, AS 64501 four.
+const IP2ASN: &str = "0.0.0.0\t0.255.255.255\t0\tNone\tNot routed\n\
+45.148.0.0\t45.148.0.255\t64500\tNL\tSMALL-AS\n\
+45.148.2.0\t45.148.2.255\t64501\tDE\tBIG-AS\n\
+45.148.4.0\t45.148.4.255\t64501\tDE\tBIG-AS\n\
+45.148.6.0\t45.148.6.255\t64501\tDE\tBIG-AS\n\
+45.148.8.0\t45.148.8.130\t64501\tDE\tBIG-AS\n";
+
+fn selection(asns: &[u32]) -> table::Selection {
+    table::Selection {
+        asns: asns.iter().copied().collect(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_table_feed_applies_only_its_selection() {
+    let s = setup(FeedFormat::Ip2asn, |f| f.selection = selection(&[64500])).await;
+    s.serve(IP2ASN, None);
+    let report = s.sync(0).await.unwrap();
+    assert_eq!((report.entries, report.bad_lines), (1, 0), "{report:?}");
+    assert_eq!(s.entries().await, ["45.148.0.0/24"]);
+    assert_eq!(s.kernel_blocks().await, 1);
+}
+
+#[tokio::test]
+async fn a_changed_selection_refetches_and_is_not_a_shrink() {
+    let s = setup(FeedFormat::Ip2asn, |f| f.selection = selection(&[64501])).await;
+    s.serve(IP2ASN, Some("\"t1\""));
+    assert_eq!(s.sync(0).await.unwrap().entries, 6);
+    assert_eq!(s.sync(1).await.unwrap().result, SyncResult::NotModified);
+
+    // The operator narrows the selection to AS 64500 and restarts: same state dir and store.
+    let mut feed = s.manager.feed("testfeed").unwrap().clone();
+    feed.selection = selection(&[64500]);
+    let restarted = FeedManager::new(vec![feed], s._dir.path()).unwrap();
+    {
+        let guard = s.engine.lock().await;
+        let store = guard.as_ref().unwrap().store();
+        assert!(
+            restarted.last_good_sets(store).unwrap().is_empty(),
+            "the copy selected for AS 64501 is not applied for AS 64500"
+        );
+        assert_eq!(s.manager.last_good_sets(store).unwrap()[0].entries.len(), 6);
+    }
+    // The unchanged table is fetched in full (no If-None-Match) and 6 → 1 entries is a new
+    // selection, not a shrinking list.
+    let report = restarted.sync(&s.engine, "testfeed", 2).await.unwrap();
+    assert_eq!(report.result, SyncResult::Applied, "{report:?}");
+    assert_eq!(s.entries().await, ["45.148.0.0/24"]);
+    assert_eq!(
+        s.fixture.lock().unwrap().seen_if_none_match,
+        [None, Some("\"t1\"".to_string()), None]
+    );
+    let guard = s.engine.lock().await;
+    let store = guard.as_ref().unwrap().store();
+    assert_eq!(restarted.last_good_sets(store).unwrap()[0].entries.len(), 1);
+    drop(guard);
+    // From now on conditional again.
+    assert_eq!(
+        restarted
+            .sync(&s.engine, "testfeed", 3)
+            .await
+            .unwrap()
+            .result,
+        SyncResult::NotModified
+    );
+}
+
+#[tokio::test]
+async fn a_country_table_fetches_its_locations() {
+    let dir = tempfile::tempdir().unwrap();
+    let locations = dir.path().join("GeoLite2-Country-Locations-en.csv");
+    std::fs::write(
+        &locations,
+        "geoname_id,locale_code,continent_code,continent_name,country_iso_code,country_name,is_in_european_union\n\
+         2750405,en,EU,Europe,NL,Netherlands,1\n2921044,en,EU,Europe,DE,Germany,1\n",
+    )
+    .unwrap();
+    let url = format!("file://{}", locations.display());
+    let s = setup(FeedFormat::Geolite2Country, |f| {
+        f.selection
+            .countries
+            .insert(table::CountryCode::from_config("nl").unwrap());
+        f.locations_url = Some(url);
+    })
+    .await;
+    s.serve(
+        "network,geoname_id,registered_country_geoname_id,represented_country_geoname_id,is_anonymous_proxy,is_satellite_provider\n\
+         45.148.0.0/24,2750405,2750405,,0,0\n45.148.2.0/24,2921044,2921044,,0,0\n2a00:1450::/32,,2750405,,0,0\n",
+        None,
+    );
+    let report = s.sync(0).await.unwrap();
+    assert_eq!(report.bad_lines, 0, "{report:?}");
+    assert_eq!(s.entries().await, ["45.148.0.0/24", "2a00:1450::/32"]);
+
+    // Locations that are not a locations file: refused, the last good copy stays.
+    std::fs::write(&locations, "<html>login</html>\n").unwrap();
+    let err = s.sync(1).await.unwrap_err();
+    assert!(
+        err.to_string().contains("locations_url") && err.to_string().contains("last good copy"),
+        "{err}"
+    );
+    // Locations that are gone: a fetch failure naming them.
+    std::fs::remove_file(&locations).unwrap();
+    let err = s.sync(2).await.unwrap_err();
+    assert!(
+        err.to_string().contains("GeoLite2-Country-Locations"),
+        "{err}"
+    );
+    assert_eq!(s.entries().await, ["45.148.0.0/24", "2a00:1450::/32"]);
+}
+
+#[test]
+fn every_table_fixture_parses() {
+    let locations = Locations::parse(include_str!(
+        "../../../blocklists/fixtures/geolite2_country_locations_lab.csv"
+    ))
+    .unwrap();
+    let country = |code| table::CountryCode::from_config(code).unwrap();
+    for (format, body, selection, expected) in [
+        (
+            FeedFormat::Ip2asn,
+            include_str!("../../../blocklists/fixtures/ip2asn_lab.tsv"),
+            selection(&[64500]),
+            [
+                "203.0.113.64/26",
+                "203.0.113.128/31",
+                "203.0.113.130/32",
+                "2001:db8:1::100/120",
+            ]
+            .as_slice(),
+        ),
+        (
+            FeedFormat::Geolite2Asn,
+            include_str!("../../../blocklists/fixtures/geolite2_asn_lab.csv"),
+            selection(&[64503]),
+            ["203.0.113.240/28"].as_slice(),
+        ),
+        (
+            FeedFormat::Geolite2Country,
+            include_str!("../../../blocklists/fixtures/geolite2_country_lab.csv"),
+            table::Selection {
+                countries: [country("fr")].into(),
+                ..Default::default()
+            },
+            [
+                "203.0.113.160/27",
+                "203.0.113.192/27",
+                "2001:db8:1::200/120",
+            ]
+            .as_slice(),
+        ),
+    ] {
+        let parsed = table::parse(&format, body, &selection, Some(&locations));
+        let got: Vec<String> = parsed.entries.iter().map(ToString::to_string).collect();
+        assert_eq!(got, expected, "{format}");
         assert_eq!(parsed.bad_lines, 0, "{format}: {:?}", parsed.bad_samples);
     }
 }
