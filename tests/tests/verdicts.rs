@@ -207,7 +207,11 @@ fn neighbour_discovery_is_never_dropped() {
         "a neighbour solicitation with hop limit 64 is not from the link"
     );
     let cut = &routed.bytes[..14 + 40];
-    assert_eq!(program.run(cut).unwrap(), XDP_DROP, "ICMPv6 cut before its type");
+    assert_eq!(
+        program.run(cut).unwrap(),
+        XDP_DROP,
+        "ICMPv6 cut before its type"
+    );
     assert_eq!(count(&program, "dropped"), 3);
 }
 
