@@ -1,7 +1,8 @@
 //! The xdpwall XDP ingress filter.
 //!
 //! Per packet: parse Ethernet, up to two VLAN tags, IPv4 or IPv6 (walking IPv6 extension
-//! headers to the L4 header); pass allowlisted sources, drop blocklisted ones (or count them as
+//! headers to the L4 header); pass neighbour discovery from the link whatever the rules say,
+//! pass allowlisted sources, drop blocklisted ones (or count them as
 //! "would drop" in monitor mode), and count every verdict per interface and every block hit per
 //! rule. A frame too short for the headers it claims is `malformed` and passed unless the
 //! controller asked for malformed frames to be dropped. Every read is bounds-checked against
