@@ -272,16 +272,7 @@ impl FeedManager {
         let outcome = fetch::fetch(&self.client, &request).await;
         let outcome = match outcome {
             Ok(o) => o,
-            Err(source) => {
-                self.count(&feed.name, "error");
-                state.last_error = Some(source.to_string());
-                self.save_state(engine, &state).await?;
-                return Err(FeedError::Fetch {
-                    feed: feed.name.clone(),
-                    entries: state.entries,
-                    source,
-                });
-            }
+            Err(source) => return Err(self.fetch_failed(engine, &mut state, source).await),
         };
         let (text, etag, last_modified) = match outcome {
             FetchOutcome::NotModified => {
@@ -320,14 +311,7 @@ impl FeedManager {
                         "answered 304 Not Modified to a plain GET".into(),
                     ))),
                     Err(source) => {
-                        self.count(&feed.name, "error");
-                        state.last_error = Some(source.to_string());
-                        self.save_state(engine, &state).await?;
-                        return Err(FeedError::Fetch {
-                            feed: feed.name.clone(),
-                            entries: state.entries,
-                            source,
-                        });
+                        return Err(self.fetch_failed(engine, &mut state, source).await);
                     }
                 }
             }
@@ -421,6 +405,26 @@ impl FeedManager {
                     .map(String::from)
             });
         recorded != Some(feed.selection.to_string())
+    }
+
+    /// Records a failed fetch (the feed's state and the fetch counter); the error to answer,
+    /// which says the last good copy stays enforced.
+    async fn fetch_failed(
+        &self,
+        engine: &tokio::sync::Mutex<Option<Engine>>,
+        state: &mut FeedState,
+        source: FetchError,
+    ) -> FeedError {
+        self.count(&state.name, "error");
+        state.last_error = Some(source.to_string());
+        if let Err(store_error) = self.save_state(engine, state).await {
+            return store_error;
+        }
+        FeedError::Fetch {
+            feed: state.name.clone(),
+            entries: state.entries,
+            source,
+        }
     }
 
     async fn save_state(
