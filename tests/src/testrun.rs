@@ -38,19 +38,29 @@ impl TestProgram {
     pub fn load_with(tag: &str, engines: impl Into<Engines>) -> anyhow::Result<Self> {
         let (pin_dir, _) = crate::daemon::Daemon::dirs(&format!("testrun-{tag}"));
         let pins = PinLayout::new(&pin_dir);
-        // The engine owns the map handles; the program stays in `ebpf`.
-        let LoadedObject { ebpf, datapath } = loader::load_object(&pins, engines)?;
-        let (engine, _) = Engine::open(
-            Box::new(datapath),
-            Store::in_memory()?,
-            Vec::new(),
-            Vec::new(),
-        )?;
-        Ok(Self {
-            engine,
-            ebpf,
-            pin_dir,
-        })
+        let opened = (|| {
+            // The engine owns the map handles; the program stays in `ebpf`.
+            let LoadedObject { ebpf, datapath } = loader::load_object(&pins, engines)?;
+            let (engine, _) = Engine::open(
+                Box::new(datapath),
+                Store::in_memory()?,
+                Vec::new(),
+                Vec::new(),
+            )?;
+            anyhow::Ok((engine, ebpf))
+        })();
+        match opened {
+            Ok((engine, ebpf)) => Ok(Self {
+                engine,
+                ebpf,
+                pin_dir,
+            }),
+            Err(e) => {
+                // A program the verifier refuses must not leave its maps pinned behind.
+                let _ = std::fs::remove_dir_all(&pin_dir);
+                Err(e)
+            }
+        }
     }
 
     /// Where this program's maps are pinned.
