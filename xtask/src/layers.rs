@@ -83,8 +83,7 @@ pub fn check(src: &Path) -> anyhow::Result<()> {
 
 /// Module -> the crate modules it imports (outside its tests).
 fn imports(src: &Path) -> anyhow::Result<BTreeMap<String, BTreeSet<String>>> {
-    let mut files = Vec::new();
-    collect(src, &mut files)?;
+    let files = crate::file_sizes::non_test_sources(src)?;
     let mut imports: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for file in files {
         let relative = file.strip_prefix(src).expect("under src");
@@ -104,28 +103,6 @@ fn imports(src: &Path) -> anyhow::Result<BTreeMap<String, BTreeSet<String>>> {
         deps.extend(crate_modules(code).into_iter().filter(|d| *d != module));
     }
     Ok(imports)
-}
-
-fn collect(dir: &Path, files: &mut Vec<std::path::PathBuf>) -> anyhow::Result<()> {
-    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_dir() {
-            collect(&path, files)?;
-        } else if path.extension().is_some_and(|e| e == "rs") && !is_test_code(&path) {
-            files.push(path);
-        }
-    }
-    Ok(())
-}
-
-/// A module's tests may live beside it (`engine/tests.rs`, `api/tests/…`): test code may
-/// import from any layer, as the `#[cfg(test)]` part of a file may.
-fn is_test_code(path: &Path) -> bool {
-    path.file_stem().is_some_and(|s| s == "tests")
-        || path
-            .parent()
-            .and_then(Path::file_name)
-            .is_some_and(|d| d == "tests")
 }
 
 /// The first segment of every `crate::` path in `code`, including each top-level item of a
