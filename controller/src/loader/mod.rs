@@ -15,6 +15,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::ProgramArray,
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -24,7 +25,7 @@ use aya::{
 use tracing::{info, warn};
 use xdpwall_shared::{
     DIR24_MAP_ENTRIES, IFACE_SLOTS, V4_LONG_MAX_ENTRIES, V6_GUIDE_MAX_ENTRIES, V6_HASH_MAX_ENTRIES,
-    V6_TOP_SLOTS, XDP_PROGRAM, egress, map_names,
+    V6_TOP_SLOTS, XDP_PROGRAM, egress, map_names, stages,
 };
 
 use crate::{
@@ -84,6 +85,14 @@ pub enum LoaderError {
     Load(#[source] Box<aya::EbpfError>),
     #[error("the kernel verifier or loader refused the XDP program: {0}")]
     Program(#[source] Box<aya::programs::ProgramError>),
+    #[error("the kernel verifier or loader refused the XDP stage {name}: {source}")]
+    Stage {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("putting the XDP stages in XW_STAGES: {0}")]
+    StageArray(#[source] Box<aya::maps::MapError>),
     #[error("attaching XDP to {iface} in {mode} mode failed: {source}; {hint}")]
     Attach {
         iface: String,
@@ -291,7 +300,44 @@ pub fn load_object(
     program
         .load()
         .map_err(|e| LoaderError::Program(Box::new(e)))?;
+    load_stages(&mut ebpf)?;
     Ok(LoadedObject { ebpf, datapath })
+}
+
+/// Loads the stages the ingress program tail-calls ([`stages`]) and puts each in its slot of the
+/// pinned program array, replacing the previous version's. The array holds the programs from
+/// then on: they stay in place after this process exits, as the attached ingress program does.
+fn load_stages(ebpf: &mut Ebpf) -> Result<(), LoaderError> {
+    let mut loaded = Vec::new();
+    for (slot, name) in stages::PROGRAMS.iter().enumerate() {
+        let Some(program) = ebpf.program_mut(name) else {
+            continue;
+        };
+        let stage = |source| LoaderError::Stage {
+            name,
+            source: Box::new(source),
+        };
+        let program: &mut Xdp = program.try_into().map_err(stage)?;
+        program.load().map_err(stage)?;
+        loaded.push((slot as u32, *name));
+    }
+    let map = ebpf
+        .take_map(map_names::STAGES)
+        .ok_or(LoaderError::NoObject)?;
+    let array_err = |e| LoaderError::StageArray(Box::new(e));
+    let mut array = ProgramArray::try_from(map).map_err(array_err)?;
+    for (slot, name) in loaded {
+        let program: &Xdp = ebpf
+            .program(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(LoaderError::NoObject)?;
+        let fd = program.fd().map_err(|source| LoaderError::Stage {
+            name,
+            source: Box::new(source),
+        })?;
+        array.set(slot, fd, 0).map_err(array_err)?;
+    }
+    Ok(())
 }
 
 /// Refuses pinned maps whose key or value size differs from what `object` declares. aya reuses a
