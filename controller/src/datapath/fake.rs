@@ -7,6 +7,7 @@ use super::*;
 pub struct FakeMaps {
     pub contents: MapContents,
     pub config: DatapathConfig,
+    pub policy: PolicyTable,
     pub counters: BTreeMap<RuleId, RuleCounters>,
     /// Refuse applies that would grow the block tries past this many entries.
     pub block_capacity: Option<usize>,
@@ -77,5 +78,12 @@ impl KernelMaps for FakeMaps {
     }
     fn config(&self) -> Result<DatapathConfig, DatapathError> {
         Ok(self.config)
+    }
+    fn policy(&self) -> PolicyTable {
+        self.policy.clone()
+    }
+    fn apply_policy(&mut self, table: &PolicyTable) -> Result<(), DatapathError> {
+        self.policy = table.clone();
+        Ok(())
     }
 }

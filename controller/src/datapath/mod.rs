@@ -24,7 +24,7 @@ use xdpwall_shared::{
 
 use crate::{
     dir24::{self, IdTooLarge, Prefixes, Writes},
-    rules::{MapContents, MapDiff, RuleId, TrieContents, TrieDiff},
+    rules::{MapContents, MapDiff, PolicyTable, RuleId, TrieContents, TrieDiff},
     v6hash::{self, Changes},
 };
 
@@ -37,12 +37,14 @@ mod dir24_maps;
 #[cfg(any(test, feature = "fake-datapath"))]
 pub mod fake;
 mod lpm;
+mod policy_maps;
 mod v6hash_maps;
 
 use batch::{RcuBarrier, delete_batch, map_fd, update_batch};
 use dir24_maps::{Dir24, MappedTable};
 pub use lpm::trie_capacity;
 use lpm::{Undo, clear_trie, ignore_missing, read_trie, remove, restore_set, rollback, upsert};
+use policy_maps::PolicyMaps;
 use v6hash_maps::V6Hash;
 
 /// Which structure the XDP program consults for IPv4 sources.
@@ -174,6 +176,8 @@ pub struct Datapath {
     dir24: Option<Dir24>,
     /// The IPv6 hash engine; `None` with the LPM engine.
     v6hash: Option<V6Hash>,
+    /// The second stage: scoped, limit and monitor-mode rules.
+    policy: PolicyMaps,
 }
 
 /// Packet counts by verdict for one interface.
@@ -191,6 +195,11 @@ pub trait KernelMaps: Send {
     fn drop_rule_counters(&mut self, ids: &[RuleId]) -> Result<(), DatapathError>;
     fn set_config(&mut self, config: DatapathConfig) -> Result<(), DatapathError>;
     fn config(&self) -> Result<DatapathConfig, DatapathError>;
+    /// What the second stage's maps hold.
+    fn policy(&self) -> PolicyTable;
+    /// Makes the second stage's maps hold `table` (and turns the stage on or off). On error the
+    /// caller applies the previous table again.
+    fn apply_policy(&mut self, table: &PolicyTable) -> Result<(), DatapathError>;
     /// The IPv4 lookup engine these maps are maintained for.
     fn ipv4_lookup(&self) -> Ipv4Lookup {
         Ipv4Lookup::Lpm
@@ -230,6 +239,12 @@ impl KernelMaps for Datapath {
     }
     fn config(&self) -> Result<DatapathConfig, DatapathError> {
         Datapath::config(self)
+    }
+    fn policy(&self) -> PolicyTable {
+        self.policy.contents()
+    }
+    fn apply_policy(&mut self, table: &PolicyTable) -> Result<(), DatapathError> {
+        Datapath::apply_policy(self, table)
     }
     fn ipv4_lookup(&self) -> Ipv4Lookup {
         Datapath::ipv4_lookup(self)
@@ -345,7 +360,33 @@ impl Datapath {
             lookup,
             dir24,
             v6hash,
+            policy: PolicyMaps::open(ebpf)?,
         })
+    }
+
+    /// Makes the second stage's maps hold `table`; the ingress program calls the stage only
+    /// while it holds something.
+    pub fn apply_policy(&mut self, table: &PolicyTable) -> Result<(), DatapathError> {
+        if table.is_empty() {
+            self.set_stage_bit(lookup::SCOPED, false)?;
+        }
+        self.policy.apply(table)?;
+        if !self.policy.is_empty() {
+            self.set_stage_bit(lookup::SCOPED, true)?;
+        }
+        Ok(())
+    }
+
+    /// Turns a stage of [`lookup::STAGE_BITS`] on or off, leaving the engine bits as they are.
+    pub fn set_stage_bit(&mut self, bit: u32, on: bool) -> Result<(), DatapathError> {
+        let current = self.lookup.get(&0, 0).map_err(map_err(map_names::LOOKUP))?;
+        let wanted = if on { current | bit } else { current & !bit };
+        if wanted != current {
+            self.lookup
+                .set(0, wanted, 0)
+                .map_err(map_err(map_names::LOOKUP))?;
+        }
+        Ok(())
     }
 
     /// The IPv4 engine this handle maintains.
@@ -393,7 +434,7 @@ impl Datapath {
             Some(_) => lookup::V6_HASH,
             None => lookup::LPM,
         };
-        let wanted = v4 | v6;
+        let wanted = v4 | v6 | (current & lookup::STAGE_BITS);
         if current == wanted {
             return Ok(());
         }

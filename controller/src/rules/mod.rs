@@ -15,6 +15,9 @@ use std::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
+pub mod scope;
+pub use scope::{Limit, LimitPer, Mode, PolicyTable, PortRange, Proto, Rate, Scope, ScopedRule};
+
 /// Identifier of a rule; also the value stored in the tries and the key of the rule counters.
 pub type RuleId = u32;
 
