@@ -102,6 +102,7 @@ pub fn run(args: &Args, pin_dir: &std::path::Path) -> anyhow::Result<String> {
         let rules: Vec<NewRule> = prefixes
             .iter()
             .map(|net| NewRule {
+                options: Default::default(),
                 cidr: (*net).into(),
                 action: Action::Block,
                 list: "bench".into(),

@@ -129,6 +129,7 @@ pub fn run_program(program: &Xdp, frame: &[u8]) -> anyhow::Result<u32> {
 
 pub fn new_rule(cidr: &str, action: Action) -> NewRule {
     NewRule {
+        options: Default::default(),
         cidr: normalize_cidr(cidr).expect("valid test CIDR"),
         action,
         list: "test".into(),

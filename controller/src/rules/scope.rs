@@ -241,10 +241,16 @@ impl Limit {
 }
 
 /// What a rule is narrowed to beyond its source prefix. All `None`: any packet.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(default)]
 pub struct Scope {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub proto: Option<Proto>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sport: Option<PortRange>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dport: Option<PortRange>,
 }
 
@@ -514,3 +520,81 @@ string_serde!(
     number = true
 );
 string_serde!(Rate, "a rate: \"20/s\" or \"600/m\"", number = false);
+
+/// What narrows a rule beyond its prefix and action: its scope, its mode and, for a `limit`
+/// rule, its rate. The default is an unscoped, enforced rule (what every rule was before).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(default)]
+pub struct RuleOptions {
+    pub scope: Scope,
+    pub mode: Mode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<Limit>,
+}
+
+impl RuleOptions {
+    /// Whether the address engines can hold the rule (an unscoped, enforced block or allow), or
+    /// it belongs to the second stage.
+    pub fn is_plain(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The canonical text the store keeps (and compares for uniqueness): `key=value` words in a
+    /// fixed order, empty for the default.
+    pub fn to_text(&self) -> String {
+        let mut words = Vec::new();
+        if let Some(p) = self.scope.proto {
+            words.push(format!("proto={p}"));
+        }
+        if let Some(r) = self.scope.sport {
+            words.push(format!("sport={r}"));
+        }
+        if let Some(r) = self.scope.dport {
+            words.push(format!("dport={r}"));
+        }
+        if self.mode == Mode::Monitor {
+            words.push("mode=monitor".into());
+        }
+        if let Some(l) = self.limit {
+            words.push(format!("rate={} burst={} per={}", l.rate, l.burst, l.per.as_str()));
+        }
+        words.join(" ")
+    }
+
+    /// Reads [`Self::to_text`].
+    pub fn from_text(text: &str) -> Result<Self, String> {
+        let mut options = Self::default();
+        let (mut rate, mut burst, mut per) = (None, None, LimitPer::Source);
+        for word in text.split_whitespace() {
+            let (key, value) = word
+                .split_once('=')
+                .ok_or_else(|| format!("option {word:?} is not key=value"))?;
+            match key {
+                "proto" => options.scope.proto = Some(value.parse()?),
+                "sport" => options.scope.sport = Some(value.parse()?),
+                "dport" => options.scope.dport = Some(value.parse()?),
+                "mode" => options.mode = value.parse()?,
+                "rate" => rate = Some(value.parse::<Rate>()?),
+                "burst" => burst = Some(value.parse::<u32>().map_err(|e| e.to_string())?),
+                "per" => {
+                    per = match value {
+                        "source" => LimitPer::Source,
+                        "rule" => LimitPer::Rule,
+                        other => return Err(format!("per {other:?}")),
+                    }
+                }
+                other => return Err(format!("unknown option {other:?}")),
+            }
+        }
+        if let Some(rate) = rate {
+            options.limit = Some(Limit {
+                rate,
+                burst: burst.unwrap_or_else(|| Limit::default_burst(rate)),
+                per,
+            });
+        }
+        Ok(options)
+    }
+}

@@ -158,6 +158,7 @@ fn contents_from_entries_equal_inserting_one_by_one() {
 
 fn rule(id: RuleId, cidr: &str, action: Action) -> Rule {
     Rule {
+        options: Default::default(),
         id,
         cidr: normalize_cidr(cidr).unwrap(),
         action,
