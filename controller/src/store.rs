@@ -533,9 +533,16 @@ mod tests {
             tx.insert(&new_rule("198.51.100.0/24"), 3).is_err(),
             "duplicate triple refused"
         );
-        let found = tx.find(&b.cidr, Action::Block, "api", &RuleOptions::default()).unwrap().unwrap();
+        let found = tx
+            .find(&b.cidr, Action::Block, "api", &RuleOptions::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(found.id, b.id);
-        assert!(tx.find(&b.cidr, Action::Allow, "api", &RuleOptions::default()).unwrap().is_none());
+        assert!(
+            tx.find(&b.cidr, Action::Allow, "api", &RuleOptions::default())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

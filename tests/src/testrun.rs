@@ -78,6 +78,11 @@ impl TestProgram {
         Ok(self.engine.replace_all(rules, "test", 0)?)
     }
 
+    /// Replaces the rule set with `rules` (scoped ones included); returns the stored rules.
+    pub fn replace_rules(&mut self, rules: Vec<NewRule>) -> anyhow::Result<Vec<Rule>> {
+        Ok(self.engine.replace_all(rules, "test", 0)?)
+    }
+
     pub fn set_config(&mut self, config: DatapathConfig) -> anyhow::Result<()> {
         self.engine.set_datapath_config(config)?;
         Ok(())

@@ -43,8 +43,8 @@ use crate::{
     egress::WatchMaps,
     loader::Attachment,
     rules::{
-        Action, FeedSet, MapContents, MapDiff, PolicyTable, Rule, RuleId, RuleOptions,
-        RuleSource, ScopedRule, Verdict, canonical_ip, decide,
+        Action, FeedSet, MapContents, MapDiff, PolicyTable, Rule, RuleId, RuleOptions, RuleSource,
+        ScopedRule, Verdict, canonical_ip, decide,
     },
     store::{AuditEntry, NewRule, Store, StoreError},
 };

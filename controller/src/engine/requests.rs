@@ -76,7 +76,8 @@ impl RuleRequest {
         };
         scope.validate()?;
         let mode = self.mode.unwrap_or_default();
-        if matches!(action, Action::Allow | Action::Watch) && (!scope.is_any() || mode != Mode::Enforce)
+        if matches!(action, Action::Allow | Action::Watch)
+            && (!scope.is_any() || mode != Mode::Enforce)
         {
             return Err(format!(
                 "{action} rules apply to whole addresses: proto, sport, dport and mode belong to block and limit rules"

@@ -558,7 +558,12 @@ impl RuleOptions {
             words.push("mode=monitor".into());
         }
         if let Some(l) = self.limit {
-            words.push(format!("rate={} burst={} per={}", l.rate, l.burst, l.per.as_str()));
+            words.push(format!(
+                "rate={} burst={} per={}",
+                l.rate,
+                l.burst,
+                l.per.as_str()
+            ));
         }
         words.join(" ")
     }
