@@ -304,26 +304,28 @@ impl Engine {
         now: i64,
     ) -> Result<ApplyReport, EngineError> {
         self.management = management;
-        let wanted_keys: BTreeSet<(IpNet, Action, String)> = wanted
+        let wanted_keys: BTreeSet<(IpNet, Action, String, RuleOptions)> = wanted
             .iter()
-            .map(|r| (r.cidr, r.action, r.list.clone()))
+            .map(|r| (r.cidr, r.action, r.list.clone(), r.options))
             .collect();
         let stale: Vec<RuleId> = self
             .rules
             .values()
             .filter(|r| {
                 r.source == RuleSource::Config
-                    && !wanted_keys.contains(&(r.cidr, r.action, r.list.clone()))
+                    && !wanted_keys.contains(&(r.cidr, r.action, r.list.clone(), r.options))
             })
             .map(|r| r.id)
             .collect();
         let missing: Vec<NewRule> = wanted
             .into_iter()
             .filter(|w| {
-                !self
-                    .rules
-                    .values()
-                    .any(|r| r.cidr == w.cidr && r.action == w.action && r.list == w.list)
+                !self.rules.values().any(|r| {
+                    r.cidr == w.cidr
+                        && r.action == w.action
+                        && r.list == w.list
+                        && r.options == w.options
+                })
             })
             .collect();
         if stale.is_empty() && missing.is_empty() {

@@ -32,6 +32,39 @@ pub struct StaticRule {
     pub reason: String,
     #[serde(default = "default_config_list")]
     pub list: String,
+    /// Scope, mode and rate, as for API rules (`proto`, `sport`, `dport`, `mode`, `rate`,
+    /// `burst`, `per`).
+    #[serde(default)]
+    pub proto: Option<Proto>,
+    #[serde(default)]
+    pub sport: Option<PortRange>,
+    #[serde(default)]
+    pub dport: Option<PortRange>,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub rate: Option<Rate>,
+    #[serde(default)]
+    pub burst: Option<u32>,
+    #[serde(default)]
+    pub per: Option<LimitPer>,
+}
+
+impl StaticRule {
+    /// The rule's scope, mode and rate, checked against its action.
+    pub fn options(&self) -> Result<RuleOptions, String> {
+        RuleRequest {
+            proto: self.proto,
+            sport: self.sport,
+            dport: self.dport,
+            mode: self.mode,
+            rate: self.rate,
+            burst: self.burst,
+            per: self.per,
+            ..RuleRequest::default()
+        }
+        .options(self.action)
+    }
 }
 
 fn default_action() -> Action {
@@ -158,7 +191,8 @@ pub fn config_rules(management: &[IpNet], rules: &[(IpNet, StaticRule)]) -> Vec<
             reason: rule.reason.clone(),
             source: RuleSource::Config,
             expires_at: None,
-            options: RuleOptions::default(),
+            // Checked when the config was read.
+            options: rule.options().unwrap_or_default(),
         }))
         .collect()
 }
@@ -191,7 +225,7 @@ impl Engine {
         // cut the operators off.
         let may_lock_out = matches!(action, Action::Block | Action::Limit)
             && options.mode == Mode::Enforce
-            && !self.leaves_management_open(&options.scope);
+            && !options.scope.leaves_open(&self.management_ports);
         if may_lock_out && !request.force {
             self.lockout_guard(cidr, client)?;
         }
@@ -204,20 +238,6 @@ impl Engine {
             expires_at,
             options,
         })
-    }
-
-    /// Whether a rule with this scope leaves every management port open: management (SSH, the
-    /// API) is TCP, so a rule for another protocol does, and so does a TCP rule whose
-    /// destination ports include none of [`Engine::management_ports`].
-    fn leaves_management_open(&self, scope: &Scope) -> bool {
-        match (scope.proto, scope.dport) {
-            (Some(proto), _) if proto != Proto::TCP => true,
-            (_, Some(ports)) => !self
-                .management_ports
-                .iter()
-                .any(|p| ports.lo <= *p && *p <= ports.hi),
-            _ => false,
-        }
     }
 
     /// Refuses blocks that would cut off everyone, the management addresses or the caller.

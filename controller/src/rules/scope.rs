@@ -280,6 +280,17 @@ impl Scope {
             && self.dport.is_none_or(|r| r.lo <= dport && dport <= r.hi)
     }
 
+    /// Whether a rule with this scope leaves every TCP port of `ports` open (management, SSH
+    /// and the API, is TCP): a rule for another protocol does, and so does a TCP rule whose
+    /// destination ports include none of them.
+    pub fn leaves_open(&self, ports: &[u16]) -> bool {
+        match (self.proto, self.dport) {
+            (Some(proto), _) if proto != Proto::TCP => true,
+            (_, Some(range)) => !ports.iter().any(|p| range.lo <= *p && *p <= range.hi),
+            _ => false,
+        }
+    }
+
     /// "udp sport 11211", "tcp dport 22", "any".
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
