@@ -9,6 +9,9 @@ use ipnet::IpNet;
 use super::{Engine, EngineError};
 use crate::rules::{Action, PolicyTable, Rule, RuleId, RuleOptions, ScopedRule};
 
+/// The scoped rules by id, and the policy table they give.
+pub(super) type ScopedAfter = (BTreeMap<RuleId, ScopedRule>, PolicyTable);
+
 /// The scoped rules and the policy table after removing `removed` from `current` and adding
 /// `inserted`, or `None` if neither holds a scoped rule (nothing to rebuild). Fails, before
 /// anything is written, when too many scoped rules would cover one address.
@@ -16,7 +19,7 @@ pub(super) fn policy_after(
     current: &BTreeMap<RuleId, ScopedRule>,
     inserted: &[Rule],
     removed: &[Rule],
-) -> Result<Option<(BTreeMap<RuleId, ScopedRule>, PolicyTable)>, EngineError> {
+) -> Result<Option<ScopedAfter>, EngineError> {
     let touches = inserted.iter().chain(removed).any(|r| r.scoped().is_some());
     if !touches {
         return Ok(None);
