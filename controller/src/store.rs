@@ -563,6 +563,60 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_store_is_migrated_with_its_ids_and_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        {
+            // The version 1 table, as earlier releases created it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE rules (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     cidr TEXT NOT NULL,
+                     action TEXT NOT NULL CHECK (action IN ('block', 'allow', 'watch')),
+                     list TEXT NOT NULL,
+                     reason TEXT NOT NULL,
+                     source TEXT NOT NULL CHECK (source IN ('api', 'config', 'feed')),
+                     created_at INTEGER NOT NULL,
+                     expires_at INTEGER,
+                     UNIQUE (cidr, action, list)
+                 );
+                 INSERT INTO rules (cidr, action, list, reason, source, created_at)
+                     VALUES ('192.0.2.0/24', 'block', 'api', 'old', 'api', 1);
+                 INSERT INTO rules (cidr, action, list, reason, source, created_at)
+                     VALUES ('198.51.100.0/24', 'block', 'api', 'gone', 'api', 2);
+                 DELETE FROM rules WHERE cidr = '198.51.100.0/24';
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        let rules = store.rules().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!((rules[0].id, rules[0].reason.as_str()), (1, "old"));
+        assert!(rules[0].options.is_plain());
+        let tx = store.transaction().unwrap();
+        // Id 2 was used and deleted: never reused.
+        assert_eq!(tx.insert(&new_rule("203.0.113.0/24"), 3).unwrap().id, 3);
+        // A limit rule and a second rule on the same (cidr, action, list) with another scope.
+        let scoped = |text: &str, action| NewRule {
+            action,
+            options: RuleOptions::from_text(text).unwrap(),
+            ..new_rule("192.0.2.0/24")
+        };
+        tx.insert(&scoped("proto=udp sport=11211", Action::Block), 4)
+            .unwrap();
+        tx.insert(&scoped("rate=20/s", Action::Limit), 4).unwrap();
+        tx.commit().unwrap();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        let rules = store.rules().unwrap();
+        assert_eq!(rules.len(), 4);
+        assert_eq!(rules[3].action, Action::Limit);
+        assert_eq!(rules[3].options.to_text(), "rate=20/s burst=20 per=source");
+    }
+
+    #[test]
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");

@@ -184,7 +184,7 @@ impl LabNs {
 fn a_udp_source_port_rule_drops_reflection_and_nothing_else() {
     require_privileges!();
     let lab = Lab::new("sport").unwrap();
-    let daemon = Daemon::start(&lab, "sport", "").unwrap();
+    let mut daemon = Daemon::start(&lab, "sport", "").unwrap();
     // The lock-out guard: an unscoped /0 needs force; a UDP-only /0 leaves SSH and the API
     // (TCP) open and does not.
     let (status, body) = daemon
@@ -230,6 +230,27 @@ fn a_udp_source_port_rule_drops_reflection_and_nothing_else() {
         "only the 20 from port 11212 arrive: {received:?}"
     );
     assert_eq!(lab.ping(PEER_V4, FW_V4, 5).unwrap(), 5, "ping passes");
+
+    // The stage stays in place without the daemon (its program array is pinned), and a
+    // restart takes it over from the pins and the store.
+    let only_11212_arrive = |daemon: &Daemon, when: &str| {
+        let (ready, receiver) = receive_udp(daemon, 7000);
+        ready.recv().unwrap();
+        send_udp(&lab, PEER_V4, 11211, 7000, 20, 200);
+        send_udp(&lab, PEER_V4, 11212, 7000, 5, 200);
+        let received = receiver.join().unwrap();
+        assert_eq!(
+            received.get(&PEER_V4.parse::<IpAddr>().unwrap()).copied(),
+            Some(5),
+            "{when}: {received:?}"
+        );
+    };
+    daemon.kill9();
+    only_11212_arrive(&daemon, "after kill -9");
+    daemon.spawn().unwrap();
+    only_11212_arrive(&daemon, "after the restart");
+    let rules = daemon.get_json("/v1/rules").unwrap();
+    assert_eq!(rules["rules"][0]["sport"], 11211, "{rules}");
 }
 
 #[test]

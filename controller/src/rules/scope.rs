@@ -485,13 +485,32 @@ pub fn decide_scoped(
     verdict
 }
 
+impl Serialize for Proto {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A single port as a number (as requests write it), a range as `"lo-hi"`.
+impl Serialize for PortRange {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.lo == self.hi {
+            s.serialize_u16(self.lo)
+        } else {
+            s.collect_str(self)
+        }
+    }
+}
+
+/// Deserialises from the text form (`FromStr`), and from a number where `number` says so.
 macro_rules! string_serde {
     ($ty:ty, $expecting:literal, number = $number:expr) => {
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
-            }
-        }
         impl<'de> Deserialize<'de> for $ty {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 struct Visitor;
