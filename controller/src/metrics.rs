@@ -139,6 +139,15 @@ impl Snapshot {
                 snapshot.maps.push((name, len as i64, i64::from(capacity)));
             }
         }
+        // The second stage: scoped prefixes per family (each points at one policy set).
+        let policy = engine.policy();
+        for (name, len) in [
+            (map_names::SCOPED_V4, policy.v4.len()),
+            (map_names::SCOPED_V6, policy.v6.len()),
+        ] {
+            let capacity = i64::from(xdpwall_shared::policy::POLICY_SETS);
+            snapshot.maps.push((name, len as i64, capacity));
+        }
         Ok(snapshot)
     }
 }
