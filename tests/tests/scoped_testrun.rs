@@ -368,3 +368,25 @@ fn a_monitor_rule_counts_and_passes_and_an_enforcing_one_drops() {
     let frame = frame(IpAddr::V4([198, 18, 0, 1].into()), 17, 11211, 4000);
     assert_eq!(program.run(&frame).unwrap(), XDP_PASS);
 }
+
+/// Prints the size and verified instructions of the filter and its stages as this kernel's
+/// verifier counts them (the budget is 1M per program). `cargo test -p xdpwall-tests --test
+/// scoped_testrun instruction_counts -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints figures; run by hand"]
+fn instruction_counts() {
+    require_privileges!();
+    let program = TestProgram::load("scoped-insns").expect("load XDP program");
+    for info in aya::programs::loaded_programs().flatten() {
+        let name = info.name_as_str().unwrap_or("").to_string();
+        if name == "xdpwall_ingress" || name == "xdpwall_scoped" || name == "xdpwall_syn" {
+            println!(
+                "{name}: {} bytes xlated ({} instructions), {:?} verified instructions",
+                info.size_translated().unwrap_or(0),
+                info.size_translated().unwrap_or(0) / 8,
+                info.verified_instruction_count()
+            );
+        }
+    }
+    drop(program);
+}
