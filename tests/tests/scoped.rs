@@ -230,6 +230,17 @@ fn a_udp_source_port_rule_drops_reflection_and_nothing_else() {
         "only the 20 from port 11212 arrive: {received:?}"
     );
     assert_eq!(lab.ping(PEER_V4, FW_V4, 5).unwrap(), 5, "ping passes");
+    // A lookup names the scoped rule that may still drop some of the address's packets.
+    let lookup = daemon
+        .get_json(&format!("/v1/lookup?ip={PEER_V4}"))
+        .unwrap();
+    assert_eq!(lookup["verdict"], "pass", "{lookup}");
+    assert_eq!(lookup["scoped"][0]["sport"], 11211, "{lookup}");
+    let text = cli_ok(&daemon, &["lookup", PEER_V4]);
+    assert!(
+        text.contains("unless rule 1 (block 0.0.0.0/0, udp sport 11211)"),
+        "{text}"
+    );
 
     // The stage stays in place without the daemon (its program array is pinned), and a
     // restart takes it over from the pins and the store.

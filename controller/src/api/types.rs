@@ -207,8 +207,14 @@ pub struct LookupQuery {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LookupResult {
     pub ip: String,
+    /// What the address engines decide (allow, block or pass).
     pub verdict: Verdict,
     pub rule: Option<RuleView>,
+    /// When the verdict is `pass`: the scoped, limit and monitor-mode rules covering the
+    /// address, which may still drop some of its packets (by protocol, port or rate), in the
+    /// order the datapath tries them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scoped: Vec<RuleView>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]

@@ -144,5 +144,19 @@ pub(super) async fn lookup(ip: &str, client: &ClientArgs) -> anyhow::Result<()> 
         ),
         None => println!("{} {verdict} (no rule matches)", answer.ip),
     }
+    for rule in &answer.scoped {
+        println!(
+            "  unless rule {} ({} {}, {}{}) matches the packet",
+            rule.id,
+            rule.action,
+            rule.cidr,
+            scope_column(rule),
+            if rule.mode == Mode::Monitor {
+                ", monitor"
+            } else {
+                ""
+            }
+        );
+    }
     Ok(())
 }

@@ -55,6 +55,20 @@ impl Engine {
             })
     }
 
+    /// The stored scoped rules whose prefix covers `ip`, in the order the stage tries them
+    /// (blocks before limits, then by id).
+    pub fn scoped_covering(&self, ip: std::net::IpAddr) -> impl Iterator<Item = &Rule> {
+        let ip = crate::rules::canonical_ip(ip);
+        let mut covering: Vec<&Rule> = self
+            .scoped
+            .values()
+            .filter(|s| s.cidr.contains(&ip))
+            .filter_map(|s| self.rules.get(&s.id))
+            .collect();
+        covering.sort_by_key(|r| (r.action == Action::Limit, r.id));
+        covering.into_iter()
+    }
+
     /// The scoped rules (for `GET /v1/status` and the CLI).
     pub fn scoped_rules(&self) -> impl Iterator<Item = &ScopedRule> {
         self.scoped.values()
