@@ -8,6 +8,7 @@ use etherparse::PacketBuilder;
 use ipnet::IpNet;
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use xdpwall::{
+    datapath::{Engines, Ipv4Lookup, Ipv6Lookup},
     rules::{
         Action, Limit, LimitPer, Mode, PolicyTable, PortRange, Proto, Rate, RuleOptions, Scope,
         Verdict, decide,
@@ -165,8 +166,27 @@ fn scoped_verdicts_agree_with_the_reference_matcher() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let mut rng = StdRng::seed_from_u64(22);
-    let mut program = TestProgram::load("scoped-diff").expect("load XDP program");
+    let program = TestProgram::load("scoped-diff").expect("load XDP program");
+    check_against_reference(program, frames, 22);
+}
+
+/// The same with the constant-time engines (DIR-24 for IPv4, the hash for IPv6) in front of
+/// the stage, on fewer frames.
+#[test]
+fn scoped_verdicts_agree_behind_the_dir24_and_v6_hash_engines() {
+    require_privileges!();
+    let engines = Engines {
+        ipv4: Ipv4Lookup::Dir24,
+        ipv6: Ipv6Lookup::Hash,
+    };
+    let program = TestProgram::load_with("scoped-diff-fast", engines).expect("load XDP program");
+    check_against_reference(program, 200_000, 23);
+}
+
+/// Runs `frames` random frames against a random rule set (seeded by `seed`) and compares each
+/// verdict with the reference matchers.
+fn check_against_reference(mut program: TestProgram, frames: usize, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
     // Plain blocks and allows in the address engines, scoped blocks, monitor rules and limits
     // in the stage; rules that would put more than 8 over one address are left out.
     let mut rules: Vec<NewRule> = Vec::new();
