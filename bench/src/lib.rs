@@ -9,6 +9,7 @@ pub mod egress;
 pub mod feed;
 pub mod live;
 pub mod prefixes;
+pub mod scoped;
 pub mod testrun;
 pub mod v6;
 
