@@ -444,7 +444,9 @@ fn report(
          move with the scoped-rule count; a passed packet pays for the tail call, a second parse \
          of the frame, one LPM lookup in the scoped-prefix trie and the set's rules (two here: \
          the /0 rule and the prefix's own), a limited one also for its bucket (an LRU hash \
-         lookup and an atomic add). The flood table runs every packet once (one \
+         lookup, `bpf_ktime_get_ns` and a store: at this rate the bucket's time is always in \
+         the past; a source sending faster than its rate takes the atomic add instead). The \
+         flood table runs every packet once (one \
          BPF_PROG_TEST_RUN call each), so its figures include the kernel's per-call setup, the \
          same in the XDP_PASS bracket."
     );

@@ -235,6 +235,11 @@ fn set_source(frame: &mut [u8], source: u32) {
     header[10..12].copy_from_slice(&(!(folded as u16)).to_be_bytes());
 }
 
+/// CPUs the kernel sizes per-CPU structures for (`/sys/devices/system/cpu/possible`).
+fn possible_cpus() -> usize {
+    aya::util::nr_cpus().map_or(1, |n| n.max(1))
+}
+
 fn count_buckets(xdpwall_obj: &Ebpf) -> anyhow::Result<usize> {
     let map = xdpwall_obj
         .map(map_names::LIMITS)
@@ -294,9 +299,15 @@ pub(super) fn write_report(out: &mut String, args: &ScopedArgs, flood: &FloodRes
     }
     let _ = writeln!(
         out,
-        "\nBuckets held after the run: {} (capacity {LIMIT_BUCKETS}; the map has one LRU list \
-         per CPU, `BPF_F_NO_COMMON_LRU`).",
-        flood.buckets
+        "\nBuckets held after the run: {} (capacity {LIMIT_BUCKETS}). The map has one LRU list \
+         per CPU (`BPF_F_NO_COMMON_LRU`), each with its share of the buckets: a CPU whose \
+         share is used up evicts its own least recently used bucket and never takes a free \
+         one from another CPU, so a flood on one receive queue churns through {} buckets \
+         here ({LIMIT_BUCKETS} / {} possible CPUs). A source whose bucket was evicted \
+         starts again with a full burst: under churn a per-source limit passes every packet.",
+        flood.buckets,
+        LIMIT_BUCKETS as usize / possible_cpus(),
+        possible_cpus()
     );
 }
 
