@@ -20,11 +20,12 @@ use crate::{
     config::{ApiToken, Config, MalformedPolicy, TokenScope},
     crowdsec::CrowdsecBouncer,
     datapath::Engines,
-    engine::{Engine, config_rules},
+    engine::{Engine, LIST_ID_BASE, config_rules},
     events::{self, Events},
     feeds::FeedManager,
     kernel, loader,
     pins::PinLayout,
+    rules::FeedSet,
     sdnotify,
     store::{Store, unix_now},
 };
@@ -170,7 +171,17 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
     let store_path = config.state_dir.join("rules.sqlite");
     let store = Store::open(&store_path)?;
     // Last good copies go in with the first reconcile: enforcement at boot without network.
-    let last_good = feeds.last_good_sets(&store)?;
+    let mut last_good = feeds.last_good_sets(&store)?;
+    // Named lists likewise: stored, enforced from the first reconcile.
+    for list in store.lists()? {
+        info!(list = list.row.name, entries = list.entries.len(), "list loaded");
+        last_good.push(FeedSet {
+            name: list.row.name,
+            id: LIST_ID_BASE + list.row.id,
+            action: list.row.action,
+            entries: list.entries,
+        });
+    }
     // Entries of one family known at start (stored rules, config rules, feeds' last good
     // copies), for choosing the lookup engines.
     let config_and_feeds = |ipv4: bool| {

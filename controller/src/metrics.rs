@@ -69,6 +69,14 @@ impl Snapshot {
                     .push((label, feed.name.clone(), feed.action, c.packets, c.bytes));
                 continue;
             }
+            // A named list is one rule too, labelled apart so a list and a feed may share a name.
+            if let Some(list) = engine.list_by_id(id) {
+                let label = format!("list:{}", list.name);
+                snapshot
+                    .rules
+                    .push((label, list.name.clone(), list.action, c.packets, c.bytes));
+                continue;
+            }
             // Counters of deleted rules are dropped by the engine; skip any race leftovers.
             let Some(rule) = engine.rule(id) else {
                 continue;
@@ -84,7 +92,7 @@ impl Snapshot {
         for rule in engine.rules() {
             *snapshot.list_entries.entry(rule.list.clone()).or_default() += 1;
         }
-        for feed in engine.feeds() {
+        for feed in engine.feeds().chain(engine.lists()) {
             *snapshot.list_entries.entry(feed.name.clone()).or_default() +=
                 feed.entries.len() as i64;
         }

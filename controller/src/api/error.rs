@@ -136,7 +136,9 @@ impl From<EngineError> for ApiError {
             EngineError::LockOut(_) | EngineError::Conflict(_) => {
                 Self::new(StatusCode::CONFLICT, err.to_string())
             }
-            EngineError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, err.to_string()),
+            EngineError::NotFound(_) | EngineError::ListNotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, err.to_string())
+            }
         }
     }
 }

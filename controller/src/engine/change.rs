@@ -113,13 +113,18 @@ impl Engine {
             let removed_ids: BTreeSet<RuleId> = written.removed.iter().map(|r| r.id).collect();
             let synced = self
                 .watch
-                .sync(&self.rules, &self.feeds, &written.inserted, &removed_ids);
+                .sync(
+                &self.rules,
+                self.feeds.values().chain(self.lists.values()),
+                &written.inserted,
+                &removed_ids,
+            );
             if let Err(err) = synced {
                 roll_back_watchlist_failure(
                     self.maps.as_mut(),
                     &mut self.watch,
                     &self.rules,
-                    &self.feeds,
+                    [&self.feeds, &self.lists],
                     &ingress,
                 );
                 return Err(err.into());
@@ -170,7 +175,12 @@ impl Engine {
         if touches_watch
             && let Err(undo_err) = self
                 .watch
-                .sync(&self.rules, &self.feeds, &[], &BTreeSet::new())
+                .sync(
+                    &self.rules,
+                    self.feeds.values().chain(self.lists.values()),
+                    &[],
+                    &BTreeSet::new(),
+                )
         {
             warn!(error = %undo_err, "could not revert the watchlist after a failed store commit");
         }
@@ -252,7 +262,7 @@ fn roll_back_watchlist_failure(
     maps: &mut dyn KernelMaps,
     watch: &mut EgressWatch,
     rules: &BTreeMap<RuleId, Rule>,
-    feeds: &BTreeMap<String, FeedSet>,
+    sets: [&BTreeMap<String, FeedSet>; 2],
     ingress: &IngressDiff,
 ) {
     if !ingress.diff.is_empty()
@@ -260,7 +270,8 @@ fn roll_back_watchlist_failure(
     {
         warn!(error = %undo_err, "could not revert the kernel after a failed watchlist update");
     }
-    if let Err(undo_err) = watch.sync(rules, feeds, &[], &BTreeSet::new()) {
+    let sets = sets.into_iter().flat_map(BTreeMap::values);
+    if let Err(undo_err) = watch.sync(rules, sets, &[], &BTreeSet::new()) {
         warn!(error = %undo_err, "could not revert the watchlist");
     }
 }

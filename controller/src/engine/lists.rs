@@ -61,6 +61,13 @@ fn list_rule(cidr: IpNet, list: &str, reason: String, expires_at: i64) -> NewRul
     }
 }
 
+/// Which whole sets a set belongs to: a feed's, or a named list's (the same name may be both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SetKind {
+    Feed,
+    List,
+}
+
 impl Engine {
     /// Makes the kernel hold exactly `entries` for this feed: only the entries that changed are
     /// touched, inserts before removes, so an entry in both the old and new list is never absent.
@@ -71,8 +78,29 @@ impl Engine {
         action: Action,
         entries: BTreeSet<IpNet>,
     ) -> Result<ApplyReport, EngineError> {
+        let (report, _old) = self.apply_set(SetKind::Feed, name, id, action, entries)?;
+        Ok(report)
+    }
+
+    fn sets_mut(&mut self, kind: SetKind) -> &mut BTreeMap<String, FeedSet> {
+        match kind {
+            SetKind::Feed => &mut self.feeds,
+            SetKind::List => &mut self.lists,
+        }
+    }
+
+    /// [`Engine::apply_feed`] for a feed or a named list; answers the set it replaced, so a
+    /// caller whose later step fails can apply it again.
+    pub(super) fn apply_set(
+        &mut self,
+        kind: SetKind,
+        name: &str,
+        id: RuleId,
+        action: Action,
+        entries: BTreeSet<IpNet>,
+    ) -> Result<(ApplyReport, Option<FeedSet>), EngineError> {
         // Taken out rather than cloned (a feed can hold a million entries); put back on error.
-        let old = self.feeds.remove(name);
+        let old = self.sets_mut(kind).remove(name);
         let mut touched = Owners::default();
         // Set differences walk both sorted sets side by side: O(old + new), no per-entry search.
         let (gone, added): (Vec<IpNet>, Vec<IpNet>) = match &old {
@@ -101,7 +129,7 @@ impl Engine {
             let before = self.applied.clone_touched(&diff);
             if let Err(err) = self.maps.apply(&diff, &before) {
                 if let Some(old) = old {
-                    self.feeds.insert(name.to_string(), old);
+                    self.sets_mut(kind).insert(name.to_string(), old);
                 }
                 return Err(err.into());
             }
@@ -111,7 +139,7 @@ impl Engine {
         let touches_watch =
             action == Action::Watch || old.as_ref().is_some_and(|o| o.action == Action::Watch);
         if !entries.is_empty() {
-            self.feeds.insert(
+            self.sets_mut(kind).insert(
                 name.to_string(),
                 FeedSet {
                     name: name.to_string(),
@@ -124,10 +152,11 @@ impl Engine {
         if touches_watch {
             self.sync_watch()?;
         }
-        Ok(ApplyReport {
+        let report = ApplyReport {
             inserted: diff.upserts(),
             removed: diff.removes(),
-        })
+        };
+        Ok((report, old))
     }
 
     /// Makes the block rules of `list` (owned by an external decision engine such as CrowdSec)

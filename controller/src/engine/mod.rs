@@ -9,6 +9,7 @@
 //! This file holds the [`Engine`] and its public calls; the parts it is made of:
 //! - [`requests`]: what callers ask and what the engine answers, and the checks a request passes
 //! - [`lists`]: whole lists kept by someone else (an external decision engine, a feed)
+//! - [`named`]: named lists replaced whole over the API (`PUT /v1/lists/{name}`)
 //! - [`change`]: the write path of stored rules, step by step, with its rollbacks
 //! - [`owners`]: which rule owns each trie entry, and the kernel diff that follows
 //! - [`scoped`]: scoped, limit and monitor-mode rules, and the second stage's policy table
@@ -16,6 +17,7 @@
 
 mod change;
 mod lists;
+mod named;
 mod owners;
 mod requests;
 mod scoped;
@@ -32,6 +34,7 @@ use xdpwall_shared::{DatapathConfig, RuleCounters};
 
 pub use self::{
     lists::{LIST_TTL_SLACK, ListBlock, ListChange, ListReport},
+    named::{ListReplace, ListReplaced},
     requests::{
         Added, ApplyReport, MAX_TTL, MIN_BLOCK_PREFIX_V4, MIN_BLOCK_PREFIX_V6, RuleRequest,
         StaticRule, config_rules, parse_ttl,
@@ -53,6 +56,14 @@ use crate::{
 /// A feed is one "rule" for counters and metrics (`rule = "feed:NAME"`), however many entries.
 pub const FEED_ID_BASE: RuleId = xdpwall_shared::FEED_ID_BASE;
 
+/// Rule ids of named lists (`PUT /v1/lists/{name}`) start here: in the feeds' range (so the
+/// datapath counts them like feeds), far above any feed's, and low enough that the DIR-24
+/// engine's one-address slots still hold them (19 bits: up to 2^18 lists).
+/// A list is one "rule" for counters and metrics (`rule = "list:NAME"`).
+pub const LIST_ID_BASE: RuleId = FEED_ID_BASE + (1 << 18);
+/// The largest list rule id.
+pub const LIST_ID_MAX: RuleId = FEED_ID_BASE + (1 << 19) - 1;
+
 /// SSH: always a management port (see [`Engine::set_management_ports`]).
 pub const DEFAULT_SSH_PORT: u16 = 22;
 
@@ -66,6 +77,8 @@ pub enum EngineError {
     LockOut(String),
     #[error("rule {0} does not exist")]
     NotFound(RuleId),
+    #[error("no list named {0:?} (`GET /v1/lists` shows them)")]
+    ListNotFound(String),
     /// The change conflicts with how the rule is managed (e.g. deleting a config rule).
     #[error("{0}")]
     Conflict(String),
@@ -88,6 +101,9 @@ pub struct Engine {
     applied: MapContents,
     management: Vec<IpNet>,
     feeds: BTreeMap<String, FeedSet>,
+    /// Named lists, by name (ids from [`LIST_ID_BASE`]); kept apart from feeds so a list and a
+    /// feed may share a name.
+    lists: BTreeMap<String, FeedSet>,
     /// The egress watchlist (watch rules and watch feeds).
     watch: EgressWatch,
     /// Rules of the second stage (scoped, limit, monitor mode), not in `owners`.
@@ -102,8 +118,9 @@ pub struct Engine {
 impl Engine {
     /// Loads the rules from the store and makes the kernel maps match them, as a diff against
     /// what the (possibly pinned, pre-existing) maps hold.
-    /// `feeds` are the last good copies, applied in the same reconcile so a restart never
-    /// removes feed entries from the kernel, even for a moment.
+    /// `feeds` are the last good copies (and the stored named lists, told apart by their ids
+    /// from [`LIST_ID_BASE`]), applied in the same reconcile so a restart never removes feed or
+    /// list entries from the kernel, even for a moment.
     pub fn open(
         maps: Box<dyn KernelMaps>,
         store: Store,
@@ -121,6 +138,7 @@ impl Engine {
             applied,
             management: Vec::new(),
             feeds: BTreeMap::new(),
+            lists: BTreeMap::new(),
             watch: EgressWatch::default(),
             scoped: BTreeMap::new(),
             policy: PolicyTable::default(),
@@ -134,7 +152,11 @@ impl Engine {
                     .or_default()
                     .insert(feed.id);
             }
-            engine.feeds.insert(feed.name.clone(), feed);
+            if feed.id >= LIST_ID_BASE {
+                engine.lists.insert(feed.name.clone(), feed);
+            } else {
+                engine.feeds.insert(feed.name.clone(), feed);
+            }
         }
         for rule in rules.values() {
             if let Some(scoped) = rule.scoped() {
@@ -155,7 +177,7 @@ impl Engine {
     /// Makes the kernel tries equal to what the rules say (full diff).
     pub fn reconcile(&mut self) -> Result<ApplyReport, EngineError> {
         let mut desired = MapContents::from_rules(self.rules.values());
-        for feed in self.feeds.values() {
+        for feed in self.feeds.values().chain(self.lists.values()) {
             for entry in &feed.entries {
                 desired.insert(*entry, feed.action, feed.id);
             }
@@ -191,8 +213,12 @@ impl Engine {
 
     /// Makes the watchlist hold the watch rules and watch feeds.
     fn sync_watch(&mut self) -> Result<(), DatapathError> {
-        self.watch
-            .sync(&self.rules, &self.feeds, &[], &BTreeSet::new())
+        self.watch.sync(
+            &self.rules,
+            self.feeds.values().chain(self.lists.values()),
+            &[],
+            &BTreeSet::new(),
+        )
     }
 
     /// The TCP ports operators reach this host on besides SSH (the API's port); SSH's is always
@@ -254,7 +280,13 @@ impl Engine {
         let feed_hits: Vec<Rule> = self
             .feeds
             .values()
+            .chain(self.lists.values())
             .flat_map(|feed| {
+                let (kind, source) = if feed.id >= LIST_ID_BASE {
+                    ("list", RuleSource::Api)
+                } else {
+                    ("feed", RuleSource::Feed)
+                };
                 feed.entries
                     .iter()
                     .filter(move |e| e.contains(&ip))
@@ -263,8 +295,8 @@ impl Engine {
                         cidr: *entry,
                         action: feed.action,
                         list: feed.name.clone(),
-                        reason: format!("feed {}", feed.name),
-                        source: RuleSource::Feed,
+                        reason: format!("{kind} {}", feed.name),
+                        source,
                         created_at: 0,
                         expires_at: None,
                         options: RuleOptions::default(),
@@ -285,6 +317,20 @@ impl Engine {
 
     pub fn feeds(&self) -> impl Iterator<Item = &FeedSet> {
         self.feeds.values()
+    }
+
+    /// The named list `name` as enforced.
+    pub fn list(&self, name: &str) -> Option<&FeedSet> {
+        self.lists.get(name)
+    }
+
+    pub fn list_by_id(&self, id: RuleId) -> Option<&FeedSet> {
+        self.lists.values().find(|l| l.id == id)
+    }
+
+    /// The named lists as enforced, by name.
+    pub fn lists(&self) -> impl Iterator<Item = &FeedSet> {
+        self.lists.values()
     }
 
     pub fn store(&self) -> &Store {
@@ -468,6 +514,7 @@ impl Engine {
             .filter(|r| r.expires_at.is_some_and(|t| t <= now))
             .map(|r| r.id)
             .collect();
+        self.expire_lists(now)?;
         if expired.is_empty() {
             return Ok(Vec::new());
         }

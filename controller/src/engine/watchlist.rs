@@ -27,11 +27,11 @@ impl EgressWatch {
 
     /// Makes the watchlist hold the watch rules of `rules` (minus `remove`, plus `add`) and the
     /// watch feeds. Without the egress program there is nothing to do.
-    pub(super) fn sync(
+    pub(super) fn sync<'a>(
         &mut self,
-        rules: &BTreeMap<RuleId, Rule>,
-        feeds: &BTreeMap<String, FeedSet>,
-        add: &[Rule],
+        rules: &'a BTreeMap<RuleId, Rule>,
+        feeds: impl IntoIterator<Item = &'a FeedSet>,
+        add: &'a [Rule],
         remove: &BTreeSet<RuleId>,
     ) -> Result<(), DatapathError> {
         let Some(watch) = self.maps.as_mut() else {
@@ -43,7 +43,7 @@ impl EgressWatch {
             .chain(add);
         watch.sync(&WatchContents::from_rules(
             rules,
-            feeds.values(),
+            feeds,
             &self.block_lists,
         ))
     }

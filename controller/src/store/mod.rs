@@ -10,10 +10,13 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
+pub use self::lists::{ListRow, StoredList, decode_entries, encode_entries};
 use crate::rules::{Action, Rule, RuleId, RuleOptions, RuleSource};
 
+mod lists;
+
 /// Bumped when the schema changes; older files are migrated in [`Store::open`].
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -183,6 +186,27 @@ impl Store {
                  DROP TABLE rules_seq;
                  CREATE INDEX IF NOT EXISTS rules_expiry ON rules (expires_at) WHERE expires_at IS NOT NULL;
                  PRAGMA user_version = 2;
+                 COMMIT;",
+            )
+            .map_err(open_err)?;
+        }
+        if version < 3 {
+            // Version 3: named lists (`PUT /v1/lists/{name}`). A list's entries are one blob
+            // (sorted, packed: see `lists::encode_entries`), so replacing a million-entry list
+            // is one row write, not a million; its id gives the list's rule id.
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS lists (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     name TEXT NOT NULL UNIQUE,
+                     action TEXT NOT NULL CHECK (action IN ('block', 'allow', 'watch')),
+                     entries INTEGER NOT NULL,
+                     content BLOB NOT NULL,
+                     created_at INTEGER NOT NULL,
+                     updated_at INTEGER NOT NULL,
+                     expires_at INTEGER
+                 );
+                 PRAGMA user_version = 3;
                  COMMIT;",
             )
             .map_err(open_err)?;

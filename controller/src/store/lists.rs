@@ -1,0 +1,275 @@
+//! Named lists (`PUT /v1/lists/{name}`) in the store: one row per list, its entries one packed
+//! blob, so a replace is one row write and a restart reads a million entries in one go.
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, Ipv6Addr},
+};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use rusqlite::{OptionalExtension as _, params};
+
+use super::{Store, StoreError, StoreTx};
+use crate::rules::Action;
+
+/// A stored list without its entries (what listings show).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListRow {
+    /// Stable while the list exists; the list's rule id is `engine::LIST_ID_BASE + id`.
+    pub id: u32,
+    pub name: String,
+    pub action: Action,
+    pub entries: usize,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub expires_at: Option<i64>,
+}
+
+/// A stored list with its entries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredList {
+    pub row: ListRow,
+    pub entries: BTreeSet<IpNet>,
+}
+
+const V4: u8 = 4;
+const V6: u8 = 6;
+
+/// Entries packed for the `content` blob: per entry a family byte (4 or 6), the address bytes
+/// and the prefix length (6 bytes for IPv4, 18 for IPv6).
+pub fn encode_entries<'a>(entries: impl IntoIterator<Item = &'a IpNet>) -> Vec<u8> {
+    let entries = entries.into_iter();
+    let mut out = Vec::with_capacity(entries.size_hint().0 * 6);
+    for entry in entries {
+        match entry {
+            IpNet::V4(n) => {
+                out.push(V4);
+                out.extend_from_slice(&n.network().octets());
+                out.push(n.prefix_len());
+            }
+            IpNet::V6(n) => {
+                out.push(V6);
+                out.extend_from_slice(&n.network().octets());
+                out.push(n.prefix_len());
+            }
+        }
+    }
+    out
+}
+
+/// The entries of a `content` blob ([`encode_entries`]); `None` if it is damaged.
+pub fn decode_entries(mut blob: &[u8]) -> Option<BTreeSet<IpNet>> {
+    let mut out = BTreeSet::new();
+    while let Some((&family, rest)) = blob.split_first() {
+        let net = match family {
+            V4 if rest.len() >= 5 => {
+                let addr: [u8; 4] = rest[..4].try_into().ok()?;
+                blob = &rest[5..];
+                IpNet::V4(Ipv4Net::new(Ipv4Addr::from(addr), rest[4]).ok()?)
+            }
+            V6 if rest.len() >= 17 => {
+                let addr: [u8; 16] = rest[..16].try_into().ok()?;
+                blob = &rest[17..];
+                IpNet::V6(Ipv6Net::new(Ipv6Addr::from(addr), rest[16]).ok()?)
+            }
+            _ => return None,
+        };
+        out.insert(net);
+    }
+    Some(out)
+}
+
+fn list_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(ListRow, String)> {
+    let action: String = r.get(2)?;
+    Ok((
+        ListRow {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            action: Action::Block,
+            entries: r.get::<_, i64>(3)? as usize,
+            created_at: r.get(4)?,
+            updated_at: r.get(5)?,
+            expires_at: r.get(6)?,
+        },
+        action,
+    ))
+}
+
+fn with_action((mut row, action): (ListRow, String)) -> Result<ListRow, StoreError> {
+    row.action = action.parse().map_err(|detail| StoreError::BadRow {
+        id: i64::from(row.id),
+        detail: format!("list {}: {detail}", row.name),
+    })?;
+    Ok(row)
+}
+
+const ROW_COLUMNS: &str = "id, name, action, entries, created_at, updated_at, expires_at";
+
+impl Store {
+    /// Every stored list with its entries (loaded at start, before the first reconcile).
+    pub fn lists(&self) -> Result<Vec<StoredList>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {ROW_COLUMNS}, content FROM lists ORDER BY name"
+        ))?;
+        let rows = stmt.query_map([], |r| Ok((list_row(r)?, r.get::<_, Vec<u8>>(7)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (row, content) = row?;
+            let row = with_action(row)?;
+            let entries = decode_entries(&content).ok_or_else(|| StoreError::BadRow {
+                id: i64::from(row.id),
+                detail: format!("list {}: damaged entries", row.name),
+            })?;
+            out.push(StoredList { row, entries });
+        }
+        Ok(out)
+    }
+
+    /// Every stored list without its entries, by name.
+    pub fn list_rows(&self) -> Result<Vec<ListRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM lists ORDER BY name"))?;
+        let rows = stmt.query_map([], list_row)?;
+        rows.map(|r| r.map_err(StoreError::from).and_then(with_action))
+            .collect()
+    }
+
+    /// The stored list `name`, without its entries.
+    pub fn list_row(&self, name: &str) -> Result<Option<ListRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM lists WHERE name = ?1"))?;
+        stmt.query_row([name], list_row)
+            .optional()?
+            .map(with_action)
+            .transpose()
+    }
+
+    /// The id the next new list gets (ids are never reused, like rule ids).
+    pub fn next_list_id(&self) -> Result<u32, StoreError> {
+        let used: i64 = self.conn.query_row(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'lists'), 0),
+                        COALESCE((SELECT MAX(id) FROM lists), 0))",
+            [],
+            |r| r.get(0),
+        )?;
+        u32::try_from(used + 1).map_err(|_| StoreError::BadRow {
+            id: used,
+            detail: "list id out of range".into(),
+        })
+    }
+
+    /// Names of the lists whose TTL has passed.
+    pub fn expired_lists(&self, now: i64) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT name FROM lists WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+        )?;
+        let rows = stmt.query_map([now], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl StoreTx<'_> {
+    /// Stores `row` (by its name; its id is kept if the list exists) with `content`
+    /// ([`encode_entries`]).
+    pub fn save_list(&self, row: &ListRow, content: &[u8]) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO lists (id, name, action, entries, content, created_at, updated_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (name) DO UPDATE SET action = excluded.action,
+                     entries = excluded.entries, content = excluded.content,
+                     updated_at = excluded.updated_at, expires_at = excluded.expires_at",
+            )?
+            .execute(params![
+                row.id,
+                row.name,
+                row.action.as_str(),
+                row.entries as i64,
+                content,
+                row.created_at,
+                row.updated_at,
+                row.expires_at
+            ])?;
+        Ok(())
+    }
+
+    /// Deletes the list `name`; returns whether it existed.
+    pub fn delete_list(&self, name: &str) -> Result<bool, StoreError> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("DELETE FROM lists WHERE name = ?1")?;
+        Ok(stmt.execute([name])? > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AuditEntry, Store};
+
+    fn row(id: u32, name: &str, entries: usize) -> ListRow {
+        ListRow {
+            id,
+            name: name.into(),
+            action: Action::Block,
+            entries,
+            created_at: 1,
+            updated_at: 2,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_through_the_blob() {
+        let entries: BTreeSet<IpNet> = ["198.51.100.7/32", "203.0.113.0/24", "2001:db8::/48"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let blob = encode_entries(&entries);
+        assert_eq!(blob.len(), 6 + 6 + 18);
+        assert_eq!(decode_entries(&blob), Some(entries));
+        assert_eq!(decode_entries(&blob[..7]), None, "a cut blob is damaged");
+        assert_eq!(decode_entries(&[]), Some(BTreeSet::new()));
+    }
+
+    #[test]
+    fn lists_survive_reopen_keep_their_id_and_ids_are_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let mut store = Store::open(&path).unwrap();
+        let a: BTreeSet<IpNet> = ["192.0.2.1/32".parse().unwrap()].into();
+        let id = store.next_list_id().unwrap();
+        let tx = store.transaction().unwrap();
+        tx.save_list(&row(id, "a", 1), &encode_entries(&a)).unwrap();
+        tx.audit(&AuditEntry {
+            at: 1,
+            who: "ops".into(),
+            what: "list-replace".into(),
+            rule_id: id,
+            cidr: String::new(),
+            action: "block".into(),
+            list: "a".into(),
+            why: String::new(),
+        })
+        .unwrap();
+        tx.commit().unwrap();
+        // Replaced under another id: the stored id stays.
+        let tx = store.transaction().unwrap();
+        tx.save_list(&row(id, "a", 1), &encode_entries(&a)).unwrap();
+        tx.commit().unwrap();
+        drop(store);
+        let mut store = Store::open(&path).unwrap();
+        let lists = store.lists().unwrap();
+        assert_eq!(lists.len(), 1);
+        assert_eq!((lists[0].row.id, lists[0].entries.clone()), (id, a));
+        assert_eq!(store.list_row("a").unwrap().unwrap().entries, 1);
+        let tx = store.transaction().unwrap();
+        assert!(tx.delete_list("a").unwrap());
+        tx.commit().unwrap();
+        assert!(store.next_list_id().unwrap() > id);
+        assert!(store.list_rows().unwrap().is_empty());
+    }
+}
