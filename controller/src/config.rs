@@ -208,6 +208,10 @@ pub struct ApiConfig {
     /// Largest accepted request body; larger ones get 413.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Largest `PUT /v1/lists/{name}` body (only that route; a million-entry list is ~16 MB
+    /// of IPv4 text).
+    #[serde(default = "default_max_list_bytes")]
+    pub max_list_bytes: usize,
     /// Most rules in one `POST /v1/rules/batch`.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
@@ -313,6 +317,9 @@ fn default_true() -> bool {
 }
 fn default_max_body_bytes() -> usize {
     64 << 20
+}
+fn default_max_list_bytes() -> usize {
+    128 << 20
 }
 fn default_max_batch() -> usize {
     1_000_000

@@ -135,6 +135,7 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         events: events.clone(),
         metrics_auth: config.api.metrics_auth,
         max_body_bytes: config.api.max_body_bytes,
+        max_list_bytes: config.api.max_list_bytes,
         max_batch: config.api.max_batch,
         kernel: Some(kernel.clone()),
         ..AppState::new(tokens)
@@ -174,7 +175,11 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
     let mut last_good = feeds.last_good_sets(&store)?;
     // Named lists likewise: stored, enforced from the first reconcile.
     for list in store.lists()? {
-        info!(list = list.row.name, entries = list.entries.len(), "list loaded");
+        info!(
+            list = list.row.name,
+            entries = list.entries.len(),
+            "list loaded"
+        );
         last_good.push(FeedSet {
             name: list.row.name,
             id: LIST_ID_BASE + list.row.id,

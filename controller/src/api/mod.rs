@@ -12,13 +12,15 @@
 //! - `extract.rs`: body, query and path extractors whose rejections are problem+json
 //! - `auth.rs`: the bearer-token check and the [`Caller`] it leaves for handlers
 //! - [`types`]: the request and answer bodies, shared with the CLI's typed client
-//! - `rules.rs`, `feeds.rs`, `status.rs`, `observe.rs`: the handlers, by what they serve
+//! - `rules.rs`, `lists.rs`, `feeds.rs`, `status.rs`, `observe.rs`: the handlers, by what they
+//!   serve
 //! - [`openapi`]: the OpenAPI document ([`ApiDoc`]) generated from the handlers
 
 mod auth;
 pub mod error;
 mod extract;
 mod feeds;
+mod lists;
 mod observe;
 pub mod openapi;
 mod rules;
@@ -56,6 +58,9 @@ pub struct AppState {
     pub tokens: Vec<ApiToken>,
     pub metrics_auth: bool,
     pub max_body_bytes: usize,
+    /// Largest `PUT /v1/lists/{name}` body (lists are big; every other route has
+    /// `max_body_bytes`).
+    pub max_list_bytes: usize,
     pub max_batch: usize,
     pub feeds: Arc<FeedManager>,
     /// Flagged egress flows and sampled drops (ring-buffer readers fill it).
@@ -75,6 +80,7 @@ impl AppState {
             tokens,
             metrics_auth: true,
             max_body_bytes: 64 << 20,
+            max_list_bytes: 128 << 20,
             max_batch: 1_000_000,
             feeds: Arc::new(FeedManager::empty()),
             events: Arc::new(Events::new(Default::default())),
@@ -135,6 +141,15 @@ pub(crate) fn routes() -> Vec<Route> {
         route(Method::GET, "/v1/rules/{id}", Token, rules::get_rule),
         route(Method::DELETE, "/v1/rules/{id}", Token, rules::delete_rule),
         route(Method::GET, "/v1/lookup", Token, rules::lookup),
+        route(Method::GET, "/v1/lists", Token, lists::list_lists),
+        route(Method::GET, "/v1/lists/{name}", Token, lists::get_list),
+        route(Method::PUT, "/v1/lists/{name}", Token, lists::replace_list),
+        route(
+            Method::DELETE,
+            "/v1/lists/{name}",
+            Token,
+            lists::delete_list,
+        ),
         route(Method::GET, "/v1/stats", Token, status::stats),
         route(Method::GET, "/v1/status", Token, status::status),
         route(Method::GET, "/v1/audit", Token, observe::audit),

@@ -11,14 +11,15 @@ use utoipa::OpenApi;
 use super::{
     Problem,
     feeds::*,
+    lists::*,
     observe::*,
     rules::*,
     status::*,
     types::{
         AuditEntry, AuditList, BatchBody, BatchResult, CrowdsecStatus, DropList, DropView,
         EgressView, FeatureState, FeedList, FeedView, FlowList, FlowView, InterfaceStats,
-        InterfaceView, KernelReport, LookupResult, RuleBody, RuleList, RuleStats, RuleView, Stats,
-        Status, SyncReport,
+        InterfaceView, KernelReport, ListBody, ListIndex, ListReplaceResult, ListSummary, ListView,
+        LookupResult, RuleBody, RuleList, RuleStats, RuleView, Stats, Status, SyncReport,
     },
 };
 
@@ -27,11 +28,12 @@ use super::{
     info(title = "xdpwall", description = "eBPF network-defense firewall API"),
     paths(
         create_rule, list_rules, get_rule, delete_rule, batch_rules, lookup, stats, status,
+        replace_list, list_lists, get_list, delete_list,
         audit, list_feeds, sync_feed, flows, drops, metrics_endpoint, healthz, readyz, openapi
     ),
     components(schemas(RuleView, RuleBody, BatchBody, RuleList, BatchResult, LookupResult, Problem, Stats, Status,
         InterfaceStats, RuleStats, InterfaceView, EgressView,
-        FeedView, FeedList, SyncReport, FlowView, FlowList, DropView, DropList, AuditList,
+        FeedView, FeedList, SyncReport, ListBody, ListIndex, ListReplaceResult, ListSummary, ListView, FlowView, FlowList, DropView, DropList, AuditList,
         AuditEntry, CrowdsecStatus, KernelReport, FeatureState)),
     modifiers(&BearerAuth, &ProblemResponses),
     security(("bearer" = []))

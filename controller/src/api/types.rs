@@ -360,3 +360,92 @@ impl From<&EgressAttachment> for EgressView {
         }
     }
 }
+
+/// Options of `PUT /v1/lists/{name}`.
+#[derive(Debug, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// `block` (default), `allow` or `watch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<String>, example = "block")]
+    pub action: Option<Action>,
+    /// The whole list goes after this long ("90s", "15m", "4h", "7d"); absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// Keep entries in special-purpose ranges (private, loopback, documentation...), which are
+    /// otherwise left out of block and watch lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_special: Option<bool>,
+}
+
+/// The JSON body of `PUT /v1/lists/{name}` (the other is `text/plain`, one entry a line).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListBody {
+    /// IPs or CIDRs.
+    pub entries: Vec<String>,
+}
+
+/// What `PUT /v1/lists/{name}` did.
+#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ListReplaceResult {
+    pub list: String,
+    /// Entries the list holds now.
+    pub entries: usize,
+    /// Entries new to the list.
+    pub inserted: usize,
+    /// Entries no longer in the list.
+    pub removed: usize,
+    /// Entries left out for being in special-purpose ranges.
+    pub excluded_special: usize,
+    /// Unparsable lines (always 0: any refuses the whole request).
+    pub bad_lines: usize,
+}
+
+/// A named list, without its entries.
+#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ListSummary {
+    pub name: String,
+    pub action: Action,
+    pub entries: usize,
+    /// The list's rule id (counters; `rule="list:NAME"` in metrics).
+    pub id: u32,
+    /// RFC 3339: the last replace.
+    pub updated: String,
+    /// RFC 3339, or null for a list that never expires.
+    pub expires_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ListIndex {
+    pub lists: Vec<ListSummary>,
+}
+
+/// A named list with its entries.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ListView {
+    #[serde(flatten)]
+    pub summary: ListSummary,
+    /// RFC 3339: when the list was first created.
+    pub created: String,
+    /// Normalised CIDRs, sorted.
+    pub cidrs: Vec<String>,
+    /// IPv4 entries (of `entries`).
+    pub ipv4: usize,
+    /// IPv6 entries (of `entries`).
+    pub ipv6: usize,
+}
+
+impl From<&crate::store::ListRow> for ListSummary {
+    fn from(row: &crate::store::ListRow) -> Self {
+        Self {
+            name: row.name.clone(),
+            action: row.action,
+            entries: row.entries,
+            id: crate::engine::LIST_ID_BASE + row.id,
+            updated: rfc3339(row.updated_at),
+            expires_at: row.expires_at.map(rfc3339),
+        }
+    }
+}

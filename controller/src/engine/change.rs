@@ -111,9 +111,7 @@ impl Engine {
         let touches_watch = written.touches_watch();
         if touches_watch {
             let removed_ids: BTreeSet<RuleId> = written.removed.iter().map(|r| r.id).collect();
-            let synced = self
-                .watch
-                .sync(
+            let synced = self.watch.sync(
                 &self.rules,
                 self.feeds.values().chain(self.lists.values()),
                 &written.inserted,
@@ -173,14 +171,12 @@ impl Engine {
     /// were, so kernel and store agree again.
     fn roll_back_commit_failure(&mut self, touches_watch: bool, ingress: &IngressDiff) {
         if touches_watch
-            && let Err(undo_err) = self
-                .watch
-                .sync(
-                    &self.rules,
-                    self.feeds.values().chain(self.lists.values()),
-                    &[],
-                    &BTreeSet::new(),
-                )
+            && let Err(undo_err) = self.watch.sync(
+                &self.rules,
+                self.feeds.values().chain(self.lists.values()),
+                &[],
+                &BTreeSet::new(),
+            )
         {
             warn!(error = %undo_err, "could not revert the watchlist after a failed store commit");
         }

@@ -41,10 +41,6 @@ impl EgressWatch {
             .values()
             .filter(|r| !remove.contains(&r.id))
             .chain(add);
-        watch.sync(&WatchContents::from_rules(
-            rules,
-            feeds,
-            &self.block_lists,
-        ))
+        watch.sync(&WatchContents::from_rules(rules, feeds, &self.block_lists))
     }
 }

@@ -69,7 +69,8 @@ pub struct Parsed {
 const BAD_SAMPLES: usize = 5;
 
 impl Parsed {
-    pub(super) fn bad(&mut self, line: usize, text: &str) {
+    /// Counts a bad line and keeps the first few (with their numbers) for messages.
+    pub fn bad(&mut self, line: usize, text: &str) {
         self.bad_lines += 1;
         if self.bad_samples.len() < BAD_SAMPLES {
             self.bad_samples.push(BadLine {

@@ -3,6 +3,7 @@
 //! the other files the tests of one part each.
 
 mod errors;
+mod lists;
 mod observe;
 mod openapi;
 mod rules;
@@ -97,13 +98,25 @@ impl Harness {
         token: Option<&str>,
         body: Option<String>,
     ) -> (StatusCode, String, Value) {
+        self.call_typed(method, path, token, body.map(|b| ("application/json", b)))
+            .await
+    }
+
+    /// [`Harness::call`] with a body of another content type.
+    async fn call_typed(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, String)>,
+    ) -> (StatusCode, String, Value) {
         let mut request = axum::http::Request::builder().method(method).uri(path);
         if let Some(token) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let request = match body {
-            Some(b) => request
-                .header(header::CONTENT_TYPE, "application/json")
+            Some((content_type, b)) => request
+                .header(header::CONTENT_TYPE, content_type)
                 .body(Body::from(b)),
             None => request.body(Body::empty()),
         }

@@ -1,0 +1,268 @@
+//! The named-list handlers: replace a whole list (`PUT`, text/plain or JSON), show, delete.
+//!
+//! A replace is parsed and sifted before the engine is locked, so other calls do not wait
+//! behind the parsing of a million lines; the engine then applies it as one diff.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use axum::{
+    Extension, Json,
+    body::Body,
+    extract::{
+        Path, Query, State,
+        rejection::{PathRejection, QueryRejection},
+    },
+    http::{HeaderMap, StatusCode, header::CONTENT_TYPE},
+};
+use ipnet::IpNet;
+
+use super::{
+    ApiError, AppState, Caller, Problem, engine,
+    extract::{path_segment, query},
+    types::{ListBody, ListIndex, ListQuery, ListReplaceResult, ListSummary, ListView, rfc3339},
+};
+use crate::{
+    engine::{ListReplace, parse_ttl},
+    feeds::{
+        parse::{CsvOptions, FeedFormat, Parsed, parse},
+        sanity::is_special,
+    },
+    rules::{Action, normalize_cidr, validate_list},
+};
+
+/// Replace a named list with exactly these entries, as one diff, all or nothing: a `text/plain`
+/// body (one IP or CIDR a line, `#` and `;` comments) or `{"entries": [...]}`. Special-purpose
+/// ranges are left out of block and watch lists unless `allow_special=true`; a block entry the
+/// lock-out guard refuses (too broad, a management address, the caller's address) refuses the
+/// whole request with 409, and bad lines with 400 naming them. Bodies up to
+/// `[api] max_list_bytes`.
+#[utoipa::path(put, path = "/v1/lists/{name}",
+    params(("name" = String, Path, description = "list name"), ListQuery),
+    request_body(content(
+        (String = "text/plain", example = "198.51.100.7\n203.0.113.0/24  # scanners\n"),
+        (ListBody = "application/json"))),
+    responses(
+        (status = 200, description = "enforced and stored", body = ListReplaceResult),
+        (status = 400, description = "bad lines (named) or options; nothing applied", body = Problem),
+        (status = 409, description = "an entry refused by the lock-out guard; nothing applied", body = Problem),
+        (status = 413, description = "body over [api] max_list_bytes", body = Problem),
+        (status = 415, description = "neither text/plain nor application/json", body = Problem),
+        (status = 507, description = "map full", body = Problem)))]
+pub(super) async fn replace_list(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    name: Result<Path<String>, PathRejection>,
+    options: Result<Query<ListQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ListReplaceResult>, ApiError> {
+    let name = path_segment(name)?;
+    validate_list(&name).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
+    let options = query(options)?;
+    let action = options.action.unwrap_or(Action::Block);
+    if action == Action::Limit {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "a list's action is block, allow or watch",
+        ));
+    }
+    let now = crate::store::unix_now();
+    let expires_at = match &options.ttl {
+        Some(ttl) => Some(now + parse_ttl(ttl)?.as_secs() as i64),
+        None => None,
+    };
+    let format = body_format(&headers)?;
+    let body = axum::body::to_bytes(body, state.max_list_bytes)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the list is larger than [api] max_list_bytes ({} bytes)",
+                    state.max_list_bytes
+                ),
+            )
+        })?;
+    // Parsing a million lines takes a while: off the async workers, before the engine lock.
+    let parsed = tokio::task::spawn_blocking(move || parse_list(format, &body))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the parser failed"))??;
+    if parsed.bad_lines > 0 {
+        return Err(bad_lines(format, &parsed));
+    }
+    // Like a feed: special ranges stay out of block and watch lists unless asked for.
+    let keep_special = action == Action::Allow || options.allow_special == Some(true);
+    let mut excluded_special = 0;
+    let entries: BTreeSet<IpNet> = parsed
+        .entries
+        .into_iter()
+        .filter(|e| {
+            let keep = keep_special || !is_special(e);
+            excluded_special += usize::from(!keep);
+            keep
+        })
+        .collect();
+    let want = ListReplace {
+        name: name.clone(),
+        action,
+        expires_at,
+        entries,
+    };
+    let replaced = engine(&state)
+        .await?
+        .replace_list(want, &caller.name, caller.addr, now)?;
+    Ok(Json(ListReplaceResult {
+        list: name,
+        entries: replaced.entries,
+        inserted: replaced.inserted,
+        removed: replaced.removed,
+        excluded_special,
+        bad_lines: 0,
+    }))
+}
+
+/// Named lists: name, action, entries, last update.
+#[utoipa::path(get, path = "/v1/lists", responses((status = 200, body = ListIndex)))]
+pub(super) async fn list_lists(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<ListIndex>, ApiError> {
+    let engine = engine(&state).await?;
+    let lists = engine
+        .store()
+        .list_rows()?
+        .iter()
+        .map(ListSummary::from)
+        .collect();
+    Ok(Json(ListIndex { lists }))
+}
+
+/// One named list with its entries.
+#[utoipa::path(get, path = "/v1/lists/{name}", params(("name" = String, Path, description = "list name")),
+    responses((status = 200, body = ListView), (status = 404, body = Problem)))]
+pub(super) async fn get_list(
+    State(state): State<Arc<AppState>>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<ListView>, ApiError> {
+    let name = path_segment(name)?;
+    let engine = engine(&state).await?;
+    let row = engine
+        .store()
+        .list_row(&name)?
+        .ok_or_else(|| not_found(&name))?;
+    let cidrs: Vec<String> = engine
+        .list(&name)
+        .map(|l| l.entries.iter().map(ToString::to_string).collect())
+        .unwrap_or_default();
+    let ipv4 = cidrs.iter().filter(|c| !c.contains(':')).count();
+    Ok(Json(ListView {
+        created: rfc3339(row.created_at),
+        summary: ListSummary::from(&row),
+        ipv6: cidrs.len() - ipv4,
+        ipv4,
+        cidrs,
+    }))
+}
+
+/// Delete a named list (its entries leave the kernel before the answer).
+#[utoipa::path(delete, path = "/v1/lists/{name}", params(("name" = String, Path, description = "list name")),
+    responses((status = 204, description = "deleted"), (status = 404, body = Problem)))]
+pub(super) async fn delete_list(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let name = path_segment(name)?;
+    let mut engine = engine(&state).await?;
+    engine.delete_list(&name, &caller.name, crate::store::unix_now())?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::from(crate::engine::EngineError::ListNotFound(name.to_string()))
+}
+
+/// How a list body is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyFormat {
+    Plain,
+    Json,
+}
+
+fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return Ok(BodyFormat::Plain);
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Ok(BodyFormat::Json),
+        "text/plain" | "" => Ok(BodyFormat::Plain),
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "a list is sent as text/plain (one IP or CIDR a line) or application/json \
+                 ({{\"entries\": [...]}}), not {other}"
+            ),
+        )),
+    }
+}
+
+/// The entries of a list body; in JSON, "line" n is `entries[n - 1]`.
+fn parse_list(format: BodyFormat, body: &[u8]) -> Result<Parsed, ApiError> {
+    match format {
+        BodyFormat::Plain => {
+            let text = std::str::from_utf8(body).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("the list is not UTF-8 text (byte {})", e.valid_up_to()),
+                )
+            })?;
+            Ok(parse(&FeedFormat::Plain, text, &CsvOptions::default()))
+        }
+        BodyFormat::Json => {
+            let body: ListBody = serde_json::from_slice(body).map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}"))
+            })?;
+            let mut out = Parsed::default();
+            for (i, entry) in body.entries.iter().enumerate() {
+                out.data_lines += 1;
+                match normalize_cidr(entry) {
+                    Ok(net) => out.entries.push(net),
+                    Err(_) => out.bad(i + 1, entry),
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+fn bad_lines(format: BodyFormat, parsed: &Parsed) -> ApiError {
+    let named: Vec<String> = parsed
+        .bad_samples
+        .iter()
+        .map(|b| match format {
+            BodyFormat::Plain => format!("line {}: {:?}", b.line, b.text),
+            BodyFormat::Json => format!("entries[{}]: {:?}", b.line - 1, b.text),
+        })
+        .collect();
+    let more = parsed.bad_lines.saturating_sub(named.len());
+    let tail = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "{} unparsable entries (not an IP or CIDR), nothing applied: {}{tail}",
+            parsed.bad_lines,
+            named.join(", ")
+        ),
+    )
+}

@@ -1,0 +1,186 @@
+//! Named lists: replace (text and JSON), refusals that apply nothing, show, delete, audit.
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::{Harness, READ, WRITE, harness};
+
+impl Harness {
+    async fn put_list(&self, path: &str, text: &str) -> (StatusCode, Value) {
+        let (s, _, v) = self
+            .call_typed("PUT", path, Some(WRITE), Some(("text/plain", text.into())))
+            .await;
+        (s, v)
+    }
+
+    async fn list_entries(&self, name: &str) -> Vec<String> {
+        let guard = self.state.engine.lock().await;
+        let engine = guard.as_ref().unwrap();
+        engine.list(name).map_or_else(Vec::new, |l| {
+            l.entries.iter().map(ToString::to_string).collect()
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_list_is_replaced_as_a_diff_and_shown() {
+    let h = harness();
+    let (s, v) = h
+        .put_list(
+            "/v1/lists/scanners",
+            "# scanners\n1.2.3.4\n5.6.7.0/24 ; trailing\n\n10.1.2.3\n2a01:4f8::/32\n",
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v,
+        json!({"list": "scanners", "entries": 3, "inserted": 3, "removed": 0,
+               "excluded_special": 1, "bad_lines": 0})
+    );
+    assert_eq!(
+        h.list_entries("scanners").await,
+        ["1.2.3.4/32", "5.6.7.0/24", "2a01:4f8::/32"]
+    );
+    let (s, v) = h.get("/v1/lookup?ip=5.6.7.9").await;
+    assert_eq!((s, v["verdict"].clone()), (StatusCode::OK, json!("block")));
+    assert_eq!(v["rule"]["list"], "scanners", "{v}");
+    // Churn: one stays, one goes, one comes; JSON this time.
+    let (s, _, v) = h
+        .call(
+            "PUT",
+            "/v1/lists/scanners?ttl=1h",
+            Some(WRITE),
+            Some(json!({"entries": ["1.2.3.4", "2a01:4f8::/32", "9.9.9.0/24"]}).to_string()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["inserted"].clone(), v["removed"].clone()),
+        (json!(1), json!(1))
+    );
+    let (s, v) = h.get("/v1/lookup?ip=5.6.7.9").await;
+    assert_eq!((s, v["verdict"].clone()), (StatusCode::OK, json!("pass")));
+    let (s, v) = h.get("/v1/lists").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["lists"][0]["name"], "scanners");
+    assert_eq!(v["lists"][0]["entries"], 3);
+    assert!(v["lists"][0]["expires_at"].is_string(), "{v}");
+    let (s, v) = h.get("/v1/lists/scanners").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        v["cidrs"],
+        json!(["1.2.3.4/32", "9.9.9.0/24", "2a01:4f8::/32"])
+    );
+    assert_eq!((v["ipv4"].clone(), v["ipv6"].clone()), (json!(2), json!(1)));
+    // One audit row per change, not one per entry.
+    let (_, audit) = h.get("/v1/audit?limit=10").await;
+    let rows: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["list"] == "scanners")
+        .collect();
+    assert_eq!(rows.len(), 2, "{audit}");
+    assert_eq!(rows[0]["what"], "list-replace");
+    let (s, _, _) = h
+        .call("DELETE", "/v1/lists/scanners", Some(WRITE), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(h.list_entries("scanners").await.is_empty());
+    assert_eq!(h.get("/v1/lists/scanners").await.0, StatusCode::NOT_FOUND);
+    let (s, _, _) = h
+        .call("DELETE", "/v1/lists/scanners", Some(WRITE), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn bad_lines_and_lockouts_refuse_the_whole_list() {
+    let h = harness();
+    assert_eq!(
+        h.put_list("/v1/lists/x", "1.2.3.4\n").await.0,
+        StatusCode::OK
+    );
+    let (s, v) = h
+        .put_list("/v1/lists/x", "8.8.8.8\nnot-an-ip\n9.9.9.9\n300.1.1.1/8\n")
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let detail = v["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("line 2") && detail.contains("line 4"),
+        "{detail}"
+    );
+    // The management address, the caller's address, a too broad prefix: 409 naming it.
+    for entry in ["198.51.100.10", "192.0.2.50", "8.0.0.0/7"] {
+        let (s, v) = h
+            .put_list(
+                "/v1/lists/x?allow_special=true",
+                &format!("8.8.8.8\n{entry}\n"),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CONFLICT, "{entry}: {v}");
+        assert!(v["detail"].as_str().unwrap().contains(entry), "{v}");
+    }
+    let (s, _, v) = h
+        .call(
+            "PUT",
+            "/v1/lists/x",
+            Some(WRITE),
+            Some(json!({"entries": ["8.8.8.8", "nope"]}).to_string()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["detail"].as_str().unwrap().contains("entries[1]"), "{v}");
+    // Nothing of the refused bodies was applied.
+    assert_eq!(h.list_entries("x").await, ["1.2.3.4/32"]);
+    // An allow list may hold the management address.
+    let (s, _) = h
+        .put_list("/v1/lists/ok?action=allow", "198.51.100.10\n")
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    for bad in [
+        "/v1/lists/bad%20name",
+        "/v1/lists/x?action=limit",
+        "/v1/lists/x?ttl=soon",
+    ] {
+        assert_eq!(
+            h.put_list(bad, "1.2.3.4\n").await.0,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+    let (s, _, _) = h
+        .call_typed(
+            "PUT",
+            "/v1/lists/x",
+            Some(WRITE),
+            Some(("text/csv", "1.2.3.4".into())),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (s, _, _) = h
+        .call_typed(
+            "PUT",
+            "/v1/lists/x",
+            Some(READ),
+            Some(("text/plain", "1.2.3.4".into())),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_list_and_a_feed_or_rule_list_of_the_same_entry_keep_it_until_both_go() {
+    let h = harness();
+    let (s, _) = h
+        .post("/v1/rules", json!({"cidr": "1.2.3.4", "action": "block"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(
+        h.put_list("/v1/lists/x", "1.2.3.4\n").await.0,
+        StatusCode::OK
+    );
+    h.call("DELETE", "/v1/lists/x", Some(WRITE), None).await;
+    let (_, v) = h.get("/v1/lookup?ip=1.2.3.4").await;
+    assert_eq!(v["verdict"], "block", "the API rule still holds it: {v}");
+}
