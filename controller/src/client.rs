@@ -11,8 +11,9 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::api::{
     Problem,
     types::{
-        BatchBody, BatchResult, DropList, EventsQuery, FeedList, FlowList, LookupQuery,
-        LookupResult, RuleBody, RuleFilter, RuleList, RuleView, Stats, Status, SyncReport,
+        BatchBody, BatchResult, DropList, EventsQuery, FeedList, FlowList, ListIndex, ListQuery,
+        ListReplaceResult, ListView, LookupQuery, LookupResult, RuleBody, RuleFilter, RuleList,
+        RuleView, Stats, Status, SyncReport,
     },
 };
 
@@ -98,6 +99,37 @@ impl ApiClient {
         self.call(Method::POST, &path, NONE, NONE).await
     }
 
+    /// `PUT /v1/lists/{name}` with a `text/plain` body (one IP or CIDR a line).
+    pub async fn replace_list(
+        &self,
+        name: &str,
+        options: &ListQuery,
+        text: String,
+    ) -> anyhow::Result<ListReplaceResult> {
+        let path = format!("/v1/lists/{}", path_segment(name));
+        let text = self
+            .send_body(Method::PUT, &path, Some(options), Some(text))
+            .await?;
+        parse_answer(&path, &text)
+    }
+
+    /// `GET /v1/lists`.
+    pub async fn lists(&self) -> anyhow::Result<ListIndex> {
+        self.call(Method::GET, "/v1/lists", NONE, NONE).await
+    }
+
+    /// `GET /v1/lists/{name}`.
+    pub async fn list(&self, name: &str) -> anyhow::Result<ListView> {
+        let path = format!("/v1/lists/{}", path_segment(name));
+        self.call(Method::GET, &path, NONE, NONE).await
+    }
+
+    /// `DELETE /v1/lists/{name}`.
+    pub async fn delete_list(&self, name: &str) -> anyhow::Result<()> {
+        let path = format!("/v1/lists/{}", path_segment(name));
+        self.send(Method::DELETE, &path, NONE, NONE).await.map(drop)
+    }
+
     /// `GET /v1/stats`.
     pub async fn stats(&self) -> anyhow::Result<Stats> {
         self.call(Method::GET, "/v1/stats", NONE, NONE).await
@@ -131,9 +163,7 @@ impl ApiClient {
         body: Option<&impl Serialize>,
     ) -> anyhow::Result<T> {
         let text = self.send(method, path, query, body).await?;
-        serde_json::from_str(&text).with_context(|| {
-            format!("the daemon's answer to {path} is not what this client expects (a different xdpwall version?)")
-        })
+        parse_answer(path, &text)
     }
 
     /// Sends a request; returns the answer's text (empty for 204). Non-2xx answers become
@@ -145,6 +175,33 @@ impl ApiClient {
         query: Option<&impl Serialize>,
         body: Option<&impl Serialize>,
     ) -> anyhow::Result<String> {
+        let body = body
+            .map(serde_json::to_string)
+            .transpose()
+            .context("encoding the request")?;
+        self.send_raw(method, path, query, body.map(|b| ("application/json", b)))
+            .await
+    }
+
+    /// [`Self::send`] with a `text/plain` body.
+    async fn send_body(
+        &self,
+        method: Method,
+        path: &str,
+        query: Option<&impl Serialize>,
+        text: Option<String>,
+    ) -> anyhow::Result<String> {
+        self.send_raw(method, path, query, text.map(|t| ("text/plain", t)))
+            .await
+    }
+
+    async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        query: Option<&impl Serialize>,
+        body: Option<(&str, String)>,
+    ) -> anyhow::Result<String> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
@@ -152,8 +209,10 @@ impl ApiClient {
         if let Some(query) = query {
             request = request.query(query);
         }
-        if let Some(body) = body {
-            request = request.json(body);
+        if let Some((content_type, body)) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(body);
         }
         let response = request.send().await.map_err(|e| {
             // The innermost cause says what went wrong (refused, certificate, timeout).
@@ -184,6 +243,12 @@ impl ApiClient {
         }
         Ok(text)
     }
+}
+
+fn parse_answer<T: DeserializeOwned>(path: &str, text: &str) -> anyhow::Result<T> {
+    serde_json::from_str(text).with_context(|| {
+        format!("the daemon's answer to {path} is not what this client expects (a different xdpwall version?)")
+    })
 }
 
 /// `s` percent-encoded for one path segment (a feed name).

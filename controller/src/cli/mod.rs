@@ -14,6 +14,7 @@
 mod detach;
 mod docs;
 mod feeds;
+mod lists;
 mod observe;
 mod rules;
 mod run;
@@ -106,6 +107,34 @@ pub enum FeedsCommand {
         /// Feed names.
         names: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum ListCommand {
+    /// Make the named list hold exactly the entries of FILE (one IP or CIDR a line, `#`
+    /// comments; `-` reads stdin), as one diff, all or nothing: bad lines or an entry that
+    /// would lock you out change nothing. Enforced when the command returns.
+    Replace {
+        /// List name (a-z, A-Z, 0-9, '-', '_', '.', ':').
+        name: String,
+        /// The entries, or `-` for stdin.
+        file: String,
+        /// What the entries do: block (default), allow or watch (egress watchlist).
+        #[arg(long, default_value = "block")]
+        action: String,
+        /// The whole list goes after this long, e.g. 90s, 15m, 4h, 7d (default: never).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Keep entries in private, loopback, documentation and other special ranges.
+        #[arg(long)]
+        allow_special: bool,
+    },
+    /// Named lists: action, entries, last update.
+    Ls,
+    /// One list's entries.
+    Show { name: String },
+    /// Delete a named list (its entries leave the kernel when the command returns).
+    Rm { name: String },
 }
 
 #[derive(Subcommand)]
@@ -246,6 +275,13 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Named lists replaced whole from a file (SIEM exports, scripts): replace, ls, show, rm.
+    List {
+        #[command(subcommand)]
+        command: ListCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Blocklist feeds: list them with their state, or fetch and apply them now (for cron).
     Feeds {
         #[command(subcommand)]
@@ -380,6 +416,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Limit { command, client } => rules::rule(Action::Limit, command, &client).await,
         Command::Lookup { ip, client } => rules::lookup(&ip, &client).await,
         Command::Feeds { command, client } => feeds::feeds(command, &client).await,
+        Command::List { command, client } => lists::list(command, &client).await,
         Command::Stats { client } => status::stats(&client).await,
         Command::Status { client } => status::status(&client).await,
         Command::Flows {
