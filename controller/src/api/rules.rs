@@ -16,7 +16,8 @@ use super::{
     ApiError, ApiJson, AppState, Caller, Problem, engine,
     extract::{parse_id, parse_ip, path_segment, query},
     types::{
-        BatchBody, BatchResult, LookupQuery, LookupResult, RuleBody, RuleFilter, RuleList, RuleView,
+        BatchBody, BatchQuery, BatchResult, LookupQuery, LookupResult, RuleBody, RuleFilter,
+        RuleList, RuleView,
     },
 };
 use crate::{
@@ -56,15 +57,17 @@ pub(super) async fn create_rule(
 }
 
 /// Add many rules, all or nothing: one bad entry fails the request (naming its index) and
-/// changes nothing.
-#[utoipa::path(post, path = "/v1/rules/batch", request_body = BatchBody,
+/// changes nothing. Answers counts; `echo=true` adds the stored rules.
+#[utoipa::path(post, path = "/v1/rules/batch", request_body = BatchBody, params(BatchQuery),
     responses((status = 200, body = BatchResult), (status = 400, body = Problem), (status = 409, body = Problem),
         (status = 413, body = Problem), (status = 507, body = Problem)))]
 pub(super) async fn batch_rules(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
+    options: Result<Query<BatchQuery>, QueryRejection>,
     body: Result<ApiJson<BatchBody>, ApiError>,
 ) -> Result<Json<BatchResult>, ApiError> {
+    let echo = query(options)?.echo == Some(true);
     let ApiJson(body) = body?;
     if body.rules.len() > state.max_batch {
         return Err(ApiError::new(
@@ -84,9 +87,12 @@ pub(super) async fn batch_rules(
         caller.addr,
         crate::store::unix_now(),
     )?;
+    drop(engine);
+    let created = added.iter().filter(|a| a.created).count();
     Ok(Json(BatchResult {
-        created: added.iter().filter(|a| a.created).count(),
-        rules: added.iter().map(|a| RuleView::from(&a.rule)).collect(),
+        created,
+        existing: added.len() - created,
+        rules: echo.then(|| added.iter().map(|a| RuleView::from(&a.rule)).collect()),
     }))
 }
 

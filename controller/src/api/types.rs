@@ -173,12 +173,27 @@ pub struct RuleList {
     pub rules: Vec<RuleView>,
 }
 
+/// What `POST /v1/rules/batch` did: counts, and the rules themselves with `?echo=true`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct BatchResult {
-    /// The stored rules, in request order (existing ones for repeats).
-    pub rules: Vec<RuleView>,
+    /// The stored rules, in request order (existing ones for repeats); only with `echo=true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<RuleView>>,
     /// How many of them are new.
     pub created: usize,
+    /// How many were already stored (or repeated in the batch).
+    #[serde(default)]
+    pub existing: usize,
+}
+
+/// Options of `POST /v1/rules/batch`.
+#[derive(Debug, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct BatchQuery {
+    /// Answer the stored rules too (a million-rule answer is big: counts only by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo: Option<bool>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, IntoParams)]

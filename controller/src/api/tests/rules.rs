@@ -181,7 +181,22 @@ async fn batch_is_all_or_nothing() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{ok}");
-    assert_eq!(ok["created"], 2, "duplicates collapse: {ok}");
+    assert_eq!(
+        ok,
+        json!({"created": 2, "existing": 1}),
+        "counts by default"
+    );
+    let (status, ok) = h
+        .post(
+            "/v1/rules/batch?echo=true",
+            json!({"rules": [{"cidr": "192.0.2.1"}, {"cidr": "192.0.2.1"}, {"cidr": "2001:db8::1", "ttl": "1h"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{ok}");
+    assert_eq!(
+        (ok["created"].clone(), ok["existing"].clone()),
+        (json!(0), json!(3))
+    );
     assert_eq!(ok["rules"][0]["id"], ok["rules"][1]["id"]);
     assert!(ok["rules"][2]["expires_at"].is_string());
 }
