@@ -9,6 +9,8 @@
 //! 2. Batch import: one `POST /v1/rules/batch` into a fresh daemon against `ipset restore` and
 //!    `nft -f` into fresh sets, same prefixes, interleaved repetitions.
 //! 3. Optionally one much larger batch, xdpwall only, within a time limit.
+//! 4. Optionally a named list (`PUT /v1/lists/bench`, text/plain) of N prefixes into a fresh
+//!    daemon, then the same list with 1% of it replaced (`lists.rs`).
 //!
 //! Only medians, percentiles and ratios are reported; nothing is asserted about time. Every
 //! address is a map entry only: no packet is sent to any of them.
@@ -16,6 +18,7 @@
 mod baseline;
 mod daemon;
 mod http;
+mod lists;
 
 use std::{
     fmt::Write as _,
@@ -57,6 +60,9 @@ pub struct ApiArgs {
     /// Time limit of each regular batch import, in seconds (past it the benchmark fails).
     #[arg(long, default_value_t = 300)]
     pub batch_timeout_secs: u64,
+    /// Prefixes in the named list (`PUT /v1/lists/bench`, then 1% of it replaced; 0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub list: usize,
     /// Where to write the Markdown report.
     #[arg(long, default_value = "bench/results")]
     pub out: PathBuf,
@@ -129,6 +135,7 @@ struct Measurements {
     adds: Samples,
     batch: Samples,
     large: LargeBatch,
+    lists: Option<lists::ListTimes>,
 }
 
 /// What the report says about the setup.
@@ -205,7 +212,28 @@ fn measure(spec: &DaemonSpec, args: &ApiArgs) -> anyhow::Result<Measurements> {
             None => LargeBatch::Unfinished(limit),
         }
     };
-    Ok(Measurements { adds, batch, large })
+    let lists = if args.list == 0 {
+        None
+    } else {
+        eprintln!(
+            "bench api: named list of {} prefixes and 1% churn, {} repetitions",
+            args.list, args.reps
+        );
+        let mut all = cidr_strings(&prefixes::disjoint_v4(
+            &mut rng,
+            args.list + args.list / 100,
+        ));
+        let fresh = all.split_off(args.list);
+        let churned = lists::churn(&all, &fresh);
+        let limit = Duration::from_secs(args.batch_timeout_secs);
+        Some(lists::measure_lists(spec, &all, &churned, args.reps, limit).context("named list")?)
+    };
+    Ok(Measurements {
+        adds,
+        batch,
+        large,
+        lists,
+    })
 }
 
 fn measure_single_adds(spec: &DaemonSpec, args: &ApiArgs, names: &str) -> anyhow::Result<Samples> {
@@ -524,13 +552,14 @@ fn report(args: &ApiArgs, env: &Environment, m: &Measurements) -> String {
     let _ = writeln!(
         out,
         "- Command (as root, from the workspace): `./target/release/xdpwall-bench api --adds {} \
-         --round {} --batch {} --reps {} --large-batch {} --large-timeout-secs {} \
+         --round {} --batch {} --reps {} --large-batch {} --list {} --large-timeout-secs {} \
          --batch-timeout-secs {} --seed {}`\n",
         args.adds,
         args.round,
         args.batch,
         args.reps,
         args.large_batch,
+        args.list,
         args.large_timeout_secs,
         args.batch_timeout_secs,
         args.seed
@@ -660,6 +689,24 @@ fn report(args: &ApiArgs, env: &Environment, m: &Measurements) -> String {
             }
             LargeBatch::Skipped => {}
         }
+    }
+
+    if let Some(lists) = &m.lists {
+        let med = |d: &[Duration]| median(&d.iter().map(Duration::as_secs_f64).collect::<Vec<_>>());
+        let _ = writeln!(
+            out,
+            "\n## Named list of {} prefixes (`PUT /v1/lists/bench`, text/plain)\n\n\
+             Same generator, a fresh daemon per repetition; the answer comes once the kernel and \
+             the store hold the list. Then the same list with 1% of it replaced. Median of {} \
+             (all runs: {:?} / {:?}).\n\n\
+             | step | median (s) |\n|---|---|\n| full list | {:.3} |\n| 1% churn | {:.3} |",
+            args.list,
+            lists.full.len(),
+            lists.full,
+            lists.churn,
+            med(&lists.full),
+            med(&lists.churn),
+        );
     }
 
     let _ = writeln!(out, "\n## Notes\n");

@@ -63,23 +63,33 @@ impl Connection {
         path: &str,
         json_body: Option<&[u8]>,
     ) -> anyhow::Result<Response> {
-        self.send(method, path, json_body)
+        self.request_typed(method, path, json_body.map(|b| ("application/json", b)))
+    }
+
+    /// [`Self::request`] with a body of any content type.
+    pub fn request_typed(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+    ) -> anyhow::Result<Response> {
+        self.send(method, path, body)
             .with_context(|| format!("sending {method} {path} to {}", self.addr))?;
         self.receive()
             .with_context(|| format!("reading the answer to {method} {path} from {}", self.addr))
     }
 
-    fn send(&mut self, method: &str, path: &str, json_body: Option<&[u8]>) -> io::Result<()> {
+    fn send(&mut self, method: &str, path: &str, body: Option<(&str, &[u8])>) -> io::Result<()> {
         write!(
             self.writer,
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n",
             self.token
         )?;
-        match json_body {
-            Some(body) => {
+        match body {
+            Some((content_type, body)) => {
                 write!(
                     self.writer,
-                    "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
                     body.len()
                 )?;
                 self.writer.write_all(body)?;
