@@ -274,3 +274,26 @@ fn the_cli_replaces_a_list_from_a_file() {
         "still enforced"
     );
 }
+
+#[test]
+fn a_list_is_enforced_and_counted_under_the_dir24_engine() {
+    require_privileges!();
+    let lab = Lab::new("listd24").unwrap();
+    let daemon = Daemon::start(&lab, "listd24", "ipv4_lookup = \"dir24\"").unwrap();
+    // A lone address in its /24 (the one-slot form) and a /26 (the long-prefix form).
+    let (status, answer) = put_list(
+        &daemon,
+        "d24?allow_special=true",
+        "203.0.113.64/26\n198.18.0.9\n",
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(lab.ping(PEER_V4, FW_V4, PINGS).unwrap(), PINGS);
+    assert_eq!(lab.ping(BLOCKED_V4, FW_V4, PINGS).unwrap(), 0);
+    let (_, metrics) = daemon.http("GET", "/metrics", None).unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "xdpwall_rule_packets_total{{action=\"block\",list=\"d24\",rule=\"list:d24\"}} {PINGS}"
+        )),
+        "{metrics}"
+    );
+}
