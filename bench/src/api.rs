@@ -720,7 +720,7 @@ fn report(args: &ApiArgs, env: &Environment, m: &Measurements) -> String {
          so no namespace-entering wrapper is counted against them. The batch table is the \
          fairer comparison of the kernel-side work: there ipset and nft pay their start-up \
          once. Neither baseline persists anything to disk or checks for lock-out, while \
-         xdpwall's batch answer (every rule as JSON) is also part of its time. Nothing is \
+         xdpwall's batch answer is counts only (no `echo=true`). Nothing is \
          extrapolated: every figure above was measured in this run."
     );
     out
