@@ -719,7 +719,7 @@ fn report(args: &ApiArgs, env: &Environment, m: &Measurements) -> String {
          as direct child processes of a thread inside the namespace, not under `ip netns exec`, \
          so no namespace-entering wrapper is counted against them. The batch table is the \
          fairer comparison of the kernel-side work: there ipset and nft pay their start-up \
-         once. Neither baseline persists anything to disk or checks for lock-out, while \
+         once. Neither baseline persists anything to disk or checks for lock-out; \
          xdpwall's batch answer is counts only (no `echo=true`). Nothing is \
          extrapolated: every figure above was measured in this run."
     );
