@@ -61,6 +61,16 @@ fn list_rule(cidr: IpNet, list: &str, reason: String, expires_at: i64) -> NewRul
     }
 }
 
+/// What [`Engine::apply_set`] did to a set.
+pub(super) struct SetApplied {
+    pub(super) report: ApplyReport,
+    /// The set it replaced (to apply again if a later step fails).
+    pub(super) old: Option<FeedSet>,
+    /// Entries new to the set, and entries that left it.
+    pub(super) added: usize,
+    pub(super) gone: usize,
+}
+
 /// Which whole sets a set belongs to: a feed's, or a named list's (the same name may be both).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum SetKind {
@@ -78,8 +88,9 @@ impl Engine {
         action: Action,
         entries: BTreeSet<IpNet>,
     ) -> Result<ApplyReport, EngineError> {
-        let (report, _old) = self.apply_set(SetKind::Feed, name, id, action, entries)?;
-        Ok(report)
+        Ok(self
+            .apply_set(SetKind::Feed, name, id, action, entries)?
+            .report)
     }
 
     fn sets_mut(&mut self, kind: SetKind) -> &mut BTreeMap<String, FeedSet> {
@@ -98,7 +109,7 @@ impl Engine {
         id: RuleId,
         action: Action,
         entries: BTreeSet<IpNet>,
-    ) -> Result<(ApplyReport, Option<FeedSet>), EngineError> {
+    ) -> Result<SetApplied, EngineError> {
         // Taken out rather than cloned (a feed can hold a million entries); put back on error.
         let old = self.sets_mut(kind).remove(name);
         let mut touched = Owners::default();
@@ -115,6 +126,7 @@ impl Engine {
             ),
             None => (Vec::new(), entries.iter().copied().collect()),
         };
+        let (gone_count, added_count) = (gone.len(), added.len());
         touched.reserve(gone.len() + added.len());
         if let Some(o) = &old {
             for entry in gone {
@@ -156,7 +168,12 @@ impl Engine {
             inserted: diff.upserts(),
             removed: diff.removes(),
         };
-        Ok((report, old))
+        Ok(SetApplied {
+            report,
+            old,
+            added: added_count,
+            gone: gone_count,
+        })
     }
 
     /// Makes the block rules of `list` (owned by an external decision engine such as CrowdSec)

@@ -79,14 +79,6 @@ impl Engine {
                 LIST_ID_MAX - LIST_ID_BASE
             )));
         }
-        let (inserted, removed) = match self.lists.get(&want.name) {
-            Some(old) if old.action == want.action => (
-                want.entries.difference(&old.entries).count(),
-                old.entries.difference(&want.entries).count(),
-            ),
-            Some(old) => (want.entries.len(), old.entries.len()),
-            None => (want.entries.len(), 0),
-        };
         let row = ListRow {
             id,
             name: want.name.clone(),
@@ -98,13 +90,14 @@ impl Engine {
         };
         let content = encode_entries(&want.entries);
         let count = want.entries.len();
-        let (_, old) = self.apply_set(
+        let applied = self.apply_set(
             SetKind::List,
             &want.name,
             rule_id,
             want.action,
             want.entries,
         )?;
+        let (inserted, removed, old) = (applied.added, applied.gone, applied.old);
         let why = format!("{count} entries: +{inserted} -{removed}");
         let audit = list_audit(now, who, "list-replace", &row, rule_id, why);
         let written = self.store.transaction().and_then(|tx| {
@@ -137,7 +130,9 @@ impl Engine {
             return Err(EngineError::ListNotFound(name.to_string()));
         };
         let rule_id = LIST_ID_BASE + row.id;
-        let (_, old) = self.apply_set(SetKind::List, name, rule_id, row.action, BTreeSet::new())?;
+        let old = self
+            .apply_set(SetKind::List, name, rule_id, row.action, BTreeSet::new())?
+            .old;
         let entries = old.as_ref().map_or(0, |o| o.entries.len());
         let audit = list_audit(
             now,
@@ -175,11 +170,14 @@ impl Engine {
     /// back (none: the list goes), so kernel and store agree again.
     fn restore_list(&mut self, name: &str, old: Option<FeedSet>) {
         let restored = match old {
-            Some(old) => self.apply_set(SetKind::List, name, old.id, old.action, old.entries),
+            Some(old) => self
+                .apply_set(SetKind::List, name, old.id, old.action, old.entries)
+                .map(drop),
             None => match self.lists.get(name) {
                 Some(now) => {
                     let (id, action) = (now.id, now.action);
                     self.apply_set(SetKind::List, name, id, action, BTreeSet::new())
+                        .map(drop)
                 }
                 None => return,
             },
