@@ -8,6 +8,7 @@
 use core::mem::size_of;
 
 pub mod egress;
+pub mod syn;
 
 /// Map names, at most 15 bytes (the kernel's `BPF_OBJ_NAME_LEN` minus the NUL).
 pub mod map_names {
@@ -81,6 +82,9 @@ pub mod lookup {
     /// With [`V6_HASH`]: the program reads generation 1 (`XW_V6_TOP[..][1]`, `XW_V6_GUIDE1`,
     /// `XW_V6_TBL1`), else 0.
     pub const V6_GEN1: u32 = 4;
+    /// The SYN-flood stage (`xdpwall_syn`, stage slot 1) answers SYNs to the
+    /// protected ports of [`super::syn::map_names::PORTS`] with cookies.
+    pub const SYN: u32 = 16;
 }
 
 /// First-level slots of the IPv6 hash engine: one per /16.

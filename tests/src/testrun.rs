@@ -13,6 +13,7 @@ use xdpwall::{
     pins::PinLayout,
     rules::{Action, Rule, RuleSource, normalize_cidr},
     store::{NewRule, Store},
+    syn::{self, SynStage},
 };
 use xdpwall_shared::DatapathConfig;
 
@@ -21,10 +22,13 @@ pub const TEST_RUN_IFINDEX: u32 = 1;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 
 pub struct TestProgram {
     engine: Engine,
     ebpf: aya::Ebpf,
+    /// The SYN-cookie stage's maps and whether the kernel took its program.
+    pub syn: SynStage,
     pin_dir: PathBuf,
 }
 
@@ -40,19 +44,24 @@ impl TestProgram {
         let pins = PinLayout::new(&pin_dir);
         let opened = (|| {
             // The engine owns the map handles; the program stays in `ebpf`.
-            let LoadedObject { ebpf, datapath } = loader::load_object(&pins, engines)?;
+            let LoadedObject {
+                ebpf,
+                datapath,
+                syn,
+            } = loader::load_object(&pins, engines)?;
             let (engine, _) = Engine::open(
                 Box::new(datapath),
                 Store::in_memory()?,
                 Vec::new(),
                 Vec::new(),
             )?;
-            anyhow::Ok((engine, ebpf))
+            anyhow::Ok((engine, ebpf, syn))
         })();
         match opened {
-            Ok((engine, ebpf)) => Ok(Self {
+            Ok((engine, ebpf, syn)) => Ok(Self {
                 engine,
                 ebpf,
+                syn,
                 pin_dir,
             }),
             Err(e) => {
@@ -94,6 +103,15 @@ impl TestProgram {
         run_program(loader::xdp_program(&self.ebpf), frame)
     }
 
+    /// Runs the SYN-cookie stage on its own once on `frame`: the XDP action and the frame as the
+    /// program left it. `None` when the kernel refused the stage.
+    pub fn run_syn(&self, frame: &[u8]) -> anyhow::Result<Option<(u32, Vec<u8>)>> {
+        let Some(program) = syn::program(&self.ebpf) else {
+            return Ok(None);
+        };
+        Ok(Some(run_program_out(program, frame)?))
+    }
+
     /// The rules engine and the program apart, so that one thread can change rules while
     /// another runs frames through [`run_program`].
     pub fn parts(&mut self) -> (&mut Engine, &Xdp) {
@@ -125,6 +143,19 @@ pub fn run_program(program: &Xdp, frame: &[u8]) -> anyhow::Result<u32> {
         ..TestRunOptions::default()
     };
     Ok(program.test_run(opts)?.return_value)
+}
+
+/// Runs `program` once on `frame`; returns the XDP action and the frame it left.
+pub fn run_program_out(program: &Xdp, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..TestRunOptions::default()
+    };
+    let result = program.test_run(opts)?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out))
 }
 
 pub fn new_rule(cidr: &str, action: Action) -> NewRule {

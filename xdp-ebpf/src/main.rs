@@ -11,6 +11,7 @@
 #![no_main]
 
 mod drops;
+mod syn;
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, xdp_action},

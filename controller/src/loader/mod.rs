@@ -31,6 +31,7 @@ use crate::{
     datapath::{Datapath, DatapathError, Engines, Ipv4Lookup, Ipv6Lookup},
     ebpf_object::EBPF_OBJECT,
     pins::PinLayout,
+    syn::SynStage,
 };
 
 /// Maps of earlier versions whose layout changed: carried over, then unpinned.
@@ -152,6 +153,7 @@ pub struct Attachment {
 pub struct Loaded {
     pub datapath: Datapath,
     pub attachments: Vec<Attachment>,
+    pub syn: SynStage,
 }
 
 /// Checks what can be checked before touching the kernel: privileges, bpffs, interfaces.
@@ -182,6 +184,8 @@ pub fn preflight(pins: &PinLayout, ifaces: &[String]) -> Result<Vec<(String, u32
 pub struct LoadedObject {
     pub ebpf: Ebpf,
     pub datapath: Datapath,
+    /// The SYN-cookie stage: loaded unless the kernel refused it (it stays out of the way then).
+    pub syn: SynStage,
 }
 
 /// The XDP ingress program of an object returned by [`load_object`].
@@ -291,7 +295,15 @@ pub fn load_object(
     program
         .load()
         .map_err(|e| LoaderError::Program(Box::new(e)))?;
-    Ok(LoadedObject { ebpf, datapath })
+    let syn = SynStage::load(&mut ebpf)?;
+    if let Some(reason) = &syn.refused {
+        info!(reason, "the kernel refused the SYN-cookie stage; [syn_protection] cannot be enabled");
+    }
+    Ok(LoadedObject {
+        ebpf,
+        datapath,
+        syn,
+    })
 }
 
 /// Refuses pinned maps whose key or value size differs from what `object` declares. aya reuses a
@@ -372,7 +384,11 @@ pub fn load_and_attach(
     engines: impl Into<Engines>,
 ) -> Result<Loaded, LoaderError> {
     let resolved = preflight(pins, ifaces)?;
-    let LoadedObject { mut ebpf, datapath } = load_object(pins, engines)?;
+    let LoadedObject {
+        mut ebpf,
+        datapath,
+        syn,
+    } = load_object(pins, engines)?;
     let program: &mut Xdp = ebpf
         .program_mut(XDP_PROGRAM)
         .ok_or(LoaderError::NoObject)?
@@ -398,6 +414,7 @@ pub fn load_and_attach(
     Ok(Loaded {
         datapath,
         attachments,
+        syn,
     })
 }
 
