@@ -8,6 +8,7 @@
 use core::mem::size_of;
 
 pub mod egress;
+pub mod policy;
 pub mod syn;
 
 /// Map names, at most 15 bytes (the kernel's `BPF_OBJ_NAME_LEN` minus the NUL).
@@ -56,6 +57,19 @@ pub mod map_names {
     /// the program reads.
     pub const V6_TBL1: &str = "XW_V6_TBL1";
 
+    /// Program array of the stages the ingress program tail-calls for packets the address
+    /// engines passed, indexed by [`super::stages`].
+    pub const STAGES: &str = "XW_STAGES";
+    /// LPM trie, IPv4 prefixes of scoped rules -> index in [`POLICIES`]
+    /// ([`super::policy`]).
+    pub const SCOPED_V4: &str = "XW_SCOPED_V4";
+    /// LPM trie, IPv6 prefixes of scoped rules -> index in [`POLICIES`].
+    pub const SCOPED_V6: &str = "XW_SCOPED_V6";
+    /// Array of [`super::policy::PolicySet`].
+    pub const POLICIES: &str = "XW_POLICIES";
+    /// LRU hash, [`super::policy::BucketKey`] -> `u64` theoretical arrival time.
+    pub const LIMITS: &str = "XW_LIMITS";
+
     /// Maps earlier versions pinned under names this version no longer uses (their layout
     /// changed, so the maps got new names instead of failing the pinned-layout check on
     /// upgrade). Their pins are removed at start; a program still reading them keeps them
@@ -64,9 +78,10 @@ pub mod map_names {
     pub const RETIRED: [&str; 2] = ["XW_V6_GUIDE0", "XW_V6_GUIDE1"];
 
     /// Every map the ingress program owns, for pin management and status.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 20] = [
         ALLOW_V4, ALLOW_V6, BLOCK_V4, BLOCK_V6, RULE_STATS, VERDICTS, CONFIG, LOOKUP, V4_TBL24,
-        V4_LONG, V6_TOP, V6_GUIDE0, V6_GUIDE1, V6_TBL0, V6_TBL1,
+        V4_LONG, V6_TOP, V6_GUIDE0, V6_GUIDE1, V6_TBL0, V6_TBL1, STAGES, SCOPED_V4, SCOPED_V6,
+        POLICIES, LIMITS,
     ];
 }
 
@@ -82,9 +97,26 @@ pub mod lookup {
     /// With [`V6_HASH`]: the program reads generation 1 (`XW_V6_TOP[..][1]`, `XW_V6_GUIDE1`,
     /// `XW_V6_TBL1`), else 0.
     pub const V6_GEN1: u32 = 4;
-    /// The SYN-flood stage (`xdpwall_syn`, stage slot 1) answers SYNs to the
-    /// protected ports of [`super::syn::map_names::PORTS`] with cookies.
+    /// Scoped, limit or monitor-mode rules exist: packets the engines pass go through the
+    /// [`super::stages::SCOPED`] stage.
+    pub const SCOPED: u32 = 8;
+    /// SYN protection is on: packets still passing go through the [`super::stages::SYN`] stage.
     pub const SYN: u32 = 16;
+    /// The bits that turn stages on; switching address engines leaves them as they are.
+    pub const STAGE_BITS: u32 = SCOPED | SYN;
+}
+
+/// Slots of [`map_names::STAGES`]: programs the ingress program tail-calls, in this order, for a
+/// packet the address engines passed. A stage counts the packet's verdict itself.
+pub mod stages {
+    /// `xdpwall_scoped`: scoped, limit and monitor-mode rules ([`super::policy`]).
+    pub const SCOPED: u32 = 0;
+    /// `xdpwall_syn`: SYN cookies for the protected ports.
+    pub const SYN: u32 = 1;
+    /// Slots in the array.
+    pub const COUNT: u32 = 4;
+    /// Program names in the object file, by slot (empty: no program yet).
+    pub const PROGRAMS: [&str; 2] = ["xdpwall_scoped", "xdpwall_syn"];
 }
 
 /// First-level slots of the IPv6 hash engine: one per /16.
@@ -438,4 +470,8 @@ mod user {
     unsafe impl aya::Pod for super::V6Guide {}
     // SAFETY: #[repr(C)], u64 then four u32, no padding (size asserted).
     unsafe impl aya::Pod for super::V6Inline {}
+    // SAFETY: #[repr(C)], integers only, no padding (size asserted).
+    unsafe impl aya::Pod for super::policy::PolicySet {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::policy::BucketKey {}
 }

@@ -1,7 +1,7 @@
 //! SYN-flood protection: the map names and constants of the `xdpwall_syn` stage, which answers
 //! a SYN to a protected port with a SYN cookie from XDP (the kernel validates the client's ACK
-//! itself). The stage is tail-called from the ingress program when [`super::lookup::SYN`] is
-//! set and the packet is still "pass".
+//! itself). The ingress program (and the scoped-rule stage) tail-call it, slot
+//! [`super::stages::SYN`], when [`super::lookup::SYN`] is set and the packet is still "pass".
 
 /// Map names, at most 15 bytes.
 pub mod map_names {

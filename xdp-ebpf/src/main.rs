@@ -9,14 +9,17 @@
 //! `data_end`; there is no other way to get past the verifier and none is attempted.
 #![no_std]
 #![no_main]
+// The atomic add of the rate limiter (scoped.rs): `core` has no atomic read-modify-write for BPF.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod drops;
+mod scoped;
 mod syn;
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, xdp_action},
     macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, ProgramArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use xdp_ebpf::parse::{self, Addr, Frame, Parsed};
@@ -24,7 +27,7 @@ use xdpwall_shared::{
     ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig,
     RULE_STATS_MAX_ENTRIES, RuleCounters, V4_LONG_MAX_ENTRIES, V6_GUIDE_MAX_ENTRIES,
     V6_HASH_MAX_ENTRIES, V6_TOP_BITS, V6_TOP_SLOTS, V6Guide, V6Key, VERDICT_ENTRIES, leaf, lookup,
-    map_names, verdict, verdict_slot,
+    map_names, stages, verdict, verdict_slot,
 };
 
 // Map names must match `xdpwall_shared::map_names`; the `#[map]` attribute only takes a
@@ -45,9 +48,13 @@ static RULE_STATS: PerCpuHashMap<u32, RuleCounters> =
 #[map(name = "XW_VERDICTS")]
 static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(VERDICT_ENTRIES, 0);
 #[map(name = "XW_CONFIG")]
-static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+pub(crate) static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 #[map(name = "XW_LOOKUP")]
-static LOOKUP: Array<u32> = Array::pinned(1, 0);
+pub(crate) static LOOKUP: Array<u32> = Array::pinned(1, 0);
+// Pinned: the kernel empties a program array when its last user-space reference goes, and the
+// stages must stay in it while no controller runs.
+#[map(name = "XW_STAGES")]
+pub(crate) static STAGES: ProgramArray = ProgramArray::pinned(stages::COUNT, 0);
 // The controller shrinks these two to one entry when the DIR-24 engine is not in use.
 #[map(name = "XW_V4_TBL24")]
 static V4_TBL24: Array<[u32; 2]> = Array::pinned(DIR24_MAP_ENTRIES, BPF_F_MMAPABLE);
@@ -97,6 +104,7 @@ const _: () = assert!(same(map_names::V6_GUIDE0, "XW_V6_GUIDES0"));
 const _: () = assert!(same(map_names::V6_GUIDE1, "XW_V6_GUIDES1"));
 const _: () = assert!(same(map_names::V6_TBL0, "XW_V6_TBL0"));
 const _: () = assert!(same(map_names::V6_TBL1, "XW_V6_TBL1"));
+const _: () = assert!(same(map_names::STAGES, "XW_STAGES"));
 
 #[xdp]
 pub fn xdpwall_ingress(ctx: XdpContext) -> u32 {
@@ -156,7 +164,12 @@ fn decide(ctx: &XdpContext, config: &DatapathConfig) -> (u32, u32) {
     };
 
     match blocking_rule {
-        None => (verdict::PASS, xdp_action::XDP_PASS),
+        None => {
+            // The later stages count the packet themselves; back here only when none is on.
+            next_stage(ctx, stages::SCOPED, lookup::SCOPED);
+            next_stage(ctx, stages::SYN, lookup::SYN);
+            (verdict::PASS, xdp_action::XDP_PASS)
+        }
         Some(rule_id) => {
             // From the context, not `frame`: see `drops::sample`.
             count_rule(rule_id, (ctx.data_end() - ctx.data()) as u64);
@@ -281,8 +294,20 @@ fn probe_lengths(mut lengths: u64, base: u32, addr: [u8; 16], gen1: bool) -> Opt
     None
 }
 
+/// Tail-calls the stage in `slot` if the switch word has `bit`; returns only if it does not (or
+/// the slot is empty), and the caller goes on as if the stage passed the packet.
 #[inline(always)]
-fn count_verdict(ifindex: u32, verdict: u32) {
+pub(crate) fn next_stage(ctx: &XdpContext, slot: u32, bit: u32) {
+    let engines = LOOKUP.get(0).copied().unwrap_or(lookup::LPM);
+    if engines & bit != 0 {
+        // SAFETY: the slot holds an XDP program or nothing (the controller fills it); a failed
+        // tail call returns here.
+        unsafe { STAGES.tail_call(ctx, slot) };
+    }
+}
+
+#[inline(always)]
+pub(crate) fn count_verdict(ifindex: u32, verdict: u32) {
     if let Some(counter) = VERDICTS.get_ptr_mut(verdict_slot(ifindex, verdict)) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *counter += 1 };
@@ -290,7 +315,7 @@ fn count_verdict(ifindex: u32, verdict: u32) {
 }
 
 #[inline(always)]
-fn count_rule(rule_id: u32, bytes: u64) {
+pub(crate) fn count_rule(rule_id: u32, bytes: u64) {
     match RULE_STATS.get_ptr_mut(rule_id) {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         Some(counters) => unsafe {

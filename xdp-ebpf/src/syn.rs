@@ -31,6 +31,7 @@ use xdp_ebpf::{
     same,
 };
 use xdpwall_shared::{
+    stages,
     syn::{PORT_WORDS, SYNACK_TTL, SYNACK_WINDOW, counter, map_names, port_bit},
     verdict,
 };
@@ -58,6 +59,7 @@ struct Scratch {
 
 const _: () = assert!(same(map_names::PORTS, "XW_SYN_PORTS"));
 const _: () = assert!(same(map_names::STATS, "XW_SYN_STATS"));
+const _: () = assert!(same(stages::PROGRAMS[stages::SYN as usize], "xdpwall_syn"));
 
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;

@@ -15,6 +15,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::ProgramArray,
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -24,14 +25,14 @@ use aya::{
 use tracing::{info, warn};
 use xdpwall_shared::{
     DIR24_MAP_ENTRIES, IFACE_SLOTS, V4_LONG_MAX_ENTRIES, V6_GUIDE_MAX_ENTRIES, V6_HASH_MAX_ENTRIES,
-    V6_TOP_SLOTS, XDP_PROGRAM, egress, map_names,
+    V6_TOP_SLOTS, XDP_PROGRAM, egress, map_names, stages,
 };
 
 use crate::{
     datapath::{Datapath, DatapathError, Engines, Ipv4Lookup, Ipv6Lookup},
     ebpf_object::EBPF_OBJECT,
     pins::PinLayout,
-    syn::SynStage,
+    syn::{self, SynStage},
 };
 
 /// Maps of earlier versions whose layout changed: carried over, then unpinned.
@@ -85,6 +86,14 @@ pub enum LoaderError {
     Load(#[source] Box<aya::EbpfError>),
     #[error("the kernel verifier or loader refused the XDP program: {0}")]
     Program(#[source] Box<aya::programs::ProgramError>),
+    #[error("the kernel verifier or loader refused the XDP stage {name}: {source}")]
+    Stage {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("putting the XDP stages in XW_STAGES: {0}")]
+    StageArray(#[source] Box<aya::maps::MapError>),
     #[error("attaching XDP to {iface} in {mode} mode failed: {source}; {hint}")]
     Attach {
         iface: String,
@@ -295,7 +304,7 @@ pub fn load_object(
     program
         .load()
         .map_err(|e| LoaderError::Program(Box::new(e)))?;
-    let syn = SynStage::load(&mut ebpf)?;
+    let syn = load_stages(&mut ebpf)?;
     if let Some(reason) = &syn.refused {
         info!(reason, "the kernel refused the SYN-cookie stage; [syn_protection] cannot be enabled");
     }
@@ -304,6 +313,51 @@ pub fn load_object(
         datapath,
         syn,
     })
+}
+
+/// Loads the stages the ingress program tail-calls ([`stages`]) and puts each in its slot of the
+/// pinned program array, replacing the previous version's. The array holds the programs from
+/// then on: they stay in place after this process exits, as the attached ingress program does.
+/// The SYN-cookie stage is the exception: a kernel that refuses it (no cookie helpers) leaves its
+/// slot empty, and only `[syn_protection] enabled = true` is refused then (the answer says why).
+fn load_stages(ebpf: &mut Ebpf) -> Result<SynStage, LoaderError> {
+    let mut loaded = Vec::new();
+    let syn = SynStage::load(ebpf)?;
+    if syn.refused.is_none() {
+        loaded.push((stages::SYN, syn::PROGRAM));
+    }
+    for (slot, name) in stages::PROGRAMS.iter().enumerate() {
+        if *name == syn::PROGRAM {
+            continue;
+        }
+        let Some(program) = ebpf.program_mut(name) else {
+            continue;
+        };
+        let stage = |source| LoaderError::Stage {
+            name,
+            source: Box::new(source),
+        };
+        let program: &mut Xdp = program.try_into().map_err(stage)?;
+        program.load().map_err(stage)?;
+        loaded.push((slot as u32, *name));
+    }
+    let map = ebpf
+        .take_map(map_names::STAGES)
+        .ok_or(LoaderError::NoObject)?;
+    let array_err = |e| LoaderError::StageArray(Box::new(e));
+    let mut array = ProgramArray::try_from(map).map_err(array_err)?;
+    for (slot, name) in loaded {
+        let program: &Xdp = ebpf
+            .program(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(LoaderError::NoObject)?;
+        let fd = program.fd().map_err(|source| LoaderError::Stage {
+            name,
+            source: Box::new(source),
+        })?;
+        array.set(slot, fd, 0).map_err(array_err)?;
+    }
+    Ok(syn)
 }
 
 /// Refuses pinned maps whose key or value size differs from what `object` declares. aya reuses a
