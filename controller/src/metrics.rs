@@ -15,6 +15,7 @@ use crate::{
     events::{Events, reason_name, rule_label},
     feeds::FeedManager,
     rules::Action,
+    syn::SynCounters,
 };
 
 /// Everything one scrape reports.
@@ -37,6 +38,8 @@ pub struct Snapshot {
     pub events_lost: Vec<(&'static str, u64)>,
     /// The CrowdSec bouncer, when configured.
     pub crowdsec: Option<CrowdsecSnapshot>,
+    /// The SYN-cookie stage's counters, once it is loaded.
+    pub syn: Option<SynCounters>,
 }
 
 /// The CrowdSec bouncer's figures for one scrape.
@@ -356,6 +359,21 @@ pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
         registry.register(Box::new(polls))?;
         registry.register(Box::new(ignored))?;
     }
+    if let Some(syn) = &snapshot.syn {
+        let cookies = prometheus::IntCounter::new(
+            "xdpwall_syn_cookies_total",
+            "SYNs to protected ports answered with a SYN cookie from XDP (SYN-flood protection).",
+        )?;
+        cookies.inc_by(syn.cookies);
+        let passed = prometheus::IntCounter::new(
+            "xdpwall_syn_passed_total",
+            "SYNs to protected ports passed to the stack: no listener, or the kernel issued no \
+             cookie (tcp_syncookies = 1 and no flood, or a full accept queue).",
+        )?;
+        passed.inc_by(syn.passed);
+        registry.register(Box::new(cookies))?;
+        registry.register(Box::new(passed))?;
+    }
     let mut out = Vec::new();
     TextEncoder::new().encode(&registry.gather(), &mut out)?;
     Ok(String::from_utf8(out).expect("the text encoder writes UTF-8"))
@@ -387,6 +405,10 @@ mod tests {
                 polls: vec![("ok", 5), ("error", 2)],
                 ignored: vec![("scope", 1)],
             }),
+            syn: Some(SynCounters {
+                cookies: 9,
+                passed: 1,
+            }),
         };
         let text = render(&snapshot).unwrap();
         for line in [
@@ -395,11 +417,15 @@ mod tests {
             "xdpwall_crowdsec_polls_total{result=\"ok\"} 5",
             "xdpwall_crowdsec_ignored_total{reason=\"scope\"} 1",
             "# TYPE xdpwall_crowdsec_decisions gauge",
+            "xdpwall_syn_cookies_total 9",
+            "xdpwall_syn_passed_total 1",
+            "# TYPE xdpwall_syn_cookies_total counter",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }
         let without = render(&Snapshot::default()).unwrap();
         assert!(!without.contains("xdpwall_crowdsec"), "{without}");
+        assert!(!without.contains("xdpwall_syn"), "{without}");
         assert!(
             text.contains("xdpwall_packets_total{iface=\"eth0\",verdict=\"dropped\"} 7"),
             "{text}"

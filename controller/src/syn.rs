@@ -97,6 +97,8 @@ pub enum SynError {
 pub struct SynStage {
     pub maps: SynMaps,
     pub refused: Option<String>,
+    /// Whether the datapath's switch word has the stage on (set by the daemon).
+    pub enabled: bool,
 }
 
 impl SynStage {
@@ -104,11 +106,16 @@ impl SynStage {
     pub fn load(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
         let maps = SynMaps::from_ebpf(ebpf)?;
         let refused = load_program(ebpf).err();
-        Ok(Self { maps, refused })
+        Ok(Self {
+            maps,
+            refused,
+            enabled: false,
+        })
     }
 
-    /// Protects `settings.ports` (or nothing when disabled); refused when the kernel refused
-    /// the program and protection is enabled.
+    /// Writes the protected ports of `settings` (none when disabled); refused when the kernel
+    /// refused the program and protection is enabled. The caller turns the stage on in the
+    /// switch word after this (and off before it).
     pub fn apply(&mut self, settings: &SynProtection) -> Result<(), SynError> {
         if let (true, Some(reason)) = (settings.enabled, &self.refused) {
             return Err(SynError::Unavailable {
@@ -116,8 +123,32 @@ impl SynStage {
             });
         }
         self.maps.set_ports(&settings.active_ports())?;
+        self.enabled = settings.enabled;
         Ok(())
     }
+
+    /// What `GET /v1/status` says about it.
+    pub fn status(&self) -> Result<SynStatus, DatapathError> {
+        let counters = self.maps.counters()?;
+        Ok(SynStatus {
+            enabled: self.enabled,
+            ports: self.maps.ports()?.into_iter().collect(),
+            cookies: counters.cookies,
+            passed: counters.passed,
+        })
+    }
+}
+
+/// SYN-flood protection in `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SynStatus {
+    pub enabled: bool,
+    /// The protected TCP ports.
+    pub ports: Vec<u16>,
+    /// SYNs answered with a cookie from XDP since the maps were created.
+    pub cookies: u64,
+    /// SYNs to a protected port passed to the stack (no listener, or no cookie issued).
+    pub passed: u64,
 }
 
 /// The stage's maps, taken out of the loaded object.

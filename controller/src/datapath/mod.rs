@@ -191,6 +191,10 @@ pub trait KernelMaps: Send {
     fn drop_rule_counters(&mut self, ids: &[RuleId]) -> Result<(), DatapathError>;
     fn set_config(&mut self, config: DatapathConfig) -> Result<(), DatapathError>;
     fn config(&self) -> Result<DatapathConfig, DatapathError>;
+    /// Turns the stage that `bit` of the switch word names ([`lookup::STAGE_BITS`]) on or off.
+    fn set_stage(&mut self, bit: u32, on: bool) -> Result<(), DatapathError>;
+    /// The stage bits set in the switch word.
+    fn stages(&self) -> Result<u32, DatapathError>;
     /// The IPv4 lookup engine these maps are maintained for.
     fn ipv4_lookup(&self) -> Ipv4Lookup {
         Ipv4Lookup::Lpm
@@ -230,6 +234,13 @@ impl KernelMaps for Datapath {
     }
     fn config(&self) -> Result<DatapathConfig, DatapathError> {
         Datapath::config(self)
+    }
+    fn set_stage(&mut self, bit: u32, on: bool) -> Result<(), DatapathError> {
+        Datapath::set_stage(self, bit, on)
+    }
+    fn stages(&self) -> Result<u32, DatapathError> {
+        let word = self.lookup.get(&0, 0).map_err(map_err(map_names::LOOKUP))?;
+        Ok(word & lookup::STAGE_BITS)
     }
     fn ipv4_lookup(&self) -> Ipv4Lookup {
         Datapath::ipv4_lookup(self)
@@ -375,6 +386,20 @@ impl Datapath {
         self.config.get(&0, 0).map_err(map_err(map_names::CONFIG))
     }
 
+    /// Sets or clears one of the [`lookup::STAGE_BITS`] of the switch word, leaving the engine
+    /// bits as they are.
+    pub fn set_stage(&mut self, bit: u32, on: bool) -> Result<(), DatapathError> {
+        debug_assert_eq!(bit & !lookup::STAGE_BITS, 0, "not a stage bit: {bit:#x}");
+        let current = self.lookup.get(&0, 0).map_err(map_err(map_names::LOOKUP))?;
+        let wanted = if on { current | bit } else { current & !bit };
+        if wanted != current {
+            self.lookup
+                .set(0, wanted, 0)
+                .map_err(map_err(map_names::LOOKUP))?;
+        }
+        Ok(())
+    }
+
     /// Points the program at this handle's engines once each holds the whole rule set (and the
     /// IPv6 hash engine at its freshly written generation), then empties the tries the program
     /// no longer reads. Until then the program keeps using the previous engine, which still
@@ -393,7 +418,8 @@ impl Datapath {
             Some(_) => lookup::V6_HASH,
             None => lookup::LPM,
         };
-        let wanted = v4 | v6;
+        // The stages are switched on their own (`set_stage`).
+        let wanted = v4 | v6 | (current & lookup::STAGE_BITS);
         if current == wanted {
             return Ok(());
         }
