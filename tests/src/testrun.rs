@@ -87,6 +87,17 @@ impl TestProgram {
         Ok(self.engine.replace_all(rules, "test", 0)?)
     }
 
+    /// Turns a stage of the datapath on or off (`xdpwall_shared::lookup::STAGE_BITS`).
+    pub fn set_stage(&mut self, bit: u32, on: bool) -> anyhow::Result<()> {
+        self.engine.set_stage(bit, on)?;
+        Ok(())
+    }
+
+    /// Runs the ingress program once on `frame`: the XDP action and the frame it left.
+    pub fn run_out(&self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        run_program_out(loader::xdp_program(&self.ebpf), frame)
+    }
+
     pub fn set_config(&mut self, config: DatapathConfig) -> anyhow::Result<()> {
         self.engine.set_datapath_config(config)?;
         Ok(())

@@ -12,10 +12,12 @@ use std::{
 use etherparse::{
     NetHeaders, PacketBuilder, PacketHeaders, TcpOptionElement, TransportHeader, VlanId,
 };
+use xdpwall::rules::Action;
+use xdpwall_shared::lookup;
 use xdpwall_tests::{
     lab::{Lab, run},
     require_privileges,
-    testrun::{TestProgram, XDP_PASS, XDP_TX},
+    testrun::{TestProgram, XDP_DROP, XDP_PASS, XDP_TX},
 };
 
 const PORT: u16 = 8443;
@@ -148,6 +150,10 @@ struct Setup {
     _listener: TcpListener,
     _listener6: TcpListener,
     program: TestProgram,
+}
+
+fn count(program: &TestProgram, verdict: &str) -> u64 {
+    program.verdicts().unwrap()[verdict]
 }
 
 fn setup(tag: &str, ports: &[u16]) -> Option<Setup> {
@@ -312,4 +318,46 @@ fn everything_else_passes() {
     let counters = setup.program.syn.maps.counters().unwrap();
     assert_eq!(counters.cookies, 0);
     assert_eq!(counters.passed, 2, "the SYNs to the port without a listener");
+}
+
+#[test]
+fn through_the_ingress_blocked_sources_drop_allowed_ones_skip_the_stage() {
+    require_privileges!();
+    let Some(mut setup) = setup("syn-ingress", &[PORT]) else {
+        return;
+    };
+    let program = &mut setup.program;
+    program
+        .set_rules(&[
+            ("198.51.100.9/32", Action::Block),
+            ("2001:db8:9::9/128", Action::Allow),
+        ])
+        .unwrap();
+    let v4 = Shape::syn(false);
+    let v6 = Shape::syn(true);
+    // Stage off: the ingress alone decides, and passes the v4 SYN of a clean source below.
+    assert_eq!(program.run(&v6.frame()).unwrap(), XDP_PASS);
+    program.set_stage(lookup::SYN, true).unwrap();
+    // Blocked before any stage runs.
+    assert_eq!(program.run(&v4.frame()).unwrap(), XDP_DROP);
+    // Allowlisted: the ingress passes it as `allowed` and no later stage sees it.
+    assert_eq!(program.run(&v6.frame()).unwrap(), XDP_PASS);
+    // A clean source: the ingress hands the SYN to the stage, which answers it.
+    program.set_rules(&[]).unwrap();
+    let (action, out) = program.run_out(&v4.frame()).unwrap();
+    assert_eq!(action, XDP_TX);
+    assert_synack(&v4, &out);
+    // Everything else still passes through the stage.
+    let ack = Shape {
+        flags: Flags::Ack,
+        ..Shape::syn(false)
+    };
+    assert_eq!(program.run(&ack.frame()).unwrap(), XDP_PASS);
+    assert_eq!(count(program, "dropped"), 1);
+    assert_eq!(count(program, "allowed"), 2);
+    assert_eq!(count(program, "pass"), 2, "the answered SYN and the ACK");
+    assert_eq!(program.syn.maps.counters().unwrap().cookies, 1);
+    // Off again: the SYN passes to the stack.
+    program.set_stage(lookup::SYN, false).unwrap();
+    assert_eq!(program.run(&v4.frame()).unwrap(), XDP_PASS);
 }
