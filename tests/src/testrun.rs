@@ -123,6 +123,21 @@ impl TestProgram {
         Ok(Some(run_program_out(program, frame)?))
     }
 
+    /// How long one run on `frame` took, as the kernel measured it (the program alone, no
+    /// syscall): through the ingress program, or the SYN-cookie stage alone.
+    pub fn time_run(&self, frame: &[u8], syn_stage: bool) -> anyhow::Result<std::time::Duration> {
+        let program = if syn_stage {
+            syn::program(&self.ebpf).ok_or_else(|| anyhow::anyhow!("no SYN stage"))?
+        } else {
+            loader::xdp_program(&self.ebpf)
+        };
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        };
+        Ok(program.test_run(opts)?.duration)
+    }
+
     /// The rules engine and the program apart, so that one thread can change rules while
     /// another runs frames through [`run_program`].
     pub fn parts(&mut self) -> (&mut Engine, &Xdp) {

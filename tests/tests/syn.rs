@@ -361,3 +361,44 @@ fn through_the_ingress_blocked_sources_drop_allowed_ones_skip_the_stage() {
     program.set_stage(lookup::SYN, false).unwrap();
     assert_eq!(program.run(&v4.frame()).unwrap(), XDP_PASS);
 }
+
+/// Cost per SYN answered, through BPF_PROG_TEST_RUN (one run at a time: the program rewrites
+/// the frame in place, so a repeated run would see its own SYN-ACK). Prints; asserts nothing.
+/// `cargo test -p xdpwall-tests --test syn -- --ignored --nocapture cost`
+#[test]
+#[ignore = "a measurement, not a check"]
+fn cost_per_syn_answered() {
+    require_privileges!();
+    let Some(mut setup) = setup("syn-cost", &[PORT]) else {
+        return;
+    };
+    setup.program.set_stage(lookup::SYN, true).unwrap();
+    let runs = 20_000;
+    let median = |f: &dyn Fn() -> std::time::Duration| {
+        let mut times: Vec<_> = (0..runs).map(|_| f()).collect();
+        times.sort();
+        times[runs / 2]
+    };
+    let time = |frame: Vec<u8>, stage_only: bool| {
+        let program = &setup.program;
+        move || program.time_run(&frame, stage_only).unwrap()
+    };
+    for (name, shape) in [
+        ("SYN v4, answered", Shape::syn(false)),
+        ("SYN v6, answered", Shape::syn(true)),
+        (
+            "ACK v4, passed",
+            Shape {
+                flags: Flags::Ack,
+                ..Shape::syn(false)
+            },
+        ),
+    ] {
+        let through_ingress = median(&time(shape.frame(), false));
+        let stage = median(&time(shape.frame(), true));
+        eprintln!(
+            "{name}: {through_ingress:?} through the ingress, {stage:?} the stage alone \
+             (median of {runs} single runs, as the kernel times them)"
+        );
+    }
+}
