@@ -18,7 +18,7 @@ use super::{
         AuditEntry, AuditList, BatchBody, BatchResult, CrowdsecStatus, DropList, DropView,
         EgressView, FeatureState, FeedList, FeedView, FlowList, FlowView, InterfaceStats,
         InterfaceView, KernelReport, LookupResult, RuleBody, RuleList, RuleStats, RuleView, Stats,
-        Status, SyncReport,
+        Status, SynStatus, SyncReport,
     },
 };
 
@@ -32,7 +32,7 @@ use super::{
     components(schemas(RuleView, RuleBody, BatchBody, RuleList, BatchResult, LookupResult, Problem, Stats, Status,
         InterfaceStats, RuleStats, InterfaceView, EgressView,
         FeedView, FeedList, SyncReport, FlowView, FlowList, DropView, DropList, AuditList,
-        AuditEntry, CrowdsecStatus, KernelReport, FeatureState)),
+        AuditEntry, CrowdsecStatus, KernelReport, FeatureState, SynStatus)),
     modifiers(&BearerAuth, &ProblemResponses),
     security(("bearer" = []))
 )]

@@ -14,6 +14,7 @@ pub use crate::{
     feeds::{SyncReport, SyncResult},
     kernel::{FeatureState, KernelReport},
     store::AuditEntry,
+    syn::SynStatus,
 };
 use crate::{
     egress::EgressAttachment,
@@ -192,7 +193,7 @@ pub struct Status {
     /// SYN-flood protection: on or off, the protected ports and the cookies sent; absent when
     /// the daemon has not loaded the stage (yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub syn_protection: Option<crate::syn::SynStatus>,
+    pub syn_protection: Option<SynStatus>,
 }
 
 /// A configured feed and its state.
