@@ -118,7 +118,10 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         // weakens them is logged.
         for check in syn::host_checks(Path::new("/proc/sys")) {
             if check.fatal {
-                anyhow::bail!("[syn_protection] cannot work on this host: {}", check.message);
+                anyhow::bail!(
+                    "[syn_protection] cannot work on this host: {}",
+                    check.message
+                );
             }
             warn!("{}", check.message);
         }

@@ -46,7 +46,10 @@ impl SynProtection {
     /// The config's mistakes: `(key, message)`.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.ports.contains(&0) {
-            return Err(("ports", "port 0 is not a TCP port a client can connect to".into()));
+            return Err((
+                "ports",
+                "port 0 is not a TCP port a client can connect to".into(),
+            ));
         }
         if self.enabled && self.ports.is_empty() {
             return Err((
@@ -244,7 +247,10 @@ pub fn load_program(ebpf: &mut Ebpf) -> Result<(), String> {
         let lines: Vec<_> = text.lines().collect();
         let first = lines.first().copied().unwrap_or_default();
         let tail = lines[lines.len().saturating_sub(3)..].join(" / ");
-        format!("{} ... {tail}", first.split(". Verifier output").next().unwrap_or(first))
+        format!(
+            "{} ... {tail}",
+            first.split(". Verifier output").next().unwrap_or(first)
+        )
     })
 }
 

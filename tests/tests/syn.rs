@@ -160,12 +160,22 @@ fn setup(tag: &str, ports: &[u16]) -> Option<Setup> {
     let lab = Lab::new(tag).expect("create namespaces");
     run(
         "ip",
-        &["netns", "exec", &lab.fw_ns, "sysctl", "-qw", "net.ipv4.tcp_syncookies=2"],
+        &[
+            "netns",
+            "exec",
+            &lab.fw_ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.tcp_syncookies=2",
+        ],
     )
     .unwrap();
     let ns = std::fs::File::open(lab.fw_netns_path()).unwrap();
     // SAFETY: setns on a valid namespace fd; only this test's thread moves.
-    assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+    assert_eq!(
+        unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+        0
+    );
     let listener = TcpListener::bind(("0.0.0.0", PORT)).unwrap();
     let listener6 = TcpListener::bind((SERVER_V6, PORT)).unwrap();
     let mut program = TestProgram::load(tag).expect("load XDP program");
@@ -202,7 +212,11 @@ fn assert_synack(shape: &Shape, out: &[u8]) -> u32 {
     let eth = headers.link.clone().unwrap().ethernet2().unwrap();
     assert_eq!(eth.source, SERVER_MAC, "{shape:?}");
     assert_eq!(eth.destination, CLIENT_MAC, "{shape:?}");
-    assert_eq!(headers.link_exts.len(), usize::from(shape.vlans), "{shape:?}: VLANs kept");
+    assert_eq!(
+        headers.link_exts.len(),
+        usize::from(shape.vlans),
+        "{shape:?}: VLANs kept"
+    );
     let Some(TransportHeader::Tcp(tcp)) = &headers.transport else {
         panic!("{shape:?}: no TCP in the answer");
     };
@@ -216,7 +230,11 @@ fn assert_synack(shape: &Shape, out: &[u8]) -> u32 {
             assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "{shape:?}");
             assert_eq!(ip.options.len(), 0, "{shape:?}: no IP options");
             assert!(exts.is_empty());
-            assert_eq!(usize::from(ip.total_len), 20 + tcp.header_len(), "{shape:?}");
+            assert_eq!(
+                usize::from(ip.total_len),
+                20 + tcp.header_len(),
+                "{shape:?}"
+            );
             tcp.calc_checksum_ipv4(ip, payload).unwrap()
         }
         NetHeaders::Ipv6(ip, exts) => {
@@ -224,14 +242,24 @@ fn assert_synack(shape: &Shape, out: &[u8]) -> u32 {
             assert_eq!(IpAddr::from(ip.source), shape.server(), "{shape:?}");
             assert_eq!(IpAddr::from(ip.destination), shape.client(), "{shape:?}");
             assert!(exts.is_empty(), "{shape:?}: no extension headers");
-            assert_eq!(usize::from(ip.payload_length), tcp.header_len(), "{shape:?}");
+            assert_eq!(
+                usize::from(ip.payload_length),
+                tcp.header_len(),
+                "{shape:?}"
+            );
             tcp.calc_checksum_ipv6(ip, payload).unwrap()
         }
         _ => panic!("{shape:?}: not IP"),
     };
     assert_eq!(tcp.checksum, expected_check, "{shape:?}: TCP checksum");
-    assert_eq!((tcp.source_port, tcp.destination_port), (shape.dport, 40000));
-    assert!(tcp.syn && tcp.ack && !tcp.rst && !tcp.fin, "{shape:?}: flags");
+    assert_eq!(
+        (tcp.source_port, tcp.destination_port),
+        (shape.dport, 40000)
+    );
+    assert!(
+        tcp.syn && tcp.ack && !tcp.rst && !tcp.fin,
+        "{shape:?}: flags"
+    );
     assert_eq!(tcp.acknowledgment_number, CLIENT_SEQ + 1, "{shape:?}");
     let options: Vec<_> = tcp.options_iterator().map(|o| o.unwrap()).collect();
     if shape.options {
@@ -305,7 +333,11 @@ fn everything_else_passes() {
         ] {
             let (action, out) = setup.program.run_syn(&shape.frame()).unwrap().unwrap();
             assert_eq!(action, XDP_PASS, "{shape:?}");
-            assert_eq!(out, shape.frame(), "{shape:?}: a passed frame is left as it was");
+            assert_eq!(
+                out,
+                shape.frame(),
+                "{shape:?}: a passed frame is left as it was"
+            );
         }
         // Protected, but nothing listens there: the stack answers (with a reset).
         let shape = Shape {
@@ -317,7 +349,10 @@ fn everything_else_passes() {
     }
     let counters = setup.program.syn.maps.counters().unwrap();
     assert_eq!(counters.cookies, 0);
-    assert_eq!(counters.passed, 2, "the SYNs to the port without a listener");
+    assert_eq!(
+        counters.passed, 2,
+        "the SYNs to the port without a listener"
+    );
 }
 
 #[test]

@@ -68,7 +68,13 @@ fn nstat(lab: &Lab) -> std::collections::BTreeMap<String, u64> {
 fn mac(ns: &str, ifname: &str) -> [u8; 6] {
     let out = run(
         "ip",
-        &["netns", "exec", ns, "cat", &format!("/sys/class/net/{ifname}/address")],
+        &[
+            "netns",
+            "exec",
+            ns,
+            "cat",
+            &format!("/sys/class/net/{ifname}/address"),
+        ],
     )
     .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
@@ -88,7 +94,12 @@ fn flood_frames(src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<Vec<u8>> {
             let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i);
             let builder = PacketBuilder::ethernet2(src_mac, dst_mac)
                 .ipv4(src.octets(), dst.octets(), 64)
-                .tcp(1024 + (i % 60_000) as u16, PORT, i.wrapping_mul(2_654_435_761), 64240)
+                .tcp(
+                    1024 + (i % 60_000) as u16,
+                    PORT,
+                    i.wrapping_mul(2_654_435_761),
+                    64240,
+                )
                 .syn()
                 .options(&[TcpOptionElement::MaximumSegmentSize(1460)])
                 .unwrap();
@@ -105,7 +116,11 @@ fn send_flood(ifname: &str, frames: &[Vec<u8>], stop: &AtomicBool) -> u64 {
     // SAFETY: plain socket calls on a socket this function owns and closes.
     unsafe {
         let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
         let name = std::ffi::CString::new(ifname).unwrap();
         let mut addr: libc::sockaddr_ll = std::mem::zeroed();
         addr.sll_family = libc::AF_PACKET as u16;
@@ -236,7 +251,9 @@ fn flood(lab: &Lab) -> Outcome {
             assert_eq!(&buf[..n], b"hello through the flood");
             Ok(())
         })();
-        result.map(|()| started.elapsed()).map_err(|e| e.to_string())
+        result
+            .map(|()| started.elapsed())
+            .map_err(|e| e.to_string())
     })
     .unwrap();
     let (sent, took) = sender.join().unwrap();
@@ -299,10 +316,22 @@ fn syn_flood_with_protection_the_client_connects_and_the_backlog_never_overflows
         "protection on: {} SYNs sent ({:.0}/s), client {:?}, {:?}, {syn}",
         outcome.sent, outcome.rate, outcome.client, outcome.counters
     );
-    assert!(outcome.client.is_ok(), "the client connects: {:?}", outcome.client);
+    assert!(
+        outcome.client.is_ok(),
+        "the client connects: {:?}",
+        outcome.client
+    );
     assert!(outcome.sent >= u64::from(SOURCES), "every source sent");
-    assert_eq!(outcome.counters["TcpExtListenOverflows"], 0, "{:?}", outcome.counters);
-    assert_eq!(outcome.counters["TcpExtListenDrops"], 0, "{:?}", outcome.counters);
+    assert_eq!(
+        outcome.counters["TcpExtListenOverflows"], 0,
+        "{:?}",
+        outcome.counters
+    );
+    assert_eq!(
+        outcome.counters["TcpExtListenDrops"], 0,
+        "{:?}",
+        outcome.counters
+    );
     // With tcp_syncookies = 2 the stack answers every SYN it gets with a cookie; it got only
     // those of the test's own HTTP calls to the daemon (loopback), not the flood's.
     assert!(
@@ -344,15 +373,30 @@ fn syn_flood_with_protection_and_tcp_syncookies_1_xdp_takes_over_when_the_queue_
         "protection on, tcp_syncookies = 1: {} SYNs sent ({:.0}/s), client {:?}, {:?}, {syn}",
         outcome.sent, outcome.rate, outcome.client, outcome.counters
     );
-    assert!(outcome.client.is_ok(), "the client connects: {:?}", outcome.client);
-    assert_eq!(outcome.counters["TcpExtListenOverflows"], 0, "{:?}", outcome.counters);
-    assert_eq!(outcome.counters["TcpExtListenDrops"], 0, "{:?}", outcome.counters);
+    assert!(
+        outcome.client.is_ok(),
+        "the client connects: {:?}",
+        outcome.client
+    );
+    assert_eq!(
+        outcome.counters["TcpExtListenOverflows"], 0,
+        "{:?}",
+        outcome.counters
+    );
+    assert_eq!(
+        outcome.counters["TcpExtListenDrops"], 0,
+        "{:?}",
+        outcome.counters
+    );
     // Until the SYN queue is full the stack takes the SYNs itself (the stage passes them);
     // from then on XDP answers.
     let passed = syn["passed"].as_u64().unwrap();
     assert!(passed >= u64::from(BACKLOG as u32), "{status}");
     assert!(passed < outcome.sent / 10, "{status}");
-    assert!(syn["cookies"].as_u64().unwrap() > outcome.sent / 2, "{status}");
+    assert!(
+        syn["cookies"].as_u64().unwrap() > outcome.sent / 2,
+        "{status}"
+    );
 }
 
 #[test]

@@ -21,7 +21,9 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple, tcphdr, xdp_action},
-    helpers::generated::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie, bpf_xdp_adjust_tail},
+    helpers::generated::{
+        bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie, bpf_xdp_adjust_tail,
+    },
     macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
@@ -98,8 +100,16 @@ fn answer(ctx: &XdpContext) -> u32 {
     };
     // SAFETY: this CPU's slot, used by this program run only.
     let scratch = unsafe { &mut *scratch };
-    let answered = copy_syn(frame, scratch, packet.l3, packet.l4, packet.source())
-        .and_then(|l3| synack(ctx, frame, scratch, l3, packet.source(), packet.destination()));
+    let answered = copy_syn(frame, scratch, packet.l3, packet.l4, packet.source()).and_then(|l3| {
+        synack(
+            ctx,
+            frame,
+            scratch,
+            l3,
+            packet.source(),
+            packet.destination(),
+        )
+    });
     match answered {
         Some(new_len) => {
             count(counter::COOKIES);
@@ -124,7 +134,13 @@ fn answer(ctx: &XdpContext) -> u32 {
 /// is in full), and the SYN-ACK is built from them. The IP header's offset, or `None` when the
 /// frame is cut short.
 #[inline(always)]
-fn copy_syn(frame: Frame, scratch: &mut Scratch, l3: usize, l4: usize, source: Addr) -> Option<usize> {
+fn copy_syn(
+    frame: Frame,
+    scratch: &mut Scratch,
+    l3: usize,
+    l4: usize,
+    source: Addr,
+) -> Option<usize> {
     let fixed = frame.read::<[u32; 5]>(l4)?;
     scratch.tcp[..5].copy_from_slice(&fixed);
     let words = (fixed[3].to_ne_bytes()[0] >> 4) as usize;
@@ -356,7 +372,8 @@ fn words_sum(words: &[u32; 6], count: usize) -> u64 {
     for (i, word) in words.iter().enumerate() {
         if i < count {
             let b = word.to_ne_bytes();
-            sum += u16::from_be_bytes([b[0], b[1]]) as u64 + u16::from_be_bytes([b[2], b[3]]) as u64;
+            sum +=
+                u16::from_be_bytes([b[0], b[1]]) as u64 + u16::from_be_bytes([b[2], b[3]]) as u64;
         }
     }
     sum

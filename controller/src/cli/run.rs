@@ -116,7 +116,10 @@ fn check_syn_protection(settings: &SynProtection, proc_sys: &Path) -> anyhow::Re
         println!("  syn_protection: off");
         return Ok(());
     }
-    println!("  syn_protection: SYN cookies from XDP for TCP ports {:?}", settings.ports);
+    println!(
+        "  syn_protection: SYN cookies from XDP for TCP ports {:?}",
+        settings.ports
+    );
     let mut fatal = Vec::new();
     for check in syn::host_checks(proc_sys) {
         if check.fatal {
@@ -126,7 +129,10 @@ fn check_syn_protection(settings: &SynProtection, proc_sys: &Path) -> anyhow::Re
         }
     }
     if !fatal.is_empty() {
-        anyhow::bail!("[syn_protection] cannot work on this host: {}", fatal.join("; "));
+        anyhow::bail!(
+            "[syn_protection] cannot work on this host: {}",
+            fatal.join("; ")
+        );
     }
     Ok(())
 }

@@ -306,7 +306,10 @@ pub fn load_object(
         .map_err(|e| LoaderError::Program(Box::new(e)))?;
     let syn = load_stages(&mut ebpf)?;
     if let Some(reason) = &syn.refused {
-        info!(reason, "the kernel refused the SYN-cookie stage; [syn_protection] cannot be enabled");
+        info!(
+            reason,
+            "the kernel refused the SYN-cookie stage; [syn_protection] cannot be enabled"
+        );
     }
     Ok(LoadedObject {
         ebpf,
