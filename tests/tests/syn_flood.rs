@@ -399,6 +399,58 @@ fn syn_flood_with_protection_and_tcp_syncookies_1_xdp_takes_over_when_the_queue_
     );
 }
 
+/// Conntrack never sees the SYNs XDP answers; with its default `nf_conntrack_tcp_loose = 1` it
+/// picks the connection up from the client's ACK, so a rule dropping `INVALID` packets lets it
+/// through. No netfilter rule is needed, and this common one does not get in the way.
+#[test]
+fn syn_protection_works_with_a_conntrack_invalid_drop_rule() {
+    require_privileges!();
+    if !kernel_has_syn_cookies() {
+        return;
+    }
+    let lab = Lab::new("synct").unwrap();
+    syncookies(&lab, 2);
+    let rule = [
+        "netns", "exec", &lab.fw_ns, "iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate",
+        "INVALID", "-j", "DROP",
+    ];
+    if let Err(e) = run("ip", &rule) {
+        eprintln!("SKIP: cannot add an iptables conntrack rule here: {e}");
+        return;
+    }
+    // Counts what conntrack made of the client's packets (no target: the packet goes on).
+    let port = PORT.to_string();
+    let seen = [
+        "netns", "exec", &lab.fw_ns, "iptables", "-I", "INPUT", "-p", "tcp", "--dport", &port,
+        "-m", "conntrack", "--ctstate", "NEW,ESTABLISHED",
+    ];
+    run("ip", &seen).unwrap();
+    let _daemon = Daemon::start(
+        &lab,
+        "synct",
+        &format!("xdp_mode = \"generic\"\n[syn_protection]\nenabled = true\nports = [{PORT}]\n"),
+    )
+    .unwrap();
+    let outcome = flood(&lab);
+    let rules = run("ip", &["netns", "exec", &lab.fw_ns, "iptables", "-L", "INPUT", "-nv"]).unwrap();
+    eprintln!(
+        "protection on, conntrack INVALID dropped: client {:?}, {:?}\n{}",
+        outcome.client,
+        outcome.counters,
+        String::from_utf8_lossy(&rules.stdout)
+    );
+    assert!(outcome.client.is_ok(), "the client connects: {:?}", outcome.client);
+    assert_eq!(outcome.counters["TcpExtListenDrops"], 0, "{:?}", outcome.counters);
+    // The client's ACK and data went through conntrack (NEW from the ACK, then ESTABLISHED).
+    let listed = String::from_utf8_lossy(&rules.stdout).into_owned();
+    let tracked: u64 = listed
+        .lines()
+        .find(|l| l.contains("ctstate NEW,ESTABLISHED"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(tracked >= 2, "{listed}");
+}
+
 #[test]
 fn syn_flood_without_protection_overflows_the_backlog() {
     require_privileges!();
