@@ -411,8 +411,18 @@ fn syn_protection_works_with_a_conntrack_invalid_drop_rule() {
     let lab = Lab::new("synct").unwrap();
     syncookies(&lab, 2);
     let rule = [
-        "netns", "exec", &lab.fw_ns, "iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate",
-        "INVALID", "-j", "DROP",
+        "netns",
+        "exec",
+        &lab.fw_ns,
+        "iptables",
+        "-A",
+        "INPUT",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "INVALID",
+        "-j",
+        "DROP",
     ];
     if let Err(e) = run("ip", &rule) {
         eprintln!("SKIP: cannot add an iptables conntrack rule here: {e}");
@@ -421,8 +431,20 @@ fn syn_protection_works_with_a_conntrack_invalid_drop_rule() {
     // Counts what conntrack made of the client's packets (no target: the packet goes on).
     let port = PORT.to_string();
     let seen = [
-        "netns", "exec", &lab.fw_ns, "iptables", "-I", "INPUT", "-p", "tcp", "--dport", &port,
-        "-m", "conntrack", "--ctstate", "NEW,ESTABLISHED",
+        "netns",
+        "exec",
+        &lab.fw_ns,
+        "iptables",
+        "-I",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        &port,
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "NEW,ESTABLISHED",
     ];
     run("ip", &seen).unwrap();
     let _daemon = Daemon::start(
@@ -432,15 +454,29 @@ fn syn_protection_works_with_a_conntrack_invalid_drop_rule() {
     )
     .unwrap();
     let outcome = flood(&lab);
-    let rules = run("ip", &["netns", "exec", &lab.fw_ns, "iptables", "-L", "INPUT", "-nv"]).unwrap();
+    let rules = run(
+        "ip",
+        &[
+            "netns", "exec", &lab.fw_ns, "iptables", "-L", "INPUT", "-nv",
+        ],
+    )
+    .unwrap();
     eprintln!(
         "protection on, conntrack INVALID dropped: client {:?}, {:?}\n{}",
         outcome.client,
         outcome.counters,
         String::from_utf8_lossy(&rules.stdout)
     );
-    assert!(outcome.client.is_ok(), "the client connects: {:?}", outcome.client);
-    assert_eq!(outcome.counters["TcpExtListenDrops"], 0, "{:?}", outcome.counters);
+    assert!(
+        outcome.client.is_ok(),
+        "the client connects: {:?}",
+        outcome.client
+    );
+    assert_eq!(
+        outcome.counters["TcpExtListenDrops"], 0,
+        "{:?}",
+        outcome.counters
+    );
     // The client's ACK and data went through conntrack (NEW from the ACK, then ESTABLISHED).
     let listed = String::from_utf8_lossy(&rules.stdout).into_owned();
     let tracked: u64 = listed
