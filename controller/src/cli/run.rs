@@ -130,7 +130,7 @@ fn check_syn_protection(settings: &SynProtection, proc_sys: &Path) -> anyhow::Re
     }
     if !fatal.is_empty() {
         anyhow::bail!(
-            "[syn_protection] cannot work on this host: {}",
+            "the config is valid, but [syn_protection] cannot work on this host: {}",
             fatal.join("; ")
         );
     }
