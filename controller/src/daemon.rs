@@ -216,16 +216,18 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         let pins = pins.clone();
         let ifaces = config.interfaces.clone();
         let mode = config.xdp_mode;
+        let syn_protection = config.syn_protection.enabled;
         tokio::task::spawn_blocking(move || -> anyhow::Result<(Engine, _, _)> {
-            let loaded = loader::load_and_attach(&pins, &ifaces, mode, engines).map_err(|e| {
-                // Before 5.11 a map that cannot be created is most likely RLIMIT_MEMLOCK.
-                match kernel.memlock_hint() {
-                    Some(hint) if e.to_string().contains("Operation not permitted") => {
-                        anyhow::Error::new(e).context(hint)
+            let loaded = loader::load_and_attach(&pins, &ifaces, mode, engines, syn_protection)
+                .map_err(|e| {
+                    // Before 5.11 a map that cannot be created is most likely RLIMIT_MEMLOCK.
+                    match kernel.memlock_hint() {
+                        Some(hint) if e.to_string().contains("Operation not permitted") => {
+                            anyhow::Error::new(e).context(hint)
+                        }
+                        _ => e.into(),
                     }
-                    _ => e.into(),
-                }
-            })?;
+                })?;
             let (engine, reconciled) = Engine::open(
                 Box::new(loaded.datapath),
                 store,

@@ -86,9 +86,10 @@ pub struct SynCounters {
 pub enum SynError {
     #[error(
         "[syn_protection] is enabled but this kernel refused the SYN-cookie stage ({reason}); \
-         it needs Linux 5.3 or later built with CONFIG_SYN_COOKIES (bpf_skc_lookup_tcp and \
-         bpf_tcp_gen_syncookie for XDP): upgrade the kernel, or set `enabled = false` under \
-         [syn_protection] to run without it"
+         nothing was attached. The stage needs bpf_skc_lookup_tcp and bpf_tcp_gen_syncookie \
+         from XDP (Linux 5.3) and CONFIG_SYN_COOKIES (tested on Linux 5.10 and 6.18): use \
+         another kernel, or set `enabled = false` under [syn_protection] to run without \
+         SYN-flood protection"
     )]
     Unavailable { reason: String },
     #[error(transparent)]
@@ -239,19 +240,34 @@ pub fn load_program(ebpf: &mut Ebpf) -> Result<(), String> {
         .try_into()
         .map_err(|e: aya::programs::ProgramError| e.to_string())?;
     program.load().map_err(|e| {
-        // The verifier's complaint is at the end of its log (which can be long).
         let text = format!("{e:#}");
         if let Ok(path) = std::env::var("XDPWALL_SYN_VERIFIER_LOG") {
             let _ = fs::write(path, &text);
         }
-        let lines: Vec<_> = text.lines().collect();
-        let first = lines.first().copied().unwrap_or_default();
-        let tail = lines[lines.len().saturating_sub(3)..].join(" / ");
-        format!(
-            "{} ... {tail}",
-            first.split(". Verifier output").next().unwrap_or(first)
-        )
+        refusal(&text)
     })
+}
+
+/// The gist of a refused load: the error and the verifier's complaint, which is the last line
+/// of its log before the statistics.
+fn refusal(text: &str) -> String {
+    let first = text.lines().next().unwrap_or_default();
+    let first = first.split(". Verifier output").next().unwrap_or(first);
+    let stats = [
+        "verification time",
+        "stack depth",
+        "processed ",
+        "max_states_per_insn",
+    ];
+    let complaint = text
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !stats.iter().any(|s| l.starts_with(s)));
+    match complaint {
+        Some(complaint) if complaint != first => format!("{first}: {complaint}"),
+        _ => first.to_string(),
+    }
 }
 
 /// Whether this kernel offers XDP programs the two helpers the stage calls
@@ -347,6 +363,19 @@ mod tests {
             }
             .active_ports()
             .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_refusal_names_the_verifiers_complaint() {
+        let log = "the BPF_PROG_LOAD syscall returned Permission denied (os error 13). Verifier \
+                   output: 0: R1=ctx() R10=fp0\n12: (85) call bpf_tcp_gen_syncookie#110\nR5 \
+                   unbounded memory access\nverification time 12 usec\nstack depth 360\n\
+                   processed 446 insns (limit 1000000) max_states_per_insn 1\n";
+        assert_eq!(
+            refusal(log),
+            "the BPF_PROG_LOAD syscall returned Permission denied (os error 13): R5 unbounded \
+             memory access"
         );
     }
 

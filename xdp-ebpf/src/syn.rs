@@ -51,12 +51,17 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 struct Scratch {
     /// Offset of the IP header.
     l3: u32,
-    /// Keeps `ip` 8-byte aligned; unused.
+    /// Offset of the TCP header.
+    l4: u32,
+    /// Length of the TCP header, on its way to the cookie helper (see [`kernel_cookie`]).
+    tcp_len: u32,
+    /// Keeps the arrays 8-byte aligned; unused.
     reserved: u32,
     /// The SYN's IP header: 20 bytes of IPv4 (without options) or 40 of IPv6.
-    ip: [u8; 40],
-    /// The SYN's TCP header with its options, zero after its length.
-    tcp: [u32; TCP_MAX_WORDS],
+    ip: [u32; 10],
+    /// The SYN's TCP header with its options, zero after its length (and one word more than
+    /// the longest header: see [`kernel_cookie`]).
+    tcp: [u32; TCP_MAX_WORDS + 1],
 }
 
 const _: () = assert!(same(map_names::PORTS, "XW_SYN_PORTS"));
@@ -69,6 +74,8 @@ const TCPOPT_MSS: u8 = 2;
 const TCPOLEN_MSS: u8 = 4;
 /// The longest TCP header (data offset 15).
 const TCP_MAX_WORDS: usize = 15;
+/// The furthest TCP header the stage answers for (the parser follows headers this far).
+const MAX_L4_OFFSET: usize = 1024;
 
 #[xdp]
 pub fn xdpwall_syn(ctx: XdpContext) -> u32 {
@@ -141,7 +148,28 @@ fn copy_syn(
     l4: usize,
     source: Addr,
 ) -> Option<usize> {
-    let fixed = frame.read::<[u32; 5]>(l4)?;
+    // Every header layout the parser walked (VLAN tags, IPv4 options, IPv6 extension chains)
+    // reaches this point with its own offsets; the verifier would follow the rest of the
+    // program once per layout. Passed through the map value, the offsets become plain numbers,
+    // the same on every path, bounded by the checks right after (which the compiler cannot
+    // drop after a volatile read; Linux 5.10's verifier needs them to accept packet reads at
+    // these offsets).
+    scratch.l3 = l3 as u32;
+    scratch.l4 = l4 as u32;
+    // Masked, not only compared: Linux 5.10's verifier does not carry a comparison over to
+    // the copy of the value the compiler spilled to the stack before it, a mask it does. The
+    // masks keep every offset a parser can report (l3 at most 22, l4 at most 1024).
+    // SAFETY: fields of this CPU's slot, just written.
+    let (l3, l4) = unsafe {
+        (
+            (core::ptr::read_volatile(&scratch.l3) & 0x7f) as usize,
+            (core::ptr::read_volatile(&scratch.l4) & 0x7ff) as usize,
+        )
+    };
+    if l3 > 64 || l4 > MAX_L4_OFFSET {
+        return None;
+    }
+    let fixed = read_words::<5>(frame, l4)?;
     scratch.tcp[..5].copy_from_slice(&fixed);
     let words = (fixed[3].to_ne_bytes()[0] >> 4) as usize;
     if words < 5 {
@@ -154,22 +182,12 @@ fn copy_syn(
             0
         };
     }
-    // Every header layout the parser walked (VLAN tags, IPv4 options, IPv6 extension chains)
-    // reaches this point with its own offsets; the verifier would follow the rest of the
-    // program once per layout. Passed through the map value, the offset becomes a plain number,
-    // the same on every path.
-    scratch.l3 = l3 as u32;
-    // SAFETY: a field of this CPU's slot, just written.
-    let l3 = unsafe { core::ptr::read_volatile(&scratch.l3) } as usize;
-    if l3 > 64 {
-        return None;
-    }
     match source {
         Addr::V4(_) => {
-            let header = frame.read::<[u8; 20]>(l3)?;
-            scratch.ip[..20].copy_from_slice(&header);
+            let header = read_words::<5>(frame, l3)?;
+            scratch.ip[..5].copy_from_slice(&header);
         }
-        Addr::V6(_) => scratch.ip = frame.read::<[u8; 40]>(l3)?,
+        Addr::V6(_) => scratch.ip = read_words::<10>(frame, l3)?,
     }
     Some(l3)
 }
@@ -243,7 +261,7 @@ fn synack(
             let check = fold(bytes_sum(&header)).to_be_bytes();
             header[10] = check[0];
             header[11] = check[1];
-            if !frame.write(l3, header) {
+            if !write_words(frame, l3, &words::<20, 5>(&header)) {
                 return None;
             }
         }
@@ -258,7 +276,7 @@ fn synack(
             header[7] = SYNACK_TTL;
             header[8..24].copy_from_slice(&dst);
             header[24..40].copy_from_slice(&src);
-            if !frame.write(l3, header) {
+            if !write_words(frame, l3, &words::<40, 10>(&header)) {
                 return None;
             }
         }
@@ -274,14 +292,18 @@ fn synack(
     // bytes, at least 24 when `out_len` is) started there or later, so the frame holds it.
     let at = l3 + ip_len;
     let head = [out[0], out[1], out[2], out[3], out[4]];
-    if !frame.write(at, head) || (out_len == 24 && !frame.write(at + 20, out[5])) {
+    if !write_words(frame, at, &head) || (out_len == 24 && !frame.write(at + 20, out[5])) {
         return None;
     }
-    let macs = frame.read::<[u8; 12]>(0)?;
-    let mut swapped = [0u8; 12];
-    swapped[..6].copy_from_slice(&macs[6..]);
-    swapped[6..].copy_from_slice(&macs[..6]);
-    frame.write(0, swapped);
+    let macs = read_words::<3>(frame, 0)?;
+    let [a, b, c] = macs.map(u32::to_ne_bytes);
+    // Destination a0-a3 b0-b1, source b2-b3 c0-c3: swapped, the source comes first.
+    let swapped = [
+        u32::from_ne_bytes([b[2], b[3], c[0], c[1]]),
+        u32::from_ne_bytes([c[2], c[3], a[0], a[1]]),
+        u32::from_ne_bytes([a[2], a[3], b[0], b[1]]),
+    ];
+    write_words(frame, 0, &swapped);
     Some(at + out_len)
 }
 
@@ -323,9 +345,15 @@ fn kernel_cookie(
         }
         _ => return None,
     };
-    // Read here, next to the call, so that the verifier knows its bounds (20..=60, all inside
-    // `scratch.tcp`).
-    let tcp_len = tcp_header_len(&scratch.tcp)?;
+    // The helper's length must be known to the verifier as non-zero and inside `scratch.tcp`.
+    // A comparison does not reach the register the compiler passes on Linux 5.10, and the
+    // compiler would fold away any arithmetic on a value it knows: so the length goes through
+    // the map value and comes back as `((len - 1) & 63) + 1`, which is `len` for 20..=60 and
+    // 1..=64 for the verifier (the buffer has 64 bytes).
+    scratch.tcp_len = tcp_header_len(&scratch.tcp)?;
+    // SAFETY: a field of this CPU's slot, just written.
+    let stored = unsafe { core::ptr::read_volatile(&scratch.tcp_len) };
+    let tcp_len = (stored.wrapping_sub(1) & 63) + 1;
     // SAFETY: helper calls with pointers into this CPU's scratch slot and a stack tuple, with
     // their sizes; the socket reference is released on every path that got one.
     let issued = unsafe {
@@ -355,9 +383,50 @@ fn kernel_cookie(
     Some((issued as u32, (issued >> 32) as u16))
 }
 
+/// `N` 4-byte words of the frame from `offset`, one load each. A block copy of packet memory
+/// compiles to a call to `memcpy`, and Linux 5.10's verifier does not follow packet bounds into
+/// a called function ("invalid access to packet"); single loads it does.
+#[inline(always)]
+fn read_words<const N: usize>(frame: Frame, offset: usize) -> Option<[u32; N]> {
+    let mut words = [0u32; N];
+    for (i, word) in words.iter_mut().enumerate() {
+        *word = frame.read::<u32>(offset + 4 * i)?;
+    }
+    Some(words)
+}
+
+/// Writes `words` into the frame from `offset`, one store each (see [`read_words`]); whether
+/// the frame held them all. Each store is checked on its own (a check of the last word alone
+/// would let the compiler drop the others, which the verifier needs); the callers know the
+/// frame holds them, so none is left half written.
+#[inline(always)]
+fn write_words<const N: usize>(frame: Frame, offset: usize, words: &[u32; N]) -> bool {
+    for (i, word) in words.iter().enumerate() {
+        if !frame.write(offset + 4 * i, *word) {
+            return false;
+        }
+    }
+    true
+}
+
+/// `bytes` as 4-byte words, in memory order.
+#[inline(always)]
+fn words<const B: usize, const N: usize>(bytes: &[u8; B]) -> [u32; N] {
+    let mut words = [0u32; N];
+    for (i, word) in words.iter_mut().enumerate() {
+        *word = u32::from_ne_bytes([
+            bytes[4 * i],
+            bytes[4 * i + 1],
+            bytes[4 * i + 2],
+            bytes[4 * i + 3],
+        ]);
+    }
+    words
+}
+
 /// The length of the TCP header (its data offset), 20..=60 bytes.
 #[inline(always)]
-fn tcp_header_len(tcp: &[u32; TCP_MAX_WORDS]) -> Option<u32> {
+fn tcp_header_len(tcp: &[u32; TCP_MAX_WORDS + 1]) -> Option<u32> {
     let words = (tcp[3].to_ne_bytes()[0] >> 4) as u32;
     if words < 5 {
         return None;

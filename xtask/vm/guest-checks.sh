@@ -355,6 +355,9 @@ if XDPWALL_API_LISTEN=0.0.0.0:9180 start_daemon syn "$SYN_CONFIG"; then
 	in_fw "$BIN" detach --config "$CONFIG" >>"$WORK/detach.log" 2>&1
 else
 	fail syn-daemon-ready "xdpwall run with [syn_protection] did not become ready: $(daemon_error syn)"
+	[ -n "$DAEMON_PID" ] && kill -9 "$DAEMON_PID" 2>/dev/null
+	DAEMON_PID=
+	in_fw "$BIN" detach --config "$CONFIG" >>"$WORK/detach.log" 2>&1
 fi
 in_fw sysctl -qw net.ipv4.tcp_syncookies=1
 

@@ -46,6 +46,8 @@ const CAP_BPF: u32 = 39;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
+    #[error(transparent)]
+    Syn(#[from] crate::syn::SynError),
     #[error(
         "missing privileges: xdpwall needs CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN; run it as \
          root or grant them (see deploy/systemd)"
@@ -433,12 +435,15 @@ pub(crate) fn remove_map_pin(pins: &PinLayout, name: &str) -> Result<bool, Loade
     }
 }
 
-/// Loads the object (maps from pins where present) and attaches to every interface.
+/// Loads the object (maps from pins where present) and attaches to every interface. With
+/// `syn_protection`, a kernel that refused the SYN-cookie stage fails the load before anything
+/// is attached.
 pub fn load_and_attach(
     pins: &PinLayout,
     ifaces: &[String],
     mode: XdpAttachMode,
     engines: impl Into<Engines>,
+    syn_protection: bool,
 ) -> Result<Loaded, LoaderError> {
     let resolved = preflight(pins, ifaces)?;
     let LoadedObject {
@@ -446,6 +451,12 @@ pub fn load_and_attach(
         datapath,
         syn,
     } = load_object(pins, engines)?;
+    if let (true, Some(reason)) = (syn_protection, &syn.refused) {
+        return Err(crate::syn::SynError::Unavailable {
+            reason: reason.clone(),
+        }
+        .into());
+    }
     let program: &mut Xdp = ebpf
         .program_mut(XDP_PROGRAM)
         .ok_or(LoaderError::NoObject)?
