@@ -103,6 +103,7 @@ pub fn run_egress(args: &EgressArgs, pin_dir: &std::path::Path) -> anyhow::Resul
         .iter()
         .enumerate()
         .map(|(i, net)| Rule {
+            options: Default::default(),
             id: i as u32 + 1,
             cidr: IpNet::V4(*net),
             action: Action::Watch,

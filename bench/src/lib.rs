@@ -9,6 +9,7 @@ pub mod egress;
 pub mod feed;
 pub mod live;
 pub mod prefixes;
+pub mod scoped;
 pub mod testrun;
 pub mod v6;
 
@@ -102,6 +103,7 @@ pub fn run(args: &Args, pin_dir: &std::path::Path) -> anyhow::Result<String> {
         let rules: Vec<NewRule> = prefixes
             .iter()
             .map(|net| NewRule {
+                options: Default::default(),
                 cidr: (*net).into(),
                 action: Action::Block,
                 list: "bench".into(),

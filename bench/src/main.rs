@@ -10,7 +10,10 @@
 //! - `xdpwall-bench live [--sizes ...]`: packet rate on a veth pair with each system filtering
 //!   (xdpwall, stock LPM, nftables, iptables + ipset, xdp-filter, XDP_PASS/XDP_DROP brackets);
 //! - `xdpwall-bench v6 [--sizes ...]`: the IPv6 engines (hash, lpm) against a stock IPv6 LPM
-//!   filter through BPF_PROG_TEST_RUN, with load and churn times.
+//!   filter through BPF_PROG_TEST_RUN, with load and churn times;
+//! - `xdpwall-bench scoped [--rules ...] [--blocklist ...]`: the scoped-rule stage per packet
+//!   (0, 100, 10k scoped and limit rules next to a 1M block list) and the limiter under a
+//!   spoofed flood (LRU churn), through BPF_PROG_TEST_RUN.
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +24,9 @@ use xdpwall_bench::{
     egress::{EgressArgs, run_egress},
     feed::{FeedArgs, run_feed},
     live::{LiveArgs, run_live},
-    run, today,
+    run,
+    scoped::{ScopedArgs, run_scoped},
+    today,
     v6::{V6Args, run_v6},
 };
 
@@ -56,6 +61,11 @@ enum Mode {
     /// IPv6 lookup cost of the hash and LPM engines vs a stock IPv6 LPM filter
     /// (BPF_PROG_TEST_RUN, BGP-like lists), with load and 1% churn times (needs root).
     V6(V6Args),
+    /// Cost of the scoped-rule stage per dropped, passed and scoped-dropped packet with 0, 100
+    /// and 10k scoped and limit rules next to a 1M block list, and of the limiter under a
+    /// spoofed flood of 1M sources (LRU churn) vs 1k (BPF_PROG_TEST_RUN; needs root; about 2
+    /// minutes).
+    Scoped(ScopedArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,6 +92,10 @@ fn main() -> anyhow::Result<()> {
         Some(Mode::V6(args)) => {
             let report = with_pin_dir("xdpwall-bench-v6", |pins| run_v6(&args, pins))?;
             write_report(&args.run.out, "v6", &report)
+        }
+        Some(Mode::Scoped(args)) => {
+            let report = with_pin_dir("xdpwall-bench-scoped", |pins| run_scoped(&args, pins))?;
+            write_report(&args.run.out, "scoped", &report)
         }
     }
 }

@@ -11,6 +11,10 @@ use aya::{
 
 use crate::{kernel, machine, median, summary, today};
 
+/// `ingress_ifindex` the kernel reports in BPF_PROG_TEST_RUN (the loopback device): the
+/// interface whose verdict counters a test run moves.
+pub(crate) const TEST_RUN_IFINDEX: u32 = 1;
+
 /// The options every BPF_PROG_TEST_RUN benchmark takes (each adds its workload and its seed).
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {

@@ -67,6 +67,7 @@ fn rules(prefixes: &[Ipv6Net]) -> Vec<NewRule> {
     prefixes
         .iter()
         .map(|net| NewRule {
+            options: Default::default(),
             cidr: (*net).into(),
             action: Action::Block,
             list: "bench".into(),

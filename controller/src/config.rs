@@ -480,7 +480,15 @@ impl Config {
                     "must not be empty".into(),
                 ));
             }
-            if rule.action == Action::Block
+            let options = rule
+                .options()
+                .map_err(|e| invalid(format!("rules[{i}]"), e))?;
+            // As the API's lock-out guard: a monitor rule drops nothing, and a rule scoped away
+            // from SSH and the API's port cannot cut the operators off.
+            let management_ports = [crate::engine::DEFAULT_SSH_PORT, self.api.listen.port()];
+            if matches!(rule.action, Action::Block | Action::Limit)
+                && options.mode == crate::rules::Mode::Enforce
+                && !options.scope.leaves_open(&management_ports)
                 && let Some(m) = management
                     .iter()
                     .find(|m| m.contains(&net) || net.contains(*m))

@@ -240,6 +240,8 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         .context("loader task panicked")??
     };
     let (mut engine, reconciled, mut syn_stage) = engine;
+    // Scoped rules that leave SSH and the API's port open need no `force`.
+    engine.set_management_ports(&[config.api.listen.port()]);
     // The TC egress flagger and the ring-buffer readers (flagged flows, sampled drops).
     let readers = events::start(
         &config.egress,

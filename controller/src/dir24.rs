@@ -398,6 +398,7 @@ mod tests {
 
     fn rule(id: RuleId, cidr: Ipv4Net, action: Action) -> Rule {
         Rule {
+            options: Default::default(),
             id,
             cidr: IpNet::V4(cidr),
             action,

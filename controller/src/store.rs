@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use crate::rules::{Action, Rule, RuleId, RuleSource};
+use crate::rules::{Action, Rule, RuleId, RuleOptions, RuleSource};
 
 /// Bumped when the schema changes; older files are migrated in [`Store::open`].
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -44,6 +44,7 @@ pub struct NewRule {
     pub reason: String,
     pub source: RuleSource,
     pub expires_at: Option<i64>,
+    pub options: RuleOptions,
 }
 
 /// What the daemon remembers about a feed between fetches and restarts.
@@ -148,6 +149,44 @@ impl Store {
             )
             .map_err(open_err)?;
         }
+        if version < 2 {
+            // Version 2: limit rules, and a rule's options (scope, mode, rate) as canonical text,
+            // part of what makes a rule unique. SQLite cannot change a CHECK or UNIQUE
+            // constraint in place, so the table is rebuilt, ids and their sequence kept.
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE rules_v2 (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     cidr TEXT NOT NULL,
+                     action TEXT NOT NULL CHECK (action IN ('block', 'allow', 'watch', 'limit')),
+                     list TEXT NOT NULL,
+                     reason TEXT NOT NULL,
+                     source TEXT NOT NULL CHECK (source IN ('api', 'config', 'feed')),
+                     created_at INTEGER NOT NULL,
+                     expires_at INTEGER,
+                     options TEXT NOT NULL DEFAULT '',
+                     UNIQUE (cidr, action, list, options)
+                 );
+                 INSERT INTO rules_v2 (id, cidr, action, list, reason, source, created_at, expires_at)
+                     SELECT id, cidr, action, list, reason, source, created_at, expires_at FROM rules;
+                 CREATE TEMP TABLE rules_seq AS SELECT seq FROM sqlite_sequence WHERE name = 'rules';
+                 DROP TABLE rules;
+                 ALTER TABLE rules_v2 RENAME TO rules;
+                 DELETE FROM sqlite_sequence WHERE name = 'rules_v2';
+                 INSERT INTO sqlite_sequence (name, seq)
+                     SELECT 'rules', MAX(COALESCE((SELECT MAX(seq) FROM rules_seq), 0),
+                                         COALESCE((SELECT MAX(id) FROM rules), 0))
+                     WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'rules');
+                 UPDATE sqlite_sequence
+                     SET seq = MAX(seq, COALESCE((SELECT MAX(seq) FROM rules_seq), 0))
+                     WHERE name = 'rules';
+                 DROP TABLE rules_seq;
+                 CREATE INDEX IF NOT EXISTS rules_expiry ON rules (expires_at) WHERE expires_at IS NOT NULL;
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )
+            .map_err(open_err)?;
+        }
         Ok(Self {
             conn,
             path: path.to_owned(),
@@ -166,7 +205,7 @@ impl Store {
     /// Every stored rule, by id.
     pub fn rules(&self) -> Result<Vec<Rule>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, cidr, action, list, reason, source, created_at, expires_at FROM rules ORDER BY id",
+            "SELECT id, cidr, action, list, reason, source, created_at, expires_at, options FROM rules ORDER BY id",
         )?;
         let rows = stmt.query_map([], raw_rule)?;
         rows.map(|r| r.map_err(StoreError::from).and_then(RawRule::into_rule))
@@ -267,18 +306,20 @@ pub struct StoreTx<'a> {
 }
 
 impl StoreTx<'_> {
-    /// The rule with this (cidr, action, list), if stored.
+    /// The rule with this (cidr, action, list, options), if stored.
     pub fn find(
         &self,
         cidr: &IpNet,
         action: Action,
         list: &str,
+        options: &RuleOptions,
     ) -> Result<Option<Rule>, StoreError> {
         let mut stmt = self.tx.prepare_cached(
-            "SELECT id, cidr, action, list, reason, source, created_at, expires_at FROM rules
-             WHERE cidr = ?1 AND action = ?2 AND list = ?3",
+            "SELECT id, cidr, action, list, reason, source, created_at, expires_at, options FROM rules
+             WHERE cidr = ?1 AND action = ?2 AND list = ?3 AND options = ?4",
         )?;
-        stmt.query_row(params![cidr.to_string(), action.as_str(), list], raw_rule)
+        let key = params![cidr.to_string(), action.as_str(), list, options.to_text()];
+        stmt.query_row(key, raw_rule)
             .optional()?
             .map(RawRule::into_rule)
             .transpose()
@@ -287,8 +328,8 @@ impl StoreTx<'_> {
     /// Stores a new rule and returns it with its id. Ids are never reused.
     pub fn insert(&self, rule: &NewRule, now: i64) -> Result<Rule, StoreError> {
         let mut stmt = self.tx.prepare_cached(
-            "INSERT INTO rules (cidr, action, list, reason, source, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO rules (cidr, action, list, reason, source, created_at, expires_at, options)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         stmt.execute(params![
             rule.cidr.to_string(),
@@ -297,7 +338,8 @@ impl StoreTx<'_> {
             rule.reason,
             rule.source.as_str(),
             now,
-            rule.expires_at
+            rule.expires_at,
+            rule.options.to_text()
         ])?;
         let id = self.tx.last_insert_rowid();
         Ok(Rule {
@@ -312,6 +354,7 @@ impl StoreTx<'_> {
             source: rule.source,
             created_at: now,
             expires_at: rule.expires_at,
+            options: rule.options,
         })
     }
 
@@ -353,6 +396,7 @@ struct RawRule {
     source: String,
     created_at: i64,
     expires_at: Option<i64>,
+    options: String,
 }
 
 fn raw_rule(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRule> {
@@ -365,6 +409,7 @@ fn raw_rule(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRule> {
         source: r.get(5)?,
         created_at: r.get(6)?,
         expires_at: r.get(7)?,
+        options: r.get(8)?,
     })
 }
 
@@ -391,6 +436,8 @@ impl RawRule {
             reason: self.reason,
             created_at: self.created_at,
             expires_at: self.expires_at,
+            options: RuleOptions::from_text(&self.options)
+                .map_err(|e| bad(format!("options {:?}: {e}", self.options)))?,
         })
     }
 }
@@ -415,6 +462,7 @@ mod tests {
             reason: "test".into(),
             source: RuleSource::Api,
             expires_at: Some(99),
+            options: RuleOptions::default(),
         }
     }
 
@@ -485,9 +533,16 @@ mod tests {
             tx.insert(&new_rule("198.51.100.0/24"), 3).is_err(),
             "duplicate triple refused"
         );
-        let found = tx.find(&b.cidr, Action::Block, "api").unwrap().unwrap();
+        let found = tx
+            .find(&b.cidr, Action::Block, "api", &RuleOptions::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(found.id, b.id);
-        assert!(tx.find(&b.cidr, Action::Allow, "api").unwrap().is_none());
+        assert!(
+            tx.find(&b.cidr, Action::Allow, "api", &RuleOptions::default())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -505,6 +560,60 @@ mod tests {
         drop(store);
         let store = Store::open(&path).unwrap();
         assert_eq!(store.feed_state("a").unwrap(), a);
+    }
+
+    #[test]
+    fn a_version_1_store_is_migrated_with_its_ids_and_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        {
+            // The version 1 table, as earlier releases created it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE rules (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     cidr TEXT NOT NULL,
+                     action TEXT NOT NULL CHECK (action IN ('block', 'allow', 'watch')),
+                     list TEXT NOT NULL,
+                     reason TEXT NOT NULL,
+                     source TEXT NOT NULL CHECK (source IN ('api', 'config', 'feed')),
+                     created_at INTEGER NOT NULL,
+                     expires_at INTEGER,
+                     UNIQUE (cidr, action, list)
+                 );
+                 INSERT INTO rules (cidr, action, list, reason, source, created_at)
+                     VALUES ('192.0.2.0/24', 'block', 'api', 'old', 'api', 1);
+                 INSERT INTO rules (cidr, action, list, reason, source, created_at)
+                     VALUES ('198.51.100.0/24', 'block', 'api', 'gone', 'api', 2);
+                 DELETE FROM rules WHERE cidr = '198.51.100.0/24';
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        let rules = store.rules().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!((rules[0].id, rules[0].reason.as_str()), (1, "old"));
+        assert!(rules[0].options.is_plain());
+        let tx = store.transaction().unwrap();
+        // Id 2 was used and deleted: never reused.
+        assert_eq!(tx.insert(&new_rule("203.0.113.0/24"), 3).unwrap().id, 3);
+        // A limit rule and a second rule on the same (cidr, action, list) with another scope.
+        let scoped = |text: &str, action| NewRule {
+            action,
+            options: RuleOptions::from_text(text).unwrap(),
+            ..new_rule("192.0.2.0/24")
+        };
+        tx.insert(&scoped("proto=udp sport=11211", Action::Block), 4)
+            .unwrap();
+        tx.insert(&scoped("rate=20/s", Action::Limit), 4).unwrap();
+        tx.commit().unwrap();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        let rules = store.rules().unwrap();
+        assert_eq!(rules.len(), 4);
+        assert_eq!(rules[3].action, Action::Limit);
+        assert_eq!(rules[3].options.to_text(), "rate=20/s burst=20 per=source");
     }
 
     #[test]

@@ -301,6 +301,7 @@ mod tests {
 
     fn rule(id: RuleId, cidr: &str, action: Action) -> Rule {
         Rule {
+            options: Default::default(),
             id,
             cidr: IpNet::V6(cidr.parse::<Ipv6Net>().unwrap().trunc()),
             action,

@@ -63,6 +63,13 @@ fn state() -> Arc<AppState> {
             action: Action::Block,
             reason: "config".into(),
             list: "config".into(),
+            proto: None,
+            sport: None,
+            dport: None,
+            mode: None,
+            rate: None,
+            burst: None,
+            per: None,
         },
     )];
     engine

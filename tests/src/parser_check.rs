@@ -27,6 +27,7 @@ pub fn reference_rules() -> Vec<Rule> {
         .into_iter()
         .enumerate()
         .map(|(i, (cidr, action))| Rule {
+            options: Default::default(),
             id: i as u32 + 1,
             cidr: normalize_cidr(cidr).expect("valid CIDR"),
             action,

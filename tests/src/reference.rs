@@ -147,7 +147,7 @@ impl<A: Address> Reference<A> {
             let table = match rule.action {
                 Action::Allow => &mut allow[len],
                 Action::Block => &mut block[len],
-                Action::Watch => continue,
+                Action::Watch | Action::Limit => continue,
             };
             let id = table.entry(network).or_insert(rule.id);
             *id = (*id).min(rule.id);

@@ -98,6 +98,11 @@ impl TestProgram {
         run_program_out(loader::xdp_program(&self.ebpf), frame)
     }
 
+    /// Replaces the rule set with `rules` (scoped ones included); returns the stored rules.
+    pub fn replace_rules(&mut self, rules: Vec<NewRule>) -> anyhow::Result<Vec<Rule>> {
+        Ok(self.engine.replace_all(rules, "test", 0)?)
+    }
+
     pub fn set_config(&mut self, config: DatapathConfig) -> anyhow::Result<()> {
         self.engine.set_datapath_config(config)?;
         Ok(())
@@ -186,6 +191,7 @@ pub fn run_program_out(program: &Xdp, frame: &[u8]) -> anyhow::Result<(u32, Vec<
 
 pub fn new_rule(cidr: &str, action: Action) -> NewRule {
     NewRule {
+        options: Default::default(),
         cidr: normalize_cidr(cidr).expect("valid test CIDR"),
         action,
         list: "test".into(),

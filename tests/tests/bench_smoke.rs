@@ -1,9 +1,11 @@
 //! The benchmark harness at tiny size: the report is produced and well formed. No timing is
 //! asserted (this machine is shared; speed is measured by `cargo xtask bench`, not by tests).
 
+use xdpwall::datapath::Ipv4Lookup;
 use xdpwall_bench::{
     Args, RunArgs,
     live::{Family, GeneratorChoice, LiveArgs, run_live, system_labels},
+    scoped::{FloodCase, ScopedArgs, run_scoped},
 };
 use xdpwall_tests::require_privileges;
 
@@ -52,6 +54,94 @@ fn harness_produces_a_well_formed_report() {
         "{report}"
     );
     assert!(report.contains("Command: `cargo xtask bench"), "{report}");
+    assert!(!pin_dir.exists());
+}
+
+/// The scoped-rule harness at tiny size: every row has a positive ns/packet, the frames the
+/// block list or a scoped rule must drop were dropped (their XDP action, and the test-run
+/// interface's `dropped` counter), and the flood's per-rule limit dropped most of its packets.
+#[test]
+fn scoped_harness_reports_stage_costs_and_real_drops() {
+    require_privileges!();
+    let args = ScopedArgs {
+        blocklist: 200,
+        rules: vec![0, 20],
+        ipv4_lookup: Ipv4Lookup::Dir24,
+        flood_sources: 3000,
+        flood_few: 10,
+        flood_packets: 400,
+        flood_cases: FloodCase::ALL.to_vec(),
+        run: RunArgs {
+            reps: 2,
+            repeat: 10,
+            frames: 4,
+            out: std::env::temp_dir(),
+        },
+        seed: 7,
+    };
+    let pin_dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/xdpwall-bench-scoped-smoke-{}",
+        std::process::id()
+    ));
+    let report = run_scoped(&args, &pin_dir);
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    let report = report.unwrap();
+
+    let cells =
+        |row: &str| -> Vec<String> { row.split('|').map(|c| c.trim().to_string()).collect() };
+    let ns = |cell: &str| -> f64 { cell.split_whitespace().next().unwrap().parse().unwrap() };
+    // | rules | subject | action | ns | ratio | vs stage off |: 7 rows with 0 rules, 11 with 20.
+    let stage_rows: Vec<Vec<String>> = report
+        .lines()
+        .filter(|l| l.starts_with("| 0 |") || l.starts_with("| 20 |"))
+        .map(cells)
+        .filter(|c| c.len() == 8)
+        .collect();
+    assert_eq!(stage_rows.len(), 7 + 11, "{report}");
+    for row in &stage_rows {
+        assert!(ns(&row[4]) > 0.0, "{row:?}");
+        let subject = &row[2];
+        let must_drop = subject.contains("(a)") && !subject.starts_with("XDP_PASS")
+            || subject.starts_with("xdpwall, scoped rules: (c)");
+        let action = if must_drop { "drop" } else { "pass" };
+        assert_eq!(row[3], action, "{row:?}");
+    }
+    // | case | sources | ns | ratio | vs stage off | dropped |
+    let flood_rows: Vec<Vec<String>> = report
+        .lines()
+        .filter(|l| {
+            l.starts_with("| XDP_PASS bracket | 3000 |")
+                || l.starts_with("| per-")
+                || l.starts_with("| xdpwall, stage off (block")
+        })
+        .map(cells)
+        .collect();
+    assert_eq!(flood_rows.len(), 5, "{report}");
+    for row in &flood_rows {
+        assert!(ns(&row[3]) > 0.0, "{row:?}");
+    }
+    let dropped = |row: &Vec<String>| -> f64 { row[6].trim_end_matches('%').parse().unwrap() };
+    assert_eq!(dropped(&flood_rows[0]), 0.0, "{:?}", flood_rows[0]);
+    let per_rule = flood_rows
+        .iter()
+        .find(|r| r[1].starts_with("per-rule"))
+        .unwrap();
+    assert!(dropped(per_rule) > 50.0, "{per_rule:?}");
+    let counters = report
+        .lines()
+        .find(|l| l.starts_with("Verdict counters"))
+        .expect("a verdict counter line");
+    let dropped_total: u64 = counters
+        .split("dropped ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(dropped_total > 0, "{counters}");
+    assert!(
+        report.contains("Command: `cargo xtask bench -- scoped"),
+        "{report}"
+    );
     assert!(!pin_dir.exists());
 }
 

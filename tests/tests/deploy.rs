@@ -344,6 +344,7 @@ fn dashboard_and_alerts_use_only_exported_metrics() {
         "XdpwallMapNearCapacity",
         "XdpwallDropSpike",
         "XdpwallMalformedSpike",
+        "XdpwallLimitDropsHigh",
     ] {
         assert!(alerts.contains(needed), "alert {needed}");
     }

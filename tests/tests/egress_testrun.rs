@@ -76,6 +76,7 @@ impl Harness {
         let section: EgressSection = toml::from_str(section).unwrap();
         object.configure(&section).unwrap();
         let rule = |id, cidr: String, list: &str| Rule {
+            options: Default::default(),
             id,
             cidr: normalize_cidr(&cidr).unwrap(),
             action: Action::Watch,

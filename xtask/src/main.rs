@@ -3,7 +3,8 @@
 //! - `setup`: install what a fresh machine lacks (idempotent, seconds when all is there)
 //! - `demo`:  the README's first command: a veth lab, xdpwall blocking a lab prefix, pings
 //! - `test`:  the README's second command: unit and privileged integration tests
-//! - `bench`: the benchmark harnesses in bench/ (alone: per-packet cost, then packet rates)
+//! - `bench`: the benchmark harnesses in bench/ (alone: per-packet cost, then packet rates;
+//!   `-- scoped`, `-- v6`, ... one harness)
 //! - `fuzz`:  the coverage-guided fuzz targets in fuzz/ (cargo-fuzz on nightly), bounded
 //! - `lint`:  cargo fmt --check, the layer and file-size checks, clippy -D warnings
 //! - `deb`:   the Debian package (binary, units, config, man pages, completions)
@@ -49,7 +50,8 @@ enum Task {
     /// BPF_PROG_TEST_RUN benchmark and then the packet-rate benchmark (veth pair, ns per packet
     /// on the receiving CPU and Mpps per system, report and PNG plots; about 15 minutes in all;
     /// live frames where the kernel allows them, else a packet socket). With arguments, one harness:
-    /// `-- live`, `-- api`, `-- feed`, or testrun flags such as `-- --sizes 0,1000`.
+    /// `-- live`, `-- api`, `-- feed`, `-- egress`, `-- v6`, `-- scoped` (scoped and limit rules,
+    /// the limiter under a spoofed flood), or testrun flags such as `-- --sizes 0,1000`.
     Bench {
         /// Arguments for the harness (see `cargo xtask bench -- --help`, `-- live --help`).
         #[arg(trailing_var_arg = true)]

@@ -259,6 +259,19 @@ check lpm-v6-blocked-dropped "pings from $BLOCKED_V6 answered" dropped "$BLOCKED
 check lpm-allow-beats-block "pings from $ALLOWED_IN_BLOCK_V4 (allowed inside a blocked /26) lost" \
 	passes "$ALLOWED_IN_BLOCK_V4" "$FW_V4"
 
+# The second stage (a tail-called program the verifier checks on its own): a block scoped to
+# ICMP drops the peer's pings; removed, they pass again.
+api_write() {
+	in_fw curl -s --max-time 10 -X "$1" -H "Authorization: Bearer $TOKEN" \
+		-H 'Content-Type: application/json' ${3:+-d "$3"} "http://127.0.0.1:9180$2"
+}
+SCOPED_ID=$(api_write POST /v1/rules "{\"cidr\":\"$PEER_V4/32\",\"action\":\"block\",\"proto\":\"icmp\"}" | jq -r .id)
+check scoped-icmp-rule-drops "pings from $PEER_V4 answered under an ICMP-scoped block (rule $SCOPED_ID)" \
+	dropped "$PEER_V4" "$FW_V4"
+api_write DELETE "/v1/rules/$SCOPED_ID" >/dev/null
+check scoped-rule-removed-passes "pings from $PEER_V4 lost after the scoped rule went" \
+	passes "$PEER_V4" "$FW_V4"
+
 # Outbound: the firewall host pings the watched peer; its echo requests leave through the
 # egress flagger.
 in_fw ping -n -q -c 2 -i 0.2 -W 1 "$PEER_V4" >/dev/null 2>&1

@@ -61,7 +61,7 @@ pub struct FeedArgs {
     pub ipv4_lookup: Ipv4Lookup,
 }
 
-fn parse_lookup(s: &str) -> Result<Ipv4Lookup, String> {
+pub(crate) fn parse_lookup(s: &str) -> Result<Ipv4Lookup, String> {
     match s {
         "lpm" => Ok(Ipv4Lookup::Lpm),
         "dir24" => Ok(Ipv4Lookup::Dir24),

@@ -19,7 +19,10 @@ use super::{
         BatchBody, BatchResult, LookupQuery, LookupResult, RuleBody, RuleFilter, RuleList, RuleView,
     },
 };
-use crate::engine::{EngineError, RuleRequest};
+use crate::{
+    engine::{EngineError, RuleRequest},
+    rules::Verdict,
+};
 
 /// Add a rule (enforced in the kernel before the answer). Repeating an existing
 /// cidr+action+list returns the existing rule with 200.
@@ -146,9 +149,14 @@ pub(super) async fn lookup(
     let ip = parse_ip(&query(q)?.ip)?;
     let engine = engine(&state).await?;
     let (verdict, rule) = engine.lookup(ip);
+    let scoped = match verdict {
+        Verdict::Pass => engine.scoped_covering(ip).map(RuleView::from).collect(),
+        Verdict::Allow | Verdict::Block => Vec::new(),
+    };
     Ok(Json(LookupResult {
         ip: ip.to_string(),
         verdict,
         rule: rule.as_ref().map(RuleView::from),
+        scoped,
     }))
 }

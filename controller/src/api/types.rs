@@ -20,7 +20,7 @@ use crate::{
     egress::EgressAttachment,
     engine::RuleRequest,
     loader::{AttachedMode, Attachment},
-    rules::{Action, Rule, RuleSource, Verdict},
+    rules::{Action, LimitPer, Mode, PortRange, Proto, Rate, Rule, RuleSource, Verdict},
 };
 
 /// `unix` seconds as RFC 3339 (UTC, whole seconds), as every time in an answer.
@@ -43,6 +43,31 @@ pub struct RuleView {
     pub created_at: String,
     /// RFC 3339, or null for rules that never expire.
     pub expires_at: Option<String>,
+    /// Protocol the rule is scoped to (absent: any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "udp")]
+    pub proto: Option<Proto>,
+    /// Source port or range the rule is scoped to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "11211")]
+    pub sport: Option<PortRange>,
+    /// Destination port or range the rule is scoped to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "1024-65535")]
+    pub dport: Option<PortRange>,
+    /// `enforce` or `monitor`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Limit rules: packets per second (`N/s`) or minute (`N/m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "20/s")]
+    pub rate: Option<Rate>,
+    /// Limit rules: packets a bucket passes at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Limit rules: one bucket per `source` (IPv4 /32, IPv6 /64) or per `rule`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per: Option<LimitPer>,
 }
 
 impl From<&Rule> for RuleView {
@@ -56,6 +81,13 @@ impl From<&Rule> for RuleView {
             source: rule.source,
             created_at: rfc3339(rule.created_at),
             expires_at: rule.expires_at.map(rfc3339),
+            proto: rule.options.scope.proto,
+            sport: rule.options.scope.sport,
+            dport: rule.options.scope.dport,
+            mode: rule.options.mode,
+            rate: rule.options.limit.map(|l| l.rate),
+            burst: rule.options.limit.map(|l| l.burst),
+            per: rule.options.limit.map(|l| l.per),
         }
     }
 }
@@ -81,6 +113,34 @@ pub struct RuleBody {
     /// Allow blocks the lock-out guard refuses (very broad prefixes, the caller's address).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
+    /// Only packets of this protocol: `tcp`, `udp`, `icmp`, `icmpv6`, `sctp` or a number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "udp")]
+    pub proto: Option<Proto>,
+    /// Only packets from this source port or range (`"lo-hi"`); needs `proto` tcp, udp or
+    /// sctp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "11211")]
+    pub sport: Option<PortRange>,
+    /// Only packets to this destination port or range; needs `proto` tcp, udp or sctp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "22")]
+    pub dport: Option<PortRange>,
+    /// `enforce` (default) or `monitor`: count `would_drop` for this rule and pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// Limit rules (required): `N/s` or `N/m` packets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "20/s")]
+    pub rate: Option<Rate>,
+    /// Limit rules: packets passed at once before the rate applies (default: one second's
+    /// worth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Limit rules: `source` (default; a bucket per IPv4 /32 or IPv6 /64) or `rule` (one
+    /// bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per: Option<LimitPer>,
 }
 
 impl From<RuleBody> for RuleRequest {
@@ -92,6 +152,13 @@ impl From<RuleBody> for RuleRequest {
             ttl: b.ttl,
             reason: b.reason,
             force: b.force,
+            proto: b.proto,
+            sport: b.sport,
+            dport: b.dport,
+            mode: b.mode,
+            rate: b.rate,
+            burst: b.burst,
+            per: b.per,
         }
     }
 }
@@ -141,8 +208,14 @@ pub struct LookupQuery {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LookupResult {
     pub ip: String,
+    /// What the address engines decide (allow, block or pass).
     pub verdict: Verdict,
     pub rule: Option<RuleView>,
+    /// When the verdict is `pass`: the scoped, limit and monitor-mode rules covering the
+    /// address, which may still drop some of its packets (by protocol, port or rate), in the
+    /// order the datapath tries them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scoped: Vec<RuleView>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]

@@ -126,6 +126,8 @@ pub enum RuleCommand {
         /// Override the lock-out guard (very broad prefixes, your own address).
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        options: RuleOptionArgs,
     },
     /// Remove a rule by id, or every rule of this action with this CIDR.
     Rm {
@@ -138,6 +140,34 @@ pub enum RuleCommand {
         #[arg(long)]
         list: Option<String>,
     },
+}
+
+/// What narrows a block or limit rule beyond its addresses.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct RuleOptionArgs {
+    /// Only packets of this protocol: tcp, udp, icmp, icmpv6, sctp or a number.
+    #[arg(long)]
+    pub proto: Option<crate::rules::Proto>,
+    /// Only packets from this source port or range (e.g. 11211, 1024-65535); needs --proto
+    /// tcp, udp or sctp.
+    #[arg(long)]
+    pub sport: Option<crate::rules::PortRange>,
+    /// Only packets to this destination port or range; needs --proto tcp, udp or sctp.
+    #[arg(long)]
+    pub dport: Option<crate::rules::PortRange>,
+    /// Count what the rule would drop (would_drop) and pass everything.
+    #[arg(long)]
+    pub monitor: bool,
+    /// `limit add` only: packets per second or minute, e.g. 20/s, 600/m.
+    #[arg(long)]
+    pub rate: Option<crate::rules::Rate>,
+    /// `limit add` only: packets passed at once before the rate applies (default: one second's
+    /// worth).
+    #[arg(long)]
+    pub burst: Option<u32>,
+    /// `limit add` only: a bucket per source (IPv4 /32, IPv6 /64; default) or one for the rule.
+    #[arg(long, value_parser = ["source", "rule"])]
+    pub per: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -201,6 +231,16 @@ pub enum Command {
     },
     /// Allow sources (always wins over block): add, remove or list allow rules.
     Allow {
+        #[command(subcommand)]
+        command: RuleCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Rate-limit sources: add, remove or list limit rules (`limit add CIDR --rate 20/s`).
+    ///
+    /// Packets over the rate are dropped and counted per rule; allow rules and management
+    /// addresses still win.
+    Limit {
         #[command(subcommand)]
         command: RuleCommand,
         #[command(flatten)]
@@ -337,6 +377,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         } => detach::detach(&ifaces, config.as_deref(), pin_dir),
         Command::Block { command, client } => rules::rule(Action::Block, command, &client).await,
         Command::Allow { command, client } => rules::rule(Action::Allow, command, &client).await,
+        Command::Limit { command, client } => rules::rule(Action::Limit, command, &client).await,
         Command::Lookup { ip, client } => rules::lookup(&ip, &client).await,
         Command::Feeds { command, client } => feeds::feeds(command, &client).await,
         Command::Stats { client } => status::stats(&client).await,

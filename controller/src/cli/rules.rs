@@ -1,9 +1,9 @@
-//! `xdpwall block|allow add|rm|ls` and `xdpwall lookup`.
+//! `xdpwall block|allow|limit add|rm|ls` and `xdpwall lookup`.
 
 use super::{ClientArgs, Output, RuleCommand, print_json, wire_name};
 use crate::{
     api::types::{RuleBody, RuleFilter},
-    rules::{Action, normalize_cidr},
+    rules::{Action, LimitPer, Mode, normalize_cidr},
 };
 
 /// `block` or `allow` (`action`) with its subcommand.
@@ -20,6 +20,7 @@ pub(super) async fn rule(
             reason,
             list,
             force,
+            options,
         } => {
             let body = RuleBody {
                 cidr,
@@ -28,6 +29,16 @@ pub(super) async fn rule(
                 ttl,
                 reason,
                 force,
+                proto: options.proto,
+                sport: options.sport,
+                dport: options.dport,
+                mode: options.monitor.then_some(Mode::Monitor),
+                rate: options.rate,
+                burst: options.burst,
+                per: options.per.as_deref().map(|p| match p {
+                    "rule" => LimitPer::Rule,
+                    _ => LimitPer::Source,
+                }),
             };
             let rule = api.add_rule(&body).await?;
             if client.output == Output::Json {
@@ -70,23 +81,43 @@ pub(super) async fn rule(
                 return print_json(&rules);
             }
             println!(
-                "{:<8}{:<44}{:<14}{:<8}{:<22}REASON",
-                "ID", "CIDR", "LIST", "SOURCE", "EXPIRES"
+                "{:<8}{:<44}{:<14}{:<8}{:<22}{:<24}{:<9}REASON",
+                "ID", "CIDR", "LIST", "SOURCE", "EXPIRES", "SCOPE", "MODE"
             );
             for r in &rules.rules {
                 println!(
-                    "{:<8}{:<44}{:<14}{:<8}{:<22}{}",
+                    "{:<8}{:<44}{:<14}{:<8}{:<22}{:<24}{:<9}{}",
                     r.id,
                     r.cidr,
                     r.list,
                     r.source.as_str(),
                     r.expires_at.as_deref().unwrap_or("never"),
+                    scope_column(r),
+                    r.mode.as_str(),
                     r.reason
                 );
             }
             Ok(())
         }
     }
+}
+
+/// "udp sport 11211", "tcp dport 22 20/s burst 40 per source", "any".
+fn scope_column(r: &crate::api::types::RuleView) -> String {
+    let scope = crate::rules::Scope {
+        proto: r.proto,
+        sport: r.sport,
+        dport: r.dport,
+    };
+    let mut text = scope.describe();
+    if let Some(rate) = r.rate {
+        text = format!(
+            "{text} {rate} burst {} per {}",
+            r.burst.unwrap_or(1),
+            r.per.unwrap_or_default().as_str()
+        );
+    }
+    text
 }
 
 /// The rules of `action`, of one list or all.
@@ -112,6 +143,20 @@ pub(super) async fn lookup(ip: &str, client: &ClientArgs) -> anyhow::Result<()> 
             answer.ip, rule.id, rule.action, rule.cidr, rule.list
         ),
         None => println!("{} {verdict} (no rule matches)", answer.ip),
+    }
+    for rule in &answer.scoped {
+        println!(
+            "  unless rule {} ({} {}, {}{}) matches the packet",
+            rule.id,
+            rule.action,
+            rule.cidr,
+            scope_column(rule),
+            if rule.mode == Mode::Monitor {
+                ", monitor"
+            } else {
+                ""
+            }
+        );
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{ClientArgs, Output, print_json};
 use crate::{
     api::types::{BatchBody, RuleBody, RuleList},
+    rules::Mode,
     rules::RuleSource,
 };
 
@@ -38,6 +39,13 @@ fn export_document(rules: &RuleList, now: SystemTime) -> anyhow::Result<ExportDo
             action: Some(rule.action),
             list: Some(rule.list.clone()),
             reason: Some(rule.reason.clone()).filter(|r| !r.is_empty()),
+            proto: rule.proto,
+            sport: rule.sport,
+            dport: rule.dport,
+            mode: (rule.mode == Mode::Monitor).then_some(Mode::Monitor),
+            rate: rule.rate,
+            burst: rule.burst,
+            per: rule.per,
             ..RuleBody::default()
         };
         if let Some(expires) = &rule.expires_at {
@@ -136,6 +144,13 @@ mod tests {
                 source,
                 created_at: at(1_700_000_000),
                 expires_at,
+                proto: None,
+                sport: None,
+                dport: None,
+                mode: Mode::Enforce,
+                rate: None,
+                burst: None,
+                per: None,
             };
         let rules = RuleList {
             rules: vec![

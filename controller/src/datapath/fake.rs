@@ -7,6 +7,7 @@ use super::*;
 pub struct FakeMaps {
     pub contents: MapContents,
     pub config: DatapathConfig,
+    pub policy: PolicyTable,
     pub counters: BTreeMap<RuleId, RuleCounters>,
     /// Refuse applies that would grow the block tries past this many entries.
     pub block_capacity: Option<usize>,
@@ -90,5 +91,12 @@ impl KernelMaps for FakeMaps {
     }
     fn stages(&self) -> Result<u32, DatapathError> {
         Ok(self.stages)
+    }
+    fn policy(&self) -> PolicyTable {
+        self.policy.clone()
+    }
+    fn apply_policy(&mut self, table: &PolicyTable) -> Result<(), DatapathError> {
+        self.policy = table.clone();
+        Ok(())
     }
 }

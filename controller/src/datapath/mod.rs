@@ -24,7 +24,7 @@ use xdpwall_shared::{
 
 use crate::{
     dir24::{self, IdTooLarge, Prefixes, Writes},
-    rules::{MapContents, MapDiff, RuleId, TrieContents, TrieDiff},
+    rules::{MapContents, MapDiff, PolicyTable, RuleId, TrieContents, TrieDiff},
     v6hash::{self, Changes},
 };
 
@@ -37,12 +37,14 @@ mod dir24_maps;
 #[cfg(any(test, feature = "fake-datapath"))]
 pub mod fake;
 mod lpm;
+mod policy_maps;
 mod v6hash_maps;
 
 use batch::{RcuBarrier, delete_batch, map_fd, update_batch};
 use dir24_maps::{Dir24, MappedTable};
 pub use lpm::trie_capacity;
 use lpm::{Undo, clear_trie, ignore_missing, read_trie, remove, restore_set, rollback, upsert};
+use policy_maps::PolicyMaps;
 use v6hash_maps::V6Hash;
 
 /// Which structure the XDP program consults for IPv4 sources.
@@ -174,6 +176,8 @@ pub struct Datapath {
     dir24: Option<Dir24>,
     /// The IPv6 hash engine; `None` with the LPM engine.
     v6hash: Option<V6Hash>,
+    /// The second stage: scoped, limit and monitor-mode rules.
+    policy: PolicyMaps,
 }
 
 /// Packet counts by verdict for one interface.
@@ -195,6 +199,11 @@ pub trait KernelMaps: Send {
     fn set_stage(&mut self, bit: u32, on: bool) -> Result<(), DatapathError>;
     /// The stage bits set in the switch word.
     fn stages(&self) -> Result<u32, DatapathError>;
+    /// What the second stage's maps hold.
+    fn policy(&self) -> PolicyTable;
+    /// Makes the second stage's maps hold `table` (and turns the stage on or off). On error the
+    /// caller applies the previous table again.
+    fn apply_policy(&mut self, table: &PolicyTable) -> Result<(), DatapathError>;
     /// The IPv4 lookup engine these maps are maintained for.
     fn ipv4_lookup(&self) -> Ipv4Lookup {
         Ipv4Lookup::Lpm
@@ -236,11 +245,17 @@ impl KernelMaps for Datapath {
         Datapath::config(self)
     }
     fn set_stage(&mut self, bit: u32, on: bool) -> Result<(), DatapathError> {
-        Datapath::set_stage(self, bit, on)
+        Datapath::set_stage_bit(self, bit, on)
     }
     fn stages(&self) -> Result<u32, DatapathError> {
         let word = self.lookup.get(&0, 0).map_err(map_err(map_names::LOOKUP))?;
         Ok(word & lookup::STAGE_BITS)
+    }
+    fn policy(&self) -> PolicyTable {
+        self.policy.contents()
+    }
+    fn apply_policy(&mut self, table: &PolicyTable) -> Result<(), DatapathError> {
+        Datapath::apply_policy(self, table)
     }
     fn ipv4_lookup(&self) -> Ipv4Lookup {
         Datapath::ipv4_lookup(self)
@@ -356,7 +371,33 @@ impl Datapath {
             lookup,
             dir24,
             v6hash,
+            policy: PolicyMaps::open(ebpf)?,
         })
+    }
+
+    /// Makes the second stage's maps hold `table`; the ingress program calls the stage only
+    /// while it holds something.
+    pub fn apply_policy(&mut self, table: &PolicyTable) -> Result<(), DatapathError> {
+        if table.is_empty() {
+            self.set_stage_bit(lookup::SCOPED, false)?;
+        }
+        self.policy.apply(table)?;
+        if !self.policy.is_empty() {
+            self.set_stage_bit(lookup::SCOPED, true)?;
+        }
+        Ok(())
+    }
+
+    /// Turns a stage of [`lookup::STAGE_BITS`] on or off, leaving the engine bits as they are.
+    pub fn set_stage_bit(&mut self, bit: u32, on: bool) -> Result<(), DatapathError> {
+        let current = self.lookup.get(&0, 0).map_err(map_err(map_names::LOOKUP))?;
+        let wanted = if on { current | bit } else { current & !bit };
+        if wanted != current {
+            self.lookup
+                .set(0, wanted, 0)
+                .map_err(map_err(map_names::LOOKUP))?;
+        }
+        Ok(())
     }
 
     /// The IPv4 engine this handle maintains.
@@ -386,20 +427,6 @@ impl Datapath {
         self.config.get(&0, 0).map_err(map_err(map_names::CONFIG))
     }
 
-    /// Sets or clears one of the [`lookup::STAGE_BITS`] of the switch word, leaving the engine
-    /// bits as they are.
-    pub fn set_stage(&mut self, bit: u32, on: bool) -> Result<(), DatapathError> {
-        debug_assert_eq!(bit & !lookup::STAGE_BITS, 0, "not a stage bit: {bit:#x}");
-        let current = self.lookup.get(&0, 0).map_err(map_err(map_names::LOOKUP))?;
-        let wanted = if on { current | bit } else { current & !bit };
-        if wanted != current {
-            self.lookup
-                .set(0, wanted, 0)
-                .map_err(map_err(map_names::LOOKUP))?;
-        }
-        Ok(())
-    }
-
     /// Points the program at this handle's engines once each holds the whole rule set (and the
     /// IPv6 hash engine at its freshly written generation), then empties the tries the program
     /// no longer reads. Until then the program keeps using the previous engine, which still
@@ -418,7 +445,7 @@ impl Datapath {
             Some(_) => lookup::V6_HASH,
             None => lookup::LPM,
         };
-        // The stages are switched on their own (`set_stage`).
+        // The stages are switched on their own (`set_stage`, `apply_policy`).
         let wanted = v4 | v6 | (current & lookup::STAGE_BITS);
         if current == wanted {
             return Ok(());

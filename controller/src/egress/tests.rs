@@ -6,6 +6,7 @@ use crate::rules::{RuleSource, normalize_cidr};
 
 fn rule(id: RuleId, cidr: &str, action: Action, list: &str) -> Rule {
     Rule {
+        options: Default::default(),
         id,
         cidr: normalize_cidr(cidr).unwrap(),
         action,

@@ -13,11 +13,14 @@ use tracing::warn;
 use super::{
     ApplyReport, Engine, EngineError,
     owners::{Owners, diff_for, owners_slot},
+    scoped::policy_after,
     watchlist::EgressWatch,
 };
 use crate::{
     datapath::{DatapathError, KernelMaps},
-    rules::{Action, FeedSet, MapContents, MapDiff, Rule, RuleId, TrieContents, TrieDiff},
+    rules::{
+        Action, FeedSet, MapContents, MapDiff, PolicyTable, Rule, RuleId, TrieContents, TrieDiff,
+    },
     store::{AuditEntry, NewRule, StoreError, StoreTx},
 };
 
@@ -95,8 +98,16 @@ impl Engine {
         let tx = self.store.transaction()?;
         let written = write_rows(&tx, &self.rules, add, remove, &note)?;
         let touched = owners_after(&self.owners, &written);
+        // Built before anything is written: a refused scoped set costs nothing to undo.
+        let policy = policy_after(&self.scoped, &written.inserted, &written.removed)?;
         let ingress = IngressDiff::new(&self.applied, &touched);
         apply_ingress(self.maps.as_mut(), &ingress)?; // on error: maps rolled back, tx dropped
+        if let Some((_, table)) = &policy
+            && let Err(err) = self.maps.apply_policy(table)
+        {
+            roll_back_policy(self.maps.as_mut(), &self.policy, &ingress);
+            return Err(err.into());
+        }
         let touches_watch = written.touches_watch();
         if touches_watch {
             let removed_ids: BTreeSet<RuleId> = written.removed.iter().map(|r| r.id).collect();
@@ -116,9 +127,16 @@ impl Engine {
         }
         if let Err(err) = tx.commit() {
             self.roll_back_commit_failure(touches_watch, &ingress);
+            if policy.is_some() {
+                roll_back_policy(self.maps.as_mut(), &self.policy, &ingress);
+            }
             return Err(err.into());
         }
         let report = ingress.report();
+        if let Some((scoped, table)) = policy {
+            self.scoped = scoped;
+            self.policy = table;
+        }
         self.settle_change(&written, touched, &ingress.diff)?;
         Ok((written.inserted, report))
     }
@@ -197,10 +215,11 @@ fn write_rows(
 /// The owners the change leaves, for the (cidr, action) keys it touches only.
 fn owners_after(current: &Owners, written: &Written) -> Owners {
     let mut touched = Owners::default();
-    for rule in &written.inserted {
+    // Scoped rules are not in the address engines (see `scoped`).
+    for rule in written.inserted.iter().filter(|r| r.scoped().is_none()) {
         owners_slot(&mut touched, current, (rule.cidr, rule.action)).insert(rule.id);
     }
-    for rule in &written.removed {
+    for rule in written.removed.iter().filter(|r| r.scoped().is_none()) {
         owners_slot(&mut touched, current, (rule.cidr, rule.action)).remove(&rule.id);
     }
     touched
@@ -212,6 +231,19 @@ fn apply_ingress(maps: &mut dyn KernelMaps, ingress: &IngressDiff) -> Result<(),
         return Ok(());
     }
     maps.apply(&ingress.diff, &ingress.before)
+}
+
+/// The second stage refused the change (or the commit failed after it): it goes back to the
+/// table it held, and the address engines to what they held.
+fn roll_back_policy(maps: &mut dyn KernelMaps, held: &PolicyTable, ingress: &IngressDiff) {
+    if let Err(undo_err) = maps.apply_policy(held) {
+        warn!(error = %undo_err, "could not revert the scoped-rule stage");
+    }
+    if !ingress.diff.is_empty()
+        && let Err(undo_err) = ingress.undo(maps)
+    {
+        warn!(error = %undo_err, "could not revert the kernel after a refused scoped change");
+    }
 }
 
 /// The watchlist refused the change: the kernel and the watchlist go back to the rules as they

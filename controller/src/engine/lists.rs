@@ -11,7 +11,7 @@ use super::{
     owners::{Owners, diff_for, owners_slot},
 };
 use crate::{
-    rules::{Action, FeedSet, Rule, RuleId, RuleSource, validate_list},
+    rules::{Action, FeedSet, Rule, RuleId, RuleOptions, RuleSource, validate_list},
     store::NewRule,
 };
 
@@ -57,6 +57,7 @@ fn list_rule(cidr: IpNet, list: &str, reason: String, expires_at: i64) -> NewRul
         reason,
         source: RuleSource::Api,
         expires_at: Some(expires_at),
+        options: RuleOptions::default(),
     }
 }
 

@@ -11,12 +11,14 @@
 //! - [`lists`]: whole lists kept by someone else (an external decision engine, a feed)
 //! - [`change`]: the write path of stored rules, step by step, with its rollbacks
 //! - [`owners`]: which rule owns each trie entry, and the kernel diff that follows
+//! - [`scoped`]: scoped, limit and monitor-mode rules, and the second stage's policy table
 //! - [`watchlist`]: the egress watchlist the engine keeps filled
 
 mod change;
 mod lists;
 mod owners;
 mod requests;
+mod scoped;
 mod watchlist;
 
 use std::{
@@ -41,8 +43,8 @@ use crate::{
     egress::WatchMaps,
     loader::Attachment,
     rules::{
-        Action, FeedSet, MapContents, MapDiff, Rule, RuleId, RuleSource, Verdict, canonical_ip,
-        decide,
+        Action, FeedSet, MapContents, MapDiff, PolicyTable, Rule, RuleId, RuleOptions, RuleSource,
+        ScopedRule, Verdict, canonical_ip, decide,
     },
     store::{AuditEntry, NewRule, Store, StoreError},
 };
@@ -50,6 +52,9 @@ use crate::{
 /// Rule ids of feeds start here, so they never collide with ids the store assigns to rules.
 /// A feed is one "rule" for counters and metrics (`rule = "feed:NAME"`), however many entries.
 pub const FEED_ID_BASE: RuleId = xdpwall_shared::FEED_ID_BASE;
+
+/// SSH: always a management port (see [`Engine::set_management_ports`]).
+pub const DEFAULT_SSH_PORT: u16 = 22;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -85,6 +90,13 @@ pub struct Engine {
     feeds: BTreeMap<String, FeedSet>,
     /// The egress watchlist (watch rules and watch feeds).
     watch: EgressWatch,
+    /// Rules of the second stage (scoped, limit, monitor mode), not in `owners`.
+    scoped: BTreeMap<RuleId, ScopedRule>,
+    /// What the second stage's maps hold (built from `scoped`).
+    policy: PolicyTable,
+    /// TCP ports operators reach this host on (SSH, the API): a scoped rule that leaves them
+    /// open needs no `force` however broad it is.
+    management_ports: Vec<u16>,
 }
 
 impl Engine {
@@ -110,6 +122,9 @@ impl Engine {
             management: Vec::new(),
             feeds: BTreeMap::new(),
             watch: EgressWatch::default(),
+            scoped: BTreeMap::new(),
+            policy: PolicyTable::default(),
+            management_ports: vec![DEFAULT_SSH_PORT],
         };
         for feed in feeds {
             for entry in &feed.entries {
@@ -122,6 +137,10 @@ impl Engine {
             engine.feeds.insert(feed.name.clone(), feed);
         }
         for rule in rules.values() {
+            if let Some(scoped) = rule.scoped() {
+                engine.scoped.insert(rule.id, scoped);
+                continue;
+            }
             engine
                 .owners
                 .entry((rule.cidr, rule.action))
@@ -146,6 +165,13 @@ impl Engine {
         // also clears what a previous daemon left for rules deleted meanwhile.
         self.maps.apply(&diff, &self.applied)?;
         self.applied = desired;
+        let scoped: Vec<ScopedRule> = self.scoped.values().copied().collect();
+        // Stored rules passed this check when they were added; a failure here means the limit
+        // shrank under them, and the stage keeps what it held.
+        let policy =
+            PolicyTable::build(&scoped).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        self.maps.apply_policy(&policy)?;
+        self.policy = policy;
         Ok(ApplyReport {
             inserted: diff.upserts(),
             removed: diff.removes(),
@@ -167,6 +193,14 @@ impl Engine {
     fn sync_watch(&mut self) -> Result<(), DatapathError> {
         self.watch
             .sync(&self.rules, &self.feeds, &[], &BTreeSet::new())
+    }
+
+    /// The TCP ports operators reach this host on besides SSH (the API's port); SSH's is always
+    /// one.
+    pub fn set_management_ports(&mut self, ports: &[u16]) {
+        self.management_ports = std::iter::once(DEFAULT_SSH_PORT)
+            .chain(ports.iter().copied())
+            .collect();
     }
 
     pub fn attachments(&self) -> &[Attachment] {
@@ -243,6 +277,7 @@ impl Engine {
                         source: RuleSource::Feed,
                         created_at: 0,
                         expires_at: None,
+                        options: RuleOptions::default(),
                     })
             })
             .collect();
@@ -279,26 +314,28 @@ impl Engine {
         now: i64,
     ) -> Result<ApplyReport, EngineError> {
         self.management = management;
-        let wanted_keys: BTreeSet<(IpNet, Action, String)> = wanted
+        let wanted_keys: BTreeSet<(IpNet, Action, String, RuleOptions)> = wanted
             .iter()
-            .map(|r| (r.cidr, r.action, r.list.clone()))
+            .map(|r| (r.cidr, r.action, r.list.clone(), r.options))
             .collect();
         let stale: Vec<RuleId> = self
             .rules
             .values()
             .filter(|r| {
                 r.source == RuleSource::Config
-                    && !wanted_keys.contains(&(r.cidr, r.action, r.list.clone()))
+                    && !wanted_keys.contains(&(r.cidr, r.action, r.list.clone(), r.options))
             })
             .map(|r| r.id)
             .collect();
         let missing: Vec<NewRule> = wanted
             .into_iter()
             .filter(|w| {
-                !self
-                    .rules
-                    .values()
-                    .any(|r| r.cidr == w.cidr && r.action == w.action && r.list == w.list)
+                !self.rules.values().any(|r| {
+                    r.cidr == w.cidr
+                        && r.action == w.action
+                        && r.list == w.list
+                        && r.options == w.options
+                })
             })
             .collect();
         if stale.is_empty() && missing.is_empty() {
@@ -339,14 +376,15 @@ impl Engine {
         }
         // Both look-ups are hashed: a batch of n rules costs O(n), not O(n²).
         let mut to_insert: Vec<NewRule> = Vec::new();
-        let mut first_in_request: HashMap<(IpNet, Action, String), usize> = HashMap::new();
+        let mut first_in_request: HashMap<(IpNet, Action, String, RuleOptions), usize> =
+            HashMap::new();
         let mut plan = Vec::with_capacity(new_rules.len());
         for rule in new_rules {
-            if let Some(existing) = self.find(rule.cidr, rule.action, &rule.list) {
+            if let Some(existing) = self.find(rule.cidr, rule.action, &rule.list, &rule.options) {
                 plan.push(Plan::Existing(existing.clone()));
                 continue;
             }
-            let key = (rule.cidr, rule.action, rule.list.clone());
+            let key = (rule.cidr, rule.action, rule.list.clone(), rule.options);
             match first_in_request.get(&key) {
                 Some(&pos) => plan.push(Plan::Duplicate(pos)),
                 None => {
@@ -387,13 +425,13 @@ impl Engine {
         let mut seen = std::collections::HashSet::new();
         let rules: Vec<NewRule> = rules
             .into_iter()
-            .filter(|r| seen.insert((r.cidr, r.action, r.list.clone())))
+            .filter(|r| seen.insert((r.cidr, r.action, r.list.clone(), r.options)))
             .collect();
         // Rules already present stay as they are (same id, no write); the rest is a diff.
         let mut keep = std::collections::HashSet::new();
         let add: Vec<NewRule> = rules
             .iter()
-            .filter(|r| match self.find(r.cidr, r.action, &r.list) {
+            .filter(|r| match self.find(r.cidr, r.action, &r.list, &r.options) {
                 Some(existing) => {
                     keep.insert(existing.id);
                     false
@@ -411,7 +449,7 @@ impl Engine {
         self.change(&add, &remove, who, "replace", "delete", now)?;
         Ok(rules
             .iter()
-            .filter_map(|r| self.find(r.cidr, r.action, &r.list).cloned())
+            .filter_map(|r| self.find(r.cidr, r.action, &r.list, &r.options).cloned())
             .collect())
     }
 

@@ -7,7 +7,7 @@ use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
 use super::Engine;
-use crate::rules::{Action, MapContents, MapDiff, Rule, RuleId, key_v4, key_v6};
+use crate::rules::{Action, MapContents, MapDiff, Rule, RuleId, RuleOptions, key_v4, key_v6};
 
 /// Rule ids per (cidr, action); the lowest id owns the trie entry. A fast non-cryptographic
 /// hash: the keys are the operator's own rules and feed entries, and a full load hashes a
@@ -74,7 +74,7 @@ pub(super) fn diff_for(applied: &MapContents, touched: &Owners) -> MapDiff {
             (IpNet::V6(n), Action::Allow) => applied.allow_v6.get(&key_v6(*n)).copied(),
             (IpNet::V4(n), Action::Block) => applied.block_v4.get(&key_v4(*n)).copied(),
             (IpNet::V6(n), Action::Block) => applied.block_v6.get(&key_v6(*n)).copied(),
-            (_, Action::Watch) => None,
+            (_, Action::Watch | Action::Limit) => None,
         };
         if let Some(id) = existing {
             current.push((*cidr, *action, id));
@@ -87,8 +87,18 @@ pub(super) fn diff_for(applied: &MapContents, touched: &Owners) -> MapDiff {
 }
 
 impl Engine {
-    /// The stored rule with this (cidr, action, list), through the owners index.
-    pub(super) fn find(&self, cidr: IpNet, action: Action, list: &str) -> Option<&Rule> {
+    /// The stored rule with this (cidr, action, list, options): plain rules through the owners
+    /// index, scoped ones among the scoped rules.
+    pub(super) fn find(
+        &self,
+        cidr: IpNet,
+        action: Action,
+        list: &str,
+        options: &RuleOptions,
+    ) -> Option<&Rule> {
+        if action == Action::Limit || !options.is_plain() {
+            return self.find_scoped(cidr, action, list, options);
+        }
         self.owners
             .get(&(cidr, action))?
             .iter()

@@ -9,7 +9,10 @@ use serde::Deserialize;
 
 use super::{Engine, EngineError};
 use crate::{
-    rules::{Action, Rule, RuleSource, canonical_ip, normalize_cidr, validate_list},
+    rules::{
+        Action, Limit, LimitPer, Mode, PortRange, Proto, Rate, Rule, RuleOptions, RuleSource,
+        Scope, canonical_ip, normalize_cidr, validate_list,
+    },
     store::NewRule,
 };
 
@@ -29,6 +32,39 @@ pub struct StaticRule {
     pub reason: String,
     #[serde(default = "default_config_list")]
     pub list: String,
+    /// Scope, mode and rate, as for API rules (`proto`, `sport`, `dport`, `mode`, `rate`,
+    /// `burst`, `per`).
+    #[serde(default)]
+    pub proto: Option<Proto>,
+    #[serde(default)]
+    pub sport: Option<PortRange>,
+    #[serde(default)]
+    pub dport: Option<PortRange>,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub rate: Option<Rate>,
+    #[serde(default)]
+    pub burst: Option<u32>,
+    #[serde(default)]
+    pub per: Option<LimitPer>,
+}
+
+impl StaticRule {
+    /// The rule's scope, mode and rate, checked against its action.
+    pub fn options(&self) -> Result<RuleOptions, String> {
+        RuleRequest {
+            proto: self.proto,
+            sport: self.sport,
+            dport: self.dport,
+            mode: self.mode,
+            rate: self.rate,
+            burst: self.burst,
+            per: self.per,
+            ..RuleRequest::default()
+        }
+        .options(self.action)
+    }
 }
 
 fn default_action() -> Action {
@@ -50,6 +86,60 @@ pub struct RuleRequest {
     pub ttl: Option<String>,
     pub reason: Option<String>,
     pub force: bool,
+    pub proto: Option<Proto>,
+    pub sport: Option<PortRange>,
+    pub dport: Option<PortRange>,
+    pub mode: Option<Mode>,
+    /// Limit rules: packets per second or minute.
+    pub rate: Option<Rate>,
+    pub burst: Option<u32>,
+    pub per: Option<LimitPer>,
+}
+
+/// Largest accepted `burst`.
+pub const MAX_BURST: u32 = 1_000_000_000;
+
+impl RuleRequest {
+    /// The scope, mode and rate the request asks for, checked against its action.
+    pub fn options(&self, action: Action) -> Result<RuleOptions, String> {
+        let scope = Scope {
+            proto: self.proto,
+            sport: self.sport,
+            dport: self.dport,
+        };
+        scope.validate()?;
+        let mode = self.mode.unwrap_or_default();
+        if matches!(action, Action::Allow | Action::Watch)
+            && (!scope.is_any() || mode != Mode::Enforce)
+        {
+            return Err(format!(
+                "{action} rules apply to whole addresses: proto, sport, dport and mode belong to block and limit rules"
+            ));
+        }
+        let limit = match (action, self.rate) {
+            (Action::Limit, None) => {
+                return Err(r#"a limit rule needs "rate", e.g. "20/s" or "600/m""#.into());
+            }
+            (Action::Limit, Some(rate)) => {
+                let burst = self.burst.unwrap_or_else(|| Limit::default_burst(rate));
+                if burst == 0 || burst > MAX_BURST {
+                    return Err(format!("burst {burst} must be 1 to {MAX_BURST} packets"));
+                }
+                Some(Limit {
+                    rate,
+                    burst,
+                    per: self.per.unwrap_or_default(),
+                })
+            }
+            (_, None) if self.burst.is_none() && self.per.is_none() => None,
+            (_, _) => {
+                return Err(format!(
+                    "rate, burst and per belong to limit rules (\"action\": \"limit\"), not {action}"
+                ));
+            }
+        };
+        Ok(RuleOptions { scope, mode, limit })
+    }
 }
 
 /// Result of adding one rule: the stored rule, and whether it is new (false: it already existed).
@@ -92,6 +182,7 @@ pub fn config_rules(management: &[IpNet], rules: &[(IpNet, StaticRule)]) -> Vec<
             reason: "management address (config)".into(),
             source: RuleSource::Config,
             expires_at: None,
+            options: RuleOptions::default(),
         })
         .chain(rules.iter().map(|(net, rule)| NewRule {
             cidr: *net,
@@ -100,6 +191,8 @@ pub fn config_rules(management: &[IpNet], rules: &[(IpNet, StaticRule)]) -> Vec<
             reason: rule.reason.clone(),
             source: RuleSource::Config,
             expires_at: None,
+            // Checked when the config was read.
+            options: rule.options().unwrap_or_default(),
         }))
         .collect()
 }
@@ -127,7 +220,13 @@ impl Engine {
             None => None,
             Some(ttl) => Some(now + parse_ttl(ttl)?.as_secs() as i64),
         };
-        if action == Action::Block && !request.force {
+        let options = request.options(action).map_err(EngineError::Invalid)?;
+        // A monitor rule drops nothing; a rule scoped away from the management ports cannot
+        // cut the operators off.
+        let may_lock_out = matches!(action, Action::Block | Action::Limit)
+            && options.mode == Mode::Enforce
+            && !options.scope.leaves_open(&self.management_ports);
+        if may_lock_out && !request.force {
             self.lockout_guard(cidr, client)?;
         }
         Ok(NewRule {
@@ -137,6 +236,7 @@ impl Engine {
             reason,
             source: RuleSource::Api,
             expires_at,
+            options,
         })
     }
 

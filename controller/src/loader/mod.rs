@@ -47,7 +47,7 @@ const CAP_BPF: u32 = 39;
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
     #[error(transparent)]
-    Syn(#[from] crate::syn::SynError),
+    Syn(#[from] syn::SynError),
     #[error(
         "missing privileges: xdpwall needs CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN; run it as \
          root or grant them (see deploy/systemd)"
@@ -452,7 +452,7 @@ pub fn load_and_attach(
         syn,
     } = load_object(pins, engines)?;
     if let (true, Some(reason)) = (syn_protection, &syn.refused) {
-        return Err(crate::syn::SynError::Unavailable {
+        return Err(syn::SynError::Unavailable {
             reason: reason.clone(),
         }
         .into());

@@ -15,6 +15,11 @@ use std::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
+pub mod scope;
+pub use scope::{
+    Limit, LimitPer, Mode, PolicyTable, PortRange, Proto, Rate, RuleOptions, Scope, ScopedRule,
+};
+
 /// Identifier of a rule; also the value stored in the tries and the key of the rule counters.
 pub type RuleId = u32;
 
@@ -39,6 +44,8 @@ pub enum Action {
     Allow,
     /// Flag outbound flows to these destinations (egress watchlist).
     Watch,
+    /// Pass packets from these sources up to a rate (per source or for the rule), drop the rest.
+    Limit,
 }
 
 impl Action {
@@ -47,6 +54,7 @@ impl Action {
             Self::Block => "block",
             Self::Allow => "allow",
             Self::Watch => "watch",
+            Self::Limit => "limit",
         }
     }
 }
@@ -64,8 +72,9 @@ impl FromStr for Action {
             "block" => Ok(Self::Block),
             "allow" => Ok(Self::Allow),
             "watch" => Ok(Self::Watch),
+            "limit" => Ok(Self::Limit),
             other => Err(format!(
-                "unknown action {other:?}: use block, allow or watch"
+                "unknown action {other:?}: use block, allow, watch or limit"
             )),
         }
     }
@@ -102,6 +111,26 @@ pub struct Rule {
     pub created_at: i64,
     /// Unix seconds; `None` never expires.
     pub expires_at: Option<i64>,
+    /// Scope, mode and rate; the default for a plain block, allow or watch rule.
+    pub options: RuleOptions,
+}
+
+impl Rule {
+    /// The rule as the second stage sees it, if it is one the address engines cannot hold.
+    pub fn scoped(&self) -> Option<ScopedRule> {
+        let stage = match self.action {
+            Action::Limit => true,
+            Action::Block => !self.options.is_plain(),
+            Action::Allow | Action::Watch => false,
+        };
+        stage.then_some(ScopedRule {
+            id: self.id,
+            cidr: self.cidr,
+            scope: self.options.scope,
+            mode: self.options.mode,
+            limit: self.options.limit,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -229,7 +258,7 @@ impl MapContents {
     /// action, the lowest id owns the entry (stable across restarts).
     pub fn from_rules<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> Self {
         let mut contents = Self::default();
-        for rule in rules {
+        for rule in rules.into_iter().filter(|r| r.scoped().is_none()) {
             contents.insert(rule.cidr, rule.action, rule.id);
         }
         contents
@@ -253,7 +282,7 @@ impl MapContents {
                 (IpNet::V6(n), Action::Allow) => allow_v6.push((key_v6(n), id)),
                 (IpNet::V4(n), Action::Block) => block_v4.push((key_v4(n), id)),
                 (IpNet::V6(n), Action::Block) => block_v6.push((key_v6(n), id)),
-                (_, Action::Watch) => {}
+                (_, Action::Watch | Action::Limit) => {}
             }
         }
         Self {
@@ -275,8 +304,8 @@ impl MapContents {
             (IpNet::V6(n), Action::Allow) => keep_lowest(&mut self.allow_v6, key_v6(n), id),
             (IpNet::V4(n), Action::Block) => keep_lowest(&mut self.block_v4, key_v4(n), id),
             (IpNet::V6(n), Action::Block) => keep_lowest(&mut self.block_v6, key_v6(n), id),
-            // Watch rules live on the egress side.
-            (_, Action::Watch) => {}
+            // Watch rules live on the egress side, limit rules in the second stage.
+            (_, Action::Watch | Action::Limit) => {}
         }
     }
 
@@ -459,7 +488,7 @@ pub fn decide<'a>(
         }
     };
     for rule in rules {
-        if !rule.cidr.contains(&ip) {
+        if !rule.cidr.contains(&ip) || rule.scoped().is_some() {
             continue;
         }
         match rule.action {

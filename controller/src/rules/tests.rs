@@ -158,6 +158,7 @@ fn contents_from_entries_equal_inserting_one_by_one() {
 
 fn rule(id: RuleId, cidr: &str, action: Action) -> Rule {
     Rule {
+        options: Default::default(),
         id,
         cidr: normalize_cidr(cidr).unwrap(),
         action,
@@ -290,4 +291,195 @@ fn contents_keep_lowest_id_and_diff_is_minimal() {
     assert_eq!(diff.upserts(), 1);
     assert_eq!(diff.removes(), 1);
     assert!(MapDiff::between(&new, &new).is_empty());
+}
+
+mod scoped {
+    use super::super::{
+        Action, Limit, LimitPer, Mode, PolicyTable, PortRange, Proto, Rate, RuleOptions, Scope,
+        ScopedRule,
+        scope::{ScopedVerdict, decide_scoped},
+    };
+    use xdpwall_shared::policy::{POLICY_SET_RULES, flags};
+
+    fn rule(id: u32, cidr: &str, options: RuleOptions) -> ScopedRule {
+        ScopedRule {
+            id,
+            cidr: cidr.parse().unwrap(),
+            scope: options.scope,
+            mode: options.mode,
+            limit: options.limit,
+        }
+    }
+
+    fn udp_sport(port: u16) -> RuleOptions {
+        RuleOptions {
+            scope: Scope {
+                proto: Some(Proto::UDP),
+                sport: Some(PortRange { lo: port, hi: port }),
+                dport: None,
+            },
+            ..RuleOptions::default()
+        }
+    }
+
+    #[test]
+    fn spellings_parse_and_print_back() {
+        assert_eq!("udp".parse::<Proto>().unwrap(), Proto::UDP);
+        assert_eq!("47".parse::<Proto>().unwrap(), Proto(47));
+        assert!("0".parse::<Proto>().is_err());
+        assert!("tcpp".parse::<Proto>().unwrap_err().contains("tcp, udp"));
+        assert_eq!(
+            "1024-65535".parse::<PortRange>().unwrap().to_string(),
+            "1024-65535"
+        );
+        assert!("90-80".parse::<PortRange>().unwrap_err().contains("80-90"));
+        assert!("70000".parse::<PortRange>().is_err());
+        let rate: Rate = "600/m".parse().unwrap();
+        assert_eq!(rate.interval_ns(), 100_000_000);
+        assert_eq!("20/s".parse::<Rate>().unwrap().interval_ns(), 50_000_000);
+        assert!("20".parse::<Rate>().unwrap_err().contains("20/s"));
+        assert!("0/s".parse::<Rate>().is_err());
+        // JSON: ports and protocols as numbers or strings, rates only as strings.
+        let proto: Proto = serde_json::from_str("17").unwrap();
+        assert_eq!(proto, Proto::UDP);
+        let port: PortRange = serde_json::from_str("11211").unwrap();
+        assert_eq!(
+            port,
+            PortRange {
+                lo: 11211,
+                hi: 11211
+            }
+        );
+        assert!(serde_json::from_str::<Rate>("20").is_err());
+    }
+
+    #[test]
+    fn options_round_trip_through_their_stored_text() {
+        let options = RuleOptions {
+            scope: Scope {
+                proto: Some(Proto::TCP),
+                sport: None,
+                dport: Some(PortRange { lo: 22, hi: 22 }),
+            },
+            mode: Mode::Monitor,
+            limit: Some(Limit {
+                rate: "20/s".parse().unwrap(),
+                burst: 40,
+                per: LimitPer::Rule,
+            }),
+        };
+        let text = options.to_text();
+        assert_eq!(
+            text,
+            "proto=tcp dport=22 mode=monitor rate=20/s burst=40 per=rule"
+        );
+        assert_eq!(RuleOptions::from_text(&text).unwrap(), options);
+        assert_eq!(RuleOptions::default().to_text(), "");
+        assert!(RuleOptions::from_text("").unwrap().is_plain());
+        assert!(RuleOptions::from_text("colour=red").is_err());
+    }
+
+    #[test]
+    fn a_set_holds_every_rule_covering_its_prefix_blocks_first() {
+        let limit = RuleOptions {
+            limit: Some(Limit {
+                rate: "10/s".parse().unwrap(),
+                burst: 5,
+                per: LimitPer::Source,
+            }),
+            ..RuleOptions::default()
+        };
+        let rules = [
+            rule(1, "0.0.0.0/0", limit),
+            rule(2, "198.51.100.0/24", udp_sport(11211)),
+            rule(3, "198.51.100.128/25", udp_sport(19)),
+            rule(4, "203.0.113.0/24", udp_sport(53)),
+        ];
+        let table = PolicyTable::build(&rules).unwrap();
+        assert!(table.v6.is_empty());
+        let ids = |net: [u8; 4], len: u32| -> Vec<u32> {
+            let set = table
+                .v4
+                .iter()
+                .find(|(k, _)| *k == (len, net))
+                .map(|(_, s)| *s)
+                .unwrap();
+            set.rules[..set.len as usize]
+                .iter()
+                .map(|r| r.rule_id)
+                .collect()
+        };
+        assert_eq!(ids([0, 0, 0, 0], 0), vec![1]);
+        assert_eq!(ids([198, 51, 100, 0], 24), vec![2, 1]);
+        assert_eq!(ids([198, 51, 100, 128], 25), vec![2, 3, 1]);
+        assert_eq!(ids([203, 0, 113, 0], 24), vec![4, 1]);
+        let set = table.v4.iter().find(|(k, _)| k.0 == 0).unwrap().1;
+        let limit_rule = set.rules[0];
+        assert_eq!(limit_rule.flags, flags::LIMIT);
+        assert_eq!(limit_rule.interval_ns, 100_000_000);
+        assert_eq!(
+            limit_rule.tolerance_ns,
+            4 * 100_000_000,
+            "burst 5: four intervals ahead"
+        );
+    }
+
+    #[test]
+    fn more_rules_over_one_address_than_a_set_holds_are_refused() {
+        let rules: Vec<ScopedRule> = (0..=POLICY_SET_RULES as u32)
+            .map(|i| {
+                rule(
+                    i + 1,
+                    &format!("10.0.0.0/{}", 8 + i),
+                    udp_sport(1000 + i as u16),
+                )
+            })
+            .collect();
+        let err = PolicyTable::build(&rules).unwrap_err();
+        assert_eq!(err.count, POLICY_SET_RULES + 1);
+        assert!(err.to_string().contains("at most 8"), "{err}");
+        assert!(PolicyTable::build(&rules[..POLICY_SET_RULES]).is_ok());
+    }
+
+    #[test]
+    fn the_reference_matcher_drops_on_enforce_and_notes_monitor() {
+        let monitor = RuleOptions {
+            mode: Mode::Monitor,
+            ..udp_sport(19)
+        };
+        let rules = [
+            rule(1, "0.0.0.0/0", udp_sport(11211)),
+            rule(2, "198.51.100.0/24", monitor),
+        ];
+        let src = "198.51.100.7".parse().unwrap();
+        assert_eq!(
+            decide_scoped(&rules, src, 17, 11211, 80),
+            ScopedVerdict::Drop(1)
+        );
+        assert_eq!(
+            decide_scoped(&rules, src, 17, 19, 80),
+            ScopedVerdict::WouldDrop(2)
+        );
+        assert_eq!(
+            decide_scoped(&rules, src, 6, 11211, 80),
+            ScopedVerdict::Pass
+        );
+        assert_eq!(decide_scoped(&rules, src, 1, 0, 0), ScopedVerdict::Pass);
+    }
+
+    #[test]
+    fn the_lock_out_exemption_needs_the_management_ports_left_open() {
+        let scope = |proto, dport: Option<(u16, u16)>| Scope {
+            proto,
+            sport: None,
+            dport: dport.map(|(lo, hi)| PortRange { lo, hi }),
+        };
+        let ports = [22, 9180];
+        assert!(scope(Some(Proto::UDP), None).leaves_open(&ports));
+        assert!(scope(Some(Proto::TCP), Some((80, 443))).leaves_open(&ports));
+        assert!(!scope(Some(Proto::TCP), Some((1, 1024))).leaves_open(&ports));
+        assert!(!scope(Some(Proto::TCP), None).leaves_open(&ports));
+        assert!(!scope(None, None).leaves_open(&ports));
+        let _ = Action::Limit;
+    }
 }

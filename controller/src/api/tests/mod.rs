@@ -53,6 +53,13 @@ fn harness_with(maps: FakeMaps, tweak: impl FnOnce(&mut AppState)) -> Harness {
             action: Action::Block,
             reason: "config".into(),
             list: "config".into(),
+            proto: None,
+            sport: None,
+            dport: None,
+            mode: None,
+            rate: None,
+            burst: None,
+            per: None,
         },
     )];
     engine
