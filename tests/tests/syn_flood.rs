@@ -295,6 +295,24 @@ fn kernel_has_syn_cookies() -> bool {
     true
 }
 
+/// The daemon protecting `PORT` with SYN cookies (generic XDP on the lab's veth).
+fn start_protected(lab: &Lab, tag: &str) -> Daemon {
+    let config =
+        format!("xdp_mode = \"generic\"\n[syn_protection]\nenabled = true\nports = [{PORT}]\n");
+    Daemon::start(lab, tag, &config).unwrap()
+}
+
+/// The listener's queues never overflowed during the flood.
+fn assert_backlog_never_overflowed(outcome: &Outcome) {
+    for counter in ["TcpExtListenOverflows", "TcpExtListenDrops"] {
+        assert_eq!(
+            outcome.counters[counter], 0,
+            "{counter}: {:?}",
+            outcome.counters
+        );
+    }
+}
+
 #[test]
 fn syn_flood_with_protection_the_client_connects_and_the_backlog_never_overflows() {
     require_privileges!();
@@ -303,12 +321,7 @@ fn syn_flood_with_protection_the_client_connects_and_the_backlog_never_overflows
     }
     let lab = Lab::new("synon").unwrap();
     syncookies(&lab, 2);
-    let daemon = Daemon::start(
-        &lab,
-        "synon",
-        &format!("xdp_mode = \"generic\"\n[syn_protection]\nenabled = true\nports = [{PORT}]\n"),
-    )
-    .unwrap();
+    let daemon = start_protected(&lab, "synon");
     let outcome = flood(&lab);
     let status = daemon.get_json("/v1/status").unwrap();
     let syn = &status["syn_protection"];
@@ -322,16 +335,7 @@ fn syn_flood_with_protection_the_client_connects_and_the_backlog_never_overflows
         outcome.client
     );
     assert!(outcome.sent >= u64::from(SOURCES), "every source sent");
-    assert_eq!(
-        outcome.counters["TcpExtListenOverflows"], 0,
-        "{:?}",
-        outcome.counters
-    );
-    assert_eq!(
-        outcome.counters["TcpExtListenDrops"], 0,
-        "{:?}",
-        outcome.counters
-    );
+    assert_backlog_never_overflowed(&outcome);
     // With tcp_syncookies = 2 the stack answers every SYN it gets with a cookie; it got only
     // those of the test's own HTTP calls to the daemon (loopback), not the flood's.
     assert!(
@@ -360,12 +364,7 @@ fn syn_flood_with_protection_and_tcp_syncookies_1_xdp_takes_over_when_the_queue_
     }
     let lab = Lab::new("syn1").unwrap();
     syncookies(&lab, 1);
-    let daemon = Daemon::start(
-        &lab,
-        "syn1",
-        &format!("xdp_mode = \"generic\"\n[syn_protection]\nenabled = true\nports = [{PORT}]\n"),
-    )
-    .unwrap();
+    let daemon = start_protected(&lab, "syn1");
     let outcome = flood(&lab);
     let status = daemon.get_json("/v1/status").unwrap();
     let syn = &status["syn_protection"];
@@ -378,16 +377,7 @@ fn syn_flood_with_protection_and_tcp_syncookies_1_xdp_takes_over_when_the_queue_
         "the client connects: {:?}",
         outcome.client
     );
-    assert_eq!(
-        outcome.counters["TcpExtListenOverflows"], 0,
-        "{:?}",
-        outcome.counters
-    );
-    assert_eq!(
-        outcome.counters["TcpExtListenDrops"], 0,
-        "{:?}",
-        outcome.counters
-    );
+    assert_backlog_never_overflowed(&outcome);
     // Until the SYN queue is full the stack takes the SYNs itself (the stage passes them);
     // from then on XDP answers.
     let passed = syn["passed"].as_u64().unwrap();
@@ -447,12 +437,7 @@ fn syn_protection_works_with_a_conntrack_invalid_drop_rule() {
         "NEW,ESTABLISHED",
     ];
     run("ip", &seen).unwrap();
-    let _daemon = Daemon::start(
-        &lab,
-        "synct",
-        &format!("xdp_mode = \"generic\"\n[syn_protection]\nenabled = true\nports = [{PORT}]\n"),
-    )
-    .unwrap();
+    let _daemon = start_protected(&lab, "synct");
     let outcome = flood(&lab);
     let rules = run(
         "ip",
