@@ -190,8 +190,8 @@ pub(crate) fn open_xdpwall(
     engines: impl Into<Engines>,
 ) -> anyhow::Result<(Ebpf, Engine)> {
     let engines = engines.into();
-    let LoadedObject { ebpf, datapath } = loader::load_object(&PinLayout::new(pin_dir), engines)
-        .with_context(|| {
+    let LoadedObject { ebpf, datapath, .. } =
+        loader::load_object(&PinLayout::new(pin_dir), engines).with_context(|| {
             format!(
                 "loading the xdpwall object ({} / {} engines; run as root, bpffs at /sys/fs/bpf)",
                 engines.ipv4.as_str(),

@@ -139,6 +139,7 @@ pub fn run_scoped(args: &ScopedArgs, pin_dir: &Path) -> anyhow::Result<String> {
     let LoadedObject {
         ebpf: xdpwall_obj,
         mut datapath,
+        ..
     } = loader::load_object(&PinLayout::new(pin_dir), args.ipv4_lookup)
         .context("loading the xdpwall object (run as root, bpffs at /sys/fs/bpf)")?;
     let mut bench_obj = crate::load_bench_object(false)?;

@@ -191,6 +191,9 @@ pub struct Config {
     /// CrowdSec bouncer: ban decisions from a Local API become block rules.
     #[serde(default)]
     pub crowdsec: Option<crate::crowdsec::CrowdsecConfig>,
+    /// SYN-flood protection: SYN cookies answered from XDP for these ports.
+    #[serde(default)]
+    pub syn_protection: crate::syn::SynProtection,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -525,6 +528,9 @@ impl Config {
         self.events
             .validate()
             .map_err(|(key, message)| invalid(key, message))?;
+        self.syn_protection
+            .validate()
+            .map_err(|(key, message)| invalid(format!("syn_protection.{key}"), message))?;
         if let Some(crowdsec) = &self.crowdsec {
             crowdsec
                 .check()

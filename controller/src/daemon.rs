@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::Context as _;
 use tracing::{error, info, warn};
-use xdpwall_shared::DatapathConfig;
+use xdpwall_shared::{DatapathConfig, lookup};
 
 use crate::{
     api::{self, AppState},
@@ -28,6 +28,7 @@ use crate::{
     rules::FeedSet,
     sdnotify,
     store::{Store, unix_now},
+    syn,
 };
 
 /// An exclusive lock on `<state_dir>/xdpwall.lock`, held for the daemon's lifetime, so two
@@ -111,7 +112,21 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
     // fallbacks are said once (and shown in /v1/status).
     let kernel = kernel::detect(kernel::Wanted {
         egress_attach: config.egress.enabled.then_some(config.egress.attach),
+        syn_protection: config.syn_protection.enabled,
     })?;
+    if config.syn_protection.enabled {
+        // A host setting that keeps the cookies from working refuses the start; one that only
+        // weakens them is logged.
+        for check in syn::host_checks(Path::new("/proc/sys")) {
+            if check.fatal {
+                anyhow::bail!(
+                    "[syn_protection] cannot work on this host: {}",
+                    check.message
+                );
+            }
+            warn!("{}", check.message);
+        }
+    }
 
     let tokens = api_tokens(&config, origin)?;
     let feeds = Arc::new(FeedManager::new(
@@ -217,27 +232,30 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         let pins = pins.clone();
         let ifaces = config.interfaces.clone();
         let mode = config.xdp_mode;
-        tokio::task::spawn_blocking(move || -> anyhow::Result<(Engine, _)> {
-            let loaded = loader::load_and_attach(&pins, &ifaces, mode, engines).map_err(|e| {
-                // Before 5.11 a map that cannot be created is most likely RLIMIT_MEMLOCK.
-                match kernel.memlock_hint() {
-                    Some(hint) if e.to_string().contains("Operation not permitted") => {
-                        anyhow::Error::new(e).context(hint)
+        let syn_protection = config.syn_protection.enabled;
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(Engine, _, _)> {
+            let loaded = loader::load_and_attach(&pins, &ifaces, mode, engines, syn_protection)
+                .map_err(|e| {
+                    // Before 5.11 a map that cannot be created is most likely RLIMIT_MEMLOCK.
+                    match kernel.memlock_hint() {
+                        Some(hint) if e.to_string().contains("Operation not permitted") => {
+                            anyhow::Error::new(e).context(hint)
+                        }
+                        _ => e.into(),
                     }
-                    _ => e.into(),
-                }
-            })?;
-            Ok(Engine::open(
+                })?;
+            let (engine, reconciled) = Engine::open(
                 Box::new(loaded.datapath),
                 store,
                 loaded.attachments,
                 last_good,
-            )?)
+            )?;
+            Ok((engine, reconciled, loaded.syn))
         })
         .await
         .context("loader task panicked")??
     };
-    let (mut engine, reconciled) = engine;
+    let (mut engine, reconciled, mut syn_stage) = engine;
     // Scoped rules that leave SSH and the API's port open need no `force`.
     engine.set_management_ports(&[config.api.listen.port()]);
     // The TC egress flagger and the ring-buffer readers (flagged flows, sampled drops).
@@ -260,6 +278,16 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         monitor: u32::from(config.monitor),
         drop_malformed: u32::from(config.malformed == MalformedPolicy::Drop),
     })?;
+    // SYN protection: the ports before the switch (on), the switch before the ports (off).
+    if !config.syn_protection.enabled {
+        engine.set_stage(lookup::SYN, false)?;
+    }
+    syn_stage.apply(&config.syn_protection)?;
+    if config.syn_protection.enabled {
+        engine.set_stage(lookup::SYN, true)?;
+        info!(ports = ?config.syn_protection.ports, "SYN-flood protection on: SYN cookies from XDP");
+    }
+    let _ = state.syn.set(syn_stage);
     let report = engine
         .sync_config(
             validated.management.clone(),

@@ -25,6 +25,8 @@ const MEMLOCK_FLOOR: u64 = 4 << 20;
 pub struct Wanted {
     /// `[egress] attach`, `None` when `[egress] enabled = false`.
     pub egress_attach: Option<AttachMode>,
+    /// `[syn_protection] enabled`.
+    pub syn_protection: bool,
 }
 
 /// The running kernel and each feature's state: `GET /v1/status` → `kernel`.
@@ -79,6 +81,10 @@ pub struct Observed {
     pub mmapable_array: Option<bool>,
     /// RLIMIT_MEMLOCK after trying to lift it (only looked at before 5.11).
     pub memlock: Memlock,
+    /// XDP can look up listening sockets and have the kernel issue SYN cookies for them
+    /// (`bpf_skc_lookup_tcp`, `bpf_tcp_gen_syncookie`), and the kernel has SYN cookies at all
+    /// (`net.ipv4.tcp_syncookies` exists: `CONFIG_SYN_COOKIES`).
+    pub syn_cookies: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +132,8 @@ pub fn observe() -> Observed {
         } else {
             lift_memlock()
         },
+        syn_cookies: crate::syn::helpers_available()
+            .map(|helpers| helpers && std::path::Path::new(crate::syn::SYNCOOKIES_SYSCTL).exists()),
     }
 }
 
@@ -203,6 +211,27 @@ pub fn decide(seen: &Observed, wanted: Wanted) -> Result<KernelReport, MissingFe
         seen.mmapable_array,
         "probe",
     )?;
+
+    features.push(FeatureState {
+        name: "syn_cookies".into(),
+        since: "5.3".into(),
+        used_for: "SYN-flood protection ([syn_protection]): SYN cookies answered from XDP".into(),
+        available: seen.syn_cookies,
+        detected_by: "probe".into(),
+        fallback: None,
+    });
+    if wanted.syn_protection && seen.syn_cookies == Some(false) {
+        return Err(MissingFeature {
+            release: seen.release.clone(),
+            feature: "SYN cookies from XDP (bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie and \
+                      CONFIG_SYN_COOKIES)",
+            since: "5.3",
+            used_for: "[syn_protection]",
+            remedy: "use a kernel built with CONFIG_SYN_COOKIES, or set [syn_protection] \
+                     enabled = false to run without SYN-flood protection"
+                .into(),
+        });
+    }
 
     let tcx = at_least(6, 6);
     let tcx_fallback = match (wanted.egress_attach, tcx) {
@@ -406,13 +435,35 @@ mod tests {
             lru_hash: Some(true),
             mmapable_array: Some(true),
             memlock: Memlock::Unlimited,
+            syn_cookies: Some(true),
         }
     }
 
     fn auto_egress() -> Wanted {
         Wanted {
             egress_attach: Some(AttachMode::Auto),
+            syn_protection: false,
         }
+    }
+
+    #[test]
+    fn syn_protection_is_refused_without_syn_cookies_and_says_how_to_disable_it() {
+        let without = Observed {
+            syn_cookies: Some(false),
+            ..debian11()
+        };
+        let report = decide(&without, auto_egress()).unwrap();
+        assert_eq!(feature(&report, "syn_cookies").available, Some(false));
+        let wanted = Wanted {
+            syn_protection: true,
+            ..auto_egress()
+        };
+        let err = decide(&without, wanted).unwrap_err().to_string();
+        assert!(
+            err.contains("CONFIG_SYN_COOKIES") && err.contains("enabled = false"),
+            "{err}"
+        );
+        assert!(decide(&debian11(), wanted).is_ok());
     }
 
     fn feature<'a>(report: &'a KernelReport, name: &str) -> &'a FeatureState {
@@ -428,6 +479,7 @@ mod tests {
 
         let forced = Wanted {
             egress_attach: Some(AttachMode::Tcx),
+            syn_protection: false,
         };
         let err = decide(&debian11(), forced).unwrap_err().to_string();
         assert!(err.contains("TCX") && err.contains("6.6"), "{err}");
@@ -436,6 +488,7 @@ mod tests {
         // Egress off: TCX is reported, no fallback claimed.
         let off = Wanted {
             egress_attach: None,
+            syn_protection: false,
         };
         assert_eq!(
             feature(&decide(&debian11(), off).unwrap(), "tcx").fallback,

@@ -9,6 +9,7 @@
 //! - [`dir24`], [`v6hash`]: the constant-time IPv4 and IPv6 lookup engines, user side
 //! - [`engine`]: the one owner of the rule set and the maps
 //! - [`egress`]: the TC egress flagger: settings, load, attach, watchlist
+//! - [`syn`]: SYN-flood protection: settings, the cookie stage's maps, host checks
 //! - [`events`]: ring buffers (flagged flows, sampled drops), rate-limited logs, recent flows
 //! - [`crowdsec`]: the CrowdSec bouncer (Local API decisions as block rules)
 //! - [`api`]: the HTTP API
@@ -36,6 +37,7 @@ pub mod pins;
 pub mod rules;
 pub mod sdnotify;
 pub mod store;
+pub mod syn;
 pub mod sys;
 pub mod tls;
 pub mod v6hash;

@@ -14,16 +14,31 @@ use crate::{
     engine::Engine,
     events::{Events, reason_name, rule_label},
     feeds::FeedManager,
-    rules::Action,
+    rules::{Action, Mode},
+    syn::SynCounters,
 };
+
+/// One rule's (or feed's) counters and labels.
+#[derive(Debug)]
+pub struct RuleSample {
+    /// The rule id, or `feed:NAME`.
+    pub rule: String,
+    pub list: String,
+    pub action: Action,
+    /// `monitor` when the rule counts what it would drop (its own mode, or the daemon's
+    /// `--monitor`), else `enforce`.
+    pub mode: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
 
 /// Everything one scrape reports.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// (iface, verdict) -> packets.
     pub packets: Vec<(String, &'static str, u64)>,
-    /// (rule label, list, action) -> (packets, bytes).
-    pub rules: Vec<(String, String, Action, u64, u64)>,
+    /// Per-rule counters.
+    pub rules: Vec<RuleSample>,
     pub list_entries: BTreeMap<String, i64>,
     /// map name -> (entries, capacity).
     pub maps: Vec<(&'static str, i64, i64)>,
@@ -37,6 +52,8 @@ pub struct Snapshot {
     pub events_lost: Vec<(&'static str, u64)>,
     /// The CrowdSec bouncer, when configured.
     pub crowdsec: Option<CrowdsecSnapshot>,
+    /// The SYN-cookie stage's counters, once it is loaded.
+    pub syn: Option<SynCounters>,
 }
 
 /// The CrowdSec bouncer's figures for one scrape.
@@ -61,33 +78,49 @@ impl Snapshot {
             }
         }
         let counters = engine.rule_counters()?;
+        let all_monitor = engine.datapath_config()?.monitor != 0;
+        let mode = |monitor: bool| {
+            if monitor || all_monitor {
+                Mode::Monitor.as_str()
+            } else {
+                Mode::Enforce.as_str()
+            }
+        };
         for (id, c) in counters {
-            if let Some(feed) = engine.feed_by_id(id) {
-                let label = format!("feed:{}", feed.name);
-                snapshot
-                    .rules
-                    .push((label, feed.name.clone(), feed.action, c.packets, c.bytes));
-                continue;
-            }
-            // A named list is one rule too, labelled apart so a list and a feed may share a name.
-            if let Some(list) = engine.list_by_id(id) {
-                let label = format!("list:{}", list.name);
-                snapshot
-                    .rules
-                    .push((label, list.name.clone(), list.action, c.packets, c.bytes));
-                continue;
-            }
-            // Counters of deleted rules are dropped by the engine; skip any race leftovers.
-            let Some(rule) = engine.rule(id) else {
+            let sample = if let Some(feed) = engine.feed_by_id(id) {
+                RuleSample {
+                    rule: format!("feed:{}", feed.name),
+                    list: feed.name.clone(),
+                    action: feed.action,
+                    mode: mode(false),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                }
+            } else if let Some(list) = engine.list_by_id(id) {
+                // A named list is one rule too, labelled apart so a list and a feed may share
+                // a name.
+                RuleSample {
+                    rule: format!("list:{}", list.name),
+                    list: list.name.clone(),
+                    action: list.action,
+                    mode: mode(false),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                }
+            } else if let Some(rule) = engine.rule(id) {
+                RuleSample {
+                    rule: id.to_string(),
+                    list: rule.list.clone(),
+                    action: rule.action,
+                    mode: mode(rule.options.mode == Mode::Monitor),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                }
+            } else {
+                // Counters of deleted rules are dropped by the engine; skip race leftovers.
                 continue;
             };
-            snapshot.rules.push((
-                id.to_string(),
-                rule.list.clone(),
-                rule.action,
-                c.packets,
-                c.bytes,
-            ));
+            snapshot.rules.push(sample);
         }
         for rule in engine.rules() {
             *snapshot.list_entries.entry(rule.list.clone()).or_default() += 1;
@@ -210,16 +243,16 @@ pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
     let rule_packets = IntCounterVec::new(
         Opts::new(
             "xdpwall_rule_packets_total",
-            "Packets that matched a block rule (dropped or would-drop).",
+            "Packets a block or limit rule dropped (mode=\"monitor\": would have dropped).",
         ),
-        &["rule", "list", "action"],
+        &["rule", "list", "action", "mode"],
     )?;
     let rule_bytes = IntCounterVec::new(
         Opts::new(
             "xdpwall_rule_bytes_total",
-            "Bytes of the packets that matched a block rule.",
+            "Bytes of the packets a block or limit rule dropped (or would have).",
         ),
-        &["rule", "list", "action"],
+        &["rule", "list", "action", "mode"],
     )?;
     let list_entries = IntGaugeVec::new(
         Opts::new("xdpwall_list_entries", "Rules per list."),
@@ -307,13 +340,10 @@ pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
             .with_label_values(&[iface.as_str(), verdict])
             .inc_by(*n);
     }
-    for (rule, list, action, p, b) in &snapshot.rules {
-        rule_packets
-            .with_label_values(&[rule.as_str(), list.as_str(), action.as_str()])
-            .inc_by(*p);
-        rule_bytes
-            .with_label_values(&[rule.as_str(), list.as_str(), action.as_str()])
-            .inc_by(*b);
+    for r in &snapshot.rules {
+        let labels = [r.rule.as_str(), r.list.as_str(), r.action.as_str(), r.mode];
+        rule_packets.with_label_values(&labels).inc_by(r.packets);
+        rule_bytes.with_label_values(&labels).inc_by(r.bytes);
     }
     for (list, n) in &snapshot.list_entries {
         list_entries.with_label_values(&[list.as_str()]).set(*n);
@@ -373,6 +403,21 @@ pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
         registry.register(Box::new(polls))?;
         registry.register(Box::new(ignored))?;
     }
+    if let Some(syn) = &snapshot.syn {
+        let cookies = prometheus::IntCounter::new(
+            "xdpwall_syn_cookies_total",
+            "SYNs to protected ports answered with a SYN cookie from XDP (SYN-flood protection).",
+        )?;
+        cookies.inc_by(syn.cookies);
+        let passed = prometheus::IntCounter::new(
+            "xdpwall_syn_passed_total",
+            "SYNs to protected ports passed to the stack: no listener, or the kernel issued no \
+             cookie (tcp_syncookies = 1 and no flood, or a full accept queue).",
+        )?;
+        passed.inc_by(syn.passed);
+        registry.register(Box::new(cookies))?;
+        registry.register(Box::new(passed))?;
+    }
     let mut out = Vec::new();
     TextEncoder::new().encode(&registry.gather(), &mut out)?;
     Ok(String::from_utf8(out).expect("the text encoder writes UTF-8"))
@@ -386,13 +431,14 @@ mod tests {
     fn renders_every_family_with_labels() {
         let snapshot = Snapshot {
             packets: vec![("eth0".into(), "dropped", 7)],
-            rules: vec![(
-                "feed:spamhaus".into(),
-                "spamhaus".into(),
-                Action::Block,
-                3,
-                180,
-            )],
+            rules: vec![RuleSample {
+                rule: "feed:spamhaus".into(),
+                list: "spamhaus".into(),
+                action: Action::Block,
+                mode: "enforce",
+                packets: 3,
+                bytes: 180,
+            }],
             list_entries: [("api".to_string(), 2)].into_iter().collect(),
             maps: vec![(map_names::BLOCK_V4, 2, 100)],
             feed_fetches: vec![("spamhaus".into(), "applied", 1)],
@@ -404,6 +450,10 @@ mod tests {
                 polls: vec![("ok", 5), ("error", 2)],
                 ignored: vec![("scope", 1)],
             }),
+            syn: Some(SynCounters {
+                cookies: 9,
+                passed: 1,
+            }),
         };
         let text = render(&snapshot).unwrap();
         for line in [
@@ -412,17 +462,21 @@ mod tests {
             "xdpwall_crowdsec_polls_total{result=\"ok\"} 5",
             "xdpwall_crowdsec_ignored_total{reason=\"scope\"} 1",
             "# TYPE xdpwall_crowdsec_decisions gauge",
+            "xdpwall_syn_cookies_total 9",
+            "xdpwall_syn_passed_total 1",
+            "# TYPE xdpwall_syn_cookies_total counter",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }
         let without = render(&Snapshot::default()).unwrap();
         assert!(!without.contains("xdpwall_crowdsec"), "{without}");
+        assert!(!without.contains("xdpwall_syn"), "{without}");
         assert!(
             text.contains("xdpwall_packets_total{iface=\"eth0\",verdict=\"dropped\"} 7"),
             "{text}"
         );
-        assert!(text.contains("xdpwall_rule_packets_total{action=\"block\",list=\"spamhaus\",rule=\"feed:spamhaus\"} 3"), "{text}");
-        assert!(text.contains("xdpwall_rule_bytes_total{action=\"block\",list=\"spamhaus\",rule=\"feed:spamhaus\"} 180"), "{text}");
+        assert!(text.contains("xdpwall_rule_packets_total{action=\"block\",list=\"spamhaus\",mode=\"enforce\",rule=\"feed:spamhaus\"} 3"), "{text}");
+        assert!(text.contains("xdpwall_rule_bytes_total{action=\"block\",list=\"spamhaus\",mode=\"enforce\",rule=\"feed:spamhaus\"} 180"), "{text}");
         assert!(
             text.contains("xdpwall_list_entries{list=\"api\"} 2"),
             "{text}"

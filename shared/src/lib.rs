@@ -9,6 +9,7 @@ use core::mem::size_of;
 
 pub mod egress;
 pub mod policy;
+pub mod syn;
 
 /// Map names, at most 15 bytes (the kernel's `BPF_OBJ_NAME_LEN` minus the NUL).
 pub mod map_names {

@@ -13,6 +13,7 @@ use xdpwall::{
     pins::PinLayout,
     rules::{Action, Rule, RuleSource, normalize_cidr},
     store::{NewRule, Store},
+    syn::{self, SynStage},
 };
 use xdpwall_shared::DatapathConfig;
 
@@ -21,10 +22,13 @@ pub const TEST_RUN_IFINDEX: u32 = 1;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 
 pub struct TestProgram {
     engine: Engine,
     ebpf: aya::Ebpf,
+    /// The SYN-cookie stage's maps and whether the kernel took its program.
+    pub syn: SynStage,
     pin_dir: PathBuf,
 }
 
@@ -40,19 +44,24 @@ impl TestProgram {
         let pins = PinLayout::new(&pin_dir);
         let opened = (|| {
             // The engine owns the map handles; the program stays in `ebpf`.
-            let LoadedObject { ebpf, datapath } = loader::load_object(&pins, engines)?;
+            let LoadedObject {
+                ebpf,
+                datapath,
+                syn,
+            } = loader::load_object(&pins, engines)?;
             let (engine, _) = Engine::open(
                 Box::new(datapath),
                 Store::in_memory()?,
                 Vec::new(),
                 Vec::new(),
             )?;
-            anyhow::Ok((engine, ebpf))
+            anyhow::Ok((engine, ebpf, syn))
         })();
         match opened {
-            Ok((engine, ebpf)) => Ok(Self {
+            Ok((engine, ebpf, syn)) => Ok(Self {
                 engine,
                 ebpf,
+                syn,
                 pin_dir,
             }),
             Err(e) => {
@@ -78,6 +87,17 @@ impl TestProgram {
         Ok(self.engine.replace_all(rules, "test", 0)?)
     }
 
+    /// Turns a stage of the datapath on or off (`xdpwall_shared::lookup::STAGE_BITS`).
+    pub fn set_stage(&mut self, bit: u32, on: bool) -> anyhow::Result<()> {
+        self.engine.set_stage(bit, on)?;
+        Ok(())
+    }
+
+    /// Runs the ingress program once on `frame`: the XDP action and the frame it left.
+    pub fn run_out(&self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        run_program_out(loader::xdp_program(&self.ebpf), frame)
+    }
+
     /// Replaces the rule set with `rules` (scoped ones included); returns the stored rules.
     pub fn replace_rules(&mut self, rules: Vec<NewRule>) -> anyhow::Result<Vec<Rule>> {
         Ok(self.engine.replace_all(rules, "test", 0)?)
@@ -97,6 +117,30 @@ impl TestProgram {
     /// Runs the program once on `frame`; returns the XDP action.
     pub fn run(&self, frame: &[u8]) -> anyhow::Result<u32> {
         run_program(loader::xdp_program(&self.ebpf), frame)
+    }
+
+    /// Runs the SYN-cookie stage on its own once on `frame`: the XDP action and the frame as the
+    /// program left it. `None` when the kernel refused the stage.
+    pub fn run_syn(&self, frame: &[u8]) -> anyhow::Result<Option<(u32, Vec<u8>)>> {
+        let Some(program) = syn::program(&self.ebpf) else {
+            return Ok(None);
+        };
+        Ok(Some(run_program_out(program, frame)?))
+    }
+
+    /// How long one run on `frame` took, as the kernel measured it (the program alone, no
+    /// syscall): through the ingress program, or the SYN-cookie stage alone.
+    pub fn time_run(&self, frame: &[u8], syn_stage: bool) -> anyhow::Result<std::time::Duration> {
+        let program = if syn_stage {
+            syn::program(&self.ebpf).ok_or_else(|| anyhow::anyhow!("no SYN stage"))?
+        } else {
+            loader::xdp_program(&self.ebpf)
+        };
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        };
+        Ok(program.test_run(opts)?.duration)
     }
 
     /// The rules engine and the program apart, so that one thread can change rules while
@@ -130,6 +174,19 @@ pub fn run_program(program: &Xdp, frame: &[u8]) -> anyhow::Result<u32> {
         ..TestRunOptions::default()
     };
     Ok(program.test_run(opts)?.return_value)
+}
+
+/// Runs `program` once on `frame`; returns the XDP action and the frame it left.
+pub fn run_program_out(program: &Xdp, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..TestRunOptions::default()
+    };
+    let result = program.test_run(opts)?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out))
 }
 
 pub fn new_rule(cidr: &str, action: Action) -> NewRule {

@@ -73,7 +73,7 @@ fn block_via_api_stops_pings_and_delete_restores_them() {
         .unwrap();
     assert_eq!(status, 200);
     let series = format!(
-        "xdpwall_rule_packets_total{{action=\"block\",list=\"api\",rule=\"{}\"}}",
+        "xdpwall_rule_packets_total{{action=\"block\",list=\"api\",mode=\"enforce\",rule=\"{}\"}}",
         rule["id"]
     );
     let value: u64 = metrics

@@ -86,7 +86,7 @@ fn feed_blocks_keeps_last_good_and_survives_restart_without_network() {
     let (_, metrics) = daemon
         .http_as(Some(READ_TOKEN), "GET", "/metrics", None)
         .unwrap();
-    let series = "xdpwall_rule_packets_total{action=\"block\",list=\"lab\",rule=\"feed:lab\"}";
+    let series = "xdpwall_rule_packets_total{action=\"block\",list=\"lab\",mode=\"enforce\",rule=\"feed:lab\"}";
     let hits: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix(series))

@@ -292,7 +292,7 @@ fn a_list_is_enforced_and_counted_under_the_dir24_engine() {
     let (_, metrics) = daemon.http("GET", "/metrics", None).unwrap();
     assert!(
         metrics.contains(&format!(
-            "xdpwall_rule_packets_total{{action=\"block\",list=\"d24\",rule=\"list:d24\"}} {PINGS}"
+            "xdpwall_rule_packets_total{{action=\"block\",list=\"d24\",mode=\"enforce\",rule=\"list:d24\"}} {PINGS}"
         )),
         "{metrics}"
     );

@@ -149,7 +149,7 @@ fn a_limit_passes_its_rate_after_the_burst_per_source() {
     );
     let dropped = metric(
         &daemon,
-        &format!("xdpwall_rule_packets_total{{action=\"limit\",list=\"api\",rule=\"{id}\"}}"),
+        &format!("xdpwall_rule_packets_total{{action=\"limit\",list=\"api\",mode=\"enforce\",rule=\"{id}\"}}"),
     )
     .unwrap_or(0.0);
     assert_eq!(
@@ -282,7 +282,9 @@ fn a_monitor_rule_passes_and_counts() {
     assert_eq!(lab.ping(BLOCKED_V4, FW_V4, 5).unwrap(), 5, "monitor passes");
     let counted = metric(
         &daemon,
-        &format!("xdpwall_rule_packets_total{{action=\"block\",list=\"api\",rule=\"{id}\"}}"),
+        &format!(
+            "xdpwall_rule_packets_total{{action=\"block\",list=\"api\",mode=\"monitor\",rule=\"{id}\"}}"
+        ),
     );
     assert_eq!(
         counted,

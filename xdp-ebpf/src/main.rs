@@ -14,6 +14,7 @@
 
 mod drops;
 mod scoped;
+mod syn;
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, xdp_action},

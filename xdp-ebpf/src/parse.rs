@@ -65,13 +65,24 @@ pub struct Frame {
 impl Frame {
     /// Reads a `T` at `offset` if the frame is long enough for it.
     #[inline(always)]
-    fn read<T: Copy>(&self, offset: usize) -> Option<T> {
+    pub fn read<T: Copy>(&self, offset: usize) -> Option<T> {
         if offset > MAX_HEADER_OFFSET || self.start + offset + size_of::<T>() > self.end {
             return None;
         }
         // SAFETY: [start + offset, start + offset + size_of::<T>()) lies inside the frame,
         // checked just above; unaligned because headers are not aligned.
         Some(unsafe { core::ptr::read_unaligned((self.start + offset) as *const T) })
+    }
+
+    /// Writes `value` at `offset` if the frame is long enough for it; whether it did.
+    #[inline(always)]
+    pub fn write<T: Copy>(&self, offset: usize, value: T) -> bool {
+        if offset > MAX_HEADER_OFFSET || self.start + offset + size_of::<T>() > self.end {
+            return false;
+        }
+        // SAFETY: as in `read`; packet memory of an XDP or TC context is writable.
+        unsafe { core::ptr::write_unaligned((self.start + offset) as *mut T, value) };
+        true
     }
 
     #[inline(always)]
@@ -121,6 +132,8 @@ pub struct Packet {
     pub family: Family,
     /// Offset of the IP header in the frame (the addresses are already in the packet).
     pub l3: usize,
+    /// Offset of the L4 header (after IPv4 options or the IPv6 extension headers walked).
+    pub l4: usize,
     /// IPv4's protocol; for IPv6 the header after the extension headers walked.
     pub proto: u8,
     /// Source and destination port of TCP, UDP and SCTP in an unfragmented packet or a first
@@ -297,6 +310,7 @@ fn transport(frame: Frame, ip: Ip, proto: u8, l4: usize, first_fragment: bool) -
     let mut packet = Packet {
         family: ip.family,
         l3: ip.l3,
+        l4,
         proto,
         sport: 0,
         dport: 0,

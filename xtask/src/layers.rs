@@ -25,7 +25,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("the kernel maps", &["datapath"]),
     (
         "the kernel programs: load, attach, pin; egress; kernel features",
-        &["loader", "egress", "kernel"],
+        &["loader", "egress", "kernel", "syn"],
     ),
     ("the rule-set owner", &["engine"]),
     (

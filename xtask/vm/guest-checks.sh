@@ -343,6 +343,37 @@ else
 	fail fast-daemon-ready "xdpwall run with dir24/hash did not become ready (see daemon-fast.log)"
 fi
 
+# ---- SYN-flood protection: SYN cookies answered from XDP -----------------------------------
+# check-config refuses tcp_syncookies = 0 with what to run; the daemon protects its own API
+# port (listening on every address here), so the peer's HTTP request needs a handshake whose
+# SYN-ACK comes from XDP and whose cookie ACK the kernel accepts.
+SYN_CONFIG="xdp_mode = \"generic\"
+[syn_protection]
+enabled = true
+ports = [9180]"
+printf 'interfaces = ["%s"]\n%s\n' "$FW_IF" "$SYN_CONFIG" >"$WORK/syn-check.toml"
+in_fw sysctl -qw net.ipv4.tcp_syncookies=0
+SYN_CHECK=$(in_fw "$BIN" check-config --config "$WORK/syn-check.toml" 2>&1)
+check syn-check-config-refuses-syncookies-0 "check-config said: $(echo "$SYN_CHECK" | tail -2 | head -c 300)" \
+	grep -q 'tcp_syncookies=2' <<<"$SYN_CHECK"
+in_fw sysctl -qw net.ipv4.tcp_syncookies=2
+if XDPWALL_API_LISTEN=0.0.0.0:9180 start_daemon syn "$SYN_CONFIG"; then
+	pass syn-daemon-ready
+	SYN_HTTP=$(in_peer curl -s --max-time 10 "http://$FW_V4:9180/healthz")
+	STATUS=$(api /v1/status)
+	check syn-handshake-through-cookie "GET /healthz from the peer: '$SYN_HTTP', status: $(echo "$STATUS" | jq -c .syn_protection)" \
+		test "$SYN_HTTP" = ok -a "$(echo "$STATUS" | jq '.syn_protection.cookies')" -ge 1
+	kill -TERM "$DAEMON_PID" && wait "$DAEMON_PID" 2>/dev/null
+	DAEMON_PID=
+	in_fw "$BIN" detach --config "$CONFIG" >>"$WORK/detach.log" 2>&1
+else
+	fail syn-daemon-ready "xdpwall run with [syn_protection] did not become ready: $(daemon_error syn)"
+	[ -n "$DAEMON_PID" ] && kill -9 "$DAEMON_PID" 2>/dev/null
+	DAEMON_PID=
+	in_fw "$BIN" detach --config "$CONFIG" >>"$WORK/detach.log" 2>&1
+fi
+in_fw sysctl -qw net.ipv4.tcp_syncookies=1
+
 # ---- the shipped systemd unit's restrictions ---------------------------------------------
 # Root with only the unit's CapabilityBoundingSet, and its LimitMEMLOCK (else the default
 # limit): before 5.11 maps count against RLIMIT_MEMLOCK, and raising it needs

@@ -69,6 +69,8 @@ pub struct AppState {
     pub crowdsec: Option<Arc<crate::crowdsec::CrowdsecBouncer>>,
     /// The running kernel's features and the fallbacks in use (probed at start).
     pub kernel: Option<crate::kernel::KernelReport>,
+    /// The SYN-cookie stage, once the loader has loaded it.
+    pub syn: std::sync::OnceLock<crate::syn::SynStage>,
     pub version: &'static str,
 }
 
@@ -86,6 +88,7 @@ impl AppState {
             events: Arc::new(Events::new(Default::default())),
             crowdsec: None,
             kernel: None,
+            syn: std::sync::OnceLock::new(),
             version: env!("CARGO_PKG_VERSION"),
         }
     }

@@ -78,6 +78,9 @@ pub(super) async fn metrics_endpoint(
         if let Some(crowdsec) = &state.crowdsec {
             snapshot.add_crowdsec(&engine, crowdsec);
         }
+        if let Some(syn) = state.syn.get() {
+            snapshot.syn = Some(syn.maps.counters()?);
+        }
         snapshot
     };
     let text = metrics::render(&snapshot).map_err(ApiError::internal)?;

@@ -19,7 +19,8 @@ use super::{
         AuditEntry, AuditList, BatchBody, BatchResult, CrowdsecStatus, DropList, DropView,
         EgressView, FeatureState, FeedList, FeedView, FlowList, FlowView, InterfaceStats,
         InterfaceView, KernelReport, ListBody, ListIndex, ListReplaceResult, ListSummary, ListView,
-        LookupResult, RuleBody, RuleList, RuleStats, RuleView, Stats, Status, SyncReport,
+        LookupResult, RuleBody, RuleList, RuleStats, RuleView, Stats, Status, SynStatus,
+        SyncReport,
     },
 };
 
@@ -33,8 +34,9 @@ use super::{
     ),
     components(schemas(RuleView, RuleBody, BatchBody, RuleList, BatchResult, LookupResult, Problem, Stats, Status,
         InterfaceStats, RuleStats, InterfaceView, EgressView,
-        FeedView, FeedList, SyncReport, ListBody, ListIndex, ListReplaceResult, ListSummary, ListView, FlowView, FlowList, DropView, DropList, AuditList,
-        AuditEntry, CrowdsecStatus, KernelReport, FeatureState)),
+        FeedView, FeedList, SyncReport, ListBody, ListIndex, ListReplaceResult, ListSummary, ListView,
+        FlowView, FlowList, DropView, DropList, AuditList,
+        AuditEntry, CrowdsecStatus, KernelReport, FeatureState, SynStatus)),
     modifiers(&BearerAuth, &ProblemResponses),
     security(("bearer" = []))
 )]

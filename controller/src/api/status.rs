@@ -78,6 +78,7 @@ pub(super) async fn status(State(state): State<Arc<AppState>>) -> Result<Json<St
         ipv6_lookup: engine.ipv6_lookup().as_str().to_string(),
         crowdsec: state.crowdsec.as_ref().map(|c| c.status(&engine)),
         kernel: state.kernel.clone(),
+        syn_protection: state.syn.get().map(|syn| syn.status()).transpose()?,
     }))
 }
 

@@ -14,6 +14,7 @@ pub use crate::{
     feeds::{SyncReport, SyncResult},
     kernel::{FeatureState, KernelReport},
     store::AuditEntry,
+    syn::SynStatus,
 };
 use crate::{
     egress::EgressAttachment,
@@ -277,6 +278,10 @@ pub struct Status {
     /// there and which fallback is in use without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<KernelReport>,
+    /// SYN-flood protection: on or off, the protected ports and the cookies sent; absent when
+    /// the daemon has not loaded the stage (yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syn_protection: Option<SynStatus>,
 }
 
 /// A configured feed and its state.

@@ -7,7 +7,12 @@ use std::{
 };
 
 use super::load_config;
-use crate::{config::Config, daemon, loader::XdpAttachMode};
+use crate::{
+    config::Config,
+    daemon,
+    loader::XdpAttachMode,
+    syn::{self, SynProtection},
+};
 
 /// `run`'s flags that replace settings of the config file.
 pub(super) struct Overrides {
@@ -101,5 +106,33 @@ pub(super) fn check_config(path: &Path) -> anyhow::Result<()> {
         "  events: drop sampling 1 in {}, {} log lines/s, {} recent",
         config.events.drop_sample_rate, config.events.log_per_second, config.events.recent
     );
+    check_syn_protection(&config.syn_protection, Path::new("/proc/sys"))
+}
+
+/// `[syn_protection]` and the host settings it needs (sysctls of this network namespace): a
+/// setting that keeps the cookies from working fails the check, one that weakens them warns.
+fn check_syn_protection(settings: &SynProtection, proc_sys: &Path) -> anyhow::Result<()> {
+    if !settings.enabled {
+        println!("  syn_protection: off");
+        return Ok(());
+    }
+    println!(
+        "  syn_protection: SYN cookies from XDP for TCP ports {:?}",
+        settings.ports
+    );
+    let mut fatal = Vec::new();
+    for check in syn::host_checks(proc_sys) {
+        if check.fatal {
+            fatal.push(check.message);
+        } else {
+            println!("  warning: {}", check.message);
+        }
+    }
+    if !fatal.is_empty() {
+        anyhow::bail!(
+            "the config is valid, but [syn_protection] cannot work on this host: {}",
+            fatal.join("; ")
+        );
+    }
     Ok(())
 }

@@ -45,6 +45,16 @@ pub(super) async fn status(client: &ClientArgs) -> anyhow::Result<()> {
             }
         );
     }
+    if let Some(syn) = &status.syn_protection {
+        if syn.enabled {
+            println!(
+                "syn       on, ports {:?}: {} SYNs answered with cookies, {} passed to the stack",
+                syn.ports, syn.cookies, syn.passed
+            );
+        } else {
+            println!("syn       off");
+        }
+    }
     if let Some(kernel) = &status.kernel {
         println!("kernel    {}", kernel.release);
         for feature in &kernel.features {

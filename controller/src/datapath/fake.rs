@@ -13,6 +13,8 @@ pub struct FakeMaps {
     pub block_capacity: Option<usize>,
     /// Fail every read of the verdict and rule counters, as a refused map syscall would.
     pub broken_counters: bool,
+    /// The stage bits of the switch word.
+    pub stages: u32,
 }
 
 impl FakeMaps {
@@ -78,6 +80,17 @@ impl KernelMaps for FakeMaps {
     }
     fn config(&self) -> Result<DatapathConfig, DatapathError> {
         Ok(self.config)
+    }
+    fn set_stage(&mut self, bit: u32, on: bool) -> Result<(), DatapathError> {
+        if on {
+            self.stages |= bit;
+        } else {
+            self.stages &= !bit;
+        }
+        Ok(())
+    }
+    fn stages(&self) -> Result<u32, DatapathError> {
+        Ok(self.stages)
     }
     fn policy(&self) -> PolicyTable {
         self.policy.clone()

@@ -195,6 +195,10 @@ pub trait KernelMaps: Send {
     fn drop_rule_counters(&mut self, ids: &[RuleId]) -> Result<(), DatapathError>;
     fn set_config(&mut self, config: DatapathConfig) -> Result<(), DatapathError>;
     fn config(&self) -> Result<DatapathConfig, DatapathError>;
+    /// Turns the stage that `bit` of the switch word names ([`lookup::STAGE_BITS`]) on or off.
+    fn set_stage(&mut self, bit: u32, on: bool) -> Result<(), DatapathError>;
+    /// The stage bits set in the switch word.
+    fn stages(&self) -> Result<u32, DatapathError>;
     /// What the second stage's maps hold.
     fn policy(&self) -> PolicyTable;
     /// Makes the second stage's maps hold `table` (and turns the stage on or off). On error the
@@ -239,6 +243,13 @@ impl KernelMaps for Datapath {
     }
     fn config(&self) -> Result<DatapathConfig, DatapathError> {
         Datapath::config(self)
+    }
+    fn set_stage(&mut self, bit: u32, on: bool) -> Result<(), DatapathError> {
+        Datapath::set_stage_bit(self, bit, on)
+    }
+    fn stages(&self) -> Result<u32, DatapathError> {
+        let word = self.lookup.get(&0, 0).map_err(map_err(map_names::LOOKUP))?;
+        Ok(word & lookup::STAGE_BITS)
     }
     fn policy(&self) -> PolicyTable {
         self.policy.contents()
@@ -434,6 +445,7 @@ impl Datapath {
             Some(_) => lookup::V6_HASH,
             None => lookup::LPM,
         };
+        // The stages are switched on their own (`set_stage`, `apply_policy`).
         let wanted = v4 | v6 | (current & lookup::STAGE_BITS);
         if current == wanted {
             return Ok(());

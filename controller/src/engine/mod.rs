@@ -241,6 +241,16 @@ impl Engine {
         self.maps.config()
     }
 
+    /// Turns a stage of the datapath on or off (a bit of `xdpwall_shared::lookup::STAGE_BITS`).
+    pub fn set_stage(&mut self, bit: u32, on: bool) -> Result<(), DatapathError> {
+        self.maps.set_stage(bit, on)
+    }
+
+    /// The stage bits the datapath has on.
+    pub fn stages(&self) -> Result<u32, DatapathError> {
+        self.maps.stages()
+    }
+
     /// Entries in the DIR-24 long-prefix hash, or `None` with the LPM engine.
     pub fn dir24_long_entries(&self) -> Option<usize> {
         self.maps.dir24_long_entries()

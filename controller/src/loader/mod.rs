@@ -32,6 +32,7 @@ use crate::{
     datapath::{Datapath, DatapathError, Engines, Ipv4Lookup, Ipv6Lookup},
     ebpf_object::EBPF_OBJECT,
     pins::PinLayout,
+    syn::{self, SynStage},
 };
 
 /// Maps of earlier versions whose layout changed: carried over, then unpinned.
@@ -45,6 +46,8 @@ const CAP_BPF: u32 = 39;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
+    #[error(transparent)]
+    Syn(#[from] syn::SynError),
     #[error(
         "missing privileges: xdpwall needs CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN; run it as \
          root or grant them (see deploy/systemd)"
@@ -161,6 +164,7 @@ pub struct Attachment {
 pub struct Loaded {
     pub datapath: Datapath,
     pub attachments: Vec<Attachment>,
+    pub syn: SynStage,
 }
 
 /// Checks what can be checked before touching the kernel: privileges, bpffs, interfaces.
@@ -191,6 +195,8 @@ pub fn preflight(pins: &PinLayout, ifaces: &[String]) -> Result<Vec<(String, u32
 pub struct LoadedObject {
     pub ebpf: Ebpf,
     pub datapath: Datapath,
+    /// The SYN-cookie stage: loaded unless the kernel refused it (it stays out of the way then).
+    pub syn: SynStage,
 }
 
 /// The XDP ingress program of an object returned by [`load_object`].
@@ -300,16 +306,35 @@ pub fn load_object(
     program
         .load()
         .map_err(|e| LoaderError::Program(Box::new(e)))?;
-    load_stages(&mut ebpf)?;
-    Ok(LoadedObject { ebpf, datapath })
+    let syn = load_stages(&mut ebpf)?;
+    if let Some(reason) = &syn.refused {
+        info!(
+            reason,
+            "the kernel refused the SYN-cookie stage; [syn_protection] cannot be enabled"
+        );
+    }
+    Ok(LoadedObject {
+        ebpf,
+        datapath,
+        syn,
+    })
 }
 
 /// Loads the stages the ingress program tail-calls ([`stages`]) and puts each in its slot of the
 /// pinned program array, replacing the previous version's. The array holds the programs from
 /// then on: they stay in place after this process exits, as the attached ingress program does.
-fn load_stages(ebpf: &mut Ebpf) -> Result<(), LoaderError> {
+/// The SYN-cookie stage is the exception: a kernel that refuses it (no cookie helpers) leaves its
+/// slot empty, and only `[syn_protection] enabled = true` is refused then (the answer says why).
+fn load_stages(ebpf: &mut Ebpf) -> Result<SynStage, LoaderError> {
     let mut loaded = Vec::new();
+    let syn = SynStage::load(ebpf)?;
+    if syn.refused.is_none() {
+        loaded.push((stages::SYN, syn::PROGRAM));
+    }
     for (slot, name) in stages::PROGRAMS.iter().enumerate() {
+        if *name == syn::PROGRAM {
+            continue;
+        }
         let Some(program) = ebpf.program_mut(name) else {
             continue;
         };
@@ -337,7 +362,7 @@ fn load_stages(ebpf: &mut Ebpf) -> Result<(), LoaderError> {
         })?;
         array.set(slot, fd, 0).map_err(array_err)?;
     }
-    Ok(())
+    Ok(syn)
 }
 
 /// Refuses pinned maps whose key or value size differs from what `object` declares. aya reuses a
@@ -410,15 +435,28 @@ pub(crate) fn remove_map_pin(pins: &PinLayout, name: &str) -> Result<bool, Loade
     }
 }
 
-/// Loads the object (maps from pins where present) and attaches to every interface.
+/// Loads the object (maps from pins where present) and attaches to every interface. With
+/// `syn_protection`, a kernel that refused the SYN-cookie stage fails the load before anything
+/// is attached.
 pub fn load_and_attach(
     pins: &PinLayout,
     ifaces: &[String],
     mode: XdpAttachMode,
     engines: impl Into<Engines>,
+    syn_protection: bool,
 ) -> Result<Loaded, LoaderError> {
     let resolved = preflight(pins, ifaces)?;
-    let LoadedObject { mut ebpf, datapath } = load_object(pins, engines)?;
+    let LoadedObject {
+        mut ebpf,
+        datapath,
+        syn,
+    } = load_object(pins, engines)?;
+    if let (true, Some(reason)) = (syn_protection, &syn.refused) {
+        return Err(syn::SynError::Unavailable {
+            reason: reason.clone(),
+        }
+        .into());
+    }
     let program: &mut Xdp = ebpf
         .program_mut(XDP_PROGRAM)
         .ok_or(LoaderError::NoObject)?
@@ -444,6 +482,7 @@ pub fn load_and_attach(
     Ok(Loaded {
         datapath,
         attachments,
+        syn,
     })
 }
 
