@@ -166,11 +166,14 @@ async fn exercise(op: u8, rest: &[u8]) {
             }
         }
         1 => {
-            let (status, json) = call(&state, "POST", "/v1/rules/batch", Some(rest.to_vec())).await;
+            // With the rules echoed, so each stored rule can be checked.
+            let uri = "/v1/rules/batch?echo=true";
+            let (status, json) = call(&state, "POST", uri, Some(rest.to_vec())).await;
             if status.is_success() {
                 let result: BatchResult = serde_json::from_value(json).expect("a batch result");
-                assert!(result.created <= result.rules.len());
-                for rule in &result.rules {
+                let rules = result.rules.expect("rules echoed with echo=true");
+                assert_eq!(result.created + result.existing, rules.len());
+                for rule in &rules {
                     check_rule(&state, rule).await;
                 }
             }
