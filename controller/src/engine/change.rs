@@ -70,6 +70,16 @@ impl IngressDiff {
         maps.apply(&undo, &after)
     }
 
+    /// [`Self::undo`] as a rollback step: a failure is logged (the caller is already returning
+    /// the error that made it roll back). `after` says what failed, for the log.
+    fn undo_or_warn(&self, maps: &mut dyn KernelMaps, after: &str) {
+        if !self.diff.is_empty()
+            && let Err(undo_err) = self.undo(maps)
+        {
+            warn!(error = %undo_err, "could not revert the kernel after {after}");
+        }
+    }
+
     fn report(&self) -> ApplyReport {
         ApplyReport {
             inserted: self.diff.upserts(),
@@ -105,7 +115,8 @@ impl Engine {
         if let Some((_, table)) = &policy
             && let Err(err) = self.maps.apply_policy(table)
         {
-            roll_back_policy(self.maps.as_mut(), &self.policy, &ingress);
+            restore_policy(self.maps.as_mut(), &self.policy);
+            ingress.undo_or_warn(self.maps.as_mut(), "a refused scoped change");
             return Err(err.into());
         }
         let touches_watch = written.touches_watch();
@@ -129,9 +140,10 @@ impl Engine {
             }
         }
         if let Err(err) = tx.commit() {
+            // That undoes the ingress diff; the second stage goes back on its own.
             self.roll_back_commit_failure(touches_watch, &ingress);
             if policy.is_some() {
-                roll_back_policy(self.maps.as_mut(), &self.policy, &ingress);
+                restore_policy(self.maps.as_mut(), &self.policy);
             }
             return Err(err.into());
         }
@@ -180,9 +192,7 @@ impl Engine {
         {
             warn!(error = %undo_err, "could not revert the watchlist after a failed store commit");
         }
-        if let Err(undo_err) = ingress.undo(self.maps.as_mut()) {
-            warn!(error = %undo_err, "could not revert the kernel after a failed store commit");
-        }
+        ingress.undo_or_warn(self.maps.as_mut(), "a failed store commit");
     }
 }
 
@@ -240,15 +250,10 @@ fn apply_ingress(maps: &mut dyn KernelMaps, ingress: &IngressDiff) -> Result<(),
 }
 
 /// The second stage refused the change (or the commit failed after it): it goes back to the
-/// table it held, and the address engines to what they held.
-fn roll_back_policy(maps: &mut dyn KernelMaps, held: &PolicyTable, ingress: &IngressDiff) {
+/// table it held.
+fn restore_policy(maps: &mut dyn KernelMaps, held: &PolicyTable) {
     if let Err(undo_err) = maps.apply_policy(held) {
         warn!(error = %undo_err, "could not revert the scoped-rule stage");
-    }
-    if !ingress.diff.is_empty()
-        && let Err(undo_err) = ingress.undo(maps)
-    {
-        warn!(error = %undo_err, "could not revert the kernel after a refused scoped change");
     }
 }
 
@@ -261,11 +266,7 @@ fn roll_back_watchlist_failure(
     sets: [&BTreeMap<String, FeedSet>; 2],
     ingress: &IngressDiff,
 ) {
-    if !ingress.diff.is_empty()
-        && let Err(undo_err) = ingress.undo(maps)
-    {
-        warn!(error = %undo_err, "could not revert the kernel after a failed watchlist update");
-    }
+    ingress.undo_or_warn(maps, "a failed watchlist update");
     let sets = sets.into_iter().flat_map(BTreeMap::values);
     if let Err(undo_err) = watch.sync(rules, sets, &[], &BTreeSet::new()) {
         warn!(error = %undo_err, "could not revert the watchlist");
