@@ -187,11 +187,9 @@ impl Engine {
         // also clears what a previous daemon left for rules deleted meanwhile.
         self.maps.apply(&diff, &self.applied)?;
         self.applied = desired;
-        let scoped: Vec<ScopedRule> = self.scoped.values().copied().collect();
         // Stored rules passed this check when they were added; a failure here means the limit
         // shrank under them, and the stage keeps what it held.
-        let policy =
-            PolicyTable::build(&scoped).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let policy = scoped::policy_table(&self.scoped)?;
         self.maps.apply_policy(&policy)?;
         self.policy = policy;
         Ok(ApplyReport {

@@ -33,9 +33,16 @@ pub(super) fn policy_after(
             scoped.insert(rule.id, s);
         }
     }
-    let rules: Vec<ScopedRule> = scoped.values().copied().collect();
-    let table = PolicyTable::build(&rules).map_err(|e| EngineError::Invalid(e.to_string()))?;
+    let table = policy_table(&scoped)?;
     Ok(Some((scoped, table)))
+}
+
+/// The policy table of `scoped`, or why it cannot be built (too many rules over one address).
+pub(super) fn policy_table(
+    scoped: &BTreeMap<RuleId, ScopedRule>,
+) -> Result<PolicyTable, EngineError> {
+    let rules: Vec<ScopedRule> = scoped.values().copied().collect();
+    PolicyTable::build(&rules).map_err(|e| EngineError::Invalid(e.to_string()))
 }
 
 impl Engine {
@@ -59,14 +66,13 @@ impl Engine {
     /// (blocks before limits, then by id).
     pub fn scoped_covering(&self, ip: std::net::IpAddr) -> impl Iterator<Item = &Rule> {
         let ip = crate::rules::canonical_ip(ip);
-        let mut covering: Vec<&Rule> = self
+        let mut covering: Vec<&ScopedRule> = self
             .scoped
             .values()
             .filter(|s| s.cidr.contains(&ip))
-            .filter_map(|s| self.rules.get(&s.id))
             .collect();
-        covering.sort_by_key(|r| (r.action == Action::Limit, r.id));
-        covering.into_iter()
+        covering.sort_by_key(|s| s.order());
+        covering.into_iter().filter_map(|s| self.rules.get(&s.id))
     }
 
     /// The scoped rules (for `GET /v1/status` and the CLI).

@@ -326,7 +326,7 @@ pub struct ScopedRule {
 impl ScopedRule {
     /// The order the stage tries a set's rules in: blocks before limits (a packet a block drops
     /// takes nothing from a bucket), then by id.
-    fn order(&self) -> (bool, RuleId) {
+    pub fn order(&self) -> (bool, RuleId) {
         (self.limit.is_some(), self.id)
     }
 
