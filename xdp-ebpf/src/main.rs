@@ -22,7 +22,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, ProgramArray, lpm_trie::Key},
     programs::XdpContext,
 };
-use xdp_ebpf::parse::{self, Addr, Frame, Parsed};
+use xdp_ebpf::{
+    parse::{self, Addr, Frame, Parsed},
+    same,
+};
 use xdpwall_shared::{
     ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, DIR24_MAP_ENTRIES, DatapathConfig,
     RULE_STATS_MAX_ENTRIES, RuleCounters, V4_LONG_MAX_ENTRIES, V6_GUIDE_MAX_ENTRIES,
@@ -75,20 +78,6 @@ static V6_TBL0: HashMap<V6Key, u32> = HashMap::pinned(V6_HASH_MAX_ENTRIES, BPF_F
 #[map(name = "XW_V6_TBL1")]
 static V6_TBL1: HashMap<V6Key, u32> = HashMap::pinned(V6_HASH_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
-const fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
 const _: () = assert!(same(map_names::ALLOW_V4, "XW_ALLOW_V4"));
 const _: () = assert!(same(map_names::ALLOW_V6, "XW_ALLOW_V6"));
 const _: () = assert!(same(map_names::BLOCK_V4, "XW_BLOCK_V4"));

@@ -161,9 +161,10 @@ fn take_token(rule: &xdpwall_shared::policy::PolicyRule, packet: &Packet) -> boo
     let current = unsafe { core::ptr::read_volatile(tat) };
     match gcra(current, now, rule.interval_ns, rule.tolerance_ns) {
         None => false,
-        Some(_) if current <= now => {
+        // An idle bucket restarts from now: `next` is `now + interval_ns`.
+        Some(next) if current <= now => {
             // SAFETY: as above.
-            unsafe { core::ptr::write_volatile(tat, now + rule.interval_ns) };
+            unsafe { core::ptr::write_volatile(tat, next) };
             true
         }
         Some(_) => {
