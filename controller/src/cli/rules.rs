@@ -3,7 +3,7 @@
 use super::{ClientArgs, Output, RuleCommand, print_json, wire_name};
 use crate::{
     api::types::{RuleBody, RuleFilter},
-    rules::{Action, LimitPer, Mode, normalize_cidr},
+    rules::{Action, Mode, normalize_cidr},
 };
 
 /// `block` or `allow` (`action`) with its subcommand.
@@ -35,10 +35,11 @@ pub(super) async fn rule(
                 mode: options.monitor.then_some(Mode::Monitor),
                 rate: options.rate,
                 burst: options.burst,
-                per: options.per.as_deref().map(|p| match p {
-                    "rule" => LimitPer::Rule,
-                    _ => LimitPer::Source,
-                }),
+                // clap allowed only the two spellings.
+                per: options
+                    .per
+                    .as_deref()
+                    .map(|p| p.parse().expect("source or rule")),
             };
             let rule = api.add_rule(&body).await?;
             if client.output == Output::Json {

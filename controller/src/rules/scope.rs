@@ -219,6 +219,17 @@ impl LimitPer {
     }
 }
 
+impl FromStr for LimitPer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "source" => Ok(Self::Source),
+            "rule" => Ok(Self::Rule),
+            other => Err(format!("unknown per {other:?}: use source or rule")),
+        }
+    }
+}
+
 /// The rate of a `limit` rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Limit {
@@ -613,13 +624,7 @@ impl RuleOptions {
                 "mode" => options.mode = value.parse()?,
                 "rate" => rate = Some(value.parse::<Rate>()?),
                 "burst" => burst = Some(value.parse::<u32>().map_err(|e| e.to_string())?),
-                "per" => {
-                    per = match value {
-                        "source" => LimitPer::Source,
-                        "rule" => LimitPer::Rule,
-                        other => return Err(format!("per {other:?}")),
-                    }
-                }
+                "per" => per = value.parse()?,
                 other => return Err(format!("unknown option {other:?}")),
             }
         }
