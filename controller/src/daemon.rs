@@ -199,14 +199,14 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
             name: list.row.name,
             id: LIST_ID_BASE + list.row.id,
             action: list.row.action,
-            entries: list.entries,
+            entries: list.entries.into(),
         });
     }
     // Entries of one family known at start (stored rules, config rules, feeds' last good
     // copies), for choosing the lookup engines.
     let config_and_feeds = |ipv4: bool| {
         let rules = validated.rules.iter().map(|(net, _)| net);
-        let feeds = last_good.iter().flat_map(|feed| &feed.entries);
+        let feeds = last_good.iter().flat_map(|feed| feed.entries.iter());
         rules
             .chain(feeds)
             .filter(|net| net.addr().is_ipv4() == ipv4)

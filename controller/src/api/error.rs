@@ -139,6 +139,7 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound(_) | EngineError::ListNotFound(_) => {
                 Self::new(StatusCode::NOT_FOUND, err.to_string())
             }
+            EngineError::NotReady => Self::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
         }
     }
 }

@@ -49,9 +49,20 @@ pub(super) async fn sync_feed(
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SyncReport>, ApiError> {
     let name = path_segment(name)?;
-    let report = state
-        .feeds
-        .sync(&state.engine, &name, crate::store::unix_now())
-        .await?;
+    // A task of its own: the apply runs in steps, and a client that goes away must not stop
+    // it half-way.
+    let report = tokio::spawn(async move {
+        state
+            .feeds
+            .sync(&state.engine, &name, crate::store::unix_now())
+            .await
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "the feed sync failed",
+        )
+    })??;
     Ok(Json(report))
 }

@@ -55,6 +55,9 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// `None` until the loader has attached; then the single owner of rules and maps.
     pub engine: Mutex<Option<Engine>>,
+    /// Held for a whole list replace or delete: they run in steps (`engine::bulk`), one list
+    /// write at a time.
+    pub list_writes: Mutex<()>,
     pub tokens: Vec<ApiToken>,
     pub metrics_auth: bool,
     pub max_body_bytes: usize,
@@ -79,6 +82,7 @@ impl AppState {
         Self {
             ready: AtomicBool::new(false),
             engine: Mutex::new(None),
+            list_writes: Mutex::new(()),
             tokens,
             metrics_auth: true,
             max_body_bytes: 64 << 20,

@@ -377,7 +377,7 @@ impl WatchContents {
         }
         for feed in feeds {
             if feed.action == Action::Watch {
-                for entry in &feed.entries {
+                for entry in feed.entries.iter() {
                     out.insert(*entry, target(feed.id, &feed.name));
                 }
             }

@@ -187,7 +187,7 @@ fn watch_contents_take_watch_rules_lowest_id_and_block_lists() {
         name: "c2-feed".into(),
         id: crate::engine::FEED_ID_BASE + 1,
         action: Action::Watch,
-        entries: [normalize_cidr("192.0.2.0/24").unwrap()].into(),
+        entries: std::sync::Arc::new([normalize_cidr("192.0.2.0/24").unwrap()].into()),
     };
     let contents = WatchContents::from_rules([], [&feed], &["c2-feed".to_string()].into());
     let target = contents.v4[&(24, [192, 0, 2, 0])];

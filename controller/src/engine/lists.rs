@@ -2,7 +2,10 @@
 //! and the contents of a feed. Each is brought to what its owner wants as one diff, so only the
 //! entries that changed are touched.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use ipnet::IpNet;
 
@@ -73,7 +76,7 @@ pub(super) struct SetApplied {
 
 /// Which whole sets a set belongs to: a feed's, or a named list's (the same name may be both).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum SetKind {
+pub(crate) enum SetKind {
     Feed,
     List,
 }
@@ -89,11 +92,11 @@ impl Engine {
         entries: BTreeSet<IpNet>,
     ) -> Result<ApplyReport, EngineError> {
         Ok(self
-            .apply_set(SetKind::Feed, name, id, action, entries)?
+            .apply_set(SetKind::Feed, name, id, action, entries.into())?
             .report)
     }
 
-    fn sets_mut(&mut self, kind: SetKind) -> &mut BTreeMap<String, FeedSet> {
+    pub(super) fn sets_mut(&mut self, kind: SetKind) -> &mut BTreeMap<String, FeedSet> {
         match kind {
             SetKind::Feed => &mut self.feeds,
             SetKind::List => &mut self.lists,
@@ -108,7 +111,7 @@ impl Engine {
         name: &str,
         id: RuleId,
         action: Action,
-        entries: BTreeSet<IpNet>,
+        entries: Arc<BTreeSet<IpNet>>,
     ) -> Result<SetApplied, EngineError> {
         // Taken out rather than cloned (a feed can hold a million entries); put back on error.
         let old = self.sets_mut(kind).remove(name);

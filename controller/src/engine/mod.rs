@@ -8,6 +8,7 @@
 //!
 //! This file holds the [`Engine`] and its public calls; the parts it is made of:
 //! - [`requests`]: what callers ask and what the engine answers, and the checks a request passes
+//! - [`bulk`]: whole-set replaces (lists, feeds) in steps that each hold the lock briefly
 //! - [`lists`]: whole lists kept by someone else (an external decision engine, a feed)
 //! - [`named`]: named lists replaced whole over the API (`PUT /v1/lists/{name}`)
 //! - [`change`]: the write path of stored rules, step by step, with its rollbacks
@@ -15,6 +16,7 @@
 //! - [`scoped`]: scoped, limit and monitor-mode rules, and the second stage's policy table
 //! - [`watchlist`]: the egress watchlist the engine keeps filled
 
+mod bulk;
 mod change;
 mod lists;
 mod named;
@@ -32,9 +34,13 @@ use ipnet::IpNet;
 use tracing::info;
 use xdpwall_shared::{DatapathConfig, RuleCounters};
 
+pub(crate) use self::{
+    bulk::{LockoutCheck, SetTarget, replace_set_stepped, undo_replace},
+    lists::SetKind,
+};
 pub use self::{
     lists::{LIST_TTL_SLACK, ListBlock, ListChange, ListReport},
-    named::{ListReplace, ListReplaced},
+    named::{ListReplace, ListReplaced, delete_list, replace_list},
     requests::{
         Added, ApplyReport, MAX_TTL, MIN_BLOCK_PREFIX_V4, MIN_BLOCK_PREFIX_V6, RuleRequest,
         StaticRule, config_rules, parse_ttl,
@@ -82,6 +88,9 @@ pub enum EngineError {
     /// The change conflicts with how the rule is managed (e.g. deleting a config rule).
     #[error("{0}")]
     Conflict(String),
+    /// The filter is still loading (the engine does not exist yet).
+    #[error("the XDP filter is not loaded yet; retry shortly")]
+    NotReady,
     #[error(transparent)]
     Datapath(#[from] DatapathError),
     #[error(transparent)]
@@ -104,6 +113,8 @@ pub struct Engine {
     /// Named lists, by name (ids from [`LIST_ID_BASE`]); kept apart from feeds so a list and a
     /// feed may share a name.
     lists: BTreeMap<String, FeedSet>,
+    /// Lists a stepped replace or delete is working on (their expiry waits for it).
+    replacing: BTreeSet<String>,
     /// The egress watchlist (watch rules and watch feeds).
     watch: EgressWatch,
     /// Rules of the second stage (scoped, limit, monitor mode), not in `owners`.
@@ -139,13 +150,14 @@ impl Engine {
             management: Vec::new(),
             feeds: BTreeMap::new(),
             lists: BTreeMap::new(),
+            replacing: BTreeSet::new(),
             watch: EgressWatch::default(),
             scoped: BTreeMap::new(),
             policy: PolicyTable::default(),
             management_ports: vec![DEFAULT_SSH_PORT],
         };
         for feed in feeds {
-            for entry in &feed.entries {
+            for entry in feed.entries.iter() {
                 engine
                     .owners
                     .entry((*entry, feed.action))
@@ -178,7 +190,7 @@ impl Engine {
     pub fn reconcile(&mut self) -> Result<ApplyReport, EngineError> {
         let mut desired = MapContents::from_rules(self.rules.values());
         for feed in self.feeds.values().chain(self.lists.values()) {
-            for entry in &feed.entries {
+            for entry in feed.entries.iter() {
                 desired.insert(*entry, feed.action, feed.id);
             }
         }

@@ -11,7 +11,12 @@ use std::{collections::BTreeSet, net::IpAddr};
 use ipnet::IpNet;
 use tracing::{info, warn};
 
-use super::{Engine, EngineError, LIST_ID_BASE, LIST_ID_MAX, lists::SetKind};
+use tokio::sync::Mutex;
+
+use super::{
+    Engine, EngineError, LIST_ID_BASE, LIST_ID_MAX, LockoutCheck, SetKind, SetTarget,
+    replace_set_stepped, undo_replace,
+};
 use crate::{
     rules::{Action, FeedSet, RuleId, validate_list},
     store::{AuditEntry, ListRow, encode_entries},
@@ -40,46 +45,152 @@ pub struct ListReplaced {
     pub removed: usize,
 }
 
-impl Engine {
-    /// Makes the named list hold exactly `want.entries`, as one diff, audited once as `who`.
-    /// A block entry the lock-out guard refuses (too broad, a management address, `client`'s
-    /// address) refuses the whole replace, naming the entry; nothing changes.
-    pub fn replace_list(
-        &mut self,
-        want: ListReplace,
-        who: &str,
-        client: Option<IpAddr>,
-        now: i64,
-    ) -> Result<ListReplaced, EngineError> {
-        validate_list(&want.name).map_err(EngineError::Invalid)?;
-        if want.action == Action::Limit {
-            return Err(EngineError::Invalid(
-                "a list's action is block, allow or watch".into(),
-            ));
-        }
-        if want.action == Action::Block {
-            for entry in &want.entries {
-                self.lockout_guard(*entry, client).map_err(|e| match e {
-                    EngineError::LockOut(m) => {
-                        EngineError::LockOut(format!("entry {entry}: {m}; nothing was applied"))
-                    }
-                    other => other,
-                })?;
+/// Makes the named list hold exactly `want.entries`, audited once as `who`: applied in steps
+/// (`engine::bulk`) so other calls go on meanwhile, then stored; if the store fails, the steps
+/// are undone. A new block entry the lock-out guard refuses (too broad, a management address,
+/// `client`'s address) refuses the whole replace, naming the entry; nothing changes. Callers
+/// run one replace or delete of lists at a time, in a task of its own.
+pub async fn replace_list(
+    engine: &Mutex<Option<Engine>>,
+    want: ListReplace,
+    who: &str,
+    client: Option<IpAddr>,
+    now: i64,
+) -> Result<ListReplaced, EngineError> {
+    validate_list(&want.name).map_err(EngineError::Invalid)?;
+    if want.action == Action::Limit {
+        return Err(EngineError::Invalid(
+            "a list's action is block, allow or watch".into(),
+        ));
+    }
+    let row = {
+        let mut guard = engine.lock().await;
+        let engine = guard.as_mut().ok_or(EngineError::NotReady)?;
+        let row = engine.list_row_for(&want, now)?;
+        engine.replacing.insert(want.name.clone());
+        row
+    };
+    let result = replace_and_store(engine, &row, want.entries, who, client, now).await;
+    if let Some(engine) = engine.lock().await.as_mut() {
+        engine.replacing.remove(&row.name);
+    }
+    result
+}
+
+async fn replace_and_store(
+    engine: &Mutex<Option<Engine>>,
+    row: &ListRow,
+    entries: BTreeSet<IpNet>,
+    who: &str,
+    client: Option<IpAddr>,
+    now: i64,
+) -> Result<ListReplaced, EngineError> {
+    let rule_id = LIST_ID_BASE + row.id;
+    let (entries, content) = tokio::task::spawn_blocking(move || {
+        let content = encode_entries(&entries);
+        (entries, content)
+    })
+    .await
+    .map_err(|_| EngineError::Invalid("encoding the list failed".into()))?;
+    let target = SetTarget {
+        kind: SetKind::List,
+        name: row.name.clone(),
+        id: rule_id,
+        action: row.action,
+    };
+    let steps = replace_set_stepped(engine, target, entries, LockoutCheck::Caller(client)).await?;
+    let (inserted, removed, count) = (steps.added, steps.gone, steps.entries());
+    let why = format!("{count} entries: +{inserted} -{removed}");
+    let audit = list_audit(now, who, "list-replace", row, rule_id, why);
+    let written = {
+        let mut guard = engine.lock().await;
+        let engine = guard.as_mut().ok_or(EngineError::NotReady)?;
+        engine.store.transaction().and_then(|tx| {
+            tx.save_list(row, &content)?;
+            tx.audit(&audit)?;
+            tx.commit()
+        })
+    };
+    if let Err(err) = written {
+        undo_replace(engine, steps).await;
+        return Err(err.into());
+    }
+    info!(
+        list = row.name,
+        entries = count,
+        inserted,
+        removed,
+        "list replaced"
+    );
+    Ok(ListReplaced {
+        id: rule_id,
+        entries: count,
+        inserted,
+        removed,
+    })
+}
+
+/// Removes the named list from the kernel (in steps) and the store, audited once as `who`.
+pub async fn delete_list(
+    engine: &Mutex<Option<Engine>>,
+    name: &str,
+    who: &str,
+    now: i64,
+) -> Result<usize, EngineError> {
+    let row = {
+        let mut guard = engine.lock().await;
+        let engine = guard.as_mut().ok_or(EngineError::NotReady)?;
+        let row = engine
+            .store
+            .list_row(name)?
+            .ok_or_else(|| EngineError::ListNotFound(name.to_string()))?;
+        engine.replacing.insert(name.to_string());
+        row
+    };
+    let rule_id = LIST_ID_BASE + row.id;
+    let target = SetTarget {
+        kind: SetKind::List,
+        name: name.to_string(),
+        id: rule_id,
+        action: row.action,
+    };
+    let result = async {
+        let steps =
+            replace_set_stepped(engine, target, BTreeSet::new(), LockoutCheck::Sifted).await?;
+        let entries = steps.before;
+        let mut guard = engine.lock().await;
+        let engine_now = guard.as_mut().ok_or(EngineError::NotReady)?;
+        match engine_now.forget_list(&row, rule_id, entries, who, now) {
+            Ok(()) => Ok(entries),
+            Err(err) => {
+                drop(guard);
+                undo_replace(engine, steps).await;
+                Err(err)
             }
         }
+    }
+    .await;
+    if let Some(engine) = engine.lock().await.as_mut() {
+        engine.replacing.remove(name);
+    }
+    result
+}
+
+impl Engine {
+    /// The store row a replace writes: the list's own id (a new one for a new list).
+    fn list_row_for(&self, want: &ListReplace, now: i64) -> Result<ListRow, EngineError> {
         let stored = self.store.list_row(&want.name)?;
         let id = match &stored {
             Some(row) => row.id,
             None => self.store.next_list_id()?,
         };
-        let rule_id = LIST_ID_BASE + id;
-        if rule_id > LIST_ID_MAX {
+        if LIST_ID_BASE + id > LIST_ID_MAX {
             return Err(EngineError::Conflict(format!(
                 "no list id left ({} lists were created): restart with a fresh state_dir",
                 LIST_ID_MAX - LIST_ID_BASE
             )));
         }
-        let row = ListRow {
+        Ok(ListRow {
             id,
             name: want.name.clone(),
             action: want.action,
@@ -87,81 +198,63 @@ impl Engine {
             created_at: stored.as_ref().map_or(now, |r| r.created_at),
             updated_at: now,
             expires_at: want.expires_at,
-        };
-        let content = encode_entries(&want.entries);
-        let count = want.entries.len();
-        let applied = self.apply_set(
-            SetKind::List,
-            &want.name,
-            rule_id,
-            want.action,
-            want.entries,
-        )?;
-        let (inserted, removed, old) = (applied.added, applied.gone, applied.old);
-        let why = format!("{count} entries: +{inserted} -{removed}");
-        let audit = list_audit(now, who, "list-replace", &row, rule_id, why);
-        let written = self.store.transaction().and_then(|tx| {
-            tx.save_list(&row, &content)?;
-            tx.audit(&audit)?;
-            tx.commit()
-        });
-        if let Err(err) = written {
-            self.restore_list(&want.name, old);
-            return Err(err.into());
-        }
-        info!(
-            list = want.name,
-            entries = count,
-            inserted,
-            removed,
-            "list replaced"
-        );
-        Ok(ListReplaced {
-            id: rule_id,
-            entries: count,
-            inserted,
-            removed,
         })
     }
 
-    /// Removes the named list from the kernel and the store, audited once as `who`.
-    pub fn delete_list(&mut self, name: &str, who: &str, now: i64) -> Result<usize, EngineError> {
+    /// The store side of a delete (the kernel no longer holds the list): the row goes, an
+    /// audit row records it, the counters go.
+    fn forget_list(
+        &mut self,
+        row: &ListRow,
+        rule_id: RuleId,
+        entries: usize,
+        who: &str,
+        now: i64,
+    ) -> Result<(), EngineError> {
+        let audit = list_audit(
+            now,
+            who,
+            "list-delete",
+            row,
+            rule_id,
+            format!("{entries} entries"),
+        );
+        self.store.transaction().and_then(|tx| {
+            tx.delete_list(&row.name)?;
+            tx.audit(&audit)?;
+            tx.commit()
+        })?;
+        if let Err(err) = self.maps.drop_rule_counters(&[rule_id]) {
+            warn!(list = row.name, error = %err, "could not drop the deleted list's counters");
+        }
+        info!(list = row.name, entries, "list deleted");
+        Ok(())
+    }
+
+    /// Removes the named list in one step (its TTL passed), audited once as `who`.
+    fn expire_list(&mut self, name: &str, who: &str, now: i64) -> Result<usize, EngineError> {
         let Some(row) = self.store.list_row(name)? else {
             return Err(EngineError::ListNotFound(name.to_string()));
         };
         let rule_id = LIST_ID_BASE + row.id;
         let old = self
-            .apply_set(SetKind::List, name, rule_id, row.action, BTreeSet::new())?
+            .apply_set(SetKind::List, name, rule_id, row.action, Default::default())?
             .old;
         let entries = old.as_ref().map_or(0, |o| o.entries.len());
-        let audit = list_audit(
-            now,
-            who,
-            "list-delete",
-            &row,
-            rule_id,
-            format!("{entries} entries"),
-        );
-        let written = self.store.transaction().and_then(|tx| {
-            tx.delete_list(name)?;
-            tx.audit(&audit)?;
-            tx.commit()
-        });
-        if let Err(err) = written {
+        if let Err(err) = self.forget_list(&row, rule_id, entries, who, now) {
             self.restore_list(name, old);
-            return Err(err.into());
+            return Err(err);
         }
-        if let Err(err) = self.maps.drop_rule_counters(&[rule_id]) {
-            warn!(list = name, error = %err, "could not drop the deleted list's counters");
-        }
-        info!(list = name, entries, "list deleted");
         Ok(entries)
     }
 
     /// Deletes the lists whose TTL has passed; audited as "ttl".
     pub(super) fn expire_lists(&mut self, now: i64) -> Result<(), EngineError> {
         for name in self.store.expired_lists(now)? {
-            self.delete_list(&name, "ttl", now)?;
+            // A list being replaced gets its new expiry with the replace.
+            if !self.replacing.contains(&name) {
+                self.expire_list(&name, "ttl", now)?;
+            }
         }
         Ok(())
     }
@@ -176,7 +269,7 @@ impl Engine {
             None => match self.lists.get(name) {
                 Some(now) => {
                     let (id, action) = (now.id, now.action);
-                    self.apply_set(SetKind::List, name, id, action, BTreeSet::new())
+                    self.apply_set(SetKind::List, name, id, action, Default::default())
                         .map(drop)
                 }
                 None => return,

@@ -246,31 +246,40 @@ impl Engine {
         cidr: IpNet,
         client: Option<IpAddr>,
     ) -> Result<(), EngineError> {
-        let (min, family) = match cidr {
-            IpNet::V4(_) => (MIN_BLOCK_PREFIX_V4, "IPv4"),
-            IpNet::V6(_) => (MIN_BLOCK_PREFIX_V6, "IPv6"),
-        };
-        if cidr.prefix_len() < min {
-            return Err(EngineError::LockOut(format!(
-                "refusing to block {cidr}: {family} prefixes shorter than /{min} cover too much of the Internet to be a deliberate block; send \"force\": true if you mean it"
-            )));
-        }
-        if let Some(m) = self
-            .management
-            .iter()
-            .find(|m| m.contains(&cidr) || cidr.contains(*m))
-        {
-            return Err(EngineError::LockOut(format!(
-                "refusing to block {cidr}: it overlaps the management address {m}, which must stay reachable (management addresses are always allowed anyway)"
-            )));
-        }
-        if let Some(client) = client.map(canonical_ip)
-            && cidr.contains(&client)
-        {
-            return Err(EngineError::LockOut(format!(
-                "refusing to block {cidr}: it contains {client}, the address this request came from, so you would lock yourself out; send \"force\": true if you mean it"
-            )));
-        }
-        Ok(())
+        check_lockout(&self.management, cidr, client)
     }
+}
+
+/// [`Engine::lockout_guard`] against these management addresses (a copy, so a big replace
+/// checks its entries without holding the engine).
+pub(super) fn check_lockout(
+    management: &[IpNet],
+    cidr: IpNet,
+    client: Option<IpAddr>,
+) -> Result<(), EngineError> {
+    let (min, family) = match cidr {
+        IpNet::V4(_) => (MIN_BLOCK_PREFIX_V4, "IPv4"),
+        IpNet::V6(_) => (MIN_BLOCK_PREFIX_V6, "IPv6"),
+    };
+    if cidr.prefix_len() < min {
+        return Err(EngineError::LockOut(format!(
+            "refusing to block {cidr}: {family} prefixes shorter than /{min} cover too much of the Internet to be a deliberate block; send \"force\": true if you mean it"
+        )));
+    }
+    if let Some(m) = management
+        .iter()
+        .find(|m| m.contains(&cidr) || cidr.contains(*m))
+    {
+        return Err(EngineError::LockOut(format!(
+            "refusing to block {cidr}: it overlaps the management address {m}, which must stay reachable (management addresses are always allowed anyway)"
+        )));
+    }
+    if let Some(client) = client.map(canonical_ip)
+        && cidr.contains(&client)
+    {
+        return Err(EngineError::LockOut(format!(
+            "refusing to block {cidr}: it contains {client}, the address this request came from, so you would lock yourself out; send \"force\": true if you mean it"
+        )));
+    }
+    Ok(())
 }

@@ -32,7 +32,9 @@ use self::{
     table::{Locations, is_table},
 };
 use crate::{
-    engine::{Engine, EngineError, FEED_ID_BASE},
+    engine::{
+        Engine, EngineError, FEED_ID_BASE, LockoutCheck, SetKind, SetTarget, replace_set_stepped,
+    },
     rules::{Action, FeedSet, RuleId},
     store::{FeedState, Store, StoreError},
 };
@@ -113,6 +115,9 @@ pub struct FeedManager {
     dir: PathBuf,
     client: reqwest::Client,
     counts: Mutex<FetchCounts>,
+    /// Held while a feed's content is applied: the apply runs in steps (`engine::bulk`) and
+    /// plans against the set it replaces, so two syncs of one feed must not overlap there.
+    applying: tokio::sync::Mutex<()>,
 }
 
 /// The feed's rule id (counters, metrics label `feed:NAME`).
@@ -131,6 +136,7 @@ impl FeedManager {
             dir,
             client,
             counts: Mutex::new(FetchCounts::new()),
+            applying: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -141,6 +147,7 @@ impl FeedManager {
             dir: PathBuf::new(),
             client: reqwest::Client::new(),
             counts: Mutex::new(FetchCounts::new()),
+            applying: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -207,7 +214,7 @@ impl FeedManager {
                 name: feed.name.clone(),
                 id: feed_rule_id(&state),
                 action: feed.action,
-                entries,
+                entries: entries.into(),
             });
         }
         Ok(sets)
@@ -345,13 +352,20 @@ impl FeedManager {
         last_good.push_str(&render_last_good(&checked.entries));
         let entries: BTreeSet<IpNet> = checked.entries.iter().copied().collect();
         let count = entries.len();
+        let target = SetTarget {
+            kind: SetKind::Feed,
+            name: feed.name.clone(),
+            id: feed_rule_id(&state),
+            action: feed.action,
+        };
+        // In steps, so other API calls go on meanwhile.
         let applied = {
-            let mut guard = engine.lock().await;
-            let engine = guard.as_mut().ok_or(FeedError::NotReady)?;
-            engine.apply_feed(&feed.name, feed_rule_id(&state), feed.action, entries)
+            let _one_at_a_time = self.applying.lock().await;
+            replace_set_stepped(engine, target, entries, LockoutCheck::Sifted).await
         };
         let applied = match applied {
-            Ok(a) => a,
+            Ok(steps) => steps.report,
+            Err(EngineError::NotReady) => return Err(FeedError::NotReady),
             Err(source) => {
                 self.count(&feed.name, "error");
                 state.last_error = Some(source.to_string());

@@ -520,7 +520,9 @@ pub struct FeedSet {
     pub name: String,
     pub id: RuleId,
     pub action: Action,
-    pub entries: BTreeSet<IpNet>,
+    /// Shared so a replace can read the set it replaces without holding the engine (a feed
+    /// or list can hold a million entries); written through `Arc::make_mut`.
+    pub entries: std::sync::Arc<BTreeSet<IpNet>>,
 }
 
 /// List names: short, printable, safe as metric labels.
