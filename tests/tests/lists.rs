@@ -297,3 +297,96 @@ fn a_list_is_enforced_and_counted_under_the_dir24_engine() {
         "{metrics}"
     );
 }
+
+/// `n` distinct /32s from 198.18.0.0/15 (benchmarking addresses, only in this lab).
+fn benchmark_hosts(n: u32) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("198.{}.{}.{}", 18 + i / 65_536, (i / 256) % 256, i % 256))
+        .collect()
+}
+
+/// While a big list is applied (in steps), other calls are answered before it is done, and a
+/// rule added meanwhile is neither lost nor taken into the list.
+#[test]
+fn other_calls_are_answered_while_a_big_list_is_applied() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    require_privileges!();
+    let lab = Lab::new("listlock").unwrap();
+    let daemon = Daemon::start(&lab, "listlock", "").unwrap();
+    // The rule added meanwhile: outside the list's addresses.
+    let outside = "198.19.255.254";
+    // The list must still be in its steps when the calls go out; a fast machine may finish a
+    // small one first, so the size doubles until a call lands inside the apply.
+    for (attempt, n) in [60_000u32, 120_000].into_iter().enumerate() {
+        let hosts = benchmark_hosts(n);
+        let text = body(&hosts);
+        let (first, last) = (hosts[0].clone(), hosts[hosts.len() - 1].clone());
+        let put_done = AtomicBool::new(false);
+        let (put, during) = std::thread::scope(|scope| {
+            let put = scope.spawn(|| {
+                let answer = put_list(&daemon, "big?allow_special=true", &text);
+                put_done.store(true, Ordering::SeqCst);
+                answer
+            });
+            // Wait (bounded) for the first step: its entries are enforced, the last are not.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            let mut during = None;
+            while !put_done.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                if verdict(&daemon, &first).0 == "block" && verdict(&daemon, &last).0 == "pass" {
+                    let (status, rule) = daemon
+                        .post_json(
+                            "/v1/rules",
+                            &serde_json::json!({"cidr": format!("{outside}/32"), "reason": "meanwhile"}),
+                        )
+                        .unwrap();
+                    let status_answer = daemon.get_json("/v1/status");
+                    let in_steps = !put_done.load(Ordering::SeqCst);
+                    during = Some((status, rule, status_answer.is_ok(), in_steps));
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            (put.join().unwrap(), during)
+        });
+        let (status, answer) = put;
+        assert_eq!(status, 200, "{answer}\n{}", daemon.log());
+        assert_eq!(answer["entries"], n);
+        let Some((rule_status, rule, status_ok, in_steps)) = during.filter(|d| d.3) else {
+            assert!(
+                attempt == 0,
+                "the list was never caught in its steps\n{}",
+                daemon.log()
+            );
+            // Too fast to catch: clear the list (and any rule added) and try a bigger one.
+            assert_eq!(daemon.http("DELETE", "/v1/lists/big", None).unwrap().0, 204);
+            if let Ok(rules) = daemon.get_json("/v1/rules?list=api") {
+                for r in rules["rules"].as_array().into_iter().flatten() {
+                    let path = format!("/v1/rules/{}", r["id"]);
+                    daemon.http("DELETE", &path, None).unwrap();
+                }
+            }
+            continue;
+        };
+        assert!(in_steps);
+        assert_eq!(rule_status, 201, "{rule}");
+        assert!(status_ok, "GET /v1/status was answered during the apply");
+        // After: the whole list and the rule, each under its own name.
+        for ip in [&first, &last, &hosts[hosts.len() / 2]] {
+            let (v, by) = verdict(&daemon, ip);
+            assert_eq!(
+                (v.as_str(), &by["list"]),
+                ("block", &Value::from("big")),
+                "{ip}"
+            );
+        }
+        let (v, by) = verdict(&daemon, outside);
+        assert_eq!(v, "block", "the rule added meanwhile is enforced");
+        assert_eq!(by["id"], rule["id"], "{by}");
+        let stored = daemon
+            .get_json(&format!("/v1/rules/{}", rule["id"]))
+            .unwrap();
+        assert_eq!(stored["reason"], "meanwhile");
+        assert_eq!(daemon.get_json("/v1/lists/big").unwrap()["entries"], n);
+        return;
+    }
+}

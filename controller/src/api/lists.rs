@@ -238,7 +238,10 @@ fn sift_list(
 /// sort of a million `IpNet`s; the set is then built from the sorted run in one pass.
 fn sorted_set(entries: Vec<IpNet>) -> BTreeSet<IpNet> {
     let key = |net: &IpNet| match net {
-        IpNet::V4(n) => (0u8, (u128::from(u32::from(n.addr())) << 8) | u128::from(n.prefix_len())),
+        IpNet::V4(n) => (
+            0u8,
+            (u128::from(u32::from(n.addr())) << 8) | u128::from(n.prefix_len()),
+        ),
         IpNet::V6(n) => (1u8, u128::from(n.addr())),
     };
     let mut entries = entries;
