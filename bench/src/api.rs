@@ -18,22 +18,26 @@
 mod baseline;
 mod daemon;
 mod http;
+mod kernel;
 mod lists;
 
 use std::{
     fmt::Write as _,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
 use rand::{SeedableRng as _, rngs::StdRng};
+use xdpwall::config::Ipv4LookupSetting;
 use xdpwall_netlab::Lab;
 
 use self::{
     baseline::{IpsetSet, NftSet},
     daemon::{DaemonGuard, DaemonSpec, in_netns},
     http::{Connection, is_timeout},
+    kernel::PinnedIpv4Blocks,
 };
 use crate::{SYSTEMS, System, kernel, machine, median, prefixes, today};
 
@@ -69,6 +73,11 @@ pub struct ApiArgs {
     /// Seed for the batch prefix generator.
     #[arg(long, default_value_t = 20261125)]
     pub seed: u64,
+    /// The daemon's `ipv4_lookup` (`auto`, `lpm` or `dir24`). `auto` picks DIR-24 only when the
+    /// daemon starts with a feed or at least 10k IPv4 entries, so a fresh bench daemon gets the
+    /// LPM tries.
+    #[arg(long, default_value = "dir24", value_parser = str::parse::<Ipv4LookupSetting>)]
+    pub ipv4_lookup: Ipv4LookupSetting,
     /// The xdpwall binary (default: target/release/xdpwall of this workspace, else
     /// target/debug/xdpwall).
     #[arg(long)]
@@ -173,6 +182,7 @@ pub fn run_api(args: &ApiArgs) -> anyhow::Result<String> {
         netns_path: lab.fw_netns_path(),
         iface: lab.fw_if.clone(),
         token: format!("bench-write-token-{}", std::process::id()),
+        ipv4_lookup: args.ipv4_lookup,
     };
     let owned_args = args.clone();
     // Everything that talks to the daemon or runs ipset/nft happens on one thread inside the
@@ -205,7 +215,7 @@ fn measure(spec: &DaemonSpec, args: &ApiArgs) -> anyhow::Result<Measurements> {
         );
         let entries = cidr_strings(&prefixes::disjoint_v4(&mut rng, args.large_batch));
         let limit = Duration::from_secs(args.large_timeout_secs);
-        match xdpwall_batch(spec, &batch_body(&entries), entries.len(), limit)
+        match xdpwall_batch(spec, &batch_body(&entries), &entries, limit)
             .context("large xdpwall batch")?
         {
             Some(elapsed) => LargeBatch::Completed(elapsed),
@@ -263,7 +273,7 @@ fn measure_single_adds(spec: &DaemonSpec, args: &ApiArgs, names: &str) -> anyhow
                                 "POST /v1/rules {host}: {} {}\n{}",
                                 response.status,
                                 response.text(),
-                                daemon.log()
+                                daemon.log_tail()
                             );
                         }
                         elapsed
@@ -277,8 +287,10 @@ fn measure_single_adds(spec: &DaemonSpec, args: &ApiArgs, names: &str) -> anyhow
     }
 
     // Every add must have landed, or the timings describe something else.
+    let xdpwall_entries = ensure_enforced(&daemon, &mut api, hosts.iter().copied())
+        .context("checking the single adds in xdpwall")?;
     let in_kernel = [
-        (System::Xdpwall, xdpwall_block_entries(&mut api)?),
+        (System::Xdpwall, xdpwall_entries),
         (System::Ipset, ipset.len()?),
         (System::Nft, nft.len()?),
     ];
@@ -316,7 +328,7 @@ fn measure_batch_import(
             eprintln!("bench api: batch repetition {} {}", rep + 1, system.label());
             let elapsed = match system {
                 System::Xdpwall => {
-                    xdpwall_batch(spec, &body, entries.len(), limit)?.with_context(|| {
+                    xdpwall_batch(spec, &body, entries, limit)?.with_context(|| {
                         format!(
                             "{} prefixes took longer than --batch-timeout-secs {}",
                             entries.len(),
@@ -348,16 +360,17 @@ fn measure_batch_import(
 fn xdpwall_batch(
     spec: &DaemonSpec,
     body: &[u8],
-    expected: usize,
+    entries: &[String],
     limit: Duration,
 ) -> anyhow::Result<Option<Duration>> {
+    let expected = entries.len();
     let daemon = DaemonGuard::start(spec)?;
     let mut api = Connection::open(DaemonGuard::addr(), &spec.token, limit)?;
     let started = Instant::now();
     let response = match api.request("POST", "/v1/rules/batch", Some(body)) {
         Ok(response) => response,
         Err(e) if is_timeout(&e) => return Ok(None),
-        Err(e) => return Err(e.context(daemon.log())),
+        Err(e) => return Err(e.context(daemon.log_tail())),
     };
     let elapsed = started.elapsed();
     if response.status != 200 {
@@ -385,32 +398,46 @@ fn xdpwall_batch(
         "the batch created {created} of {expected} rules"
     );
     api.set_timeout(REQUEST_TIMEOUT)?;
-    let in_kernel = xdpwall_block_entries(&mut api)?;
+    let in_maps = ensure_enforced(&daemon, &mut api, first_addresses(entries))
+        .context("checking the batch in xdpwall")?;
     ensure!(
-        in_kernel == expected,
-        "{in_kernel} block entries after importing {expected} (state in {})",
-        daemon.state_dir().display()
+        in_maps == expected,
+        "the daemon holds {in_maps} map entries after importing {expected}"
     );
     Ok(Some(elapsed))
 }
 
-/// `xdpwall_map_entries{map="XW_BLOCK_V4"}` from the daemon's metrics: the entries the daemon
-/// has applied to the kernel's IPv4 block map.
-fn xdpwall_block_entries(api: &mut Connection) -> anyhow::Result<usize> {
-    let response = api.request("GET", "/metrics", None)?;
-    ensure!(
-        response.status == 200,
-        "GET /metrics: {} {}",
-        response.status,
-        response.text()
-    );
-    let series = "xdpwall_map_entries{map=\"XW_BLOCK_V4\"}";
-    response
-        .text()
-        .lines()
-        .find_map(|l| l.strip_prefix(series))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no {series} in /metrics"))
+/// Checks in the daemon's pinned maps that the kernel blocks each of `addrs`, and returns the
+/// map entries the daemon says it applied (`/v1/status` `map_entries`, the same under either
+/// IPv4 engine). Failures carry the engine and the end of the daemon log.
+fn ensure_enforced(
+    daemon: &DaemonGuard,
+    api: &mut Connection,
+    addrs: impl IntoIterator<Item = Ipv4Addr>,
+) -> anyhow::Result<usize> {
+    let status = daemon::status(api)?;
+    let engine = daemon::ipv4_engine(&status)?;
+    PinnedIpv4Blocks::open(&daemon.pins(), engine)
+        .and_then(|kernel| kernel.ensure_blocked(addrs))
+        .with_context(|| {
+            format!(
+                "IPv4 engine {}, {} map entries by the daemon's count\n{}",
+                engine.as_str(),
+                status.map_entries,
+                daemon.log_tail()
+            )
+        })?;
+    Ok(status.map_entries)
+}
+
+/// The first address of each prefix in `entries` (CIDR strings).
+fn first_addresses(entries: &[String]) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    entries.iter().map(|entry| {
+        entry
+            .parse::<ipnet::Ipv4Net>()
+            .expect("the generator's own prefixes parse")
+            .network()
+    })
 }
 
 fn cidr_strings(nets: &[ipnet::Ipv4Net]) -> Vec<String> {

@@ -51,7 +51,7 @@ pub fn measure_lists(
                     "PUT /v1/lists/bench: {} {}\n{}",
                     response.status,
                     text.get(..2000).unwrap_or(&text),
-                    daemon.log()
+                    daemon.log_tail()
                 );
             }
             let answer: serde_json::Value = serde_json::from_slice(&response.body)?;
