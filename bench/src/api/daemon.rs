@@ -9,7 +9,7 @@
 use std::{
     fs,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -148,10 +148,6 @@ impl DaemonGuard {
     /// The daemon's log so far, for error messages (the file goes with the state directory).
     fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    pub fn state_dir(&self) -> &Path {
-        &self.state_dir
     }
 
     /// Where this daemon pins its maps.
