@@ -5,22 +5,30 @@
 //!    in the kernel map, so one `POST /v1/rules` round trip is the whole block → enforced path.
 //!    The baselines are one `ipset add` / `nft add element` process per rule, as scripts run
 //!    them. Adds go in rounds (one round per system in turn, the order rotating each round) so
-//!    drift on this shared machine hits every system alike.
+//!    drift on this shared machine hits every system alike (`adds.rs`).
 //! 2. Batch import: one `POST /v1/rules/batch` into a fresh daemon against `ipset restore` and
-//!    `nft -f` into fresh sets, same prefixes, interleaved repetitions.
+//!    `nft -f` into fresh sets, same prefixes, interleaved repetitions (`adds.rs`).
 //! 3. Optionally one much larger batch, xdpwall only, within a time limit.
-//! 4. Optionally a named list (`PUT /v1/lists/bench`, text/plain) of N prefixes into a fresh
-//!    daemon, then the same list with 1% of it replaced (`lists.rs`).
+//! 4. A list of N prefixes and a 1% churn of it: `PUT /v1/lists/bench` against `ipset restore`
+//!    and `nft -f`, the churn as a delta for the baselines (`lists.rs`).
+//! 5. The lock phase: `GET /v1/status`, `POST /v1/rules` and `GET /metrics` on a second
+//!    connection while the list's `PUT` is applied, against the same calls on the idle daemon,
+//!    and no rule added meanwhile lost (`lock.rs`).
 //!
-//! Only medians, percentiles and ratios are reported; nothing is asserted about time. Every
-//! address is a map entry only: no packet is sent to any of them.
+//! Every phase can be skipped (`--adds 0`, `--batch 0`, `--large-batch 0`, `--list 0`,
+//! `--list-reps 0`, `--lock-reps 0`). What xdpwall accepted is checked in the daemon's pinned
+//! maps (`kernel.rs`), whichever IPv4 engine `--ipv4-lookup` chose. Only medians, percentiles
+//! and ratios are reported; nothing is asserted about time. Every address is a map entry only:
+//! no packet is sent to any of them.
 
 mod adds;
 mod baseline;
 mod daemon;
 mod http;
 mod kernel;
+mod list_report;
 mod lists;
+mod lock;
 mod report;
 #[cfg(test)]
 mod tests;
@@ -48,16 +56,17 @@ use crate::{kernel, machine, prefixes};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ApiArgs {
-    /// Single-rule adds per system (block → enforced latency).
+    /// Single-rule adds per system (block → enforced latency; 0 skips them).
     #[arg(long, default_value_t = 1000)]
     pub adds: usize,
     /// Adds per system per round; the order of the systems rotates every round.
     #[arg(long, default_value_t = 100)]
     pub round: usize,
-    /// Prefixes per batch import.
+    /// Prefixes per batch import (0 skips it).
     #[arg(long, default_value_t = 100_000)]
     pub batch: usize,
-    /// Interleaved repetitions of the batch import.
+    /// Interleaved repetitions of the batch import, and of the list phase unless
+    /// `--list-reps` says otherwise.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
     /// Prefixes in the one extra xdpwall-only batch (0 skips it).
@@ -69,13 +78,27 @@ pub struct ApiArgs {
     /// Time limit of each regular batch import, in seconds (past it the benchmark fails).
     #[arg(long, default_value_t = 300)]
     pub batch_timeout_secs: u64,
-    /// Prefixes in the named list (`PUT /v1/lists/bench`, then 1% of it replaced; 0 skips it).
+    /// Prefixes in the named list (`PUT /v1/lists/bench`, then 1% of it replaced) of the list
+    /// and lock phases (0 skips both).
     #[arg(long, default_value_t = 1_000_000)]
     pub list: usize,
+    /// Interleaved repetitions of the list phase (xdpwall, `ipset restore`, `nft -f`; default:
+    /// `--reps`; 0 skips it).
+    #[arg(long)]
+    pub list_reps: Option<usize>,
+    /// Repetitions of the lock phase: calls beside a list `PUT`, each in a fresh daemon (0
+    /// skips it).
+    #[arg(long, default_value_t = 3)]
+    pub lock_reps: usize,
+    /// Time limit of each list step, in seconds: a baseline command still running is killed
+    /// and reported as timed out; an xdpwall `PUT` without an answer fails the run.
+    #[arg(long, default_value_t = 60)]
+    pub list_timeout_secs: u64,
     /// Where to write the Markdown report.
     #[arg(long, default_value = "bench/results")]
     pub out: PathBuf,
-    /// Seed for the batch prefix generator.
+    /// Seed for the prefix generators (each phase seeds its own from it, so a skipped phase
+    /// does not change the others' prefixes).
     #[arg(long, default_value_t = 20261125)]
     pub seed: u64,
     /// The daemon's `ipv4_lookup` (`auto`, `lpm` or `dir24`). `auto` picks DIR-24 only when the
@@ -92,11 +115,20 @@ pub struct ApiArgs {
 /// How long one single-rule request may take before the run fails.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+impl ApiArgs {
+    fn list_reps(&self) -> usize {
+        self.list_reps.unwrap_or(self.reps)
+    }
+}
+
 struct Measurements {
-    adds: Samples,
-    batch: Samples,
+    adds: Option<Samples>,
+    batch: Option<Samples>,
     large: LargeBatch,
-    lists: Option<lists::ListTimes>,
+    lists: Option<lists::ListResults>,
+    lock: Option<lock::LockResults>,
+    /// The list and lock phases' workload size after generation (`--list`).
+    list_churn: usize,
 }
 
 /// What the report says about the setup.
@@ -113,8 +145,16 @@ struct Environment {
 /// and nft; builds nothing (the xdpwall binary must exist).
 pub fn run_api(args: &ApiArgs) -> anyhow::Result<String> {
     ensure!(
-        args.adds > 0 && args.round > 0 && args.batch > 0 && args.reps > 0,
-        "--adds, --round, --batch and --reps must be positive"
+        args.adds == 0 || args.round > 0,
+        "--round must be positive when --adds is"
+    );
+    ensure!(
+        args.batch == 0 || args.reps > 0,
+        "--reps must be positive when --batch is"
+    );
+    ensure!(
+        args.list_timeout_secs > 0,
+        "--list-timeout-secs must be positive"
     );
     // Fail before creating anything if the single-add addresses do not fit the range.
     prefixes::benchmark_hosts(args.adds)?;
@@ -144,19 +184,34 @@ pub fn run_api(args: &ApiArgs) -> anyhow::Result<String> {
     Ok(report::report(args, &environment, &measurements))
 }
 
+/// Phases seed their generators with `--seed` plus their own offset.
+const BATCH_SEED: u64 = 0;
+const LARGE_SEED: u64 = 1;
+const LIST_SEED: u64 = 2;
+
 fn measure(spec: &DaemonSpec, args: &ApiArgs) -> anyhow::Result<Measurements> {
     let names = format!("xwbench{}", std::process::id());
-    eprintln!("bench api: {} single adds per system", args.adds);
-    let adds = measure_single_adds(spec, args, &names).context("single-rule adds")?;
+    let phase_rng = |offset: u64| StdRng::seed_from_u64(args.seed.wrapping_add(offset));
+    let adds = if args.adds == 0 {
+        None
+    } else {
+        eprintln!("bench api: {} single adds per system", args.adds);
+        Some(measure_single_adds(spec, args, &names).context("single-rule adds")?)
+    };
 
-    let mut rng = StdRng::seed_from_u64(args.seed);
-    let entries = cidr_strings(&prefixes::disjoint_v4(&mut rng, args.batch));
-    eprintln!(
-        "bench api: batch import of {} prefixes, {} repetitions",
-        args.batch, args.reps
-    );
-    let batch = measure_batch_import(spec, args, &names, &entries).context("batch import")?;
-    drop(entries);
+    let batch = if args.batch == 0 {
+        None
+    } else {
+        let entries = cidr_strings(&prefixes::disjoint_v4(
+            &mut phase_rng(BATCH_SEED),
+            args.batch,
+        ));
+        eprintln!(
+            "bench api: batch import of {} prefixes, {} repetitions",
+            args.batch, args.reps
+        );
+        Some(measure_batch_import(spec, args, &names, &entries).context("batch import")?)
+    };
 
     let large = if args.large_batch == 0 {
         LargeBatch::Skipped
@@ -165,7 +220,10 @@ fn measure(spec: &DaemonSpec, args: &ApiArgs) -> anyhow::Result<Measurements> {
             "bench api: one xdpwall batch of {} prefixes (limit {} s)",
             args.large_batch, args.large_timeout_secs
         );
-        let entries = cidr_strings(&prefixes::disjoint_v4(&mut rng, args.large_batch));
+        let entries = cidr_strings(&prefixes::disjoint_v4(
+            &mut phase_rng(LARGE_SEED),
+            args.large_batch,
+        ));
         let limit = Duration::from_secs(args.large_timeout_secs);
         match xdpwall_batch(spec, &batch_body(&entries), &entries, limit)
             .context("large xdpwall batch")?
@@ -174,28 +232,54 @@ fn measure(spec: &DaemonSpec, args: &ApiArgs) -> anyhow::Result<Measurements> {
             None => LargeBatch::Unfinished(limit),
         }
     };
-    let lists = if args.list == 0 {
-        None
-    } else {
-        eprintln!(
-            "bench api: named list of {} prefixes and 1% churn, {} repetitions",
-            args.list, args.reps
-        );
-        let mut all = cidr_strings(&prefixes::disjoint_v4(
-            &mut rng,
-            args.list + args.list / 100,
-        ));
-        let fresh = all.split_off(args.list);
-        let churned = lists::churn(&all, &fresh);
-        let limit = Duration::from_secs(args.batch_timeout_secs);
-        Some(lists::measure_lists(spec, &all, &churned, args.reps, limit).context("named list")?)
-    };
+
+    let (mut lists, mut lock, mut list_churn) = (None, None, 0);
+    if args.list > 0 && (args.list_reps() > 0 || args.lock_reps > 0) {
+        let workload = list_workload(&mut phase_rng(LIST_SEED), args.list)?;
+        list_churn = workload.arrived.len();
+        let limit = Duration::from_secs(args.list_timeout_secs);
+        if args.list_reps() > 0 {
+            eprintln!(
+                "bench api: list of {} prefixes and its 1% churn, {} repetitions per system",
+                args.list,
+                args.list_reps()
+            );
+            lists = Some(
+                lists::measure_lists(spec, &workload, &names, args.list_reps(), limit)
+                    .context("list phase")?,
+            );
+        }
+        if args.lock_reps > 0 {
+            eprintln!(
+                "bench api: calls beside a list PUT, {} repetitions",
+                args.lock_reps
+            );
+            lock = Some(
+                lock::measure_lock(spec, &workload, args.lock_reps, limit).context("lock phase")?,
+            );
+        }
+    }
     Ok(Measurements {
         adds,
         batch,
         large,
         lists,
+        lock,
+        list_churn,
     })
+}
+
+/// `len` pairwise disjoint prefixes and 1% more for the churn, none in 198.18.0.0/15: the
+/// lock phase's single rules come from there and must not fall under the list.
+fn list_workload(rng: &mut StdRng, len: usize) -> anyhow::Result<lists::ListWorkload> {
+    let wanted = len + len / 100;
+    // A handful of the generated prefixes may fall in 198.18.0.0/15 (2^-15 of the space).
+    let generated: Vec<String> = prefixes::disjoint_v4(rng, wanted + wanted / 1000 + 16)
+        .iter()
+        .filter(|net| !prefixes::overlaps_benchmark_range(net))
+        .map(ToString::to_string)
+        .collect();
+    lists::ListWorkload::spread(generated, len)
 }
 
 /// Checks in the daemon's pinned maps that the kernel blocks each of `addrs`, and returns the
@@ -223,12 +307,14 @@ fn ensure_enforced(
 
 /// The first address of each prefix in `entries` (CIDR strings).
 fn first_addresses(entries: &[String]) -> impl Iterator<Item = Ipv4Addr> + '_ {
-    entries.iter().map(|entry| {
-        entry
-            .parse::<ipnet::Ipv4Net>()
-            .expect("the generator's own prefixes parse")
-            .network()
-    })
+    entries.iter().map(|entry| first_address(entry))
+}
+
+fn first_address(entry: &str) -> Ipv4Addr {
+    entry
+        .parse::<ipnet::Ipv4Net>()
+        .expect("the generator's own prefixes parse")
+        .network()
 }
 
 fn cidr_strings(nets: &[ipnet::Ipv4Net]) -> Vec<String> {

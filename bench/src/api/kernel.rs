@@ -89,4 +89,26 @@ impl PinnedIpv4Blocks {
         }
         Ok(())
     }
+
+    /// Fails naming the first of `addrs` the kernel still blocks, and how many it blocks.
+    pub fn ensure_not_blocked(
+        &self,
+        addrs: impl IntoIterator<Item = Ipv4Addr>,
+    ) -> anyhow::Result<()> {
+        let (mut checked, mut blocked, mut first) = (0usize, 0usize, None);
+        for addr in addrs {
+            checked += 1;
+            if let Some(rule) = self.blocking_rule(addr)? {
+                blocked += 1;
+                first.get_or_insert((addr, rule));
+            }
+        }
+        if let Some((addr, rule)) = first {
+            bail!(
+                "the kernel still blocks {blocked} of {checked} addresses that were removed \
+                 (first: {addr}, by rule {rule})"
+            );
+        }
+        Ok(())
+    }
 }
