@@ -219,21 +219,29 @@ pub(super) fn render_lists(out: &mut String, args: &ApiArgs, lists: &ListResults
     }
 }
 
-/// `p50 | p99 | max` in ms, or dashes without calls.
-fn latency_cells(calls: &[Call], kind: CallKind) -> (usize, String) {
+/// `calls | p50 | p99 | max | over the goal | p99 verdict` for the calls of `kind` (ms), or
+/// dashes without calls.
+fn latency_cells(calls: &[Call], kind: CallKind) -> String {
     let latencies: Vec<Duration> = calls
         .iter()
         .filter(|c| c.kind == kind)
         .map(|c| c.latency)
         .collect();
     if latencies.is_empty() {
-        return (0, "— | — | — | —".into());
+        return "0 | — | — | — | — | —".into();
     }
     let s = summarize_ms(&latencies);
-    let goal = goal_verdict(s.p99 < CALL_P99_GOAL_MS);
-    (
+    let over = latencies
+        .iter()
+        .filter(|l| l.as_secs_f64() * 1e3 >= CALL_P99_GOAL_MS)
+        .count();
+    format!(
+        "{} | {:.2} | {:.2} | {:.2} | {over} | {}",
         latencies.len(),
-        format!("{:.2} | {:.2} | {:.2} | {goal}", s.p50, s.p99, s.max),
+        s.p50,
+        s.p99,
+        s.max,
+        goal_verdict(s.p99 < CALL_P99_GOAL_MS)
     )
 }
 
@@ -271,17 +279,18 @@ pub(super) fn render_lock(out: &mut String, args: &ApiArgs, lock: &LockResults, 
     );
     let _ = writeln!(
         out,
-        "| call | while | calls | p50 | p99 | max | p99 < {CALL_P99_GOAL_MS:.0} ms |"
+        "| call | while | calls | p50 | p99 | max | calls ≥ {CALL_P99_GOAL_MS:.0} ms | p99 < \
+         {CALL_P99_GOAL_MS:.0} ms |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---|");
     for kind in CALL_KINDS {
         for (moment, calls) in [
             ("idle", &lock.idle),
             ("the full list's PUT", &lock.full.calls),
             ("the churn's PUT", &lock.churn.calls),
         ] {
-            let (count, cells) = latency_cells(calls, kind);
-            let _ = writeln!(out, "| {} | {moment} | {count} | {cells} |", kind.label());
+            let cells = latency_cells(calls, kind);
+            let _ = writeln!(out, "| {} | {moment} | {cells} |", kind.label());
         }
     }
     let _ = writeln!(
@@ -298,6 +307,13 @@ pub(super) fn render_lock(out: &mut String, args: &ApiArgs, lock: &LockResults, 
         } else {
             String::new()
         }
+    );
+    let _ = writeln!(
+        out,
+        "\nThe calls come one at a time from one thread, so however long the engine stays \
+         locked, only the call in flight at that moment waits, and its kind is whichever came \
+         up: read the max and the count of slow calls with the p99. The calls made before the \
+         daemon takes the lock (while the body is sent and parsed) are in the counts too."
     );
     let _ = writeln!(
         out,

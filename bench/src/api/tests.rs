@@ -223,18 +223,18 @@ fn the_lock_report_shows_each_call_kind_against_the_goal() {
     let mut out = String::new();
     render_lock(&mut out, &args(&[]), &lock_results(&[1400]), 10_000);
     assert!(
-        out.contains("| GET /v1/status | idle | 100 | 1.00 | 1.00 | 1.00 | met |"),
+        out.contains("| GET /v1/status | idle | 100 | 1.00 | 1.00 | 1.00 | 0 | met |"),
         "{out}"
     );
     assert!(
         out.contains(
-            "| GET /metrics | the full list's PUT | 1 | 1400.00 | 1400.00 | 1400.00 | not met |"
+            "| GET /metrics | the full list's PUT | 1 | 1400.00 | 1400.00 | 1400.00 | 1 | not met |"
         ),
         "{out}"
     );
     // No call ran during the churn's PUT: dashes, not a panic.
     assert!(
-        out.contains("| POST /v1/rules (one /32) | the churn's PUT | 0 | — | — | — | — |"),
+        out.contains("| POST /v1/rules (one /32) | the churn's PUT | 0 | — | — | — | — | — |"),
         "{out}"
     );
     assert!(out.contains("full list 1.500 s (1.500–1.500), churn 0.150 s"));
