@@ -54,11 +54,7 @@ impl ListWorkload {
             len + churn
         );
         // Every `stride`-th generated prefix arrives with the churn, the others are listed.
-        let stride = if churn == 0 {
-            usize::MAX
-        } else {
-            generated.len() / churn
-        };
+        let stride = generated.len().checked_div(churn).unwrap_or(usize::MAX);
         let (mut entries, mut arrived) = (Vec::with_capacity(len), Vec::with_capacity(churn));
         for (i, prefix) in generated.into_iter().enumerate() {
             if i % stride == stride - 1 && arrived.len() < churn {
@@ -81,7 +77,7 @@ impl ListWorkload {
     }
 
     fn is_withdrawn(&self, index: usize) -> bool {
-        index % CHURN_STRIDE == 0 && index / CHURN_STRIDE < self.withdrawn.len()
+        index.is_multiple_of(CHURN_STRIDE) && index / CHURN_STRIDE < self.withdrawn.len()
     }
 
     /// The entries the churn keeps.
