@@ -88,8 +88,8 @@ impl System {
                  churned list again"
             }
             Self::Ipset => {
-                "`ipset restore` into a fresh hash:net set; churn: `del` + `add` lines through \
-                 `ipset restore`"
+                "`ipset restore` of a file that creates a hash:net set and adds the list; churn: \
+                 `del` + `add` lines through `ipset restore`"
             }
             Self::Nft => {
                 "`nft -f` (one `add element`) into a fresh interval set; churn: `delete element` \

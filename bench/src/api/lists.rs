@@ -162,7 +162,7 @@ pub fn measure_lists(
     let nft_table = format!("{names}l");
     let ipset_full = scratch.write(
         "list-full.restore",
-        &IpsetSet::restore_script(names, &workload.entries),
+        &IpsetSet::create_script(names, &workload.entries),
     )?;
     let ipset_delta = scratch.write(
         "list-delta.restore",
@@ -199,7 +199,7 @@ pub fn measure_lists(
                     (Outcome::Took(full), Outcome::Took(churn))
                 }
                 System::Ipset => {
-                    let set = IpsetSet::create_presized(names, workload.entries.len())?;
+                    let set = IpsetSet::created_by_restore(names);
                     let full = bounded(set.restore_within(&ipset_full, limit)?);
                     let churn = if full == Outcome::TimedOut {
                         Outcome::NotRun

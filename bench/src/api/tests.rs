@@ -96,6 +96,16 @@ fn a_list_under_a_hundred_entries_has_no_churn_and_too_few_prefixes_fail() {
 }
 
 #[test]
+fn the_ipset_list_file_creates_a_presized_set() {
+    let entries = vec!["192.0.2.0/24".to_string(); 1_000_000];
+    let script = IpsetSet::create_script("s", &entries);
+    assert!(script.starts_with(
+        "create s hash:net family inet hashsize 262144 maxelem 2000000\nadd s 192.0.2.0/24\n"
+    ));
+    assert_eq!(script.lines().count(), 1_000_001);
+}
+
+#[test]
 fn delta_scripts_withdraw_then_add() {
     let (withdrawn, arrived) = (
         vec!["192.0.2.0/24".to_string()],
