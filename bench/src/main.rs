@@ -3,8 +3,9 @@
 //! - `xdpwall-bench [--sizes ...]`: the BPF_PROG_TEST_RUN per-packet benchmark (the default);
 //! - `xdpwall-bench egress [--watch ...]`: the TC egress flagger on unflagged traffic against a
 //!   bare TC program, through BPF_PROG_TEST_RUN;
-//! - `xdpwall-bench api [--adds ...]`: API block → enforced latency and batch import against
-//!   ipset and nftables;
+//! - `xdpwall-bench api [--adds ...]`: API block → enforced latency, batch import and a 1M
+//!   list with its 1% churn against ipset and nftables, and other API calls while the list is
+//!   applied;
 //! - `xdpwall-bench feed [--entries ...]`: a large feed and its churn through xdpwall, ipset and
 //!   nftables;
 //! - `xdpwall-bench live [--sizes ...]`: packet rate on a veth pair with each system filtering
@@ -49,8 +50,9 @@ enum Mode {
     /// Cost of the TC egress flagger per unflagged (and flagged) packet against a bare TC
     /// program, through BPF_PROG_TEST_RUN (needs root).
     Egress(EgressArgs),
-    /// API block → enforced latency and batch import, against ipset and nftables (in a veth lab
-    /// with the real daemon; needs root, ipset, nft and a built xdpwall binary).
+    /// API block → enforced latency, batch import and a large list with its 1% churn, against
+    /// ipset and nftables, and other API calls while the list is applied (in a veth lab with
+    /// the real daemon; needs root, ipset, nft and a built xdpwall binary).
     Api(ApiArgs),
     /// Parse + check + apply of a large feed and of a 1% churn of it, against `ipset restore`
     /// (+ swap) and `nft -f` (needs root, ipset, nft).

@@ -87,6 +87,12 @@ pub fn frames(sources: &[Ipv4Addr]) -> Vec<Vec<u8>> {
 /// 198.18.0.0/15, reserved for network benchmarks (RFC 2544): addresses nothing real uses.
 const BENCHMARK_RANGE: (u32, u32) = (0xc612_0000, 0xc613_ffff);
 
+/// Whether `net` shares an address with 198.18.0.0/15.
+pub fn overlaps_benchmark_range(net: &Ipv4Net) -> bool {
+    let (start, end) = (u32::from(net.network()), u32::from(net.broadcast()));
+    start <= BENCHMARK_RANGE.1 && end >= BENCHMARK_RANGE.0
+}
+
 /// `count` distinct host addresses from 198.18.0.0/15, in order (at most 131,070: the
 /// all-zeros and all-ones addresses of the range are skipped).
 pub fn benchmark_hosts(count: usize) -> anyhow::Result<Vec<Ipv4Addr>> {

@@ -9,13 +9,16 @@
 use std::{
     fs,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
+use xdpwall::{
+    api::types::Status, config::Ipv4LookupSetting, datapath::Ipv4Lookup, pins::PinLayout,
+};
 
 use super::http::Connection;
 
@@ -35,6 +38,17 @@ pub struct DaemonSpec {
     pub netns_path: String,
     pub iface: String,
     pub token: String,
+    /// Written as the config's `ipv4_lookup`.
+    pub ipv4_lookup: Ipv4LookupSetting,
+}
+
+/// The config file's spelling of `setting`.
+pub fn lookup_setting_name(setting: Ipv4LookupSetting) -> &'static str {
+    match setting {
+        Ipv4LookupSetting::Auto => "auto",
+        Ipv4LookupSetting::Lpm => "lpm",
+        Ipv4LookupSetting::Dir24 => "dir24",
+    }
 }
 
 pub struct DaemonGuard {
@@ -44,6 +58,8 @@ pub struct DaemonGuard {
     pin_dir: PathBuf,
     state_dir: PathBuf,
     log_path: PathBuf,
+    /// Spawn → `/readyz` 200: the DIR-24 engine maps and fills a 64 MiB table at start.
+    startup: Duration,
 }
 
 impl DaemonGuard {
@@ -65,22 +81,26 @@ impl DaemonGuard {
             log_path: state_dir.join("daemon.log"),
             pin_dir,
             state_dir,
+            startup: Duration::ZERO,
         };
         fs::create_dir_all(&guard.state_dir)
             .with_context(|| format!("creating {}", guard.state_dir.display()))?;
         let token_path = guard.state_dir.join("bench-write.token");
         fs::write(&token_path, &spec.token)?;
         let config = format!(
-            "interfaces = [\"{iface}\"]\nstate_dir = \"{state}\"\npin_dir = \"{pins}\"\n\n\
+            "interfaces = [\"{iface}\"]\nstate_dir = \"{state}\"\npin_dir = \"{pins}\"\n\
+             ipv4_lookup = \"{lookup}\"\n\n\
              [api]\nlisten = \"{API_ADDR}\"\nmax_body_bytes = {MAX_BODY_BYTES}\n\
              max_batch = {MAX_BATCH}\ntokens = [\n  {{ name = \"bench\", scope = \"write\", file = \"{token}\" }},\n]\n",
             iface = spec.iface,
             state = guard.state_dir.display(),
             pins = guard.pin_dir.display(),
             token = token_path.display(),
+            lookup = lookup_setting_name(spec.ipv4_lookup),
         );
         fs::write(&guard.config_path, config)?;
         let log = fs::File::create(&guard.log_path)?;
+        let spawned = Instant::now();
         let child = Command::new("nsenter")
             .arg(format!("--net={}", spec.netns_path))
             .arg(&spec.binary)
@@ -93,6 +113,7 @@ impl DaemonGuard {
             .context("spawning nsenter xdpwall run")?;
         guard.child = Some(child);
         guard.wait_ready(&spec.token, Duration::from_secs(30))?;
+        guard.startup = spawned.elapsed();
         Ok(guard)
     }
 
@@ -107,7 +128,10 @@ impl DaemonGuard {
                 && let Some(status) = child.try_wait()?
             {
                 self.child = None;
-                bail!("daemon exited with {status} before ready:\n{}", self.log());
+                bail!(
+                    "daemon exited with {status} before ready:\n{}",
+                    self.log_tail()
+                );
             }
             // A fresh connection per probe: the listener may not exist yet.
             let ready = Connection::open(Self::addr(), token, Duration::from_secs(1))
@@ -118,17 +142,50 @@ impl DaemonGuard {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("daemon not ready after {timeout:?}:\n{}", self.log())
+        bail!("daemon not ready after {timeout:?}:\n{}", self.log_tail())
     }
 
     /// The daemon's log so far, for error messages (the file goes with the state directory).
-    pub fn log(&self) -> String {
+    fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    pub fn state_dir(&self) -> &Path {
-        &self.state_dir
+    /// Where this daemon pins its maps.
+    pub fn pins(&self) -> PinLayout {
+        PinLayout::new(&self.pin_dir)
     }
+
+    /// How long the daemon took from spawn to ready.
+    pub fn startup(&self) -> Duration {
+        self.startup
+    }
+
+    /// The last lines of the log, for error chains (the whole log can be long).
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+        if tail.is_empty() {
+            "(the daemon logged nothing)".into()
+        } else {
+            format!("daemon log (last {LOG_TAIL_LINES} lines):\n{tail}")
+        }
+    }
+}
+
+/// Lines of the daemon log an error carries.
+const LOG_TAIL_LINES: usize = 20;
+
+/// `GET /v1/status`, parsed with the daemon's own type.
+pub fn status(api: &mut Connection) -> anyhow::Result<Status> {
+    let response = api.request("GET", "/v1/status", None)?;
+    ensure!(
+        response.status == 200,
+        "GET /v1/status: {} {}",
+        response.status,
+        response.text()
+    );
+    serde_json::from_slice(&response.body).context("parsing the /v1/status answer")
 }
 
 impl Drop for DaemonGuard {
@@ -149,3 +206,12 @@ impl Drop for DaemonGuard {
 }
 
 pub use xdpwall_netlab::in_netns;
+
+/// The IPv4 engine a daemon runs, from its status.
+pub fn ipv4_engine(status: &Status) -> anyhow::Result<Ipv4Lookup> {
+    match status.ipv4_lookup.as_str() {
+        "lpm" => Ok(Ipv4Lookup::Lpm),
+        "dir24" => Ok(Ipv4Lookup::Dir24),
+        other => bail!("the daemon reports an unknown IPv4 engine {other:?}"),
+    }
+}
