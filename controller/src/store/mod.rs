@@ -5,18 +5,20 @@
 //! accepted the change, so a rule the API confirmed survives a `kill -9` right after the answer
 //! (WAL, `synchronous = FULL`), and a change the kernel refused leaves no trace.
 
-use std::path::{Path, PathBuf};
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
 
 use ipnet::IpNet;
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::{Connection, params};
 
 pub use self::lists::{ListRow, StoredList, decode_entries, encode_entries};
+use self::schema::SCHEMA_VERSION;
 use crate::rules::{Action, Rule, RuleId, RuleOptions, RuleSource};
 
 mod lists;
-
-/// Bumped when the schema changes; older files are migrated in [`Store::open`].
-const SCHEMA_VERSION: i64 = 3;
+mod schema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -111,106 +113,7 @@ impl Store {
                 found: version,
             });
         }
-        if version < 1 {
-            conn.execute_batch(
-                "BEGIN;
-                 CREATE TABLE IF NOT EXISTS rules (
-                     id INTEGER PRIMARY KEY AUTOINCREMENT,
-                     cidr TEXT NOT NULL,
-                     action TEXT NOT NULL CHECK (action IN ('block', 'allow', 'watch')),
-                     list TEXT NOT NULL,
-                     reason TEXT NOT NULL,
-                     source TEXT NOT NULL CHECK (source IN ('api', 'config', 'feed')),
-                     created_at INTEGER NOT NULL,
-                     expires_at INTEGER,
-                     UNIQUE (cidr, action, list)
-                 );
-                 CREATE INDEX IF NOT EXISTS rules_expiry ON rules (expires_at) WHERE expires_at IS NOT NULL;
-                 CREATE TABLE IF NOT EXISTS audit (
-                     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                     at INTEGER NOT NULL,
-                     who TEXT NOT NULL,
-                     what TEXT NOT NULL,
-                     rule_id INTEGER NOT NULL,
-                     cidr TEXT NOT NULL,
-                     action TEXT NOT NULL,
-                     list TEXT NOT NULL,
-                     why TEXT NOT NULL
-                 );
-                 CREATE TABLE IF NOT EXISTS feeds (
-                     id INTEGER PRIMARY KEY AUTOINCREMENT,
-                     name TEXT NOT NULL UNIQUE,
-                     etag TEXT,
-                     last_modified TEXT,
-                     entries INTEGER NOT NULL DEFAULT 0,
-                     last_attempt INTEGER,
-                     last_success INTEGER,
-                     last_error TEXT
-                 );
-                 PRAGMA user_version = 1;
-                 COMMIT;",
-            )
-            .map_err(open_err)?;
-        }
-        if version < 2 {
-            // Version 2: limit rules, and a rule's options (scope, mode, rate) as canonical text,
-            // part of what makes a rule unique. SQLite cannot change a CHECK or UNIQUE
-            // constraint in place, so the table is rebuilt, ids and their sequence kept.
-            conn.execute_batch(
-                "BEGIN;
-                 CREATE TABLE rules_v2 (
-                     id INTEGER PRIMARY KEY AUTOINCREMENT,
-                     cidr TEXT NOT NULL,
-                     action TEXT NOT NULL CHECK (action IN ('block', 'allow', 'watch', 'limit')),
-                     list TEXT NOT NULL,
-                     reason TEXT NOT NULL,
-                     source TEXT NOT NULL CHECK (source IN ('api', 'config', 'feed')),
-                     created_at INTEGER NOT NULL,
-                     expires_at INTEGER,
-                     options TEXT NOT NULL DEFAULT '',
-                     UNIQUE (cidr, action, list, options)
-                 );
-                 INSERT INTO rules_v2 (id, cidr, action, list, reason, source, created_at, expires_at)
-                     SELECT id, cidr, action, list, reason, source, created_at, expires_at FROM rules;
-                 CREATE TEMP TABLE rules_seq AS SELECT seq FROM sqlite_sequence WHERE name = 'rules';
-                 DROP TABLE rules;
-                 ALTER TABLE rules_v2 RENAME TO rules;
-                 DELETE FROM sqlite_sequence WHERE name = 'rules_v2';
-                 INSERT INTO sqlite_sequence (name, seq)
-                     SELECT 'rules', MAX(COALESCE((SELECT MAX(seq) FROM rules_seq), 0),
-                                         COALESCE((SELECT MAX(id) FROM rules), 0))
-                     WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'rules');
-                 UPDATE sqlite_sequence
-                     SET seq = MAX(seq, COALESCE((SELECT MAX(seq) FROM rules_seq), 0))
-                     WHERE name = 'rules';
-                 DROP TABLE rules_seq;
-                 CREATE INDEX IF NOT EXISTS rules_expiry ON rules (expires_at) WHERE expires_at IS NOT NULL;
-                 PRAGMA user_version = 2;
-                 COMMIT;",
-            )
-            .map_err(open_err)?;
-        }
-        if version < 3 {
-            // Version 3: named lists (`PUT /v1/lists/{name}`). A list's entries are one blob
-            // (sorted, packed: see `lists::encode_entries`), so replacing a million-entry list
-            // is one row write, not a million; its id gives the list's rule id.
-            conn.execute_batch(
-                "BEGIN;
-                 CREATE TABLE IF NOT EXISTS lists (
-                     id INTEGER PRIMARY KEY AUTOINCREMENT,
-                     name TEXT NOT NULL UNIQUE,
-                     action TEXT NOT NULL CHECK (action IN ('block', 'allow', 'watch')),
-                     entries INTEGER NOT NULL,
-                     content BLOB NOT NULL,
-                     created_at INTEGER NOT NULL,
-                     updated_at INTEGER NOT NULL,
-                     expires_at INTEGER
-                 );
-                 PRAGMA user_version = 3;
-                 COMMIT;",
-            )
-            .map_err(open_err)?;
-        }
+        schema::migrate(&conn, version).map_err(open_err)?;
         Ok(Self {
             conn,
             path: path.to_owned(),
@@ -325,30 +228,15 @@ impl Store {
     }
 }
 
+/// Rows per multi-row statement of [`StoreTx::insert_rules`] and [`StoreTx::delete_rules`]
+/// (9 × 64 bound values, well under SQLite's limit of 32766).
+const ROWS_PER_STATEMENT: usize = 64;
+
 pub struct StoreTx<'a> {
     tx: rusqlite::Transaction<'a>,
 }
 
 impl StoreTx<'_> {
-    /// The rule with this (cidr, action, list, options), if stored.
-    pub fn find(
-        &self,
-        cidr: &IpNet,
-        action: Action,
-        list: &str,
-        options: &RuleOptions,
-    ) -> Result<Option<Rule>, StoreError> {
-        let mut stmt = self.tx.prepare_cached(
-            "SELECT id, cidr, action, list, reason, source, created_at, expires_at, options FROM rules
-             WHERE cidr = ?1 AND action = ?2 AND list = ?3 AND options = ?4",
-        )?;
-        let key = params![cidr.to_string(), action.as_str(), list, options.to_text()];
-        stmt.query_row(key, raw_rule)
-            .optional()?
-            .map(RawRule::into_rule)
-            .transpose()
-    }
-
     /// Stores a new rule and returns it with its id. Ids are never reused.
     pub fn insert(&self, rule: &NewRule, now: i64) -> Result<Rule, StoreError> {
         let mut stmt = self.tx.prepare_cached(
@@ -386,6 +274,85 @@ impl StoreTx<'_> {
     pub fn delete(&self, id: RuleId) -> Result<bool, StoreError> {
         let mut stmt = self.tx.prepare_cached("DELETE FROM rules WHERE id = ?1")?;
         Ok(stmt.execute([id])? > 0)
+    }
+
+    /// The id the next stored rule gets: one above every id ever used (ids are never reused,
+    /// as AUTOINCREMENT gives them), so a change knows its rules' ids before it writes them.
+    pub fn next_rule_id(&self) -> Result<RuleId, StoreError> {
+        let used: i64 = self.tx.query_row(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'rules'), 0),
+                        COALESCE((SELECT MAX(id) FROM rules), 0))",
+            [],
+            |r| r.get(0),
+        )?;
+        RuleId::try_from(used + 1).map_err(|_| StoreError::BadRow {
+            id: used,
+            detail: "rule id out of range".into(),
+        })
+    }
+
+    /// Stores `rules` under the ids they carry (new ones, from [`Self::next_rule_id`] on).
+    /// [`ROWS_PER_STATEMENT`] rows per INSERT: a million-rule batch is 16k statements, not a
+    /// million.
+    pub fn insert_rules(&self, rules: &[Rule]) -> Result<(), StoreError> {
+        const COLUMNS: usize = 9;
+        let sql = |rows: usize| {
+            let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
+            format!(
+                "INSERT INTO rules (id, cidr, action, list, reason, source, created_at, expires_at, options) VALUES {}",
+                vec![row; rows].join(", ")
+            )
+        };
+        let mut cidr = String::new();
+        let mut write = |stmt: &mut rusqlite::CachedStatement<'_>, chunk: &[Rule]| {
+            for (i, rule) in chunk.iter().enumerate() {
+                let at = i * COLUMNS;
+                // Text is copied as it is bound (SQLITE_TRANSIENT): one buffer serves every row.
+                cidr.clear();
+                write!(cidr, "{}", rule.cidr).expect("writing to a String");
+                stmt.raw_bind_parameter(at + 1, rule.id)?;
+                stmt.raw_bind_parameter(at + 2, cidr.as_str())?;
+                stmt.raw_bind_parameter(at + 3, rule.action.as_str())?;
+                stmt.raw_bind_parameter(at + 4, rule.list.as_str())?;
+                stmt.raw_bind_parameter(at + 5, rule.reason.as_str())?;
+                stmt.raw_bind_parameter(at + 6, rule.source.as_str())?;
+                stmt.raw_bind_parameter(at + 7, rule.created_at)?;
+                stmt.raw_bind_parameter(at + 8, rule.expires_at)?;
+                if rule.options.is_plain() {
+                    stmt.raw_bind_parameter(at + 9, "")?;
+                } else {
+                    stmt.raw_bind_parameter(at + 9, rule.options.to_text())?;
+                }
+            }
+            stmt.raw_execute().map(drop)
+        };
+        let chunks = rules.chunks_exact(ROWS_PER_STATEMENT);
+        let rest = chunks.remainder();
+        if chunks.len() > 0 {
+            let mut full = self.tx.prepare_cached(&sql(ROWS_PER_STATEMENT))?;
+            for chunk in chunks {
+                write(&mut full, chunk)?;
+            }
+        }
+        if !rest.is_empty() {
+            write(&mut self.tx.prepare_cached(&sql(rest.len()))?, rest)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the rules `ids` ([`ROWS_PER_STATEMENT`] per statement); ids not stored are
+    /// ignored.
+    pub fn delete_rules(&self, ids: &[RuleId]) -> Result<(), StoreError> {
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "DELETE FROM rules WHERE id IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            self.tx
+                .prepare_cached(&sql)?
+                .execute(rusqlite::params_from_iter(chunk))?;
+        }
+        Ok(())
     }
 
     pub fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
@@ -545,7 +512,7 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_never_reused_and_triples_are_unique() {
+    fn ids_are_never_reused() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("s")).unwrap();
         let tx = store.transaction().unwrap();
@@ -553,20 +520,50 @@ mod tests {
         assert!(tx.delete(a.id).unwrap());
         let b = tx.insert(&new_rule("198.51.100.0/24"), 2).unwrap();
         assert!(b.id > a.id);
-        assert!(
-            tx.insert(&new_rule("198.51.100.0/24"), 3).is_err(),
-            "duplicate triple refused"
-        );
-        let found = tx
-            .find(&b.cidr, Action::Block, "api", &RuleOptions::default())
-            .unwrap()
-            .unwrap();
-        assert_eq!(found.id, b.id);
-        assert!(
-            tx.find(&b.cidr, Action::Allow, "api", &RuleOptions::default())
-                .unwrap()
-                .is_none()
-        );
+        assert_eq!(tx.next_rule_id().unwrap(), b.id + 1);
+        tx.delete_rules(&[b.id]).unwrap();
+        // The highest id used stays used, also once its row is gone.
+        assert_eq!(tx.next_rule_id().unwrap(), b.id + 1);
+        tx.commit().unwrap();
+    }
+
+    #[test]
+    fn bulk_inserts_keep_their_ids_and_bulk_deletes_take_exactly_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let mut store = Store::open(&path).unwrap();
+        let tx = store.transaction().unwrap();
+        let first = tx.next_rule_id().unwrap();
+        // Two full statements and a remainder; a limit rule's options go in as their text.
+        let rules: Vec<Rule> = (0..(2 * ROWS_PER_STATEMENT as u32 + 5))
+            .map(|i| Rule {
+                id: first + i,
+                cidr: normalize_cidr(&format!("10.{}.{}.0/24", i / 256, i % 256)).unwrap(),
+                action: if i == 3 { Action::Limit } else { Action::Block },
+                list: "bulk".into(),
+                reason: format!("r{i}"),
+                source: RuleSource::Api,
+                created_at: 7,
+                expires_at: (i % 2 == 0).then_some(100 + i64::from(i)),
+                options: if i == 3 {
+                    RuleOptions::from_text("rate=20/s").unwrap()
+                } else {
+                    RuleOptions::default()
+                },
+            })
+            .collect();
+        tx.insert_rules(&rules).unwrap();
+        assert_eq!(tx.next_rule_id().unwrap(), first + rules.len() as u32);
+        let gone: Vec<RuleId> = rules.iter().step_by(3).map(|r| r.id).collect();
+        tx.delete_rules(&gone).unwrap();
+        tx.commit().unwrap();
+        drop(store);
+        let stored = Store::open(&path).unwrap().rules().unwrap();
+        let kept: Vec<Rule> = rules
+            .into_iter()
+            .filter(|r| !gone.contains(&r.id))
+            .collect();
+        assert_eq!(stored, kept);
     }
 
     #[test]
@@ -615,6 +612,21 @@ mod tests {
             .unwrap();
         }
         let mut store = Store::open(&path).unwrap();
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        // Version 4 dropped the uniqueness index (the engine keeps rules unique).
+        let unique_indexes: i64 = store
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE tbl_name = 'rules' AND name LIKE 'sqlite_autoindex%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(unique_indexes, 0);
         let rules = store.rules().unwrap();
         assert_eq!(rules.len(), 1);
         assert_eq!((rules[0].id, rules[0].reason.as_str()), (1, "old"));
