@@ -41,6 +41,45 @@ struct Written {
 }
 
 impl Written {
+    /// The rules `remove` names (those that exist) and the rules `add` becomes, with ids from
+    /// `first` on in request order, before anything is written.
+    fn new(
+        rules: &BTreeMap<RuleId, Rule>,
+        add: &[NewRule],
+        remove: &[RuleId],
+        first: RuleId,
+        now: i64,
+    ) -> Result<Self, StoreError> {
+        let removed = remove
+            .iter()
+            .filter_map(|id| rules.get(id))
+            .cloned()
+            .collect();
+        let count = RuleId::try_from(add.len()).ok();
+        if count.and_then(|n| first.checked_add(n)).is_none() {
+            return Err(StoreError::BadRow {
+                id: i64::from(first),
+                detail: format!("{} more rule ids do not fit", add.len()),
+            });
+        }
+        let inserted = add
+            .iter()
+            .zip(first..)
+            .map(|(new, id)| Rule {
+                id,
+                cidr: new.cidr,
+                action: new.action,
+                list: new.list.clone(),
+                reason: new.reason.clone(),
+                source: new.source,
+                created_at: now,
+                expires_at: new.expires_at,
+                options: new.options,
+            })
+            .collect();
+        Ok(Self { removed, inserted })
+    }
+
     fn touches_watch(&self) -> bool {
         self.inserted
             .iter()
@@ -106,7 +145,8 @@ impl Engine {
             remove_verb,
         };
         let tx = self.store.transaction()?;
-        let written = write_rows(&tx, &self.rules, add, remove, &note)?;
+        let written = Written::new(&self.rules, add, remove, tx.next_rule_id()?, now)?;
+        write_rows(&tx, &written, &note)?;
         let touched = owners_after(&self.owners, &written);
         // Built before anything is written: a refused scoped set costs nothing to undo.
         let policy = policy_after(&self.scoped, &written.inserted, &written.removed)?;
@@ -196,36 +236,78 @@ impl Engine {
     }
 }
 
-/// Deletes `remove` and inserts `add` in the store transaction, each with its audit entry.
-fn write_rows(
+/// Changes of more rules than this (per verb) are audited as one row naming the count, not one
+/// row per rule: a million-rule batch would otherwise write a million audit rows.
+pub const AUDIT_EACH_MAX: usize = 100;
+
+/// Writes the change to the store transaction: removes first (a rule replaced by one with the
+/// same (cidr, action, list) but a new expiry ([`Engine::apply_list`]) leaves before its
+/// successor goes in), then inserts, with their audit rows.
+fn write_rows(tx: &StoreTx<'_>, written: &Written, note: &AuditNote<'_>) -> Result<(), StoreError> {
+    if !written.removed.is_empty() {
+        let ids: Vec<RuleId> = written.removed.iter().map(|r| r.id).collect();
+        tx.delete_rules(&ids)?;
+        audit_rows(tx, note, note.remove_verb, &written.removed)?;
+    }
+    if !written.inserted.is_empty() {
+        tx.insert_rules(&written.inserted)?;
+        audit_rows(tx, note, "add", &written.inserted)?;
+    }
+    Ok(())
+}
+
+/// The audit rows of `rules` going through `what`: one per rule, or for more than
+/// [`AUDIT_EACH_MAX`] one naming how many, their ids, and the action, list and reason they share.
+fn audit_rows(
     tx: &StoreTx<'_>,
-    rules: &BTreeMap<RuleId, Rule>,
-    add: &[NewRule],
-    remove: &[RuleId],
     note: &AuditNote<'_>,
-) -> Result<Written, StoreError> {
-    // Removes first: a rule replaced by one with the same (cidr, action, list) but a new
-    // expiry ([`Engine::apply_list`]) must leave the store before its successor goes in.
-    let mut removed = Vec::with_capacity(remove.len());
-    for id in remove {
-        if let Some(rule) = rules.get(id) {
-            tx.delete(*id)?;
-            tx.audit(&audit(note.at, note.who, note.remove_verb, rule, note.why))?;
-            removed.push(rule.clone());
+    what: &str,
+    rules: &[Rule],
+) -> Result<(), StoreError> {
+    // Why, on every row; no reason given: each added rule's own.
+    let own_reasons = note.why.is_empty() && what == "add";
+    let why = |rule: &'_ Rule| -> String {
+        match own_reasons {
+            true => rule.reason.clone(),
+            false => note.why.to_string(),
         }
+    };
+    if rules.len() <= AUDIT_EACH_MAX {
+        for rule in rules {
+            tx.audit(&audit(note.at, note.who, what, rule, &why(rule)))?;
+        }
+        return Ok(());
     }
-    let mut inserted = Vec::with_capacity(add.len());
-    for new in add {
-        let rule = tx.insert(new, note.at)?;
-        let why = if note.why.is_empty() {
-            &rule.reason
+    let first = &rules[0];
+    let shared = |field: fn(&Rule) -> &str| {
+        let value = field(first);
+        if rules.iter().all(|r| field(r) == value) {
+            value.to_string()
         } else {
-            note.why
-        };
-        tx.audit(&audit(note.at, note.who, "add", &rule, why))?;
-        inserted.push(rule);
-    }
-    Ok(Written { removed, inserted })
+            String::new()
+        }
+    };
+    let (lowest, highest) = rules
+        .iter()
+        .fold((RuleId::MAX, 0), |(lo, hi), r| (lo.min(r.id), hi.max(r.id)));
+    let why = match own_reasons {
+        true => shared(|r| r.reason.as_str()),
+        false => note.why.to_string(),
+    };
+    let why = match why.is_empty() {
+        true => String::new(),
+        false => format!(": {why}"),
+    };
+    tx.audit(&AuditEntry {
+        at: note.at,
+        who: note.who.to_string(),
+        what: what.to_string(),
+        rule_id: lowest,
+        cidr: String::new(),
+        action: shared(|r| r.action.as_str()),
+        list: shared(|r| r.list.as_str()),
+        why: format!("{} rules, ids {lowest} to {highest}{why}", rules.len()),
+    })
 }
 
 /// The owners the change leaves, for the (cidr, action) keys it touches only.

@@ -39,6 +39,7 @@ pub(crate) use self::{
     lists::SetKind,
 };
 pub use self::{
+    change::AUDIT_EACH_MAX,
     lists::{LIST_TTL_SLACK, ListBlock, ListChange, ListReport},
     named::{ListReplace, ListReplaced, delete_list, replace_list},
     requests::{
@@ -383,8 +384,12 @@ impl Engine {
             })
             .map(|r| r.id)
             .collect();
+        // The store does not refuse a repeated rule (the engine keeps rules unique): a rule
+        // configured twice is stored once.
+        let mut seen = std::collections::HashSet::new();
         let missing: Vec<NewRule> = wanted
             .into_iter()
+            .filter(|w| seen.insert((w.cidr, w.action, w.list.clone(), w.options)))
             .filter(|w| {
                 !self.rules.values().any(|r| {
                     r.cidr == w.cidr

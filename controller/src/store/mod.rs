@@ -556,14 +556,23 @@ mod tests {
         assert_eq!(tx.next_rule_id().unwrap(), first + rules.len() as u32);
         let gone: Vec<RuleId> = rules.iter().step_by(3).map(|r| r.id).collect();
         tx.delete_rules(&gone).unwrap();
+        assert_eq!(
+            gone.last(),
+            rules.last().map(|r| &r.id),
+            "the highest id is deleted"
+        );
         tx.commit().unwrap();
         drop(store);
-        let stored = Store::open(&path).unwrap().rules().unwrap();
+        let mut store = Store::open(&path).unwrap();
+        let stored = store.rules().unwrap();
+        let next = rules.len() as u32 + first;
         let kept: Vec<Rule> = rules
             .into_iter()
             .filter(|r| !gone.contains(&r.id))
             .collect();
         assert_eq!(stored, kept);
+        // Explicit ids advance the sequence as AUTOINCREMENT's own do: never reused.
+        assert_eq!(store.transaction().unwrap().next_rule_id().unwrap(), next);
     }
 
     #[test]

@@ -279,3 +279,100 @@ async fn ttl_expiry_removes_from_store_and_maps() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn a_large_batch_is_one_audit_row_a_small_one_a_row_per_rule() {
+    let h = harness();
+    let small = json!({"rules": [{"cidr": "192.0.2.1", "reason": "one"}, {"cidr": "192.0.2.2"}]});
+    assert_eq!(h.post("/v1/rules/batch", small).await.0, StatusCode::OK);
+    let (_, audit) = h.get("/v1/audit?limit=2").await;
+    assert_eq!(audit["entries"][0]["cidr"], "192.0.2.2/32", "{audit}");
+    assert_eq!(audit["entries"][1]["why"], "one", "{audit}");
+
+    let count = crate::engine::AUDIT_EACH_MAX + 1;
+    let rules: Vec<Value> = (0..count)
+        .map(|i| json!({"cidr": format!("10.0.{i}.0/24"), "list": "scan", "reason": "same"}))
+        .collect();
+    let (status, ok) = h.post("/v1/rules/batch", json!({ "rules": rules })).await;
+    assert_eq!(status, StatusCode::OK, "{ok}");
+    let (_, audit) = h.get("/v1/audit?limit=5").await;
+    let entries = audit["entries"].as_array().unwrap();
+    let first_id = entries[0]["rule_id"].as_u64().unwrap();
+    assert_eq!(entries[0]["what"], "add", "{audit}");
+    assert_eq!(entries[0]["who"], "ops");
+    assert_eq!(entries[0]["action"], "block");
+    assert_eq!(entries[0]["list"], "scan");
+    assert_eq!(
+        entries[0]["why"],
+        format!(
+            "{count} rules, ids {first_id} to {}: same",
+            first_id + count as u64 - 1
+        )
+    );
+    assert_eq!(
+        entries[1]["cidr"], "192.0.2.2/32",
+        "one row for the whole batch: {audit}"
+    );
+    // Mixed lists and reasons: the row names no list and no reason.
+    let mixed: Vec<Value> = (0..count)
+        .map(|i| json!({"cidr": format!("10.1.{i}.0/24"), "list": format!("l{}", i % 2), "reason": format!("r{i}")}))
+        .collect();
+    assert_eq!(
+        h.post("/v1/rules/batch", json!({ "rules": mixed })).await.0,
+        StatusCode::OK
+    );
+    let (_, audit) = h.get("/v1/audit?limit=1").await;
+    let row = &audit["entries"][0];
+    assert_eq!(
+        (row["list"].as_str(), row["action"].as_str()),
+        (Some(""), Some("block"))
+    );
+    assert!(
+        row["why"].as_str().unwrap().ends_with(&format!(
+            "{}",
+            row["rule_id"].as_u64().unwrap() + count as u64 - 1
+        )),
+        "{row}"
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_batch_stores_nothing_twice() {
+    let h = harness();
+    let rules: Vec<Value> = (0..300)
+        .map(|i| json!({"cidr": format!("10.2.{}.{}", i / 256, i % 256)}))
+        .collect();
+    let body = json!({ "rules": rules });
+    let (_, first) = h.post("/v1/rules/batch?echo=true", body.clone()).await;
+    assert_eq!(first["created"], 300);
+    let (_, again) = h.post("/v1/rules/batch?echo=true", body).await;
+    assert_eq!(
+        (again["created"].clone(), again["existing"].clone()),
+        (json!(0), json!(300))
+    );
+    assert_eq!(first["rules"], again["rules"], "the same rules, same ids");
+    let stored = {
+        let guard = h.state.engine.lock().await;
+        guard.as_ref().unwrap().store().rules().unwrap()
+    };
+    let mut keys: Vec<_> = stored
+        .iter()
+        .map(|r| (r.cidr, r.action, r.list.clone()))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), stored.len(), "no rule stored twice");
+}
+
+#[tokio::test]
+async fn a_rule_configured_twice_is_stored_once() {
+    let h = harness();
+    let mut guard = h.state.engine.lock().await;
+    let engine = guard.as_mut().unwrap();
+    let management = vec![normalize_cidr("198.51.100.10/32").unwrap()];
+    let twice = config_rules(&[management[0], management[0]], &[]);
+    engine.sync_config(management, twice, 2000).unwrap();
+    let stored = engine.store().rules().unwrap();
+    let management_rows = stored.iter().filter(|r| r.list == "management").count();
+    assert_eq!(management_rows, 1, "{stored:?}");
+}
