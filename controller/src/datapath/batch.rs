@@ -97,7 +97,7 @@ pub(super) const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// kernel's per-call work stays short.
 pub(super) const BATCH: usize = 16_384;
 
-/// Inserts or overwrites every `(keys[i], values[i])` of the hash map `fd` with as few
+/// Inserts or overwrites every `(keys[i], values[i])` of the map `fd` with as few
 /// syscalls as possible. `K` and `V` must be the map's key and value types.
 pub(super) fn update_batch<K: aya::Pod, V: aya::Pod>(
     fd: u32,
@@ -118,7 +118,7 @@ pub(super) fn update_batch<K: aya::Pod, V: aya::Pod>(
     Ok(())
 }
 
-/// Deletes every key of the hash map `fd`, ignoring keys already absent.
+/// Deletes every key of the map `fd`, ignoring keys already absent.
 pub(super) fn delete_batch<K: aya::Pod>(fd: u32, keys: &[K]) -> std::io::Result<()> {
     let delete = |keys: &[K]| {
         let attr = BatchAttr {

@@ -40,7 +40,7 @@ mod lpm;
 mod policy_maps;
 mod v6hash_maps;
 
-use batch::{RcuBarrier, delete_batch, map_fd, update_batch};
+use batch::{BATCH, RcuBarrier, delete_batch, map_fd, update_batch};
 use dir24_maps::{Dir24, MappedTable};
 pub use lpm::trie_capacity;
 use lpm::{Undo, clear_trie, ignore_missing, read_trie, remove, restore_set, rollback, upsert};
@@ -178,6 +178,8 @@ pub struct Datapath {
     v6hash: Option<V6Hash>,
     /// The second stage: scoped, limit and monitor-mode rules.
     policy: PolicyMaps,
+    /// Write the tries with batch commands where the kernel takes them ([`lpm::upsert`]).
+    trie_batches: bool,
 }
 
 /// Packet counts by verdict for one interface.
@@ -372,6 +374,7 @@ impl Datapath {
             dir24,
             v6hash,
             policy: PolicyMaps::open(ebpf)?,
+            trie_batches: true,
         })
     }
 
@@ -398,6 +401,12 @@ impl Datapath {
                 .map_err(map_err(map_names::LOOKUP))?;
         }
         Ok(())
+    }
+
+    /// Writes the LPM tries one element at a time (`false`) instead of in batches, as on a
+    /// kernel that refuses batch commands on tries; for tests that compare the two paths.
+    pub fn set_trie_batches(&mut self, on: bool) {
+        self.trie_batches = on;
     }
 
     /// The IPv4 engine this handle maintains.
@@ -523,6 +532,7 @@ impl Datapath {
                     &before.allow_v4,
                     map_names::ALLOW_V4,
                     &mut undo.allow_v4,
+                    self.trie_batches,
                 )?;
             }
             if v6_tries {
@@ -532,6 +542,7 @@ impl Datapath {
                     &before.allow_v6,
                     map_names::ALLOW_V6,
                     &mut undo.allow_v6,
+                    self.trie_batches,
                 )?;
             }
             if v4_tries {
@@ -541,6 +552,7 @@ impl Datapath {
                     &before.block_v4,
                     map_names::BLOCK_V4,
                     &mut undo.block_v4,
+                    self.trie_batches,
                 )?;
             }
             if v6_tries {
@@ -550,6 +562,7 @@ impl Datapath {
                     &before.block_v6,
                     map_names::BLOCK_V6,
                     &mut undo.block_v6,
+                    self.trie_batches,
                 )?;
             }
             if let (Some(dir24), Some(writes)) = (&mut self.dir24, &dir24_writes) {
@@ -562,10 +575,10 @@ impl Datapath {
             Ok(())
         })();
         if let Err(err) = result {
-            rollback(&mut self.allow_v4, undo.allow_v4);
-            rollback(&mut self.allow_v6, undo.allow_v6);
-            rollback(&mut self.block_v4, undo.block_v4);
-            rollback(&mut self.block_v6, undo.block_v6);
+            rollback(&mut self.allow_v4, undo.allow_v4, self.trie_batches);
+            rollback(&mut self.allow_v6, undo.allow_v6, self.trie_batches);
+            rollback(&mut self.block_v4, undo.block_v4, self.trie_batches);
+            rollback(&mut self.block_v6, undo.block_v6, self.trie_batches);
             if let (Some(dir24), Some(writes)) = (&mut self.dir24, &dir24_writes) {
                 dir24.undo_plan(diff, writes, before);
             }
@@ -579,16 +592,36 @@ impl Datapath {
         }
         // Blocks are removed before allows, so a source never loses its allow while still blocked.
         if v4_tries {
-            remove(&mut self.block_v4, &diff.block_v4, map_names::BLOCK_V4)?;
+            remove(
+                &mut self.block_v4,
+                &diff.block_v4,
+                map_names::BLOCK_V4,
+                self.trie_batches,
+            )?;
         }
         if v6_tries {
-            remove(&mut self.block_v6, &diff.block_v6, map_names::BLOCK_V6)?;
+            remove(
+                &mut self.block_v6,
+                &diff.block_v6,
+                map_names::BLOCK_V6,
+                self.trie_batches,
+            )?;
         }
         if v4_tries {
-            remove(&mut self.allow_v4, &diff.allow_v4, map_names::ALLOW_V4)?;
+            remove(
+                &mut self.allow_v4,
+                &diff.allow_v4,
+                map_names::ALLOW_V4,
+                self.trie_batches,
+            )?;
         }
         if v6_tries {
-            remove(&mut self.allow_v6, &diff.allow_v6, map_names::ALLOW_V6)?;
+            remove(
+                &mut self.allow_v6,
+                &diff.allow_v6,
+                map_names::ALLOW_V6,
+                self.trie_batches,
+            )?;
         }
         // Flips the IPv6 generation (and any engine switch).
         self.switch_engine()?;
