@@ -21,8 +21,8 @@ use super::{
     },
 };
 use crate::{
-    engine::{EngineError, RuleRequest},
-    rules::Verdict,
+    engine::{Engine, EngineError, RuleRequest},
+    rules::{RuleId, Verdict},
 };
 
 /// Add a rule (enforced in the kernel before the answer). Repeating an existing
@@ -53,7 +53,7 @@ pub(super) async fn create_rule(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(RuleView::from(&added.rule))))
+    Ok((status, Json(stored_view(&engine, added.id))))
 }
 
 /// Add many rules, all or nothing: one bad entry fails the request (naming its index) and
@@ -87,13 +87,19 @@ pub(super) async fn batch_rules(
         caller.addr,
         crate::store::unix_now(),
     )?;
+    let rules = echo.then(|| added.iter().map(|a| stored_view(&engine, a.id)).collect());
     drop(engine);
     let created = added.iter().filter(|a| a.created).count();
     Ok(Json(BatchResult {
         created,
         existing: added.len() - created,
-        rules: echo.then(|| added.iter().map(|a| RuleView::from(&a.rule)).collect()),
+        rules,
     }))
+}
+
+/// The view of a rule the engine just answered for (it holds it until the lock is released).
+fn stored_view(engine: &Engine, id: RuleId) -> RuleView {
+    RuleView::from(engine.rule(id).expect("an added rule is stored"))
 }
 
 /// List rules, optionally filtered.

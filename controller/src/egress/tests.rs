@@ -66,7 +66,7 @@ fn watch_rules_reach_the_watchlist_with_the_change_or_not_at_all() {
     let added = engine
         .add(&[request("198.51.100.7", "c2")], "test", None, 0)
         .unwrap();
-    let id = added[0].rule.id;
+    let id = added[0].id;
     let target = watch.contents.lock().unwrap().v4[&(32, [198, 51, 100, 7])];
     assert_eq!((target.rule, target.action), (id, action::BLOCK));
     assert!(

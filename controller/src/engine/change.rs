@@ -1,9 +1,10 @@
 //! The write path of stored rules (API, config, TTL, external lists). A change goes, in
-//! order: [`write_rows`] to a store transaction → [`owners_after`] the change →
-//! [`apply_ingress`] (the trie diff those owners give) → refill the egress watchlist → commit →
+//! order: the rules it adds get their ids ([`Written::new`]) → at the same time, [`write_rows`]
+//! to a store transaction and [`owners_after`] the change → [`apply_ingress`] (the trie diff
+//! those owners give; [`write_both`]) → refill the egress watchlist → commit →
 //! [`Engine::settle_change`] (the in-memory view). If the kernel refuses the ingress diff, the
-//! maps roll themselves back and the transaction is dropped; if the watchlist or the commit
-//! fails, the steps already taken are undone ([`roll_back_watchlist_failure`],
+//! maps roll themselves back and the transaction is dropped; if the store write, the watchlist
+//! or the commit fails, the steps already taken are undone ([`roll_back_watchlist_failure`],
 //! [`Engine::roll_back_commit_failure`]).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -146,12 +147,25 @@ impl Engine {
         };
         let tx = self.store.transaction()?;
         let written = Written::new(&self.rules, add, remove, tx.next_rule_id()?, now)?;
-        write_rows(&tx, &written, &note)?;
-        let touched = owners_after(&self.owners, &written);
         // Built before anything is written: a refused scoped set costs nothing to undo.
         let policy = policy_after(&self.scoped, &written.inserted, &written.removed)?;
-        let ingress = IngressDiff::new(&self.applied, &touched);
-        apply_ingress(self.maps.as_mut(), &ingress)?; // on error: maps rolled back, tx dropped
+        let (owners, applied) = (&self.owners, &self.applied);
+        let (ingress, stored) = write_both(
+            self.maps.as_mut(),
+            || {
+                let touched = owners_after(owners, &written);
+                let ingress = IngressDiff::new(applied, &touched);
+                (touched, ingress)
+            },
+            || write_rows(&tx, &written, &note),
+            written.inserted.len() + written.removed.len(),
+        );
+        // On a kernel error the maps rolled themselves back; the transaction is dropped.
+        let (touched, ingress) = ingress?;
+        if let Err(err) = stored {
+            ingress.undo_or_warn(self.maps.as_mut(), "a failed store write");
+            return Err(err.into());
+        }
         if let Some((_, table)) = &policy
             && let Err(err) = self.maps.apply_policy(table)
         {
@@ -209,8 +223,16 @@ impl Engine {
         for rule in &written.removed {
             self.rules.remove(&rule.id);
         }
-        for rule in &written.inserted {
-            self.rules.insert(rule.id, rule.clone());
+        if written.inserted.len() > self.rules.len() / 4 {
+            // New ids are above every stored one: a large insert goes in as one sorted run (a
+            // bulk build and a merge) instead of a million single inserts.
+            let mut new: BTreeMap<RuleId, Rule> =
+                written.inserted.iter().map(|r| (r.id, r.clone())).collect();
+            self.rules.append(&mut new);
+        } else {
+            for rule in &written.inserted {
+                self.rules.insert(rule.id, rule.clone());
+            }
         }
         let gone: Vec<RuleId> = written.removed.iter().map(|r| r.id).collect();
         if !gone.is_empty() {
@@ -313,6 +335,7 @@ fn audit_rows(
 /// The owners the change leaves, for the (cidr, action) keys it touches only.
 fn owners_after(current: &Owners, written: &Written) -> Owners {
     let mut touched = Owners::default();
+    touched.reserve(written.inserted.len() + written.removed.len());
     // Scoped rules are not in the address engines (see `scoped`).
     for rule in written.inserted.iter().filter(|r| r.scoped().is_none()) {
         owners_slot(&mut touched, current, (rule.cidr, rule.action)).insert(rule.id);
@@ -321,6 +344,42 @@ fn owners_after(current: &Owners, written: &Written) -> Owners {
         owners_slot(&mut touched, current, (rule.cidr, rule.action)).remove(&rule.id);
     }
     touched
+}
+
+/// Changes of at least this many rules write the kernel and the store on two threads at once.
+/// Below it a thread costs more than it saves.
+const PARALLEL_MIN: usize = 4096;
+
+/// Plans and applies the ingress diff (`plan`, then [`apply_ingress`]) and writes the store
+/// rows (`store`), on two threads for a large change: the kernel's trie inserts and SQLite's
+/// row inserts take about a second each for a million rules, and neither needs the other.
+/// Answers the plan (or the kernel's error, after which the maps have rolled themselves back)
+/// and the store's result; a caller that gets a kernel success and a store error undoes the
+/// diff.
+fn write_both<S: Send>(
+    maps: &mut dyn KernelMaps,
+    plan: impl FnOnce() -> (S, IngressDiff) + Send,
+    store: impl FnOnce() -> Result<(), StoreError>,
+    rows: usize,
+) -> (
+    Result<(S, IngressDiff), DatapathError>,
+    Result<(), StoreError>,
+) {
+    let ingress = |maps: &mut dyn KernelMaps| {
+        let (planned, ingress) = plan();
+        apply_ingress(maps, &ingress).map(|()| (planned, ingress))
+    };
+    if rows < PARALLEL_MIN {
+        return (ingress(maps), store());
+    }
+    std::thread::scope(|scope| {
+        let kernel = scope.spawn(|| ingress(maps));
+        let stored = store();
+        let applied = kernel
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (applied, stored)
+    })
 }
 
 /// Applies the ingress diff; on error the maps have rolled themselves back.

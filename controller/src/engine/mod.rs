@@ -26,11 +26,12 @@ mod scoped;
 mod watchlist;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, hash_map::Entry},
     net::IpAddr,
 };
 
 use ipnet::IpNet;
+use rustc_hash::FxHashMap;
 use tracing::info;
 use xdpwall_shared::{DatapathConfig, RuleCounters};
 
@@ -416,59 +417,68 @@ impl Engine {
     ) -> Result<Vec<Added>, EngineError> {
         let mut new_rules = Vec::with_capacity(requests.len());
         for (i, request) in requests.iter().enumerate() {
-            let prefix = if requests.len() > 1 {
-                format!("rules[{i}]: ")
-            } else {
-                String::new()
-            };
-            let rule = self.validate(request, client, now).map_err(|e| match e {
-                EngineError::Invalid(m) => EngineError::Invalid(format!("{prefix}{m}")),
-                EngineError::LockOut(m) => EngineError::LockOut(format!("{prefix}{m}")),
-                other => other,
+            let rule = self.validate(request, client, now).map_err(|e| {
+                let prefix = match requests.len() {
+                    1 => String::new(),
+                    _ => format!("rules[{i}]: "),
+                };
+                match e {
+                    EngineError::Invalid(m) => EngineError::Invalid(format!("{prefix}{m}")),
+                    EngineError::LockOut(m) => EngineError::LockOut(format!("{prefix}{m}")),
+                    other => other,
+                }
             })?;
             new_rules.push(rule);
         }
         // Idempotence: an existing (cidr, action, list) is returned as is; duplicates inside one
         // request collapse to the rule inserted for their first occurrence.
         enum Plan {
-            Existing(Rule),
+            Existing(RuleId),
+            /// The n-th rule inserted, and a repeat of it.
             New(usize),
             Duplicate(usize),
         }
         // Both look-ups are hashed: a batch of n rules costs O(n), not O(n²).
-        let mut to_insert: Vec<NewRule> = Vec::new();
-        let mut first_in_request: HashMap<(IpNet, Action, String, RuleOptions), usize> =
-            HashMap::new();
         let mut plan = Vec::with_capacity(new_rules.len());
-        for rule in new_rules {
-            if let Some(existing) = self.find(rule.cidr, rule.action, &rule.list, &rule.options) {
-                plan.push(Plan::Existing(existing.clone()));
-                continue;
-            }
-            let key = (rule.cidr, rule.action, rule.list.clone(), rule.options);
-            match first_in_request.get(&key) {
-                Some(&pos) => plan.push(Plan::Duplicate(pos)),
-                None => {
-                    first_in_request.insert(key, to_insert.len());
-                    plan.push(Plan::New(to_insert.len()));
-                    to_insert.push(rule);
+        let mut inserts = vec![false; new_rules.len()];
+        {
+            let mut first_in_request: FxHashMap<(IpNet, Action, &str, RuleOptions), usize> =
+                FxHashMap::with_capacity_and_hasher(new_rules.len(), Default::default());
+            let mut next = 0;
+            for (rule, insert) in new_rules.iter().zip(&mut inserts) {
+                if let Some(existing) = self.find(rule.cidr, rule.action, &rule.list, &rule.options)
+                {
+                    plan.push(Plan::Existing(existing.id));
+                    continue;
+                }
+                let key = (rule.cidr, rule.action, rule.list.as_str(), rule.options);
+                match first_in_request.entry(key) {
+                    Entry::Occupied(first) => plan.push(Plan::Duplicate(*first.get())),
+                    Entry::Vacant(slot) => {
+                        slot.insert(next);
+                        plan.push(Plan::New(next));
+                        *insert = true;
+                        next += 1;
+                    }
                 }
             }
         }
+        let to_insert: Vec<NewRule> = new_rules
+            .into_iter()
+            .zip(inserts)
+            .filter_map(|(rule, insert)| insert.then_some(rule))
+            .collect();
         let (inserted, _) = self.change(&to_insert, &[], who, "", "delete", now)?;
         Ok(plan
             .into_iter()
             .map(|p| match p {
-                Plan::Existing(rule) => Added {
-                    rule,
-                    created: false,
-                },
-                Plan::New(i) => Added {
-                    rule: inserted[i].clone(),
+                Plan::Existing(id) => Added { id, created: false },
+                Plan::New(n) => Added {
+                    id: inserted[n].id,
                     created: true,
                 },
-                Plan::Duplicate(i) => Added {
-                    rule: inserted[i].clone(),
+                Plan::Duplicate(n) => Added {
+                    id: inserted[n].id,
                     created: false,
                 },
             })
@@ -571,5 +581,11 @@ impl Engine {
     /// Entries held in the kernel tries.
     pub fn applied(&self) -> &MapContents {
         &self.applied
+    }
+
+    /// What the kernel maps hold, read back rather than [`Engine::applied`]'s view of them.
+    #[cfg(test)]
+    pub(crate) fn kernel_contents(&self) -> MapContents {
+        self.maps.contents().expect("the maps can be read")
     }
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::{Engine, EngineError};
 use crate::{
     rules::{
-        Action, Limit, LimitPer, Mode, PortRange, Proto, Rate, Rule, RuleOptions, RuleSource,
+        Action, Limit, LimitPer, Mode, PortRange, Proto, Rate, RuleId, RuleOptions, RuleSource,
         Scope, canonical_ip, normalize_cidr, validate_list,
     },
     store::NewRule,
@@ -142,10 +142,12 @@ impl RuleRequest {
     }
 }
 
-/// Result of adding one rule: the stored rule, and whether it is new (false: it already existed).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Result of adding one rule: the stored rule's id ([`Engine::rule`] has the rule), and whether
+/// it is new (false: it already existed). Ids only: a million-rule batch that answers counts
+/// need not copy a million rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Added {
-    pub rule: Rule,
+    pub id: RuleId,
     pub created: bool,
 }
 

@@ -220,6 +220,15 @@ impl Store {
         Ok(())
     }
 
+    /// Makes every later write fail (`PRAGMA query_only`), as a full or read-only disk would:
+    /// for tests of the rollback after a failed store write.
+    #[cfg(test)]
+    pub(crate) fn refuse_writes(&self) {
+        self.conn
+            .pragma_update(None, "query_only", true)
+            .expect("query_only is a known pragma");
+    }
+
     /// Starts a change; nothing is visible until [`StoreTx::commit`].
     pub fn transaction(&mut self) -> Result<StoreTx<'_>, StoreError> {
         Ok(StoreTx {

@@ -376,3 +376,62 @@ async fn a_rule_configured_twice_is_stored_once() {
     let management_rows = stored.iter().filter(|r| r.list == "management").count();
     assert_eq!(management_rows, 1, "{stored:?}");
 }
+
+/// A batch of `n` distinct /32 blocks from 10.3.0.0/16 on.
+fn blocks(n: usize) -> Value {
+    let rules: Vec<Value> = (0..n)
+        .map(|i| json!({"cidr": format!("10.{}.{}.{}", 3 + i / 65536, i / 256 % 256, i % 256)}))
+        .collect();
+    json!({ "rules": rules })
+}
+
+#[tokio::test]
+async fn a_failed_store_write_takes_the_change_back_out_of_the_kernel() {
+    // Small and large batches: a large one writes the kernel and the store at once.
+    for n in [3, 5000] {
+        let h = harness();
+        let (_, before) = h.get("/v1/rules").await;
+        let entries = h.block_entries().await;
+        h.state
+            .engine
+            .lock()
+            .await
+            .as_ref()
+            .unwrap()
+            .store()
+            .refuse_writes();
+        let (status, p) = h.post("/v1/rules/batch", blocks(n)).await;
+        assert!(status.is_server_error(), "{n}: {status} {p}");
+        assert_eq!(h.block_entries().await, entries, "{n}: the engine's view");
+        let kernel = h
+            .state
+            .engine
+            .lock()
+            .await
+            .as_ref()
+            .unwrap()
+            .kernel_contents();
+        assert_eq!(kernel.block_v4.len(), entries, "{n}: kernel back as it was");
+        assert_eq!(h.get("/v1/rules").await.1, before, "{n}: no rule");
+    }
+}
+
+#[tokio::test]
+async fn a_large_batch_the_kernel_refuses_stores_nothing() {
+    let maps = FakeMaps {
+        block_capacity: Some(4000),
+        ..FakeMaps::default()
+    };
+    let h = harness_with(maps, |_| {});
+    let (_, before) = h.get("/v1/rules").await;
+    let (status, p) = h.post("/v1/rules/batch", blocks(5000)).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{p}");
+    assert_eq!(h.get("/v1/rules").await.1, before, "store unchanged");
+    assert_eq!(h.block_entries().await, 1, "kernel unchanged");
+    let (status, ok) = h.post("/v1/rules/batch", blocks(3000)).await;
+    assert_eq!(
+        (status, ok["created"].clone()),
+        (StatusCode::OK, json!(3000))
+    );
+    assert_eq!(h.block_entries().await, 3001);
+}
