@@ -585,6 +585,23 @@ mod tests {
     }
 
     #[test]
+    fn the_schema_refuses_unknown_actions_and_sources() {
+        let store = Store::in_memory().unwrap();
+        let insert = |action: &str, source: &str| {
+            store.conn.execute(
+                "INSERT INTO rules (cidr, action, list, reason, source, created_at) VALUES ('192.0.2.0/24', ?1, 'api', '', ?2, 1)",
+                [action, source],
+            )
+        };
+        for action in ["block", "allow", "watch", "limit"] {
+            insert(action, "api").unwrap();
+        }
+        insert("config", "config").unwrap_err();
+        insert("block", "feed").unwrap();
+        insert("block", "block").unwrap_err();
+    }
+
+    #[test]
     fn feed_state_round_trips_with_stable_ids() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
