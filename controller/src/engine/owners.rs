@@ -20,7 +20,7 @@ pub(crate) struct OwnerIds(SmallVec<[RuleId; 2]>);
 
 impl OwnerIds {
     /// The owner of the trie entry: the lowest id.
-    fn first(&self) -> Option<RuleId> {
+    pub(super) fn first(&self) -> Option<RuleId> {
         self.0.first().copied()
     }
 
