@@ -6,11 +6,12 @@ use std::net::IpAddr;
 
 use axum::{
     Json,
+    body::Bytes,
     extract::{
         FromRequest, Path, Query, Request,
         rejection::{JsonRejection, PathRejection, QueryRejection},
     },
-    http::StatusCode,
+    http::{HeaderMap, StatusCode, header},
 };
 
 use super::ApiError;
@@ -22,11 +23,36 @@ pub struct ApiJson<T>(pub T);
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
+        // axum's `Json` parses through serde_path_to_error, which names the field that failed
+        // but costs half as much again on a large body (a million-rule batch: 0.36 s against
+        // 0.25 s). A plain `application/json` body is parsed plainly first; only one that fails
+        // is parsed again, for axum's message. Every other content type is axum's to judge.
+        if !plain_json(req.headers()) {
+            return match Json::<T>::from_request(req, state).await {
+                Ok(Json(value)) => Ok(Self(value)),
+                Err(rejection) => Err(json_rejection(rejection)),
+            };
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| json_rejection(e.into()))?;
+        if let Ok(value) = serde_json::from_slice(&bytes) {
+            return Ok(Self(value));
+        }
+        match Json::<T>::from_bytes(&bytes) {
             Ok(Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
+}
+
+/// `Content-Type: application/json`, with or without parameters.
+fn plain_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {

@@ -26,15 +26,15 @@ mod scoped;
 mod watchlist;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, hash_map::Entry},
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
 
 use ipnet::IpNet;
-use rustc_hash::FxHashMap;
 use tracing::info;
 use xdpwall_shared::{DatapathConfig, RuleCounters};
 
+use self::requests::first_occurrences;
 pub(crate) use self::{
     bulk::{LockoutCheck, SetTarget, replace_set_stepped, undo_replace},
     lists::SetKind,
@@ -438,30 +438,26 @@ impl Engine {
             New(usize),
             Duplicate(usize),
         }
-        // Both look-ups are hashed: a batch of n rules costs O(n), not O(n²).
-        let mut plan = Vec::with_capacity(new_rules.len());
+        // The existing-rule look-up is hashed, repeats are found by sorting: a batch of n rules
+        // costs O(n log n), not O(n²).
+        let first = first_occurrences(&new_rules);
+        let mut plan: Vec<Plan> = Vec::with_capacity(new_rules.len());
         let mut inserts = vec![false; new_rules.len()];
-        {
-            let mut first_in_request: FxHashMap<(IpNet, Action, &str, RuleOptions), usize> =
-                FxHashMap::with_capacity_and_hasher(new_rules.len(), Default::default());
-            let mut next = 0;
-            for (rule, insert) in new_rules.iter().zip(&mut inserts) {
-                if let Some(existing) = self.find(rule.cidr, rule.action, &rule.list, &rule.options)
-                {
-                    plan.push(Plan::Existing(existing.id));
-                    continue;
-                }
-                let key = (rule.cidr, rule.action, rule.list.as_str(), rule.options);
-                match first_in_request.entry(key) {
-                    Entry::Occupied(first) => plan.push(Plan::Duplicate(*first.get())),
-                    Entry::Vacant(slot) => {
-                        slot.insert(next);
-                        plan.push(Plan::New(next));
-                        *insert = true;
+        let mut next = 0;
+        for (i, rule) in new_rules.iter().enumerate() {
+            let step = match plan.get(first[i] as usize) {
+                Some(Plan::Existing(id)) => Plan::Existing(*id),
+                Some(Plan::New(n) | Plan::Duplicate(n)) => Plan::Duplicate(*n),
+                None => match self.find(rule.cidr, rule.action, &rule.list, &rule.options) {
+                    Some(existing) => Plan::Existing(existing.id),
+                    None => {
+                        inserts[i] = true;
                         next += 1;
+                        Plan::New(next - 1)
                     }
-                }
-            }
+                },
+            };
+            plan.push(step);
         }
         let to_insert: Vec<NewRule> = new_rules
             .into_iter()

@@ -39,6 +39,42 @@ async fn oversized_bodies_get_413() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 }
 
+/// A plain `application/json` body is parsed without serde_path_to_error first: what is
+/// accepted and how a refusal reads stay axum's, for every content type.
+#[tokio::test]
+async fn json_bodies_are_judged_alike_on_the_fast_path_and_axums() {
+    let h = harness();
+    let post = |content_type: &'static str, body: String| {
+        h.call_typed("POST", "/v1/rules", Some(WRITE), Some((content_type, body)))
+    };
+    let content_types = [
+        "application/json",
+        "Application/JSON; charset=utf-8",
+        "application/json;charset=utf-8",
+        "application/cloudevents+json",
+    ];
+    for (i, content_type) in content_types.into_iter().enumerate() {
+        let body = format!(r#"{{"cidr": "192.0.2.{i}"}}"#);
+        let (status, _, rule) = post(content_type, body).await;
+        assert_eq!(status, StatusCode::CREATED, "{content_type}: {rule}");
+        // The data error names the field (axum's serde_path_to_error message).
+        let body = r#"{"cidr": "192.0.2.9", "ttl": 5}"#.to_string();
+        let (status, _, p) = post(content_type, body).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{content_type}: {p}"
+        );
+        assert!(p["detail"].as_str().unwrap().contains("ttl"), "{p}");
+        let (status, _, p) = post(content_type, r#"{"cidr": "#.to_string()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{content_type}: {p}");
+    }
+    for content_type in ["text/json", "text/plain"] {
+        let (status, _, _) = post(content_type, r#"{"cidr": "192.0.2.5"}"#.to_string()).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{content_type}");
+    }
+}
+
 /// Captures what the API logs while the guard lives (current thread only).
 fn capture_log() -> (
     Arc<std::sync::Mutex<Vec<u8>>>,
