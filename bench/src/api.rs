@@ -23,8 +23,8 @@
 
 mod adds;
 mod baseline;
-mod daemon;
-mod http;
+pub(crate) mod daemon;
+pub(crate) mod http;
 mod kernel;
 mod list_report;
 mod lists;
@@ -285,7 +285,7 @@ fn list_workload(rng: &mut StdRng, len: usize) -> anyhow::Result<lists::ListWork
 /// Checks in the daemon's pinned maps that the kernel blocks each of `addrs`, and returns the
 /// map entries the daemon says it applied (`/v1/status` `map_entries`, the same under either
 /// IPv4 engine). Failures carry the engine and the end of the daemon log.
-fn ensure_enforced(
+pub(crate) fn ensure_enforced(
     daemon: &DaemonGuard,
     api: &mut Connection,
     addrs: impl IntoIterator<Item = Ipv4Addr>,
@@ -345,7 +345,7 @@ impl Drop for ScratchDir {
     }
 }
 
-fn xdpwall_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub(crate) fn xdpwall_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(path) = explicit {
         ensure!(path.exists(), "{} not found", path.display());
         return Ok(path.to_path_buf());
@@ -365,7 +365,7 @@ fn xdpwall_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 /// `xdpwall --version`, the workspace revision (the version number rarely changes between
 /// commits) and the binary's path (release or debug matters for the figures).
-fn xdpwall_version(binary: &Path) -> String {
+pub(crate) fn xdpwall_version(binary: &Path) -> String {
     let stdout = |command: &mut std::process::Command| {
         command
             .output()
@@ -389,7 +389,7 @@ fn xdpwall_version(binary: &Path) -> String {
 }
 
 /// The state directory's filesystem decides what the daemon's fsync on commit costs.
-fn filesystem_type(dir: &Path) -> String {
+pub(crate) fn filesystem_type(dir: &Path) -> String {
     std::process::Command::new("stat")
         .args(["-f", "-c", "%T"])
         .arg(dir)

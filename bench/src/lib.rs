@@ -5,6 +5,7 @@
 //! machine is shared and absolute nanoseconds drift. Nothing is attached, nothing is sent.
 
 pub mod api;
+pub mod crowdsec;
 pub mod egress;
 pub mod feed;
 pub mod live;

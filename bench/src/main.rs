@@ -6,6 +6,8 @@
 //! - `xdpwall-bench api [--adds ...]`: API block → enforced latency, batch import and a 1M
 //!   list with its 1% churn against ipset and nftables, and other API calls while the list is
 //!   applied;
+//! - `xdpwall-bench crowdsec [--decisions ...]`: a daemon in bouncer mode enforcing a real
+//!   CrowdSec Local API's decisions at startup;
 //! - `xdpwall-bench feed [--entries ...]`: a large feed and its churn through xdpwall, ipset and
 //!   nftables;
 //! - `xdpwall-bench live [--sizes ...]`: packet rate on a veth pair with each system filtering
@@ -22,6 +24,7 @@ use clap::{Parser, Subcommand};
 use xdpwall_bench::{
     Args,
     api::{ApiArgs, run_api},
+    crowdsec::{CrowdsecArgs, run_crowdsec},
     egress::{EgressArgs, run_egress},
     feed::{FeedArgs, run_feed},
     live::{LiveArgs, run_live},
@@ -54,6 +57,9 @@ enum Mode {
     /// ipset and nftables, and other API calls while the list is applied (in a veth lab with
     /// the real daemon; needs root, ipset, nft and a built xdpwall binary).
     Api(ApiArgs),
+    /// How long a daemon in bouncer mode takes to enforce the decisions of a real CrowdSec
+    /// Local API at startup (needs root, the crowdsec package and a built xdpwall binary).
+    Crowdsec(CrowdsecArgs),
     /// Parse + check + apply of a large feed and of a 1% churn of it, against `ipset restore`
     /// (+ swap) and `nft -f` (needs root, ipset, nft).
     Feed(FeedArgs),
@@ -83,6 +89,7 @@ fn main() -> anyhow::Result<()> {
             write_report(&args.run.out, "egress", &report)
         }
         Some(Mode::Api(args)) => write_report(&args.out, "api", &run_api(&args)?),
+        Some(Mode::Crowdsec(args)) => write_report(&args.out, "crowdsec", &run_crowdsec(&args)?),
         Some(Mode::Feed(args)) => {
             let kind = match args.ipv4_lookup {
                 xdpwall::datapath::Ipv4Lookup::Lpm => "feed",

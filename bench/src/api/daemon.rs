@@ -66,6 +66,12 @@ impl DaemonGuard {
     /// Writes a config with fresh pin and state directories, starts the daemon and returns once
     /// `/readyz` answers 200 (the filter is attached and the rules applied).
     pub fn start(spec: &DaemonSpec) -> anyhow::Result<Self> {
+        Self::start_with(spec, "")
+    }
+
+    /// [`Self::start`] with `extra` appended to the config's top-level keys (before `[api]`):
+    /// more keys, or whole tables.
+    pub fn start_with(spec: &DaemonSpec, extra: &str) -> anyhow::Result<Self> {
         let id = format!(
             "{}-{}",
             std::process::id(),
@@ -89,7 +95,7 @@ impl DaemonGuard {
         fs::write(&token_path, &spec.token)?;
         let config = format!(
             "interfaces = [\"{iface}\"]\nstate_dir = \"{state}\"\npin_dir = \"{pins}\"\n\
-             ipv4_lookup = \"{lookup}\"\n\n\
+             ipv4_lookup = \"{lookup}\"\n{extra}\n\
              [api]\nlisten = \"{API_ADDR}\"\nmax_body_bytes = {MAX_BODY_BYTES}\n\
              max_batch = {MAX_BATCH}\ntokens = [\n  {{ name = \"bench\", scope = \"write\", file = \"{token}\" }},\n]\n",
             iface = spec.iface,
