@@ -155,6 +155,12 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
         kernel: Some(kernel.clone()),
         ..AppState::new(tokens)
     });
+    // Started before the programs load: its first poll fetches the full decision set meanwhile
+    // and waits for the engine to apply it (`crowdsec::ready_engine`).
+    let bouncer = crowdsec.map(|bouncer| {
+        let state = state.clone();
+        tokio::spawn(async move { bouncer.run(&state.engine, unix_now).await })
+    });
     let listener = api::bind(config.api.listen).await?;
     let tls = match (&config.api.tls_cert, &config.api.tls_key) {
         (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
@@ -327,10 +333,6 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
             ))
         })
         .collect();
-    let bouncer = crowdsec.map(|bouncer| {
-        let state = state.clone();
-        tokio::spawn(async move { bouncer.run(&state.engine, unix_now).await })
-    });
     wait_for_shutdown_signal().await;
     if let Some(notifier) = &notifier {
         let _ = notifier.notify("STOPPING=1");

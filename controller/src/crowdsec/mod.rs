@@ -384,8 +384,6 @@ pub enum PollError {
     Body(String),
     #[error("applying the decisions failed: {0}")]
     Apply(#[from] EngineError),
-    #[error("the XDP filter is not loaded yet")]
-    NotReady,
 }
 
 /// The bouncer's state for `GET /v1/status` (`crowdsec`).
@@ -426,6 +424,21 @@ pub struct CrowdsecBouncer {
 fn rfc3339(unix: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The engine, once the daemon has one. The daemon starts the bouncer before it loads the XDP
+/// programs, so that the first poll (the full set) is fetched while they load: for 100k
+/// decisions the LAPI takes about as long to answer (1.3 s here) as the loading takes. That
+/// poll waits here for the engine; every later one finds it at once.
+async fn ready_engine(
+    engine: &tokio::sync::Mutex<Option<Engine>>,
+) -> tokio::sync::MappedMutexGuard<'_, Engine> {
+    loop {
+        if let Ok(engine) = tokio::sync::MutexGuard::try_map(engine.lock().await, Option::as_mut) {
+            return engine;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Longest wait between retries while the LAPI fails.
@@ -549,11 +562,12 @@ impl CrowdsecBouncer {
         let stream = self.fetch(startup).await?;
         let mut index = self.index.lock().await;
         let translated = translate(&stream, startup, &mut index, now());
-        let report = {
-            let mut guard = engine.lock().await;
-            let engine = guard.as_mut().ok_or(PollError::NotReady)?;
-            engine.apply_list(self.list(), translated.change, "crowdsec", now())?
-        };
+        let report = ready_engine(engine).await.apply_list(
+            self.list(),
+            translated.change,
+            "crowdsec",
+            now(),
+        )?;
         let mut counts = self.counts.lock().expect("not poisoned");
         for (why, n) in translated.ignored {
             *counts.ignored.entry(why.as_str()).or_default() += n;
