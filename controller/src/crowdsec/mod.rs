@@ -9,14 +9,17 @@
 //! later polls apply the deltas. The LAPI being down never removes anything.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
     path::PathBuf,
     sync::Mutex,
     time::Duration,
 };
 
 use ipnet::IpNet;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use tracing::{info, warn};
 
 use crate::{
@@ -283,15 +286,23 @@ pub fn to_ban(d: &Decision, deleted: bool) -> Result<Ban, Ignored> {
         None if deleted => 0,
         None => return Err(Ignored::Invalid),
     };
-    let mut reason = format!("crowdsec decision {}", d.id);
+    // Written in place: a startup poll formats 100k of these.
+    let mut reason = String::with_capacity(40 + d.scenario.len() + d.origin.len());
+    let _ = write!(reason, "crowdsec decision {}", d.id);
     if !d.scenario.is_empty() {
         reason.push_str(": ");
         reason.push_str(&d.scenario);
     }
     if !d.origin.is_empty() {
-        reason.push_str(&format!(" (origin {})", d.origin));
+        let _ = write!(reason, " (origin {})", d.origin);
     }
-    reason.truncate(1024);
+    if reason.len() > 1024 {
+        let mut end = 1024;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
     Ok(Ban {
         id: d.id,
         cidr,
@@ -301,18 +312,43 @@ pub fn to_ban(d: &Decision, deleted: bool) -> Result<Ban, Ignored> {
 }
 
 /// Decision ids per CIDR, so one of two decisions for an address going away keeps the block.
+/// Almost every CIDR has one decision: its ids are a small sorted vector, not a set of their
+/// own (a startup poll of 100k decisions allocated 100k sets), in a map with a fast hash (the
+/// keys are the LAPI's own decisions).
 #[derive(Debug, Default)]
 pub struct DecisionIndex {
-    by_cidr: HashMap<IpNet, BTreeSet<i64>>,
+    by_cidr: FxHashMap<IpNet, SmallVec<[i64; 1]>>,
 }
 
 impl DecisionIndex {
     pub fn len(&self) -> usize {
-        self.by_cidr.values().map(BTreeSet::len).sum()
+        self.by_cidr.values().map(SmallVec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.by_cidr.is_empty()
+    }
+
+    fn add(&mut self, cidr: IpNet, id: i64) {
+        let ids = self.by_cidr.entry(cidr).or_default();
+        if let Err(at) = ids.binary_search(&id) {
+            ids.insert(at, id);
+        }
+    }
+
+    /// Forgets decision `id` of `cidr`; answers whether no decision for `cidr` is left.
+    fn remove(&mut self, cidr: IpNet, id: i64) -> bool {
+        let Some(ids) = self.by_cidr.get_mut(&cidr) else {
+            return true;
+        };
+        if let Ok(at) = ids.binary_search(&id) {
+            ids.remove(at);
+        }
+        if ids.is_empty() {
+            self.by_cidr.remove(&cidr);
+            return true;
+        }
+        false
     }
 }
 
@@ -332,18 +368,17 @@ pub fn translate(
 ) -> Translated {
     let mut out = Translated::default();
     out.change.replace = startup;
+    out.change.block.reserve(stream.new.len());
     if startup {
         index.by_cidr.clear();
+        index.by_cidr.reserve(stream.new.len());
     }
     // A set: a big delta (thousands deleted and re-added) stays linear.
     let mut unblock = BTreeSet::new();
     for d in &stream.deleted {
         match to_ban(d, true) {
             Ok(ban) => {
-                let ids = index.by_cidr.entry(ban.cidr).or_default();
-                ids.remove(&ban.id);
-                if ids.is_empty() {
-                    index.by_cidr.remove(&ban.cidr);
+                if index.remove(ban.cidr, ban.id) {
                     unblock.insert(ban.cidr);
                 }
             }
@@ -353,7 +388,7 @@ pub fn translate(
     for d in &stream.new {
         match to_ban(d, false) {
             Ok(ban) => {
-                index.by_cidr.entry(ban.cidr).or_default().insert(ban.id);
+                index.add(ban.cidr, ban.id);
                 unblock.remove(&ban.cidr);
                 out.change.block.push(ListBlock {
                     cidr: ban.cidr,

@@ -30,6 +30,28 @@ fn go_durations() {
 }
 
 #[test]
+fn a_long_reason_is_cut_at_a_character_boundary() {
+    let decision = |scenario: String| Decision {
+        id: 7,
+        duration: "4h".into(),
+        origin: "CAPI".into(),
+        scenario,
+        scope: "Ip".into(),
+        kind: "ban".into(),
+        value: "192.0.2.1".into(),
+    };
+    let ban = to_ban(&decision("é".repeat(600)), false).unwrap();
+    assert!(
+        ban.reason.len() <= 1024 && ban.reason.len() > 1000,
+        "{}",
+        ban.reason.len()
+    );
+    assert!(ban.reason.starts_with("crowdsec decision 7: é"));
+    let ban = to_ban(&decision("ssh-bf".into()), false).unwrap();
+    assert_eq!(ban.reason, "crowdsec decision 7: ssh-bf (origin CAPI)");
+}
+
+#[test]
 fn parses_startup_fixture() {
     let stream = fixture("stream-startup.json");
     assert_eq!(stream.new.len(), 6);
