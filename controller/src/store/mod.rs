@@ -652,16 +652,17 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
-        // Version 4 dropped the uniqueness index (the engine keeps rules unique).
-        let unique_indexes: i64 = store
+        // Version 4 dropped the uniqueness and expiry indexes (the engine keeps rules unique
+        // and decides expiry in memory).
+        let indexes: i64 = store
             .conn
             .query_row(
-                "SELECT COUNT(*) FROM sqlite_master WHERE tbl_name = 'rules' AND name LIKE 'sqlite_autoindex%'",
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'rules'",
                 [],
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(unique_indexes, 0);
+        assert_eq!(indexes, 0);
         let rules = store.rules().unwrap();
         assert_eq!(rules.len(), 1);
         assert_eq!((rules[0].id, rules[0].reason.as_str()), (1, "old"));

@@ -113,8 +113,10 @@ pub(super) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
         // reaches the store, and that index made a million-rule batch cost seconds of B-tree
         // inserts for a check that never fired. The CHECKs are spelled as ORs: SQLite evaluates
         // `IN (list)` through a temporary table per statement, which cost more than a second per
-        // million rows, the ORs next to nothing (measured here). Rebuilt as for version 2, ids
-        // and sequence kept.
+        // million rows, the ORs next to nothing (measured here). And no index on expires_at:
+        // no query reads it (the engine decides expiry in memory), and every rule with a TTL
+        // (every CrowdSec decision) paid an index insert. Rebuilt as for version 2, ids and
+        // sequence kept.
         conn.execute_batch(
             "BEGIN;
              CREATE TABLE rules_v4 (
@@ -143,7 +145,6 @@ pub(super) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
                  SET seq = MAX(seq, COALESCE((SELECT MAX(seq) FROM rules_seq), 0))
                  WHERE name = 'rules';
              DROP TABLE rules_seq;
-             CREATE INDEX IF NOT EXISTS rules_expiry ON rules (expires_at) WHERE expires_at IS NOT NULL;
              PRAGMA user_version = 4;
              COMMIT;",
         )?;
