@@ -7,7 +7,13 @@
 //! or the commit fails, the steps already taken are undone ([`roll_back_watchlist_failure`],
 //! [`Engine::roll_back_commit_failure`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{
+        OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use ipnet::IpNet;
 use tracing::warn;
@@ -91,8 +97,7 @@ impl Written {
     }
 }
 
-/// What the in-memory view takes on once a change is committed ([`Engine::settle_change`]),
-/// built beside the kernel writes of a large change.
+/// What the in-memory view takes on once a change is committed ([`Engine::settle_change`]).
 struct Staged {
     /// The owners the change leaves for the keys it touches.
     touched: Owners,
@@ -101,13 +106,56 @@ struct Staged {
     inserted: Option<BTreeMap<RuleId, Rule>>,
 }
 
-impl Staged {
-    fn new(owners: &Owners, rules: &BTreeMap<RuleId, Rule>, written: &Written) -> Self {
-        let inserted = (written.inserted.len() > rules.len() / 4)
-            .then(|| written.inserted.iter().map(|r| (r.id, r.clone())).collect());
+/// The [`Staged`] view of a change, built during a large change's writes by whichever of the
+/// two threads is free first ([`Staging::help`]): which one that is depends on the engine (the
+/// LPM tries take a second for a million rules, the DIR-24 table a quarter of that) and on
+/// the machine.
+struct Staging<'a> {
+    owners: &'a Owners,
+    rules: &'a BTreeMap<RuleId, Rule>,
+    written: &'a Written,
+    /// The next task to take: 0 the owners (the larger), 1 the sorted run, then none.
+    next: AtomicUsize,
+    touched: OnceLock<Owners>,
+    inserted: OnceLock<Option<BTreeMap<RuleId, Rule>>>,
+}
+
+impl<'a> Staging<'a> {
+    fn new(owners: &'a Owners, rules: &'a BTreeMap<RuleId, Rule>, written: &'a Written) -> Self {
         Self {
-            touched: owners_after(owners, written),
-            inserted,
+            owners,
+            rules,
+            written,
+            next: AtomicUsize::new(0),
+            touched: OnceLock::new(),
+            inserted: OnceLock::new(),
+        }
+    }
+
+    /// Does the tasks no thread has taken yet.
+    fn help(&self) {
+        loop {
+            match self.next.fetch_add(1, Ordering::Relaxed) {
+                0 => {
+                    let _ = self.touched.set(owners_after(self.owners, self.written));
+                }
+                1 => {
+                    let inserted = &self.written.inserted;
+                    let run = (inserted.len() > self.rules.len() / 4)
+                        .then(|| inserted.iter().map(|r| (r.id, r.clone())).collect());
+                    let _ = self.inserted.set(run);
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// The view, once both threads have helped (or one has, alone).
+    fn into_staged(self) -> Staged {
+        self.help();
+        Staged {
+            touched: self.touched.into_inner().expect("every task is done"),
+            inserted: self.inserted.into_inner().expect("every task is done"),
         }
     }
 }
@@ -209,25 +257,22 @@ impl Engine {
         let written = Written::new(&self.rules, add, remove, tx.next_rule_id()?, now)?;
         // Built before anything is written: a refused scoped set costs nothing to undo.
         let policy = policy_after(&self.scoped, &written.inserted, &written.removed)?;
-        let (owners, applied, rules) = (&self.owners, &self.applied, &self.rules);
-        let (ingress, staged) = write_both(
+        let (owners, applied) = (&self.owners, &self.applied);
+        let staging = Staging::new(owners, &self.rules, &written);
+        let (ingress, stored) = write_both(
             self.maps.as_mut(),
             || IngressDiff::for_change(owners, applied, &written),
-            || {
-                write_rows(&tx, &written, &note)?;
-                Ok(Staged::new(owners, rules, &written))
-            },
+            || write_rows(&tx, &written, &note),
+            &|| staging.help(),
             written.inserted.len() + written.removed.len(),
         );
         // On a kernel error the maps rolled themselves back; the transaction is dropped.
         let ingress = ingress?;
-        let staged = match staged {
-            Ok(staged) => staged,
-            Err(err) => {
-                ingress.undo_or_warn(self.maps.as_mut(), "a failed store write");
-                return Err(err.into());
-            }
-        };
+        if let Err(err) = stored {
+            ingress.undo_or_warn(self.maps.as_mut(), "a failed store write");
+            return Err(err.into());
+        }
+        let staged = staging.into_staged();
         if let Some((_, table)) = &policy
             && let Err(err) = self.maps.apply_policy(table)
         {
@@ -410,17 +455,18 @@ fn owners_after(current: &Owners, written: &Written) -> Owners {
 const PARALLEL_MIN: usize = 4096;
 
 /// Plans and applies the ingress diff (`plan`, then [`apply_ingress`]) and writes the store
-/// rows (`store`, which may stage more), on two threads for a large change: the kernel's trie
-/// inserts and SQLite's row inserts take about a second each for a million rules, and neither
-/// needs the other. Answers the diff (or the kernel's error, after which the maps have rolled
-/// themselves back) and the store's result; a caller that gets a kernel success and a store
-/// error undoes the diff.
-fn write_both<T>(
+/// rows (`store`), on two threads for a large change: the kernel's trie inserts and SQLite's
+/// row inserts take about a second each for a million rules, and neither needs the other.
+/// Each thread then `help`s with what is left to do ([`Staging`]). Answers the diff (or the
+/// kernel's error, after which the maps have rolled themselves back) and the store's result; a
+/// caller that gets a kernel success and a store error undoes the diff.
+fn write_both(
     maps: &mut dyn KernelMaps,
     plan: impl FnOnce() -> IngressDiff + Send,
-    store: impl FnOnce() -> Result<T, StoreError>,
+    store: impl FnOnce() -> Result<(), StoreError>,
+    help: &(dyn Fn() + Sync),
     rows: usize,
-) -> (Result<IngressDiff, DatapathError>, Result<T, StoreError>) {
+) -> (Result<IngressDiff, DatapathError>, Result<(), StoreError>) {
     let ingress = |maps: &mut dyn KernelMaps| {
         let ingress = plan();
         apply_ingress(maps, &ingress).map(|()| ingress)
@@ -429,8 +475,17 @@ fn write_both<T>(
         return (ingress(maps), store());
     }
     std::thread::scope(|scope| {
-        let kernel = scope.spawn(|| ingress(maps));
+        let kernel = scope.spawn(|| {
+            let applied = ingress(maps);
+            if applied.is_ok() {
+                help();
+            }
+            applied
+        });
         let stored = store();
+        if stored.is_ok() {
+            help();
+        }
         let applied = kernel
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
