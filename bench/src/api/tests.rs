@@ -202,7 +202,7 @@ fn the_engine_defaults_to_dir24_and_the_command_line_reproduces_the_run() {
 #[test]
 fn each_engine_setting_says_why() {
     assert!(engine_reason(Ipv4LookupSetting::Dir24).contains("auto"));
-    assert!(engine_reason(Ipv4LookupSetting::Lpm).contains("2.3 µs"));
+    assert!(engine_reason(Ipv4LookupSetting::Lpm).contains("1.1 µs"));
     assert!(engine_reason(Ipv4LookupSetting::Auto).contains("LPM"));
 }
 
