@@ -6,6 +6,26 @@ use rusqlite::Connection;
 /// Bumped when the schema changes; older files are migrated by [`migrate`].
 pub(super) const SCHEMA_VERSION: i64 = 4;
 
+/// SQL that puts the rebuilt table `new_table` in the place of `rules`, keeping the id
+/// sequence (SQLite cannot change a CHECK or UNIQUE constraint in place): no id is ever
+/// handed out twice, even one of a deleted rule.
+fn take_over_rules(new_table: &str) -> String {
+    format!(
+        "CREATE TEMP TABLE rules_seq AS SELECT seq FROM sqlite_sequence WHERE name = 'rules';
+             DROP TABLE rules;
+             ALTER TABLE {new_table} RENAME TO rules;
+             DELETE FROM sqlite_sequence WHERE name = '{new_table}';
+             INSERT INTO sqlite_sequence (name, seq)
+                 SELECT 'rules', MAX(COALESCE((SELECT MAX(seq) FROM rules_seq), 0),
+                                     COALESCE((SELECT MAX(id) FROM rules), 0))
+                 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'rules');
+             UPDATE sqlite_sequence
+                 SET seq = MAX(seq, COALESCE((SELECT MAX(seq) FROM rules_seq), 0))
+                 WHERE name = 'rules';
+             DROP TABLE rules_seq;"
+    )
+}
+
 /// Migrates a store at `version` (its `user_version`, at most [`SCHEMA_VERSION`]).
 pub(super) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
     if version < 1 {
@@ -54,6 +74,7 @@ pub(super) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
         // part of what makes a rule unique. SQLite cannot change a CHECK or UNIQUE
         // constraint in place, so the table is rebuilt, ids and their sequence kept.
         conn.execute_batch(
+            &format!(
             "BEGIN;
              CREATE TABLE rules_v2 (
                  id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -69,21 +90,12 @@ pub(super) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
              );
              INSERT INTO rules_v2 (id, cidr, action, list, reason, source, created_at, expires_at)
                  SELECT id, cidr, action, list, reason, source, created_at, expires_at FROM rules;
-             CREATE TEMP TABLE rules_seq AS SELECT seq FROM sqlite_sequence WHERE name = 'rules';
-             DROP TABLE rules;
-             ALTER TABLE rules_v2 RENAME TO rules;
-             DELETE FROM sqlite_sequence WHERE name = 'rules_v2';
-             INSERT INTO sqlite_sequence (name, seq)
-                 SELECT 'rules', MAX(COALESCE((SELECT MAX(seq) FROM rules_seq), 0),
-                                     COALESCE((SELECT MAX(id) FROM rules), 0))
-                 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'rules');
-             UPDATE sqlite_sequence
-                 SET seq = MAX(seq, COALESCE((SELECT MAX(seq) FROM rules_seq), 0))
-                 WHERE name = 'rules';
-             DROP TABLE rules_seq;
+             {swap}
              CREATE INDEX IF NOT EXISTS rules_expiry ON rules (expires_at) WHERE expires_at IS NOT NULL;
              PRAGMA user_version = 2;
              COMMIT;",
+            swap = take_over_rules("rules_v2")
+        ),
         )
         ?;
     }
@@ -118,6 +130,7 @@ pub(super) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
         // (every CrowdSec decision) paid an index insert. Rebuilt as for version 2, ids and
         // sequence kept.
         conn.execute_batch(
+            &format!(
             "BEGIN;
              CREATE TABLE rules_v4 (
                  id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -133,20 +146,11 @@ pub(super) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
              );
              INSERT INTO rules_v4 (id, cidr, action, list, reason, source, created_at, expires_at, options)
                  SELECT id, cidr, action, list, reason, source, created_at, expires_at, options FROM rules;
-             CREATE TEMP TABLE rules_seq AS SELECT seq FROM sqlite_sequence WHERE name = 'rules';
-             DROP TABLE rules;
-             ALTER TABLE rules_v4 RENAME TO rules;
-             DELETE FROM sqlite_sequence WHERE name = 'rules_v4';
-             INSERT INTO sqlite_sequence (name, seq)
-                 SELECT 'rules', MAX(COALESCE((SELECT MAX(seq) FROM rules_seq), 0),
-                                     COALESCE((SELECT MAX(id) FROM rules), 0))
-                 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'rules');
-             UPDATE sqlite_sequence
-                 SET seq = MAX(seq, COALESCE((SELECT MAX(seq) FROM rules_seq), 0))
-                 WHERE name = 'rules';
-             DROP TABLE rules_seq;
+             {swap}
              PRAGMA user_version = 4;
              COMMIT;",
+            swap = take_over_rules("rules_v4")
+        ),
         )?;
     }
     Ok(())
