@@ -20,8 +20,8 @@ use anyhow::{Context as _, bail};
 /// Keeps a guard on the thread it was created on.
 type StayOnThisThread = PhantomData<*const ()>;
 
-/// Runs a command in the current thread's namespace; fails with its stderr.
-fn run(program: &str, args: &[&str], stdin: Option<&Path>) -> anyhow::Result<Output> {
+/// `program args` with its output captured and its input from `stdin` (nothing if none).
+fn piped(program: &str, args: &[&str], stdin: Option<&Path>) -> anyhow::Result<Command> {
     let mut command = Command::new(program);
     command
         .args(args)
@@ -33,6 +33,12 @@ fn run(program: &str, args: &[&str], stdin: Option<&Path>) -> anyhow::Result<Out
         }
         None => command.stdin(Stdio::null()),
     };
+    Ok(command)
+}
+
+/// Runs a command in the current thread's namespace; fails with its stderr.
+fn run(program: &str, args: &[&str], stdin: Option<&Path>) -> anyhow::Result<Output> {
+    let mut command = piped(program, args, stdin)?;
     let output = command
         .output()
         .with_context(|| format!("running {program}"))?;
@@ -70,17 +76,7 @@ pub fn run_within(
     stdin: Option<&Path>,
     limit: Duration,
 ) -> anyhow::Result<Bounded> {
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    match stdin {
-        Some(path) => {
-            command.stdin(File::open(path).with_context(|| format!("opening {}", path.display()))?)
-        }
-        None => command.stdin(Stdio::null()),
-    };
+    let mut command = piped(program, args, stdin)?;
     let started = Instant::now();
     let child = command
         .spawn()
