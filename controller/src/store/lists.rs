@@ -149,12 +149,7 @@ impl Store {
 
     /// The id the next new list gets (ids are never reused, like rule ids).
     pub fn next_list_id(&self) -> Result<u32, StoreError> {
-        let used: i64 = self.conn.query_row(
-            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'lists'), 0),
-                        COALESCE((SELECT MAX(id) FROM lists), 0))",
-            [],
-            |r| r.get(0),
-        )?;
+        let used = super::last_used_id(&self.conn, "lists")?;
         u32::try_from(used + 1).map_err(|_| StoreError::BadRow {
             id: used,
             detail: "list id out of range".into(),

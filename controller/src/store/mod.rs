@@ -88,6 +88,19 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// The highest id `table` (an AUTOINCREMENT table) has ever handed out, deleted rows
+/// included, so the next one is never a reused id.
+fn last_used_id(conn: &Connection, table: &'static str) -> rusqlite::Result<i64> {
+    conn.query_row(
+        &format!(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0),
+                        COALESCE((SELECT MAX(id) FROM {table}), 0))"
+        ),
+        [],
+        |r| r.get(0),
+    )
+}
+
 impl Store {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -288,12 +301,7 @@ impl StoreTx<'_> {
     /// The id the next stored rule gets: one above every id ever used (ids are never reused,
     /// as AUTOINCREMENT gives them), so a change knows its rules' ids before it writes them.
     pub fn next_rule_id(&self) -> Result<RuleId, StoreError> {
-        let used: i64 = self.tx.query_row(
-            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'rules'), 0),
-                        COALESCE((SELECT MAX(id) FROM rules), 0))",
-            [],
-            |r| r.get(0),
-        )?;
+        let used = last_used_id(&self.tx, "rules")?;
         RuleId::try_from(used + 1).map_err(|_| StoreError::BadRow {
             id: used,
             detail: "rule id out of range".into(),
