@@ -72,6 +72,7 @@ pub(super) async fn replace_list(
         None => None,
     };
     let format = body_format(&headers)?;
+    let started = std::time::Instant::now();
     let body = axum::body::to_bytes(body, state.max_list_bytes)
         .await
         .map_err(|_| {
@@ -91,6 +92,7 @@ pub(super) async fn replace_list(
         tokio::task::spawn_blocking(move || sift_list(format, &body, keep_special))
             .await
             .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the parser failed"))??;
+    tracing::debug!(list = name, took = ?started.elapsed(), "list body read and parsed");
     let want = ListReplace {
         name: name.clone(),
         action,

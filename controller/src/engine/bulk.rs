@@ -8,16 +8,17 @@
 //!    moment's lock, then the entries that come and go are worked out, and each new block
 //!    entry passes the lock-out guard, on a blocking thread;
 //! 2. **applied in steps**: each step takes the lock, moves a slice of entries into (or out of)
-//!    the owners, the kernel maps and the engine's copy of the set, and lets go, sized so one
-//!    step holds the lock for about [`STEP_BUDGET`]; inserts come before removes, so an entry
-//!    in both the old and the new set is never absent;
+//!    the owners and the kernel maps, and lets go, sized so one step holds the lock for about
+//!    [`STEP_BUDGET`]; inserts come before removes, so an entry in both the old and the new set
+//!    is never absent. After the last step the engine's copy of the set is swapped for the new
+//!    one (built by the caller, not grown entry by entry under the lock);
 //! 3. **committed** by the caller (the list's store row, the feed's last good copy); if that
-//!    fails, or a step fails, the steps already made are undone.
+//!    fails, or a step fails, the steps already made are undone and the old set put back.
 //!
-//! Between steps the engine is consistent (owners, maps and sets agree), so any other change
-//! may run there. What a step leaves is visible (`GET /v1/lists/{name}` shows the entries
-//! applied so far); a restart meanwhile reconciles the kernel to the store, which still holds
-//! the old set. Callers serialize replaces of one set (one list or feed at a time), and run
+//! Between steps the owners and the kernel maps agree, so any other change may run there; the
+//! engine's copy of the set (what `GET /v1/lists/{name}` and `lookup` show) is still the old
+//! one until the swap. A restart meanwhile reconciles the kernel to the store, which still
+//! holds the old set. Callers serialize replaces of one set (one list or feed at a time), and run
 //! the whole replace in a task of its own, so a caller that goes away cannot stop it half-way.
 
 use std::{
@@ -34,7 +35,7 @@ use tracing::warn;
 use super::{
     ApplyReport, Engine, EngineError,
     lists::SetKind,
-    owners::{Owners, diff_for, owners_slot},
+    owners::{OwnerDiff, Owners, diff_for, owners_slot, settle, take_back_step},
     requests::check_lockout,
 };
 use crate::rules::{Action, FeedSet, RuleId};
@@ -43,6 +44,9 @@ use crate::rules::{Action, FeedSet, RuleId};
 /// apply (no bulk builds; DIR-24 paints on two threads only from 4,096 ranges), so they are
 /// not made smaller than a call may wait: with 20 ms a 1M-entry list takes ~1.5× one apply.
 pub const STEP_BUDGET: Duration = Duration::from_millis(20);
+/// Kernel entries a step changes from which the kernel writes run beside the engine's own
+/// bookkeeping, on two threads (below, a thread costs more than it saves).
+const PARALLEL_STEP: usize = 2_048;
 /// Entries in the first step, before the cost of one is known.
 const FIRST_STEP: usize = 8_192;
 /// Bounds of a step, whatever the measured cost.
@@ -74,11 +78,12 @@ pub(crate) struct SetSteps {
 /// How to take a replace back.
 #[derive(Debug)]
 enum Undo {
-    /// The entries the steps added and removed.
+    /// The entries the steps added and removed, and the set the swap replaced.
     Steps {
         target: SetTarget,
         added: Vec<IpNet>,
         gone: Vec<IpNet>,
+        old: Option<FeedSet>,
     },
     /// The set a one-step replace replaced (none: there was none).
     OneStep {
@@ -129,17 +134,18 @@ pub(crate) async fn replace_set_stepped(
         return replace_in_one_step(engine, target, entries, lockout, &management).await;
     }
     let before = old.as_ref().map_or(0, |o| o.entries.len());
+    let started = Instant::now();
     let plan_target = target.clone();
-    let (added, gone) = tokio::task::spawn_blocking(move || {
+    let (added, gone, entries) = tokio::task::spawn_blocking(move || {
         let empty = BTreeSet::new();
         let old_entries = old.as_ref().map_or(&empty, |o| &*o.entries);
         let added: Vec<IpNet> = entries.difference(old_entries).copied().collect();
         let gone: Vec<IpNet> = old_entries.difference(&entries).copied().collect();
         guard_new_entries(&plan_target, &added, &management, lockout)?;
-        // The snapshot is dropped here, off the lock: the engine's copy is again the only
-        // reference, so the steps change it in place instead of copying a million entries.
+        // The snapshot is dropped here, off the lock (it may be the last reference to a
+        // million entries once the swap replaces the engine's copy).
         drop(old);
-        Ok::<_, EngineError>((added, gone))
+        Ok::<_, EngineError>((added, gone, Arc::new(entries)))
     })
     .await
     .map_err(|_| EngineError::Invalid("planning the replace failed".into()))??;
@@ -148,6 +154,8 @@ pub(crate) async fn replace_set_stepped(
         // One growth of the owners index instead of a rehash every few steps.
         engine.owners.reserve(added.len());
     }
+    tracing::debug!(set = target.name, took = ?started.elapsed(), "replace planned");
+    let started = Instant::now();
     let mut report = ApplyReport::default();
     let mut size = FIRST_STEP;
     for adding in [true, false] {
@@ -186,6 +194,14 @@ pub(crate) async fn replace_set_stepped(
             at = end;
         }
     }
+    let old = match engine.lock().await.as_mut() {
+        Some(engine) => engine.swap_set(&target, entries),
+        None => {
+            undo_steps(engine, &target, &added, &gone).await;
+            return Err(EngineError::NotReady);
+        }
+    };
+    tracing::debug!(set = target.name, took = ?started.elapsed(), "replace steps applied");
     Ok(SetSteps {
         added: added.len(),
         gone: gone.len(),
@@ -195,6 +211,7 @@ pub(crate) async fn replace_set_stepped(
             target,
             added,
             gone,
+            old,
         },
     })
 }
@@ -206,7 +223,14 @@ pub(crate) async fn undo_replace(engine: &Mutex<Option<Engine>>, steps: SetSteps
             target,
             added,
             gone,
-        } => undo_steps(engine, &target, &added, &gone).await,
+            old,
+        } => {
+            undo_steps(engine, &target, &added, &gone).await;
+            if let Some(engine) = engine.lock().await.as_mut() {
+                let old_entries = old.map_or_else(Arc::default, |o| o.entries);
+                engine.swap_set(&target, old_entries);
+            }
+        }
         Undo::OneStep { target, old } => {
             let mut guard = engine.lock().await;
             let Some(engine) = guard.as_mut() else { return };
@@ -313,8 +337,25 @@ impl Engine {
         }
     }
 
-    /// One step of a replace: `add` joins the set and `remove` leaves it, in the owners, the
-    /// kernel maps and the engine's copy of the set together. A set left empty goes.
+    /// Makes the engine's copy of the set `entries` (none if empty), returning what it held.
+    fn swap_set(&mut self, target: &SetTarget, entries: Arc<BTreeSet<IpNet>>) -> Option<FeedSet> {
+        let sets = self.sets_mut(target.kind);
+        if entries.is_empty() {
+            return sets.remove(&target.name);
+        }
+        sets.insert(
+            target.name.clone(),
+            FeedSet {
+                name: target.name.clone(),
+                id: target.id,
+                action: target.action,
+                entries,
+            },
+        )
+    }
+
+    /// One step of a replace: `add` joins the set and `remove` leaves it, in the owners and the
+    /// kernel maps together (the engine's copy of the set is swapped after the last step).
     pub(super) fn step_set(
         &mut self,
         target: &SetTarget,
@@ -329,27 +370,33 @@ impl Engine {
         for entry in add {
             owners_slot(&mut touched, &self.owners, (*entry, target.action)).insert(target.id);
         }
-        let diff = diff_for(&self.applied, &touched);
-        if !diff.is_empty() {
-            let before = self.applied.clone_touched(&diff);
-            self.maps.apply(&diff, &before)?;
-            self.applied.apply_diff(&diff);
-        }
-        self.settle_owners(touched);
-        let sets = self.sets_mut(target.kind);
-        let set = sets.entry(target.name.clone()).or_insert_with(|| FeedSet {
-            name: target.name.clone(),
-            id: target.id,
-            action: target.action,
-            entries: Arc::default(),
-        });
-        let entries = Arc::make_mut(&mut set.entries);
-        for entry in remove {
-            entries.remove(entry);
-        }
-        entries.extend(add.iter().copied());
-        if entries.is_empty() {
-            sets.remove(&target.name);
+        let OwnerDiff { diff, before } = diff_for(&self.applied, &touched);
+        let (maps, applied, owners) = (&mut self.maps, &mut self.applied, &mut self.owners);
+        let parallel = diff.upserts() + diff.removes() >= PARALLEL_STEP
+            && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+        if parallel {
+            // The kernel writes (DIR-24 painting included) on a thread of their own while the
+            // engine's copies follow on this one: the two take about as long, and a step holds
+            // the lock for the longer of them instead of both.
+            let written = std::thread::scope(|scope| {
+                let kernel = scope.spawn(|| maps.apply(&diff, &before));
+                applied.apply_diff(&diff);
+                settle(owners, touched);
+                kernel
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            });
+            if let Err(err) = written {
+                applied.undo_diff(&diff, &before);
+                take_back_step(owners, target.id, target.action, add, remove);
+                return Err(err.into());
+            }
+        } else {
+            if !diff.is_empty() {
+                maps.apply(&diff, &before)?;
+                applied.apply_diff(&diff);
+            }
+            settle(owners, touched);
         }
         Ok(ApplyReport {
             inserted: diff.upserts(),

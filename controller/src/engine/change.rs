@@ -649,6 +649,7 @@ impl MapContents {
     }
 
     /// The current values of the keys `diff` touches (what a rollback must restore).
+    #[cfg(test)]
     pub(super) fn clone_touched(&self, diff: &MapDiff) -> MapContents {
         fn pick<const N: usize>(from: &TrieContents<N>, diff: &TrieDiff<N>) -> TrieContents<N> {
             diff.keys()
@@ -668,6 +669,26 @@ impl MapContents {
         let mut out = self.clone();
         out.apply_diff(diff);
         out
+    }
+
+    /// Takes `diff` back out again: every key it touched gets what `before` held for it.
+    pub(super) fn undo_diff(&mut self, diff: &MapDiff, before: &MapContents) {
+        fn undo<const N: usize>(
+            trie: &mut TrieContents<N>,
+            diff: &TrieDiff<N>,
+            before: &TrieContents<N>,
+        ) {
+            for key in diff.keys() {
+                match before.get(key) {
+                    Some(id) => trie.insert(*key, *id),
+                    None => trie.remove(key),
+                };
+            }
+        }
+        undo(&mut self.allow_v4, &diff.allow_v4, &before.allow_v4);
+        undo(&mut self.allow_v6, &diff.allow_v6, &before.allow_v6);
+        undo(&mut self.block_v4, &diff.block_v4, &before.block_v4);
+        undo(&mut self.block_v6, &diff.block_v6, &before.block_v6);
     }
 
     /// Applies `diff` in place.

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 use super::{
     ApplyReport, Engine, EngineError,
-    owners::{Owners, diff_for, owners_slot},
+    owners::{OwnerDiff, Owners, diff_for, owners_slot},
 };
 use crate::{
     rules::{Action, FeedSet, Rule, RuleId, RuleOptions, RuleSource, validate_list},
@@ -139,9 +139,8 @@ impl Engine {
         for entry in added {
             owners_slot(&mut touched, &self.owners, (entry, action)).insert(id);
         }
-        let diff = diff_for(&self.applied, &touched);
+        let OwnerDiff { diff, before } = diff_for(&self.applied, &touched);
         if !diff.is_empty() {
-            let before = self.applied.clone_touched(&diff);
             if let Err(err) = self.maps.apply(&diff, &before) {
                 if let Some(old) = old {
                     self.sets_mut(kind).insert(name.to_string(), old);

@@ -86,12 +86,14 @@ async fn replace_and_store(
     now: i64,
 ) -> Result<ListReplaced, EngineError> {
     let rule_id = LIST_ID_BASE + row.id;
+    let started = std::time::Instant::now();
     let (entries, content) = tokio::task::spawn_blocking(move || {
         let content = encode_entries(&entries);
         (entries, content)
     })
     .await
     .map_err(|_| EngineError::Invalid("encoding the list failed".into()))?;
+    tracing::debug!(list = row.name, took = ?started.elapsed(), "list encoded for the store");
     let target = SetTarget {
         kind: SetKind::List,
         name: row.name.clone(),
@@ -102,6 +104,7 @@ async fn replace_and_store(
     let (inserted, removed, count) = (steps.added, steps.gone, steps.entries());
     let why = format!("{count} entries: +{inserted} -{removed}");
     let audit = list_audit(now, who, "list-replace", row, rule_id, why);
+    let started = std::time::Instant::now();
     let written = {
         let mut guard = engine.lock().await;
         let engine = guard.as_mut().ok_or(EngineError::NotReady)?;
@@ -111,6 +114,7 @@ async fn replace_and_store(
             tx.commit()
         })
     };
+    tracing::debug!(list = row.name, took = ?started.elapsed(), "list stored");
     if let Err(err) = written {
         undo_replace(engine, steps).await;
         return Err(err.into());

@@ -59,8 +59,18 @@ pub(super) fn owners_slot<'a>(
         .or_insert_with(|| current.get(&key).cloned().unwrap_or_default())
 }
 
-/// The trie diff that gives each touched key its new owner (or removes it).
-pub(super) fn diff_for(applied: &MapContents, touched: &Owners) -> MapDiff {
+/// A change's trie diff, and what the tries held before it for the keys it touches.
+pub(super) struct OwnerDiff {
+    /// Gives each touched key its new owner (or removes it).
+    pub(super) diff: MapDiff,
+    /// The applied entries of every touched key, as they were: what a failed or refused apply
+    /// puts back (a superset of the keys the diff writes).
+    pub(super) before: MapContents,
+}
+
+/// The trie diff that gives each touched key its new owner (or removes it), with the entries
+/// it replaces (looked up once here, instead of again for the undo copy).
+pub(super) fn diff_for(applied: &MapContents, touched: &Owners) -> OwnerDiff {
     // Collected unordered, then sorted once: building the ordered maps from sorted input is a
     // bulk build instead of a million random-order inserts (a full feed load touches them all).
     let mut desired = Vec::with_capacity(touched.len());
@@ -80,10 +90,9 @@ pub(super) fn diff_for(applied: &MapContents, touched: &Owners) -> MapDiff {
             current.push((*cidr, *action, id));
         }
     }
-    MapDiff::between(
-        &MapContents::from_entries(current),
-        &MapContents::from_entries(desired),
-    )
+    let before = MapContents::from_entries(current);
+    let diff = MapDiff::between(&before, &MapContents::from_entries(desired));
+    OwnerDiff { diff, before }
 }
 
 impl Engine {
@@ -107,25 +116,56 @@ impl Engine {
     }
 
     /// Records the owners a committed change left for the keys it touched.
-    pub(super) fn settle_owners(&mut self, mut touched: Owners) {
-        if touched.len() > self.owners.len() {
-            // A feed's first load touches more keys than exist: keep the bigger map and fold the
-            // smaller one in, instead of a million inserts into the smaller.
-            std::mem::swap(&mut self.owners, &mut touched);
-            for (key, ids) in touched {
-                // Keys in both: the touched (now held) value is the newer one.
-                self.owners.entry(key).or_insert(ids);
-            }
-            self.owners.retain(|_, ids| !ids.is_empty());
-            return;
-        }
-        self.owners.reserve(touched.len());
+    pub(super) fn settle_owners(&mut self, touched: Owners) {
+        settle(&mut self.owners, touched);
+    }
+}
+
+/// Makes `owners` hold the owners a change left for the keys it touched (`touched`).
+pub(super) fn settle(owners: &mut Owners, mut touched: Owners) {
+    if touched.len() > owners.len() && touched.capacity() >= owners.capacity() {
+        // A feed's first load touches more keys than exist: keep the bigger map and fold the
+        // smaller one in, instead of a million inserts into the smaller. (Not when the owners
+        // were reserved for a stepped replace: its first step would throw the room away and
+        // every later step would grow the map again.)
+        std::mem::swap(owners, &mut touched);
         for (key, ids) in touched {
-            if ids.is_empty() {
-                self.owners.remove(&key);
-            } else {
-                self.owners.insert(key, ids);
+            // Keys in both: the touched (now held) value is the newer one.
+            owners.entry(key).or_insert(ids);
+        }
+        owners.retain(|_, ids| !ids.is_empty());
+        return;
+    }
+    owners.reserve(touched.len());
+    for (key, ids) in touched {
+        if ids.is_empty() {
+            owners.remove(&key);
+        } else {
+            owners.insert(key, ids);
+        }
+    }
+}
+
+/// Takes one step of a set replace back out of `owners`: `id` leaves the keys of `added` (a key
+/// left with no owner goes) and comes back to those of `removed`. Exact, because a step only
+/// adds `id` where it was absent and removes it where it was present.
+pub(super) fn take_back_step(
+    owners: &mut Owners,
+    id: RuleId,
+    action: Action,
+    added: &[IpNet],
+    removed: &[IpNet],
+) {
+    for entry in added {
+        if let std::collections::hash_map::Entry::Occupied(mut ids) = owners.entry((*entry, action))
+        {
+            ids.get_mut().remove(&id);
+            if ids.get().is_empty() {
+                ids.remove();
             }
         }
+    }
+    for entry in removed {
+        owners.entry((*entry, action)).or_default().insert(id);
     }
 }

@@ -75,7 +75,7 @@ fn the_sorted_diff_of_a_change_equals_the_one_its_owners_give() {
                 .collect(),
         };
         let sorted = IngressDiff::for_change(&owners, &applied, &written);
-        let expected = diff_for(&applied, &owners_after(&owners, &written));
+        let expected = diff_for(&applied, &owners_after(&owners, &written)).diff;
         assert_eq!(sorted.diff, expected, "round {round}");
         assert_eq!(
             sorted.before,
