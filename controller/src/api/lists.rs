@@ -84,6 +84,7 @@ pub(super) async fn replace_list(
                 ),
             )
         })?;
+    tracing::debug!(list = name, took = ?started.elapsed(), "list body read");
     // Like a feed: special ranges stay out of block and watch lists unless asked for.
     let keep_special = action == Action::Allow || options.allow_special == Some(true);
     // Parsing and sorting a million lines takes a while: off the async workers, before the

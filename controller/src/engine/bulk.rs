@@ -8,21 +8,21 @@
 //!    moment's lock, then the entries that come and go are worked out, and each new block
 //!    entry passes the lock-out guard, on a blocking thread;
 //! 2. **applied in steps**: each step takes the lock, moves a slice of entries into (or out of)
-//!    the owners and the kernel maps, and lets go, sized so one step holds the lock for about
-//!    [`STEP_BUDGET`]; inserts come before removes, so an entry in both the old and the new set
-//!    is never absent. After the last step the engine's copy of the set is swapped for the new
-//!    one (built by the caller, not grown entry by entry under the lock);
+//!    the owners, the kernel maps and the engine's copy of the set, and lets go, sized so one
+//!    step holds the lock for about [`STEP_BUDGET`]; inserts come before removes, so an entry
+//!    in both the old and the new set is never absent. A big step writes the kernel on a
+//!    thread of its own while the engine's copies follow on the calling one;
 //! 3. **committed** by the caller (the list's store row, the feed's last good copy); if that
-//!    fails, or a step fails, the steps already made are undone and the old set put back.
+//!    fails, or a step fails, the steps already made are undone.
 //!
-//! Between steps the owners and the kernel maps agree, so any other change may run there; the
-//! engine's copy of the set (what `GET /v1/lists/{name}` and `lookup` show) is still the old
-//! one until the swap. A restart meanwhile reconciles the kernel to the store, which still
-//! holds the old set. Callers serialize replaces of one set (one list or feed at a time), and run
+//! Between steps the engine is consistent (owners, maps and sets agree), so any other change
+//! may run there. What a step leaves is visible (`GET /v1/lists/{name}` and `lookup` show the
+//! entries applied so far); a restart meanwhile reconciles the kernel to the store, which
+//! still holds the old set. Callers serialize replaces of one set (one list or feed at a time), and run
 //! the whole replace in a task of its own, so a caller that goes away cannot stop it half-way.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -78,12 +78,11 @@ pub(crate) struct SetSteps {
 /// How to take a replace back.
 #[derive(Debug)]
 enum Undo {
-    /// The entries the steps added and removed, and the set the swap replaced.
+    /// The entries the steps added and removed.
     Steps {
         target: SetTarget,
         added: Vec<IpNet>,
         gone: Vec<IpNet>,
-        old: Option<FeedSet>,
     },
     /// The set a one-step replace replaced (none: there was none).
     OneStep {
@@ -136,16 +135,16 @@ pub(crate) async fn replace_set_stepped(
     let before = old.as_ref().map_or(0, |o| o.entries.len());
     let started = Instant::now();
     let plan_target = target.clone();
-    let (added, gone, entries) = tokio::task::spawn_blocking(move || {
+    let (added, gone) = tokio::task::spawn_blocking(move || {
         let empty = BTreeSet::new();
         let old_entries = old.as_ref().map_or(&empty, |o| &*o.entries);
         let added: Vec<IpNet> = entries.difference(old_entries).copied().collect();
         let gone: Vec<IpNet> = old_entries.difference(&entries).copied().collect();
         guard_new_entries(&plan_target, &added, &management, lockout)?;
-        // The snapshot is dropped here, off the lock (it may be the last reference to a
-        // million entries once the swap replaces the engine's copy).
+        // The snapshot is dropped here, off the lock: the engine's copy is again the only
+        // reference, so the steps change it in place instead of copying a million entries.
         drop(old);
-        Ok::<_, EngineError>((added, gone, Arc::new(entries)))
+        Ok::<_, EngineError>((added, gone))
     })
     .await
     .map_err(|_| EngineError::Invalid("planning the replace failed".into()))??;
@@ -194,13 +193,6 @@ pub(crate) async fn replace_set_stepped(
             at = end;
         }
     }
-    let old = match engine.lock().await.as_mut() {
-        Some(engine) => engine.swap_set(&target, entries),
-        None => {
-            undo_steps(engine, &target, &added, &gone).await;
-            return Err(EngineError::NotReady);
-        }
-    };
     tracing::debug!(set = target.name, took = ?started.elapsed(), "replace steps applied");
     Ok(SetSteps {
         added: added.len(),
@@ -211,7 +203,6 @@ pub(crate) async fn replace_set_stepped(
             target,
             added,
             gone,
-            old,
         },
     })
 }
@@ -223,14 +214,7 @@ pub(crate) async fn undo_replace(engine: &Mutex<Option<Engine>>, steps: SetSteps
             target,
             added,
             gone,
-            old,
-        } => {
-            undo_steps(engine, &target, &added, &gone).await;
-            if let Some(engine) = engine.lock().await.as_mut() {
-                let old_entries = old.map_or_else(Arc::default, |o| o.entries);
-                engine.swap_set(&target, old_entries);
-            }
-        }
+        } => undo_steps(engine, &target, &added, &gone).await,
         Undo::OneStep { target, old } => {
             let mut guard = engine.lock().await;
             let Some(engine) = guard.as_mut() else { return };
@@ -337,25 +321,8 @@ impl Engine {
         }
     }
 
-    /// Makes the engine's copy of the set `entries` (none if empty), returning what it held.
-    fn swap_set(&mut self, target: &SetTarget, entries: Arc<BTreeSet<IpNet>>) -> Option<FeedSet> {
-        let sets = self.sets_mut(target.kind);
-        if entries.is_empty() {
-            return sets.remove(&target.name);
-        }
-        sets.insert(
-            target.name.clone(),
-            FeedSet {
-                name: target.name.clone(),
-                id: target.id,
-                action: target.action,
-                entries,
-            },
-        )
-    }
-
-    /// One step of a replace: `add` joins the set and `remove` leaves it, in the owners and the
-    /// kernel maps together (the engine's copy of the set is swapped after the last step).
+    /// One step of a replace: `add` joins the set and `remove` leaves it, in the owners, the
+    /// kernel maps and the engine's copy of the set together. A set left empty goes.
     pub(super) fn step_set(
         &mut self,
         target: &SetTarget,
@@ -372,6 +339,10 @@ impl Engine {
         }
         let OwnerDiff { diff, before } = diff_for(&self.applied, &touched);
         let (maps, applied, owners) = (&mut self.maps, &mut self.applied, &mut self.owners);
+        let sets = match target.kind {
+            SetKind::Feed => &mut self.feeds,
+            SetKind::List => &mut self.lists,
+        };
         let parallel = diff.upserts() + diff.removes() >= PARALLEL_STEP
             && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
         if parallel {
@@ -382,6 +353,7 @@ impl Engine {
                 let kernel = scope.spawn(|| maps.apply(&diff, &before));
                 applied.apply_diff(&diff);
                 settle(owners, touched);
+                step_entries(sets, target, add, remove);
                 kernel
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
@@ -389,6 +361,7 @@ impl Engine {
             if let Err(err) = written {
                 applied.undo_diff(&diff, &before);
                 take_back_step(owners, target.id, target.action, add, remove);
+                step_entries(sets, target, remove, add);
                 return Err(err.into());
             }
         } else {
@@ -397,11 +370,36 @@ impl Engine {
                 applied.apply_diff(&diff);
             }
             settle(owners, touched);
+            step_entries(sets, target, add, remove);
         }
         Ok(ApplyReport {
             inserted: diff.upserts(),
             removed: diff.removes(),
         })
+    }
+}
+
+/// The engine's copy of the set after one step: `add` joins it, `remove` leaves it; a set left
+/// empty goes.
+fn step_entries(
+    sets: &mut BTreeMap<String, FeedSet>,
+    target: &SetTarget,
+    add: &[IpNet],
+    remove: &[IpNet],
+) {
+    let set = sets.entry(target.name.clone()).or_insert_with(|| FeedSet {
+        name: target.name.clone(),
+        id: target.id,
+        action: target.action,
+        entries: Arc::default(),
+    });
+    let entries = Arc::make_mut(&mut set.entries);
+    for entry in remove {
+        entries.remove(entry);
+    }
+    entries.extend(add.iter().copied());
+    if entries.is_empty() {
+        sets.remove(&target.name);
     }
 }
 

@@ -71,14 +71,12 @@ pub(super) struct OwnerDiff {
 /// The trie diff that gives each touched key its new owner (or removes it), with the entries
 /// it replaces (looked up once here, instead of again for the undo copy).
 pub(super) fn diff_for(applied: &MapContents, touched: &Owners) -> OwnerDiff {
-    // Collected unordered, then sorted once: building the ordered maps from sorted input is a
-    // bulk build instead of a million random-order inserts (a full feed load touches them all).
-    let mut desired = Vec::with_capacity(touched.len());
+    // Each touched key is looked up once and compared with its new owner right here, so the
+    // diff is built from the changes alone (sorted once) instead of from two ordered maps.
+    let mut upserts = Vec::with_capacity(touched.len());
+    let mut removes = Vec::new();
     let mut current = Vec::new();
     for ((cidr, action), ids) in touched {
-        if let Some(owner) = ids.first() {
-            desired.push((*cidr, *action, owner));
-        }
         let existing = match (cidr, action) {
             (IpNet::V4(n), Action::Allow) => applied.allow_v4.get(&key_v4(*n)).copied(),
             (IpNet::V6(n), Action::Allow) => applied.allow_v6.get(&key_v6(*n)).copied(),
@@ -89,10 +87,17 @@ pub(super) fn diff_for(applied: &MapContents, touched: &Owners) -> OwnerDiff {
         if let Some(id) = existing {
             current.push((*cidr, *action, id));
         }
+        match (ids.first(), existing) {
+            (Some(owner), Some(id)) if owner == id => {}
+            (Some(owner), _) => upserts.push((*cidr, *action, owner)),
+            (None, Some(_)) => removes.push((*cidr, *action)),
+            (None, None) => {}
+        }
     }
-    let before = MapContents::from_entries(current);
-    let diff = MapDiff::between(&before, &MapContents::from_entries(desired));
-    OwnerDiff { diff, before }
+    OwnerDiff {
+        diff: MapDiff::from_changes(upserts, removes),
+        before: MapContents::from_entries(current),
+    }
 }
 
 impl Engine {

@@ -327,7 +327,7 @@ pub fn key_v6(net: Ipv6Net) -> (u32, [u8; 16]) {
 }
 
 /// Changes that turn one trie's contents into another's.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TrieDiff<const N: usize> {
     /// Entries to insert or overwrite (new prefix, or a different owning rule).
     pub upserts: Vec<((u32, [u8; N]), RuleId)>,
@@ -336,6 +336,11 @@ pub struct TrieDiff<const N: usize> {
 }
 
 impl<const N: usize> TrieDiff<N> {
+    fn sort(&mut self) {
+        self.upserts.sort_unstable_by_key(|(key, _)| *key);
+        self.removes.sort_unstable();
+    }
+
     /// Applies this diff to `trie`. A large diff (a feed's first load) is merged and the map
     /// bulk-built from the sorted result; a small one is applied key by key.
     pub fn apply_to(&self, trie: &mut TrieContents<N>) {
@@ -419,7 +424,7 @@ impl<const N: usize> TrieDiff<N> {
 }
 
 /// Changes for all four ingress tries.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapDiff {
     pub allow_v4: TrieDiff<4>,
     pub allow_v6: TrieDiff<16>,
@@ -428,6 +433,38 @@ pub struct MapDiff {
 }
 
 impl MapDiff {
+    /// The diff that writes `upserts` and deletes `removes` (each key at most once; watch and
+    /// limit entries have no trie and are left out), sorted as [`Self::between`] sorts.
+    pub fn from_changes(
+        upserts: Vec<(IpNet, Action, RuleId)>,
+        removes: Vec<(IpNet, Action)>,
+    ) -> Self {
+        let mut diff = Self::default();
+        for (cidr, action, id) in upserts {
+            match (canonical(cidr), action) {
+                (IpNet::V4(n), Action::Allow) => diff.allow_v4.upserts.push((key_v4(n), id)),
+                (IpNet::V6(n), Action::Allow) => diff.allow_v6.upserts.push((key_v6(n), id)),
+                (IpNet::V4(n), Action::Block) => diff.block_v4.upserts.push((key_v4(n), id)),
+                (IpNet::V6(n), Action::Block) => diff.block_v6.upserts.push((key_v6(n), id)),
+                (_, Action::Watch | Action::Limit) => {}
+            }
+        }
+        for (cidr, action) in removes {
+            match (canonical(cidr), action) {
+                (IpNet::V4(n), Action::Allow) => diff.allow_v4.removes.push(key_v4(n)),
+                (IpNet::V6(n), Action::Allow) => diff.allow_v6.removes.push(key_v6(n)),
+                (IpNet::V4(n), Action::Block) => diff.block_v4.removes.push(key_v4(n)),
+                (IpNet::V6(n), Action::Block) => diff.block_v6.removes.push(key_v6(n)),
+                (_, Action::Watch | Action::Limit) => {}
+            }
+        }
+        diff.allow_v4.sort();
+        diff.allow_v6.sort();
+        diff.block_v4.sort();
+        diff.block_v6.sort();
+        diff
+    }
+
     pub fn between(current: &MapContents, desired: &MapContents) -> Self {
         Self {
             allow_v4: TrieDiff::between(&current.allow_v4, &desired.allow_v4),
