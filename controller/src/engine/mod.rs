@@ -584,4 +584,10 @@ impl Engine {
     pub(crate) fn kernel_contents(&self) -> MapContents {
         self.maps.contents().expect("the maps can be read")
     }
+
+    /// The (prefix, action) keys the owners index holds.
+    #[cfg(test)]
+    pub(crate) fn owner_keys(&self) -> usize {
+        self.owners.len()
+    }
 }

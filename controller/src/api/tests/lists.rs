@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{Harness, READ, WRITE, harness};
+use super::{FakeMaps, Harness, READ, WRITE, harness, harness_with};
 
 impl Harness {
     async fn put_list(&self, path: &str, text: &str) -> (StatusCode, Value) {
@@ -11,6 +11,21 @@ impl Harness {
             .call_typed("PUT", path, Some(WRITE), Some(("text/plain", text.into())))
             .await;
         (s, v)
+    }
+
+    async fn kernel_blocks(&self) -> usize {
+        let guard = self.state.engine.lock().await;
+        guard.as_ref().unwrap().kernel_contents().block_v4.len()
+    }
+
+    async fn owner_keys(&self) -> usize {
+        self.state
+            .engine
+            .lock()
+            .await
+            .as_ref()
+            .unwrap()
+            .owner_keys()
     }
 
     async fn list_entries(&self, name: &str) -> Vec<String> {
@@ -183,4 +198,43 @@ async fn a_list_and_a_feed_or_rule_list_of_the_same_entry_keep_it_until_both_go(
     h.call("DELETE", "/v1/lists/x", Some(WRITE), None).await;
     let (_, v) = h.get("/v1/lookup?ip=1.2.3.4").await;
     assert_eq!(v["verdict"], "block", "the API rule still holds it: {v}");
+}
+
+/// `n` distinct /32s in 11.0.0.0/8 from `from` on, one a line.
+fn hosts(from: u32, n: u32) -> String {
+    (from..from + n)
+        .map(|i| format!("11.{}.{}.{}\n", i >> 16, (i >> 8) & 0xff, i & 0xff))
+        .collect()
+}
+
+/// A replace the kernel refuses part-way (a later step, big enough to write the kernel beside
+/// the engine's bookkeeping on two threads) leaves the list, the engine's copies and the kernel
+/// as they were: a later replace of part of the same entries writes every one of them.
+#[tokio::test]
+async fn a_replace_the_kernel_refuses_part_way_leaves_everything_as_it_was() {
+    let maps = FakeMaps {
+        block_capacity: Some(15_000),
+        ..FakeMaps::default()
+    };
+    let h = harness_with(maps, |_| {});
+    let (s, v) = h.put_list("/v1/lists/big", &hosts(0, 1_000)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (before_engine, before_kernel) = (h.block_entries().await, h.kernel_blocks().await);
+    assert_eq!(before_engine, before_kernel);
+    let before_owners = h.owner_keys().await;
+
+    let (s, v) = h.put_list("/v1/lists/big", &hosts(0, 20_000)).await;
+    assert_eq!(s, StatusCode::INSUFFICIENT_STORAGE, "{v}");
+    assert_eq!(h.list_entries("big").await.len(), 1_000, "the old list");
+    assert_eq!(h.block_entries().await, before_engine, "the engine's view");
+    assert_eq!(h.kernel_blocks().await, before_kernel, "the kernel");
+    assert_eq!(h.owner_keys().await, before_owners, "the owners index");
+    let (_, shown) = h.get("/v1/lists/big").await;
+    assert_eq!(shown["entries"], 1_000, "{shown}");
+
+    let (s, v) = h.put_list("/v1/lists/big", &hosts(0, 10_000)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["inserted"], 9_000, "{v}");
+    assert_eq!(h.block_entries().await, before_engine + 9_000);
+    assert_eq!(h.kernel_blocks().await, before_kernel + 9_000);
 }
