@@ -8,12 +8,7 @@ pub(super) fn restore_set<const N: usize>(
     diff: &TrieDiff<N>,
     before: &TrieContents<N>,
 ) {
-    for key in diff.keys() {
-        match before.get(key) {
-            Some(id) => set.insert(*key, *id),
-            None => set.remove(key),
-        };
-    }
+    diff.undo_on(set, before);
 }
 
 pub(super) fn clear_trie<const N: usize>(

@@ -673,22 +673,10 @@ impl MapContents {
 
     /// Takes `diff` back out again: every key it touched gets what `before` held for it.
     pub(super) fn undo_diff(&mut self, diff: &MapDiff, before: &MapContents) {
-        fn undo<const N: usize>(
-            trie: &mut TrieContents<N>,
-            diff: &TrieDiff<N>,
-            before: &TrieContents<N>,
-        ) {
-            for key in diff.keys() {
-                match before.get(key) {
-                    Some(id) => trie.insert(*key, *id),
-                    None => trie.remove(key),
-                };
-            }
-        }
-        undo(&mut self.allow_v4, &diff.allow_v4, &before.allow_v4);
-        undo(&mut self.allow_v6, &diff.allow_v6, &before.allow_v6);
-        undo(&mut self.block_v4, &diff.block_v4, &before.block_v4);
-        undo(&mut self.block_v6, &diff.block_v6, &before.block_v6);
+        diff.allow_v4.undo_on(&mut self.allow_v4, &before.allow_v4);
+        diff.allow_v6.undo_on(&mut self.allow_v6, &before.allow_v6);
+        diff.block_v4.undo_on(&mut self.block_v4, &before.block_v4);
+        diff.block_v6.undo_on(&mut self.block_v6, &before.block_v6);
     }
 
     /// Applies `diff` in place.

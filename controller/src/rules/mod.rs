@@ -336,6 +336,17 @@ pub struct TrieDiff<const N: usize> {
 }
 
 impl<const N: usize> TrieDiff<N> {
+    /// Takes this diff back out of `trie`: every key it touched gets what `before` held for it
+    /// (`before` holds at least those keys, as they were).
+    pub fn undo_on(&self, trie: &mut TrieContents<N>, before: &TrieContents<N>) {
+        for key in self.keys() {
+            match before.get(key) {
+                Some(id) => trie.insert(*key, *id),
+                None => trie.remove(key),
+            };
+        }
+    }
+
     fn sort(&mut self) {
         self.upserts.sort_unstable_by_key(|(key, _)| *key);
         self.removes.sort_unstable();
