@@ -121,10 +121,18 @@ fn with_pin_dir(
     result
 }
 
-/// Writes `<out>/<date>-<kind>.md` and prints the report.
+/// Writes `<out>/<date>-<kind>.md` (`-2`, `-3`… when a report of that kind was already written
+/// that day: results are kept, not overwritten) and prints the report.
 fn write_report(out: &Path, kind: &str, report: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
-    let path = out.join(format!("{}-{kind}.md", today()));
+    let stem = format!("{}-{kind}", today());
+    let path = (1..)
+        .map(|n| match n {
+            1 => out.join(format!("{stem}.md")),
+            n => out.join(format!("{stem}-{n}.md")),
+        })
+        .find(|path| !path.exists())
+        .expect("some numbered name is free");
     std::fs::write(&path, report)?;
     println!("{report}");
     println!("report written to {}", path.display());
