@@ -192,6 +192,7 @@ pub async fn run(config: Config, origin: &str) -> anyhow::Result<()> {
 
     let store_path = config.state_dir.join("rules.sqlite");
     let store = Store::open(&store_path)?;
+    store.spawn_checkpointer(STORE_CHECKPOINT_EVERY)?;
     // Last good copies go in with the first reconcile: enforcement at boot without network.
     let mut last_good = feeds.last_good_sets(&store)?;
     // Named lists likewise: stored, enforced from the first reconcile.
@@ -429,6 +430,9 @@ async fn schedule_feed(state: Arc<AppState>, feeds: Arc<FeedManager>, name: Stri
         wait = feed.interval.as_secs();
     }
 }
+
+/// How often the rule store's WAL is copied into the database, off the engine lock.
+const STORE_CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
 /// Name of the token file generated when no `[api] tokens` are configured.
 pub const GENERATED_TOKEN_FILE: &str = "admin.token";

@@ -230,6 +230,54 @@ mod tests {
         assert_eq!(decode_entries(&[]), Some(BTreeSet::new()));
     }
 
+    /// A big list's commit only appends to the WAL (no checkpoint under the engine lock); the
+    /// checkpoint thread then copies it into the database, and a reopen reads it either way.
+    #[test]
+    fn commits_leave_checkpoints_to_the_checkpoint_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let mut store = Store::open(&path).unwrap();
+        // Four lists of 200k entries (1.2 MB blobs, ~300 pages of 4 KiB each): SQLite's default
+        // would have checkpointed at 1,000 pages.
+        let list = |n: u32| -> BTreeSet<IpNet> {
+            (0..200_000u32)
+                .map(|i| {
+                    IpNet::from(std::net::IpAddr::from(Ipv4Addr::from(
+                        0x0b00_0000 + (n << 20) + i,
+                    )))
+                })
+                .collect()
+        };
+        let mut last = BTreeSet::new();
+        let mut blob = Vec::new();
+        for n in 0..4 {
+            last = list(n);
+            blob = encode_entries(&last);
+            let id = store.next_list_id().unwrap();
+            let tx = store.transaction().unwrap();
+            tx.save_list(&row(id, &format!("big{n}"), 1), &blob)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let db_len = || std::fs::metadata(&path).unwrap().len();
+        assert!(
+            db_len() < blob.len() as u64,
+            "a commit copied the WAL into the database ({} bytes)",
+            db_len()
+        );
+        store
+            .spawn_checkpointer(std::time::Duration::from_millis(20))
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while db_len() < blob.len() as u64 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(db_len() >= blob.len() as u64, "never checkpointed");
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.lists().unwrap()[3].entries, last);
+    }
+
     #[test]
     fn lists_survive_reopen_keep_their_id_and_ids_are_not_reused() {
         let dir = tempfile::tempdir().unwrap();

@@ -38,6 +38,10 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("rule store holds an invalid row for rule {id}: {detail}")]
     BadRow { id: i64, detail: String },
+    #[error(
+        "cannot start the rule store's checkpoint thread: {0} (the system is out of threads or memory)"
+    )]
+    Checkpointer(std::io::Error),
 }
 
 /// A rule to be stored; the store assigns the id.
@@ -115,6 +119,12 @@ impl Store {
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;
+        // No checkpoint inside a commit: copying the WAL into the database (and its fsync) would
+        // run while the engine is locked, doubling a big list's commit. The daemon checkpoints
+        // from a thread of its own instead ([`Store::spawn_checkpointer`]); SQLite also
+        // checkpoints when the last connection closes.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(open_err)?;
         let version: i64 = conn
@@ -131,6 +141,42 @@ impl Store {
             conn,
             path: path.to_owned(),
         })
+    }
+
+    /// Checkpoints the WAL every `every` on a connection and thread of its own (passive: it
+    /// waits for nobody and nobody waits for it), so commits under the engine lock only append
+    /// to the WAL. Nothing to do for an in-memory store.
+    pub fn spawn_checkpointer(&self, every: std::time::Duration) -> Result<(), StoreError> {
+        if self.path == Path::new(":memory:") {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let conn = Connection::open(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                        Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+                    });
+                    match done {
+                        Ok((wal, copied)) => {
+                            tracing::trace!(wal, copied, "store WAL checkpointed");
+                        }
+                        Err(err) => tracing::warn!(
+                            store = %path.display(),
+                            error = %err,
+                            "could not checkpoint the store's WAL; retrying"
+                        ),
+                    }
+                }
+            })
+            .map_err(StoreError::Checkpointer)?;
+        Ok(())
     }
 
     /// A store that lives only in memory (tests and benchmarks).
