@@ -3,7 +3,7 @@
 //! A replace is parsed and sifted before the engine is locked, so other calls do not wait
 //! behind the parsing of a million lines; the engine then applies it as one diff.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
     Extension, Json,
@@ -14,7 +14,6 @@ use axum::{
     },
     http::{HeaderMap, StatusCode, header::CONTENT_TYPE},
 };
-use ipnet::IpNet;
 
 use super::{
     ApiError, AppState, Caller, Problem, engine,
@@ -27,7 +26,7 @@ use crate::{
         parse::{CsvOptions, FeedFormat, Parsed, parse},
         sanity::is_special,
     },
-    rules::{Action, normalize_cidr, validate_list},
+    rules::{Action, SortedNets, normalize_cidr, validate_list},
 };
 
 /// Replace a named list with exactly these entries, as one diff, all or nothing: a `text/plain`
@@ -224,7 +223,7 @@ fn sift_list(
     format: BodyFormat,
     body: &[u8],
     keep_special: bool,
-) -> Result<(BTreeSet<IpNet>, usize), ApiError> {
+) -> Result<(SortedNets, usize), ApiError> {
     let parsed = parse_list(format, body)?;
     if parsed.bad_lines > 0 {
         return Err(bad_lines(format, &parsed));
@@ -233,25 +232,7 @@ fn sift_list(
     let before = entries.len();
     entries.retain(|e| keep_special || !is_special(e));
     let excluded_special = before - entries.len();
-    Ok((sorted_set(entries), excluded_special))
-}
-
-/// The entries as a set. Sorted first by a plain integer key (the order of `IpNet`: IPv4
-/// before IPv6, then address, then length), which is several times faster than the set's own
-/// sort of a million `IpNet`s; the set is then built from the sorted run in one pass.
-fn sorted_set(entries: Vec<IpNet>) -> BTreeSet<IpNet> {
-    let key = |net: &IpNet| match net {
-        IpNet::V4(n) => (
-            0u8,
-            (u128::from(u32::from(n.addr())) << 8) | u128::from(n.prefix_len()),
-        ),
-        IpNet::V6(n) => (1u8, u128::from(n.addr())),
-    };
-    let mut entries = entries;
-    // IPv6 ties on the address (same network, other length) are settled by the set's own
-    // sort, which finds the run already nearly in order.
-    entries.sort_unstable_by_key(key);
-    entries.into_iter().collect()
+    Ok((SortedNets::new(entries), excluded_special))
 }
 
 /// The entries of a list body; in JSON, "line" n is `entries[n - 1]`.

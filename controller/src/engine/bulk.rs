@@ -22,7 +22,7 @@
 //! the whole replace in a task of its own, so a caller that goes away cannot stop it half-way.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -36,9 +36,9 @@ use super::{
     ApplyReport, Engine, EngineError,
     lists::SetKind,
     owners::{OwnerDiff, Owners, diff_for, owners_slot, settle, take_back_step},
-    requests::check_lockout,
+    requests::LockoutGuard,
 };
-use crate::rules::{Action, FeedSet, RuleId};
+use crate::rules::{Action, FeedSet, RuleId, SortedNets};
 
 /// About how long one step holds the engine lock. Steps cost more per entry than one big
 /// apply (no bulk builds; DIR-24 paints on two threads only from 4,096 ranges), so they are
@@ -115,7 +115,7 @@ pub(crate) enum LockoutCheck {
 pub(crate) async fn replace_set_stepped(
     engine: &Mutex<Option<Engine>>,
     target: SetTarget,
-    entries: BTreeSet<IpNet>,
+    entries: SortedNets,
     lockout: LockoutCheck,
 ) -> Result<SetSteps, EngineError> {
     let (old, management) = {
@@ -136,10 +136,11 @@ pub(crate) async fn replace_set_stepped(
     let started = Instant::now();
     let plan_target = target.clone();
     let (added, gone) = tokio::task::spawn_blocking(move || {
-        let empty = BTreeSet::new();
-        let old_entries = old.as_ref().map_or(&empty, |o| &*o.entries);
-        let added: Vec<IpNet> = entries.difference(old_entries).copied().collect();
-        let gone: Vec<IpNet> = old_entries.difference(&entries).copied().collect();
+        let (added, gone) = match &old {
+            Some(old) => entries.changes_from(&old.entries),
+            // A new set: all of it is added, without a copy of a million entries.
+            None => (entries.into_vec(), Vec::new()),
+        };
         guard_new_entries(&plan_target, &added, &management, lockout)?;
         // The snapshot is dropped here, off the lock: the engine's copy is again the only
         // reference, so the steps change it in place instead of copying a million entries.
@@ -246,7 +247,7 @@ async fn undo_steps(
 async fn replace_in_one_step(
     engine: &Mutex<Option<Engine>>,
     target: SetTarget,
-    entries: BTreeSet<IpNet>,
+    entries: SortedNets,
     lockout: LockoutCheck,
     management: &[IpNet],
 ) -> Result<SetSteps, EngineError> {
@@ -254,8 +255,8 @@ async fn replace_in_one_step(
     let engine = guard.as_mut().ok_or(EngineError::NotReady)?;
     let old = engine.set(target.kind, &target.name);
     let new: Vec<IpNet> = match old.filter(|o| o.action == target.action && o.id == target.id) {
-        Some(o) => entries.difference(&o.entries).copied().collect(),
-        None => entries.iter().copied().collect(),
+        Some(o) => entries.changes_from(&o.entries).0,
+        None => entries.as_slice().to_vec(),
     };
     guard_new_entries(&target, &new, management, lockout)?;
     let applied = engine.apply_set(
@@ -263,7 +264,7 @@ async fn replace_in_one_step(
         &target.name,
         target.id,
         target.action,
-        entries.into(),
+        entries.to_set().into(),
     )?;
     Ok(SetSteps {
         added: applied.added,
@@ -291,8 +292,9 @@ fn guard_new_entries(
     if target.action != Action::Block {
         return Ok(());
     }
+    let guard = LockoutGuard::new(management, client);
     for entry in added {
-        check_lockout(management, *entry, client).map_err(|e| match e {
+        guard.check(*entry).map_err(|e| match e {
             EngineError::LockOut(m) => {
                 EngineError::LockOut(format!("entry {entry}: {m}; nothing was applied"))
             }

@@ -6,9 +6,8 @@
 //! gets the diff, then the store commits the new content and its audit row; if the store fails,
 //! the kernel gets the old set back.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::net::IpAddr;
 
-use ipnet::IpNet;
 use tracing::{info, warn};
 
 use tokio::sync::Mutex;
@@ -18,7 +17,7 @@ use super::{
     replace_set_stepped, undo_replace,
 };
 use crate::{
-    rules::{Action, FeedSet, RuleId, validate_list},
+    rules::{Action, FeedSet, RuleId, SortedNets, validate_list},
     store::{AuditEntry, ListRow, encode_entries},
 };
 
@@ -30,7 +29,7 @@ pub struct ListReplace {
     /// Unix seconds; the whole list goes when it passes.
     pub expires_at: Option<i64>,
     /// The full content (already parsed and sifted of special ranges by the caller).
-    pub entries: BTreeSet<IpNet>,
+    pub entries: SortedNets,
 }
 
 /// What [`Engine::replace_list`] did.
@@ -80,7 +79,7 @@ pub async fn replace_list(
 async fn replace_and_store(
     engine: &Mutex<Option<Engine>>,
     row: &ListRow,
-    entries: BTreeSet<IpNet>,
+    entries: SortedNets,
     who: &str,
     client: Option<IpAddr>,
     now: i64,
@@ -88,7 +87,7 @@ async fn replace_and_store(
     let rule_id = LIST_ID_BASE + row.id;
     let started = std::time::Instant::now();
     let (entries, content) = tokio::task::spawn_blocking(move || {
-        let content = encode_entries(&entries);
+        let content = encode_entries(entries.as_slice());
         (entries, content)
     })
     .await
@@ -160,7 +159,8 @@ pub async fn delete_list(
     };
     let result = async {
         let steps =
-            replace_set_stepped(engine, target, BTreeSet::new(), LockoutCheck::Sifted).await?;
+            replace_set_stepped(engine, target, SortedNets::default(), LockoutCheck::Sifted)
+                .await?;
         let entries = steps.before;
         let mut guard = engine.lock().await;
         let engine_now = guard.as_mut().ok_or(EngineError::NotReady)?;

@@ -35,7 +35,7 @@ use crate::{
     engine::{
         Engine, EngineError, FEED_ID_BASE, LockoutCheck, SetKind, SetTarget, replace_set_stepped,
     },
-    rules::{Action, FeedSet, RuleId},
+    rules::{Action, FeedSet, RuleId, SortedNets},
     store::{FeedState, Store, StoreError},
 };
 
@@ -330,7 +330,7 @@ impl FeedManager {
             Some(Ok(locations)) => check_body(&feed, &text, Some(&locations), previous),
             None => check_body(&feed, &text, None, previous),
         };
-        let checked = match checked {
+        let mut checked = match checked {
             Ok(c) => c,
             Err(reason) => {
                 self.count(&feed.name, "refused");
@@ -350,7 +350,8 @@ impl FeedManager {
             last_good = format!("{SELECTION_MARK}{}\n", feed.selection);
         }
         last_good.push_str(&render_last_good(&checked.entries));
-        let entries: BTreeSet<IpNet> = checked.entries.iter().copied().collect();
+        // Aggregated entries come sorted and disjoint: no sort here.
+        let entries = SortedNets::new(std::mem::take(&mut checked.entries));
         let count = entries.len();
         let target = SetTarget {
             kind: SetKind::Feed,

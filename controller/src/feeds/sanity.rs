@@ -6,7 +6,7 @@ use std::{net::Ipv4Addr, sync::LazyLock};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::parse::Parsed;
-use crate::dir24::merge_ranges;
+use crate::rules::NetIntervals;
 
 /// Special-purpose ranges (RFC 6890 and successors): private, loopback, link-local, CGNAT,
 /// documentation, benchmarking, multicast, reserved. Left out of block and watch feeds unless
@@ -46,52 +46,13 @@ pub static SPECIAL_RANGES: LazyLock<Vec<IpNet>> = LazyLock::new(|| {
     .collect()
 });
 
-/// The special ranges as numeric (first, last) intervals per family, sorted and joined where
-/// they touch, so a binary search finds the one candidate: two prefixes overlap
-/// exactly when their intervals do, and comparing integers is far cheaper than
-/// `IpNet::contains` both ways for every entry of a million-entry feed.
-struct SpecialIntervals {
-    v4: Vec<(u32, u32)>,
-    v6: Vec<(u128, u128)>,
-}
-
-static SPECIAL_INTERVALS: LazyLock<SpecialIntervals> = LazyLock::new(|| {
-    let mut intervals = SpecialIntervals {
-        v4: Vec::new(),
-        v6: Vec::new(),
-    };
-    for range in SPECIAL_RANGES.iter() {
-        match range {
-            IpNet::V4(n) => intervals
-                .v4
-                .push((u32::from(n.network()), u32::from(n.broadcast()))),
-            IpNet::V6(n) => intervals
-                .v6
-                .push((u128::from(n.network()), u128::from(n.broadcast()))),
-        }
-    }
-    SpecialIntervals {
-        v4: merge_ranges(intervals.v4, |a| a.checked_add(1)),
-        v6: merge_ranges(intervals.v6, |a| a.checked_add(1)),
-    }
-});
+/// The special ranges, asked once per entry of a feed.
+static SPECIAL_INTERVALS: LazyLock<NetIntervals> =
+    LazyLock::new(|| NetIntervals::new(SPECIAL_RANGES.iter()));
 
 /// Whether `net` overlaps a special-purpose range.
 pub fn is_special(net: &IpNet) -> bool {
-    let SpecialIntervals { v4, v6 } = &*SPECIAL_INTERVALS;
-    match net {
-        IpNet::V4(n) => overlaps(v4, u32::from(n.network()), u32::from(n.broadcast())),
-        IpNet::V6(n) => overlaps(v6, u128::from(n.network()), u128::from(n.broadcast())),
-    }
-}
-
-/// Whether `first..=last` overlaps one of `intervals` (sorted, disjoint): the first interval
-/// ending at or after `first` is the only candidate.
-fn overlaps<T: Ord + Copy>(intervals: &[(T, T)], first: T, last: T) -> bool {
-    let candidate = intervals.partition_point(|&(_, end)| end < first);
-    intervals
-        .get(candidate)
-        .is_some_and(|&(start, _)| start <= last)
+    SPECIAL_INTERVALS.overlaps(net)
 }
 
 /// Per-feed limits.

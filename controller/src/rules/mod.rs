@@ -15,10 +15,14 @@ use std::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
+pub mod intervals;
 pub mod scope;
+pub mod sorted;
+pub use intervals::NetIntervals;
 pub use scope::{
     Limit, LimitPer, Mode, PolicyTable, PortRange, Proto, Rate, RuleOptions, Scope, ScopedRule,
 };
+pub use sorted::SortedNets;
 
 /// Identifier of a rule; also the value stored in the tries and the key of the rule counters.
 pub type RuleId = u32;

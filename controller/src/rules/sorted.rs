@@ -1,0 +1,151 @@
+//! A whole set of prefixes as it arrives (a list body, a feed): sorted, without repeats.
+//!
+//! A replace only reads the new set once, beside the set it replaces, to find what comes and
+//! goes. A sorted `Vec` does that in one merge and is built with one sort, where a `BTreeSet`
+//! of a million entries costs a tree build and a search per entry.
+
+use std::collections::BTreeSet;
+
+use ipnet::IpNet;
+
+/// Prefixes in `IpNet` order (IPv4 before IPv6, then address, then length), each once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SortedNets(Vec<IpNet>);
+
+impl SortedNets {
+    /// Sorts (unless already sorted, as feeds and most exports come) and drops repeats.
+    pub fn new(mut nets: Vec<IpNet>) -> Self {
+        if !nets.is_sorted() {
+            // A plain integer key sorts several times faster than `IpNet`'s own comparison,
+            // in the same order.
+            nets.sort_unstable_by_key(|net| match net {
+                IpNet::V4(n) => (
+                    0u8,
+                    (u128::from(u32::from(n.addr())) << 8) | u128::from(n.prefix_len()),
+                    0u8,
+                ),
+                IpNet::V6(n) => (1u8, u128::from(n.addr()), n.prefix_len()),
+            });
+        }
+        nets.dedup();
+        Self(nets)
+    }
+
+    pub fn as_slice(&self) -> &[IpNet] {
+        &self.0
+    }
+
+    pub fn into_vec(self) -> Vec<IpNet> {
+        self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The same entries as a set (built in one pass from the sorted run).
+    pub fn to_set(&self) -> BTreeSet<IpNet> {
+        self.0.iter().copied().collect()
+    }
+
+    /// What replacing `old` with these entries changes: the entries new to it, and the
+    /// entries that leave it, both sorted. One walk of each side.
+    pub fn changes_from(&self, old: &BTreeSet<IpNet>) -> (Vec<IpNet>, Vec<IpNet>) {
+        let mut added = Vec::new();
+        let mut gone = Vec::new();
+        let mut old = old.iter().copied().peekable();
+        for &net in &self.0 {
+            while let Some(before) = old.next_if(|o| *o < net) {
+                gone.push(before);
+            }
+            if old.next_if_eq(&net).is_none() {
+                added.push(net);
+            }
+        }
+        gone.extend(old);
+        (added, gone)
+    }
+}
+
+impl FromIterator<IpNet> for SortedNets {
+    fn from_iter<I: IntoIterator<Item = IpNet>>(iter: I) -> Self {
+        Self::new(iter.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(text: &[&str]) -> Vec<IpNet> {
+        text.iter().map(|t| t.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn sorts_like_a_set_and_keeps_each_entry_once() {
+        // Same address with several lengths in both families, repeats, IPv6 before IPv4.
+        let input = nets(&[
+            "2001:db8::/48",
+            "10.0.0.0/8",
+            "2001:db8::/32",
+            "10.0.0.0/16",
+            "9.255.255.255/32",
+            "10.0.0.0/8",
+            "::/0",
+            "2001:db8::/32",
+            "255.255.255.255/32",
+            "0.0.0.0/0",
+        ]);
+        let set: BTreeSet<IpNet> = input.iter().copied().collect();
+        let sorted = SortedNets::new(input);
+        assert_eq!(sorted.as_slice(), set.iter().copied().collect::<Vec<_>>());
+        assert_eq!(sorted.to_set(), set);
+    }
+
+    #[test]
+    fn changes_are_the_two_set_differences() {
+        // Pseudo-random sets over a small space, so they overlap a lot and differ a little.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..50 {
+            let mut pick = |n: usize| -> Vec<IpNet> {
+                (0..n)
+                    .map(|_| {
+                        let r = next();
+                        if r % 7 == 0 {
+                            format!("2001:db8::{:x}/{}", r % 64, 112 + r % 17)
+                        } else {
+                            format!("10.0.{}.{}/{}", r % 4, (r >> 8) % 256, 30 + r % 3)
+                        }
+                        .parse::<IpNet>()
+                        .unwrap()
+                        .trunc()
+                    })
+                    .collect()
+            };
+            let old: BTreeSet<IpNet> = pick(round * 20).into_iter().collect();
+            let new = pick(round * 20 + 5);
+            let want_added: Vec<IpNet> = new
+                .iter()
+                .copied()
+                .collect::<BTreeSet<_>>()
+                .difference(&old)
+                .copied()
+                .collect();
+            let new_set: BTreeSet<IpNet> = new.iter().copied().collect();
+            let want_gone: Vec<IpNet> = old.difference(&new_set).copied().collect();
+            let (added, gone) = SortedNets::new(new).changes_from(&old);
+            assert_eq!(added, want_added, "round {round}");
+            assert_eq!(gone, want_gone, "round {round}");
+        }
+    }
+}
