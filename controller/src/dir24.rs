@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use xdpwall_shared::{DIR24_ENTRIES, leaf};
 
-use crate::rules::{RuleId, TrieContents};
+use crate::rules::{RuleId, TrieContents, intervals::merge_ranges};
 
 /// A rule id that the 28 bits of a leaf cannot name.
 #[derive(Debug, thiserror::Error)]
@@ -92,23 +92,6 @@ fn mask(len: u32, addr: u32) -> u32 {
 pub fn slot_range(len: u32, network: [u8; 4]) -> SlotRange {
     let (start, end) = bounds(len, u32::from_be_bytes(network));
     (start >> 8, end >> 8)
-}
-
-/// Sorts inclusive `(first, last)` ranges and joins the overlapping and adjacent ones; `next`
-/// is the successor of a value (`None` at the top of the type).
-pub fn merge_ranges<T: Ord + Copy>(
-    mut ranges: Vec<(T, T)>,
-    next: impl Fn(T) -> Option<T>,
-) -> Vec<(T, T)> {
-    ranges.sort_unstable();
-    let mut out: Vec<(T, T)> = Vec::with_capacity(ranges.len());
-    for (first, last) in ranges {
-        match out.last_mut() {
-            Some(prev) if next(prev.1).is_none_or(|n| first <= n) => prev.1 = prev.1.max(last),
-            _ => out.push((first, last)),
-        }
-    }
-    out
 }
 
 /// Every prefix of `trie` overlapping the addresses `[start, end]`, by increasing length, with

@@ -3,8 +3,6 @@
 
 use ipnet::IpNet;
 
-use crate::dir24::merge_ranges;
-
 /// Prefixes as numeric (first, last) intervals per family, sorted and joined where they
 /// touch, so a binary search finds the one candidate: two prefixes overlap exactly when their
 /// intervals do, and comparing integers is far cheaper than `IpNet::contains` both ways.
@@ -36,6 +34,23 @@ impl NetIntervals {
             IpNet::V6(n) => overlaps(&self.v6, u128::from(n.network()), u128::from(n.broadcast())),
         }
     }
+}
+
+/// Sorts inclusive `(first, last)` ranges and joins the overlapping and adjacent ones; `next`
+/// is the successor of a value (`None` at the top of the type).
+pub fn merge_ranges<T: Ord + Copy>(
+    mut ranges: Vec<(T, T)>,
+    next: impl Fn(T) -> Option<T>,
+) -> Vec<(T, T)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(T, T)> = Vec::with_capacity(ranges.len());
+    for (first, last) in ranges {
+        match out.last_mut() {
+            Some(prev) if next(prev.1).is_none_or(|n| first <= n) => prev.1 = prev.1.max(last),
+            _ => out.push((first, last)),
+        }
+    }
+    out
 }
 
 /// Whether `first..=last` overlaps one of `intervals` (sorted, disjoint): the first interval
