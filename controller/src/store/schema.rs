@@ -4,7 +4,7 @@
 use rusqlite::Connection;
 
 /// Bumped when the schema changes; older files are migrated by [`migrate`].
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// SQL that puts the rebuilt table `new_table` in the place of `rules`, keeping the id
 /// sequence (SQLite cannot change a CHECK or UNIQUE constraint in place): no id is ever
@@ -152,6 +152,13 @@ pub(super) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
             swap = take_over_rules("rules_v4")
         ),
         )?;
+    }
+    if version < 5 {
+        // Version 5: a list's blob may hold IPv4 runs (`lists::encode_entries`), which a build
+        // of version 4 would read as damaged and refuse to start on. Nothing to rewrite (old
+        // blobs still read); the number makes an older build refuse the file with "upgrade
+        // xdpwall" instead.
+        conn.execute_batch("PRAGMA user_version = 5;")?;
     }
     Ok(())
 }
