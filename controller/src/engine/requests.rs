@@ -287,8 +287,6 @@ impl Engine {
     }
 }
 
-/// [`Engine::lockout_guard`] against these management addresses (a copy, so a big replace
-/// checks its entries without holding the engine).
 /// [`check_lockout`] for many entries (a list's new entries): the management addresses as
 /// intervals, so an entry that passes costs a few integer comparisons instead of two
 /// `contains` per management address. An entry that may not pass goes through
@@ -328,6 +326,8 @@ impl<'a> LockoutGuard<'a> {
     }
 }
 
+/// [`Engine::lockout_guard`] against these management addresses (a copy, so a big replace
+/// checks its entries without holding the engine).
 pub(super) fn check_lockout(
     management: &[IpNet],
     cidr: IpNet,

@@ -88,12 +88,6 @@ fn sort_nets(nets: &mut Vec<IpNet>) {
     nets.extend(v6.into_iter().map(IpNet::V6));
 }
 
-impl FromIterator<IpNet> for SortedNets {
-    fn from_iter<I: IntoIterator<Item = IpNet>>(iter: I) -> Self {
-        Self::new(iter.into_iter().collect())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
