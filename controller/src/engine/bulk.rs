@@ -8,14 +8,14 @@
 //!    moment's lock, then the entries that come and go are worked out, and each new block
 //!    entry passes the lock-out guard, on a blocking thread;
 //! 2. **applied in steps**: each step takes the lock, moves a slice of entries into (or out of)
-//!    the owners, the kernel maps and the engine's copy of the set, and lets go, sized so one
+//!    the kernel maps and the engine's copy of the set, and lets go, sized so one
 //!    step holds the lock for about [`STEP_BUDGET`]; inserts come before removes, so an entry
 //!    in both the old and the new set is never absent. A big step writes the kernel on a
 //!    thread of its own while the engine's copies follow on the calling one;
 //! 3. **committed** by the caller (the list's store row, the feed's last good copy); if that
 //!    fails, or a step fails, the steps already made are undone.
 //!
-//! Between steps the engine is consistent (owners, maps and sets agree), so any other change
+//! Between steps the engine is consistent (maps and sets agree), so any other change
 //! may run there. What a step leaves is visible (`GET /v1/lists/{name}` and `lookup` show the
 //! entries applied so far); a restart meanwhile reconciles the kernel to the store, which
 //! still holds the old set. Callers serialize replaces of one set (one list or feed at a time), and run
@@ -35,7 +35,7 @@ use tracing::warn;
 use super::{
     ApplyReport, Engine, EngineError,
     lists::SetKind,
-    owners::{OwnerDiff, Owners, diff_for, owners_slot, settle, take_back_step},
+    owners::{OwnerDiff, SetEntryChange, SetOwners, set_diff},
     requests::LockoutGuard,
 };
 use crate::rules::{Action, FeedSet, RuleId, SortedNets};
@@ -151,10 +151,6 @@ pub(crate) async fn replace_set_stepped(
     .await
     .map_err(|_| EngineError::Invalid("planning the replace failed".into()))??;
 
-    if let Some(engine) = engine.lock().await.as_mut() {
-        // One growth of the owners index instead of a rehash every few steps.
-        engine.owners.reserve(added.len());
-    }
     tracing::debug!(set = target.name, took = ?started.elapsed(), "replace planned");
     let started = Instant::now();
     let mut report = ApplyReport::default();
@@ -324,24 +320,35 @@ impl Engine {
         }
     }
 
-    /// One step of a replace: `add` joins the set and `remove` leaves it, in the owners, the
-    /// kernel maps and the engine's copy of the set together. A set left empty goes.
+    /// One step of a replace: `add` joins the set and `remove` leaves it, in the kernel maps
+    /// and the engine's copy of the set (which is the index of its owners) together. A set
+    /// left empty goes.
     pub(super) fn step_set(
         &mut self,
         target: &SetTarget,
         add: &[IpNet],
         remove: &[IpNet],
     ) -> Result<ApplyReport, EngineError> {
-        let mut touched = Owners::default();
-        touched.reserve(add.len() + remove.len());
-        for entry in remove {
-            owners_slot(&mut touched, &self.owners, (*entry, target.action)).remove(&target.id);
-        }
-        for entry in add {
-            owners_slot(&mut touched, &self.owners, (*entry, target.action)).insert(target.id);
-        }
-        let OwnerDiff { diff, before } = diff_for(&self.applied, &touched);
-        let (maps, applied, owners) = (&mut self.maps, &mut self.applied, &mut self.owners);
+        let others = SetOwners::new(
+            self.feeds
+                .values()
+                .chain(self.lists.values())
+                .filter(|set| set.id != target.id),
+        );
+        let (id, action) = (target.id, target.action);
+        let changes = add
+            .iter()
+            .map(|cidr| (cidr, None, Some(id)))
+            .chain(remove.iter().map(|cidr| (cidr, Some(id), None)))
+            .map(|(cidr, was, now)| SetEntryChange {
+                cidr: *cidr,
+                action,
+                was,
+                now,
+            });
+        let OwnerDiff { diff, before } = set_diff(&self.owners, &others, changes);
+        drop(others);
+        let (maps, applied) = (&mut self.maps, &mut self.applied);
         let sets = match target.kind {
             SetKind::Feed => &mut self.feeds,
             SetKind::List => &mut self.lists,
@@ -355,7 +362,6 @@ impl Engine {
             let written = std::thread::scope(|scope| {
                 let kernel = scope.spawn(|| maps.apply(&diff, &before));
                 applied.apply_diff(&diff);
-                settle(owners, touched);
                 step_entries(sets, target, add, remove);
                 kernel
                     .join()
@@ -363,7 +369,6 @@ impl Engine {
             });
             if let Err(err) = written {
                 applied.undo_diff(&diff, &before);
-                take_back_step(owners, target.id, target.action, add, remove);
                 step_entries(sets, target, remove, add);
                 return Err(err.into());
             }
@@ -372,7 +377,6 @@ impl Engine {
                 maps.apply(&diff, &before)?;
                 applied.apply_diff(&diff);
             }
-            settle(owners, touched);
             step_entries(sets, target, add, remove);
         }
         Ok(ApplyReport {

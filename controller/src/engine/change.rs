@@ -20,7 +20,7 @@ use tracing::warn;
 
 use super::{
     ApplyReport, Engine, EngineError,
-    owners::{Owners, owners_slot},
+    owners::{Owners, SetOwners, lowest, owners_slot},
     scoped::policy_after,
     watchlist::EgressWatch,
 };
@@ -268,7 +268,12 @@ impl IngressDiff {
     /// tries' key order. Without building `owners_after`'s map first, whose million random
     /// writes cost 0.4 s before the first kernel write ([`Staging`] builds it meanwhile), nor
     /// the sorted maps `diff_for` compares.
-    fn for_change(current: &Owners, applied: &MapContents, written: &Written) -> Self {
+    fn for_change(
+        current: &Owners,
+        sets: &SetOwners<'_>,
+        applied: &MapContents,
+        written: &Written,
+    ) -> Self {
         let mut ops: Vec<(Place, RuleId, bool)> = written
             .inserted
             .iter()
@@ -301,7 +306,9 @@ impl IngressDiff {
                     false => ids.remove(id),
                 }
             }
-            let (owner, held) = (ids.first(), applied.owner(cidr, action));
+            // A key no rule names any more falls back to a set holding it.
+            let owner = lowest(ids.first(), sets.owner(cidr, action));
+            let held = applied.owner(cidr, action);
             if owner != held {
                 place.record(&mut diff, &mut before, owner, held);
             }
@@ -356,10 +363,11 @@ impl Engine {
         // Built before anything is written: a refused scoped set costs nothing to undo.
         let policy = policy_after(&self.scoped, &written.inserted, &written.removed)?;
         let (owners, applied) = (&self.owners, &self.applied);
+        let sets = SetOwners::new(self.feeds.values().chain(self.lists.values()));
         let staging = Staging::new(owners, &self.rules, &written);
         let (ingress, stored) = write_both(
             self.maps.as_mut(),
-            || IngressDiff::for_change(owners, applied, &written),
+            || IngressDiff::for_change(owners, &sets, applied, &written),
             || write_rows(&tx, &written, &note),
             &|| staging.help(),
             written.inserted.len() + written.removed.len(),

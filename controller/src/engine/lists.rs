@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 use super::{
     ApplyReport, Engine, EngineError,
-    owners::{OwnerDiff, Owners, diff_for, owners_slot},
+    owners::{OwnerDiff, SetEntryChange, SetOwners, set_diff},
 };
 use crate::{
     rules::{Action, FeedSet, Rule, RuleId, RuleOptions, RuleSource, validate_list},
@@ -115,31 +115,58 @@ impl Engine {
     ) -> Result<SetApplied, EngineError> {
         // Taken out rather than cloned (a feed can hold a million entries); put back on error.
         let old = self.sets_mut(kind).remove(name);
-        let mut touched = Owners::default();
         // Set differences walk both sorted sets side by side: O(old + new), no per-entry search.
-        let (gone, added): (Vec<IpNet>, Vec<IpNet>) = match &old {
-            Some(o) if o.action == action && o.id == id => (
-                o.entries.difference(&entries).copied().collect(),
-                entries.difference(&o.entries).copied().collect(),
-            ),
-            // A new feed, or one whose action or id changed: every entry moves.
-            Some(o) => (
-                o.entries.iter().copied().collect(),
-                entries.iter().copied().collect(),
-            ),
-            None => (Vec::new(), entries.iter().copied().collect()),
+        let mut changes = Vec::new();
+        let change = |cidr: &IpNet, action, was, now| SetEntryChange {
+            cidr: *cidr,
+            action,
+            was,
+            now,
         };
-        let (gone_count, added_count) = (gone.len(), added.len());
-        touched.reserve(gone.len() + added.len());
-        if let Some(o) = &old {
-            for entry in gone {
-                owners_slot(&mut touched, &self.owners, (entry, o.action)).remove(&o.id);
+        let (mut gone_count, mut added_count) = (0, entries.len());
+        match &old {
+            Some(o) if o.action == action && o.id == id => {
+                changes.extend(
+                    o.entries
+                        .difference(&entries)
+                        .map(|c| change(c, action, Some(id), None)),
+                );
+                gone_count = changes.len();
+                changes.extend(
+                    entries
+                        .difference(&o.entries)
+                        .map(|c| change(c, action, None, Some(id))),
+                );
+                added_count = changes.len() - gone_count;
             }
+            // The same entries under a new id: each key keyed once, held before and after.
+            Some(o) if o.action == action => {
+                changes.extend(
+                    o.entries
+                        .difference(&entries)
+                        .map(|c| change(c, action, Some(o.id), None)),
+                );
+                gone_count = o.entries.len();
+                changes.extend(
+                    entries.iter().map(|c| {
+                        change(c, action, o.entries.contains(c).then_some(o.id), Some(id))
+                    }),
+                );
+            }
+            // A changed action: every entry moves, from one trie key to another.
+            Some(o) => {
+                changes.extend(
+                    o.entries
+                        .iter()
+                        .map(|c| change(c, o.action, Some(o.id), None)),
+                );
+                gone_count = o.entries.len();
+                changes.extend(entries.iter().map(|c| change(c, action, None, Some(id))));
+            }
+            None => changes.extend(entries.iter().map(|c| change(c, action, None, Some(id)))),
         }
-        for entry in added {
-            owners_slot(&mut touched, &self.owners, (entry, action)).insert(id);
-        }
-        let OwnerDiff { diff, before } = diff_for(&self.applied, &touched);
+        let others = SetOwners::new(self.feeds.values().chain(self.lists.values()));
+        let OwnerDiff { diff, before } = set_diff(&self.owners, &others, changes);
         if !diff.is_empty() {
             if let Err(err) = self.maps.apply(&diff, &before) {
                 if let Some(old) = old {
@@ -149,7 +176,6 @@ impl Engine {
             }
             self.applied.apply_diff(&diff);
         }
-        self.settle_owners(touched);
         let touches_watch =
             action == Action::Watch || old.as_ref().is_some_and(|o| o.action == Action::Watch);
         if !entries.is_empty() {

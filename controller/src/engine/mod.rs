@@ -106,7 +106,8 @@ pub struct Engine {
     store: Store,
     attachments: Vec<Attachment>,
     rules: BTreeMap<RuleId, Rule>,
-    /// Rules by (cidr, action): the lowest id owns the trie entry.
+    /// Rules by (cidr, action): the lowest id owns the trie entry, unless a set (feed, list)
+    /// holding it has a lower one. The sets' own entries are not in here (see `owners`).
     owners: Owners,
     /// What the kernel tries hold (kept equal to `MapContents::from_rules(rules)`).
     applied: MapContents,
@@ -158,14 +159,8 @@ impl Engine {
             policy: PolicyTable::default(),
             management_ports: vec![DEFAULT_SSH_PORT],
         };
+        // A set is the index of its own entries' owners (see `owners`).
         for feed in feeds {
-            for entry in feed.entries.iter() {
-                engine
-                    .owners
-                    .entry((*entry, feed.action))
-                    .or_default()
-                    .insert(feed.id);
-            }
             if feed.id >= LIST_ID_BASE {
                 engine.lists.insert(feed.name.clone(), feed);
             } else {

@@ -1,9 +1,11 @@
 //! The sorted ingress diff of a change against the one its owners give.
 
 use super::*;
+use std::sync::Arc;
+
 use crate::{
-    engine::owners::diff_for,
-    rules::{RuleOptions, RuleSource},
+    engine::{FEED_ID_BASE, owners::diff_for},
+    rules::{FeedSet, RuleOptions, RuleSource},
 };
 
 /// A small deterministic generator (xorshift), so a failure replays.
@@ -63,7 +65,22 @@ fn the_sorted_diff_of_a_change_equals_the_one_its_owners_give() {
                 .or_default()
                 .insert(rule.id);
         }
-        let applied = MapContents::from_rules(&existing);
+        // Sets holding some of the same keys: a key no rule names any more falls back to one.
+        let sets: Vec<FeedSet> = (0..draw.below(3))
+            .map(|k| FeedSet {
+                name: format!("s{k}"),
+                id: FEED_ID_BASE + k as RuleId,
+                action: [Action::Block, Action::Allow][draw.below(2) as usize],
+                entries: Arc::new((0..draw.below(8)).map(|_| draw.rule(0).cidr).collect()),
+            })
+            .collect();
+        let mut applied = MapContents::from_rules(&existing);
+        for set in &sets {
+            for entry in set.entries.iter() {
+                applied.insert(*entry, set.action, set.id);
+            }
+        }
+        let sets = SetOwners::new(&sets);
         let written = Written {
             removed: existing
                 .iter()
@@ -74,8 +91,8 @@ fn the_sorted_diff_of_a_change_equals_the_one_its_owners_give() {
                 .map(|id| draw.rule(id))
                 .collect(),
         };
-        let sorted = IngressDiff::for_change(&owners, &applied, &written);
-        let expected = diff_for(&applied, &owners_after(&owners, &written)).diff;
+        let sorted = IngressDiff::for_change(&owners, &sets, &applied, &written);
+        let expected = diff_for(&applied, &owners_after(&owners, &written), &sets).diff;
         assert_eq!(sorted.diff, expected, "round {round}");
         assert_eq!(
             sorted.before,
