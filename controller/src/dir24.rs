@@ -297,7 +297,7 @@ pub fn paint_ranges(
     const SPLIT_SLOTS: u64 = 1 << 20;
     const SPLIT_RANGES: usize = 4096;
     let slots: u64 = ranges.iter().map(|(f, l)| u64::from(l - f) + 1).sum();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = crate::cpus();
     if cpus < 2 || (slots < SPLIT_SLOTS && ranges.len() < SPLIT_RANGES) {
         return paint_sorted(prefixes, ranges);
     }
@@ -404,10 +404,16 @@ impl Writes {
         current_slot: impl Fn(u32) -> u32,
         current_long: &BTreeMap<u32, u32>,
     ) {
-        for (i, leaf) in painted.slots.iter().enumerate() {
+        // Slots whose /24 has hash entries now: only theirs can go stale.
+        let mut flagged = Vec::new();
+        for (i, wanted) in painted.slots.iter().enumerate() {
             let slot = painted.first + i as u32;
-            if current_slot(slot) != *leaf {
-                self.slots.push((slot, *leaf));
+            let current = current_slot(slot);
+            if current != *wanted {
+                self.slots.push((slot, *wanted));
+            }
+            if current & leaf::LONG != 0 {
+                flagged.push(slot);
             }
         }
         for (addr, leaf) in &painted.long {
@@ -415,15 +421,33 @@ impl Writes {
                 self.long_upserts.push((*addr, *leaf));
             }
         }
-        let start = painted.first << 8;
-        let end = ((painted.first + painted.slots.len() as u32 - 1) << 8) | 0xff;
-        for addr in current_long.range(start..=end).map(|(a, _)| *a) {
-            if !painted.long.contains_key(&addr) {
-                self.long_removes.push(addr);
+        let mut prune = |start: u32, end: u32| {
+            for addr in current_long.range(start..=end).map(|(a, _)| *a) {
+                if !painted.long.contains_key(&addr) {
+                    self.long_removes.push(addr);
+                }
+            }
+        };
+        if painted.slots.len() > SEARCH_FLAGGED_SLOTS {
+            // A big range (the first apply's whole table): one walk of the hash entries under
+            // it, which also clears entries a previous daemon left under unflagged slots.
+            let end = painted.first + painted.slots.len() as u32 - 1;
+            prune(painted.first << 8, (end << 8) | 0xff);
+        } else {
+            // A hash entry is written only under a slot flagged `LONG` (and removed after the
+            // flag goes), so a range of a step, usually one or a few slots, searches the hash
+            // only where a slot is flagged: a million-entry list's steps searched it a million
+            // times for ranges that had none.
+            for slot in flagged {
+                prune(slot << 8, (slot << 8) | 0xff);
             }
         }
     }
 }
+
+/// Ranges up to this many slots search the hash entries of their flagged slots only
+/// ([`Writes::add`]); longer ones walk all the entries under them.
+const SEARCH_FLAGGED_SLOTS: usize = 4096;
 
 /// Reads a table back the way the XDP program does (for tests and the lookup tool).
 pub fn lookup(addr: u32, slot_leaf: u32, long: Option<u32>) -> u32 {

@@ -41,3 +41,11 @@ pub mod syn;
 pub mod sys;
 pub mod tls;
 pub mod v6hash;
+
+/// The CPUs this process may run on, read once. `std::thread::available_parallelism` reads the
+/// cgroup files on every call: several system calls for each step of a big apply, which
+/// asks before each step whether a second thread would help.
+pub fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}

@@ -353,8 +353,7 @@ impl Engine {
             SetKind::Feed => &mut self.feeds,
             SetKind::List => &mut self.lists,
         };
-        let parallel = diff.upserts() + diff.removes() >= PARALLEL_STEP
-            && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+        let parallel = diff.upserts() + diff.removes() >= PARALLEL_STEP && crate::cpus() > 1;
         if parallel {
             // The kernel writes (DIR-24 painting included) on a thread of their own while the
             // engine's copies follow on this one: the two take about as long, and a step holds

@@ -148,7 +148,7 @@ fn plain_entry(line: &str) -> Option<&str> {
 const PLAIN_SPLIT_BYTES: usize = 1 << 20;
 
 fn parse_plain(body: &str) -> Parsed {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = crate::cpus();
     if body.len() < PLAIN_SPLIT_BYTES || cpus < 2 {
         return parse_plain_lines(body).0;
     }
