@@ -23,10 +23,10 @@ use super::{
 use crate::{
     engine::{ListReplace, parse_ttl},
     feeds::{
-        parse::{CsvOptions, FeedFormat, Parsed, parse},
+        parse::{Parsed, parse_plain_runs},
         sanity::is_special,
     },
-    rules::{Action, SortedNets, normalize_cidr, validate_list},
+    rules::{Action, SortedNets, SortedRun, normalize_cidr, validate_list},
 };
 
 /// Replace a named list with exactly these entries, as one diff, all or nothing: a `text/plain`
@@ -224,44 +224,53 @@ fn sift_list(
     body: &[u8],
     keep_special: bool,
 ) -> Result<(SortedNets, usize), ApiError> {
-    let parsed = parse_list(format, body)?;
+    // Leaves out the special ranges (counted), then sorts: for a plain body on each half's
+    // parsing thread, so a shuffled million sorts on two CPUs and the halves merge in one pass.
+    let sift = |mut entries: Vec<ipnet::IpNet>| {
+        let before = entries.len();
+        entries.retain(|e| keep_special || !is_special(e));
+        let excluded = before - entries.len();
+        (SortedRun::new(entries), excluded)
+    };
+    let (parsed, runs) = match format {
+        BodyFormat::Plain => parse_plain_runs(plain_text(body)?, sift),
+        BodyFormat::Json => {
+            let mut parsed = parse_json_list(body)?;
+            let entries = std::mem::take(&mut parsed.entries);
+            (parsed, vec![sift(entries)])
+        }
+    };
     if parsed.bad_lines > 0 {
         return Err(bad_lines(format, &parsed));
     }
-    let mut entries = parsed.entries;
-    let before = entries.len();
-    entries.retain(|e| keep_special || !is_special(e));
-    let excluded_special = before - entries.len();
-    Ok((SortedNets::new(entries), excluded_special))
+    let excluded_special = runs.iter().map(|(_, excluded)| excluded).sum();
+    let runs = runs.into_iter().map(|(run, _)| run).collect();
+    Ok((SortedNets::from_runs(runs), excluded_special))
 }
 
-/// The entries of a list body; in JSON, "line" n is `entries[n - 1]`.
-fn parse_list(format: BodyFormat, body: &[u8]) -> Result<Parsed, ApiError> {
-    match format {
-        BodyFormat::Plain => {
-            let text = std::str::from_utf8(body).map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("the list is not UTF-8 text (byte {})", e.valid_up_to()),
-                )
-            })?;
-            Ok(parse(&FeedFormat::Plain, text, &CsvOptions::default()))
-        }
-        BodyFormat::Json => {
-            let body: ListBody = serde_json::from_slice(body).map_err(|e| {
-                ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}"))
-            })?;
-            let mut out = Parsed::default();
-            for (i, entry) in body.entries.iter().enumerate() {
-                out.data_lines += 1;
-                match normalize_cidr(entry) {
-                    Ok(net) => out.entries.push(net),
-                    Err(_) => out.bad(i + 1, entry),
-                }
-            }
-            Ok(out)
+/// A plain list body as text.
+fn plain_text(body: &[u8]) -> Result<&str, ApiError> {
+    std::str::from_utf8(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the list is not UTF-8 text (byte {})", e.valid_up_to()),
+        )
+    })
+}
+
+/// The entries of a JSON list body; "line" n is `entries[n - 1]`.
+fn parse_json_list(body: &[u8]) -> Result<Parsed, ApiError> {
+    let body: ListBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?;
+    let mut out = Parsed::default();
+    for (i, entry) in body.entries.iter().enumerate() {
+        out.data_lines += 1;
+        match normalize_cidr(entry) {
+            Ok(net) => out.entries.push(net),
+            Err(_) => out.bad(i + 1, entry),
         }
     }
+    Ok(out)
 }
 
 fn bad_lines(format: BodyFormat, parsed: &Parsed) -> ApiError {

@@ -148,9 +148,29 @@ fn plain_entry(line: &str) -> Option<&str> {
 const PLAIN_SPLIT_BYTES: usize = 1 << 20;
 
 fn parse_plain(body: &str) -> Parsed {
-    let cpus = crate::cpus();
-    if body.len() < PLAIN_SPLIT_BYTES || cpus < 2 {
-        return parse_plain_lines(body).0;
+    let (mut parsed, runs) = parse_plain_runs(body, |entries| entries);
+    parsed.entries = runs.concat();
+    parsed
+}
+
+/// A plain body parsed in one run of lines, or in two halves on two threads from
+/// [`PLAIN_SPLIT_BYTES`] on (when there are two CPUs). Each run's entries go to `finish` on
+/// the thread that parsed them, so a caller's own work on them (a list sorts and sifts its
+/// entries) runs on both CPUs too; its results come back in body order. The answered
+/// [`Parsed`] has the whole body's counts and first bad lines (numbered as one pass numbers
+/// them) and no entries.
+pub fn parse_plain_runs<T: Send>(
+    body: &str,
+    finish: impl Fn(Vec<IpNet>) -> T + Sync,
+) -> (Parsed, Vec<T>) {
+    let run = |text: &str| {
+        let (mut parsed, lines) = parse_plain_lines(text);
+        let entries = std::mem::take(&mut parsed.entries);
+        (parsed, lines, finish(entries))
+    };
+    if body.len() < PLAIN_SPLIT_BYTES || crate::cpus() < 2 {
+        let (parsed, _, done) = run(body);
+        return (parsed, vec![done]);
     }
     // Cut after a line break, so no line is split.
     let middle = body.len() / 2;
@@ -159,12 +179,11 @@ fn parse_plain(body: &str) -> Parsed {
         .position(|&b| b == b'\n')
         .map_or(body.len(), |at| middle + at + 1);
     let (head, tail) = body.split_at(cut);
-    let ((mut out, head_lines), (rest, _)) = std::thread::scope(|scope| {
-        let rest = scope.spawn(|| parse_plain_lines(tail));
-        let out = parse_plain_lines(head);
+    let ((mut out, head_lines, head_done), (rest, _, tail_done)) = std::thread::scope(|scope| {
+        let rest = scope.spawn(|| run(tail));
+        let out = run(head);
         (out, rest.join().expect("the parser does not panic"))
     });
-    out.entries.extend(rest.entries);
     out.data_lines += rest.data_lines;
     out.bad_lines += rest.bad_lines;
     // The second half's line numbers continue from the first half's.
@@ -174,7 +193,7 @@ fn parse_plain(body: &str) -> Parsed {
             line: bad.line + head_lines,
             ..bad
         }));
-    out
+    (out, vec![head_done, tail_done])
 }
 
 /// [`parse_plain`] on one run of whole lines (numbered from 1), and how many lines it had.

@@ -22,7 +22,7 @@ pub use intervals::NetIntervals;
 pub use scope::{
     Limit, LimitPer, Mode, PolicyTable, PortRange, Proto, Rate, RuleOptions, Scope, ScopedRule,
 };
-pub use sorted::SortedNets;
+pub use sorted::{SortedNets, SortedRun};
 
 /// Identifier of a rule; also the value stored in the tries and the key of the rule counters.
 pub type RuleId = u32;

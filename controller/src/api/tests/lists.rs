@@ -238,3 +238,34 @@ async fn a_replace_the_kernel_refuses_part_way_leaves_everything_as_it_was() {
     assert_eq!(h.block_entries().await, before_engine + 9_000);
     assert_eq!(h.kernel_blocks().await, before_kernel + 9_000);
 }
+
+/// A body big enough to be parsed and sorted in two halves on two threads reads as one pass:
+/// entries repeated across the halves count once, the special entries of both halves are
+/// counted, and a bad line in the second half is named by its number in the whole body.
+#[tokio::test]
+async fn a_body_parsed_in_halves_counts_and_names_lines_as_one_pass() {
+    let h = harness();
+    // ~1.3 MB: over the size from which a plain body is parsed in halves.
+    // A repeat inside the first half too: repeats are not "special".
+    let first = format!("127.0.0.1\n11.0.0.0\n{}", hosts(0, 110_000));
+    let body = format!("{first}{}10.1.2.3/32\n", hosts(0, 1_000));
+    assert!(body.len() > 1 << 20);
+    let (s, v) = h.put_list("/v1/lists/big", &body).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["entries"], 110_000, "{v}");
+    assert_eq!(v["inserted"], 110_000, "{v}");
+    assert_eq!(v["excluded_special"], 2, "{v}");
+    assert_eq!(h.list_entries("big").await.len(), 110_000);
+
+    // The bad line is the last: line 111,004 of the body.
+    let (s, v) = h
+        .put_list("/v1/lists/big", &format!("{body}not-an-address\n"))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["detail"].to_string().contains("line 111004"), "{v}");
+    assert_eq!(
+        h.list_entries("big").await.len(),
+        110_000,
+        "nothing applied"
+    );
+}
