@@ -61,21 +61,56 @@ impl SortedNets {
     }
 
     /// What replacing `old` with these entries changes: the entries new to it, and the
-    /// entries that leave it, both sorted. One walk of each side.
+    /// entries that leave it, both sorted. One walk of each side; a big set is walked in two
+    /// halves on two threads (a million took ~25 ms on one).
     pub fn changes_from(&self, old: &BTreeSet<IpNet>) -> (Vec<IpNet>, Vec<IpNet>) {
-        let mut added = Vec::new();
-        let mut gone = Vec::new();
-        let mut old = old.iter().copied().peekable();
-        for &net in &self.0 {
-            while let Some(before) = old.next_if(|o| *o < net) {
-                gone.push(before);
-            }
-            if old.next_if_eq(&net).is_none() {
-                added.push(net);
-            }
+        const SPLIT: usize = 1 << 16;
+        if self.0.len() < SPLIT || crate::cpus() < 2 {
+            return changes(&self.0, old.iter());
         }
-        gone.extend(old);
+        let (head, tail) = self.0.split_at(self.0.len() / 2);
+        let pivot = tail[0];
+        let ((mut added, mut gone), (tail_added, tail_gone)) = std::thread::scope(|scope| {
+            let tail = scope.spawn(|| changes(tail, old.range(pivot..)));
+            let head = changes(head, old.range(..pivot));
+            (head, tail.join().expect("a merge does not panic"))
+        });
+        added.extend(tail_added);
+        gone.extend(tail_gone);
         (added, gone)
+    }
+}
+
+/// [`SortedNets::changes_from`] over one run of new entries and the old entries in the same
+/// span, comparing IPv4 prefixes as packed words.
+fn changes<'a>(
+    new: &[IpNet],
+    mut old: impl Iterator<Item = &'a IpNet>,
+) -> (Vec<IpNet>, Vec<IpNet>) {
+    let (mut added, mut gone) = (Vec::new(), Vec::new());
+    let mut before = old.next();
+    for net in new {
+        while let Some(b) = before.filter(|b| order(b, net).is_lt()) {
+            gone.push(*b);
+            before = old.next();
+        }
+        if before == Some(net) {
+            before = old.next();
+        } else {
+            added.push(*net);
+        }
+    }
+    gone.extend(before.into_iter().chain(old).copied());
+    (added, gone)
+}
+
+/// `IpNet`'s order, two IPv4 prefixes compared as packed words (the derived comparison of the
+/// enum costs several times more).
+#[inline]
+fn order(a: &IpNet, b: &IpNet) -> std::cmp::Ordering {
+    match (a, b) {
+        (IpNet::V4(x), IpNet::V4(y)) => packed(x).cmp(&packed(y)),
+        _ => a.cmp(b),
     }
 }
 
@@ -233,5 +268,31 @@ mod tests {
             assert_eq!(added, want_added, "round {round}");
             assert_eq!(gone, want_gone, "round {round}");
         }
+    }
+
+    #[test]
+    fn a_big_set_walked_in_halves_gives_the_two_set_differences() {
+        let v4 = |i: u32, len: u32| {
+            IpNet::V4(Ipv4Net::new(Ipv4Addr::from(i), len as u8).unwrap().trunc())
+        };
+        let v6 = |i: u128| IpNet::V6(Ipv6Net::new(std::net::Ipv6Addr::from(i << 64), 64).unwrap());
+        // Both families, the same address at several lengths, and the halves' pivot among them.
+        let old: BTreeSet<IpNet> = (0..200_000u32)
+            .map(|i| v4(i.wrapping_mul(2_654_435_761), 30 + i % 3))
+            .chain((0..1_000).map(v6))
+            .collect();
+        let new: Vec<IpNet> = old
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 37 != 0)
+            .map(|(_, net)| *net)
+            .chain((0..5_000u32).map(|i| v4(i.wrapping_mul(40_503), 32)))
+            .chain((500..1_500).map(v6))
+            .collect();
+        let new_set: BTreeSet<IpNet> = new.iter().copied().collect();
+        let (added, gone) = SortedNets::new(new).changes_from(&old);
+        assert_eq!(added, new_set.difference(&old).copied().collect::<Vec<_>>());
+        assert_eq!(gone, old.difference(&new_set).copied().collect::<Vec<_>>());
+        assert!(!added.is_empty() && !gone.is_empty());
     }
 }
