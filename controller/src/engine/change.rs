@@ -20,7 +20,7 @@ use tracing::warn;
 
 use super::{
     ApplyReport, Engine, EngineError,
-    owners::{Owners, SetOwners, lowest, owners_slot},
+    owners::{Owners, SetOwners, owners_slot},
     scoped::policy_after,
     watchlist::EgressWatch,
 };
@@ -307,7 +307,7 @@ impl IngressDiff {
                 }
             }
             // A key no rule names any more falls back to a set holding it.
-            let owner = lowest(ids.first(), sets.owner(cidr, action));
+            let owner = sets.owner_with(ids.first(), cidr, action);
             let held = applied.owner(cidr, action);
             if owner != held {
                 place.record(&mut diff, &mut before, owner, held);

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
-use super::Engine;
+use super::{Engine, FEED_ID_BASE};
 use crate::rules::{Action, FeedSet, MapContents, MapDiff, Rule, RuleId, RuleOptions};
 
 /// Rule ids per (cidr, action) (rules only; see [`SetOwners`] for sets). A fast non-cryptographic
@@ -94,7 +94,7 @@ pub(super) fn diff_for(applied: &MapContents, touched: &Owners, sets: &SetOwners
         if let Some(id) = existing {
             current.push((*cidr, *action, id));
         }
-        match (lowest(ids.first(), sets.owner(*cidr, *action)), existing) {
+        match (sets.owner_with(ids.first(), *cidr, *action), existing) {
             (Some(owner), Some(id)) if owner == id => {}
             (Some(owner), _) => upserts.push((*cidr, *action, owner)),
             (None, Some(_)) => removes.push((*cidr, *action)),
@@ -127,6 +127,21 @@ impl<'a> SetOwners<'a> {
             .filter(|set| set.action == action && set.entries.contains(&cidr))
             .map(|set| set.id)
             .min()
+    }
+
+    /// The owner of (cidr, action) whose lowest rule id is `rule`: that rule without asking
+    /// the sets when it is below every set id (a rule's always is: set ids start at
+    /// [`FEED_ID_BASE`]), so a big rule change next to big sets costs no set lookups.
+    pub(super) fn owner_with(
+        &self,
+        rule: Option<RuleId>,
+        cidr: IpNet,
+        action: Action,
+    ) -> Option<RuleId> {
+        match rule {
+            Some(id) if id < FEED_ID_BASE => Some(id),
+            rule => lowest(rule, self.owner(cidr, action)),
+        }
     }
 }
 
@@ -164,7 +179,7 @@ pub(super) fn set_diff(
     } in changes
     {
         let held_by_rules = rules.get(&(cidr, action)).and_then(OwnerIds::first);
-        let besides = lowest(held_by_rules, others.owner(cidr, action));
+        let besides = others.owner_with(held_by_rules, cidr, action);
         let (was, now) = (lowest(besides, was), lowest(besides, now));
         if was == now {
             continue;
