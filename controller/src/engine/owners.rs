@@ -14,8 +14,7 @@ use super::{Engine, FEED_ID_BASE};
 use crate::rules::{Action, FeedSet, MapContents, MapDiff, Rule, RuleId, RuleOptions};
 
 /// Rule ids per (cidr, action) (rules only; see [`SetOwners`] for sets). A fast non-cryptographic
-/// hash: the keys are the operator's own rules and feed entries, and a full load hashes a
-/// million of them.
+/// hash: the keys are the operator's own rules, and a big batch hashes a million of them.
 pub(super) type Owners = FxHashMap<(IpNet, Action), OwnerIds>;
 
 /// The rules naming one (cidr, action), sorted; almost always one, so no allocation for it.
@@ -72,10 +71,10 @@ pub(super) struct OwnerDiff {
     pub(super) before: MapContents,
 }
 
-// The reference `IngressDiff::for_change` is checked against (its unit test).
-#[cfg(test)]
 /// The trie diff that gives each touched key its new owner (or removes it), with the entries
-/// it replaces (looked up once here, instead of again for the undo copy).
+/// it replaces (looked up once here, instead of again for the undo copy). Only the reference
+/// `IngressDiff::for_change` is checked against in its unit test.
+#[cfg(test)]
 pub(super) fn diff_for(applied: &MapContents, touched: &Owners, sets: &SetOwners<'_>) -> OwnerDiff {
     use crate::rules::{key_v4, key_v6};
     // Each touched key is looked up once and compared with its new owner right here, so the
@@ -216,33 +215,27 @@ impl Engine {
             .find(|r| r.list == list)
     }
 
-    /// Records the owners a committed change left for the keys it touched.
-    pub(super) fn settle_owners(&mut self, touched: Owners) {
-        settle(&mut self.owners, touched);
-    }
-}
-
-/// Makes `owners` hold the owners a change left for the keys it touched (`touched`).
-pub(super) fn settle(owners: &mut Owners, mut touched: Owners) {
-    if touched.len() > owners.len() && touched.capacity() >= owners.capacity() {
-        // A feed's first load touches more keys than exist: keep the bigger map and fold the
-        // smaller one in, instead of a million inserts into the smaller. (Not when the owners
-        // were reserved for a stepped replace: its first step would throw the room away and
-        // every later step would grow the map again.)
-        std::mem::swap(owners, &mut touched);
-        for (key, ids) in touched {
-            // Keys in both: the touched (now held) value is the newer one.
-            owners.entry(key).or_insert(ids);
+    /// Records the owners a committed change left for the keys it touched (`touched`).
+    pub(super) fn settle_owners(&mut self, mut touched: Owners) {
+        let owners = &mut self.owners;
+        if touched.len() > owners.len() && touched.capacity() >= owners.capacity() {
+            // A big batch next to few rules touches more keys than exist: keep the bigger map
+            // and fold the smaller one in, instead of a million inserts into the smaller.
+            std::mem::swap(owners, &mut touched);
+            for (key, ids) in touched {
+                // Keys in both: the touched (now held) value is the newer one.
+                owners.entry(key).or_insert(ids);
+            }
+            owners.retain(|_, ids| !ids.is_empty());
+            return;
         }
-        owners.retain(|_, ids| !ids.is_empty());
-        return;
-    }
-    owners.reserve(touched.len());
-    for (key, ids) in touched {
-        if ids.is_empty() {
-            owners.remove(&key);
-        } else {
-            owners.insert(key, ids);
+        owners.reserve(touched.len());
+        for (key, ids) in touched {
+            if ids.is_empty() {
+                owners.remove(&key);
+            } else {
+                owners.insert(key, ids);
+            }
         }
     }
 }
