@@ -63,14 +63,27 @@ pub(crate) struct SetTarget {
     pub(crate) action: Action,
 }
 
+/// How many entries a replace changes, known once it is planned (before any step).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SetCounts {
+    /// Entries new to the set, and entries that leave it.
+    pub(crate) added: usize,
+    pub(crate) gone: usize,
+    /// Entries of the set it replaces.
+    pub(crate) before: usize,
+}
+
+impl SetCounts {
+    /// Entries the set holds after the replace.
+    pub(crate) fn entries(&self) -> usize {
+        self.before + self.added - self.gone
+    }
+}
+
 /// What a replace did; [`undo_replace`] takes it back.
 #[derive(Debug)]
 pub(crate) struct SetSteps {
-    /// Entries new to the set, and entries that left it.
-    pub(crate) added: usize,
-    pub(crate) gone: usize,
-    /// Entries of the set it replaced.
-    pub(crate) before: usize,
+    pub(crate) counts: SetCounts,
     /// Kernel entries written and removed, over all steps.
     pub(crate) report: ApplyReport,
     undo: Undo,
@@ -92,13 +105,6 @@ enum Undo {
     },
 }
 
-impl SetSteps {
-    /// Entries the set holds now.
-    pub(crate) fn entries(&self) -> usize {
-        self.before + self.added - self.gone
-    }
-}
-
 /// Whether new block entries pass the lock-out guard.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum LockoutCheck {
@@ -113,11 +119,16 @@ pub(crate) enum LockoutCheck {
 /// entry that the lock-out guard refuses refuses the whole replace before anything is applied.
 /// A set whose action or id changes, and a watch set, are replaced in one step instead (each
 /// step would rebuild the watchlist; a changed action moves every entry anyway).
+///
+/// `planned` gets the counts once the replace is planned and checked, before its first step,
+/// so a caller can write its own record of the change beside the steps; it is not called if
+/// the replace is refused before anything is applied.
 pub(crate) async fn replace_set_stepped(
     engine: &Mutex<Option<Engine>>,
     target: SetTarget,
     entries: SortedNets,
     lockout: LockoutCheck,
+    planned: impl FnOnce(SetCounts) + Send,
 ) -> Result<SetSteps, EngineError> {
     let (old, management) = {
         let guard = engine.lock().await;
@@ -131,7 +142,7 @@ pub(crate) async fn replace_set_stepped(
             .is_none_or(|o| o.action == target.action && o.id == target.id);
     if !stepwise {
         drop(old);
-        return replace_in_one_step(engine, target, entries, lockout, &management).await;
+        return replace_in_one_step(engine, target, entries, lockout, &management, planned).await;
     }
     let before = old.as_ref().map_or(0, |o| o.entries.len());
     let started = Instant::now();
@@ -152,6 +163,12 @@ pub(crate) async fn replace_set_stepped(
     .map_err(|_| EngineError::Invalid("planning the replace failed".into()))??;
 
     tracing::debug!(set = target.name, took = ?started.elapsed(), "replace planned");
+    let counts = SetCounts {
+        added: added.len(),
+        gone: gone.len(),
+        before,
+    };
+    planned(counts);
     let started = Instant::now();
     let mut report = ApplyReport::default();
     let mut size = FIRST_STEP;
@@ -193,9 +210,7 @@ pub(crate) async fn replace_set_stepped(
     }
     tracing::debug!(set = target.name, took = ?started.elapsed(), "replace steps applied");
     Ok(SetSteps {
-        added: added.len(),
-        gone: gone.len(),
-        before,
+        counts,
         report,
         undo: Undo::Steps {
             target,
@@ -247,15 +262,26 @@ async fn replace_in_one_step(
     entries: SortedNets,
     lockout: LockoutCheck,
     management: &[IpNet],
+    planned: impl FnOnce(SetCounts),
 ) -> Result<SetSteps, EngineError> {
     let mut guard = engine.lock().await;
     let engine = guard.as_mut().ok_or(EngineError::NotReady)?;
     let old = engine.set(target.kind, &target.name);
-    let new: Vec<IpNet> = match old.filter(|o| o.action == target.action && o.id == target.id) {
-        Some(o) => entries.changes_from(&o.entries).0,
-        None => entries.as_slice().to_vec(),
+    let before = old.map_or(0, |o| o.entries.len());
+    // As `Engine::apply_set` counts them: under a new id or action, every entry is new.
+    let (new, gone) = match old.filter(|o| o.action == target.action && o.id == target.id) {
+        Some(o) => {
+            let (new, gone) = entries.changes_from(&o.entries);
+            (new, gone.len())
+        }
+        None => (entries.as_slice().to_vec(), before),
     };
     guard_new_entries(&target, &new, management, lockout)?;
+    planned(SetCounts {
+        added: new.len(),
+        gone,
+        before,
+    });
     let applied = engine.apply_set(
         target.kind,
         &target.name,
@@ -264,9 +290,11 @@ async fn replace_in_one_step(
         entries.to_set().into(),
     )?;
     Ok(SetSteps {
-        added: applied.added,
-        gone: applied.gone,
-        before: applied.old.as_ref().map_or(0, |o| o.entries.len()),
+        counts: SetCounts {
+            added: applied.added,
+            gone: applied.gone,
+            before: applied.old.as_ref().map_or(0, |o| o.entries.len()),
+        },
         report: applied.report,
         undo: Undo::OneStep {
             target,

@@ -539,7 +539,8 @@ fn audit_rows(
         action: shared(|r| r.action.as_str()),
         list: shared(|r| r.list.as_str()),
         why: format!("{} rules, ids {lowest} to {highest}{why}", rules.len()),
-    })
+    })?;
+    Ok(())
 }
 
 /// The owners the change leaves, for the (cidr, action) keys it touches only.

@@ -36,7 +36,7 @@ use xdpwall_shared::{DatapathConfig, RuleCounters};
 
 use self::requests::first_occurrences;
 pub(crate) use self::{
-    bulk::{LockoutCheck, SetTarget, replace_set_stepped, undo_replace},
+    bulk::{LockoutCheck, SetCounts, SetTarget, replace_set_stepped, undo_replace},
     lists::SetKind,
 };
 pub use self::{

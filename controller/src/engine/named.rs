@@ -13,12 +13,12 @@ use tracing::{info, warn};
 use tokio::sync::Mutex;
 
 use super::{
-    Engine, EngineError, LIST_ID_BASE, LIST_ID_MAX, LockoutCheck, SetKind, SetTarget,
+    Engine, EngineError, LIST_ID_BASE, LIST_ID_MAX, LockoutCheck, SetCounts, SetKind, SetTarget,
     replace_set_stepped, undo_replace,
 };
 use crate::{
     rules::{Action, FeedSet, RuleId, SortedNets, validate_list},
-    store::{AuditEntry, ListRow, encode_entries},
+    store::{AuditEntry, ListRow, Store, StoreError, encode_entries_split},
 };
 
 /// What a caller wants a named list to be.
@@ -87,7 +87,7 @@ async fn replace_and_store(
     let rule_id = LIST_ID_BASE + row.id;
     let started = std::time::Instant::now();
     let (entries, content) = tokio::task::spawn_blocking(move || {
-        let content = encode_entries(entries.as_slice());
+        let content = encode_entries_split(entries.as_slice());
         (entries, content)
     })
     .await
@@ -99,38 +99,147 @@ async fn replace_and_store(
         id: rule_id,
         action: row.action,
     };
-    let steps = replace_set_stepped(engine, target, entries, LockoutCheck::Caller(client)).await?;
-    let (inserted, removed, count) = (steps.added, steps.gone, steps.entries());
-    let why = format!("{count} entries: +{inserted} -{removed}");
-    let audit = list_audit(now, who, "list-replace", row, rule_id, why);
-    let started = std::time::Instant::now();
-    let written = {
-        let mut guard = engine.lock().await;
-        let engine = guard.as_mut().ok_or(EngineError::NotReady)?;
-        engine.store.transaction().and_then(|tx| {
-            tx.save_list(row, &content)?;
-            tx.audit(&audit)?;
-            tx.commit()
+    // A store file gets the row on a connection of its own while the steps run, so its fsync
+    // costs the caller nothing; an in-memory store (no other connection sees it) after them.
+    let beside = {
+        let guard = engine.lock().await;
+        guard
+            .as_ref()
+            .ok_or(EngineError::NotReady)?
+            .store
+            .open_beside()?
+    };
+    let (planned, counts) = std::sync::mpsc::sync_channel::<SetCounts>(1);
+    let mut content = Some(content);
+    let writer = beside.map(|mut store| {
+        let (row, who, content) = (row.clone(), who.to_string(), content.take());
+        tokio::task::spawn_blocking(move || {
+            // No counts: the replace was refused before its first step, so nothing is written.
+            let Ok(counts) = counts.recv() else {
+                return Ok(None);
+            };
+            let audit = replace_audit(now, &who, &row, rule_id, counts);
+            let content = content.unwrap_or_default();
+            write_list(&mut store, &row, &content, &audit).map(Some)
         })
+    });
+    let stepped = replace_set_stepped(
+        engine,
+        target,
+        entries,
+        LockoutCheck::Caller(client),
+        move |counts| {
+            // The writer may be gone already (it failed to start); the steps go on and its
+            // answer below decides.
+            let _ = planned.send(counts);
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let written = match (writer, &stepped) {
+        (Some(writer), _) => writer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Aborted("the list's store write"))),
+        (None, Ok(steps)) => {
+            let audit = replace_audit(now, who, row, rule_id, steps.counts);
+            let mut guard = engine.lock().await;
+            let engine = guard.as_mut().ok_or(EngineError::NotReady)?;
+            let content = content.take().unwrap_or_default();
+            write_list(&mut engine.store, row, &content, &audit).map(Some)
+        }
+        (None, Err(_)) => Ok(None),
     };
     tracing::debug!(list = row.name, took = ?started.elapsed(), "list stored");
-    if let Err(err) = written {
-        undo_replace(engine, steps).await;
-        return Err(err.into());
-    }
+    let steps = match (stepped, written) {
+        (Ok(steps), Ok(Some(_))) => steps,
+        (Ok(steps), Ok(None)) => {
+            undo_replace(engine, steps).await;
+            return Err(StoreError::Aborted("the list's store write").into());
+        }
+        (Ok(steps), Err(err)) => {
+            undo_replace(engine, steps).await;
+            return Err(err.into());
+        }
+        (Err(err), Ok(Some(written))) => {
+            unwrite_list(engine, &row.name, written).await;
+            return Err(err);
+        }
+        (Err(err), _) => return Err(err),
+    };
+    let SetCounts { added, gone, .. } = steps.counts;
+    let count = steps.counts.entries();
     info!(
         list = row.name,
         entries = count,
-        inserted,
-        removed,
+        inserted = added,
+        removed = gone,
         "list replaced"
     );
     Ok(ListReplaced {
         id: rule_id,
         entries: count,
-        inserted,
-        removed,
+        inserted: added,
+        removed: gone,
     })
+}
+
+/// What [`write_list`] replaced, to put it back if the kernel refuses the list after all.
+struct ListWritten {
+    /// The row and content the list had (none: it is new).
+    old: Option<(ListRow, Vec<u8>)>,
+    /// The replace's audit row.
+    audit_seq: i64,
+}
+
+/// Stores the list's new row and its audit row in one transaction.
+fn write_list(
+    store: &mut Store,
+    row: &ListRow,
+    content: &[u8],
+    audit: &AuditEntry,
+) -> Result<ListWritten, StoreError> {
+    let tx = store.transaction()?;
+    let old = tx.list_with_content(&row.name)?;
+    tx.save_list(row, content)?;
+    let audit_seq = tx.audit(audit)?;
+    tx.commit()?;
+    Ok(ListWritten { old, audit_seq })
+}
+
+/// The kernel refused a replace whose row was written beside its steps: the store gets the
+/// old row back and loses the audit row, so it agrees with the kernel again.
+async fn unwrite_list(engine: &Mutex<Option<Engine>>, name: &str, written: ListWritten) {
+    let mut guard = engine.lock().await;
+    let Some(engine) = guard.as_mut() else { return };
+    let restored = engine.store.transaction().and_then(|tx| {
+        match &written.old {
+            Some((row, content)) => tx.save_list(row, content)?,
+            None => {
+                tx.delete_list(name)?;
+            }
+        }
+        tx.delete_audit(written.audit_seq)?;
+        tx.commit()
+    });
+    if let Err(err) = restored {
+        warn!(list = name, error = %err, "could not put the list's old row back after the kernel refused the new one; a restart enforces the stored one");
+    }
+}
+
+fn replace_audit(
+    now: i64,
+    who: &str,
+    row: &ListRow,
+    rule_id: RuleId,
+    counts: SetCounts,
+) -> AuditEntry {
+    let why = format!(
+        "{} entries: +{} -{}",
+        counts.entries(),
+        counts.added,
+        counts.gone
+    );
+    list_audit(now, who, "list-replace", row, rule_id, why)
 }
 
 /// Removes the named list from the kernel (in steps) and the store, audited once as `who`.
@@ -158,10 +267,15 @@ pub async fn delete_list(
         action: row.action,
     };
     let result = async {
-        let steps =
-            replace_set_stepped(engine, target, SortedNets::default(), LockoutCheck::Sifted)
-                .await?;
-        let entries = steps.before;
+        let steps = replace_set_stepped(
+            engine,
+            target,
+            SortedNets::default(),
+            LockoutCheck::Sifted,
+            |_| (),
+        )
+        .await?;
+        let entries = steps.counts.before;
         let mut guard = engine.lock().await;
         let engine_now = guard.as_mut().ok_or(EngineError::NotReady)?;
         match engine_now.forget_list(&row, rule_id, entries, who, now) {

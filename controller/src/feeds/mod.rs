@@ -362,7 +362,7 @@ impl FeedManager {
         // In steps, so other API calls go on meanwhile.
         let applied = {
             let _one_at_a_time = self.applying.lock().await;
-            replace_set_stepped(engine, target, entries, LockoutCheck::Sifted).await
+            replace_set_stepped(engine, target, entries, LockoutCheck::Sifted, |_| ()).await
         };
         let applied = match applied {
             Ok(steps) => steps.report,

@@ -13,7 +13,7 @@ use std::{
 use ipnet::IpNet;
 use rusqlite::{Connection, params};
 
-pub use self::lists::{ListRow, StoredList, decode_entries, encode_entries};
+pub use self::lists::{ListRow, StoredList, decode_entries, encode_entries, encode_entries_split};
 use self::schema::SCHEMA_VERSION;
 use crate::rules::{Action, Rule, RuleId, RuleOptions, RuleSource};
 
@@ -42,6 +42,8 @@ pub enum StoreError {
         "cannot start the rule store's checkpoint thread: {0} (the system is out of threads or memory)"
     )]
     Checkpointer(std::io::Error),
+    #[error("{0} stopped before it was committed (nothing of it was stored): see the log")]
+    Aborted(&'static str),
 }
 
 /// A rule to be stored; the store assigns the id.
@@ -288,11 +290,26 @@ impl Store {
             .expect("query_only is a known pragma");
     }
 
-    /// Starts a change; nothing is visible until [`StoreTx::commit`].
+    /// Starts a change; nothing is visible until [`StoreTx::commit`]. It takes the write lock
+    /// at once (waiting for a write on another connection, [`Store::open_beside`], to end): a
+    /// transaction that read first and wrote later would fail instead if that other write
+    /// committed in between.
     pub fn transaction(&mut self) -> Result<StoreTx<'_>, StoreError> {
         Ok(StoreTx {
-            tx: self.conn.transaction()?,
+            tx: self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?,
         })
+    }
+
+    /// A second connection to the same file, for a big write that runs beside the engine
+    /// instead of under its lock (a named list's row while its steps run); `None` for an
+    /// in-memory store, which no other connection sees.
+    pub fn open_beside(&self) -> Result<Option<Store>, StoreError> {
+        if self.path == Path::new(":memory:") {
+            return Ok(None);
+        }
+        Self::open(&self.path).map(Some)
     }
 }
 
@@ -418,7 +435,8 @@ impl StoreTx<'_> {
         Ok(())
     }
 
-    pub fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+    /// Appends `entry` to the audit log; answers its sequence number.
+    pub fn audit(&self, entry: &AuditEntry) -> Result<i64, StoreError> {
         let mut stmt = self.tx.prepare_cached(
             "INSERT INTO audit (at, who, what, rule_id, cidr, action, list, why)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -433,6 +451,14 @@ impl StoreTx<'_> {
             entry.list,
             entry.why
         ])?;
+        Ok(self.tx.last_insert_rowid())
+    }
+
+    /// Takes back the audit row `seq` (of a change that was undone before anyone was told).
+    pub fn delete_audit(&self, seq: i64) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("DELETE FROM audit WHERE seq = ?1")?
+            .execute([seq])?;
         Ok(())
     }
 

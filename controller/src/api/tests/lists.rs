@@ -3,7 +3,8 @@
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{FakeMaps, Harness, READ, WRITE, harness, harness_with};
+use super::{FakeMaps, Harness, READ, WRITE, harness, harness_on, harness_with};
+use crate::store::Store;
 
 impl Harness {
     async fn put_list(&self, path: &str, text: &str) -> (StatusCode, Value) {
@@ -237,6 +238,84 @@ async fn a_replace_the_kernel_refuses_part_way_leaves_everything_as_it_was() {
     assert_eq!(v["inserted"], 9_000, "{v}");
     assert_eq!(h.block_entries().await, before_engine + 9_000);
     assert_eq!(h.kernel_blocks().await, before_kernel + 9_000);
+}
+
+/// On a store file, a list's row is written on a second connection while the steps run: a
+/// replace the kernel takes is stored with its audit row (as a reopened store reads it), and
+/// one the kernel refuses part-way leaves the old row and no audit row of its own.
+#[tokio::test]
+async fn a_list_row_written_beside_the_steps_is_taken_back_when_the_kernel_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.db");
+    let maps = FakeMaps {
+        block_capacity: Some(15_000),
+        ..FakeMaps::default()
+    };
+    let h = harness_on(maps, Store::open(&path).unwrap(), |_| {});
+    let stored = || {
+        let store = Store::open(&path).unwrap();
+        let lists = store.lists().unwrap();
+        let replaces = store
+            .audit_log(100)
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.what == "list-replace")
+            .map(|a| a.why)
+            .collect::<Vec<_>>();
+        (lists, replaces)
+    };
+
+    let (s, v) = h.put_list("/v1/lists/big", &hosts(0, 1_000)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = h.put_list("/v1/lists/big", &hosts(500, 1_000)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (lists, replaces) = stored();
+    assert_eq!(lists.len(), 1);
+    assert_eq!(lists[0].row.entries, 1_000);
+    let want: Vec<String> = hosts(500, 1_000)
+        .lines()
+        .map(|l| format!("{l}/32"))
+        .collect();
+    let mut got: Vec<String> = lists[0].entries.iter().map(ToString::to_string).collect();
+    got.sort();
+    let mut want_sorted = want.clone();
+    want_sorted.sort();
+    assert_eq!(
+        got, want_sorted,
+        "the stored entries are the second replace's"
+    );
+    assert_eq!(
+        replaces,
+        ["1000 entries: +500 -500", "1000 entries: +1000 -0"],
+        "one audit row a replace, newest first"
+    );
+
+    let (s, v) = h.put_list("/v1/lists/big", &hosts(0, 20_000)).await;
+    assert_eq!(s, StatusCode::INSUFFICIENT_STORAGE, "{v}");
+    let (after, replaces_after) = stored();
+    let rows = |lists: &[crate::store::StoredList]| {
+        lists
+            .iter()
+            .map(|l| (l.row.clone(), l.entries.len()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(rows(&after), rows(&lists), "the old row is back");
+    assert!(after == lists, "the old entries are back");
+    assert_eq!(
+        replaces_after, replaces,
+        "the refused replace left no audit row"
+    );
+
+    // A refused new list leaves no row at all.
+    let (s, v) = h.put_list("/v1/lists/other", &hosts(100_000, 20_000)).await;
+    assert_eq!(s, StatusCode::INSUFFICIENT_STORAGE, "{v}");
+    let (after, replaces_after) = stored();
+    assert_eq!(
+        rows(&after),
+        rows(&lists),
+        "no row for the refused new list"
+    );
+    assert_eq!(replaces_after, replaces);
 }
 
 /// A body big enough to be parsed and sorted in two halves on two threads reads as one pass:

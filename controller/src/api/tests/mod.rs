@@ -39,13 +39,12 @@ struct Harness {
 }
 
 fn harness_with(maps: FakeMaps, tweak: impl FnOnce(&mut AppState)) -> Harness {
-    let (mut engine, _) = Engine::open(
-        Box::new(maps),
-        Store::in_memory().unwrap(),
-        Vec::new(),
-        Vec::new(),
-    )
-    .unwrap();
+    harness_on(maps, Store::in_memory().unwrap(), tweak)
+}
+
+/// [`harness_with`] on `store` (a file, for what only a second connection can do).
+fn harness_on(maps: FakeMaps, store: Store, tweak: impl FnOnce(&mut AppState)) -> Harness {
+    let (mut engine, _) = Engine::open(Box::new(maps), store, Vec::new(), Vec::new()).unwrap();
     let management = vec![normalize_cidr("198.51.100.10/32").unwrap()];
     let config = vec![(
         normalize_cidr("203.0.113.0/24").unwrap(),
