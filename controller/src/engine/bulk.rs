@@ -150,8 +150,8 @@ pub(crate) async fn replace_set_stepped(
     let (added, gone) = tokio::task::spawn_blocking(move || {
         let (added, gone) = match &old {
             Some(old) => entries.changes_from(&old.entries),
-            // A new set: all of it is added, without a copy of a million entries.
-            None => (entries.into_vec(), Vec::new()),
+            // A new set: all of it is added.
+            None => (entries.to_vec(), Vec::new()),
         };
         guard_new_entries(&plan_target, &added, &management, lockout)?;
         // The snapshot is dropped here, off the lock: the engine's copy is again the only
@@ -274,7 +274,7 @@ async fn replace_in_one_step(
             let (new, gone) = entries.changes_from(&o.entries);
             (new, gone.len())
         }
-        None => (entries.as_slice().to_vec(), before),
+        None => (entries.to_vec(), before),
     };
     guard_new_entries(&target, &new, management, lockout)?;
     planned(SetCounts {

@@ -87,7 +87,7 @@ async fn replace_and_store(
     let rule_id = LIST_ID_BASE + row.id;
     let started = std::time::Instant::now();
     let (entries, content) = tokio::task::spawn_blocking(move || {
-        let content = encode_entries_split(entries.as_slice());
+        let content = encode_entries_split(&entries);
         (entries, content)
     })
     .await

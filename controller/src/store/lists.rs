@@ -10,7 +10,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rusqlite::{OptionalExtension as _, params};
 
 use super::{Store, StoreError, StoreTx};
-use crate::rules::Action;
+use crate::rules::{Action, SortedNets};
 
 /// A stored list without its entries (what listings show).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +46,10 @@ const V4_RUN: u8 = 0x41;
 /// for a million random prefixes instead of 6: the blob is written, with fsync, while the
 /// engine waits, so its size is time); IPv6 one record per entry (18 bytes).
 pub fn encode_entries<'a>(entries: impl IntoIterator<Item = &'a IpNet>) -> Vec<u8> {
-    let entries = entries.into_iter();
+    encode_nets(entries.into_iter().copied())
+}
+
+fn encode_nets(entries: impl Iterator<Item = IpNet>) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.size_hint().0 * 3);
     let mut run = V4Run::default();
     for entry in entries {
@@ -73,17 +76,17 @@ pub fn encode_entries<'a>(entries: impl IntoIterator<Item = &'a IpNet>) -> Vec<u
 /// Entries from which [`encode_entries_split`] encodes in two halves on two threads.
 const SPLIT_ENCODE: usize = 1 << 16;
 
-/// [`encode_entries`] of sorted `entries`, a big set in two halves on two threads (when there
-/// are two CPUs): a blob is a sequence of records, so the two halves' blobs one after the other
-/// are the blob of the whole set (the second half's first run starts from 0.0.0.0 again).
-pub fn encode_entries_split(entries: &[IpNet]) -> Vec<u8> {
+/// [`encode_entries`] of a set, a big one in two halves on two threads (when there are two
+/// CPUs): a blob is a sequence of records, so the two halves' blobs one after the other are
+/// the blob of the whole set (the second half's first run starts from 0.0.0.0 again).
+pub fn encode_entries_split(entries: &SortedNets) -> Vec<u8> {
     if entries.len() < SPLIT_ENCODE || crate::cpus() < 2 {
-        return encode_entries(entries);
+        return encode_nets(entries.iter());
     }
-    let (head, tail) = entries.split_at(entries.len() / 2);
+    let (head, tail) = entries.halves();
     let (mut out, rest) = std::thread::scope(|scope| {
-        let rest = scope.spawn(|| encode_entries(tail));
-        let out = encode_entries(head);
+        let rest = scope.spawn(|| encode_nets(tail.iter()));
+        let out = encode_nets(head.iter());
         (out, rest.join().expect("encoding does not panic"))
     });
     out.extend_from_slice(&rest);
@@ -389,7 +392,7 @@ mod tests {
         let mut both = big.clone();
         both.extend(["2001:db8::/48", "2001:db8:1::/64"].map(|s| s.parse::<IpNet>().unwrap()));
         let sorted: Vec<IpNet> = both.iter().copied().collect();
-        let halves = encode_entries_split(&sorted);
+        let halves = encode_entries_split(&SortedNets::new(sorted.clone()));
         assert!(halves.len() <= encode_entries(&sorted).len() + 8);
         if crate::cpus() > 1 {
             let (head, tail) = sorted.split_at(sorted.len() / 2);
