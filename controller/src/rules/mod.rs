@@ -226,55 +226,61 @@ fn ipv4_cidr_fast(text: &[u8]) -> Option<Ipv4Net> {
 /// most lines of a million-line list are this plain, and splitting, trimming and scanning
 /// each again cost several times more.
 pub(crate) fn ipv4_line_fast(text: &[u8]) -> Option<(Ipv4Net, usize)> {
+    let mut addr = 0u32;
     let mut at = 0;
-    let mut octets = [0u8; 4];
-    for (i, octet) in octets.iter_mut().enumerate() {
+    for i in 0..4 {
         if i > 0 {
             if text.get(at) != Some(&b'.') {
                 return None;
             }
             at += 1;
         }
-        let (value, digits) = leading_decimal(&text[at..]);
-        if digits == 0 || (digits > 1 && text[at] == b'0') {
+        let (value, next) = leading_number(text, at, false)?;
+        if value > 255 {
             return None;
         }
-        *octet = u8::try_from(value).ok()?;
-        at += digits;
+        addr = (addr << 8) | value;
+        at = next;
     }
     let mut len = 32;
     if text.get(at) == Some(&b'/') {
-        at += 1;
-        let (value, digits) = leading_decimal(&text[at..]);
-        if digits == 0 || value > 32 {
-            return None;
-        }
-        len = value as u8;
-        at += digits;
+        let (value, next) = leading_number(text, at + 1, true)?;
+        len = u8::try_from(value).ok().filter(|&len| len <= 32)?;
+        at = next;
     }
     let taken = match text.get(at) {
         None => at,
         Some(b'\n') => at + 1,
         Some(_) => return None,
     };
-    let net = Ipv4Net::new(Ipv4Addr::from(octets), len).ok()?.trunc();
+    // The host bits cleared, as `Ipv4Net::trunc` does, on the word in hand.
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    let net = Ipv4Net::new(Ipv4Addr::from(addr & mask), len).ok()?;
     Some((net, taken))
 }
 
-/// The one to three ASCII digits at the start of `text` as a number, and how many there
-/// were (zero: none; a fourth digit makes it `(u16::MAX, 4)`, which no caller accepts).
-fn leading_decimal(text: &[u8]) -> (u16, usize) {
-    let mut value = 0u16;
-    for (i, &b) in text.iter().take(4).enumerate() {
-        if !b.is_ascii_digit() {
-            return (value, i);
-        }
-        if i == 3 {
-            return (u16::MAX, 4);
-        }
-        value = value * 10 + u16::from(b - b'0');
+/// The one to three ASCII digits at `text[at..]` as a number, and where they end; `None` if
+/// there is no digit, or a leading zero before another digit where `zero_first` is false (an
+/// octet: "01" is not one). A fourth digit is left for the caller, which refuses it.
+#[inline(always)]
+fn leading_number(text: &[u8], at: usize, zero_first: bool) -> Option<(u32, usize)> {
+    let digit = |i: usize| {
+        text.get(i)
+            .map(|b| b.wrapping_sub(b'0'))
+            .filter(|d| *d <= 9)
+    };
+    let first = digit(at)?;
+    let Some(second) = digit(at + 1) else {
+        return Some((u32::from(first), at + 1));
+    };
+    if first == 0 && !zero_first {
+        return None;
     }
-    (value, text.len().min(3))
+    let two = u32::from(first) * 10 + u32::from(second);
+    match digit(at + 2) {
+        None => Some((two, at + 2)),
+        Some(third) => Some((two * 10 + u32::from(third), at + 3)),
+    }
 }
 
 /// ASCII decimal digits (at most three) as a number; `None` on any other byte.

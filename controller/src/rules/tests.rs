@@ -65,6 +65,22 @@ fn ipv4_fast_path_agrees_with_the_general_parser() {
     let mut fast_taken = 0;
     for input in inputs {
         let general = normalize_cidr_general(&input).ok();
+        // The one-pass line parser of plain lists reads a line as the fast path does, and
+        // says how long it was (with its line break, when there is one).
+        let line = ipv4_line_fast(input.as_bytes());
+        assert_eq!(
+            line.map(|(net, _)| net),
+            ipv4_cidr_fast(input.as_bytes()),
+            "{input:?}"
+        );
+        if let Some((_, taken)) = line {
+            assert_eq!(taken, input.len(), "{input:?}");
+            let with_break = format!("{input}\n203.0.113.1");
+            assert_eq!(
+                ipv4_line_fast(with_break.as_bytes()).map(|(_, t)| t),
+                Some(taken + 1)
+            );
+        }
         if let Some(fast) = ipv4_cidr_fast(input.as_bytes()) {
             fast_taken += 1;
             assert_eq!(Some(IpNet::V4(fast)), general, "{input:?}");
