@@ -12,8 +12,9 @@
 //!    step holds the lock for about [`STEP_BUDGET`]; inserts come before removes, so an entry
 //!    in both the old and the new set is never absent. A big step writes the kernel on a
 //!    thread of its own while the engine's copies follow on the calling one;
-//! 3. **committed** by the caller (the list's store row, the feed's last good copy); if that
-//!    fails, or a step fails, the steps already made are undone.
+//! 3. **committed** by the caller (the list's store row, the feed's last good copy), after the
+//!    steps or beside them from the moment the plan is known (`planned`); if that fails, or a
+//!    step fails, the steps already made are undone.
 //!
 //! Between steps the engine is consistent (maps and sets agree), so any other change
 //! may run there. What a step leaves is visible (`GET /v1/lists/{name}` and `lookup` show the

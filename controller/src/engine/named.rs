@@ -3,8 +3,9 @@
 //! in the store (one row each), so they survive restarts.
 //!
 //! A replace is all or nothing: every entry passes the lock-out guard first, then the kernel
-//! gets the diff, then the store commits the new content and its audit row; if the store fails,
-//! the kernel gets the old set back.
+//! gets the diff in steps while the store commits the new content and its audit row (on a
+//! connection of its own; after the steps for an in-memory store). If the store fails, the
+//! kernel gets the old set back; if the kernel fails, the store gets the old row back.
 
 use std::net::IpAddr;
 
@@ -45,8 +46,8 @@ pub struct ListReplaced {
 }
 
 /// Makes the named list hold exactly `want.entries`, audited once as `who`: applied in steps
-/// (`engine::bulk`) so other calls go on meanwhile, then stored; if the store fails, the steps
-/// are undone. A new block entry the lock-out guard refuses (too broad, a management address,
+/// (`engine::bulk`) so other calls go on meanwhile, and stored (beside the steps where the
+/// store is a file); if the store fails, the steps are undone. A new block entry the lock-out guard refuses (too broad, a management address,
 /// `client`'s address) refuses the whole replace, naming the entry; nothing changes. Callers
 /// run one replace or delete of lists at a time, in a task of its own.
 pub async fn replace_list(
@@ -198,8 +199,10 @@ fn write_list(
     content: &[u8],
     audit: &AuditEntry,
 ) -> Result<ListWritten, StoreError> {
+    // Read before the write lock is taken (the other connection waits while it is held); list
+    // writes run one at a time, so the row cannot change in between.
+    let old = store.list_with_content(&row.name)?;
     let tx = store.transaction()?;
-    let old = tx.list_with_content(&row.name)?;
     tx.save_list(row, content)?;
     let audit_seq = tx.audit(audit)?;
     tx.commit()?;

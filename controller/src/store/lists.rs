@@ -249,6 +249,20 @@ impl Store {
             .transpose()
     }
 
+    /// The stored row of the list `name` with its `content` blob, as written.
+    pub fn list_with_content(&self, name: &str) -> Result<Option<(ListRow, Vec<u8>)>, StoreError> {
+        let found = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {ROW_COLUMNS}, content FROM lists WHERE name = ?1"
+            ))?
+            .query_row([name], |r| Ok((list_row(r)?, r.get::<_, Vec<u8>>(7)?)))
+            .optional()?;
+        found
+            .map(|(row, content)| Ok((with_action(row)?, content)))
+            .transpose()
+    }
+
     /// The id the next new list gets (ids are never reused, like rule ids).
     pub fn next_list_id(&self) -> Result<u32, StoreError> {
         let used = super::last_used_id(&self.conn, "lists")?;
@@ -291,20 +305,6 @@ impl StoreTx<'_> {
                 row.expires_at
             ])?;
         Ok(())
-    }
-
-    /// The stored row of the list `name` with its `content` blob, as written.
-    pub fn list_with_content(&self, name: &str) -> Result<Option<(ListRow, Vec<u8>)>, StoreError> {
-        let found = self
-            .tx
-            .prepare_cached(&format!(
-                "SELECT {ROW_COLUMNS}, content FROM lists WHERE name = ?1"
-            ))?
-            .query_row([name], |r| Ok((list_row(r)?, r.get::<_, Vec<u8>>(7)?)))
-            .optional()?;
-        found
-            .map(|(row, content)| Ok((with_action(row)?, content)))
-            .transpose()
     }
 
     /// Deletes the list `name`; returns whether it existed.

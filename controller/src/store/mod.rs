@@ -107,6 +107,20 @@ fn last_used_id(conn: &Connection, table: &'static str) -> rusqlite::Result<i64>
     )
 }
 
+/// Retries of a write that finds the store locked by another connection, 1 ms apart: SQLite's
+/// own busy timeout sleeps ever longer (up to 100 ms a try), so a single block that met a
+/// list's commit on the other connection (~30 ms) waited ~50 ms, with the engine locked.
+const BUSY_RETRIES: i32 = 2_000;
+
+/// The busy handler of every connection: wait a millisecond and try again, for about 2 s.
+fn wait_for_the_other_writer(retries: i32) -> bool {
+    if retries >= BUSY_RETRIES {
+        return false;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1));
+    true
+}
+
 impl Store {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -115,7 +129,7 @@ impl Store {
             source,
         };
         let conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(2))
+        conn.busy_handler(Some(wait_for_the_other_writer))
             .map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
