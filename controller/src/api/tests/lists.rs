@@ -348,3 +348,45 @@ async fn a_body_parsed_in_halves_counts_and_names_lines_as_one_pass() {
         "nothing applied"
     );
 }
+
+/// A list body over `[api] max_list_bytes` is refused with 413, whether its `Content-Length`
+/// says so before anything is read or it turns out so as it is read; nothing is applied, and a
+/// body within the limit still goes through.
+#[tokio::test]
+async fn a_list_body_over_the_limit_is_413_and_applies_nothing() {
+    use axum::{body::Body, extract::connect_info::MockConnectInfo, http::header};
+    use tower::ServiceExt as _;
+
+    let h = harness_with(FakeMaps::default(), |s| s.max_list_bytes = 1_000);
+    let put = |body: String, announce: bool| {
+        let mut request = axum::http::Request::builder()
+            .method("PUT")
+            .uri("/v1/lists/capped")
+            .header(header::AUTHORIZATION, format!("Bearer {WRITE}"))
+            .header(header::CONTENT_TYPE, "text/plain");
+        if announce {
+            request = request.header(header::CONTENT_LENGTH, body.len());
+        }
+        let client: std::net::SocketAddr = "192.0.2.50:40000".parse().unwrap();
+        super::app(h.state.clone())
+            .layer(MockConnectInfo(client))
+            .oneshot(request.body(Body::from(body)).unwrap())
+    };
+    let blocks = h.block_entries().await;
+    let over = hosts(0, 200);
+    assert!(over.len() > 1_000);
+    for announce in [true, false] {
+        let response = put(over.clone(), announce).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "announced: {announce}"
+        );
+        assert_eq!(h.block_entries().await, blocks, "nothing applied");
+    }
+    let within = hosts(0, 50);
+    assert!(within.len() <= 1_000);
+    let response = put(within, true).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(h.block_entries().await, blocks + 50);
+}
