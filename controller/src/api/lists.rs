@@ -180,7 +180,7 @@ fn not_found(name: &str) -> ApiError {
 /// arrives (sized from `Content-Length`, within the limit), while it is still in the cache,
 /// instead of all of them at the end: a million-line list is ~16 MB, and that last copy (with
 /// the page faults of its buffer) came after the last byte, on the answer's path.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, ApiError> {
+async fn read_body(mut body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -195,7 +195,6 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<
         return Err(too_large());
     }
     let mut out = Vec::with_capacity(announced.unwrap_or(0));
-    let mut body = body;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             ApiError::new(

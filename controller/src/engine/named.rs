@@ -47,9 +47,10 @@ pub struct ListReplaced {
 
 /// Makes the named list hold exactly `want.entries`, audited once as `who`: applied in steps
 /// (`engine::bulk`) so other calls go on meanwhile, and stored (beside the steps where the
-/// store is a file); if the store fails, the steps are undone. A new block entry the lock-out guard refuses (too broad, a management address,
-/// `client`'s address) refuses the whole replace, naming the entry; nothing changes. Callers
-/// run one replace or delete of lists at a time, in a task of its own.
+/// store is a file); if the store fails, the steps are undone. A new block entry the lock-out
+/// guard refuses (too broad, a management address, `client`'s address) refuses the whole
+/// replace, naming the entry; nothing changes. Callers run one replace or delete of lists at a
+/// time, in a task of its own.
 pub async fn replace_list(
     engine: &Mutex<Option<Engine>>,
     want: ListReplace,

@@ -198,6 +198,11 @@ fn list_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(ListRow, String)> {
     ))
 }
 
+/// [`list_row`] and the `content` blob after the row's columns.
+fn list_row_with_content(r: &rusqlite::Row<'_>) -> rusqlite::Result<((ListRow, String), Vec<u8>)> {
+    Ok((list_row(r)?, r.get(7)?))
+}
+
 fn with_action((mut row, action): (ListRow, String)) -> Result<ListRow, StoreError> {
     row.action = action.parse().map_err(|detail| StoreError::BadRow {
         id: i64::from(row.id),
@@ -214,7 +219,7 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {ROW_COLUMNS}, content FROM lists ORDER BY name"
         ))?;
-        let rows = stmt.query_map([], |r| Ok((list_row(r)?, r.get::<_, Vec<u8>>(7)?)))?;
+        let rows = stmt.query_map([], list_row_with_content)?;
         let mut out = Vec::new();
         for row in rows {
             let (row, content) = row?;
@@ -256,7 +261,7 @@ impl Store {
             .prepare_cached(&format!(
                 "SELECT {ROW_COLUMNS}, content FROM lists WHERE name = ?1"
             ))?
-            .query_row([name], |r| Ok((list_row(r)?, r.get::<_, Vec<u8>>(7)?)))
+            .query_row([name], list_row_with_content)
             .optional()?;
         found
             .map(|(row, content)| Ok((with_action(row)?, content)))
